@@ -1,0 +1,3 @@
+"""Derivations of chapter 2, checked by sympy."""
+
+from kltutor.derivations import DerivationError, derivation, require  # noqa: F401

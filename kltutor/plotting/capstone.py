@@ -1,0 +1,3 @@
+"""Figures of chapter 9."""
+
+__all__: list[str] = []

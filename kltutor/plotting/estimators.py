@@ -1,0 +1,3 @@
+"""Figures of chapter 2."""
+
+__all__: list[str] = []

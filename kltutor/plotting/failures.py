@@ -1,0 +1,3 @@
+"""Figures of chapter 7."""
+
+__all__: list[str] = []

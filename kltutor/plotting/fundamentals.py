@@ -1,0 +1,3 @@
+"""Figures of chapter 1."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Figures of chapter 6."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Figures of chapter 3."""
+
+__all__: list[str] = []

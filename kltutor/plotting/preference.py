@@ -1,0 +1,3 @@
+"""Figures of chapter 5."""
+
+__all__: list[str] = []

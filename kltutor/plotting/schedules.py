@@ -1,0 +1,3 @@
+"""Figures of chapter 4."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Toys of chapter 3."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Toys of chapters 4-5."""
+
+__all__: list[str] = []

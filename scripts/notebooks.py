@@ -1,0 +1,164 @@
+"""Keep book/ sources and notebooks/ twins in step, and execute chapters with papermill.
+
+    python scripts/notebooks.py execute [notebooks/NN_x.ipynb ...] [-p NAME VALUE ...]
+        Write each book/NN_x.md into notebooks/NN_x.ipynb (jupytext) and execute it in place with
+        papermill, so the stored outputs are the ones the site shows and nbval validates.
+    python scripts/notebooks.py check
+        Fail if a source and its twin differ in any cell (type, source or tags), if a twin is not
+        executed, holds an error, or if a chapter's Colab install cell names another repository
+        than _config.yml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+NOTEBOOKS = ROOT / "notebooks"
+KERNEL = {"display_name": "Python 3", "language": "python", "name": "python3"}
+
+
+def chapter_sources() -> list[Path]:
+    return sorted(BOOK.glob("[0-9][0-9]_*.md"))
+
+
+def twin(source: Path) -> Path:
+    return NOTEBOOKS / (source.stem + ".ipynb")
+
+
+def source_of(notebook: Path) -> Path:
+    return BOOK / (notebook.stem + ".md")
+
+
+def repository_url() -> str:
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    return config["repository"]["url"].rstrip("/")
+
+
+def read_source(source: Path) -> nbformat.NotebookNode:
+    nb = jupytext.read(source)
+    nb.metadata["kernelspec"] = KERNEL
+    nb.metadata.pop("jupytext", None)
+    return nb
+
+
+def _cells(nb: nbformat.NotebookNode) -> list[tuple[str, str, tuple[str, ...]]]:
+    out = []
+    for cell in nb.cells:
+        tags = tuple(t for t in cell.metadata.get("tags", []) if t != "injected-parameters")
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            continue
+        out.append((cell.cell_type, cell.source.strip(), tags))
+    return out
+
+
+def check() -> int:
+    problems: list[str] = []
+    url = repository_url()
+    sources = chapter_sources()
+    stems = {s.stem for s in sources}
+    for extra in sorted(NOTEBOOKS.glob("*.ipynb")):
+        if extra.stem not in stems:
+            problems.append(f"{extra.relative_to(ROOT)} has no source in book/")
+    for source in sources:
+        nb_path = twin(source)
+        if not nb_path.exists():
+            problems.append(f"{source.relative_to(ROOT)} has no executed twin {nb_path.relative_to(ROOT)}")
+            continue
+        want = _cells(read_source(source))
+        have_nb = nbformat.read(nb_path, as_version=4)
+        have = _cells(have_nb)
+        if want != have:
+            for i, (a, b) in enumerate(zip(want, have)):
+                if a != b:
+                    problems.append(f"{nb_path.relative_to(ROOT)} differs from its source at cell {i}: run `make notebooks`")
+                    break
+            else:
+                problems.append(f"{nb_path.relative_to(ROOT)} has {len(have)} cells, its source {len(want)}: run `make notebooks`")
+        code = [c for c in have_nb.cells if c.cell_type == "code"]
+        if not code or not any(c.get("outputs") for c in code):
+            problems.append(f"{nb_path.relative_to(ROOT)} is not executed: run `make notebooks`")
+        for c in code:
+            for o in c.get("outputs", []):
+                if o.get("output_type") == "error":
+                    problems.append(f"{nb_path.relative_to(ROOT)} stores an error: {o.get('ename')}: {o.get('evalue')}")
+        first = code[0].source if code else ""
+        if "google.colab" not in first or url not in first:
+            problems.append(f"{source.relative_to(ROOT)}: the first code cell must install kltutor on Colab from {url}")
+        if not any("parameters" in c.metadata.get("tags", []) for c in code):
+            problems.append(f"{source.relative_to(ROOT)} has no cell tagged `parameters`")
+    for p in problems:
+        print("FAIL", p)
+    print(f"{len(sources)} chapter(s) checked, {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def _parse_value(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def execute(paths: list[str], parameters: dict) -> int:
+    import papermill as pm
+
+    targets = [Path(p) for p in paths] if paths else [twin(s) for s in chapter_sources()]
+    for nb_path in targets:
+        nb_path = (ROOT / nb_path) if not nb_path.is_absolute() else nb_path
+        source = source_of(nb_path)
+        nbformat.write(read_source(source), nb_path)
+        print(f"executing {nb_path.relative_to(ROOT)}", flush=True)
+        pm.execute_notebook(
+            str(nb_path),
+            str(nb_path),
+            parameters=parameters or None,
+            cwd=str(NOTEBOOKS),
+            kernel_name="python3",
+            progress_bar=False,
+            request_save_on_cell_execute=False,
+        )
+        _strip_papermill_noise(nb_path)
+    return 0
+
+
+def _strip_papermill_noise(nb_path: Path) -> None:
+    """Drop per-run timestamps papermill stores, so an unchanged chapter gives an unchanged file."""
+    nb = nbformat.read(nb_path, as_version=4)
+    nb.metadata.get("papermill", {}).pop("start_time", None)
+    nb.metadata.get("papermill", {}).pop("end_time", None)
+    nb.metadata.get("papermill", {}).pop("duration", None)
+    nb.metadata.get("papermill", {}).pop("input_path", None)
+    nb.metadata.get("papermill", {}).pop("output_path", None)
+    for cell in nb.cells:
+        pm_meta = cell.metadata.get("papermill")
+        if pm_meta is not None:
+            cell.metadata.pop("papermill")
+        cell.metadata.get("execution", {}).clear()
+        if "execution" in cell.metadata and not cell.metadata["execution"]:
+            cell.metadata.pop("execution")
+    nbformat.write(nb, nb_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("execute", help="sync and execute chapters")
+    ex.add_argument("notebooks", nargs="*")
+    ex.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    sub.add_parser("check", help="check sources and executed twins are in sync")
+    args = parser.parse_args(argv)
+    if args.cmd == "check":
+        return check()
+    return execute(args.notebooks, {k: _parse_value(v) for k, v in args.parameter})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
