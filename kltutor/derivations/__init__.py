@@ -44,7 +44,7 @@ def check_all() -> dict[str, bool]:
     return {name: func() for name, func in registry().items()}
 
 
-_MODULES = ("fundamentals", "estimators", "placements", "schedules", "preference", "overoptimization", "failures")
+_MODULES = ("fundamentals", "estimators", "placements", "schedules", "preference", "overoptimization", "failures", "interview")
 
 
 def _load_all() -> None:
