@@ -1,0 +1,114 @@
+"""GRPO: group-relative advantages and the GRPO objective with a selectable KL placement (chapter 5).
+
+Shapes: a batch holds ``n_prompts * group_size`` completions, grouped consecutively (the completions
+of prompt ``i`` are rows ``i*group_size ... (i+1)*group_size - 1``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from kltutor.placements import Aggregation, aggregate, clipped_surrogate, kl_loss, parse_placement, returns_to_go, shaped_rewards
+
+__all__ = ["group_advantages", "GRPOLoss", "grpo_loss"]
+
+
+def group_advantages(
+    rewards: Tensor,
+    group_size: int,
+    normalize_std: bool = True,
+    clip_std: tuple[float, float] | None = None,
+    eps: float = 1e-6,
+) -> Tensor:
+    """``A_i = (r_i - mean(group)) / std(group)`` for each completion (``[n_prompts * group_size]``).
+
+    ``std`` is the sample standard deviation (``unbiased=True``, as in the GRPO reference code).
+    ``clip_std=(lo, hi)`` clamps the group's std into ``[lo, hi]`` before dividing ("Rethinking KL",
+    §4.1): a group whose rewards differ only by numerical noise then gets advantages of the size of
+    that noise instead of +-1. Without it, ``eps`` keeps a group of *equal* rewards at 0 (not NaN).
+    ``normalize_std=False`` gives the mean-centred advantages (Dr. GRPO).
+    """
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [n_prompts * group_size], got shape {tuple(rewards.shape)}")
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 to compare completions, got {group_size}")
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    if not torch.isfinite(rewards).all():
+        raise ValueError("rewards hold NaN or inf")
+    g = rewards.view(-1, group_size).to(torch.float64)
+    centred = g - g.mean(-1, keepdim=True)
+    if normalize_std:
+        std = g.std(-1, unbiased=True, keepdim=True)
+        if clip_std is not None:
+            lo, hi = clip_std
+            if not 0 < lo <= hi:
+                raise ValueError(f"clip_std must be (lo, hi) with 0 < lo <= hi, got {clip_std}")
+            std = std.clamp(lo, hi)
+        else:
+            std = std + eps
+        centred = centred / std
+    return centred.reshape(-1).to(rewards.dtype if rewards.is_floating_point() else torch.float32)
+
+
+@dataclass
+class GRPOLoss:
+    """The pieces of one GRPO loss evaluation (all scalars)."""
+
+    loss: Tensor
+    policy_loss: Tensor
+    kl_term: Tensor
+    clip_fraction: Tensor
+
+
+def grpo_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    ref_logp: Tensor,
+    mask: Tensor,
+    rewards: Tensor,
+    group_size: int,
+    placement: str = "k3-in-loss",
+    beta: float = 0.04,
+    clip_eps: float = 0.2,
+    clip_std: tuple[float, float] | None = None,
+    normalize_std: bool = True,
+    aggregation: Aggregation = "sequence-mean",
+    kl_level: str = "token",
+    importance_weighted_kl: bool = False,
+) -> GRPOLoss:
+    """The GRPO loss with the KL term at ``placement``.
+
+    - ``*-in-loss``: ``clipped surrogate(group advantages) + beta * kl_loss(...)``.
+    - ``*-in-reward``: the detached per-token penalty ``-beta * k(l_t)`` is added to the reward.
+      GRPO has one advantage per sequence, so the shaped reward enters as each token's return-to-go
+      (``task advantage + sum_{s>=t} -beta k(l_s)``): the KL penalty of later tokens reaches the
+      score of earlier ones, exactly as in the in-reward policy gradient (chapter 3).
+    - ``none``: the clipped surrogate alone.
+    """
+    p = parse_placement(placement)
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    adv = group_advantages(rewards, group_size, normalize_std=normalize_std, clip_std=clip_std)
+    m = mask.to(logp.dtype)
+    kl_term = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    if p.in_reward and beta > 0:
+        penalty = shaped_rewards(torch.zeros_like(adv), logp, ref_logp, m, beta, p.estimator)  # -beta k, detached
+        token_adv = adv[:, None] * m + returns_to_go(penalty, m)
+        policy_loss, stats = clipped_surrogate(logp, old_logp, token_adv, m, clip_eps, aggregation)
+        with torch.no_grad():
+            kl_term = aggregate(-penalty / beta, m, aggregation)
+        loss = policy_loss
+    else:
+        policy_loss, stats = clipped_surrogate(logp, old_logp, adv, m, clip_eps, aggregation)
+        loss = policy_loss
+        if p.in_loss:
+            kl_term = kl_loss(
+                logp, ref_logp, m, p.estimator, level=kl_level,
+                old_logp=old_logp if importance_weighted_kl else None, aggregation=aggregation,
+            )
+            loss = loss + beta * kl_term
+    return GRPOLoss(loss=loss, policy_loss=policy_loss.detach(), kl_term=kl_term.detach(), clip_fraction=stats["clip_fraction"])
