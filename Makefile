@@ -1,21 +1,25 @@
-# kltutor: the README's two commands are `make book` and `make test`; both set up everything they need.
+# kltutor. The README's two commands are `make book` and `make test`; each sets up everything it
+# needs on a fresh machine (virtual environment, packages, MathJax for the offline site, Chromium).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
-JOBS ?= 2
+# Test workers (pytest-xdist); nbval keeps each notebook on one worker (--dist loadscope).
+WORKERS ?= 2
 CHAPTERS := $(sort $(wildcard book/[0-9][0-9]_*.md))
 NOTEBOOKS := $(patsubst book/%.md,notebooks/%.ipynb,$(CHAPTERS))
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: help setup notebooks book test unit sync-check nbval site-strict browser-test pdf clean
+.PHONY: help setup setup-browser notebooks site book test unit nbval browser-test pdf clean
 
 help:
 	@echo "make book   - set up, execute every chapter with papermill, build the site into _build/html"
-	@echo "make test   - set up, then unit tests, source/notebook sync, nbval, strict site build, browser test"
-	@echo "make pdf    - the printable study guide (_build/study-guide.pdf)"
+	@echo "make test   - set up, then: source/notebook sync check, strict site build, unit tests,"
+	@echo "              nbval on every notebook, and the browser test of the built site"
+	@echo "make pdf    - the printable study guide: _build/study-guide.pdf"
 
-# --- set-up -------------------------------------------------------------------------------------
+# --- set-up ------------------------------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -26,23 +30,41 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Debian's chromium for the browser test and the PDF (Playwright drives it; no browser download).
+setup-browser:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
 # --- the book ----------------------------------------------------------------------------------
-# Sync every book/ source into its notebooks/ twin, then execute it in place with papermill.
 notebooks: setup
 	$(PY) scripts/notebooks.py execute $(NOTEBOOKS)
 
-book: notebooks site
-
 site: setup
-	$(PY) scripts/site.py build
+	$(PY) scripts/book_site.py build --strict
+
+book: notebooks site
+	@echo "The site is in _build/html (open _build/html/index.html)."
+
+pdf: setup setup-browser
+	[ -f _build/html/index.html ] || $(PY) scripts/book_site.py build --strict
+	$(PY) scripts/book_site.py pdf
 
 # --- the tests ---------------------------------------------------------------------------------
-test: setup
-	$(PY) -m pytest -q tests
+test: setup setup-browser
 	$(PY) scripts/notebooks.py check
-	$(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env notebooks
-	$(PY) scripts/site.py build --strict
-	$(PY) scripts/site.py browser-test
+	$(PY) scripts/book_site.py build --strict
+	$(PY) -m pytest -p no:cacheprovider -n $(WORKERS) --dist loadscope $(NBVAL) tests notebooks
+
+unit: setup
+	$(PY) -m pytest -q -m "not browser" tests
+
+nbval: setup
+	$(PY) -m pytest -p no:cacheprovider -n $(WORKERS) --dist loadscope $(NBVAL) notebooks
+
+browser-test: setup setup-browser
+	$(PY) -m pytest -p no:cacheprovider -m browser tests
 
 clean:
 	rm -rf _build

@@ -1,0 +1,132 @@
+"""The built site, as a reader meets it: headless Chromium over every page of the table of contents.
+
+Needs a built site (`python scripts/book_site.py build`, which `make test` runs first) and Debian's
+chromium (`make setup-browser`). Screenshots of key pages land in _build/screenshots/.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from urllib.parse import urldefrag, urljoin, urlparse
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import book_site as site_tool  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+SCREENSHOTS = ROOT / "_build" / "screenshots"
+PAGES = site_tool.toc_pages()
+REPO_URL = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+BRANCH = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"].get("branch", "main")
+
+# Text that must not survive typesetting (outside code blocks).
+RAW_MATH = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|(?<![\w$])\$[^$\s][^$]*\$(?![\w$])")
+
+COLLECT_JS = """
+() => {
+  const article = document.querySelector('article.bd-article') || document.body;
+  const clone = article.cloneNode(true);
+  clone.querySelectorAll('pre, code, mjx-container, script, style, .cell_input, .highlight').forEach(e => e.remove());
+  return {
+    text: clone.innerText,
+    mathNodes: document.querySelectorAll('mjx-container').length,
+    mathSources: document.querySelectorAll('.math, span.math, div.math').length,
+    images: Array.from(document.images).map(i => ({src: i.currentSrc || i.src, ok: i.complete && i.naturalWidth > 0})),
+    links: Array.from(document.querySelectorAll('a[href]')).map(a => a.href),
+    dropdowns: document.querySelectorAll('details').length,
+    launch: Array.from(document.querySelectorAll('a[href*="colab.research.google.com"]')).map(a => a.href),
+  };
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def site():
+    if not (site_tool.HTML / "index.html").exists():
+        pytest.fail("no built site: run `python scripts/book_site.py build --strict` (make test does) before this test")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with site_tool.serve() as base, site_tool.browser() as browser:
+        yield base, browser
+
+
+def _open(browser, url):
+    """Open ``url`` in a fresh page; return the page and the console errors it produced."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("requestfailed", lambda req: errors.append(f"request failed: {req.url}"))
+    page.goto(url, wait_until="load")
+    page.wait_for_function("!window.MathJax || (MathJax.startup && MathJax.startup.promise)", timeout=30000)
+    page.evaluate("window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
+    page.wait_for_load_state("networkidle")
+    return page, errors
+
+
+@pytest.mark.parametrize("doc", PAGES)
+def test_page_renders(site, doc):
+    base, browser = site
+    page, errors = _open(browser, f"{base}/{doc}.html")
+    info = page.evaluate(COLLECT_JS)
+    assert not errors, f"{doc}: console errors {errors}"
+    raw = RAW_MATH.findall(info["text"])
+    assert not raw, f"{doc}: untypeset math left in the text: {raw[:5]}"
+    if info["mathSources"]:
+        assert info["mathNodes"] > 0, f"{doc}: has math but MathJax typeset nothing"
+    broken = [i["src"] for i in info["images"] if not i["ok"]]
+    assert not broken, f"{doc}: images that did not load: {broken}"
+
+    # Dropdowns open when clicked.
+    summaries = page.locator("details > summary")
+    for k in range(min(summaries.count(), 3)):
+        summaries.nth(k).click()
+        assert summaries.nth(k).evaluate("s => s.parentElement.open"), f"{doc}: dropdown {k} did not open"
+
+    # Internal links resolve, anchors included.
+    checked: dict[str, str] = {}
+    for href in info["links"]:
+        url, frag = urldefrag(href)
+        if urlparse(url).netloc != urlparse(base).netloc:
+            continue
+        if url not in checked:
+            resp = page.request.get(url)
+            assert resp.ok, f"{doc}: link {href} -> HTTP {resp.status}"
+            checked[url] = resp.text() if url.endswith(".html") else ""
+        if frag and url.endswith(".html"):
+            assert re.search(rf'id="{re.escape(frag)}"', checked[url]), f"{doc}: link {href} points at a missing anchor"
+
+    # Chapters (notebooks) carry a Colab launch link to their own .ipynb under the repository.
+    if doc.startswith("notebooks/"):
+        want = f"https://colab.research.google.com/github/{urlparse(REPO_URL).path.strip('/')}/blob/{BRANCH}/{doc}.ipynb"
+        assert want in info["launch"], f"{doc}: Colab link {info['launch']} is not {want}"
+        assert (ROOT / f"{doc}.ipynb").exists()
+    page.screenshot(path=str(SCREENSHOTS / (doc.replace("/", "__") + ".png")), full_page=False)
+    page.close()
+
+
+def test_search_finds_k3(site):
+    base, browser = site
+    page, errors = _open(browser, f"{base}/search.html?q=k3")
+    page.wait_for_selector("ul.search li", timeout=30000)
+    hits = page.locator("ul.search li").count()
+    page.screenshot(path=str(SCREENSHOTS / "search_k3.png"))
+    assert hits > 0, "search for 'k3' returned nothing"
+    assert not errors, f"search page console errors: {errors}"
+
+
+def test_site_is_self_contained():
+    """No page loads a script, stylesheet or font from another host (the site must work offline)."""
+    offenders = []
+    for html in site_tool.HTML.rglob("*.html"):
+        text = html.read_text(errors="ignore")
+        for m in re.finditer(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', text):
+            tag = text[max(0, m.start() - 5): m.end()]
+            if "stylesheet" in tag or "<script" in tag or "preload" in tag:
+                offenders.append(f"{html.relative_to(site_tool.HTML)}: {m.group(1)}")
+    assert not offenders, f"assets loaded from the network: {offenders[:10]}"
