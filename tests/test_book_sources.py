@@ -1,0 +1,58 @@
+"""Every chapter follows the book's template (docs/CONVENTIONS.md) and is wired into the site."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jupytext
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.md"))
+TOC = (ROOT / "_toc.yml").read_text()
+SECTIONS = ["Common mistakes", "Interview check", "Summary", "Exercises"]
+
+
+def test_there_are_chapters():
+    assert len(CHAPTERS) >= 2
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_template(source: Path):
+    text = source.read_text()
+    assert re.search(r"^\(ch-[a-z-]+\)=\s*\n# ", text, re.M), "a chapter starts with its (ch-...)= label and a title"
+    assert "**What you will be able to do.**" in text
+    nb = jupytext.read(source)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "hide-input" in code[0].metadata.get("tags", []), "the first code cell (install + imports) is hidden"
+    assert "parameters" in code[1].metadata.get("tags", []), "the second code cell holds the papermill parameters"
+    headings = [m.group(1).strip() for m in re.finditer(r"^## (.+)$", text, re.M)]
+    positions = []
+    for name in SECTIONS:
+        hits = [i for i, h in enumerate(headings) if h.startswith(name)]
+        assert hits, f"missing section '## {name}'"
+        positions.append(hits[0])
+    assert positions == sorted(positions), f"the closing sections must come in the order {SECTIONS}"
+    assert f"notebooks/{source.stem}" in TOC, "the chapter is not in _toc.yml"
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_every_glued_name_is_defined(source: Path):
+    """Each {glue:...}`name` in the prose is produced by a glue("name", ...) call in a cell."""
+    text = source.read_text()
+    used = {m.group(1) for m in re.finditer(r"\{glue(?::\w+)?\}`([A-Za-z0-9_]+)", text)}
+    defined = set(re.findall(r"glue\(\s*[\"']([A-Za-z0-9_]+)[\"']", text))
+    defined |= set(re.findall(r"glue\(\s*f[\"']([A-Za-z0-9_]+)\{", text))  # prefix of an f-string name
+    missing = {u for u in used if u not in defined and not any(u.startswith(d) for d in defined)}
+    assert not missing, f"glued in prose but never produced by a cell: {sorted(missing)}"
+
+
+def test_config_declares_the_repository_once():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    url = config["repository"]["url"]
+    assert url.startswith("https://github.com/")
+    for source in CHAPTERS:
+        first = [c for c in jupytext.read(source).cells if c.cell_type == "code"][0].source
+        assert url in first, f"{source.name}: the Colab cell must install from {url}"
