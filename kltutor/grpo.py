@@ -13,7 +13,7 @@ from torch import Tensor
 
 from kltutor.placements import Aggregation, aggregate, clipped_surrogate, kl_loss, parse_placement, returns_to_go, shaped_rewards
 
-__all__ = ["group_advantages", "GRPOLoss", "grpo_loss"]
+__all__ = ["group_advantages", "GRPOLoss", "grpo_loss", "expected_in_loss_gradient"]
 
 
 def group_advantages(
@@ -127,3 +127,38 @@ def grpo_loss(
             )
             loss = loss + beta * kl_term
     return GRPOLoss(loss=loss, policy_loss=policy_loss.detach(), kl_term=kl_term.detach(), clip_fraction=stats["clip_fraction"])
+
+
+def expected_in_loss_gradient(
+    logits: Tensor,
+    ref_logp: Tensor,
+    estimator: str = "k3",
+    sampling_probs: Tensor | None = None,
+    importance_weighted: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Exact expectation of what ``<estimator>-in-loss`` computes for a categorical policy.
+
+    The policy is ``softmax(logits)`` over a finite set of outcomes (one token, or whole responses).
+    A trainer samples ``y`` from ``sampling_probs`` (default: the policy itself, i.e. on-policy),
+    computes the estimator on ``log_ratio = logp[y] - ref_logp[y]`` and lets autograd differentiate
+    it; the sampling weights are *not* differentiated. Enumerating the outcomes gives the exact
+    expectations: returns ``(expected value, expected gradient w.r.t. logits)``.
+    ``importance_weighted=True`` multiplies each term by ``w = pi_theta / pi_sampling`` (with
+    gradient), as in :func:`kltutor.placements.kl_loss` with ``old_logp``.
+    """
+    from kltutor.estimators import get_estimator
+
+    fn = get_estimator(estimator)
+    if logits.dim() != 1 or ref_logp.shape != logits.shape:
+        raise ValueError("logits and ref_logp must be 1-D over the same outcomes")
+    theta = logits.detach().to(torch.float64).clone().requires_grad_(True)
+    logp = torch.log_softmax(theta, -1)
+    q = torch.exp(logp).detach() if sampling_probs is None else sampling_probs.to(torch.float64)
+    if q.shape != logits.shape or (q < 0).any() or not torch.isclose(q.sum(), torch.ones((), dtype=q.dtype)):
+        raise ValueError("sampling_probs must be a probability vector over the same outcomes")
+    values = fn(logp, ref_logp.to(torch.float64))
+    if importance_weighted:
+        values = torch.exp(logp - torch.log(q)) * values
+    expected = (q * values).sum()
+    (grad,) = torch.autograd.grad(expected, theta)
+    return expected.detach(), grad

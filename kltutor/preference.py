@@ -48,6 +48,7 @@ __all__ = [
     "train_tabular",
     "LOSSES",
     "maximize_objective_numerically",
+    "kl_location_table",
 ]
 
 
@@ -565,3 +566,23 @@ def maximize_objective_numerically(ref_probs: Tensor, rewards: Tensor, beta: flo
 
     opt.step(closure)
     return torch.softmax(logits.detach(), -1)
+
+
+def kl_location_table() -> list[dict[str, str]]:
+    """Where the KL (or its stand-in) sits in each method: one row per method, for the chapter's table."""
+    return [
+        {"method": "PPO-RLHF (InstructGPT)", "reference model": "yes", "where the KL sits": "explicit: -beta*k1 per token in the reward",
+         "what it regularises towards": "pi_ref, via the reverse KL"},
+        {"method": "GRPO (DeepSeekMath)", "reference model": "yes", "where the KL sits": "explicit: +beta*k3 per token in the loss",
+         "what it regularises towards": "pi_ref; on-policy its gradient is that of the forward KL"},
+        {"method": "DPO", "reference model": "yes", "where the KL sits": "implicit: beta*log(pi/pi_ref) inside the sigmoid",
+         "what it regularises towards": "pi* = pi_ref exp(r/beta)/Z, only with enough pairs covering every response"},
+        {"method": "IPO", "reference model": "yes", "where the KL sits": "implicit: log-ratio margin regressed onto 1/(2 tau)",
+         "what it regularises towards": "pi_ref exp(p(y > mu)/tau)/Z (a win-rate optimum, not the BT-reward one)"},
+        {"method": "KTO", "reference model": "yes", "where the KL sits": "implicit: log-ratio minus reference point z0 (a batch KL stand-in)",
+         "what it regularises towards": "pi_ref (z0 is detached and clamped at 0)"},
+        {"method": "SimPO", "reference model": "no", "where the KL sits": "absent: length-normalised log-prob and margin gamma",
+         "what it regularises towards": "nothing: the optimum does not depend on pi_ref"},
+        {"method": "ORPO", "reference model": "no", "where the KL sits": "absent: SFT NLL + odds-ratio term",
+         "what it regularises towards": "the chosen responses (the SFT term), not pi_ref"},
+    ]
