@@ -75,14 +75,13 @@ def plot_final_policies(policies: Mapping[str, torch.Tensor], rewards: torch.Ten
 
 def plot_finite_data_collapse(steps: Mapping[str, torch.Tensor], mass: Mapping[str, torch.Tensor],
                               target: Mapping[str, float], ylabel: str, title: str):
-    """Probability of one response over training for several methods, with each method's
-    population target as a dashed line."""
+    """Probability of one response over training for several methods; ``target`` maps names to
+    reference values drawn as dashed lines (e.g. the probability under pi*)."""
     fig, ax = new_axes()
     for name in mass:
-        color = METHOD_COLORS.get(name)
-        ax.plot(_np(steps[name]), _np(mass[name]), label=name, color=color)
-        if name in target:
-            ax.axhline(target[name], ls="--", lw=1, color=color)
+        ax.plot(_np(steps[name]), _np(mass[name]), label=name, color=METHOD_COLORS.get(name))
+    for name, value in target.items():
+        ax.axhline(value, ls="--", lw=1, color=METHOD_COLORS.get(name, COLORS["black"]), label=f"{name} (target)")
     ax.set_xlabel("Adam step")
     ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
