@@ -240,8 +240,8 @@ def dpo_loss(
 ) -> PreferenceLoss:
     """DPO (Rafailov et al., 2023): :math:`-\\log\\sigma\\big(\\beta[(\\log\\pi_\\theta(y_w) - \\log\\pi_\\text{ref}(y_w)) - (\\log\\pi_\\theta(y_l) - \\log\\pi_\\text{ref}(y_l))]\\big)`.
 
-    ``-logsigmoid`` is used rather than ``-log(sigmoid(.))``, which underflows to ``inf`` for a
-    margin below about -100 in float64 (-17 in float32).
+    ``-logsigmoid`` is used rather than ``-log(sigmoid(.))``: the sigmoid of a margin below about
+    -709 (float64) or -88 (float32) is 0, and its log is ``-inf``.
     """
     beta = _check_positive("beta", beta)
     _check_tensors(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kltutor.grpo import group_advantages, grpo_loss
+from kltutor.grpo import expected_in_loss_gradient, group_advantages, grpo_loss
 
 torch.set_num_threads(1)
 D = torch.float64
@@ -116,3 +116,38 @@ def test_grpo_loss_placements_and_bad_inputs():
         grpo_loss(logp, old, ref, mask, rewards[:2], 2)
     with pytest.raises(ValueError, match="placement"):
         grpo_loss(logp, old, ref, mask, rewards, 2, placement="k4-in-loss")
+
+
+def _kl(p, q):
+    return (p * (torch.log(p) - torch.log(q))).sum()
+
+
+def test_expected_in_loss_gradients_by_enumeration():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, generator=g, dtype=D)
+    ref_logp = torch.log_softmax(torch.randn(6, generator=g, dtype=D), -1)
+    th = logits.clone().requires_grad_(True)
+    (g_rev,) = torch.autograd.grad(_kl(torch.softmax(th, -1), ref_logp.exp()), th)
+    th = logits.clone().requires_grad_(True)
+    (g_fwd,) = torch.autograd.grad(_kl(ref_logp.exp(), torch.softmax(th, -1)), th)
+    pi = torch.softmax(logits, -1)
+    # k3 in the loss: value = reverse KL, gradient = forward-KL gradient
+    v3, g3 = expected_in_loss_gradient(logits, ref_logp, "k3")
+    assert torch.allclose(v3, _kl(pi, ref_logp.exp()))
+    assert torch.allclose(g3, g_fwd, atol=1e-12)
+    assert (g3 - g_rev).abs().max() > 1e-2
+    # k2 in the loss: gradient = reverse-KL gradient; k1 in the loss: zero expected gradient
+    _, g2 = expected_in_loss_gradient(logits, ref_logp, "k2")
+    assert torch.allclose(g2, g_rev, atol=1e-12)
+    _, g1 = expected_in_loss_gradient(logits, ref_logp, "k1")
+    assert torch.allclose(g1, torch.zeros_like(g1), atol=1e-12)
+    # stale sampler: the plain value is off, the importance-weighted one is the reverse KL again
+    old = torch.softmax(logits + torch.randn(6, generator=g, dtype=D), -1)
+    v_off, _ = expected_in_loss_gradient(logits, ref_logp, "k3", sampling_probs=old)
+    v_iw, g_iw = expected_in_loss_gradient(logits, ref_logp, "k3", sampling_probs=old, importance_weighted=True)
+    assert not torch.allclose(v_off, v3)
+    assert torch.allclose(v_iw, v3)
+    with pytest.raises(ValueError, match="sampling_probs"):
+        expected_in_loss_gradient(logits, ref_logp, "k3", sampling_probs=old * 2)
+    with pytest.raises(ValueError, match="estimator"):
+        expected_in_loss_gradient(logits, ref_logp, "k5")

@@ -263,3 +263,29 @@ def test_train_tabular_dpo_reaches_optimum_with_exact_preferences():
         P.train_tabular("ppo", ch, rj, ref, torch.ones(3), 0.5)
     with pytest.raises(ValueError, match="indices"):
         P.train_tabular("dpo", ch + 5, rj, ref, torch.ones(3), 0.5)
+
+
+def test_simpo_optimum_ignores_the_reference_and_dpo_does_not():
+    rewards = torch.tensor([0.0, math.log(2), math.log(4)], dtype=D)
+    counts = {(1, 0): 2, (0, 1): 1, (2, 1): 2, (1, 2): 1, (2, 0): 4, (0, 2): 1}
+    ch = torch.tensor([a for (a, b), k in counts.items() for _ in range(k)])
+    rj = torch.tensor([b for (a, b), k in counts.items() for _ in range(k)])
+    lengths = torch.tensor([2.0, 5.0, 3.0], dtype=D)
+    ref_a = torch.tensor([0.5, 0.3, 0.2], dtype=D)
+    ref_b = torch.tensor([0.1, 0.2, 0.7], dtype=D)
+    sa = P.train_tabular("simpo", ch, rj, ref_a, lengths, 2.0, 0.5, steps=1500, lr=0.05).probs
+    sb = P.train_tabular("simpo", ch, rj, ref_b, lengths, 2.0, 0.5, steps=1500, lr=0.05).probs
+    assert (sa - sb).abs().max() < 1e-4
+    da = P.train_tabular("dpo", ch, rj, ref_a, lengths, 0.5, steps=1500, lr=0.05).probs
+    db = P.train_tabular("dpo", ch, rj, ref_b, lengths, 0.5, steps=1500, lr=0.05).probs
+    assert torch.allclose(db, P.optimal_policy(ref_b, rewards, 0.5), atol=1e-5)
+    assert (da - db).abs().max() > 0.1
+
+
+def test_kl_location_table_covers_the_losses():
+    rows = P.kl_location_table()
+    methods = {r["method"] for r in rows}
+    for name in ("DPO", "IPO", "SimPO", "KTO", "ORPO"):
+        assert name in methods
+    no_ref = {r["method"] for r in rows if r["reference model"] == "no"}
+    assert no_ref == {"SimPO", "ORPO"}
