@@ -103,8 +103,8 @@ def length_hacking(
 ) -> dict[str, list[float]]:
     """A proxy that likes length, optimised exactly by pi_ref exp(proxy / beta) / Z.
 
-    Each response has a quality ``q ~ N(0, 1)`` and a length ``L`` (geometric under the base
-    policy, mean about 6). Gold reward: ``q - overlength_cost * max(0, L - ideal_length)``.
+    Each response has a quality ``q ~ N(0, 1)`` and a length ``L`` (drawn geometric with mean 6);
+    the base policy's probabilities are random and independent of both. Gold reward: ``q - overlength_cost * max(0, L - ideal_length)``.
     Proxy: ``q + length_bonus * L`` -- a reward model that learned "longer is better" from data where
     that held. Returns, per beta, the KL and the expected proxy, gold and length.
     """
@@ -115,7 +115,6 @@ def length_hacking(
     u = torch.rand(n_responses, generator=g, dtype=torch.float64)
     length = 1 + torch.floor(torch.log(u) / math.log(5 / 6))  # geometric, mean 6
     ref = torch.softmax(torch.randn(n_responses, generator=g, dtype=torch.float64) * 0.5, 0)
-    # the base policy prefers short responses a little more than the geometric draw says
     gold = q - overlength_cost * torch.clamp(length - ideal_length, min=0)
     proxy = q + length_bonus * length
     out: dict[str, list[float]] = {"beta": [], "kl": [], "proxy": [], "gold": [], "length": []}
