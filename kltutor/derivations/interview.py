@@ -139,6 +139,12 @@ def placement_gradients() -> bool:
     require(_zero(g["k2-in-loss"] - g["reverse_kl"]), "k2-in-loss must give grad KL(pi||pi_ref) for one token")
     require(_zero(g["k3-in-loss"] - g["forward_kl"]), "k3-in-loss must give grad KL(pi_ref||pi)")
     require(not _zero(g["k3-in-loss"] - g["reverse_kl"]), "k3-in-loss must differ from the reverse-KL gradient")
+    # closed forms: d/dtheta_1 KL(pi||pi_ref) = p1 (l1 - KL), d/dtheta_1 KL(pi_ref||pi) = p1 - q1
+    p1, p2, q1, q2 = sp.symbols("p1 p2 q1 q2", positive=True)
+    pi, ref = [p1, p2, 1 - p1 - p2], [q1, q2, 1 - q1 - q2]
+    kl = sum(a * (sp.log(a) - sp.log(b)) for a, b in zip(pi, ref))
+    require(_zero(g["reverse_kl"] - p1 * (sp.log(p1) - sp.log(q1) - kl)), "grad reverse KL must be p1 (l1 - KL)")
+    require(_zero(g["forward_kl"] - (p1 - q1)), "grad forward KL must be p1 - q1")
     return True
 
 
@@ -250,13 +256,18 @@ def adaptive_beta_integrates_error() -> bool:
 def binary_optimum_expressions() -> dict[str, sp.Expr]:
     """Optimum of E[r] - beta KL for a 0/1 reward with success rate ``p0`` under the reference.
 
-    Keys: ``q`` (success rate of pi*), ``kl`` (KL(pi*||pi_ref)), symbols ``p0`` and ``beta``.
+    Keys: ``q`` (success rate of pi*), ``fail`` (1 - q, written without cancellation), ``kl``
+    (KL(pi*||pi_ref) as a Bernoulli KL), ``kl_stable`` (the same value as -fail/beta - log(p0 + (1-p0)
+    e^{-1/beta}), safe to evaluate for small beta), symbols ``p0`` and ``beta``.
     """
     p0, beta = sp.symbols("p0 beta", positive=True)
     z = p0 * sp.exp(1 / beta) + (1 - p0)
     q = p0 * sp.exp(1 / beta) / z
+    small = (1 - p0) * sp.exp(-1 / beta)
+    fail = small / (p0 + small)
     kl = q * sp.log(q / p0) + (1 - q) * sp.log((1 - q) / (1 - p0))
-    return {"q": q, "kl": kl, "p0": p0, "beta": beta}
+    kl_stable = -fail / beta - sp.log(p0 + small)
+    return {"q": q, "fail": fail, "kl": kl, "kl_stable": kl_stable, "p0": p0, "beta": beta}
 
 
 @derivation
@@ -265,11 +276,15 @@ def binary_reward_optimum() -> bool:
     ex = binary_optimum_expressions()
     q, kl, p0, beta = ex["q"], ex["kl"], ex["p0"], ex["beta"]
     z = p0 * sp.exp(1 / beta) + (1 - p0)
+    require(_zero(sp.simplify(1 - q - ex["fail"])), "fail must equal 1 - q")
     diff = kl - (q / beta - sp.log(z))
+    diff_stable = kl - ex["kl_stable"]
     for pv in (sp.Rational(1, 10), sp.Rational(1, 2)):
         for bv in (sp.Rational(1, 25), sp.Rational(1, 3), sp.Integer(2)):
             require(abs(sp.N(diff.subs({p0: pv, beta: bv}), 40)) < sp.Float("1e-30"),
                     "KL(pi*||pi_ref) must be E*[r]/beta - log Z")
+            require(abs(sp.N(diff_stable.subs({p0: pv, beta: bv}), 40)) < sp.Float("1e-30"),
+                    "the stable form must equal the Bernoulli KL")
     # limit beta -> 0+: substitute beta = 1/u, u -> oo
     u = sp.symbols("u", positive=True)
     half = sp.Rational(1, 10)
