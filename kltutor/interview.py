@@ -386,7 +386,7 @@ _BANK: tuple[Question, ...] = (
         "reference has little mass; forward KL(pi_ref||pi_theta) = -H(pi_ref) - E_{pi_ref}[log pi_theta] stops "
         "it from dropping what the reference can do (mode collapse, loss of diversity). The forward term is "
         "cheap: a cross-entropy (SFT) loss on samples from pi_ref or on the SFT data (InstructGPT's "
-        "pretraining-mix term is the data version); on-policy k3-in-loss also has the forward-KL gradient in "
+        "pretraining-mix term, PPO-ptx, is a version with pretraining data); on-policy k3-in-loss also has the forward-KL gradient in "
         "expectation. Objective: E[r] - beta_R KL(pi||pi_ref) - beta_F KL(pi_ref||pi), with separate budgets. "
         "Trade-off: the forward term resists sharpening, which is sometimes the point of RL.",
         ("Saying the forward KL needs impossible sampling: pi_ref samples are ordinary inference.",
