@@ -97,7 +97,7 @@ def _k3_series(log_ratio: Tensor) -> Tensor:
 
 
 def k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    """k3 = exp(-l) - 1 + l with l = log pi(y) - log pi_ref(y): unbiased and non-negative.
+    r"""k3 = exp(-l) - 1 + l with l = log pi(y) - log pi_ref(y): unbiased and non-negative.
 
     Computed to full relative precision in the tensor's dtype: for ``|l| <= 0.5`` by its Taylor
     series :math:`\sum_{n\ge2}(-\ell)^n/n!` (no cancellation), elsewhere as ``expm1(-l) + l``.
@@ -224,7 +224,7 @@ def _as_probs(name: str, p: Tensor | Sequence[float]) -> Tensor:
 
 
 def exact_moments(p: Tensor | Sequence[float], q: Tensor | Sequence[float], estimator: str) -> dict[str, float]:
-    """Exact mean and variance of one sample of ``estimator`` with ``y ~ p``, by enumeration.
+    r"""Exact mean and variance of one sample of ``estimator`` with ``y ~ p``, by enumeration.
 
     ``p`` is the policy and ``q`` the reference (both categorical over the same support); the
     estimator is applied to :math:`\ell(y) = \log p(y) - \log q(y)`. Returns ``{"kl", "mean",
@@ -249,7 +249,7 @@ def exact_moments(p: Tensor | Sequence[float], q: Tensor | Sequence[float], esti
 
 
 def gaussian_moments(mu_policy: float, mu_ref: float, sigma: float, estimator: str) -> dict[str, float]:
-    """Closed-form mean and variance of ``estimator`` for ``y ~ N(mu_policy, sigma^2)`` against
+    r"""Closed-form mean and variance of ``estimator`` for ``y ~ N(mu_policy, sigma^2)`` against
     the reference ``N(mu_ref, sigma^2)`` (equal variances).
 
     With :math:`\delta = (\mu_\text{policy} - \mu_\text{ref})/\sigma` the log-ratio is
@@ -276,7 +276,7 @@ def gaussian_moments(mu_policy: float, mu_ref: float, sigma: float, estimator: s
 
 
 def k3_variance_is_finite(sigma_policy: float, sigma_ref: float) -> bool:
-    """Whether k3 has finite variance for a Gaussian policy against a Gaussian reference.
+    r"""Whether k3 has finite variance for a Gaussian policy against a Gaussian reference.
 
     :math:`\mathrm{Var}(k_3)` is finite iff :math:`E_\pi[(\pi_\text{ref}/\pi)^2] < \infty` iff
     :math:`\sigma_\text{ref}^2 < 2\sigma_\text{policy}^2` -- whatever the means. A reference
@@ -288,7 +288,7 @@ def k3_variance_is_finite(sigma_policy: float, sigma_ref: float) -> bool:
 
 
 def gaussian_k3_variance(mu_policy: float, sigma_policy: float, mu_ref: float, sigma_ref: float) -> dict[str, float]:
-    """Closed-form KL, Var(k1) and Var(k3) for ``y ~ N(mu_policy, sigma_policy^2)`` against
+    r"""Closed-form KL, Var(k1) and Var(k3) for ``y ~ N(mu_policy, sigma_policy^2)`` against
     ``N(mu_ref, sigma_ref^2)``; ``var_k3`` is ``inf`` when ``sigma_ref^2 >= 2 sigma_policy^2``.
 
     Uses :math:`k_3 = \ell + (\rho - 1)` with :math:`\rho = e^{-\ell} = \pi_\text{ref}/\pi`:
@@ -321,7 +321,7 @@ def gaussian_k3_variance(mu_policy: float, sigma_policy: float, mu_ref: float, s
 
 
 def enumerate_autoregressive(tables: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """Every sequence of a small autoregressive model and its per-token log-probabilities.
+    r"""Every sequence of a small autoregressive model and its per-token log-probabilities.
 
     ``tables[t]`` holds :math:`\pi(y_t \mid y_{<t})` with shape ``[V] * (t + 1)`` (the last axis is
     the token, the earlier ones the prefix). Returns ``(sequences [V**T, T] long, token_logp

@@ -66,10 +66,12 @@ def check_stable_k3(fn: Callable[[Tensor, Tensor], Tensor], rtol: float = 1e-5) 
         messages.append("negative values: k3 is >= 0 for every sample")
     if passed:
         messages.append(f"relative error <= {rel.max().item():.1e} on {len(ells)} log-ratios from 1e-7 to 40 in float32")
-    # grad must be finite (a torch.where with an overflowing branch gives NaN gradients)
+    # grad must be finite, also for large positive l where k3 = l - 1 + e^{-l} is finite (a torch.where
+    # whose unused branch overflows there gives NaN gradients)
     if passed:
-        lp = logp.clone().requires_grad_(True)
-        fn(lp, ref_logp).sum().backward()
+        big = torch.tensor([1e3, 1e4, 1e5], dtype=torch.float32)
+        lp = torch.cat([logp, ref_logp[:3] + big]).clone().requires_grad_(True)
+        fn(lp, torch.cat([ref_logp, ref_logp[:3]])).sum().backward()
         if lp.grad is None or not torch.isfinite(lp.grad).all():
             passed = False
             messages.append("gradient is not finite (an unused torch.where branch overflowing gives NaN gradients)")

@@ -63,13 +63,16 @@ def plot_variance_vs_separation(delta: np.ndarray, variances: Mapping[str, np.nd
     return fig, ax
 
 
-def plot_heavy_tail(running: Mapping[str, np.ndarray], true_kl: float, sorted_k3: np.ndarray | None = None):
-    """Left: running means of k1 and k3 against the sample count; right: the largest k3 values (tail)."""
+def plot_heavy_tail(
+    running: Mapping[str, np.ndarray], true_kl: float, sorted_k3: np.ndarray | None = None, n: np.ndarray | None = None
+):
+    """Left: running means of k1 and k3 against the sample count ``n`` (default 1, 2, ...);
+    right: the largest k3 values against their rank (a straight line on log-log axes is a power-law tail)."""
     fig, axes = new_axes(ncols=2, height=3.4)
     ax = axes[0]
     for name, v in running.items():
-        n = np.arange(1, len(v) + 1)
-        ax.plot(n, v, color=_EST_COLORS.get(name, COLORS["grey"]), label=f"running mean {name}")
+        x = np.arange(1, len(v) + 1) if n is None else np.asarray(n)
+        ax.plot(x, v, color=_EST_COLORS.get(name, COLORS["grey"]), label=f"running mean {name}")
     ax.axhline(true_kl, color="black", lw=1.2, label="true KL")
     ax.set_xscale("log")
     ax.set_xlabel("number of samples")
