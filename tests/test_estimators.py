@@ -232,3 +232,15 @@ def test_enumerate_autoregressive_bad_tables():
         est.enumerate_autoregressive([torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5])])
     with pytest.raises(ValueError):
         est.enumerate_autoregressive([torch.tensor([0.6, 0.6])])
+
+
+def test_control_variate_weight_and_k2_bias_signs():
+    assert est.gaussian_k3_variance(1.0, 1.0, 0.0, 1.0)["lambda_opt"] == pytest.approx(1 / (math.e - 1), rel=1e-12)
+    # lambda* minimises the variance of k1 + lambda (rho - 1): it beats lambda = 1 (k3)
+    g = est.gaussian_k3_variance(0.0, 1.0, 0.5, 1.0)
+    lam = g["lambda_opt"]
+    assert g["var_k1"] + 2 * lam * g["cov_l_rho"] + lam**2 * g["var_rho"] < g["var_k3"]
+    # k2's bias has the sign of eps (2 theta - 1) for pi = theta, ref = theta + eps (third order)
+    assert est.exact_moments([0.3, 0.7], [0.4, 0.6], "k2")["bias"] < 0
+    assert est.exact_moments([0.3, 0.7], [0.2, 0.8], "k2")["bias"] > 0
+    assert est.gaussian_moments(0.0, 0.5, 1.0, "k2")["bias"] == pytest.approx(0.5**4 / 8, rel=1e-12)

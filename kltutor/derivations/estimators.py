@@ -69,7 +69,7 @@ def f_nonnegative() -> bool:
     require(f.subs(x, 0) == 0, "f(0) != 0")
     require(sp.solve(sp.Eq(sp.diff(f, x), 0), x) == [0], "f' has a zero other than 0")
     require(sp.diff(f, x, 2) == sp.exp(x), "f'' != e^x")
-    require(sp.Lt(0, sp.exp(x)).simplify() is sp.true or sp.ask(sp.Q.positive(sp.exp(x))), "e^x not positive")
+    require(sp.exp(x).is_positive is True, "e^x not positive for real x")
     # k3 = f(-l): substituting x = log(pi_ref/pi) = -l gives e^{-l} + l - 1.
     ell = sp.Symbol("ell", real=True)
     require(sp.simplify(f.subs(x, -ell) - (sp.exp(-ell) - 1 + ell)) == 0, "k3 != f(-l)")
@@ -213,7 +213,8 @@ def gaussian_k3_second_moment() -> bool:
     # the exponent's y^2 coefficient decides convergence: -1/s^2 + 1/2 must be negative
     coeff = sp.simplify(sp.expand(sp.log(integrand)).coeff(y, 2))
     require(sp.simplify(coeff - (sp.Rational(1, 2) - 1 / s**2)) == 0, f"exponent coefficient {coeff}")
-    require(sp.solve(sp.Lt(coeff, 0), s) is not None, "no convergence region")
+    region = sp.solve(sp.Lt(coeff, 0), s)
+    require(region == sp.Lt(s, sp.sqrt(2)), f"convergence region is {region}, expected s < sqrt(2)")
     val = sp.integrate(integrand.subs(s, sp.Rational(6, 5)), (y, -sp.oo, sp.oo))
     require(sp.simplify(val - 1 / (sp.Rational(6, 5) * sp.sqrt(2 - sp.Rational(36, 25)))) == 0, f"s=6/5 gives {val}")
     div = sp.integrate(integrand.subs(s, 2), (y, -sp.oo, sp.oo))
