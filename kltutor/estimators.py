@@ -10,6 +10,12 @@ For a token ``y`` sampled from the policy, with ``log_ratio`` :math:`\\ell = \\l
 All three are *elementwise* on tensors of log-probabilities and are meant for samples drawn from
 the policy whose log-probabilities are ``logp``. :func:`estimate_kl` aggregates them over a masked
 ``[batch, time]`` tensor, per token or per sequence.
+
+Chapter 2 also uses the other forms of k3 (:func:`k3_naive`, :func:`k3_expm1`, the biased
+:func:`k3_clamped`, the 50-digit :func:`k3_reference`) and the exact answers the tests pin the
+estimators to: :func:`exact_moments` (categorical, by enumeration), :func:`gaussian_moments` and
+:func:`gaussian_k3_variance` (closed forms), :func:`k3_variance_is_finite`, and
+:func:`enumerate_autoregressive` / :func:`exact_aggregation_moments` (token vs sequence level).
 """
 
 from __future__ import annotations
