@@ -34,12 +34,20 @@ from kltutor.estimators import k3
 from kltutor.grpo import group_advantages, grpo_loss
 from kltutor.placements import aggregate, clipped_surrogate
 
-__all__ = ["generate_completions", "make_beta_schedule", "RunResult", "run", "METRICS", "TIMING_METRICS"]
+__all__ = ["completion_mask_from_ids", "generate_completions", "make_beta_schedule", "RunResult", "run", "METRICS", "TIMING_METRICS"]
 
 METRICS = ("step", "reward", "accuracy", "kl_exact_seq", "kl_exact_token", "kl_k1_seq", "kl_k3_seq", "entropy",
            "response_length", "terminated", "clip_fraction", "grad_norm", "loss", "kl_term", "beta",
            "seconds", "tokens_per_second")
 TIMING_METRICS = ("seconds", "tokens_per_second")  # wall-clock: the only columns that differ between identical runs
+
+
+def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 on every completion token up to and including the first EOS, 0 after it (``[batch, T]``, long).
+    A completion without EOS (truncated at ``max_new_tokens``) is all ones."""
+    is_eos = (completion_ids == eos_token_id).long()
+    before = torch.cumsum(is_eos, -1) - is_eos  # number of EOS strictly before position t
+    return (before == 0).long()
 
 
 @torch.no_grad()
@@ -67,11 +75,8 @@ def generate_completions(model, tokenizer, prompts: list[str], max_new_tokens: i
     model.train(was_training)
     n_prompt = enc["input_ids"].shape[1]
     comp = out[:, n_prompt:]
-    is_eos = comp == tokenizer.eos_token_id
-    # 1 up to and including the first EOS: the number of EOS strictly before position t is 0
-    before = torch.cumsum(is_eos.long(), -1) - is_eos.long()
-    completion_mask = (before == 0).long()
-    terminated = is_eos.any(-1)
+    completion_mask = completion_mask_from_ids(comp, tokenizer.eos_token_id)
+    terminated = (comp == tokenizer.eos_token_id).any(-1)
     texts = []
     for row, m in zip(comp.tolist(), completion_mask.tolist()):
         toks = [t for t, k in zip(row, m) if k and t != tokenizer.eos_token_id]
