@@ -132,8 +132,10 @@ class RunResult:
 
 
 def _rng_state(task_gen: torch.Generator) -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "task": task_gen.get_state(), "python": random.getstate(),
-             "numpy": np.random.get_state()}
+             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -143,7 +145,8 @@ def _set_rng_state(state: dict, task_gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     task_gen.set_state(state["task"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

@@ -93,7 +93,11 @@ def check_tokenizer(tokenizer, alphabet: str) -> None:
         raise ValueError("the tokenizer has no pad token (needed for left-padded generation)")
     missing = []
     for c in alphabet:
-        ids = tokenizer(c, add_special_tokens=False)["input_ids"]
+        try:
+            ids = tokenizer(c, add_special_tokens=False)["input_ids"]
+        except Exception:  # e.g. a WordLevel vocabulary without an unknown token refuses the character
+            missing.append(c)
+            continue
         unk = getattr(tokenizer, "unk_token_id", None)
         if not ids or (unk is not None and unk in ids) or tokenizer.decode(ids, skip_special_tokens=True) != c:
             missing.append(c)
