@@ -11,6 +11,11 @@
 Command line: ``python -m kltutor.capstone --help``.
 """
 
+import warnings as _warnings
+
+# tqdm.auto warns on import in a notebook without ipywidgets; the text bar it falls back to is fine.
+_warnings.filterwarnings("ignore", message="IProgress not found")
+
 from kltutor.capstone.config import CAPSTONE_PLACEMENTS, PRESETS, CapstoneConfig, default_cache_dir, preset
 from kltutor.capstone.loop import METRICS, TIMING_METRICS, RunResult, generate_completions, run
 from kltutor.capstone.sweep import sweep
