@@ -25,12 +25,12 @@ def capstone_curves(df, metrics=("reward", "kl_exact_seq", "entropy", "response_
     nrows = (len(metrics) + 1) // 2
     fig, axes = new_axes(ncols=ncols, nrows=nrows, width=9.0, height=3.0 * nrows)
     axes = axes.reshape(-1) if hasattr(axes, "reshape") else [axes]
-    betas = sorted(df["beta_init"].unique())
+    betas = sorted(df.loc[df["placement"] != "none", "beta_init"].unique()) or [0.0]
     styles = ["-", "--", ":", "-."]
     for ax, metric in zip(axes, metrics):
         for (placement, beta), g in df.groupby(["placement", "beta_init"], sort=False):
             stats = g.groupby("step")[metric].agg(["mean", "min", "max"])
-            ls = styles[betas.index(beta) % len(styles)] if placement != "none" else "-"
+            ls = styles[betas.index(beta) % len(styles)] if beta in betas else "-"
             label = placement if len(betas) == 1 or placement == "none" else f"{placement}, beta={beta:g}"
             color = PLACEMENT_COLORS.get(placement, COLORS["black"])
             ax.plot(stats.index, stats["mean"], ls, color=color, label=label, lw=1.5)
@@ -40,10 +40,11 @@ def capstone_curves(df, metrics=("reward", "kl_exact_seq", "entropy", "response_
         ax.set_ylabel(_LABELS.get(metric, metric))
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
-    axes[0].legend(fontsize=7, ncol=2)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * ((len(labels) - 1) // 4), 1, 1))
     return fig
 
 
