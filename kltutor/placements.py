@@ -182,6 +182,7 @@ def kl_loss(
     level: Literal["token", "sequence"] = "token",
     old_logp: Tensor | None = None,
     aggregation: Aggregation = "token-mean",
+    importance: Literal["token", "prefix"] = "token",
 ) -> Tensor:
     """The KL term *in the loss* (``"<estimator>-in-loss"``), to be multiplied by beta and added.
 
@@ -194,7 +195,13 @@ def kl_loss(
     - ``old_logp``: when the batch was sampled by an older policy (several updates per batch), each
       token's term is weighted by the importance ratio ``w_t = exp(logp - old_logp)`` (with
       gradient), so that its expectation under the sampling policy is the expectation under the
-      current one (chapter 3, off-policy correction). Token level only.
+      current one at that state (chapter 3, off-policy correction). Token level only.
+      ``importance="token"`` (default) uses the per-token ratio; its gradient at ``theta = theta_old``
+      is ``(k(l_t) + k'(l_t)) * grad log pi(y_t)``: ``l_t * grad log pi(y_t)`` for k3 (per sample),
+      ``(l_t + 1) * grad log pi(y_t)`` for k1 (the same in expectation), i.e. token-level k2's. ``importance="prefix"``
+      uses the cumulative ratio ``prod_{s<=t} w_s`` over response tokens, which also corrects the
+      distribution of the prefix: with k1 or k3 its expected gradient is exactly the gradient of the
+      sequence-level reverse KL under the current policy (chapter 3 measures both exactly).
     """
     m = _validate(logp, ref_logp, mask)
     fn = get_estimator(estimator)
@@ -204,7 +211,14 @@ def kl_loss(
         if old_logp is not None:
             if old_logp.shape != logp.shape:
                 raise ValueError(f"old_logp must have shape {tuple(logp.shape)}, got {tuple(old_logp.shape)}")
-            values = torch.exp(logp - old_logp.detach()) * values
+            if not torch.isfinite(old_logp).all():
+                raise ValueError("old_logp holds NaN or inf")
+            log_w = (logp - old_logp.detach()) * (m != 0).to(logp.dtype)
+            if importance == "prefix":
+                log_w = torch.cumsum(log_w, dim=-1)
+            elif importance != "token":
+                raise ValueError(f"importance must be 'token' or 'prefix', got {importance!r}")
+            values = torch.exp(log_w) * values
         return aggregate(values, m, aggregation)
     if level == "sequence":
         if old_logp is not None:

@@ -3,6 +3,9 @@
     python scripts/notebooks.py execute [notebooks/NN_x.ipynb ...] [-p NAME VALUE ...]
         Write each book/NN_x.md into notebooks/NN_x.ipynb (jupytext) and execute it in place with
         papermill, so the stored outputs are the ones the site shows and nbval validates.
+    python scripts/notebooks.py sync [notebooks/NN_x.ipynb ...]
+        Copy edits of Markdown cells from book/ into the executed twins without re-executing; refuses
+        (and says which chapter to execute) when a code cell changed.
     python scripts/notebooks.py check
         Fail if a source and its twin differ in any cell (type, source or tags), if a twin is not
         executed, holds an error, or if a chapter's Colab install cell names another repository
@@ -100,6 +103,34 @@ def check() -> int:
     return 1 if problems else 0
 
 
+def sync(paths: list[str]) -> int:
+    targets = [ROOT / p for p in paths] if paths else [twin(s) for s in chapter_sources()]
+    stale = []
+    for nb_path in targets:
+        source = read_source(source_of(nb_path))
+        executed = nbformat.read(nb_path, as_version=4)
+        old = [c for c in executed.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+        old_code = [c.source.strip() for c in old if c.cell_type == "code"]
+        new_code = [c.source.strip() for c in source.cells if c.cell_type == "code"]
+        if old_code != new_code:
+            stale.append(nb_path)
+            continue
+        code_iter = iter(c for c in old if c.cell_type == "code")
+        cells = []
+        for cell in source.cells:
+            if cell.cell_type == "code":
+                done = next(code_iter)
+                done.metadata["tags"] = cell.metadata.get("tags", [])
+                cells.append(done)
+            else:
+                cells.append(cell)
+        executed.cells = cells
+        nbformat.write(executed, nb_path)
+    for nb_path in stale:
+        print(f"code changed in {nb_path.relative_to(ROOT)}: run `python scripts/notebooks.py execute {nb_path.relative_to(ROOT)}`")
+    return 1 if stale else 0
+
+
 def _parse_value(text: str):
     try:
         return yaml.safe_load(text)
@@ -153,10 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     ex = sub.add_parser("execute", help="sync and execute chapters")
     ex.add_argument("notebooks", nargs="*")
     ex.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    sy = sub.add_parser("sync", help="copy Markdown edits into executed twins, keeping outputs")
+    sy.add_argument("notebooks", nargs="*")
     sub.add_parser("check", help="check sources and executed twins are in sync")
     args = parser.parse_args(argv)
     if args.cmd == "check":
         return check()
+    if args.cmd == "sync":
+        return sync(args.notebooks)
     return execute(args.notebooks, {k: _parse_value(v) for k, v in args.parameter})
 
 

@@ -1,0 +1,33 @@
+import torch
+
+from kltutor.exercises import ch07
+from kltutor.derivations import failures as dv
+
+
+def test_stable_k3_checker():
+    good = lambda x: torch.expm1(-x.float()) + x.float()
+    naive = lambda x: torch.exp(-x) - 1 + x
+    assert ch07.check_stable_k3(good).passed
+    assert not ch07.check_stable_k3(naive).passed
+
+
+def test_shaped_rewards_checker():
+    def good(logp, ref_logp, mask, rewards, beta):
+        shaped = -beta * (logp - ref_logp).detach() * mask
+        last = (mask * torch.arange(mask.shape[1])).argmax(1)
+        shaped[torch.arange(mask.shape[0]), last] += rewards
+        return shaped
+
+    def not_detached(logp, ref_logp, mask, rewards, beta):
+        shaped = -beta * (logp - ref_logp) * mask
+        last = (mask * torch.arange(mask.shape[1])).argmax(1)
+        return shaped.index_put((torch.arange(mask.shape[0]), last), rewards, accumulate=True)
+
+    assert ch07.check_shaped_rewards(good).passed
+    bad = ch07.check_shaped_rewards(not_detached)
+    assert not bad.passed and "shaped_rewards_require_grad" in str(bad)
+
+
+def test_derivations():
+    assert dv.softmax_policy_gradient() is True
+    assert dv.fp16_k3_overflow() is True

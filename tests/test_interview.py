@@ -1,0 +1,155 @@
+"""The question bank, the quiz, chapter 8's coverage of the bank, the self-test page and the
+interview derivations."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kltutor import interview
+from kltutor.derivations import interview as derivations
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTER = (ROOT / "book" / "08_interview_questions.md").read_text()
+
+
+# --------------------------------------------------------------------------- the bank
+def test_bank_has_25_questions_in_three_tiers():
+    qs = interview.questions()
+    assert [q.id for q in qs] == [f"Q{i}" for i in range(1, 26)]
+    counts = {t: len(interview.questions(tier=t)) for t in interview.TIERS}
+    assert counts == {"must-know": 10, "advanced": 10, "top-lab": 5}
+    for q in qs:
+        assert q.question.strip() and q.answer.strip() and q.pitfalls
+        assert set(q.chapters) <= set(interview.CHAPTER_LABELS)
+
+
+def test_questions_filter_and_lookup():
+    assert [q.id for q in interview.questions(chapter="ch-schedules")] == ["Q6", "Q17", "Q18", "Q25"]
+    assert interview.get("q13").id == "Q13"
+    with pytest.raises(KeyError):
+        interview.get("Q26")
+    with pytest.raises(ValueError, match="unknown tier"):
+        interview.questions(tier="easy")
+    with pytest.raises(ValueError, match="unknown chapter"):
+        interview.questions(chapter="ch-nope")
+
+
+# --------------------------------------------------------------------------- the quiz
+def test_quiz_is_deterministic_given_a_seed():
+    a, b = interview.quiz(n=7, seed=3), interview.quiz(n=7, seed=3)
+    assert a.ids == b.ids and str(a) == str(b)
+    assert len(set(a.ids)) == 7, "drawn without replacement"
+    others = {tuple(interview.quiz(n=7, seed=s).ids) for s in range(10)}
+    assert len(others) > 1, "different seeds must give different quizzes"
+
+
+def test_quiz_question_view_has_no_answers():
+    quiz = interview.quiz(n=25, seed=0)
+    shown = str(quiz)
+    for q in interview.questions():
+        assert q.question in shown
+        assert q.answer not in shown
+        assert not any(p in shown for p in q.pitfalls)
+    assert "Answer" not in shown
+
+
+def test_quiz_reveals_on_demand():
+    quiz = interview.quiz(n=3, seed=5)
+    first = interview.get(quiz.ids[0])
+    text = quiz.reveal(0)
+    assert first.answer in text and all(p in text for p in first.pitfalls)
+    with pytest.raises(IndexError):
+        quiz.reveal(3)
+
+
+def test_quiz_by_tier_and_bad_input():
+    assert all(interview.get(i).tier == "top-lab" for i in interview.quiz(n=5, seed=1, tier="top-lab").ids)
+    with pytest.raises(ValueError, match="exceeds"):
+        interview.quiz(n=6, tier="top-lab")
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            interview.quiz(n=bad)
+
+
+# --------------------------------------------------------------------------- chapter 8 covers the bank
+def _blocks() -> dict[str, str]:
+    """The text of chapter 8 from each question's label to the next label or section."""
+    parts = re.split(r"^\((sec-interview-q\d+)\)=\s*$", CHAPTER, flags=re.M)
+    out = {}
+    for label, body in zip(parts[1::2], parts[2::2]):
+        out[label] = re.split(r"^\(sec-interview-tier\d\)=|^## ", body, flags=re.M)[0]
+    return out
+
+
+@pytest.mark.parametrize("q", interview.questions(), ids=lambda q: q.id)
+def test_every_question_is_answered_in_chapter_8(q):
+    blocks = _blocks()
+    assert q.label in blocks, f"chapter 8 has no ({q.label})= block"
+    block = blocks[q.label]
+    assert re.search(rf"^### {q.id}\. \S", block, re.M), f"missing heading '### {q.id}.'"
+    assert ":::{dropdown} Answer" in block, "the answer must be folded in a dropdown"
+    answer = block.split(":::{dropdown} Answer", 1)[1]
+    assert "\n:::" in answer, "the dropdown must be closed"
+    assert "**Pitfalls.**" in answer, "the answer must list the common pitfalls"
+    assert "{ref}`" in answer, "the answer must link into the book"
+
+
+def test_chapter_8_tiers_follow_the_bank():
+    order = [m.group(1) for m in re.finditer(r"^### (Q\d+)\.", CHAPTER, re.M)]
+    assert order == [q.id for q in interview.questions()]
+    for tier_no, tier in enumerate(interview.TIERS, start=1):
+        heading = CHAPTER.index(f"(sec-interview-tier{tier_no})=")
+        first = interview.questions(tier=tier)[0]
+        assert heading < CHAPTER.index(f"({first.label})=")
+
+
+# --------------------------------------------------------------------------- self-test page
+def test_self_test_page_is_up_to_date():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "self_test.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_self_test_page_lists_questions_only():
+    page = (ROOT / "book" / "self_test.md").read_text()
+    for q in interview.questions():
+        assert q.question in page and f"<{q.label}>" in page
+        assert q.answer not in page
+
+
+# --------------------------------------------------------------------------- derivations
+@pytest.mark.parametrize("name", [n for n in derivations.__all__ if not n.endswith("expressions")])
+def test_interview_derivation(name):
+    assert getattr(derivations, name)() is True
+
+
+def test_placement_gradients_numbers_match_finite_differences():
+    """The sympy expected gradients agree with autograd on an enumerated softmax policy."""
+    import torch
+
+    torch.manual_seed(0)
+    theta = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    pi = torch.softmax(theta, 0)
+    reverse = (pi * (pi.log() - ref.log())).sum()
+    forward = (ref * (ref.log() - pi.log())).sum()
+    g_rev = torch.autograd.grad(reverse, theta, retain_graph=True)[0][0].item()
+    g_fwd = torch.autograd.grad(forward, theta, retain_graph=True)[0][0].item()
+    # k3-in-loss: expectation (weights detached) of the autograd gradient of k3 at each outcome
+    ell = pi.log() - ref.log()
+    k3 = torch.exp(-ell) - 1 + ell
+    g_k3 = torch.autograd.grad((pi.detach() * k3).sum(), theta)[0][0].item()
+    import sympy as sp
+
+    g = derivations.placement_gradient_expressions()
+    p = pi.detach().tolist()
+    subs = {sp.Symbol("p1", positive=True): p[0], sp.Symbol("p2", positive=True): p[1],
+            sp.Symbol("q1", positive=True): 0.2, sp.Symbol("q2", positive=True): 0.5}
+    assert float(g["reverse_kl"].subs(subs)) == pytest.approx(g_rev, rel=1e-9)
+    assert float(g["forward_kl"].subs(subs)) == pytest.approx(g_fwd, rel=1e-9)
+    assert float(g["k3-in-loss"].subs(subs)) == pytest.approx(g_k3, rel=1e-9)
