@@ -79,6 +79,7 @@ def test_tokenizer_that_lacks_what_the_task_needs():
     (dict(resume=True), "run_dir"),
     (dict(hidden_size=30, num_heads=4), "divisible"),
     (dict(device="tpu"), "device"),
+    (dict(kl_schedule="pid"), "kl_schedule"),
 ])
 def test_bad_configuration_raises_a_clear_error(changes, match):
     with pytest.raises(ValueError, match=match):
@@ -111,7 +112,8 @@ def test_out_of_memory_names_a_preset(tiny, tmp_path, monkeypatch):
 
 
 def test_resume_equals_an_uninterrupted_run(tiny, tmp_path):
-    cfg = tiny.replace(placement="k3-in-loss", beta=0.1, updates_per_batch=2, checkpoint_every=2)
+    cfg = tiny.replace(placement="k3-in-loss", beta=0.1, updates_per_batch=2, checkpoint_every=2,
+                       kl_schedule="adaptive", kl_target=0.01)
     full = run(cfg.replace(run_dir=str(tmp_path / "full")))
     first = run(cfg.replace(run_dir=str(tmp_path / "cut"), steps=2))  # "interrupted" after step 2
     assert (first.checkpoint_dir / "state.pt").exists()
@@ -121,6 +123,7 @@ def test_resume_equals_an_uninterrupted_run(tiny, tmp_path):
     assert len(a) == len(b) == cfg.steps
     assert a.equals(b), (a, b)
     assert a["kl_exact_seq"].iloc[-1] > 0  # the policy did move
+    assert a["beta"].nunique() > 1  # and the adaptive beta (restored from the checkpoint) moved too
     rows = [json.loads(line) for line in resumed.metrics_path.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     with pytest.raises(FileNotFoundError):
@@ -160,3 +163,23 @@ def test_beta_schedule_interface():
         assert adaptive.beta == pytest.approx(0.07)
         adaptive.update(10.0, 64)  # KL far above target: beta must grow
         assert adaptive.beta > 0.07
+
+
+def test_cli_single_run_and_sweep(tiny, tmp_path, capsys):
+    from kltutor.capstone.__main__ import main
+
+    common = ["--preset", "smoke", "--max-operand", "9", "--hidden-size", "32", "--num-layers", "1", "--num-heads", "2",
+              "--num-kv-heads", "1", "--intermediate-size", "64", "--sft-steps", "40", "--sft-batch-size", "32",
+              "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "3", "--lr", "1e-3",
+              "--format-reward", "0.5", "--steps", "2", "--cache-dir", tiny.cache_dir, "--no-progress"]
+    assert main(common + ["--placement", "exact-in-loss", "--beta", "0.2", "--clip-std", "0.1", "5",
+                          "--run-dir", str(tmp_path / "one")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["beta"] == 0.2
+    assert main(common + ["--sweep", "--placements", "none", "k2-in-loss", "--betas", "0.1", "--seeds", "0", "1",
+                          "--run-dir", str(tmp_path / "grid")]) == 0
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "grid" / "sweep.csv")
+    assert len(df) == 2 * 2 * 2  # 2 placements x 2 seeds x 2 steps
+    assert "sweep.csv" in capsys.readouterr().out

@@ -19,7 +19,7 @@ HELP = {
     "placement": f"where the KL term goes: one of {', '.join(CAPSTONE_PLACEMENTS)}",
     "beta": "KL coefficient beta >= 0 (the initial value for an adaptive schedule)",
     "kl_level": "in-loss estimators: 'token' (per-token estimator) or 'sequence' (estimator of the summed log-ratio)",
-    "kl_schedule": "'fixed', or a schedule name of kltutor.schedules.make_schedule (e.g. 'adaptive')",
+    "kl_schedule": "'fixed', 'adaptive' (kltutor.schedules.AdaptiveKLController), 'ppo-penalty', ...: a name of kltutor.schedules.SCHEDULES",
     "kl_target": "adaptive schedule: target sequence KL in nats",
     "kl_horizon": "adaptive schedule: horizon in samples",
     "importance_weighted_kl": "weight the in-loss KL of each token by w_t = pi/pi_old (off-policy correction)",

@@ -112,6 +112,13 @@ class CapstoneConfig:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.resume and self.run_dir is None:
             raise ValueError("resume=True needs the run_dir of the interrupted run")
+        if self.kl_schedule != "fixed":
+            try:
+                from kltutor.schedules import SCHEDULES
+            except ImportError:
+                raise ValueError(f"kl_schedule={self.kl_schedule!r} needs kltutor.schedules, which is not installed; use 'fixed'") from None
+            if self.kl_schedule not in SCHEDULES:
+                raise ValueError(f"unknown kl_schedule {self.kl_schedule!r}; choose one of {sorted(SCHEDULES)}")
         if self.kl_target <= 0:
             raise ValueError(f"kl_target must be > 0, got {self.kl_target}")
         return self

@@ -108,7 +108,16 @@ def make_beta_schedule(cfg: CapstoneConfig):
         return _FixedBeta(cfg.beta)
     if cfg.kl_schedule == "fixed":
         return _FixedBeta(cfg.beta)
-    return make_schedule(cfg.kl_schedule, init_beta=cfg.beta, target=cfg.kl_target, horizon=cfg.kl_horizon)
+    import inspect
+
+    from kltutor.schedules import SCHEDULES
+
+    kwargs = {"init_beta": cfg.beta, "target": cfg.kl_target, "horizon": cfg.kl_horizon}
+    cls = SCHEDULES.get(cfg.kl_schedule)
+    if cls is not None:  # pass only what this controller takes (the PPO penalty has no horizon)
+        accepted = inspect.signature(cls.__init__).parameters
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    return make_schedule(cfg.kl_schedule, **kwargs)
 
 
 @dataclass
