@@ -24,6 +24,8 @@ chapter's laboratory: a policy over a small set of whole responses, trained by a
 
 from __future__ import annotations
 
+from kltutor._validation import positive_number
+
 import math
 from dataclasses import dataclass, field
 import torch
@@ -58,13 +60,7 @@ __all__ = [
 
 
 def _check_positive(name: str, value: float) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
-    if not (value > 0.0) or math.isinf(value):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return value
+    return positive_number(name, value)
 
 
 def _check_nonnegative(name: str, value: float) -> float:

@@ -24,6 +24,8 @@ come from -- they are different rules and are often conflated:
 
 from __future__ import annotations
 
+from kltutor._validation import positive_number
+
 import math
 from typing import Any
 
@@ -41,13 +43,7 @@ __all__ = [
 
 
 def _positive(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
+    return positive_number(name, value)
 
 
 def _finite(name: str, value: Any) -> float:

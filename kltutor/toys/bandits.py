@@ -15,6 +15,8 @@ controller sees is a k1 or k3 sample mean over ``n_samples`` arms drawn from the
 
 from __future__ import annotations
 
+from kltutor._validation import positive_number
+
 import math
 from dataclasses import dataclass
 
@@ -39,13 +41,7 @@ def _as_vector(name: str, x) -> Tensor:
 
 
 def _check_beta(beta) -> float:
-    try:
-        b = float(beta)
-    except (TypeError, ValueError):
-        raise TypeError(f"beta must be a real number, got {beta!r}") from None
-    if not math.isfinite(b) or b <= 0:
-        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
-    return b
+    return positive_number("beta", beta)
 
 
 def tilted_policy(ref_probs: Tensor, rewards: Tensor, beta: float) -> Tensor:
