@@ -58,12 +58,14 @@ def site():
 def _open(browser, url):
     """Open ``url`` in a fresh page; return the page and the console errors it produced."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    # Generous: in CI this runs beside nbval workers on two cores, and MathJax on a long chapter is slow.
+    page.set_default_timeout(180_000)
     errors: list[str] = []
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("requestfailed", lambda req: errors.append(f"request failed: {req.url}"))
     page.goto(url, wait_until="load")
-    page.wait_for_function("!window.MathJax || (MathJax.startup && MathJax.startup.promise)", timeout=30000)
+    page.wait_for_function("!window.MathJax || (MathJax.startup && MathJax.startup.promise)", timeout=180_000)
     page.evaluate("window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
     page.wait_for_load_state("networkidle")
     return page, errors
@@ -113,7 +115,7 @@ def test_page_renders(site, doc):
 def test_search_finds_k3(site):
     base, browser = site
     page, errors = _open(browser, f"{base}/search.html?q=k3")
-    page.wait_for_selector("ul.search li", timeout=30000)
+    page.wait_for_selector("ul.search li", timeout=180_000)
     hits = page.locator("ul.search li").count()
     page.screenshot(path=str(SCREENSHOTS / "search_k3.png"))
     assert hits > 0, "search for 'k3' returned nothing"
