@@ -132,7 +132,7 @@ PRINT_CSS = """
 @media print {
   .bd-header, .bd-sidebar-primary, .bd-sidebar-secondary, .header-article, .prev-next-area,
   .bd-footer, .bd-footer-article, .bd-footer-content, .cell_input, .toggle-details__summary,
-  .sd-summary-up, .sd-summary-down, button { display: none !important; }
+  .sd-summary-up, .sd-summary-down, button, div.cell { display: none !important; }
   .bd-main .bd-content .bd-article-container { max-width: 100% !important; }
   section section, details, .sd-dropdown, .admonition, table, figure, .cell_output {
     break-inside: avoid; page-break-inside: avoid; }

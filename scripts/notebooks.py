@@ -47,6 +47,8 @@ def repository_url() -> str:
 
 def read_source(source: Path) -> nbformat.NotebookNode:
     nb = jupytext.read(source)
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"{source.stem[:2]}-{i:03d}"  # stable ids: re-executing a chapter gives a small diff
     nb.metadata["kernelspec"] = KERNEL
     nb.metadata.pop("jupytext", None)
     return nb
@@ -172,6 +174,8 @@ def _strip_papermill_noise(nb_path: Path) -> None:
         pm_meta = cell.metadata.get("papermill")
         if pm_meta is not None:
             cell.metadata.pop("papermill")
+        if cell.metadata.get("tags") == []:
+            cell.metadata.pop("tags")
         cell.metadata.get("execution", {}).clear()
         if "execution" in cell.metadata and not cell.metadata["execution"]:
             cell.metadata.pop("execution")
