@@ -1,0 +1,105 @@
+"""Per-token log-probabilities, entropy and exact full-vocabulary KL, chunked (chapter 9).
+
+A float32 log-softmax over ``[batch, time, vocab]`` is the largest tensor of an RL step on a real
+vocabulary (64 x 1024 x 152k x 4 bytes = 40 GB). These functions never build it: they take the last
+hidden states, flatten ``[batch, time]`` into rows and push ``chunk`` rows at a time through the
+output layer and the log-softmax; with gradient enabled each chunk is recomputed in the backward
+pass (activation checkpointing), so only one chunk of logits is alive at any moment.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["chunked_token_stats", "naive_token_stats", "hidden_states", "sequence_stats"]
+
+
+def _chunk_stats(h: Tensor, targets: Tensor, head_w: Tensor, ref_h: Tensor | None, ref_w: Tensor | None,
+                 inv_temp: float) -> Tensor:
+    logits = (h @ head_w.T).float() * inv_temp
+    lsm = torch.log_softmax(logits, -1)
+    logp = lsm.gather(-1, targets[:, None]).squeeze(-1)
+    p = lsm.exp()
+    entropy = -(p * lsm).sum(-1)
+    if ref_h is None:
+        return torch.stack([logp, entropy, torch.zeros_like(logp), torch.zeros_like(logp)], -1)
+    ref_lsm = torch.log_softmax((ref_h @ ref_w.T).float() * inv_temp, -1)
+    ref_logp = ref_lsm.gather(-1, targets[:, None]).squeeze(-1)
+    kl = (p * (lsm - ref_lsm)).sum(-1)  # KL(pi(.|s_t) || pi_ref(.|s_t)), the whole vocabulary
+    return torch.stack([logp, entropy, ref_logp, kl], -1)
+
+
+def chunked_token_stats(hidden: Tensor, head_weight: Tensor, targets: Tensor, ref_hidden: Tensor | None = None,
+                        ref_head_weight: Tensor | None = None, chunk: int = 1024, temperature: float = 1.0) -> dict[str, Tensor]:
+    """Token statistics from hidden states ``[batch, time, d]`` and output weights ``[vocab, d]``.
+
+    Returns float32 ``[batch, time]`` tensors: ``logp`` (log-prob of ``targets``), ``entropy`` of the
+    policy's next-token distribution, and -- when the reference's hidden states and head are given --
+    ``ref_logp`` and ``kl``, the exact :math:`\\mathrm{KL}(\\pi_\\theta(\\cdot|s_t)\\|\\pi_\\text{ref}(\\cdot|s_t))`.
+    Logits are divided by ``temperature`` (the sampling distribution). Gradients flow into ``hidden``
+    and ``head_weight`` (the reference's inputs should be detached).
+    """
+    if hidden.dim() != 3 or targets.shape != hidden.shape[:2]:
+        raise ValueError(f"hidden must be [batch, time, d] and targets [batch, time]; got {tuple(hidden.shape)} and {tuple(targets.shape)}")
+    if (ref_hidden is None) != (ref_head_weight is None):
+        raise ValueError("give both ref_hidden and ref_head_weight, or neither")
+    if ref_hidden is not None and ref_hidden.shape[:2] != hidden.shape[:2]:
+        raise ValueError(f"ref_hidden {tuple(ref_hidden.shape)} must match hidden {tuple(hidden.shape)} in batch and time")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    B, T, D = hidden.shape
+    h = hidden.reshape(B * T, D)
+    y = targets.reshape(B * T)
+    rh = ref_hidden.reshape(B * T, -1) if ref_hidden is not None else None
+    outs = []
+    for s in range(0, B * T, chunk):
+        args = (h[s:s + chunk], y[s:s + chunk], head_weight,
+                rh[s:s + chunk] if rh is not None else None, ref_head_weight, 1.0 / temperature)
+        if torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad):
+            outs.append(checkpoint(_chunk_stats, *args, use_reentrant=False))
+        else:
+            outs.append(_chunk_stats(*args))
+    out = torch.cat(outs, 0).reshape(B, T, 4)
+    stats = {"logp": out[..., 0], "entropy": out[..., 1]}
+    if ref_hidden is not None:
+        stats["ref_logp"] = out[..., 2]
+        stats["kl"] = out[..., 3]
+    return stats
+
+
+def naive_token_stats(logits: Tensor, targets: Tensor, ref_logits: Tensor | None = None, temperature: float = 1.0) -> dict[str, Tensor]:
+    """The same statistics from full ``[batch, time, vocab]`` logits (the reference implementation for tests)."""
+    lsm = torch.log_softmax(logits.float() / temperature, -1)
+    stats = {"logp": lsm.gather(-1, targets[..., None]).squeeze(-1), "entropy": -(lsm.exp() * lsm).sum(-1)}
+    if ref_logits is not None:
+        ref_lsm = torch.log_softmax(ref_logits.float() / temperature, -1)
+        stats["ref_logp"] = ref_lsm.gather(-1, targets[..., None]).squeeze(-1)
+        stats["kl"] = (lsm.exp() * (lsm - ref_lsm)).sum(-1)
+    return stats
+
+
+def hidden_states(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Last hidden states ``[batch, time, d]`` of a causal LM, positions counted from the first real
+    token (so left padding does not shift them)."""
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    return out.last_hidden_state
+
+
+def sequence_stats(model, input_ids: Tensor, attention_mask: Tensor, n_prompt: int, ref_model=None,
+                   chunk: int = 1024, temperature: float = 1.0) -> dict[str, Tensor]:
+    """Statistics of the completion tokens ``input_ids[:, n_prompt:]`` (``[batch, time]`` each).
+
+    The hidden state at position ``t-1`` predicts token ``t``; only the completion positions are sent
+    through the output layer.
+    """
+    h = hidden_states(model, input_ids, attention_mask)[:, n_prompt - 1:-1]
+    targets = input_ids[:, n_prompt:]
+    rh = rw = None
+    if ref_model is not None:
+        with torch.no_grad():
+            rh = hidden_states(ref_model, input_ids, attention_mask)[:, n_prompt - 1:-1]
+            rw = ref_model.get_output_embeddings().weight
+    return chunked_token_stats(h, model.get_output_embeddings().weight, targets, rh, rw, chunk, temperature)

@@ -1,0 +1,100 @@
+"""Derivations of chapter 6, checked by sympy.
+
+- :func:`bon_peak` and :func:`rl_peak`: the maximiser and maximum of Gao et al.'s two forms.
+- :func:`stopping_fraction`: the fraction of the peak gold gain kept at ``lambda * KL*``.
+- :func:`bon_safe_budget`: where the bon form first reaches ``rho`` times its peak.
+- :func:`best_of_n_continuous_kl`: ``log n - (n-1)/n`` is the exact KL for a continuous reward.
+- :func:`mirror_descent_stays_tilted`: natural-gradient steps on ``r - beta * log(pi/pi_ref)``
+  keep ``log(pi/pi_ref)`` proportional to ``r`` (up to normalisation), so a KL penalty only moves
+  the policy along the same path that early stopping truncates.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from kltutor.derivations import DerivationError, derivation, require  # noqa: F401
+
+__all__ = ["bon_peak", "rl_peak", "stopping_fraction", "bon_safe_budget", "best_of_n_continuous_kl", "mirror_descent_stays_tilted", "symbols"]
+
+d, alpha, beta, lam, rho = sp.symbols("d alpha beta lambda rho", positive=True)
+n = sp.symbols("n", integer=True, positive=True)
+
+
+def symbols() -> dict[str, sp.Expr]:
+    """The two forms as sympy expressions, for display."""
+    return {"R_bon": d * (alpha - beta * d), "R_rl": d * (alpha - beta * sp.log(d))}
+
+
+@derivation
+def bon_peak() -> bool:
+    """R = d(alpha - beta d): d* = alpha/(2 beta), R* = alpha^2/(4 beta), a maximum."""
+    R = d * (alpha - beta * d)
+    roots = sp.solve(sp.diff(R, d), d)
+    require(roots == [alpha / (2 * beta)], f"stationary points {roots}")
+    require(sp.simplify(R.subs(d, roots[0]) - alpha**2 / (4 * beta)) == 0, "peak value")
+    require(sp.simplify(sp.diff(R, d, 2)) == -2 * beta, "second derivative is -2 beta < 0")
+    return True
+
+
+@derivation
+def rl_peak() -> bool:
+    """R = d(alpha - beta log d): d* = exp(alpha/beta - 1), R* = beta d*, a maximum."""
+    R = d * (alpha - beta * sp.log(d))
+    dstar = sp.exp(alpha / beta - 1)
+    require(sp.simplify(sp.diff(R, d).subs(d, dstar)) == 0, "d* is stationary")
+    require(sp.simplify(R.subs(d, dstar) - beta * dstar) == 0, "peak value is beta d*")
+    require(sp.simplify(sp.diff(R, d, 2) + beta / d) == 0, "second derivative -beta/d < 0")
+    return True
+
+
+@derivation
+def stopping_fraction() -> bool:
+    """Stopping at KL = lambda KL* keeps 2 sqrt(lambda) - lambda (bon) or sqrt(lambda)(1 - log(lambda)/2) (rl)."""
+    Rb = d * (alpha - beta * d)
+    db = alpha / (2 * beta)
+    frac_b = sp.simplify(Rb.subs(d, sp.sqrt(lam) * db) / Rb.subs(d, db))
+    require(sp.simplify(frac_b - (2 * sp.sqrt(lam) - lam)) == 0, f"bon fraction {frac_b}")
+    Rr = d * (alpha - beta * sp.log(d))
+    dr = sp.exp(alpha / beta - 1)
+    frac_r = sp.simplify(sp.expand_log(Rr.subs(d, sp.sqrt(lam) * dr) / Rr.subs(d, dr), force=True))
+    require(sp.simplify(frac_r - sp.sqrt(lam) * (1 - sp.log(lam) / 2)) == 0, f"rl fraction {frac_r}")
+    return True
+
+
+@derivation
+def bon_safe_budget() -> bool:
+    """The bon form reaches rho R* (rising side) at d = d* (1 - sqrt(1 - rho))."""
+    R = d * (alpha - beta * d)
+    dstar = alpha / (2 * beta)
+    dsafe = dstar * (1 - sp.sqrt(1 - rho))
+    require(sp.simplify(R.subs(d, dsafe) - rho * alpha**2 / (4 * beta)) == 0, "R(d_safe) = rho R*")
+    return True
+
+
+@derivation
+def best_of_n_continuous_kl() -> bool:
+    """For a continuous reward, u = F(r) ~ U(0,1) and best-of-n has density n u^(n-1): KL = log n - (n-1)/n."""
+    u = sp.symbols("u", positive=True)
+    for k in range(1, 9):
+        kl = sp.integrate(k * u ** (k - 1) * sp.log(k * u ** (k - 1)), (u, 0, 1))
+        require(sp.simplify(kl - (sp.log(k) - sp.Rational(k - 1, k))) == 0, f"n={k}: {kl}")
+    return True
+
+
+@derivation
+def mirror_descent_stays_tilted() -> bool:
+    """ell_{t+1} = ell_t + eta (r - beta ell_t) from ell_0 = 0 gives ell_t = c_t r, c_t = (1 - (1 - eta beta)^t)/beta.
+
+    (Normalisation adds a y-independent constant at every step, which does not change the policy.)
+    So every iterate is pi_ref exp(c_t r)/Z: the tilted family, the same family early stopping walks
+    along without a penalty (beta = 0 gives c_t = eta t).
+    """
+    eta, r, b = sp.symbols("eta r beta", positive=True)
+    t = sp.symbols("t", integer=True, nonnegative=True)
+    c = (1 - (1 - eta * b) ** t) / b
+    require(sp.simplify(c.subs(t, 0)) == 0, "c_0 = 0")
+    step = c * r + eta * (r - b * c * r)
+    require(sp.simplify(step - c.subs(t, t + 1) * r) == 0, "recursion")
+    require(sp.limit(c, b, 0) == eta * t, "beta -> 0 limit is eta t (no penalty)")
+    return True

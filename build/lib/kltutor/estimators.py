@@ -1,0 +1,380 @@
+"""The k1, k2 and k3 sample estimators of the reverse KL (introduced in chapter 2).
+
+For a token ``y`` sampled from the policy, with ``log_ratio`` :math:`\\ell = \\log\\pi_\\theta(y) -
+\\log\\pi_\\text{ref}(y)`:
+
+- k1 :math:`= \\ell` (unbiased, can be negative),
+- k2 :math:`= \\tfrac12\\ell^2` (biased, non-negative),
+- k3 :math:`= e^{-\\ell} - 1 + \\ell` (unbiased, non-negative).
+
+All three are *elementwise* on tensors of log-probabilities and are meant for samples drawn from
+the policy whose log-probabilities are ``logp``. :func:`estimate_kl` aggregates them over a masked
+``[batch, time]`` tensor, per token or per sequence.
+
+Chapter 2 also uses the other forms of k3 (:func:`k3_naive`, :func:`k3_expm1`, the biased
+:func:`k3_clamped`, the 50-digit :func:`k3_reference`) and the exact answers the tests pin the
+estimators to: :func:`exact_moments` (categorical, by enumeration), :func:`gaussian_moments` and
+:func:`gaussian_k3_variance` (closed forms), :func:`k3_variance_is_finite`, and
+:func:`enumerate_autoregressive` / :func:`exact_aggregation_moments` (token vs sequence level).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable, Literal, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "k1",
+    "k2",
+    "k3",
+    "k3_expm1",
+    "k3_naive",
+    "k3_clamped",
+    "k3_reference",
+    "exact_moments",
+    "gaussian_moments",
+    "gaussian_k3_variance",
+    "k3_variance_is_finite",
+    "enumerate_autoregressive",
+    "exact_aggregation_moments",
+    "ESTIMATORS",
+    "get_estimator",
+    "estimate_kl",
+    "validate_logps",
+    "validate_mask",
+]
+
+
+def validate_logps(logp: Tensor, ref_logp: Tensor) -> None:
+    """Raise a clear error for mismatched shapes or non-finite log-probabilities."""
+    if not isinstance(logp, Tensor) or not isinstance(ref_logp, Tensor):
+        raise TypeError(f"logp and ref_logp must be torch tensors, got {type(logp).__name__} and {type(ref_logp).__name__}")
+    if logp.shape != ref_logp.shape:
+        raise ValueError(f"logp and ref_logp must have the same shape, got {tuple(logp.shape)} and {tuple(ref_logp.shape)}")
+    for name, t in (("logp", logp), ("ref_logp", ref_logp)):
+        if not torch.isfinite(t).all():
+            bad = (~torch.isfinite(t)).sum().item()
+            raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or inf); log-probabilities of sampled tokens must be finite")
+
+
+def validate_mask(mask: Tensor | None, shape: torch.Size) -> Tensor | None:
+    """Check a mask's shape and that it selects at least one token; return it as a float tensor."""
+    if mask is None:
+        return None
+    if mask.shape != shape:
+        raise ValueError(f"mask must have the shape of the log-probabilities {tuple(shape)}, got {tuple(mask.shape)}")
+    mask = mask.to(torch.float32) if mask.dtype == torch.bool else mask
+    if not torch.isfinite(mask).all() or (mask < 0).any():
+        raise ValueError("mask must hold finite, non-negative weights (1 for response tokens, 0 elsewhere)")
+    if mask.sum() <= 0:
+        raise ValueError("mask selects no token: the KL of an empty response is undefined")
+    return mask
+
+
+def k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k1 = log pi(y) - log pi_ref(y): unbiased for KL(pi || pi_ref), negative for some samples."""
+    validate_logps(logp, ref_logp)
+    return logp - ref_logp
+
+
+def k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k2 = (log pi(y) - log pi_ref(y))**2 / 2: non-negative, biased (second order in the log-ratio)."""
+    validate_logps(logp, ref_logp)
+    return 0.5 * (logp - ref_logp).square()
+
+
+# Taylor coefficients of e^{-l} - 1 + l = sum_{n>=2} (-l)^n / n!, used where |l| is small.
+_SERIES_TERMS = 16
+_SERIES_RADIUS = 0.5
+_SERIES_COEFFS = [1.0 / math.factorial(n) for n in range(2, _SERIES_TERMS + 2)]
+
+
+def _k3_series(log_ratio: Tensor) -> Tensor:
+    """sum_{n=2}^{17} (-l)^n / n! by Horner; relative truncation error < 1e-18 for |l| <= 0.5."""
+    x = -log_ratio
+    acc = torch.zeros_like(x)
+    for c in reversed(_SERIES_COEFFS):
+        acc = acc * x + c
+    return acc * x * x
+
+
+def k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    r"""k3 = exp(-l) - 1 + l with l = log pi(y) - log pi_ref(y): unbiased and non-negative.
+
+    Computed to full relative precision in the tensor's dtype: for ``|l| <= 0.5`` by its Taylor
+    series :math:`\sum_{n\ge2}(-\ell)^n/n!` (no cancellation), elsewhere as ``expm1(-l) + l``.
+    The naive ``exp(-l) - 1 + l`` (:func:`k3_naive`) loses every digit near ``l = 0``;
+    ``expm1(-l) + l`` (:func:`k3_expm1`) is better but still has relative error about
+    ``2 eps / |l|`` there, because ``expm1(-l)`` and ``l`` cancel to leading order (chapter 2).
+    Where ``exp(-l)`` overflows the dtype the result is ``inf``, as the true value is.
+    """
+    validate_logps(logp, ref_logp)
+    log_ratio = logp - ref_logp
+    small = log_ratio.abs() <= _SERIES_RADIUS
+    series = _k3_series(log_ratio.clamp(-_SERIES_RADIUS, _SERIES_RADIUS))
+    return torch.where(small, series, torch.expm1(-log_ratio) + log_ratio)
+
+
+def k3_expm1(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k3 as ``expm1(-l) + l``: no overflow problem beyond the naive form's, relative error ~2 eps/|l| near 0."""
+    validate_logps(logp, ref_logp)
+    log_ratio = logp - ref_logp
+    return torch.expm1(-log_ratio) + log_ratio
+
+
+def k3_naive(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k3 as the textbook ``exp(-l) - 1 + l``: loses all relative precision near ``l = 0`` (do not use)."""
+    validate_logps(logp, ref_logp)
+    log_ratio = logp - ref_logp
+    return torch.exp(-log_ratio) - 1 + log_ratio
+
+
+def k3_clamped(logp: Tensor, ref_logp: Tensor, max_ratio: float) -> Tensor:
+    """k3 with the ratio ``pi_ref/pi = exp(-l)`` capped at ``max_ratio`` (the "k3_clip" of some codebases).
+
+    Caps the heavy tail and the overflow, and so is *biased* low: its expectation is
+    ``KL - E[(exp(-l) - max_ratio)_+]`` (chapter 2).
+    """
+    validate_logps(logp, ref_logp)
+    if not (isinstance(max_ratio, (int, float)) and math.isfinite(max_ratio) and max_ratio > 1):
+        raise ValueError(f"max_ratio must be a finite number > 1, got {max_ratio!r}")
+    log_ratio = logp - ref_logp
+    return torch.exp(-log_ratio).clamp(max=max_ratio) - 1 + log_ratio
+
+
+ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"k1": k1, "k2": k2, "k3": k3}
+
+
+def get_estimator(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The estimator called ``name`` ("k1", "k2" or "k3"), with a clear error for anything else."""
+    try:
+        return ESTIMATORS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown estimator {name!r}; choose one of {sorted(ESTIMATORS)}") from None
+
+
+def estimate_kl(
+    logp: Tensor,
+    ref_logp: Tensor,
+    estimator: str = "k3",
+    mask: Tensor | None = None,
+    level: Literal["token", "sequence"] = "token",
+) -> Tensor:
+    """Estimate the reverse KL from log-probabilities of tokens sampled from the policy.
+
+    ``logp`` and ``ref_logp`` are ``[batch, time]`` (or ``[time]``) log-probabilities of the sampled
+    tokens under the policy and the reference; ``mask`` marks the response tokens (default: all).
+
+    - ``level="token"``: the estimator is applied to every token and averaged over the masked
+      tokens -- an estimate of the mean per-token KL.
+    - ``level="sequence"``: the log-ratios are first summed over each sequence's masked tokens and the
+      estimator is applied to that sum -- an estimate of the sequence-level KL
+      :math:`\\mathrm{KL}(\\pi_\\theta(\\cdot|x)\\|\\pi_\\text{ref}(\\cdot|x))`, averaged over the batch.
+      For k1 this equals the sum over tokens; for k2 and k3 it does not (chapter 2).
+    """
+    fn = get_estimator(estimator)
+    validate_logps(logp, ref_logp)
+    if level not in ("token", "sequence"):
+        raise ValueError(f"level must be 'token' or 'sequence', got {level!r}")
+    m = validate_mask(mask, logp.shape)
+    if m is None:
+        m = torch.ones_like(logp)
+    if level == "token":
+        values = fn(logp, ref_logp)
+        return (values * m).sum() / m.sum()
+    if logp.dim() == 1:
+        logp, ref_logp, m = logp[None], ref_logp[None], m[None]
+    seq_log_ratio = ((logp - ref_logp) * m).sum(dim=-1)
+    keep = m.sum(dim=-1) > 0
+    values = fn(seq_log_ratio[keep], torch.zeros_like(seq_log_ratio[keep]))
+    return values.mean()
+
+
+# --------------------------------------------------------------------------------------------
+# Exact answers (chapter 2): moments under categorical enumeration and Gaussian closed forms.
+# --------------------------------------------------------------------------------------------
+
+
+def k3_reference(log_ratio: Sequence[float] | Tensor, digits: int = 50) -> Tensor:
+    """k3 of each log-ratio computed in ``digits``-digit arithmetic (mpmath), returned as float64.
+
+    The ground truth for the stability tables: the inputs are taken as exact numbers, so the
+    error of a float32 / bfloat16 evaluation is measured against the value of *its own* input.
+    """
+    import mpmath
+
+    values = log_ratio.double().tolist() if isinstance(log_ratio, Tensor) else [float(v) for v in log_ratio]
+    out = []
+    with mpmath.workdps(digits):
+        for v in values:
+            if not math.isfinite(v):
+                raise ValueError("k3_reference needs finite log-ratios")
+            x = mpmath.mpf(v)
+            out.append(float(mpmath.expm1(-x) + x))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def _as_probs(name: str, p: Tensor | Sequence[float]) -> Tensor:
+    t = torch.as_tensor(p, dtype=torch.float64)
+    if t.dim() != 1 or t.numel() < 1:
+        raise ValueError(f"{name} must be a 1-d vector of probabilities, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all() or (t < 0).any():
+        raise ValueError(f"{name} must hold finite, non-negative probabilities")
+    if abs(t.sum().item() - 1.0) > 1e-9:
+        raise ValueError(f"{name} must sum to 1, sums to {t.sum().item():.12g}")
+    return t
+
+
+def exact_moments(p: Tensor | Sequence[float], q: Tensor | Sequence[float], estimator: str) -> dict[str, float]:
+    r"""Exact mean and variance of one sample of ``estimator`` with ``y ~ p``, by enumeration.
+
+    ``p`` is the policy and ``q`` the reference (both categorical over the same support); the
+    estimator is applied to :math:`\ell(y) = \log p(y) - \log q(y)`. Returns ``{"kl", "mean",
+    "var", "bias"}`` with ``kl`` the exact :math:`\mathrm{KL}(p\|q)`. Outcomes with ``p(y) = 0`` are
+    never sampled and are skipped. If ``q(y) = 0`` where ``p(y) > 0`` the KL is infinite and every
+    estimator's log-ratio is ``+inf`` on that outcome: this raises ``ValueError``.
+    """
+    fn = get_estimator(estimator)
+    p = _as_probs("p", p)
+    q = _as_probs("q", q)
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
+    seen = p > 0
+    if (q[seen] == 0).any():
+        raise ValueError("q(y) = 0 on an outcome with p(y) > 0: KL(p||q) is infinite (supp p must lie in supp q)")
+    pw, lp, lq = p[seen], p[seen].log(), q[seen].log()
+    values = fn(lp, lq)
+    mean = (pw * values).sum()
+    var = (pw * (values - mean) ** 2).sum()
+    kl = (pw * (lp - lq)).sum()
+    return {"kl": kl.item(), "mean": mean.item(), "var": var.item(), "bias": (mean - kl).item()}
+
+
+def gaussian_moments(mu_policy: float, mu_ref: float, sigma: float, estimator: str) -> dict[str, float]:
+    r"""Closed-form mean and variance of ``estimator`` for ``y ~ N(mu_policy, sigma^2)`` against
+    the reference ``N(mu_ref, sigma^2)`` (equal variances).
+
+    With :math:`\delta = (\mu_\text{policy} - \mu_\text{ref})/\sigma` the log-ratio is
+    :math:`\ell = \delta z + \delta^2/2`, :math:`z \sim N(0, 1)`, and (derived in
+    :mod:`kltutor.derivations.estimators`): KL :math:`=\delta^2/2`; k1: mean KL, variance
+    :math:`\delta^2`; k2: mean :math:`\delta^2/2 + \delta^4/8`, variance
+    :math:`\delta^4/2 + \delta^6/4`; k3: mean KL, variance :math:`e^{\delta^2} - 1 - \delta^2`.
+    """
+    get_estimator(estimator)
+    for name, v in (("mu_policy", mu_policy), ("mu_ref", mu_ref), ("sigma", sigma)):
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v!r}")
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    d2 = ((mu_policy - mu_ref) / sigma) ** 2
+    kl = d2 / 2
+    if estimator == "k1":
+        mean, var = kl, d2
+    elif estimator == "k2":
+        mean, var = d2 / 2 + d2**2 / 8, d2**2 / 2 + d2**3 / 4
+    else:
+        mean, var = kl, math.expm1(d2) - d2
+    return {"kl": kl, "mean": mean, "var": var, "bias": mean - kl}
+
+
+def k3_variance_is_finite(sigma_policy: float, sigma_ref: float) -> bool:
+    r"""Whether k3 has finite variance for a Gaussian policy against a Gaussian reference.
+
+    :math:`\mathrm{Var}(k_3)` is finite iff :math:`E_\pi[(\pi_\text{ref}/\pi)^2] < \infty` iff
+    :math:`\sigma_\text{ref}^2 < 2\sigma_\text{policy}^2` -- whatever the means. A reference
+    :math:`\sqrt2` times wider than the policy or more gives k3 infinite variance.
+    """
+    if not (sigma_policy > 0 and sigma_ref > 0 and math.isfinite(sigma_policy) and math.isfinite(sigma_ref)):
+        raise ValueError(f"standard deviations must be finite and positive, got {sigma_policy!r}, {sigma_ref!r}")
+    return sigma_ref**2 < 2 * sigma_policy**2
+
+
+def gaussian_k3_variance(mu_policy: float, sigma_policy: float, mu_ref: float, sigma_ref: float) -> dict[str, float]:
+    r"""Closed-form KL, Var(k1) and Var(k3) for ``y ~ N(mu_policy, sigma_policy^2)`` against
+    ``N(mu_ref, sigma_ref^2)``; ``var_k3`` is ``inf`` when ``sigma_ref^2 >= 2 sigma_policy^2``.
+
+    Uses :math:`k_3 = \ell + (\rho - 1)` with :math:`\rho = e^{-\ell} = \pi_\text{ref}/\pi`:
+    :math:`\mathrm{Var}(k_3) = \mathrm{Var}(\ell) + (E_\pi[\rho^2] - 1) + 2\,\mathrm{Cov}(\ell, \rho)`
+    with :math:`\mathrm{Cov}(\ell,\rho) = E_\text{ref}[\ell] - \mathrm{KL} =
+    -\mathrm{KL}(\pi_\text{ref}\|\pi) - \mathrm{KL}(\pi\|\pi_\text{ref})`. Also returns
+    ``lambda_opt``, the variance-minimising control-variate weight :math:`-\mathrm{Cov}/\mathrm{Var}(\rho)`.
+    """
+    finite = k3_variance_is_finite(sigma_policy, sigma_ref)
+    sp, sr, dm = sigma_policy, sigma_ref, mu_policy - mu_ref
+    kl = math.log(sr / sp) + (sp**2 + dm**2) / (2 * sr**2) - 0.5
+    kl_rev = math.log(sp / sr) + (sr**2 + dm**2) / (2 * sp**2) - 0.5
+    # l = c + a z^2 + b z with y = mu_policy + sp z
+    a = 0.5 * (sp**2 / sr**2 - 1)
+    b = sp * dm / sr**2
+    var_k1 = 2 * a**2 + b**2
+    cov = -kl - kl_rev
+    if finite:
+        A = 1 / sr**2 - 1 / (2 * sp**2)
+        B = -2 * mu_ref / sr**2 + mu_policy / sp**2
+        C = mu_ref**2 / sr**2 - mu_policy**2 / (2 * sp**2)
+        second = sp / (sr**2 * math.sqrt(2 * A)) * math.exp(B**2 / (4 * A) - C)
+        var_rho = second - 1
+        var_k3 = var_k1 + var_rho + 2 * cov
+        lam = -cov / var_rho if var_rho > 0 else 1.0
+    else:
+        var_rho = var_k3 = math.inf
+        lam = 0.0
+    return {"kl": kl, "var_k1": var_k1, "var_k3": var_k3, "var_rho": var_rho, "cov_l_rho": cov, "lambda_opt": lam}
+
+
+def enumerate_autoregressive(tables: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    r"""Every sequence of a small autoregressive model and its per-token log-probabilities.
+
+    ``tables[t]`` holds :math:`\pi(y_t \mid y_{<t})` with shape ``[V] * (t + 1)`` (the last axis is
+    the token, the earlier ones the prefix). Returns ``(sequences [V**T, T] long, token_logp
+    [V**T, T] float64)``; the probability of a sequence is ``token_logp.sum(-1).exp()``.
+    """
+    if len(tables) == 0:
+        raise ValueError("need at least one step")
+    vocab = tables[0].shape[-1]
+    for t, tab in enumerate(tables):
+        if tuple(tab.shape) != (vocab,) * (t + 1):
+            raise ValueError(f"tables[{t}] must have shape {(vocab,) * (t + 1)}, got {tuple(tab.shape)}")
+        if (tab < 0).any() or not torch.allclose(tab.sum(-1).double(), torch.ones((), dtype=torch.float64)):
+            raise ValueError(f"tables[{t}] must hold conditional distributions (non-negative, summing to 1 over the last axis)")
+    seqs = torch.tensor(list(itertools.product(range(vocab), repeat=len(tables))), dtype=torch.long)
+    logp = torch.stack([tables[t].double()[tuple(seqs[:, : t + 1].T)].log() for t in range(len(tables))], dim=-1)
+    return seqs, logp
+
+
+def exact_aggregation_moments(policy: Sequence[Tensor], ref: Sequence[Tensor], estimator: str) -> dict[str, float]:
+    """Exact expectation and variance of :func:`estimate_kl` on one sampled sequence, per level.
+
+    ``policy`` and ``ref`` are :func:`enumerate_autoregressive` tables. For one sequence ``y``:
+
+    - ``token``: ``estimate_kl(level="token")`` = mean over the T tokens of the per-token estimator;
+    - ``token_sum``: T times that, the sum of per-token estimates;
+    - ``sequence``: ``estimate_kl(level="sequence")`` = the estimator of the summed log-ratio.
+
+    Returns their means and variances under ``y ~ policy`` and the exact sequence KL.
+    """
+    _, lp = enumerate_autoregressive(policy)
+    _, lq = enumerate_autoregressive(ref)
+    fn = get_estimator(estimator)
+    prob = lp.sum(-1).exp()
+    keep = prob > 0
+    prob, lp, lq = prob[keep], lp[keep], lq[keep]
+    if not torch.isfinite(lq).all():
+        raise ValueError("the reference gives probability 0 to a sequence the policy can sample: KL is infinite")
+    T = lp.shape[-1]
+    per_token = fn(lp, lq)
+    values = {
+        "token": per_token.mean(-1),
+        "token_sum": per_token.sum(-1),
+        "sequence": fn(lp.sum(-1), lq.sum(-1)),
+    }
+    out: dict[str, float] = {"kl_seq": (prob * (lp - lq).sum(-1)).sum().item(), "T": T}
+    for name, v in values.items():
+        mean = (prob * v).sum()
+        out[f"{name}_mean"] = mean.item()
+        out[f"{name}_var"] = (prob * (v - mean) ** 2).sum().item()
+    return out

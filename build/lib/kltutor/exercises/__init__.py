@@ -1,0 +1,28 @@
+"""Checkers for the book's coding exercises.
+
+Each checker takes a reader's implementation, runs it against exact answers and returns a
+:class:`CheckResult`; ``print(result)`` says what is right or what is wrong. The checkers of each
+chapter live in a module of their own (``kltutor.exercises.ch02`` and so on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["CheckResult"]
+
+
+@dataclass
+class CheckResult:
+    """The verdict of a checker: ``passed`` and the messages explaining it."""
+
+    name: str
+    passed: bool
+    messages: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __str__(self) -> str:
+        head = f"{self.name}: {'correct' if self.passed else 'not yet'}"
+        return "\n".join([head, *("  - " + m for m in self.messages)])

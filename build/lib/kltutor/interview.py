@@ -1,0 +1,492 @@
+"""The interview question bank (chapter 8): 25 questions in three tiers, and a self-test quiz.
+
+This module is the single source of truth for the questions. Chapter 8
+(``book/08_interview_questions.md``) answers every question in full, with derivations checked by
+sympy in :mod:`kltutor.derivations.interview`; the self-test page ``book/self_test.md`` is
+generated from :func:`questions` by ``scripts/self_test.py``; the chapters' "Interview check"
+sections can pick their questions with ``questions(chapter="ch-...")``.
+
+>>> from kltutor import interview
+>>> quiz = interview.quiz(n=3, seed=1)
+>>> print(quiz)              # the questions only
+>>> quiz.reveal(0)           # the short answer and the pitfalls of the first one
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+__all__ = ["TIERS", "CHAPTER_LABELS", "Question", "Quiz", "questions", "get", "quiz", "answer_label"]
+
+#: The three tiers, in order: any LLM engineering role, research / alignment teams, top-lab depth.
+TIERS: tuple[str, ...] = ("must-know", "advanced", "top-lab")
+
+TIER_TITLES = {
+    "must-know": "Tier 1: must-know",
+    "advanced": "Tier 2: advanced",
+    "top-lab": "Tier 3: top-lab",
+}
+
+#: The book's chapter labels (docs/CONVENTIONS.md); every question points at one or more of them.
+CHAPTER_LABELS: tuple[str, ...] = (
+    "ch-fundamentals",
+    "ch-estimators",
+    "ch-placements",
+    "ch-schedules",
+    "ch-preference",
+    "ch-overoptimization",
+    "ch-failures",
+    "ch-interview",
+    "ch-capstone",
+)
+
+
+@dataclass(frozen=True)
+class Question:
+    """One interview question: what is asked, a short answer, the usual mistakes, where to read more."""
+
+    id: str
+    tier: str
+    question: str
+    answer: str
+    pitfalls: tuple[str, ...]
+    chapters: tuple[str, ...]
+
+    @property
+    def number(self) -> int:
+        return int(self.id[1:])
+
+    @property
+    def label(self) -> str:
+        """The label of this question's full answer in chapter 8."""
+        return answer_label(self.id)
+
+    def prompt(self) -> str:
+        """The question as a self-test shows it: no answer."""
+        return f"{self.id} ({self.tier}). {self.question}"
+
+    def reveal(self) -> str:
+        """The short answer and the pitfalls, as text."""
+        lines = [f"{self.id}. {self.question}", "", f"Answer: {self.answer}", "", "Common pitfalls:"]
+        lines += [f"  - {p}" for p in self.pitfalls]
+        lines += ["", "Read: " + ", ".join(self.chapters) + f" (full answer: {self.label})"]
+        return "\n".join(lines)
+
+
+def answer_label(qid: str) -> str:
+    """The MyST label of a question's full answer in chapter 8, e.g. ``sec-interview-q7``."""
+    return f"sec-interview-{qid.lower()}"
+
+
+_BANK: tuple[Question, ...] = (
+    # ------------------------------------------------------------------ tier 1: must-know
+    Question(
+        "Q1", "must-know",
+        "What is the KL divergence, and what are its three most important properties?",
+        "KL(p||q) = E_{x~p}[log p(x)/q(x)]. It is non-negative and zero only when p = q (Gibbs' "
+        "inequality, from Jensen), asymmetric (KL(p||q) != KL(q||p) in general), and not a metric "
+        "(no symmetry, no triangle inequality). Also useful: jointly convex, additive over the "
+        "chain rule (sequence KL = expected sum of per-token KLs), infinite when p puts mass where q has none.",
+        ("Calling KL a distance: it is neither symmetric nor does it satisfy the triangle inequality.",
+         "Forgetting the support condition: KL(p||q) is infinite if q(x) = 0 where p(x) > 0.",
+         "Proving non-negativity with 'log is concave' applied in the wrong direction."),
+        ("ch-fundamentals",),
+    ),
+    Question(
+        "Q2", "must-know",
+        "Why does RLHF add a KL penalty to the reward-maximisation objective?",
+        "The reward model is a learned proxy, accurate only near the distribution it was trained on. "
+        "Maximising it without a leash lets the policy drift to outputs the proxy over-scores (reward "
+        "hacking: length, flattery, format tricks, degenerate text). The penalty beta*KL(pi||pi_ref) "
+        "keeps the policy close to the reference where the proxy is trusted, keeps fluency and diversity, "
+        "and makes the objective strictly concave with a unique optimum pi* proportional to pi_ref*exp(r/beta).",
+        ("Saying 'it prevents overfitting' without naming the proxy-reward / distribution-shift mechanism.",
+         "Forgetting that the penalty also fixes the target distribution (the closed-form optimum).",
+         "Believing a KL penalty prevents reward hacking: it only limits how far the policy can go to find it."),
+        ("ch-fundamentals", "ch-overoptimization", "ch-failures"),
+    ),
+    Question(
+        "Q3", "must-know",
+        "What is the k1 estimator, and why can a single sample be negative?",
+        "k1 = l = log pi_theta(y) - log pi_ref(y) for y sampled from pi_theta. Its mean is exactly "
+        "KL(pi_theta||pi_ref), but a single sample is negative whenever the sampled y is more likely "
+        "under the reference than under the policy. KL is non-negative as an expectation, not pointwise; "
+        "k1's variance is Var(l), large when the two policies differ.",
+        ("Concluding that a negative per-token k1 is a bug, or clamping it at zero (which biases it upward).",
+         "Confusing the log-ratio to the reference (l) with the PPO importance ratio w = pi_theta/pi_old.",
+         "Thinking a negative batch mean of k1 means the policy is closer than zero: it is noise."),
+        ("ch-estimators",),
+    ),
+    Question(
+        "Q4", "must-know",
+        "What is the k3 estimator (Schulman 2020), and what are its properties?",
+        "k3 = (pi_ref/pi_theta) - 1 - log(pi_ref/pi_theta) = e^{-l} - 1 + l. It is k1 plus the "
+        "control variate e^{-l} - 1, whose mean under pi_theta is 0, so it is unbiased; it is "
+        "non-negative pointwise because e^x >= 1 + x; and its variance is usually lower than k1's when "
+        "the policies are close. Lower variance is not guaranteed: the control variate is the ratio "
+        "pi_ref/pi_theta, whose variance is the chi-square divergence chi2(pi_ref||pi_theta), which can be "
+        "huge or infinite when pi_ref has mass where pi_theta has little.",
+        ("Stating 'k3 always has lower variance than k1': false when pi_ref/pi_theta is heavy-tailed.",
+         "Writing the ratio upside down (pi_theta/pi_ref - 1 - log(pi_theta/pi_ref) has the wrong mean under pi_theta).",
+         "Treating value properties (unbiased, non-negative) as if they made k3 a good loss term."),
+        ("ch-estimators",),
+    ),
+    Question(
+        "Q5", "must-know",
+        "What are the two placements of the KL term in RLHF, and how do they differ?",
+        "In reward: subtract beta*k (a detached number) from each token's reward, so the KL enters "
+        "the returns/advantages and its gradient flows through the score function (PPO/InstructGPT, "
+        "k1-in-reward). In loss: add beta*k to the loss and let autograd differentiate it (GRPO, "
+        "k3-in-loss). The two are not the same gradient: on-policy, k1-in-reward gives the exact "
+        "gradient of the sequence-level reverse KL; k1-in-loss has zero expected gradient; for a single "
+        "token k2-in-loss equals k1-in-reward; k3-in-loss has the expected gradient of the forward "
+        "KL(pi_ref||pi_theta), not of the reverse KL. In reward, the KL also passes through PPO's clip.",
+        ("Saying the placements are equivalent because 'the objective is the same'.",
+         "Believing k3-in-loss optimises the reverse KL because k3 is an unbiased estimate of its value.",
+         "Forgetting to detach the KL term when it is put in the reward."),
+        ("ch-placements", "ch-estimators"),
+    ),
+    Question(
+        "Q6", "must-know",
+        "How do you choose beta, and what are the symptoms of a beta that is too large or too small?",
+        "beta prices one nat of KL in units of reward, so it must be set relative to the reward scale. "
+        "Too large: measured KL near zero, reward flat, the policy stays at the reference. Too small: KL "
+        "grows without bound, proxy reward climbs while held-out quality falls, responses get longer, "
+        "repetitive or sycophantic. Practice: fix a KL budget and use an adaptive controller "
+        "(Ziegler et al.) that moves beta toward a target KL; or sweep beta and pick by gold/held-out "
+        "reward against measured KL.",
+        ("Copying a beta from a paper without matching reward scale, per-token vs per-sequence KL, and estimator.",
+         "Judging beta by the proxy reward curve alone.",
+         "Forgetting that with group-normalised advantages (GRPO) beta competes with unit-scale advantages, not with raw reward."),
+        ("ch-schedules", "ch-failures"),
+    ),
+    Question(
+        "Q7", "must-know",
+        "Does RLHF use the forward or the reverse KL, and why?",
+        "RLHF penalises KL(pi_theta||pi_ref), the reverse KL (expectation under the policy being "
+        "trained). It is the one that can be estimated from the policy's own rollouts, it is the "
+        "regulariser that yields the closed-form optimum pi* proportional to pi_ref*exp(r/beta), and it "
+        "is mode-seeking: the policy may drop modes of pi_ref but is punished heavily for putting mass "
+        "where pi_ref has little. The forward KL(pi_ref||pi_theta) is mass-covering.",
+        ("Naming a direction without writing the formula: communities disagree on which one is 'forward'.",
+         "Claiming the forward KL cannot be used: it is the cross-entropy on reference samples (SFT-style loss).",
+         "Thinking the reverse KL forbids dropping modes: it penalises covering where pi_ref is small, not leaving modes."),
+        ("ch-fundamentals",),
+    ),
+    Question(
+        "Q8", "must-know",
+        "How does DPO's implicit reward relate to the KL divergence?",
+        "DPO reparametrises the reward as r_theta(x,y) = beta*log(pi_theta(y|x)/pi_ref(y|x)), the "
+        "sequence-level log-ratio, which is exactly what the KL-regularised optimum implies (up to "
+        "beta*log Z(x), which cancels in Bradley-Terry differences). Its expectation under y~pi_theta is "
+        "beta*KL(pi_theta||pi_ref), but on preference data (y not sampled from pi_theta) it is a pointwise "
+        "log-ratio, not a KL estimate. The reference in the denominator is what anchors DPO to pi_ref.",
+        ("Saying DPO has no KL: the beta-KL-regularised objective is exactly what it solves.",
+         "Reading the mean implicit reward on preference data as the policy's KL.",
+         "Forgetting the beta*log Z(x) term, or not knowing why it cancels."),
+        ("ch-preference",),
+    ),
+    Question(
+        "Q9", "must-know",
+        "What is reward over-optimisation, and why does it happen?",
+        "Optimising a learned proxy reward raises the proxy monotonically while the true (gold) reward "
+        "first rises and then falls (Goodhart's law). The proxy's errors are small on the reference "
+        "distribution and grow off it; optimisation pressure selects exactly the outputs the proxy "
+        "over-scores. KL from the reference is the natural x-axis: Gao et al. (2023) fit gold reward as a "
+        "function of d = sqrt(KL) and found the peak moves to larger KL as the reward model grows.",
+        ("Calling it 'overfitting' without the proxy-vs-gold mechanism.",
+         "Monitoring only the proxy reward.",
+         "Using the best-of-n formula for the KL of an RL policy, or an RL fit for best-of-n."),
+        ("ch-overoptimization",),
+    ),
+    Question(
+        "Q10", "must-know",
+        "Why did GRPO use k3 instead of k1, and was that the right choice?",
+        "As a value estimate k3 is unbiased, never negative and usually lower-variance than k1, which "
+        "makes a logged KL readable. But GRPO puts it in the loss, where what matters is its gradient: "
+        "on-policy, E[grad k3] = E[(1 - e^{-l}) grad log pi] = grad KL(pi_ref||pi_theta), the forward KL. "
+        "Near l = 0 it matches the reverse-KL gradient to first order (1 - e^{-l} = l - l^2/2 + ...), so "
+        "with a small beta and a policy near the reference it behaves; it is not the gradient of the "
+        "objective GRPO writes down. k1-in-reward (or, for a single token, k2-in-loss) is.",
+        ("Justifying a loss term by the properties of its value (unbiased, non-negative).",
+         "Calling the k3 gradient an O(l^2)-biased approximation of the reverse KL without saying what it is exactly: the forward-KL gradient.",
+         "Believing k1-in-loss would have worked: its expected gradient is zero."),
+        ("ch-estimators", "ch-placements"),
+    ),
+    # ------------------------------------------------------------------ tier 2: advanced
+    Question(
+        "Q11", "advanced",
+        "Derive the unbiasedness of k3.",
+        "With y ~ pi_theta and l = log pi_theta(y) - log pi_ref(y): E[e^{-l}] = sum_y pi_theta(y) "
+        "pi_ref(y)/pi_theta(y) = sum_y pi_ref(y) = 1 (requires pi_theta > 0 wherever pi_ref > 0), "
+        "E[l] = KL(pi_theta||pi_ref), so E[k3] = 1 - 1 + KL = KL.",
+        ("Using E[pi_theta/pi_ref] = 1 under pi_theta (false: that ratio has mean 1 only under pi_ref).",
+         "Forgetting the support condition that makes sum_y pi_ref(y) over the policy's support equal 1."),
+        ("ch-estimators",),
+    ),
+    Question(
+        "Q12", "advanced",
+        "Derive the k3 estimator from f(x) = e^x - x - 1.",
+        "Look for an unbiased, non-negative estimator of KL(q||p) from x ~ q. Let s = p(x)/q(x); "
+        "E_q[s] = 1, so -log s + lambda*(s - 1) is unbiased for every lambda. It is a convex function "
+        "of s minimised at s = 1 only if lambda = 1, which makes it non-negative: k3 = (s - 1) - log s = "
+        "f(log s) with f(x) = e^x - x - 1 >= 0. lambda = 1 is also the first-order-optimal control-variate "
+        "coefficient near q = p. (In RLHF q = pi_theta, p = pi_ref, log s = -l.)",
+        ("Presenting f without the control-variate argument that produces it.",
+         "Choosing lambda to minimise variance in general: the variance-optimal lambda is not 1 away from q = p."),
+        ("ch-estimators",),
+    ),
+    Question(
+        "Q13", "advanced",
+        "Derive the closed-form optimal policy of KL-regularised RL.",
+        "Maximise J(pi) = sum_y pi(y) r(y) - beta*sum_y pi(y) log(pi(y)/pi_ref(y)) subject to sum_y pi(y) = 1. "
+        "Stationarity: r(y) - beta*log(pi(y)/pi_ref(y)) - beta - mu = 0, so pi*(y) = pi_ref(y) exp(r(y)/beta)/Z "
+        "with Z = sum_y pi_ref(y) exp(r(y)/beta). Uniqueness: J is strictly concave. Cleaner: "
+        "J(pi) = beta*log Z - beta*KL(pi||pi*), maximised exactly at pi = pi*, with value beta*log Z. "
+        "Bradley-Terry is not needed for this step; it enters when the reward is learned from preferences.",
+        ("Dropping the normalisation constraint or the sign of the KL term.",
+         "Not noticing that J(pi) = beta log Z - beta KL(pi||pi*) proves optimality and uniqueness in one line.",
+         "Saying the optimum needs Bradley-Terry."),
+        ("ch-preference",),
+    ),
+    Question(
+        "Q14", "advanced",
+        "Derive the DPO loss from the closed-form optimal policy.",
+        "Invert pi*: r(x,y) = beta*log(pi*(y|x)/pi_ref(y|x)) + beta*log Z(x). Under Bradley-Terry, "
+        "P(y_w > y_l | x) = sigmoid(r(x,y_w) - r(x,y_l)); Z(x) does not depend on y and cancels. "
+        "Parametrise pi* by pi_theta and minimise the negative log-likelihood of the preferences: "
+        "L_DPO = -E log sigmoid(beta*log(pi_theta(y_w)/pi_ref(y_w)) - beta*log(pi_theta(y_l)/pi_ref(y_l))).",
+        ("Not explaining why log Z cancels (it depends on x only, and BT depends on reward differences).",
+         "Forgetting that the derivation assumes pi_theta can represent pi* for the learned reward."),
+        ("ch-preference",),
+    ),
+    Question(
+        "Q15", "advanced",
+        "Derive the gradient of the DPO loss.",
+        "With h = r_theta(y_w) - r_theta(y_l) and r_theta = beta*log(pi_theta/pi_ref): "
+        "d/dh[-log sigmoid(h)] = -sigmoid(-h), so grad L = -beta*E[sigmoid(r_theta(y_l) - r_theta(y_w)) "
+        "(grad log pi_theta(y_w) - grad log pi_theta(y_l))]. Each pair is weighted by how wrongly the "
+        "implicit reward ranks it; correctly ranked pairs fade out.",
+        ("Getting the weight's sign wrong (it is sigmoid of the loser minus the winner).",
+         "Forgetting that only the difference of the two log-likelihoods is controlled: both can fall (likelihood displacement)."),
+        ("ch-preference",),
+    ),
+    Question(
+        "Q16", "advanced",
+        "Why is the k2 estimator biased, and by how much when the KL is small?",
+        "E[k2] = E[l^2]/2 is the f-divergence with f(u) = (log u)^2/2, not the KL. Writing the cumulants "
+        "of l under pi_theta as kappa_j, the identity E[e^{-l}] = 1 gives KL = kappa_1 = kappa_2/2 - "
+        "kappa_3/6 + kappa_4/24 - ..., and E[k2] = (kappa_2 + kappa_1^2)/2, so bias = kappa_1^2/2 + "
+        "kappa_3/6 - kappa_4/24 + ... . For pi_theta a perturbation of size eps of pi_ref, KL = O(eps^2) "
+        "and the bias is O(eps^3): k2 agrees with KL to second order. For a Gaussian log-ratio "
+        "(same-variance Gaussians) the bias is exactly KL^2/2.",
+        ("Saying 'it is a second-order approximation' without the order of the error.",
+         "Expanding around the wrong ratio: under pi_theta, pi_ref/pi_theta has mean 1, pi_theta/pi_ref does not."),
+        ("ch-estimators",),
+    ),
+    Question(
+        "Q17", "advanced",
+        "How is the adaptive-beta controller like a PID controller?",
+        "Ziegler et al.'s controller: e_t = clip(KL_t/KL_target - 1, -0.2, 0.2), beta_{t+1} = beta_t (1 + K_beta e_t). "
+        "The correction is proportional to the error, but it is applied to beta incrementally, so log beta "
+        "accumulates the sum of past errors: in control terms it is an integral controller on log beta "
+        "(a 'proportional controller in log space' in the paper's words), which is why it removes a "
+        "steady-state KL error. The clip bounds each step; K_beta sets the speed. A derivative term would "
+        "react to the noise of minibatch KL estimates.",
+        ("Calling it purely proportional without noticing that beta integrates the error.",
+         "Adding a D term on a noisy KL estimate without filtering.",
+         "Forgetting the clip, which keeps one noisy batch from moving beta by more than 20%."),
+        ("ch-schedules",),
+    ),
+    Question(
+        "Q18", "advanced",
+        "How do you set beta in GRPO with a k3 KL term when the reward is binary (0/1)?",
+        "GRPO normalises rewards within a group, so the policy-gradient term has unit-scale advantages "
+        "whatever the reward's scale, and a group with all-0 or all-1 rewards has zero advantage: only "
+        "the KL term acts on it. For the unnormalised KL-regularised problem with success rate p0 under "
+        "pi_ref, the optimum has success rate q*(beta) = p0 e^{1/beta}/(p0 e^{1/beta} + 1 - p0), and its KL "
+        "never exceeds log(1/p0): with beta around 0.04 the optimum already solves every solvable prompt. "
+        "Pick beta from the KL you can afford (or 0 with verifiable rewards and no proxy to hack), "
+        "and watch per-token KL and entropy.",
+        ("Transferring beta = 0.04 from DeepSeekMath without matching normalisation, length aggregation and estimator.",
+         "Forgetting that std-normalisation inflates the advantage of rare successes in hard groups."),
+        ("ch-schedules", "ch-placements"),
+    ),
+    Question(
+        "Q19", "advanced",
+        "SimPO has no reference model. Why does it still work, and can it reward-hack?",
+        "SimPO uses the length-normalised log-likelihood beta/|y| log pi_theta(y|x) as its implicit reward "
+        "and a target margin gamma in a Bradley-Terry loss. Nothing pulls the policy back toward a "
+        "reference: the loss can be lowered without bound by pushing the loser's likelihood down. What "
+        "keeps it in check is the SFT initialisation, a small learning rate and few epochs (implicit "
+        "early stopping), and the length normalisation, which removes DPO's incentive to favour long answers. "
+        "It optimises offline preference data, so it cannot exploit a reward model, but it can drift.",
+        ("Claiming SimPO is strictly better than DPO, or that length normalisation is a KL substitute.",
+         "Forgetting that without a reference the optimum of the loss is degenerate."),
+        ("ch-preference",),
+    ),
+    Question(
+        "Q20", "advanced",
+        "How are per-token KL and sequence-level KL related?",
+        "By the chain rule, KL(pi_theta(.|x)||pi_ref(.|x)) over whole responses equals E_{y~pi_theta}[sum_t "
+        "KL_t(s_t)], with KL_t the full-vocabulary KL at prefix s_t; the sum of sampled log-ratios sum_t l_t "
+        "is an unbiased single-sample estimate of it. Its gradient is not the sum of per-token gradients: "
+        "grad KL_seq = E[sum_t grad log pi(y_t|s_t) * sum_{t'>=t} l_t'] (the KL-to-go), which k1-in-reward "
+        "delivers through the returns and token-local losses (k2-in-loss per token) miss. Averaging over "
+        "tokens instead of summing changes the objective (length weighting).",
+        ("Reporting the token-mean KL as 'the KL' when the objective penalises the sequence KL.",
+         "Including prompt or padding tokens: mask to response tokens.",
+         "Assuming token-level k2-in-loss is the exact sequence-KL gradient (true for one token only)."),
+        ("ch-fundamentals", "ch-placements"),
+    ),
+    # ------------------------------------------------------------------ tier 3: top-lab
+    Question(
+        "Q21", "top-lab",
+        "Prove f(x) = e^x - x - 1 >= 0, derive the non-negativity and unbiasedness of k3, and say which "
+        "property matters for KL as a loss term.",
+        "f(0) = 0, f'(x) = e^x - 1 vanishes only at 0, f'' = e^x > 0: strictly convex, global minimum 0. "
+        "k3 = f(-l) >= 0. Unbiasedness: E[e^{-l}] = 1 under pi_theta. Neither property matters for a loss: "
+        "what matters is the expected gradient. grad k3 = (1 - e^{-l}) grad log pi_theta, whose mean is "
+        "grad KL(pi_ref||pi_theta) (forward KL). Use k3 to log the KL; use k1-in-reward (or k2-in-loss for "
+        "one token) to optimise the reverse KL.",
+        ("Treating non-negativity as what makes a loss principled.",
+         "Stopping at 'first-order approximation' instead of identifying the forward-KL gradient."),
+        ("ch-estimators", "ch-placements"),
+    ),
+    Question(
+        "Q22", "top-lab",
+        "Explain the equivalence between DPO's implicit reward and the policy gradient of KL-regularised RL.",
+        "Both target the same optimum pi* proportional to pi_ref exp(r/beta). RL: grad J = E_{pi_theta}[grad log "
+        "pi_theta (r - beta*log(pi_theta/pi_ref))], whose stationary point is pi*; at pi* the shaped reward "
+        "r - beta*log(pi*/pi_ref) = beta*log Z is constant in y, so the gradient vanishes. DPO: the reward "
+        "that pi_theta is optimal for is r_theta = beta*log(pi_theta/pi_ref) (+ beta log Z), and fitting it to "
+        "preferences by maximum likelihood is reward modelling in policy space. Same fixed point, different "
+        "data: RL samples on-policy, DPO learns from a fixed preference set.",
+        ("Saying 'DPO has no RL in it' or 'DPO is identical to PPO'.",
+         "Not showing why the RL gradient vanishes at pi*."),
+        ("ch-preference",),
+    ),
+    Question(
+        "Q23", "top-lab",
+        "From the sqrt(KL) form of the gold-reward curve, derive a safe KL budget against over-optimisation.",
+        "For best-of-n, Gao et al. fit R(d) = d(alpha - beta d) with d = sqrt(KL). dR/dd = alpha - 2 beta d = 0 "
+        "gives d* = alpha/(2 beta), KL* = alpha^2/(4 beta^2), R* = alpha^2/(4 beta). Stopping at half the "
+        "peak KL (d = d*/sqrt 2) keeps R/R* = sqrt 2 - 1/2, about 91% of the peak gain. The coefficients "
+        "must be fitted on gold or held-out evaluations, and RL follows a different functional form, so "
+        "refit for RL. Best-of-n's own KL is at most log n - (n-1)/n.",
+        ("Reusing the best-of-n peak formula for an RL run.",
+         "Treating a budget fitted at one reward-model size as valid for another."),
+        ("ch-overoptimization",),
+    ),
+    Question(
+        "Q24", "top-lab",
+        "How would you design an RLHF algorithm that uses both the reverse and the forward KL?",
+        "Reverse KL(pi_theta||pi_ref) (on-policy, k1-in-reward) stops the policy from going where the "
+        "reference has little mass; forward KL(pi_ref||pi_theta) = -H(pi_ref) - E_{pi_ref}[log pi_theta] stops "
+        "it from dropping what the reference can do (mode collapse, loss of diversity). The forward term is "
+        "cheap: a cross-entropy (SFT) loss on samples from pi_ref or on the SFT data (InstructGPT's "
+        "pretraining-mix term, PPO-ptx, is a version with pretraining data); on-policy k3-in-loss also has the forward-KL gradient in "
+        "expectation. Objective: E[r] - beta_R KL(pi||pi_ref) - beta_F KL(pi_ref||pi), with separate budgets. "
+        "Trade-off: the forward term resists sharpening, which is sometimes the point of RL.",
+        ("Saying the forward KL needs impossible sampling: pi_ref samples are ordinary inference.",
+         "Just 'adding both' without saying how each is estimated and what it protects."),
+        ("ch-fundamentals", "ch-placements"),
+    ),
+    Question(
+        "Q25", "top-lab",
+        "How might next-generation RLHF improve KL regularisation? Give three directions and their trade-offs.",
+        "(1) Correct gradients: k1-in-reward or k2-in-loss with importance weights off-policy, k3 only for "
+        "logging; costs nothing but discipline. (2) Exact per-token KL over the full vocabulary at each "
+        "prefix (zero sampling noise at the token level); costs memory and bandwidth for the reference "
+        "logits. (3) Budgets instead of fixed beta: constrained optimisation with a target KL per prompt or "
+        "task (Lagrangian beta); needs good KL estimates and a budget you can justify. Others: other "
+        "f-divergences or chi-square for heavy tails, reference resets or moving anchors, trust regions "
+        "without a reference (clip only), each trading stability against how far the policy can improve.",
+        ("Listing ideas without trade-offs.",
+         "Forgetting that reference-free methods (SimPO, ORPO) already explore the KL-free end."),
+        ("ch-placements", "ch-schedules", "ch-overoptimization"),
+    ),
+)
+
+
+def _validate_bank() -> None:
+    ids = [q.id for q in _BANK]
+    if ids != [f"Q{i}" for i in range(1, len(_BANK) + 1)]:
+        raise AssertionError(f"question ids must be Q1..Q{len(_BANK)} in order, got {ids}")
+    for q in _BANK:
+        if q.tier not in TIERS:
+            raise AssertionError(f"{q.id}: unknown tier {q.tier!r}")
+        if not q.chapters or any(c not in CHAPTER_LABELS for c in q.chapters):
+            raise AssertionError(f"{q.id}: chapters must be labels from {CHAPTER_LABELS}, got {q.chapters}")
+        if not q.pitfalls:
+            raise AssertionError(f"{q.id}: at least one pitfall")
+
+
+_validate_bank()
+
+
+def questions(tier: str | None = None, chapter: str | None = None) -> list[Question]:
+    """All questions in order, optionally only one tier or only those that point at ``chapter``."""
+    if tier is not None and tier not in TIERS:
+        raise ValueError(f"unknown tier {tier!r}; choose one of {TIERS}")
+    if chapter is not None and chapter not in CHAPTER_LABELS:
+        raise ValueError(f"unknown chapter label {chapter!r}; choose one of {CHAPTER_LABELS}")
+    return [q for q in _BANK if (tier is None or q.tier == tier) and (chapter is None or chapter in q.chapters)]
+
+
+def get(qid: str) -> Question:
+    """The question with id ``qid`` (``"Q7"`` or ``"q7"``)."""
+    key = str(qid).upper()
+    for q in _BANK:
+        if q.id == key:
+            return q
+    raise KeyError(f"no question {qid!r}; ids run from Q1 to Q{len(_BANK)}")
+
+
+class Quiz:
+    """A shuffled selection of questions. ``print(quiz)`` shows the questions only;
+    ``quiz.reveal(i)`` shows the answer to question ``i`` (0-based), on demand."""
+
+    def __init__(self, items: list[Question]):
+        self._items = list(items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self):
+        return iter(self.prompts())
+
+    @property
+    def ids(self) -> list[str]:
+        return [q.id for q in self._items]
+
+    def prompts(self) -> list[str]:
+        """The questions, numbered, without answers."""
+        return [f"{i + 1}. {q.prompt()}" for i, q in enumerate(self._items)]
+
+    def reveal(self, i: int) -> str:
+        """The short answer and pitfalls of the ``i``-th question (0-based)."""
+        if not isinstance(i, int) or not 0 <= i < len(self._items):
+            raise IndexError(f"quiz has {len(self._items)} questions; index {i!r} is out of range")
+        return self._items[i].reveal()
+
+    def __str__(self) -> str:
+        return "\n".join(self.prompts())
+
+    __repr__ = __str__
+
+
+def quiz(n: int = 5, seed: int = 0, tier: str | None = None) -> Quiz:
+    """``n`` questions drawn without replacement, in an order fixed by ``seed``.
+
+    The same ``(n, seed, tier)`` always gives the same quiz. ``tier`` restricts the draw to one of
+    :data:`TIERS`.
+    """
+    pool = questions(tier=tier)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if n > len(pool):
+        raise ValueError(f"n={n} exceeds the {len(pool)} questions available" + (f" in tier {tier!r}" if tier else ""))
+    rng = random.Random(seed)
+    return Quiz(rng.sample(pool, n))

@@ -1,0 +1,230 @@
+"""Schedules and controllers for the KL coefficient beta (introduced in chapter 4).
+
+Every schedule has the same small interface:
+
+- ``.beta``: the coefficient to use for the next batch;
+- ``.update(kl, n_steps=1) -> float``: report the KL measured on the batch just trained on (and how
+  many samples/steps it covered) and get the next beta.
+
+Open-loop schedules (fixed, annealing) ignore ``kl``; controllers use it. The rules, and who they
+come from -- they are different rules and are often conflated:
+
+- :class:`FixedKL`: a constant beta.
+- :class:`AdaptiveKLController`: Ziegler et al. (2019, arXiv:1909.08593, section 2.2), the
+  controller of TRL's legacy ``PPOTrainer`` (``adap_kl_ctrl``) and verl's ``kl_ctrl.type=adaptive``:
+  ``e = clip(KL/target - 1, -0.2, 0.2)``, ``beta <- beta * (1 + e * n_steps / horizon)``. It controls
+  the KL to the *reference* policy.
+- :class:`PPOPenaltyKL`: the adaptive-penalty rule of the PPO paper (Schulman et al. 2017,
+  arXiv:1707.06347, section 4): halve beta when ``KL < target/1.5``, double it when
+  ``KL > 1.5 * target``. In PPO it controls ``KL(pi_old || pi_theta)``, the step size of one policy
+  update (a soft trust region), not the distance to a reference model.
+- :class:`LinearBeta`, :class:`CosineBeta`, :class:`ExponentialBeta`: annealing from ``start`` to
+  ``end`` over ``steps`` updates, then constant.
+"""
+
+from __future__ import annotations
+
+from kltutor._validation import positive_number
+
+import math
+from typing import Any
+
+__all__ = [
+    "BetaSchedule",
+    "FixedKL",
+    "AdaptiveKLController",
+    "PPOPenaltyKL",
+    "LinearBeta",
+    "CosineBeta",
+    "ExponentialBeta",
+    "SCHEDULES",
+    "make_schedule",
+]
+
+
+def _positive(name: str, value: Any) -> float:
+    return positive_number(name, value)
+
+
+def _finite(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r} (a NaN KL usually means a bad log-probability)")
+    return v
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+class BetaSchedule:
+    """Base class: holds ``beta`` and counts updates. Subclasses implement :meth:`_next`."""
+
+    def __init__(self, beta: float):
+        self._beta = _positive("beta", beta)
+        self.n_updates = 0
+
+    @property
+    def beta(self) -> float:
+        """The KL coefficient to use for the next batch."""
+        return self._beta
+
+    def update(self, kl: float | None = None, n_steps: int = 1) -> float:
+        """Report the KL measured on the last batch (``n_steps`` samples or steps); return the new beta.
+
+        ``kl`` may be negative (a k1 estimate of a small KL often is) but must be finite.
+        """
+        n_steps = _count("n_steps", n_steps)
+        kl_value = None if kl is None else _finite("kl", kl)
+        self._beta = self._next(kl_value, n_steps)
+        self.n_updates += 1
+        return self._beta
+
+    def _next(self, kl: float | None, n_steps: int) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(beta={self._beta:.6g}, n_updates={self.n_updates})"
+
+
+class FixedKL(BetaSchedule):
+    """A constant beta; ``update`` only validates its input."""
+
+    def _next(self, kl: float | None, n_steps: int) -> float:
+        return self._beta
+
+
+class AdaptiveKLController(BetaSchedule):
+    """Ziegler et al. (2019)'s controller, as in TRL: steer the KL to the reference toward ``target``.
+
+    ``e = clip(kl / target - 1, -clip, +clip)`` and ``beta <- beta * (1 + e * n_steps / horizon)``.
+    The clip (0.2 in the paper and in TRL) bounds how far one noisy KL measurement can move beta.
+    Written for this book after reading TRL's ``AdaptiveKLController`` (huggingface/trl,
+    ``trl/trainer/utils.py`` at commit 001ea5fcecb5cb01d6d3944ded18947687bcd7bb; TRL passes
+    ``n_steps = batch_size`` and defaults to ``init_kl_coef=0.2, target=6, horizon=10000``).
+
+    Because the multiplicative step is proportional to the error, ``log beta`` accumulates the errors:
+    in control terms this is an integral controller on ``log beta`` (chapter 4).
+    """
+
+    def __init__(self, init_beta: float, target: float, horizon: float, clip: float = 0.2):
+        super().__init__(init_beta)
+        self.target = _positive("target", target)
+        self.horizon = _positive("horizon", horizon)
+        self.clip = _positive("clip", clip)
+
+    def error(self, kl: float) -> float:
+        """The clipped proportional error ``clip(kl/target - 1, -clip, clip)``."""
+        e = _finite("kl", kl) / self.target - 1.0
+        return min(max(e, -self.clip), self.clip)
+
+    def _next(self, kl: float | None, n_steps: int) -> float:
+        if kl is None:
+            raise ValueError("AdaptiveKLController.update needs the measured kl")
+        mult = 1.0 + self.error(kl) * n_steps / self.horizon
+        if mult <= 0:
+            raise ValueError(
+                f"n_steps/horizon = {n_steps / self.horizon:.3g} is so large that beta would become <= 0; "
+                "the controller assumes n_steps << horizon"
+            )
+        return self._beta * mult
+
+
+class PPOPenaltyKL(BetaSchedule):
+    """The adaptive-penalty rule of the PPO paper (Schulman et al. 2017, section 4).
+
+    If ``kl < target / tolerance``: ``beta /= factor``; if ``kl > target * tolerance``:
+    ``beta *= factor``; otherwise unchanged (the paper uses ``tolerance=1.5``, ``factor=2``).
+    ``n_steps`` is ignored: the rule fires once per policy update.
+    """
+
+    def __init__(self, init_beta: float, target: float, tolerance: float = 1.5, factor: float = 2.0):
+        super().__init__(init_beta)
+        self.target = _positive("target", target)
+        self.tolerance = _positive("tolerance", tolerance)
+        self.factor = _positive("factor", factor)
+        if self.tolerance <= 1 or self.factor <= 1:
+            raise ValueError(f"tolerance and factor must be > 1, got {tolerance!r} and {factor!r}")
+
+    def _next(self, kl: float | None, n_steps: int) -> float:
+        if kl is None:
+            raise ValueError("PPOPenaltyKL.update needs the measured kl")
+        if kl < self.target / self.tolerance:
+            return self._beta / self.factor
+        if kl > self.target * self.tolerance:
+            return self._beta * self.factor
+        return self._beta
+
+
+class _Annealing(BetaSchedule):
+    """beta(k) = f(k / steps) between ``start`` and ``end`` for k = 0..steps, then ``end``."""
+
+    def __init__(self, start: float, end: float, steps: int):
+        super().__init__(start)
+        self.start = _positive("start", start)
+        self.end = _positive("end", end)
+        self.steps = _count("steps", steps)
+
+    def value_at(self, k: int) -> float:
+        """beta after ``k`` updates."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be an integer >= 0, got {k!r}")
+        return self._interp(min(k, self.steps) / self.steps)
+
+    def _interp(self, u: float) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _next(self, kl: float | None, n_steps: int) -> float:
+        return self.value_at(self.n_updates + 1)
+
+
+class LinearBeta(_Annealing):
+    """Linear annealing: ``beta = start + (end - start) * u``, ``u = k / steps``."""
+
+    def _interp(self, u: float) -> float:
+        return self.start + (self.end - self.start) * u
+
+
+class CosineBeta(_Annealing):
+    """Cosine annealing: ``beta = end + (start - end) * (1 + cos(pi u)) / 2``."""
+
+    def _interp(self, u: float) -> float:
+        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * u))
+
+
+class ExponentialBeta(_Annealing):
+    """Geometric annealing: ``beta = start * (end / start) ** u`` (linear in log beta)."""
+
+    def _interp(self, u: float) -> float:
+        return self.start * (self.end / self.start) ** u
+
+
+SCHEDULES: dict[str, type[BetaSchedule]] = {
+    "fixed": FixedKL,
+    "adaptive": AdaptiveKLController,
+    "ppo-penalty": PPOPenaltyKL,
+    "linear": LinearBeta,
+    "cosine": CosineBeta,
+    "exponential": ExponentialBeta,
+}
+
+
+def make_schedule(name: str, **kwargs: Any) -> BetaSchedule:
+    """Build the schedule called ``name`` (one of :data:`SCHEDULES`) from keyword arguments.
+
+    >>> make_schedule("adaptive", init_beta=0.1, target=6.0, horizon=10_000).beta
+    0.1
+    """
+    try:
+        cls = SCHEDULES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown beta schedule {name!r}; choose one of {sorted(SCHEDULES)}") from None
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise TypeError(f"bad arguments for schedule {name!r}: {exc}") from None

@@ -1,0 +1,12 @@
+"""Small distributions and models with exact answers.
+
+- :mod:`kltutor.toys.distributions`: Gaussians, mixtures, random categoricals, tabular
+  autoregressive models (chapters 1-2).
+- :mod:`kltutor.toys.autoregressive`: the binary autoregressive model of "A Comedy of Estimators"
+  (chapter 3).
+- :mod:`kltutor.toys.bandits`: KL-regularised bandits with known optima (chapters 4-5).
+"""
+
+from kltutor.toys.distributions import *  # noqa: F401,F403
+from kltutor.toys.autoregressive import *  # noqa: F401,F403
+from kltutor.toys.bandits import *  # noqa: F401,F403
