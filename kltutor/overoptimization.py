@@ -31,6 +31,8 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
+from kltutor import divergences
+
 __all__ = [
     "kl_categorical",
     "chi2_divergence",
@@ -78,11 +80,7 @@ def kl_categorical(p: Tensor | Sequence[float], q: Tensor | Sequence[float]) -> 
     p, q = _as_probs(p, "p"), _as_probs(q, "q")
     if p.shape != q.shape:
         raise ValueError(f"p and q must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
-    support = p > 0
-    if (q[support] == 0).any():
-        return math.inf
-    value = float((p[support] * (p[support].log() - q[support].log())).sum())
-    return max(value, 0.0)  # KL >= 0; clip float round-off (e.g. -1e-17 when p == q)
+    return max(float(divergences.kl(p, q)), 0.0)  # KL >= 0; clip float round-off (e.g. -1e-17 when p == q)
 
 
 def chi2_divergence(p: Tensor | Sequence[float], q: Tensor | Sequence[float]) -> float:
@@ -90,10 +88,7 @@ def chi2_divergence(p: Tensor | Sequence[float], q: Tensor | Sequence[float]) ->
     p, q = _as_probs(p, "p"), _as_probs(q, "q")
     if p.shape != q.shape:
         raise ValueError(f"p and q must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
-    support = p > 0
-    if (q[support] == 0).any():
-        return math.inf
-    return float((p[support].square() / q[support]).sum() - 1.0)
+    return float(divergences.chi2(p, q))
 
 
 def _check_rewards(rewards: Tensor | Sequence[float], size: int) -> Tensor:
