@@ -1,4 +1,5 @@
-"""Helpers used by the chapter notebooks: reproducible set-up and ``glue`` for inline numbers.
+"""Helpers used by the chapter notebooks: reproducible set-up, ``glue`` for inline numbers, and
+:func:`table` for result tables rendered as HTML.
 
 The chapters call :func:`setup` in their first cell and :func:`glue` wherever the prose quotes a
 number, so that nothing in the text is typed by hand. ``glue`` uses MyST-NB's when it is installed
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["setup", "glue", "is_colab", "fmt"]
+__all__ = ["setup", "glue", "is_colab", "fmt", "table", "Table"]
 
 
 def is_colab() -> bool:
@@ -72,3 +73,85 @@ def glue(name: str, value: Any, display: bool = False) -> Any:
         return value
     _glue(name, value, display=display)
     return value
+
+
+class Table:
+    """A result table with deterministic HTML and plain-text forms (what :func:`table` returns).
+
+    The notebook stores both ``text/html`` (what the site shows: a real ``<table>`` that scrolls
+    sideways on a phone instead of overflowing) and ``text/plain`` (what a terminal shows). Both
+    are pure functions of the cell values, with no generated ids, so nbval can compare them.
+    """
+
+    def __init__(self, header: list[str], rows: list[list[str]], numeric: list[bool], caption: str | None = None,
+                 index_name: str | None = None):
+        self.header, self.rows, self.numeric, self.caption = header, rows, numeric, caption
+        self.index_name = index_name
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        def cell(tag: str, text: str, num: bool) -> str:
+            cls = ' class="num"' if num else ""
+            return f"<{tag}{cls}>{escape(text)}</{tag}>"
+
+        head = "".join(cell("th", h, n) for h, n in zip(self.header, self.numeric))
+        body = "\n".join("<tr>" + "".join(cell("td", v, n) for v, n in zip(r, self.numeric)) + "</tr>" for r in self.rows)
+        cap = f"<caption>{escape(self.caption)}</caption>" if self.caption else ""
+        return (f'<div class="kltutor-table"><table class="table">{cap}<thead><tr>{head}</tr></thead>'
+                f"<tbody>\n{body}\n</tbody></table></div>")
+
+    def __repr__(self) -> str:
+        widths = [max(len(h), *(len(r[j]) for r in self.rows)) if self.rows else len(h) for j, h in enumerate(self.header)]
+        def line(vals):
+            return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(vals, widths, self.numeric)).rstrip()
+        out = ([self.caption] if self.caption else []) + [line(self.header)] + [line(r) for r in self.rows]
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.__repr__()
+
+
+def _format_value(value: Any, spec) -> str:
+    if callable(spec):
+        return str(spec(value))
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "—"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (int, float)) and spec is not None:
+        return format(value, spec)
+    if isinstance(value, float):
+        return format(value, ".4g")
+    return str(value)
+
+
+def table(df, formats: dict | str | None = None, *, index: bool = False, caption: str | None = None) -> Table:
+    """Render a :class:`pandas.DataFrame` (or a list of row dicts) as a :class:`Table`.
+
+    ``formats`` gives each column's format: a format spec (``".3f"``, ``".2e"``, ``"+.4f"``,
+    ``","``) or a callable returning the text; one string applies to every numeric column. Columns
+    without one print floats with 4 significant digits. Print numbers at the precision their claim
+    needs: the stored text is what nbval compares on every machine. ``index=True`` shows the index
+    as the first column.
+    """
+    import pandas as pd
+
+    if not isinstance(df, pd.DataFrame):
+        df = pd.DataFrame(df)
+    if index:
+        df = df.reset_index()
+    if isinstance(formats, str):
+        formats = {c: formats for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])}
+    formats = dict(formats or {})
+    unknown = [c for c in formats if c not in df.columns]
+    if unknown:
+        raise KeyError(f"formats name columns that the table does not have: {unknown}; columns: {list(df.columns)}")
+    header = [str(c) for c in df.columns]
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
+    rows = [[_format_value(v, formats.get(c)) for c, v in zip(df.columns, r)] for r in df.itertuples(index=False, name=None)]
+    return Table(header, rows, numeric, caption)
