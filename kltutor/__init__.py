@@ -14,7 +14,7 @@ chapter that introduces each:
 - :mod:`kltutor.overoptimization`: reward overoptimization along the KL axis (chapter 6).
 - :mod:`kltutor.derivations`: every derivation of the book, checked by sympy.
 - :mod:`kltutor.plotting`: the book's figures.
-- :mod:`kltutor.capstone`: GRPO on a transformers model with a selectable KL placement (chapter 9).
+- :mod:`kltutor.capstone`: GRPO on a transformers model with a selectable KL placement (chapter 10).
 """
 
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
-"""The interview question bank (chapter 8): 25 questions in three tiers, and a self-test quiz.
+"""The interview question bank (chapter ``ch-interview``): 25 questions in three tiers, and a self-test quiz.
 
-This module is the single source of truth for the questions. Chapter 8
-(``book/08_interview_questions.md``) answers every question in full, with derivations checked by
+This module is the single source of truth for the questions. The interview chapter
+(``book/09_interview_questions.md``) answers every question in full, with derivations checked by
 sympy in :mod:`kltutor.derivations.interview`; the self-test page ``book/self_test.md`` is
 generated from :func:`questions` by ``scripts/self_test.py``; the chapters' "Interview check"
 sections can pick their questions with ``questions(chapter="ch-...")``.
@@ -59,7 +59,7 @@ class Question:
 
     @property
     def label(self) -> str:
-        """The label of this question's full answer in chapter 8."""
+        """The label of this question's full answer in the interview chapter."""
         return answer_label(self.id)
 
     def prompt(self) -> str:
@@ -75,7 +75,7 @@ class Question:
 
 
 def answer_label(qid: str) -> str:
-    """The MyST label of a question's full answer in chapter 8, e.g. ``sec-interview-q7``."""
+    """The MyST label of a question's full answer in the interview chapter, e.g. ``sec-interview-q7``."""
     return f"sec-interview-{qid.lower()}"
 
 

@@ -3,7 +3,7 @@
     python scripts/self_test.py          # write book/self_test.md
     python scripts/self_test.py --check  # exit 1 if the committed page is out of date
 
-The page lists the questions only, grouped by tier, each linking to its full answer in chapter 8.
+The page lists the questions only, grouped by tier, each linking to its full answer in the interview chapter.
 """
 
 from __future__ import annotations

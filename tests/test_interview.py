@@ -1,4 +1,4 @@
-"""The question bank, the quiz, chapter 8's coverage of the bank, the self-test page and the
+"""The question bank, the quiz, the interview chapter's coverage of the bank, the self-test page and the
 interview derivations."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from kltutor import interview
 from kltutor.derivations import interview as derivations
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTER = (ROOT / "book" / "08_interview_questions.md").read_text()
+CHAPTER = (ROOT / "book" / "09_interview_questions.md").read_text()
 
 
 # --------------------------------------------------------------------------- the bank
@@ -76,9 +76,9 @@ def test_quiz_by_tier_and_bad_input():
             interview.quiz(n=bad)
 
 
-# --------------------------------------------------------------------------- chapter 8 covers the bank
+# --------------------------------------------------------------------------- the interview chapter covers the bank
 def _blocks() -> dict[str, str]:
-    """The text of chapter 8 from each question's label to the next label or section."""
+    """The text of the interview chapter from each question's label to the next label or section."""
     parts = re.split(r"^\((sec-interview-q\d+)\)=\s*$", CHAPTER, flags=re.M)
     out = {}
     for label, body in zip(parts[1::2], parts[2::2]):
@@ -87,9 +87,9 @@ def _blocks() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("q", interview.questions(), ids=lambda q: q.id)
-def test_every_question_is_answered_in_chapter_8(q):
+def test_every_question_is_answered_in_the_interview_chapter(q):
     blocks = _blocks()
-    assert q.label in blocks, f"chapter 8 has no ({q.label})= block"
+    assert q.label in blocks, f"the interview chapter has no ({q.label})= block"
     block = blocks[q.label]
     assert re.search(rf"^### {q.id}\. \S", block, re.M), f"missing heading '### {q.id}.'"
     assert ":::{dropdown} Answer" in block, "the answer must be folded in a dropdown"
@@ -99,7 +99,7 @@ def test_every_question_is_answered_in_chapter_8(q):
     assert "{ref}`" in answer, "the answer must link into the book"
 
 
-def test_chapter_8_tiers_follow_the_bank():
+def test_interview_chapter_tiers_follow_the_bank():
     order = [m.group(1) for m in re.finditer(r"^### (Q\d+)\.", CHAPTER, re.M)]
     assert order == [q.id for q in interview.questions()]
     for tier_no, tier in enumerate(interview.TIERS, start=1):
