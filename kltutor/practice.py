@@ -59,6 +59,7 @@ __all__ = [
     "offpolicy_kl_gradient",
     "OFFPOLICY_WEIGHTINGS",
     "expected_in_loss",
+    "expected_in_reward",
     "SLIPS",
 ]
 
@@ -677,6 +678,22 @@ def expected_in_loss(policy: BinaryAutoregressive, reference: BinaryAutoregressi
     return float((probs * vals.detach()).sum()), grad.detach()
 
 
+def expected_in_reward(policy: BinaryAutoregressive, reference: BinaryAutoregressive, seq_len: int,
+                       fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """Expected gradient of a KL penalty put *in the reward* as the token mean of ``fn(l_t)`` subtracted from
+    the sequence's reward (REINFORCE with a sequence reward): ``E_pi[mean_t fn(l_t) * grad log pi(y)]``.
+
+    This is the gradient of the penalty's expectation through the score function; for ``fn = k1`` it is
+    exactly ``grad KL(pi || pi_ref) / T``. A trainer *descends* it (the penalty lowers the reward).
+    """
+    seqs, probs = policy.enumerate(seq_len)
+    logp = policy.token_logprobs(seqs)
+    with torch.no_grad():
+        penalty = fn(logp.detach() - reference.token_logprobs(seqs)).mean(-1)
+    grad = torch.autograd.grad((probs * penalty * logp.sum(-1)).sum(), [policy.a, policy.b])
+    return torch.stack(grad).detach()
+
+
 #: KL implementation slips found in public RLHF teaching code, each checked in the file itself at
 #: the commit given. ``value`` is what the code computes from ``l = log pi - log pi_ref``.
 SLIPS: list[dict] = [
@@ -684,14 +701,16 @@ SLIPS: list[dict] = [
         "repository": "natolambert/rlhf-book", "commit": "a66b0bf1103b590511e0503a2e9d93faea939a49",
         "file": "code/policy_gradients/loss.py", "lines": "23-33 (approx_kl3)",
         "code": "log_ratio = log_probs - log_probs_ref; return torch.expm1(log_ratio) - log_ratio",
-        "slip": "k3 with the ratio inverted: e^l - 1 - l instead of e^-l - 1 + l (the default kl_estimator 'kl3'; active when beta > 0, the shipped configs use beta: 0.0)",
+        "slip": "k3 with the ratio inverted: e^l - 1 - l instead of e^-l - 1 + l (the default kl_estimator 'kl3'; used in the loss "
+                "by the GRPO-family losses and in the reward by apply_reward_kl, code/policy_gradients/utils.py:165-182, "
+                "for REINFORCE/RLOO/PPO; active when beta > 0, the shipped configurations leave beta at 0.0)",
         "value": lambda l: torch.expm1(l) - l,
     },
     {
         "repository": "natolambert/rlhf-book", "commit": "a66b0bf1103b590511e0503a2e9d93faea939a49",
         "file": "code/policy_gradients/loss.py", "lines": "49-59 (approx_kl1)",
         "code": "log_ratio = log_probs - log_probs_ref; return -log_ratio",
-        "slip": "k1 with the sign reversed: -l",
+        "slip": "k1 with the sign reversed: -l; in the reward (apply_reward_kl) the KL penalty becomes a KL bonus",
         "value": lambda l: -l,
     },
     {

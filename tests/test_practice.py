@@ -307,4 +307,8 @@ def test_slips_are_documented_and_reproduced():
     (ga,) = torch.autograd.grad(chi2 / 2, PI.a)
     assert float(grad[0]) == pytest.approx(float(ga), abs=1e-12) and abs(float(grad[1])) < 1e-15
     v1, g1 = P.expected_in_loss(PI, REF, 4, P.SLIPS[1]["value"])
-    assert v1 == pytest.approx(-float(PI.exact_kl(REF, 4)), abs=1e-12) and g1.abs().max() < 1e-12
+    assert v1 == pytest.approx(-float(PI.exact_kl(REF, 4).detach()), abs=1e-12) and g1.abs().max() < 1e-12
+    # in the reward, k1 gives exactly grad KL / T, and the reversed sign exactly its negative
+    true4 = exact_kl_gradients(PI, REF, 4)["true"]
+    assert torch.allclose(P.expected_in_reward(PI, REF, 4, lambda l: l), true4 / 4, atol=1e-14)
+    assert torch.allclose(P.expected_in_reward(PI, REF, 4, P.SLIPS[1]["value"]), -true4 / 4, atol=1e-14)
