@@ -416,7 +416,7 @@ _BANK: tuple[Question, ...] = (
         "Why does the GRPO loss start at zero and then rise during training?",
         "At the first update on a batch the importance ratio is 1 and the group advantages sum to zero, so with "
         "per-sequence means the surrogate term is exactly 0 whatever the rewards (with a token mean it is a "
-        "length-weighted sum that is small but not 0). What is left is beta times the KL term, which is 0 at step 0 "
+        "length-weighted sum of the advantages, not 0 in general). What is left is beta times the KL term, which is 0 at step 0 "
         "(policy = reference) and grows as the policy moves: the logged loss is mostly beta*KL. The loss value says "
         "nothing about the reward; its gradient is what trains.",
         ("Reading a rising GRPO loss as divergence or a bug.",
@@ -475,7 +475,7 @@ _BANK: tuple[Question, ...] = (
         "Q30", "advanced",
         "What do you lose by training with beta = 0 and no reference model, and what does a reference that is reset "
         "to the policy every few steps actually control?",
-        "With beta = 0 nothing anchors what the reward does not see: the KL to the start grows without bound and, "
+        "With beta = 0 nothing anchors what the reward does not see: only the reward's argmax limits the KL to the start, and "
         "among equally rewarded answers, exact policy-gradient dynamics favour those already likely (rich get "
         "richer), so diversity among correct answers collapses; with beta > 0 the optimum keeps the reference's "
         "ratios among them. A reset reference bounds the KL per period only: k converged periods give the tilt with "
