@@ -48,14 +48,18 @@ def plot_tis(levels: Mapping[str, Sequence[Mapping[str, float]]]):
     for (name, rows), color in zip(levels.items(), colors):
         rows = [r for r in rows if 0 < r["cap"] < np.inf]
         caps = [r["cap"] for r in rows]
-        axes[0].plot(caps, [r["bias2"] for r in rows], "o-", ms=3, color=color, label=name)
+        axes[0].plot(caps, [max(r["bias2"], 1e-12) for r in rows], "o-", ms=3, color=color, label=name)
         axes[1].plot(caps, [r["variance"] for r in rows], "o-", ms=3, color=color, label=name)
     axes[0].set_ylabel(r"$|E\hat g_C - \nabla J|^2$")
     axes[1].set_ylabel(r"tr Cov$(\hat g_C)$ per sequence")
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("truncation cap C")
-    axes[0].set_yscale("symlog", linthresh=1e-6)
+    axes[0].set_yscale("log")
+    axes[0].set_ylim(bottom=3e-13)
+    axes[0].axhline(1e-12, color=COLORS["grey"], lw=0.8, ls=":")
+    axes[0].annotate("exact (bias < 1e-12)", (caps[-1], 1e-12), xytext=(0, 4), textcoords="offset points",
+                     ha="right", fontsize=8, color=COLORS["grey"])
     axes[0].legend()
     return fig, axes
 
