@@ -12,9 +12,10 @@ chapter that introduces each:
 - :mod:`kltutor.preference`: the closed-form optimum, DPO and its kin (chapter 5).
 - :mod:`kltutor.grpo`: group-relative advantages and the GRPO objective (chapter 5).
 - :mod:`kltutor.overoptimization`: reward overoptimization along the KL axis (chapter 6).
+- :mod:`kltutor.practice`: KL in practice: sampler mismatch, aggregation, references (chapter 8).
 - :mod:`kltutor.derivations`: every derivation of the book, checked by sympy.
 - :mod:`kltutor.plotting`: the book's figures.
-- :mod:`kltutor.capstone`: GRPO on a transformers model with a selectable KL placement (chapter 9).
+- :mod:`kltutor.capstone`: GRPO on a transformers model with a selectable KL placement (chapter 10).
 """
 
 __version__ = "0.1.0"

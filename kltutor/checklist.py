@@ -10,17 +10,21 @@ can see::
 
 Each check has a stable ``code`` (see :data:`CHECKS`) so a trainer can assert on it, log it, or
 silence one deliberately.
+
+:func:`diagnose_negative_kl` (chapter 8, ``ch-practice``) answers the question a negative logged KL
+raises: which of its causes (:data:`NEGATIVE_KL_CAUSES`) a batch shows evidence of.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CHECKS", "Violation", "Report", "inspect"]
+__all__ = ["CHECKS", "Violation", "Report", "inspect", "NEGATIVE_KL_CAUSES", "NegativeKLDiagnosis", "diagnose_negative_kl"]
 
 CHECKS: dict[str, str] = {
     "ref_in_train_mode": "reference model is in train mode (dropout on): call ref_model.eval()",
@@ -205,3 +209,162 @@ def inspect(
         if ell.numel() and float(ell.abs().max()) > start_tolerance:
             flag("kl_nonzero_at_start", f"max |log pi - log pi_ref| = {float(ell.abs().max()):.3g} on step 0")
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Negative KL in the logs: which cause? (chapter 8)
+# ---------------------------------------------------------------------------------------------
+
+NEGATIVE_KL_CAUSES: dict[str, str] = {
+    "mask_covers_padding": "padding tokens are under the KL mask: their log-ratios are not samples of the policy",
+    "mask_covers_prompt": "prompt tokens are under the KL mask: they were not sampled from the policy, so E[l] there is not a KL",
+    "dropout_active": "the policy's log-probs come from a forward pass with dropout on (train mode): noisy, and lower on average",
+    "sampler_mismatch": "the tokens were sampled from another distribution than the one scored (temperature, top-p/top-k, "
+                        "another engine or precision): E_sampler[l] = KL(q||pi_ref) - KL(q||pi) can be negative",
+    "precision_mismatch": "policy and reference log-probs are computed in different or low precision: the log-ratio "
+                          "is not zero where the models agree",
+    "reference_mismatch": "the log-ratio is not zero before the first update: the reference is not the initial policy "
+                          "(wrong checkpoint, different scoring temperature or chat template)",
+    "sign_reversed": "the logged value is -k1: the code logs mean(ref_logp - logp)",
+    "sampling_noise": "single-sample k1 noise: the batch mean of sum_t l_t is within a few standard errors of zero; "
+                      "the KL is small, not negative (log k3 or the exact KL instead)",
+}
+
+
+@dataclass
+class NegativeKLDiagnosis:
+    """What :func:`diagnose_negative_kl` found: the batch's k1 and k3 sequence estimates, the k1 on
+    the valid tokens alone, and the causes with evidence, most specific first."""
+
+    kl_k1: float
+    se_k1: float
+    kl_k3: float
+    kl_k1_valid: float
+    causes: list[Violation] = field(default_factory=list)
+
+    @property
+    def negative(self) -> bool:
+        return self.kl_k1 < 0
+
+    @property
+    def codes(self) -> list[str]:
+        return [v.code for v in self.causes]
+
+    def __str__(self) -> str:
+        head = (f"k1 = {self.kl_k1:.4g} (se {self.se_k1:.2g}) per sequence, k3 = {self.kl_k3:.4g}, "
+                f"k1 on valid tokens only = {self.kl_k1_valid:.4g}")
+        if not self.causes:
+            return head + "\nno cause found"
+        return "\n".join([head, *(f"  - {v}" for v in self.causes)])
+
+
+def diagnose_negative_kl(
+    *,
+    logp: Tensor,
+    ref_logp: Tensor,
+    mask: Tensor,
+    attention_mask: Tensor | None = None,
+    prompt_mask: Tensor | None = None,
+    sampler_logp: Tensor | None = None,
+    logp_repeat: Tensor | None = None,
+    policy_model: nn.Module | None = None,
+    first_step: bool = False,
+    logged_kl: float | None = None,
+    tolerance: float = 1e-3,
+    z: float = 3.0,
+) -> NegativeKLDiagnosis:
+    """Tell, from one batch, why its logged KL is negative (or what would make it so).
+
+    ``logp``, ``ref_logp``, ``mask`` (and the optional ``attention_mask``, ``prompt_mask``) are as in
+    :func:`inspect`. The optional evidence, each enabling one test:
+
+    - ``sampler_logp``: the log-probs the *sampler* reported for the same tokens (an inference
+      engine's, or the policy's at the sampling temperature / after top-p): ``sampler_mismatch`` when
+      they differ from ``logp`` by more than ``tolerance`` (the report then gives the k1 reweighted by
+      ``pi/q`` per sequence, the estimate of KL(pi||pi_ref) the batch supports);
+    - ``logp_repeat``: a second forward pass of the policy on the same batch: ``dropout_active`` when
+      the two differ; ``policy_model``: ``dropout_active`` when a dropout module with ``p > 0`` (or an
+      attention dropout in the config) is in train mode;
+    - ``first_step=True``: the policy has not been updated, so every log-ratio must be zero:
+      ``precision_mismatch`` when the dtypes differ or are 16-bit, else ``reference_mismatch``;
+    - ``logged_kl``: the value the dashboard shows; ``sign_reversed`` when it matches ``-k1``.
+
+    ``sampling_noise`` is reported when the batch's k1 is negative but within ``z`` standard errors
+    of zero. Never raises on a diagnosis; raises ``ValueError`` for unusable input.
+    """
+    for name, t in (("logp", logp), ("ref_logp", ref_logp), ("mask", mask)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch tensor, got {type(t).__name__}")
+    if logp.dim() != 2 or ref_logp.shape != logp.shape or mask.shape != logp.shape:
+        raise ValueError(f"logp, ref_logp and mask must be [batch, time] of one shape, got "
+                         f"{tuple(logp.shape)}, {tuple(ref_logp.shape)}, {tuple(mask.shape)}")
+    for name, t in (("attention_mask", attention_mask), ("prompt_mask", prompt_mask),
+                    ("sampler_logp", sampler_logp), ("logp_repeat", logp_repeat)):
+        if t is not None and t.shape != logp.shape:
+            raise ValueError(f"{name} must have shape {tuple(logp.shape)}, got {tuple(t.shape)}")
+    m = mask.detach().bool()
+    if not m.any():
+        raise ValueError("mask selects no token")
+    lp, rl = logp.detach().double(), ref_logp.detach().double()
+    if not torch.isfinite((lp - rl)[m]).all():
+        raise ValueError("logp or ref_logp holds NaN or inf under the mask (run inspect() first)")
+    ell = torch.where(m, lp - rl, torch.zeros_like(lp))
+    rows = m.any(-1)
+    seq = ell.sum(-1)[rows]
+    k3 = torch.where(m, torch.expm1(-(lp - rl)) + (lp - rl), torch.zeros_like(lp)).sum(-1)[rows]
+    n = seq.numel()
+    se = float(seq.std() / math.sqrt(n)) if n > 1 else float("inf")
+    valid = m.clone()
+    causes: list[Violation] = []
+
+    def add(code: str, detail: str) -> None:
+        causes.append(Violation(code, NEGATIVE_KL_CAUSES[code] + f" ({detail})"))
+
+    for code, other, bad in (("mask_covers_padding", attention_mask, lambda o: m & ~o.detach().bool()),
+                             ("mask_covers_prompt", prompt_mask, lambda o: m & o.detach().bool())):
+        if other is None:
+            continue
+        wrong = bad(other)
+        if wrong.any():
+            valid &= ~wrong
+            add(code, f"{int(wrong.sum())} token(s) contribute {float(ell[wrong].sum()) / n:+.4g} per sequence")
+    k1_valid = float(torch.where(valid, ell, torch.zeros_like(ell)).sum(-1)[rows].mean())
+
+    dropout = []
+    if policy_model is not None:
+        dropout = [name for name, mod in policy_model.named_modules()
+                   if isinstance(mod, nn.Dropout) and mod.p > 0 and mod.training]
+        cfg = getattr(policy_model, "config", None)
+        if policy_model.training and cfg is not None and float(getattr(cfg, "attention_dropout", 0.0) or 0.0) > 0:
+            dropout.append(f"config.attention_dropout={cfg.attention_dropout}")
+    if logp_repeat is not None:
+        diff = (logp_repeat.detach().double() - lp)[m].abs().max()
+        if float(diff) > tolerance:
+            dropout.append(f"two forward passes differ by up to {float(diff):.3g}")
+    if dropout:
+        add("dropout_active", "; ".join(dropout[:3]) + (f" and {len(dropout) - 3} more" if len(dropout) > 3 else ""))
+
+    if sampler_logp is not None:
+        d = (lp - sampler_logp.detach().double())
+        gap = d[m].abs().max()
+        if float(gap) > tolerance:
+            w = torch.exp(torch.where(m, d, torch.zeros_like(d)).sum(-1)[rows])
+            reweighted = float((w * seq).sum() / w.sum())
+            add("sampler_mismatch", f"|logp - sampler_logp| up to {float(gap):.3g}, mean {float(d[m].mean()):+.3g}; "
+                                    f"k1 reweighted by pi/q per sequence: {reweighted:+.4g}")
+
+    if first_step:
+        worst = float(ell[m].abs().max())
+        if worst > tolerance:
+            low = {torch.float16, torch.bfloat16}
+            if logp.dtype != ref_logp.dtype or logp.dtype in low or ref_logp.dtype in low:
+                add("precision_mismatch", f"dtypes {logp.dtype} and {ref_logp.dtype}; max |l| = {worst:.3g} at step 0")
+            else:
+                add("reference_mismatch", f"max |l| = {worst:.3g}, mean per sequence {float(seq.mean()):+.4g} at step 0")
+
+    kl = float(seq.mean())
+    if logged_kl is not None and kl != 0 and abs(logged_kl + kl) <= 1e-6 + 1e-3 * abs(kl) and logged_kl * kl < 0:
+        add("sign_reversed", f"logged {logged_kl:+.4g}, k1 of this batch {kl:+.4g}")
+    if kl < 0 and abs(kl) <= z * se:
+        add("sampling_noise", f"k1 = {kl:+.4g} is {abs(kl) / se:.2f} standard errors from 0; k3 = {float(k3.mean()):.4g}")
+    return NegativeKLDiagnosis(kl, se, float(k3.mean()), k1_valid, causes)

@@ -1,8 +1,9 @@
-"""The interview question bank (chapter 8): 25 questions in three tiers, and a self-test quiz.
+"""The interview question bank (chapter ``ch-interview``): questions in three tiers, and a self-test quiz.
 
-This module is the single source of truth for the questions. Chapter 8
-(``book/08_interview_questions.md``) answers every question in full, with derivations checked by
-sympy in :mod:`kltutor.derivations.interview`; the self-test page ``book/self_test.md`` is
+This module is the single source of truth for the questions. The interview chapter
+(``book/09_interview_questions.md``) answers every question in full, with derivations checked by
+sympy in :mod:`kltutor.derivations.interview`; the questions on KL in practice (Q26 on) are answered
+where their numbers are computed, in chapter ``ch-practice`` (``Question.answered_in``); the self-test page ``book/self_test.md`` is
 generated from :func:`questions` by ``scripts/self_test.py``; the chapters' "Interview check"
 sections can pick their questions with ``questions(chapter="ch-...")``.
 
@@ -37,6 +38,7 @@ CHAPTER_LABELS: tuple[str, ...] = (
     "ch-preference",
     "ch-overoptimization",
     "ch-failures",
+    "ch-practice",
     "ch-interview",
     "ch-capstone",
 )
@@ -52,6 +54,7 @@ class Question:
     answer: str
     pitfalls: tuple[str, ...]
     chapters: tuple[str, ...]
+    answered_in: str = "ch-interview"
 
     @property
     def number(self) -> int:
@@ -59,8 +62,8 @@ class Question:
 
     @property
     def label(self) -> str:
-        """The label of this question's full answer in chapter 8."""
-        return answer_label(self.id)
+        """The label of this question's full answer (in the interview chapter, or in ``answered_in``)."""
+        return answer_label(self.id, self.answered_in)
 
     def prompt(self) -> str:
         """The question as a self-test shows it: no answer."""
@@ -74,9 +77,9 @@ class Question:
         return "\n".join(lines)
 
 
-def answer_label(qid: str) -> str:
-    """The MyST label of a question's full answer in chapter 8, e.g. ``sec-interview-q7``."""
-    return f"sec-interview-{qid.lower()}"
+def answer_label(qid: str, chapter: str = "ch-interview") -> str:
+    """The MyST label of a question's full answer in ``chapter``, e.g. ``sec-interview-q7`` or ``sec-practice-q26``."""
+    return f"sec-{chapter.removeprefix('ch-')}-{qid.lower()}"
 
 
 _BANK: tuple[Question, ...] = (
@@ -407,6 +410,124 @@ _BANK: tuple[Question, ...] = (
          "Forgetting that reference-free methods (SimPO, ORPO) already explore the KL-free end."),
         ("ch-placements", "ch-schedules", "ch-overoptimization"),
     ),
+    # ------------------------------------------------------------------ KL in practice (answered in ch-practice)
+    Question(
+        "Q26", "must-know",
+        "Why does the GRPO loss start at zero and then rise during training?",
+        "At the first update on a batch the importance ratio is 1 and the group advantages sum to zero, so with "
+        "per-sequence means the surrogate term is exactly 0 whatever the rewards (with a token mean it is a "
+        "length-weighted sum of the advantages, not 0 in general). What is left is beta times the KL term, which is 0 at step 0 "
+        "(policy = reference) and grows as the policy moves: the logged loss is mostly beta*KL. The loss value says "
+        "nothing about the reward; its gradient is what trains.",
+        ("Reading a rising GRPO loss as divergence or a bug.",
+         "Forgetting that the surrogate's value is zero while its gradient is not."),
+        ("ch-practice", "ch-capstone"),
+        "ch-practice",
+    ),
+    Question(
+        "Q27", "must-know",
+        "Your dashboard shows a negative KL to the reference. What can cause it, and how do you tell which?",
+        "A negative batch mean of k1 = sum_t l_t has several causes: plain sampling noise when the KL is small (within a "
+        "few standard errors of 0); rollouts sampled from another distribution than the one scored (temperature, "
+        "top-p/top-k, another engine or precision: E_q[l] = KL(q||ref) - KL(q||pi)); dropout left on in the policy's "
+        "forward pass; prompt or padding tokens under the mask; a reference that is not the initial policy (the "
+        "log-ratio is not 0 at step 0); or simply a reversed sign in the logging code. Check the step-0 log-ratio, "
+        "the mask, train/eval mode, the sampler's own log-probs, and log k3 or the exact KL next to k1 "
+        "(kltutor.checklist.diagnose_negative_kl does these checks on a batch).",
+        ("Clamping the logged KL at 0, which hides every cause.",
+         "Blaming noise without computing the standard error."),
+        ("ch-practice", "ch-failures", "ch-estimators"),
+        "ch-practice",
+    ),
+    Question(
+        "Q28", "advanced",
+        "Rollouts are sampled with temperature, top-p or by an inference engine in bf16, and the trainer scores them "
+        "at temperature 1 in another precision. Which KL does the logged estimate measure, and what does truncated "
+        "importance sampling do?",
+        "Averaged over sampler draws q, k1 estimates KL(q||pi_ref) - KL(q||pi), not KL(pi||pi_ref); it can be negative "
+        "(a hot sampler visits tokens the policy has pushed below the reference) and k3's ratio pi_ref/pi has a heavy "
+        "tail there. TRL and verl divide both the policy's and the reference's logits by the sampling temperature, so "
+        "they estimate KL(pi_T||pi_ref,T), a KL between tempered distributions; top-p/top-k are not applied when "
+        "scoring, so truncated samples stay off-policy and the sequences the sampler cannot produce get no gradient "
+        "at all. Importance weights pi/q correct the rest: a sequence-level ratio is exact, a per-token ratio does not "
+        "correct the prefix, and truncating the weight at C trades a bias for a lower variance.",
+        ("Assuming the logged KL is the objective's KL whatever the sampling settings.",
+         "Believing per-token importance ratios make an off-policy sequence gradient exact."),
+        ("ch-practice", "ch-placements"),
+        "ch-practice",
+    ),
+    Question(
+        "Q29", "advanced",
+        "How do token-mean, per-sequence mean and Dr. GRPO's constant normaliser change what beta means?",
+        "Write the KL part of the loss as (1/G) sum_i beta_eff(T_i) sum_t k_it. Sequence-sum gives beta_eff = beta; "
+        "per-sequence mean (GRPO's 1/|o_i|, TRL loss_type='grpo', verl 'seq-mean-token-mean') gives beta/T_i, so a long "
+        "response pays less per nat of sequence KL; token-mean (TRL 'bnpo'/'dapo', verl 'token-mean') gives beta over "
+        "the batch's mean length, the same for every sequence of a batch; Dr. GRPO's sum over a constant L (TRL "
+        "'dr_grpo', verl 'seq-mean-token-sum-norm') gives beta/L. The same weight multiplies the policy-gradient term, "
+        "so within a sequence beta still prices KL against advantage; across sequences only the per-sequence mean "
+        "reweights by length, and its stationary point carries a per-token length term.",
+        ("Transferring a beta between runs with different aggregations or response lengths.",
+         "Thinking token-mean and sequence-mean differ only in scale."),
+        ("ch-practice", "ch-placements"),
+        "ch-practice",
+    ),
+    Question(
+        "Q30", "advanced",
+        "What do you lose by training with beta = 0 and no reference model, and what does a reference that is reset "
+        "to the policy every few steps actually control?",
+        "With beta = 0 nothing anchors what the reward does not see: only the reward's argmax limits the KL to the start, and "
+        "among equally rewarded answers, exact policy-gradient dynamics favour those already likely (rich get "
+        "richer), so diversity among correct answers collapses; with beta > 0 the optimum keeps the reference's "
+        "ratios among them. A reset reference bounds the KL per period only: k converged periods give the tilt with "
+        "beta/k, so the total drift keeps growing (a proximal-point scheme). A LoRA policy's disabled adapter is "
+        "exactly the initial policy when the adapter starts at zero (B = 0) on a frozen base; initialisations that "
+        "move part of the weight into the adapter (PiSSA, OLoRA, CorDA, LoftQ) make it a different model.",
+        ("Saying beta = 0 is harmless because the reward is verifiable.",
+         "Calling the per-period KL of a reset reference 'the KL of the run'."),
+        ("ch-practice", "ch-preference"),
+        "ch-practice",
+    ),
+    Question(
+        "Q31", "advanced",
+        "What happens when a run has the KL both in the reward and in the loss?",
+        "The expected gradients add: beta_R times the reverse-KL gradient (k1 in the reward) plus beta_L times what the "
+        "loss term follows (for k3 in the loss, per-token forward-KL gradients). On a bandit the fixed point maximises "
+        "E r - beta_R KL(pi||ref) - beta_L KL(ref||pi), which is not the tilt with beta_R + beta_L: the two KLs agree "
+        "only to second order around the reference. The in-reward part also passes through PPO's clip while the "
+        "in-loss part does not, and a logged 'KL' may be either term.",
+        ("Treating the two betas as one beta_R + beta_L.",
+         "Double-counting one KL in the logs."),
+        ("ch-practice", "ch-placements"),
+        "ch-practice",
+    ),
+    Question(
+        "Q32", "top-lab",
+        "With GSPO-style sequence-level importance ratios, is multiplying the per-token KL term by the sequence "
+        "ratio a correct off-policy correction?",
+        "Not with GSPO's ratio. GSPO's ratio is the geometric mean (prod_t w_t)^(1/T); off-policy, "
+        "E_old[(prod w)^(1/T) sum_t k_t] is not the KL under the current policy, and its gradient is not the KL's even "
+        "on-policy, where every ratio is 1 (the weight's own gradient adds k(l_t) (1/T) sum_s g_s to each token's "
+        "term). Exact corrections are the full sequence ratio prod_t w_t or, with lower "
+        "variance, the prefix ratio prod_{s<=t} w_s for token t. TRL's use_bias_correction_kl with "
+        "importance_sampling_level='sequence' multiplies the KL by the geometric-mean ratio.",
+        ("Assuming whatever ratio the policy loss uses also corrects the KL term.",
+         "Checking only the value at theta = theta_old, where every ratio is 1 but the gradients differ."),
+        ("ch-practice", "ch-placements"),
+        "ch-practice",
+    ),
+    Question(
+        "Q33", "top-lab",
+        "A colleague writes k3 as expm1(logp - ref_logp) - (logp - ref_logp). What is wrong, and what does it "
+        "optimise in the loss?",
+        "It is k3 with the ratio inverted: e^l - 1 - l with l = log pi - log pi_ref instead of e^-l - 1 + l. It is still "
+        "non-negative, so nothing looks wrong on a dashboard, but its mean under pi is chi2(pi||pi_ref) - KL(pi||pi_ref) "
+        "and, in the loss, its expected gradient per token is that of chi2(pi||pi_ref)/2, a divergence that punishes "
+        "large ratios pi/pi_ref far harder than the KL. Test estimators by exact enumeration: their mean must equal the KL.",
+        ("Accepting an estimator because it is non-negative.",
+         "Checking the formula only at l = 0, where both versions vanish."),
+        ("ch-practice", "ch-estimators"),
+        "ch-practice",
+    ),
 )
 
 
@@ -421,6 +542,8 @@ def _validate_bank() -> None:
             raise AssertionError(f"{q.id}: chapters must be labels from {CHAPTER_LABELS}, got {q.chapters}")
         if not q.pitfalls:
             raise AssertionError(f"{q.id}: at least one pitfall")
+        if q.answered_in not in ("ch-interview", *q.chapters):
+            raise AssertionError(f"{q.id}: answered_in {q.answered_in!r} must be the interview chapter or one of {q.chapters}")
 
 
 _validate_bank()

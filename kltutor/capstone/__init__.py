@@ -1,4 +1,4 @@
-"""The capstone (chapter 9): GRPO on a transformers causal LM with a selectable KL placement.
+"""The capstone (chapter ``ch-capstone``): GRPO on a transformers causal LM with a selectable KL placement.
 
 - :mod:`~kltutor.capstone.config`: :class:`CapstoneConfig` and the presets ``smoke`` (CPU), ``colab``, ``h100``;
 - :mod:`~kltutor.capstone.task`: the verifiable addition task and its exact reward;

@@ -53,7 +53,7 @@ HELP = {
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m kltutor.capstone",
-        description="GRPO with a selectable KL placement on a small transformers model (kltutor chapter 9). "
+        description="GRPO with a selectable KL placement on a small transformers model (kltutor's capstone chapter). "
                     "Options left out take the preset's value, then CapstoneConfig's default.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="smoke",

@@ -1,4 +1,4 @@
-"""Small exact checks the capstone chapter runs next to the loop (chapter 9).
+"""Small exact checks the capstone chapter (``ch-capstone``) runs next to the loop.
 
 :func:`placement_gradient_check` pushes many one-token samples of a categorical policy through
 :func:`kltutor.grpo.grpo_loss` (no task reward, so only the KL term acts) and compares the mean

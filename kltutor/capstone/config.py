@@ -1,4 +1,4 @@
-"""Configuration of a capstone run: one dataclass, validated, with named presets (chapter 9)."""
+"""Configuration of a capstone run: one dataclass, validated, with named presets (chapter ``ch-capstone``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-token log-probabilities, entropy and exact full-vocabulary KL, chunked (chapter 9).
+"""Per-token log-probabilities, entropy and exact full-vocabulary KL, chunked (chapter ``ch-capstone``).
 
 A float32 log-softmax over ``[batch, time, vocab]`` is the largest tensor of an RL step on a real
 vocabulary (64 x 1024 x 152k x 4 bytes = 40 GB). These functions never build it: they take the last

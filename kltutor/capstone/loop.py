@@ -1,6 +1,6 @@
-"""The GRPO loop with a selectable KL placement, measured every step, resumable (chapter 9).
+"""The GRPO loop with a selectable KL placement, measured every step, resumable (chapter ``ch-capstone``).
 
-One step, in the book's notation (chapter 9 shows each line's source):
+One step, in the book's notation (the capstone chapter shows each line's source):
 
 1. draw ``prompts_per_step`` prompts ``x`` and sample a group of ``group_size`` completions ``y ~ pi_old``
    for each (left-padded prompts, ``temperature``, stop at EOS or ``max_new_tokens``);

@@ -1,5 +1,5 @@
 """Tokenizer and model: a character-level tokenizer built locally, a small Qwen2 built from a config,
-and one loader for a local path or a model name (chapter 9). No remote code, no pickle."""
+and one loader for a local path or a model name (chapter ``ch-capstone``). No remote code, no pickle."""
 
 from __future__ import annotations
 

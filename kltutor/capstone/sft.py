@@ -1,4 +1,4 @@
-"""The reference policy: supervised fine-tuning on the task, cached on disk (chapter 9)."""
+"""The reference policy: supervised fine-tuning on the task, cached on disk (chapter ``ch-capstone``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A sweep over placements x betas x seeds, one run each, collected in one DataFrame (chapter 9)."""
+"""A sweep over placements x betas x seeds, one run each, collected in one DataFrame (chapter ``ch-capstone``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The verifiable task: small-number addition ``"23+41="`` -> ``"64"``, rewarded exactly (chapter 9)."""
+"""The verifiable task: small-number addition ``"23+41="`` -> ``"64"``, rewarded exactly (chapter ``ch-capstone``)."""
 
 from __future__ import annotations
 

@@ -44,7 +44,8 @@ def check_all() -> dict[str, bool]:
     return {name: func() for name, func in registry().items()}
 
 
-_MODULES = ("fundamentals", "estimators", "placements", "schedules", "preference", "overoptimization", "failures", "interview")
+_MODULES = ("fundamentals", "estimators", "placements", "schedules", "preference", "overoptimization", "failures", "practice",
+            "interview")
 
 
 def _load_all() -> None:

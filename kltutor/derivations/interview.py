@@ -1,4 +1,4 @@
-"""Derivations asked for by the interview questions (chapter 8), checked by sympy.
+"""Derivations asked for by the interview questions (chapter ``ch-interview``), checked by sympy.
 
 Each ``@derivation`` function proves one answer of :mod:`kltutor.interview` and returns ``True`` or
 raises :class:`~kltutor.derivations.DerivationError`. The ``*_expressions`` helpers return the sympy

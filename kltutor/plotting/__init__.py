@@ -13,6 +13,7 @@ from kltutor.plotting.schedules import *  # noqa: F401,F403  (chapter 4)
 from kltutor.plotting.preference import *  # noqa: F401,F403  (chapter 5)
 from kltutor.plotting.overoptimization import *  # noqa: F401,F403  (chapter 6)
 from kltutor.plotting.failures import *  # noqa: F401,F403  (chapter 7)
-from kltutor.plotting.capstone import *  # noqa: F401,F403  (chapter 9)
+from kltutor.plotting.practice import *  # noqa: F401,F403  (chapter 8)
+from kltutor.plotting.capstone import *  # noqa: F401,F403  (the capstone chapter)
 
 __all__ = ["COLORS", "PLACEMENT_COLORS", "new_axes", "use_book_style"]

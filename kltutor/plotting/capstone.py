@@ -1,4 +1,4 @@
-"""Figures of chapter 9 (the capstone): training curves per placement and KL estimates vs the exact KL."""
+"""Figures of the capstone chapter (``ch-capstone``): training curves per placement and KL estimates vs the exact KL."""
 
 from __future__ import annotations
 

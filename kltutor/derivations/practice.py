@@ -1,0 +1,183 @@
+"""Derivations of chapter 8 (KL in practice), checked by sympy.
+
+- :func:`sampler_k1_expectation`: under a sampler ``q``, the mean of the trainer's k1 is
+  ``KL(q || pi_ref) - KL(q || pi)``, not ``KL(pi || pi_ref)``.
+- :func:`effective_beta_aggregation`: the coefficient each loss aggregation puts on a sequence's
+  summed KL term, ``beta_eff(T)``.
+- :func:`sequence_mean_stationary_point`: with per-sequence means, the update stops at
+  ``pi_ref e^{(R - kappa T)/beta}/Z`` (a per-token length term) instead of ``pi_ref e^{R/beta}/Z``.
+- :func:`reset_composes_tilts`: resetting the reference to the converged policy ``k`` times gives
+  the tilt with ``beta / k``.
+- :func:`two_kl_stationarity`: the optimum of ``E r - beta_R KL(pi||ref) - beta_L KL(ref||pi)``, and
+  that the two KLs agree to second order around ``pi = pi_ref`` (so the betas add only locally).
+- :func:`inverted_k3_is_chi2`: ``e^l - 1 - l`` has mean ``chi2(pi||ref) - KL(pi||ref)`` and, in the
+  loss, the expected gradient of ``chi2(pi||ref)/2``.
+- :func:`grpo_loss_zero_at_start`: at the first update of a batch (``w = 1``) the clipped surrogate
+  with per-sequence means is exactly zero for group-centred advantages; with a token mean it is a
+  length-weighted sum that is not.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from kltutor.derivations import DerivationError, derivation, require  # noqa: F401
+
+__all__ = [
+    "sampler_k1_expectation",
+    "effective_beta_aggregation",
+    "sequence_mean_stationary_point",
+    "reset_composes_tilts",
+    "two_kl_stationarity",
+    "inverted_k3_is_chi2",
+    "grpo_loss_zero_at_start",
+]
+
+
+def _simplex(name: str, n: int):
+    """``n`` positive symbols and their normalised values (a point of the simplex)."""
+    x = sp.symbols(f"{name}0:{n}", positive=True)
+    s = sum(x)
+    return [xi / s for xi in x]
+
+
+@derivation
+def sampler_k1_expectation() -> bool:
+    """sum_y q(y) log(pi(y)/ref(y)) = KL(q||ref) - KL(q||pi) for three outcomes, any q, pi, ref."""
+    q, pi, ref = _simplex("q", 3), _simplex("p", 3), _simplex("r", 3)
+    lhs = sum(qi * sp.log(pi_i / ri) for qi, pi_i, ri in zip(q, pi, ref))
+    rhs = sum(qi * sp.log(qi / ri) for qi, ri in zip(q, ref)) - sum(qi * sp.log(qi / pi_i) for qi, pi_i in zip(q, pi))
+    require(sp.simplify(sp.expand_log(lhs - rhs, force=True)) == 0, "E_q[k1] identity")
+    return True
+
+
+@derivation
+def effective_beta_aggregation() -> bool:
+    """For every aggregation and several batches of lengths, the coefficient of sequence i's summed
+    per-token term in ``beta * aggregate(k)``, rescaled to the form ``(1/G) sum_i beta_eff_i S_i``, is
+    beta (sequence-sum), beta/T_i (sequence-mean), beta/mean(T) (token-mean), beta/L (token-sum-norm)."""
+    beta, L = sp.symbols("beta L", positive=True)
+    for lengths in ((1, 3), (2, 2, 5), (4, 1, 2, 7)):
+        G = len(lengths)
+        k = [[sp.Symbol(f"k_{i}_{t}") for t in range(T)] for i, T in enumerate(lengths)]
+        seq_sum = [sum(row) for row in k]
+        aggs = {
+            "sequence-sum": sp.Rational(1, G) * sum(seq_sum),
+            "sequence-mean": sp.Rational(1, G) * sum(s / T for s, T in zip(seq_sum, lengths)),
+            "token-mean": sum(seq_sum) / sum(lengths),
+            "token-sum-norm": sum(seq_sum) / (G * L),
+        }
+        mean_T = sp.Rational(sum(lengths), G)
+        want = {"sequence-sum": lambda T: beta, "sequence-mean": lambda T: beta / T,
+                "token-mean": lambda T: beta / mean_T, "token-sum-norm": lambda T: beta / L}
+        for mode, expr in aggs.items():
+            for i, T in enumerate(lengths):
+                # every token of sequence i has the same coefficient c_i; beta_eff = G * beta * c_i
+                coeffs = {sp.simplify(sp.diff(beta * expr, k[i][t])) for t in range(T)}
+                require(len(coeffs) == 1, f"{mode}: tokens of one sequence weighed differently")
+                beta_eff = G * coeffs.pop()
+                require(sp.simplify(beta_eff - want[mode](T)) == 0, f"{mode}, lengths {lengths}, T={T}: {beta_eff}")
+    return True
+
+
+@derivation
+def sequence_mean_stationary_point() -> bool:
+    """c(T_y) (R_y - b - beta l_y) = kappa solved for l_y: with c = 1 it is (R_y - b - kappa)/beta (the
+    tilt, the constant absorbed by Z); with c = 1/T_y it is (R_y - b - kappa T_y)/beta."""
+    R, b, beta, kappa, T, l = sp.symbols("R b beta kappa T l", real=True)
+    for c, want in ((1, (R - b - kappa) / beta), (1 / T, (R - b - kappa * T) / beta)):
+        sol = sp.solve(sp.Eq(c * (R - b - beta * l), kappa), l)
+        require(len(sol) == 1 and sp.simplify(sol[0] - want) == 0, f"c={c}: {sol}")
+    return True
+
+
+@derivation
+def reset_composes_tilts() -> bool:
+    """tilt(tilt(p, r, beta), r, beta) = tilt(p, r, beta/2) and, by induction, k resets give beta/k."""
+    p = _simplex("p", 3)
+    r = sp.symbols("r0:3", real=True)
+    beta = sp.symbols("beta", positive=True)
+
+    def tilt(q, bt):
+        w = [qi * sp.exp(ri / bt) for qi, ri in zip(q, r)]
+        s = sum(w)
+        return [wi / s for wi in w]
+
+    twice = tilt(tilt(p, beta), beta)
+    once = tilt(p, beta / 2)
+    for a, c in zip(twice, once):
+        require(sp.simplify(a - c) == 0, "two tilts at beta = one tilt at beta/2")
+    three = tilt(twice, beta)
+    for a, c in zip(three, tilt(p, beta / 3)):
+        require(sp.simplify(a - c) == 0, "three tilts at beta = one tilt at beta/3")
+    return True
+
+
+@derivation
+def two_kl_stationarity() -> bool:
+    """d/dpi_y of E r - bR KL(pi||rho) - bL KL(rho||pi) - lambda (sum pi - 1) is
+    r_y - bR (log(pi_y/rho_y) + 1) + bL rho_y/pi_y - lambda; and around pi = rho both KLs equal
+    (1/2) sum d_y^2/rho_y to second order (at third order the forward KL's term is twice the reverse's)."""
+    n = 3
+    pi = sp.symbols("pi0:3", positive=True)
+    rho = sp.symbols("rho0:3", positive=True)
+    r = sp.symbols("r0:3", real=True)
+    bR, bL, lam, eps = sp.symbols("beta_R beta_L lambda epsilon", positive=True)
+    lag = (sum(pi[i] * r[i] for i in range(n)) - bR * sum(pi[i] * sp.log(pi[i] / rho[i]) for i in range(n))
+           - bL * sum(rho[i] * sp.log(rho[i] / pi[i]) for i in range(n)) - lam * (sum(pi) - 1))
+    for y in range(n):
+        want = r[y] - bR * (sp.log(pi[y] / rho[y]) + 1) + bL * rho[y] / pi[y] - lam
+        require(sp.simplify(sp.expand_log(sp.diff(lag, pi[y]) - want, force=True)) == 0, f"stationarity {y}")
+    # second-order agreement: pi = rho + eps d with sum d = 0 (two free directions)
+    d0, d1 = sp.symbols("d0 d1", real=True)
+    d = [d0, d1, -d0 - d1]
+    p = [rho[i] + eps * d[i] for i in range(n)]
+    rev = sum(p[i] * sp.log(p[i] / rho[i]) for i in range(n))
+    fwd = sum(rho[i] * sp.log(rho[i] / p[i]) for i in range(n))
+    quad = sum(d[i] ** 2 / rho[i] for i in range(n)) / 2
+    s_rev = sp.series(rev, eps, 0, 3).removeO()
+    s_fwd = sp.series(fwd, eps, 0, 3).removeO()
+    require(sp.simplify(s_rev - eps**2 * quad) == 0, "reverse KL to second order")
+    require(sp.simplify(s_fwd - eps**2 * quad) == 0, "forward KL to second order")
+    c3_rev = sp.simplify(sp.series(rev, eps, 0, 4).removeO().coeff(eps, 3))
+    c3_fwd = sp.simplify(sp.series(fwd, eps, 0, 4).removeO().coeff(eps, 3))
+    require(sp.simplify(c3_fwd - 2 * c3_rev) == 0 and sp.simplify(c3_rev) != 0,
+            "third order: the forward KL's term is twice the reverse KL's (-sum d^3/(3 rho^2) vs -sum d^3/(6 rho^2))")
+    return True
+
+
+@derivation
+def inverted_k3_is_chi2() -> bool:
+    """For a softmax policy over 3 outcomes and l = log(pi/rho): E_pi[e^l - 1 - l] = chi2(pi||rho) - KL(pi||rho),
+    and E_pi[(e^l - 1) d log pi/dz_i] = d/dz_i [chi2(pi||rho)/2] (what autograd of the inverted k3 gives in expectation)."""
+    z = sp.symbols("z0:3", real=True)
+    rho = _simplex("r", 3)
+    s = sum(sp.exp(zi) for zi in z)
+    pi = [sp.exp(zi) / s for zi in z]
+    l = [sp.log(pi[i] / rho[i]) for i in range(3)]
+    chi2 = sum(pi[i] ** 2 / rho[i] for i in range(3)) - 1
+    kl = sum(pi[i] * l[i] for i in range(3))
+    value = sum(pi[i] * (sp.exp(l[i]) - 1 - l[i]) for i in range(3))
+    require(sp.simplify(sp.expand_log(value - (chi2 - kl), force=True)) == 0, "value")
+    for j in range(3):
+        score = [sp.diff(sp.log(pi[i]), z[j]) for i in range(3)]
+        grad = sum(pi[i] * (sp.exp(l[i]) - 1) * score[i] for i in range(3))
+        require(sp.simplify(grad - sp.diff(chi2 / 2, z[j])) == 0, f"gradient component {j}")
+    return True
+
+
+@derivation
+def grpo_loss_zero_at_start() -> bool:
+    """With w = 1 and advantages A_i - mean(A) (one group), -(1/G) sum_i (1/T_i) sum_t A_i = 0 exactly,
+    while the token mean -sum_i T_i A_i / sum_i T_i is not zero unless lengths and advantages are uncorrelated."""
+    G = 3
+    r = sp.symbols("r0:3", real=True)
+    T = sp.symbols("T0:3", positive=True)
+    mean_r = sum(r) / G
+    A = [ri - mean_r for ri in r]
+    seq_mean = -sp.Rational(1, G) * sum(T[i] * A[i] / T[i] for i in range(G))
+    require(sp.simplify(seq_mean) == 0, "sequence-mean surrogate at w = 1")
+    tok_mean = -sum(T[i] * A[i] for i in range(G)) / sum(T)
+    require(sp.simplify(tok_mean) != 0, "token-mean is not identically zero")
+    require(sp.simplify(tok_mean.subs({T[1]: T[0], T[2]: T[0]})) == 0, "token-mean is zero for equal lengths")
+    return True
