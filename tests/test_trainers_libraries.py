@@ -98,3 +98,70 @@ def test_verl_aliases_run_the_same_branch():
             ga, = torch.autograd.grad(a.sum(), logp)
             gb, = torch.autograd.grad(b.sum(), logp)
             assert torch.equal(a, b) and torch.equal(ga, gb), (alias, plus)
+
+
+# --- the inspector against the installed libraries' own defaults ------------------------------------------
+
+
+def test_inspector_fields_match_installed(tmp_path):
+    """kltutor/inspect/data/fields.json is what the installed libraries define (regenerate: python -m kltutor.inspect.fields)."""
+    from kltutor.inspect import fields
+
+    stored = fields.load()
+    if INSTALLED["TRL"]:
+        t = fields.trl_fields()
+        assert t["version"] == stored["trl"]["version"]
+        for cls in ("GRPOConfig", "RLOOConfig"):
+            assert set(t[cls]) == set(stored["trl"][cls]), cls
+    if INSTALLED["verl"]:
+        v = fields.verl_fields()
+        assert v["version"] == stored["verl"]["version"] and set(v["keys"]) == set(stored["verl"]["keys"])
+    if INSTALLED["OpenRLHF"]:
+        o = fields.openrlhf_options()
+        assert o["version"] == stored["openrlhf"]["version"]
+        new, old = o["options"], stored["openrlhf"]["options"]
+        assert set(new) == set(old)
+        for k in new:  # some defaults are timestamps (e.g. the run name); the inspector reads --algo/--actor/--train
+            same = ("dest", "flag", "nargs", "choices") + (("default",) if k.startswith(("--algo.", "--actor.loss",
+                                                                                          "--train.max")) else ())
+            assert {f: new[k][f] for f in same} == {f: old[k][f] for f in same}, k
+
+
+def test_inspector_on_trl_defaults(tmp_path):
+    _need("TRL")
+    import json
+
+    from trl import GRPOConfig, RLOOConfig
+
+    from kltutor.inspect import inspect_file
+
+    for cls, terms in ((GRPOConfig, []), (RLOOConfig, [("reward", "k1", 0.05, "exact reverse-KL gradient")])):
+        cfg = cls(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False)
+        d = {k: v for k, v in cfg.to_dict().items() if k in {f.name for f in __import__("dataclasses").fields(cls)}}
+        p = tmp_path / f"{cls.__name__}.json"
+        p.write_text(json.dumps(d, default=str))
+        rep = inspect_file(p)
+        assert rep.trainer.startswith(cls.__name__.replace("Config", "Trainer"))
+        assert [(t.placement, t.estimator, t.beta, t.verdict) for t in rep.terms] == terms
+
+
+def test_inspector_on_verl_shipped_config():
+    _need("verl")
+    from pathlib import Path
+
+    import verl
+
+    from kltutor.inspect import inspect_file
+
+    path = Path(verl.__file__).parent / "trainer" / "config" / "_generated_ppo_trainer.yaml"
+    rep = inspect_file(path)
+    assert rep.library == "verl" and rep.terms == [] and rep.exit_code == 0
+
+
+def test_inspector_on_openrlhf_defaults():
+    _need("OpenRLHF")
+    from kltutor.inspect import inspect_text
+
+    rep = inspect_text("python3 -m openrlhf.cli.train_ppo_ray\n", "defaults.txt", ".txt")
+    assert [(t.placement, t.estimator, t.beta, t.verdict) for t in rep.terms] == [
+        ("reward", "k1", 0.01, "exact reverse-KL gradient")]

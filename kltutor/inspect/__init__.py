@@ -131,6 +131,8 @@ def _load_mapping(text: str, name: str, suffix: str):
 
 def _looks_like_command(text: str) -> bool:
     body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    if "openrlhf.cli." in body:
+        return True
     return bool(re.search(r"(^|\s)--[A-Za-z]", body)) and not re.search(r"^\s*[\w.+-]+\s*:", body, re.M)
 
 
@@ -255,17 +257,20 @@ def _trl(data: dict, name: str, known: dict, trainer: str | None) -> Report:
         elif not cands:
             raise ConfigError(f"{name}: fields of several TRL configs mixed (no one config has them all)")
         else:
-            raise ConfigError(f"{name}: cannot tell {' from '.join(cands)} (only shared fields); "
-                              "pass --trainer grpo|rloo|ppo")
+            stem = Path(name).name.lower()
+            named = [c for t, c in TRL_TRAINERS.items() if t in stem and c in cands]
+            if len(named) != 1:
+                raise ConfigError(f"{name}: cannot tell {' from '.join(cands)} (only shared fields); "
+                                  "pass --trainer grpo|rloo|ppo")
+            cls = named[0]
     allowed = own[cls] | common
     bad = sorted(keys - allowed)
     if bad:
         raise ConfigError(f"{name}: unknown field {bad[0]!r} for TRL {cls}")
-    if cls == "GRPOConfig":
-        return _trl_grpo(data, name, trl)
-    if cls == "RLOOConfig":
-        return _trl_rloo(data, name, trl)
-    return _trl_ppo(data, name, trl)
+    rep = {"GRPOConfig": _trl_grpo, "RLOOConfig": _trl_rloo, "PPOConfig": _trl_ppo}[cls](data, name, trl)
+    if trainer is None and cls not in unique and len(cands) > 1:
+        rep.notes.insert(0, f"its fields fit {', '.join(cands)}; the file name picked {cls}")
+    return rep
 
 
 def _get(data, defaults, key):
@@ -304,8 +309,8 @@ def _trl_grpo(data, name, trl) -> Report:
                source=f"GRPOTrainer._compute_loss, trl {trl['version']}")
     rep.terms.append(_verdict(t, _results(), stale=iters > 1))
     if iters > 1:
-        rep.notes.append(f"num_iterations={iters}: update{' 2' if iters == 2 else f's 2 to {iters}'} on each "
-                         "batch are off-policy (stale row)")
+        rep.notes.append(f"num_iterations={iters}: every update after the first on a batch is off-policy "
+                         "(stale row)")
     if ratio and level == "sequence":
         rep.warnings.append(Finding("ratio-with-sequence-is",
                                     "use_bias_correction_kl=True with importance_sampling_level='sequence' "
