@@ -17,7 +17,7 @@ TPY := $(TRAINERS_VENV)/bin/python
 OPENRLHF_VERSION ?= 0.11.2
 DEEPSPEED_VERSION ?= 0.19.6
 
-.PHONY: help setup setup-browser notebooks site book test unit nbval browser-test pdf clean trainers-venv trainers-test
+.PHONY: help setup setup-browser notebooks site book test unit nbval browser-test pdf clean trainers-venv trainers-test trainers-data
 
 help:
 	@echo "make book   - set up, execute every chapter with papermill, build the site into _build/html"
@@ -86,6 +86,12 @@ nbval: setup
 # Fails when an installed library's KL code no longer gives the stored verdicts (kltutor/trainers/data).
 trainers-test: trainers-venv
 	$(TPY) -m pytest -q -p no:cacheprovider -m trainers tests/test_trainers_libraries.py
+
+# After upgrading a pinned library: rewrite the stored verdicts and the inspector's field lists, then
+# re-execute chapter 3 (make notebooks) and review its table.
+trainers-data: trainers-venv
+	$(TPY) -m kltutor.trainers regenerate
+	$(TPY) -m kltutor.inspect.fields
 
 browser-test: setup setup-browser
 	$(PY) -m pytest -p no:cacheprovider -m browser tests

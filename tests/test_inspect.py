@@ -154,3 +154,9 @@ def test_stdlib_inspect_still_importable():
 
     assert hasattr(std, "getsource") and std.__name__ == "inspect"
     assert kltutor.inspect.__name__ == "kltutor.inspect" and callable(kltutor.checklist.inspect)
+
+
+def test_sync_ref_model_note():
+    rep = inspect_text("beta: 0.1\nloss_type: luspo\nsync_ref_model: true\nbf16: false\nscale_rewards: none\n",
+                       "grpo.yaml")
+    assert rep.exit_code == 0 and any("moving anchor" in n for n in rep.notes)

@@ -308,6 +308,7 @@ def _trl_grpo(data, name, trl) -> Report:
                setting=f"trl.grpo.k3.{'ratio' if ratio else 'plain'}.{level}",
                source=f"GRPOTrainer._compute_loss, trl {trl['version']}")
     rep.terms.append(_verdict(t, _results(), stale=iters > 1))
+    _sync_note(rep, data, d, name)
     if iters > 1:
         rep.notes.append(f"num_iterations={iters}: every update after the first on a batch is off-policy "
                          "(stale row)")
@@ -352,6 +353,14 @@ def _trl_length(rep, loss_type, data, d, name):
                          "the sequence KL is the constant beta / max_completion_length")
 
 
+def _sync_note(rep, data, d, name):
+    if _bool(_get(data, d, "sync_ref_model"), name, "sync_ref_model"):
+        alpha = _num(_get(data, d, "ref_model_mixup_alpha"), name, "ref_model_mixup_alpha")
+        steps = _num(_get(data, d, "ref_model_sync_steps"), name, "ref_model_sync_steps")
+        rep.notes.append(f"sync_ref_model=True: every {steps:g} steps the reference becomes {alpha:g} x policy + "
+                         f"{1 - alpha:g} x reference (TR-DPO style), so the KL is to a moving anchor")
+
+
 def _trl_rloo(data, name, trl) -> Report:
     d = trl["RLOOConfig"]
     rep = Report(name, "TRL", "RLOOTrainer (RLOOConfig)", f"trl {trl['version']}")
@@ -365,6 +374,7 @@ def _trl_rloo(data, name, trl) -> Report:
                f"beta={beta:g}", setting="trl.rloo.k1.sequence",
                source=f"RLOOTrainer._generate_and_score_completions, trl {trl['version']}")
     rep.terms.append(_verdict(t, _results(), stale=False))
+    _sync_note(rep, data, d, name)
     if _bool(_get(data, d, "normalize_advantages"), name, "normalize_advantages"):
         rep.notes.append("normalize_advantages=True rescales the advantages, KL penalty included, together: the "
                          "penalty keeps its weight against the task reward")
