@@ -11,13 +11,20 @@ CHAPTERS := $(sort $(wildcard book/[0-9][0-9]_*.md))
 NOTEBOOKS := $(patsubst book/%.md,notebooks/%.ipynb,$(CHAPTERS))
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: help setup setup-browser notebooks site book test unit nbval browser-test pdf clean
+# The trainers' own KL code (chapter 3, kltutor.trainers): a separate venv, so the book's stays small.
+TRAINERS_VENV ?= .venv-trainers
+TPY := $(TRAINERS_VENV)/bin/python
+OPENRLHF_VERSION ?= 0.11.2
+DEEPSPEED_VERSION ?= 0.19.6
+
+.PHONY: help setup setup-browser notebooks site book test unit nbval browser-test pdf clean trainers-venv trainers-test trainers-data
 
 help:
 	@echo "make book   - set up, execute every chapter with papermill, build the site into _build/html"
 	@echo "make test   - set up, then: source/notebook sync check, strict site build, unit tests,"
 	@echo "              nbval on every notebook, and the browser test of the built site"
 	@echo "make pdf    - the printable study guide: _build/study-guide.pdf"
+	@echo "make trainers-test - TRL / verl / OpenRLHF KL code on the exact toy, in $(TRAINERS_VENV)"
 
 # --- set-up ------------------------------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml
@@ -29,6 +36,19 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+# torch first (the local CPU wheel), then the extra; OpenRLHF without its GPU-only dependencies (see the
+# `trainers` extra in pyproject.toml), deepspeed built against the installed torch.
+$(TRAINERS_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TRAINERS_VENV)
+	$(TPY) -m pip install -q --upgrade pip
+	$(TPY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(TPY) -m pip install -q -e ".[trainers]"
+	$(TPY) -m pip install -q --no-build-isolation "deepspeed==$(DEEPSPEED_VERSION)"
+	$(TPY) -m pip install -q --no-deps "openrlhf==$(OPENRLHF_VERSION)"
+	touch $@
+
+trainers-venv: $(TRAINERS_VENV)/.installed
 
 # Debian's chromium for the browser test and the PDF (Playwright drives it; no browser download).
 setup-browser:
@@ -52,7 +72,7 @@ pdf: setup setup-browser
 	$(PY) scripts/book_site.py pdf
 
 # --- the tests ---------------------------------------------------------------------------------
-test: setup setup-browser
+test: setup setup-browser trainers-test
 	$(PY) scripts/notebooks.py check
 	$(PY) scripts/book_site.py build --strict
 	$(PY) -m pytest -p no:cacheprovider -n $(WORKERS) --dist loadscope $(NBVAL) tests notebooks
@@ -62,6 +82,16 @@ unit: setup
 
 nbval: setup
 	$(PY) -m pytest -p no:cacheprovider -n $(WORKERS) --dist loadscope $(NBVAL) notebooks
+
+# Fails when an installed library's KL code no longer gives the stored verdicts (kltutor/trainers/data).
+trainers-test: trainers-venv
+	$(TPY) -m pytest -q -p no:cacheprovider -m trainers tests/test_trainers_libraries.py
+
+# After upgrading a pinned library: rewrite the stored verdicts and the inspector's field lists, then
+# re-execute chapter 3 (make notebooks) and review its table.
+trainers-data: trainers-venv
+	$(TPY) -m kltutor.trainers regenerate
+	$(TPY) -m kltutor.inspect.fields
 
 browser-test: setup setup-browser
 	$(PY) -m pytest -p no:cacheprovider -m browser tests
