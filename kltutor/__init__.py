@@ -14,6 +14,7 @@ chapter that introduces each:
 - :mod:`kltutor.overoptimization`: reward overoptimization along the KL axis (chapter 6).
 - :mod:`kltutor.practice`: KL in practice: sampler mismatch, aggregation, references (chapter 8).
 - :mod:`kltutor.derivations`: every derivation of the book, checked by sympy.
+- :mod:`kltutor.claims`: the claim ledger, the book's central claims with their conditions and checks.
 - :mod:`kltutor.plotting`: the book's figures.
 - :mod:`kltutor.capstone`: GRPO on a transformers model with a selectable KL placement (chapter 10).
 """

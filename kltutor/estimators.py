@@ -103,13 +103,16 @@ def _k3_series(log_ratio: Tensor) -> Tensor:
 
 
 def k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
-    r"""k3 = exp(-l) - 1 + l with l = log pi(y) - log pi_ref(y): unbiased and non-negative.
+    r"""k3 = exp(-l) - 1 + l with l = log pi(y) - log pi_ref(y): non-negative, and unbiased for samples
+    from pi when pi_ref puts no mass outside pi's support (claim ``k3-unbiased``, chapter 2).
 
     Computed to full relative precision in the tensor's dtype: for ``|l| <= 0.5`` by its Taylor
     series :math:`\sum_{n\ge2}(-\ell)^n/n!` (no cancellation), elsewhere as ``expm1(-l) + l``.
     The naive ``exp(-l) - 1 + l`` (:func:`k3_naive`) loses every digit near ``l = 0``;
     ``expm1(-l) + l`` (:func:`k3_expm1`) is better but still has relative error about
-    ``2 eps / |l|`` there, because ``expm1(-l)`` and ``l`` cancel to leading order (chapter 2).
+    ``2 eps / |l|`` there, because ``expm1(-l)`` and ``l`` cancel to leading order (chapter 2). This is
+    the book's one rule for k3 (chapters 2 and 7): float32 log-ratios (cast float16/bfloat16 first) and
+    this function; :func:`kltutor.exercises.ch02.k3_accuracy_failures` checks it.
     Where ``exp(-l)`` overflows the dtype the result is ``inf``, as the true value is.
     """
     validate_logps(logp, ref_logp)

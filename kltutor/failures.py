@@ -9,7 +9,8 @@ numbers a chapter can print and a test can assert on:
 - :func:`length_hacking`: a proxy reward with an exploitable length bonus, optimised exactly.
 - :func:`wrong_reference`: the KL anchored to the pre-trained base instead of the SFT checkpoint.
 - :func:`importance_weighted_kl`: a KL estimated from stale samples with importance ratios.
-- :func:`k3_precision`: k3 in float16 / bfloat16, naive and stable forms, against float64.
+- :func:`k3_precision`: k3 in float16 / bfloat16, naive and stable (float32 + :func:`kltutor.estimators.k3`)
+  forms, against float64.
 """
 
 from __future__ import annotations
@@ -206,9 +207,12 @@ def k3_naive(log_ratio: Tensor) -> Tensor:
 
 
 def k3_stable(log_ratio: Tensor) -> Tensor:
-    """k3 = expm1(-l) + l, computed in float32 at least, returned as float32."""
+    """k3 of a log-ratio by the book's one rule (chapter 2): cast float16/bfloat16 to float32, then
+    :func:`kltutor.estimators.k3` (Taylor series for ``|l| <= 0.5``, ``expm1`` beyond)."""
+    from kltutor.estimators import k3
+
     lr = log_ratio.float() if log_ratio.dtype in (torch.float16, torch.bfloat16) else log_ratio
-    return torch.expm1(-lr) + lr
+    return k3(lr, torch.zeros_like(lr))
 
 
 def k3_precision(log_ratios: Sequence[float], dtypes: Sequence[torch.dtype] = (torch.float16, torch.bfloat16, torch.float32)) -> list[dict[str, float | str]]:
@@ -226,6 +230,6 @@ def k3_precision(log_ratios: Sequence[float], dtypes: Sequence[torch.dtype] = (t
                 "log_ratio": value,
                 "exact": float(exact[i]),
                 "naive": float(naive[i]),
-                "stable (fp32 + expm1)": float(stable[i]),
+                "stable (fp32, estimators.k3)": float(stable[i]),
             })
     return rows

@@ -26,16 +26,18 @@ def group_advantages(
     """``A_i = (r_i - mean(group)) / std(group)`` for each completion (``[n_prompts * group_size]``).
 
     ``std`` is the sample standard deviation (``unbiased=True``, as in the GRPO reference code).
-    ``clip_std=(lo, hi)`` clamps the group's std into ``[lo, hi]`` before dividing ("Rethinking KL",
-    §4.1): a group whose rewards differ only by numerical noise then gets advantages of the size of
-    that noise instead of +-1. Without it, ``eps`` keeps a group of *equal* rewards at 0 (not NaN).
+    ``clip_std=(lo, hi)`` clamps the group's std into ``[lo, hi]`` before dividing (Liu, Liu and
+    Liu, "Rethinking KL Divergence in RLHF", March 2025, section 4): a group whose rewards differ
+    only by numerical noise then gets advantages of the size of that noise instead of order one. Without it, ``eps`` keeps a group of *equal* rewards at 0 (not NaN).
     ``normalize_std=False`` gives the mean-centred advantages (Dr. GRPO).
 
     The statistics are computed in float64 whatever the input dtype. Note what the normalisation
-    does to a group split half and half: the advantages are :math:`\\pm\\sqrt{G/(4(G-1))}`
-    (:math:`\\pm 0.866` for :math:`G=4`) *whatever the size of the gap*, so a gap of 2e-5 (noise)
-    and a gap of 1 (a real difference) get the same push; ``eps`` and ``clip_std`` are what tell
-    them apart.
+    does to a group split half and half between two values: the advantages are
+    :math:`\\pm\\sqrt{(G-1)/G}` with ``eps=0`` (0.866 for G=4; :math:`\\pm1` with the population std)
+    *whatever the size of the gap*, so a gap of 2e-5 (noise) and a gap of 1 (a real difference) get
+    the same push, in float32 as in float64; ``eps`` and ``clip_std`` are what tell them apart
+    (claim ``grpo-half-split-advantage`` in :mod:`kltutor.claims`, proved in the section
+    ``sec-preference-grpo``).
     """
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [n_prompts * group_size], got shape {tuple(rewards.shape)}")

@@ -1,11 +1,16 @@
 """The interview question bank (chapter ``ch-interview``): questions in three tiers, and a self-test quiz.
 
 This module is the single source of truth for the questions. The interview chapter
-(``book/09_interview_questions.md``) answers every question in full, with derivations checked by
-sympy in :mod:`kltutor.derivations.interview`; the questions on KL in practice (Q26 on) are answered
-where their numbers are computed, in chapter ``ch-practice`` (``Question.answered_in``); the self-test page ``book/self_test.md`` is
-generated from :func:`questions` by ``scripts/self_test.py``; the chapters' "Interview check"
-sections can pick their questions with ``questions(chapter="ch-...")``.
+(label ``ch-interview``) answers every question in full, with derivations checked by sympy in
+:mod:`kltutor.derivations.interview`; the questions on KL in practice (Q26 on) are answered where
+their numbers are computed, in chapter ``ch-practice`` (``Question.answered_in``); the self-test page
+``book/self_test.md`` is generated from :func:`questions` by ``scripts/self_test.py``; the chapters'
+"Interview check" sections can pick their questions with ``questions(chapter="ch-...")``.
+
+Every short answer restates claims of the book; ``Question.claims`` names them (ids in
+:mod:`kltutor.claims`), and ``Question.proofs`` gives the sections that prove them, which the
+interview chapter links under "Checked in". ``tests/test_claims.py`` fails when a short answer
+repeats a refuted version of a claim or states one without its condition.
 
 >>> from kltutor import interview
 >>> quiz = interview.quiz(n=3, seed=1)
@@ -46,7 +51,8 @@ CHAPTER_LABELS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class Question:
-    """One interview question: what is asked, a short answer, the usual mistakes, where to read more."""
+    """One interview question: what is asked, a short answer, the usual mistakes, where to read more,
+    and the claims of the ledger (:mod:`kltutor.claims`) that the short answer restates."""
 
     id: str
     tier: str
@@ -55,6 +61,7 @@ class Question:
     pitfalls: tuple[str, ...]
     chapters: tuple[str, ...]
     answered_in: str = "ch-interview"
+    claims: tuple[str, ...] = ()
 
     @property
     def number(self) -> int:
@@ -65,6 +72,18 @@ class Question:
         """The label of this question's full answer (in the interview chapter, or in ``answered_in``)."""
         return answer_label(self.id, self.answered_in)
 
+    @property
+    def proofs(self) -> tuple[str, ...]:
+        """The labels of the sections that prove this answer's claims (their sources), in order, no repeats."""
+        from kltutor import claims
+
+        out: list[str] = []
+        for cid in self.claims:
+            src = claims.get(cid).source
+            if src not in out and src != self.label:
+                out.append(src)
+        return tuple(out)
+
     def prompt(self) -> str:
         """The question as a self-test shows it: no answer."""
         return f"{self.id} ({self.tier}). {self.question}"
@@ -74,6 +93,8 @@ class Question:
         lines = [f"{self.id}. {self.question}", "", f"Answer: {self.answer}", "", "Common pitfalls:"]
         lines += [f"  - {p}" for p in self.pitfalls]
         lines += ["", "Read: " + ", ".join(self.chapters) + f" (full answer: {self.label})"]
+        if self.proofs:
+            lines += ["Checked in: " + ", ".join(self.proofs)]
         return "\n".join(lines)
 
 
@@ -95,6 +116,7 @@ _BANK: tuple[Question, ...] = (
          "Forgetting the support condition: KL(p||q) is infinite if q(x) = 0 where p(x) > 0.",
          "Proving non-negativity with 'log is concave' applied in the wrong direction."),
         ("ch-fundamentals",),
+        claims=("kl-gibbs", "kl-not-a-metric", "kl-support", "kl-chain-rule"),
     ),
     Question(
         "Q2", "must-know",
@@ -108,6 +130,7 @@ _BANK: tuple[Question, ...] = (
          "Forgetting that the penalty also fixes the target distribution (the closed-form optimum).",
          "Believing a KL penalty prevents reward hacking: it only limits how far the policy can go to find it."),
         ("ch-fundamentals", "ch-overoptimization", "ch-failures"),
+        claims=("optimal-policy", "proxy-up-gold-down"),
     ),
     Question(
         "Q3", "must-know",
@@ -120,6 +143,7 @@ _BANK: tuple[Question, ...] = (
          "Confusing the log-ratio to the reference (l) with the PPO importance ratio w = pi_theta/pi_old.",
          "Thinking a negative batch mean of k1 means the policy is closer than zero: it is noise."),
         ("ch-estimators",),
+        claims=("k1-unbiased",),
     ),
     Question(
         "Q4", "must-know",
@@ -134,6 +158,7 @@ _BANK: tuple[Question, ...] = (
          "Writing the ratio upside down (pi_theta/pi_ref - 1 - log(pi_theta/pi_ref) has the wrong mean under pi_theta).",
          "Treating value properties (unbiased, non-negative) as if they made k3 a good loss term."),
         ("ch-estimators",),
+        claims=("k3-unbiased", "k3-nonnegative", "k3-variance"),
     ),
     Question(
         "Q5", "must-know",
@@ -142,13 +167,16 @@ _BANK: tuple[Question, ...] = (
         "the returns/advantages and its gradient flows through the score function (PPO/InstructGPT, "
         "k1-in-reward). In loss: add beta*k to the loss and let autograd differentiate it (GRPO, "
         "k3-in-loss). The two are not the same gradient: on-policy, k1-in-reward gives the exact "
-        "gradient of the sequence-level reverse KL; k1-in-loss has zero expected gradient; for a single "
-        "token k2-in-loss equals k1-in-reward; k3-in-loss has the expected gradient of the forward "
-        "KL(pi_ref||pi_theta), not of the reverse KL. In reward, the KL also passes through PPO's clip.",
+        "gradient of the sequence-level reverse KL; k1-in-loss has zero expected gradient; k2-in-loss "
+        "equals k1-in-reward for one token or for k2 of the summed sequence log-ratio, while token-level "
+        "k2 on longer sequences is biased; k3-in-loss follows the forward KL(pi_ref||pi_theta) per token, "
+        "at the policy's own prefixes (for one token: the forward-KL gradient), not the reverse KL. "
+        "In reward, the KL also passes through PPO's clip.",
         ("Saying the placements are equivalent because 'the objective is the same'.",
          "Believing k3-in-loss optimises the reverse KL because k3 is an unbiased estimate of its value.",
          "Forgetting to detach the KL term when it is put in the reward."),
         ("ch-placements", "ch-estimators"),
+        claims=("k1-in-reward-exact", "k1-in-loss-zero", "k2-in-loss", "k3-in-loss-forward", "clip-removes-in-reward-kl"),
     ),
     Question(
         "Q6", "must-know",
@@ -163,6 +191,7 @@ _BANK: tuple[Question, ...] = (
          "Judging beta by the proxy reward curve alone.",
          "Forgetting that with group-normalised advantages (GRPO) beta competes with unit-scale advantages, not with raw reward."),
         ("ch-schedules", "ch-failures"),
+        claims=("beta-exchange-rate", "beta-symptoms", "kl-falls-with-beta", "adaptive-beta-integral"),
     ),
     Question(
         "Q7", "must-know",
@@ -170,12 +199,14 @@ _BANK: tuple[Question, ...] = (
         "RLHF penalises KL(pi_theta||pi_ref), the reverse KL (expectation under the policy being "
         "trained). It is the one that can be estimated from the policy's own rollouts, it is the "
         "regulariser that yields the closed-form optimum pi* proportional to pi_ref*exp(r/beta), and it "
-        "is mode-seeking: the policy may drop modes of pi_ref but is punished heavily for putting mass "
-        "where pi_ref has little. The forward KL(pi_ref||pi_theta) is mass-covering.",
+        "is zero-forcing: infinite if the policy puts mass where pi_ref has none, indifferent to modes of "
+        "pi_ref the policy leaves out (whether a fit then settles on one mode depends on how separated "
+        "the modes are). The forward KL(pi_ref||pi_theta) is mass-covering.",
         ("Naming a direction without writing the formula: communities disagree on which one is 'forward'.",
          "Claiming the forward KL cannot be used: it is the cross-entropy on reference samples (SFT-style loss).",
          "Thinking the reverse KL forbids dropping modes: it penalises covering where pi_ref is small, not leaving modes."),
         ("ch-fundamentals",),
+        claims=("reverse-kl-zero-forcing", "optimal-policy", "forward-kl-cross-entropy"),
     ),
     Question(
         "Q8", "must-know",
@@ -189,6 +220,7 @@ _BANK: tuple[Question, ...] = (
          "Reading the mean implicit reward on preference data as the policy's KL.",
          "Forgetting the beta*log Z(x) term, or not knowing why it cancels."),
         ("ch-preference",),
+        claims=("implicit-reward-not-kl", "dpo-loss-gradient"),
     ),
     Question(
         "Q9", "must-know",
@@ -202,20 +234,24 @@ _BANK: tuple[Question, ...] = (
          "Monitoring only the proxy reward.",
          "Using the best-of-n formula for the KL of an RL policy, or an RL fit for best-of-n."),
         ("ch-overoptimization",),
+        claims=("proxy-up-gold-down", "gao-peak-budget"),
     ),
     Question(
         "Q10", "must-know",
         "Why did GRPO use k3 instead of k1, and was that the right choice?",
         "As a value estimate k3 is unbiased, never negative and usually lower-variance than k1, which "
         "makes a logged KL readable. But GRPO puts it in the loss, where what matters is its gradient: "
-        "on-policy, E[grad k3] = E[(1 - e^{-l}) grad log pi] = grad KL(pi_ref||pi_theta), the forward KL. "
+        "on-policy and for one token, E[grad k3] = E[(1 - e^{-l}) grad log pi] = grad KL(pi_ref||pi_theta), "
+        "the forward KL; on sequences it is that forward KL per token, at the policy's own prefixes. "
         "Near l = 0 it matches the reverse-KL gradient to first order (1 - e^{-l} = l - l^2/2 + ...), so "
         "with a small beta and a policy near the reference it behaves; it is not the gradient of the "
-        "objective GRPO writes down. k1-in-reward (or, for a single token, k2-in-loss) is.",
+        "objective GRPO writes down. k1-in-reward is, at any length; so is k2 of the summed sequence "
+        "log-ratio in the loss (token-level k2-in-loss only for one token).",
         ("Justifying a loss term by the properties of its value (unbiased, non-negative).",
          "Calling the k3 gradient an O(l^2)-biased approximation of the reverse KL without saying what it is exactly: the forward-KL gradient.",
          "Believing k1-in-loss would have worked: its expected gradient is zero."),
         ("ch-estimators", "ch-placements"),
+        claims=("k3-unbiased", "k3-in-loss-forward", "k1-in-loss-zero", "k2-in-loss", "k1-in-reward-exact"),
     ),
     # ------------------------------------------------------------------ tier 2: advanced
     Question(
@@ -227,6 +263,7 @@ _BANK: tuple[Question, ...] = (
         ("Using E[pi_theta/pi_ref] = 1 under pi_theta (false: that ratio has mean 1 only under pi_ref).",
          "Forgetting the support condition that makes sum_y pi_ref(y) over the policy's support equal 1."),
         ("ch-estimators",),
+        claims=("k3-unbiased",),
     ),
     Question(
         "Q12", "advanced",
@@ -239,6 +276,7 @@ _BANK: tuple[Question, ...] = (
         ("Presenting f without the control-variate argument that produces it.",
          "Choosing lambda to minimise variance in general: the variance-optimal lambda is not 1 away from q = p."),
         ("ch-estimators",),
+        claims=("k3-lambda-one", "k3-nonnegative"),
     ),
     Question(
         "Q13", "advanced",
@@ -252,6 +290,7 @@ _BANK: tuple[Question, ...] = (
          "Not noticing that J(pi) = beta log Z - beta KL(pi||pi*) proves optimality and uniqueness in one line.",
          "Saying the optimum needs Bradley-Terry."),
         ("ch-preference",),
+        claims=("optimal-policy",),
     ),
     Question(
         "Q14", "advanced",
@@ -263,22 +302,26 @@ _BANK: tuple[Question, ...] = (
         ("Not explaining why log Z cancels (it depends on x only, and BT depends on reward differences).",
          "Forgetting that the derivation assumes pi_theta can represent pi* for the learned reward."),
         ("ch-preference",),
+        claims=("dpo-loss-gradient",),
     ),
     Question(
         "Q15", "advanced",
         "Derive the gradient of the DPO loss.",
-        "With h = r_theta(y_w) - r_theta(y_l) and r_theta = beta*log(pi_theta/pi_ref): "
-        "d/dh[-log sigmoid(h)] = -sigmoid(-h), so grad L = -beta*E[sigmoid(r_theta(y_l) - r_theta(y_w)) "
+        "With h_theta = log(pi_theta(y_w)/pi_ref(y_w)) - log(pi_theta(y_l)/pi_ref(y_l)) (no beta) and "
+        "L = -log sigmoid(beta*h_theta): d/dh[-log sigmoid(beta*h)] = -beta*sigmoid(-beta*h), and with "
+        "r_theta = beta*log(pi_theta/pi_ref) this gives grad L = -beta*E[sigmoid(r_theta(y_l) - r_theta(y_w)) "
         "(grad log pi_theta(y_w) - grad log pi_theta(y_l))]. Each pair is weighted by how wrongly the "
         "implicit reward ranks it; correctly ranked pairs fade out.",
         ("Getting the weight's sign wrong (it is sigmoid of the loser minus the winner).",
          "Forgetting that only the difference of the two log-likelihoods is controlled: both can fall (likelihood displacement)."),
         ("ch-preference",),
+        claims=("dpo-loss-gradient",),
     ),
     Question(
         "Q16", "advanced",
         "Why is the k2 estimator biased, and by how much when the KL is small?",
-        "E[k2] = E[l^2]/2 is the f-divergence with f(u) = (log u)^2/2, not the KL. Writing the cumulants "
+        "E[k2] = E[l^2]/2 is not the KL, and not an f-divergence either: it is E[f(pi_ref/pi_theta)] with "
+        "f(u) = (log u)^2/2, which is not convex (f'' < 0 for u > e). Writing the cumulants "
         "of l under pi_theta as kappa_j, the identity E[e^{-l}] = 1 gives KL = kappa_1 = kappa_2/2 - "
         "kappa_3/6 + kappa_4/24 - ..., and E[k2] = (kappa_2 + kappa_1^2)/2, so bias = kappa_1^2/2 + "
         "kappa_3/6 - kappa_4/24 + ... . For pi_theta a perturbation of size eps of pi_ref, KL = O(eps^2) "
@@ -287,6 +330,7 @@ _BANK: tuple[Question, ...] = (
         ("Saying 'it is a second-order approximation' without the order of the error.",
          "Expanding around the wrong ratio: under pi_theta, pi_ref/pi_theta has mean 1, pi_theta/pi_ref does not."),
         ("ch-estimators",),
+        claims=("k2-bias", "k2-not-f-divergence"),
     ),
     Question(
         "Q17", "advanced",
@@ -299,22 +343,27 @@ _BANK: tuple[Question, ...] = (
         "react to the noise of minibatch KL estimates.",
         ("Calling it purely proportional without noticing that beta integrates the error.",
          "Adding a D term on a noisy KL estimate without filtering.",
-         "Forgetting the clip, which keeps one noisy batch from moving beta by more than 20%."),
+         "Forgetting the clip, which keeps one noisy batch from moving beta by more than a factor 1 +- 0.2*K_beta."),
         ("ch-schedules",),
+        claims=("adaptive-beta-integral",),
     ),
     Question(
         "Q18", "advanced",
         "How do you set beta in GRPO with a k3 KL term when the reward is binary (0/1)?",
-        "GRPO normalises rewards within a group, so the policy-gradient term has unit-scale advantages "
-        "whatever the reward's scale, and a group with all-0 or all-1 rewards has zero advantage: only "
-        "the KL term acts on it. For the unnormalised KL-regularised problem with success rate p0 under "
-        "pi_ref, the optimum has success rate q*(beta) = p0 e^{1/beta}/(p0 e^{1/beta} + 1 - p0), and its KL "
-        "never exceeds log(1/p0): with beta around 0.04 the optimum already solves every solvable prompt. "
-        "Pick beta from the KL you can afford (or 0 with verifiable rewards and no proxy to hack), "
-        "and watch per-token KL and entropy.",
+        "Separate two objectives. GRPO's update: rewards are normalised within a group, so the policy term "
+        "has unit-scale advantages whatever the reward's scale (a half-0/half-1 group of G gets +-sqrt((G-1)/G) "
+        "with the unbiased std), a group with all-0 or all-1 rewards has zero advantage (only the KL term "
+        "acts on it), and the expected step on a 0/1 reward is grad q times a weight that depends on the "
+        "success rate q (about 1/sqrt(q(1-q)) for large groups), so hard and easy prompts are up-weighted: "
+        "GRPO does not maximise E[r] - beta*KL of the raw reward. The raw-reward objective, for reference: "
+        "with success rate p0 under pi_ref its optimum has success rate q*(beta) = p0 e^{1/beta}/(p0 e^{1/beta} "
+        "+ 1 - p0) and a KL never above log(1/p0); at beta = 0.04 it already solves every solvable prompt. "
+        "So pick beta from the per-token KL you can afford (or 0 with verifiable rewards and no proxy to "
+        "hack), remember that k3-in-loss is not the reverse-KL gradient, and watch per-token KL and entropy.",
         ("Transferring beta = 0.04 from DeepSeekMath without matching normalisation, length aggregation and estimator.",
          "Forgetting that std-normalisation inflates the advantage of rare successes in hard groups."),
         ("ch-schedules", "ch-placements"),
+        claims=("grpo-normalised-binary", "binary-optimum-raw", "grpo-half-split-advantage", "k3-in-loss-forward", "beta-exchange-rate"),
     ),
     Question(
         "Q19", "advanced",
@@ -323,11 +372,14 @@ _BANK: tuple[Question, ...] = (
         "and a target margin gamma in a Bradley-Terry loss. Nothing pulls the policy back toward a "
         "reference: the loss can be lowered without bound by pushing the loser's likelihood down. What "
         "keeps it in check is the SFT initialisation, a small learning rate and few epochs (implicit "
-        "early stopping), and the length normalisation, which removes DPO's incentive to favour long answers. "
+        "early stopping). Length normalisation changes what is scored (the mean per-token log-likelihood "
+        "instead of the sequence log-ratio) but does not remove length effects: a response's probability "
+        "is e^{|y| * score/beta}, so at SimPO's optimum a long response that is not ranked first is crushed. "
         "It optimises offline preference data, so it cannot exploit a reward model, but it can drift.",
-        ("Claiming SimPO is strictly better than DPO, or that length normalisation is a KL substitute.",
+        ("Claiming SimPO is strictly better than DPO, that length normalisation is a KL substitute, or that it removes length bias.",
          "Forgetting that without a reference the optimum of the loss is degenerate."),
         ("ch-preference",),
+        claims=("simpo-length", "dpo-rl-same-optimum", "ipo-target", "kto-reference-point"),
     ),
     Question(
         "Q20", "advanced",
@@ -336,12 +388,13 @@ _BANK: tuple[Question, ...] = (
         "KL_t(s_t)], with KL_t the full-vocabulary KL at prefix s_t; the sum of sampled log-ratios sum_t l_t "
         "is an unbiased single-sample estimate of it. Its gradient is not the sum of per-token gradients: "
         "grad KL_seq = E[sum_t grad log pi(y_t|s_t) * sum_{t'>=t} l_t'] (the KL-to-go), which k1-in-reward "
-        "delivers through the returns and token-local losses (k2-in-loss per token) miss. Averaging over "
-        "tokens instead of summing changes the objective (length weighting).",
+        "delivers through the returns and token-local losses (k2-in-loss per token) miss; k2 of the summed "
+        "log-ratio has it. Averaging over tokens instead of summing changes the objective (length weighting).",
         ("Reporting the token-mean KL as 'the KL' when the objective penalises the sequence KL.",
          "Including prompt or padding tokens: mask to response tokens.",
          "Assuming token-level k2-in-loss is the exact sequence-KL gradient (true for one token only)."),
         ("ch-fundamentals", "ch-placements"),
+        claims=("kl-chain-rule", "k1-in-reward-exact", "k2-in-loss", "token-vs-sequence-k3", "token-mean-kl"),
     ),
     # ------------------------------------------------------------------ tier 3: top-lab
     Question(
@@ -351,36 +404,46 @@ _BANK: tuple[Question, ...] = (
         "f(0) = 0, f'(x) = e^x - 1 vanishes only at 0, f'' = e^x > 0: strictly convex, global minimum 0. "
         "k3 = f(-l) >= 0. Unbiasedness: E[e^{-l}] = 1 under pi_theta. Neither property matters for a loss: "
         "what matters is the expected gradient. grad k3 = (1 - e^{-l}) grad log pi_theta, whose mean is "
-        "grad KL(pi_ref||pi_theta) (forward KL). Use k3 to log the KL; use k1-in-reward (or k2-in-loss for "
-        "one token) to optimise the reverse KL.",
+        "grad KL(pi_ref||pi_theta) (forward KL, for one token; per token at the policy's prefixes on "
+        "sequences). Use k3 to log the KL; use k1-in-reward (or sequence-level k2-in-loss; token-level k2 "
+        "only for one token) to optimise the reverse KL.",
         ("Treating non-negativity as what makes a loss principled.",
          "Stopping at 'first-order approximation' instead of identifying the forward-KL gradient."),
         ("ch-estimators", "ch-placements"),
+        claims=("k3-nonnegative", "k3-unbiased", "k3-in-loss-forward", "k1-in-reward-exact", "k2-in-loss"),
     ),
     Question(
         "Q22", "top-lab",
         "Explain the equivalence between DPO's implicit reward and the policy gradient of KL-regularised RL.",
-        "Both target the same optimum pi* proportional to pi_ref exp(r/beta). RL: grad J = E_{pi_theta}[grad log "
+        "In the population limit (Bradley-Terry labels, pairs covering every response, infinite data) both "
+        "target the same optimum pi* proportional to pi_ref exp(r/beta). RL: grad J = E_{pi_theta}[grad log "
         "pi_theta (r - beta*log(pi_theta/pi_ref))], whose stationary point is pi*; at pi* the shaped reward "
         "r - beta*log(pi*/pi_ref) = beta*log Z is constant in y, so the gradient vanishes. DPO: the reward "
         "that pi_theta is optimal for is r_theta = beta*log(pi_theta/pi_ref) (+ beta log Z), and fitting it to "
-        "preferences by maximum likelihood is reward modelling in policy space. Same fixed point, different "
-        "data: RL samples on-policy, DPO learns from a fixed preference set.",
+        "preferences by maximum likelihood is reward modelling in policy space. On finite data they "
+        "differ (the IPO argument): a response that wins and never loses has no finite maximum-likelihood "
+        "reward, so DPO's loss keeps falling as its log-ratio grows and beta does not stop it, while RL "
+        "against a fitted (finite) reward model keeps the KL anchor; and RL samples on-policy, DPO does not.",
         ("Saying 'DPO has no RL in it' or 'DPO is identical to PPO'.",
+         "Claiming the same fixed point without its conditions (Bradley-Terry, full coverage, infinite data).",
          "Not showing why the RL gradient vanishes at pi*."),
         ("ch-preference",),
+        claims=("optimal-policy", "dpo-loss-gradient", "dpo-rl-same-optimum"),
     ),
     Question(
         "Q23", "top-lab",
         "From the sqrt(KL) form of the gold-reward curve, derive a safe KL budget against over-optimisation.",
-        "For best-of-n, Gao et al. fit R(d) = d(alpha - beta d) with d = sqrt(KL). dR/dd = alpha - 2 beta d = 0 "
-        "gives d* = alpha/(2 beta), KL* = alpha^2/(4 beta^2), R* = alpha^2/(4 beta). Stopping at half the "
+        "For best-of-n, Gao et al. fit R(d) = d(alpha - b d) with d = sqrt(KL). dR/dd = alpha - 2 b d = 0 "
+        "gives d* = alpha/(2 b), KL* = alpha^2/(4 b^2), R* = alpha^2/(4 b). Stopping at half the "
         "peak KL (d = d*/sqrt 2) keeps R/R* = sqrt 2 - 1/2, about 91% of the peak gain. The coefficients "
         "must be fitted on gold or held-out evaluations, and RL follows a different functional form, so "
-        "refit for RL. Best-of-n's own KL is at most log n - (n-1)/n.",
+        "refit for RL. Best-of-n's own KL is at most log n - (n-1)/n, with equality only when the reward "
+        "has a continuous distribution under pi_ref (no atoms); on a discrete support it is strictly less "
+        "and never exceeds -log pi_ref(top reward class).",
         ("Reusing the best-of-n peak formula for an RL run.",
          "Treating a budget fitted at one reward-model size as valid for another."),
         ("ch-overoptimization",),
+        claims=("gao-peak-budget", "bon-kl", "bon-kl-cap"),
     ),
     Question(
         "Q24", "top-lab",
@@ -389,17 +452,20 @@ _BANK: tuple[Question, ...] = (
         "reference has little mass; forward KL(pi_ref||pi_theta) = -H(pi_ref) - E_{pi_ref}[log pi_theta] stops "
         "it from dropping what the reference can do (mode collapse, loss of diversity). The forward term is "
         "cheap: a cross-entropy (SFT) loss on samples from pi_ref or on the SFT data (InstructGPT's "
-        "pretraining-mix term, PPO-ptx, is a version with pretraining data); on-policy k3-in-loss also has the forward-KL gradient in "
-        "expectation. Objective: E[r] - beta_R KL(pi||pi_ref) - beta_F KL(pi_ref||pi), with separate budgets. "
+        "pretraining-mix term, PPO-ptx, is a version with pretraining data); on-policy k3-in-loss also has "
+        "the forward-KL gradient in expectation, per token at the policy's own prefixes. "
+        "Objective: E[r] - beta_R KL(pi||pi_ref) - beta_F KL(pi_ref||pi), with separate budgets. "
         "Trade-off: the forward term resists sharpening, which is sometimes the point of RL.",
         ("Saying the forward KL needs impossible sampling: pi_ref samples are ordinary inference.",
          "Just 'adding both' without saying how each is estimated and what it protects."),
         ("ch-fundamentals", "ch-placements"),
+        claims=("reverse-kl-zero-forcing", "forward-kl-cross-entropy", "k3-in-loss-forward", "k1-in-reward-exact"),
     ),
     Question(
         "Q25", "top-lab",
         "How might next-generation RLHF improve KL regularisation? Give three directions and their trade-offs.",
-        "(1) Correct gradients: k1-in-reward or k2-in-loss with importance weights off-policy, k3 only for "
+        "(1) Correct gradients: k1-in-reward or sequence-level k2-in-loss, with prefix-product importance "
+        "weights when a batch is reused off-policy (a per-token weight is exact for one token only), k3 only for "
         "logging; costs nothing but discipline. (2) Exact per-token KL over the full vocabulary at each "
         "prefix (zero sampling noise at the token level); costs memory and bandwidth for the reference "
         "logits. (3) Budgets instead of fixed beta: constrained optimisation with a target KL per prompt or "
@@ -409,6 +475,7 @@ _BANK: tuple[Question, ...] = (
         ("Listing ideas without trade-offs.",
          "Forgetting that reference-free methods (SimPO, ORPO) already explore the KL-free end."),
         ("ch-placements", "ch-schedules", "ch-overoptimization"),
+        claims=("k1-in-reward-exact", "k2-in-loss", "offpolicy-prefix-weight", "k3-variance", "adaptive-beta-integral", "kl-chi2-bound"),
     ),
     # ------------------------------------------------------------------ KL in practice (answered in ch-practice)
     Question(

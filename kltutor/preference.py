@@ -14,7 +14,7 @@ monitoring quantities. The losses follow their papers' forms:
 DPO         :math:`-\\log\\sigma(\\beta h)`, :math:`h = \\log\\frac{\\pi_\\theta(y_w)}{\\pi_\\text{ref}(y_w)} - \\log\\frac{\\pi_\\theta(y_l)}{\\pi_\\text{ref}(y_l)}` (Rafailov et al., 2023)
 IPO         :math:`(h - \\tfrac{1}{2\\tau})^2` with sequence log-probabilities (Azar et al., 2024)
 SimPO       :math:`-\\log\\sigma(\\tfrac{\\beta}{|y_w|}\\log\\pi_\\theta(y_w) - \\tfrac{\\beta}{|y_l|}\\log\\pi_\\theta(y_l) - \\gamma)`, no reference (Meng et al., 2024)
-KTO         :math:`\\lambda_D(1-\\sigma(\\beta(\\rho - z_0)))` / :math:`\\lambda_U(1-\\sigma(\\beta(z_0 - \\rho)))`, :math:`z_0` a detached, clamped KL estimate (Ethayarajh et al., 2024)
+KTO         :math:`\\lambda_D(1-\\sigma(\\beta(\\ell - z_0)))` / :math:`\\lambda_U(1-\\sigma(\\beta(z_0 - \\ell)))`, :math:`z_0` defined as the KL, computed as a detached, clamped batch mean on mismatched pairs (Ethayarajh et al., 2024)
 ORPO        NLL of :math:`y_w` (per token) :math:`+\\ \\lambda\\cdot(-\\log\\sigma(\\log\\tfrac{\\text{odds}(y_w)}{\\text{odds}(y_l)}))`, odds of the per-token mean probability (Hong et al., 2024)
 ==========  =====================================================================================
 
@@ -201,7 +201,8 @@ class PreferenceLoss:
     ``chosen_rewards`` / ``rejected_rewards`` are each method's own implicit reward (for DPO and IPO
     :math:`\\beta\\log\\pi_\\theta/\\pi_\\text{ref}`; for SimPO the length-normalised
     :math:`\\beta\\log\\pi_\\theta/|y|`; for ORPO the log-odds). ``extras`` holds method-specific
-    quantities (KTO's reference point ``z0``, ORPO's ``nll`` and ``log_odds_ratio``).
+    quantities (KTO's reference point ``z0``, a clamped batch baseline computed on mismatched pairs;
+    ORPO's ``nll`` and ``log_odds_ratio``).
     """
 
     loss: Tensor
@@ -315,17 +316,18 @@ def kto_loss(
 ) -> PreferenceLoss:
     """KTO (Ethayarajh et al., 2024) on unpaired examples labelled desirable or undesirable.
 
-    With :math:`\\rho(y) = \\log\\pi_\\theta(y) - \\log\\pi_\\text{ref}(y)` and the reference point
+    With the sequence log-ratio :math:`\\ell(y) = \\log\\pi_\\theta(y) - \\log\\pi_\\text{ref}(y)` and the reference point
     :math:`z_0 = \\max\\big(0, \\operatorname{mean}_j[\\log\\pi_\\theta(y'_j) - \\log\\pi_\\text{ref}(y'_j)]\\big)`,
     computed on *mismatched* completions :math:`y'_j` (``policy_kl_logp``, ``ref_kl_logp``: each
     prompt paired with another prompt's completion) and detached:
 
-    - desirable :math:`y`: :math:`\\lambda_D\\,(1 - \\sigma(\\beta(\\rho(y) - z_0)))`,
-    - undesirable :math:`y`: :math:`\\lambda_U\\,(1 - \\sigma(\\beta(z_0 - \\rho(y))))`.
+    - desirable :math:`y`: :math:`\\lambda_D\\,(1 - \\sigma(\\beta(\\ell(y) - z_0)))`,
+    - undesirable :math:`y`: :math:`\\lambda_U\\,(1 - \\sigma(\\beta(z_0 - \\ell(y))))`.
 
-    :math:`z_0` is meant to be :math:`\\mathrm{KL}(\\pi_\\theta\\|\\pi_\\text{ref})`, but the mismatched
-    completions are not samples of :math:`\\pi_\\theta`: it is a batch-level log-ratio average,
-    clamped at 0, i.e. a biased stand-in for the KL. ``chosen_rewards`` holds :math:`\\beta\\rho` of
+    The paper defines :math:`z_0 = \\mathrm{KL}(\\pi_\\theta\\|\\pi_\\text{ref})` and computes it this way,
+    a biased estimate in its authors' words: the mismatched completions are not samples of
+    :math:`\\pi_\\theta`, so it is a batch-level log-ratio average clamped at 0 (claim
+    ``kto-reference-point`` in :mod:`kltutor.claims`). ``chosen_rewards`` holds :math:`\\beta\\ell` of
     the desirable examples and ``rejected_rewards`` that of the undesirable ones (different sizes:
     ``margins`` is the difference of their means, ``accuracy`` is not defined and set to NaN).
     """
@@ -570,12 +572,12 @@ def kl_location_table() -> list[dict[str, str]]:
         {"method": "PPO-RLHF (InstructGPT)", "reference model": "yes", "where the KL sits": "explicit: -beta*k1 per token in the reward",
          "what it regularises towards": "pi_ref, via the reverse KL"},
         {"method": "GRPO (DeepSeekMath)", "reference model": "yes", "where the KL sits": "explicit: +beta*k3 per token in the loss",
-         "what it regularises towards": "pi_ref; on-policy its gradient is that of the forward KL"},
+         "what it regularises towards": "pi_ref; on-policy its gradient is the forward KL's, per token at the policy's prefixes"},
         {"method": "DPO", "reference model": "yes", "where the KL sits": "implicit: beta*log(pi/pi_ref) inside the sigmoid",
          "what it regularises towards": "pi* = pi_ref exp(r/beta)/Z, only with enough pairs covering every response"},
         {"method": "IPO", "reference model": "yes", "where the KL sits": "implicit: log-ratio margin regressed onto 1/(2 tau)",
          "what it regularises towards": "pi_ref exp(p(y > mu)/tau)/Z (a win-rate optimum, not the BT-reward one)"},
-        {"method": "KTO", "reference model": "yes", "where the KL sits": "implicit: log-ratio minus reference point z0 (a batch KL stand-in)",
+        {"method": "KTO", "reference model": "yes", "where the KL sits": "implicit: log-ratio minus z0 (defined as the KL; computed on mismatched pairs)",
          "what it regularises towards": "pi_ref (z0 is detached and clamped at 0)"},
         {"method": "SimPO", "reference model": "no", "where the KL sits": "absent: length-normalised log-prob and margin gamma",
          "what it regularises towards": "nothing: the optimum does not depend on pi_ref"},

@@ -15,6 +15,7 @@ from kltutor.derivations import estimators as deriv
         deriv.k3_unbiased_needs_support,
         deriv.gaussian_equal_variance_moments,
         deriv.k2_bias_series,
+        deriv.k2_not_f_divergence,
         deriv.control_variate_optimum,
         deriv.gaussian_k3_second_moment,
     ],

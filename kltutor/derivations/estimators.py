@@ -18,6 +18,8 @@ __all__ = [
     "gaussian_moment_expressions",
     "k2_bias_series",
     "k2_bias_expressions",
+    "k2_not_f_divergence",
+    "k2_merge_example",
     "control_variate_optimum",
     "gaussian_k3_second_moment",
     "expectation_by_integration",
@@ -175,6 +177,42 @@ def k2_bias_series() -> bool:
     require(sp.simplify(s.coeff(eps, 0)) == 0 and sp.simplify(s.coeff(eps, 1)) == 0, "bias has order < 2 terms")
     require(sp.simplify(s.coeff(eps, 2)) == 0, "bias has an eps^2 term")
     require(sp.simplify(s.coeff(eps, 3) * eps**3 - ex["bernoulli_leading_predicted"]) == 0, "eps^3 coefficient != E[a^3]/6")
+    return True
+
+
+def k2_merge_example() -> dict[str, sp.Expr]:
+    """E[k2] for pi = (9/10, 1/100, 9/100), ref = (1/2, 2/5, 1/10), before and after merging the last two
+    outcomes (exact rationals inside the logs); KL itself for comparison."""
+    pi = [sp.Rational(9, 10), sp.Rational(1, 100), sp.Rational(9, 100)]
+    ref = [sp.Rational(1, 2), sp.Rational(2, 5), sp.Rational(1, 10)]
+
+    def ek2(p, q):
+        return sum(a * sp.log(a / b) ** 2 / 2 for a, b in zip(p, q))
+
+    def kl(p, q):
+        return sum(a * sp.log(a / b) for a, b in zip(p, q))
+
+    merged_pi, merged_ref = [pi[0], pi[1] + pi[2]], [ref[0], ref[1] + ref[2]]
+    return {"fine": float(ek2(pi, ref)), "merged": float(ek2(merged_pi, merged_ref)),
+            "kl_fine": float(kl(pi, ref)), "kl_merged": float(kl(merged_pi, merged_ref))}
+
+
+@derivation
+def k2_not_f_divergence() -> bool:
+    """E_pi[l^2/2] = E_pi[f(ref/pi)] with f(u) = (log u)^2/2 is not an f-divergence: f'' = (1 - log u)/u^2
+    changes sign at u = e (so does the second derivative of the mirrored u f(1/u)), and merging two outcomes
+    raises E[k2] on an explicit example, which the data-processing inequality forbids for every f-divergence."""
+    u = sp.Symbol("u", positive=True)
+    f = sp.log(u) ** 2 / 2
+    f2 = sp.simplify(sp.diff(f, u, 2))
+    require(sp.simplify(f2 - (1 - sp.log(u)) / u**2) == 0, f"f'' = {f2}")
+    require(sp.solve(f2, u) == [sp.E], "f'' must vanish only at u = e")
+    require(f2.subs(u, 1) > 0 and f2.subs(u, 10) < 0, "f'' must change sign")
+    g2 = sp.simplify(sp.diff(u * f.subs(u, 1 / u), u, 2))  # the same functional written as E_ref[g(pi/ref)]
+    require(g2.subs(u, sp.Rational(1, 10)) < 0 and g2.subs(u, 1) > 0, "u f(1/u) must be non-convex too")
+    ex = k2_merge_example()
+    require(ex["merged"] > ex["fine"], "merging outcomes must raise E[k2] on the example")
+    require(ex["kl_merged"] < ex["kl_fine"], "KL (an f-divergence) must fall when outcomes merge")
     return True
 
 

@@ -324,7 +324,7 @@ def gao_bon_peak() -> bool:
 
 @derivation
 def best_of_n_kl_continuous() -> bool:
-    """No ties (continuous reward): the best-of-n density is n F^{n-1} f and its KL is log n - (n-1)/n."""
+    """A reward with a continuous distribution (no atoms): the best-of-n density is n F^{n-1} f and its KL is log n - (n-1)/n."""
     n = sp.symbols("n", positive=True, integer=True)
     u = sp.symbols("u", positive=True)
     # in the quantile variable u = F(y) the reference is uniform and best-of-n has density n u^(n-1)

@@ -1,9 +1,11 @@
 """Derivations of chapter 6, checked by sympy.
 
-- :func:`bon_peak` and :func:`rl_peak`: the maximiser and maximum of Gao et al.'s two forms.
+- :func:`bon_peak` and :func:`rl_peak`: the maximiser and maximum of Gao et al.'s two forms,
+  ``d(alpha - b d)`` and ``d(alpha - b log d)``.
 - :func:`stopping_fraction`: the fraction of the peak gold gain kept at ``lambda * KL*``.
 - :func:`bon_safe_budget`: where the bon form first reaches ``rho`` times its peak.
-- :func:`best_of_n_continuous_kl`: ``log n - (n-1)/n`` is the exact KL for a continuous reward.
+- :func:`best_of_n_continuous_kl`: ``log n - (n-1)/n`` is the exact KL for a reward with a continuous
+  distribution under the base policy (no atoms).
 - :func:`mirror_descent_stays_tilted`: natural-gradient steps on ``r - beta * log(pi/pi_ref)``
   keep ``log(pi/pi_ref)`` proportional to ``r`` (up to normalisation), so a KL penalty only moves
   the policy along the same path that early stopping truncates.
@@ -17,46 +19,47 @@ from kltutor.derivations import DerivationError, derivation, require  # noqa: F4
 
 __all__ = ["bon_peak", "rl_peak", "stopping_fraction", "bon_safe_budget", "best_of_n_continuous_kl", "mirror_descent_stays_tilted", "symbols"]
 
-d, alpha, beta, lam, rho = sp.symbols("d alpha beta lambda rho", positive=True)
+# Gao et al.'s coefficients are (alpha, b): beta is kept for the KL coefficient (notation page).
+d, alpha, b, lam, rho = sp.symbols("d alpha b lambda rho", positive=True)
 n = sp.symbols("n", integer=True, positive=True)
 
 
 def symbols() -> dict[str, sp.Expr]:
     """The two forms as sympy expressions, for display."""
-    return {"R_bon": d * (alpha - beta * d), "R_rl": d * (alpha - beta * sp.log(d))}
+    return {"R_bon": d * (alpha - b * d), "R_rl": d * (alpha - b * sp.log(d))}
 
 
 @derivation
 def bon_peak() -> bool:
-    """R = d(alpha - beta d): d* = alpha/(2 beta), R* = alpha^2/(4 beta), a maximum."""
-    R = d * (alpha - beta * d)
+    """R = d(alpha - b d): d* = alpha/(2 b), R* = alpha^2/(4 b), a maximum."""
+    R = d * (alpha - b * d)
     roots = sp.solve(sp.diff(R, d), d)
-    require(roots == [alpha / (2 * beta)], f"stationary points {roots}")
-    require(sp.simplify(R.subs(d, roots[0]) - alpha**2 / (4 * beta)) == 0, "peak value")
-    require(sp.simplify(sp.diff(R, d, 2)) == -2 * beta, "second derivative is -2 beta < 0")
+    require(roots == [alpha / (2 * b)], f"stationary points {roots}")
+    require(sp.simplify(R.subs(d, roots[0]) - alpha**2 / (4 * b)) == 0, "peak value")
+    require(sp.simplify(sp.diff(R, d, 2)) == -2 * b, "second derivative is -2 b < 0")
     return True
 
 
 @derivation
 def rl_peak() -> bool:
-    """R = d(alpha - beta log d): d* = exp(alpha/beta - 1), R* = beta d*, a maximum."""
-    R = d * (alpha - beta * sp.log(d))
-    dstar = sp.exp(alpha / beta - 1)
+    """R = d(alpha - b log d): d* = exp(alpha/b - 1), R* = b d*, a maximum."""
+    R = d * (alpha - b * sp.log(d))
+    dstar = sp.exp(alpha / b - 1)
     require(sp.simplify(sp.diff(R, d).subs(d, dstar)) == 0, "d* is stationary")
-    require(sp.simplify(R.subs(d, dstar) - beta * dstar) == 0, "peak value is beta d*")
-    require(sp.simplify(sp.diff(R, d, 2) + beta / d) == 0, "second derivative -beta/d < 0")
+    require(sp.simplify(R.subs(d, dstar) - b * dstar) == 0, "peak value is b d*")
+    require(sp.simplify(sp.diff(R, d, 2) + b / d) == 0, "second derivative -b/d < 0")
     return True
 
 
 @derivation
 def stopping_fraction() -> bool:
     """Stopping at KL = lambda KL* keeps 2 sqrt(lambda) - lambda (bon) or sqrt(lambda)(1 - log(lambda)/2) (rl)."""
-    Rb = d * (alpha - beta * d)
-    db = alpha / (2 * beta)
+    Rb = d * (alpha - b * d)
+    db = alpha / (2 * b)
     frac_b = sp.simplify(Rb.subs(d, sp.sqrt(lam) * db) / Rb.subs(d, db))
     require(sp.simplify(frac_b - (2 * sp.sqrt(lam) - lam)) == 0, f"bon fraction {frac_b}")
-    Rr = d * (alpha - beta * sp.log(d))
-    dr = sp.exp(alpha / beta - 1)
+    Rr = d * (alpha - b * sp.log(d))
+    dr = sp.exp(alpha / b - 1)
     frac_r = sp.simplify(sp.expand_log(Rr.subs(d, sp.sqrt(lam) * dr) / Rr.subs(d, dr), force=True))
     require(sp.simplify(frac_r - sp.sqrt(lam) * (1 - sp.log(lam) / 2)) == 0, f"rl fraction {frac_r}")
     return True
@@ -65,10 +68,10 @@ def stopping_fraction() -> bool:
 @derivation
 def bon_safe_budget() -> bool:
     """The bon form reaches rho R* (rising side) at d = d* (1 - sqrt(1 - rho))."""
-    R = d * (alpha - beta * d)
-    dstar = alpha / (2 * beta)
+    R = d * (alpha - b * d)
+    dstar = alpha / (2 * b)
     dsafe = dstar * (1 - sp.sqrt(1 - rho))
-    require(sp.simplify(R.subs(d, dsafe) - rho * alpha**2 / (4 * beta)) == 0, "R(d_safe) = rho R*")
+    require(sp.simplify(R.subs(d, dsafe) - rho * alpha**2 / (4 * b)) == 0, "R(d_safe) = rho R*")
     return True
 
 

@@ -1,0 +1,1262 @@
+"""The claim ledger: the book's central claims, each with the condition under which it holds, the
+section that proves it, and a check that recomputes it (rendered as the page ``book/claims.md``).
+
+One source per claim. A claim is argued and computed in one section of one chapter (its
+``source``, a MyST label); the interview short answers (:mod:`kltutor.interview`, field
+``claims``), the cheat sheet and the docstrings restate it and point at that section. The check
+here recomputes the claim from :mod:`kltutor` (exact enumeration, closed forms, sympy) and raises
+:class:`ClaimError` if it does not hold, so a restatement that drifts from the computation is caught
+by ``tests/test_claims.py``:
+
+- every check passes (``verify``);
+- every restatement links the claim's source section;
+- no restatement repeats a version of the claim that has been found wrong (``refuted``), and every
+  sentence that states the claim also states its condition (``needs_condition``).
+
+>>> from kltutor import claims
+>>> claims.get("grpo-half-split-advantage").statement
+>>> claims.verify("grpo-half-split-advantage")      # {'G=4, unbiased std': 0.866..., ...}
+
+Checks import what they need lazily, so importing this module (and :mod:`kltutor.interview`) is cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+__all__ = ["Claim", "ClaimError", "CLAIMS", "GROUPS", "get", "verify", "format_value"]
+
+
+class ClaimError(AssertionError):
+    """Raised when a check does not confirm its claim."""
+
+
+def _require(condition: object, message: str) -> None:
+    if not bool(condition):
+        raise ClaimError(message)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the book.
+
+    ``statement`` and ``condition`` are MyST Markdown (they are rendered on the ledger page);
+    ``source`` is the label of the section that argues and computes the claim; ``check`` recomputes
+    it and returns the values it checked (name -> number, bool or short text). ``refuted`` holds
+    regular expressions for wrong versions that have appeared in the book; ``needs_condition`` holds
+    pairs ``(trigger, condition)``: a sentence of a restatement that matches ``trigger`` must also
+    match ``condition``. ``cheatsheet`` says whether a line of the cheat sheet restates the claim.
+    """
+
+    id: str
+    group: str
+    statement: str
+    condition: str
+    source: str
+    check: Callable[[], dict[str, object]] = field(repr=False)
+    checked_by: str = ""
+    cheatsheet: bool = False
+    refuted: tuple[str, ...] = ()
+    needs_condition: tuple[tuple[str, str], ...] = ()
+
+
+#: Ledger sections, in the book's order.
+GROUPS: tuple[str, ...] = (
+    "KL divergence",
+    "Estimators",
+    "Placements",
+    "beta",
+    "Preference optimisation and GRPO",
+    "Over-optimisation",
+    "Failure modes",
+)
+
+_REGISTRY: dict[str, Claim] = {}
+
+
+def _claim(id: str, group: str, statement: str, condition: str, source: str, checked_by: str = "", **kw):
+    def register(fn: Callable[[], dict[str, object]]) -> Callable[[], dict[str, object]]:
+        if id in _REGISTRY:
+            raise ValueError(f"duplicate claim id {id!r}")
+        if group not in GROUPS:
+            raise ValueError(f"unknown group {group!r}")
+        _REGISTRY[id] = Claim(id, group, statement, condition, source, fn, checked_by or f"kltutor.claims.{fn.__name__}", **kw)
+        return fn
+
+    return register
+
+
+# ============================================================================ KL divergence
+@_claim(
+    "kl-gibbs", "KL divergence",
+    r"$\KL(p\|q)\ge0$, with equality only when $p=q$ (Gibbs' inequality).",
+    "any two distributions on the same space",
+    "sec-fundamentals-properties", cheatsheet=True,
+)
+def _kl_gibbs():
+    import torch
+
+    from kltutor.divergences import kl
+    from kltutor.toys.distributions import random_categorical
+
+    P = random_categorical(2000, 8, seed=1, concentration=0.5)
+    Q = random_categorical(2000, 8, seed=2, concentration=0.5)
+    d = kl(P, Q)
+    _require((d > 0).all(), "KL must be positive for distinct random pairs")
+    _require(torch.equal(kl(P, P), torch.zeros(2000, dtype=P.dtype)), "KL(p||p) must be exactly 0")
+    return {"smallest KL over 2000 random pairs": d.min().item(), "KL(p||p)": 0.0}
+
+
+@_claim(
+    "kl-not-a-metric", "KL divergence",
+    r"KL is asymmetric, $\KL(p\|q)\ne\KL(q\|p)$, and violates the triangle inequality: it is not a metric.",
+    "in general (the examples are Bernoulli distributions)",
+    "sec-fundamentals-properties", cheatsheet=True,
+)
+def _kl_not_a_metric():
+    import torch
+
+    from kltutor.divergences import kl
+
+    def ber(t):
+        return torch.tensor([t, 1 - t], dtype=torch.float64)
+
+    ab, ba = kl(ber(0.5), ber(0.25)).item(), kl(ber(0.25), ber(0.5)).item()
+    direct = kl(ber(0.9), ber(0.1)).item()
+    via = kl(ber(0.9), ber(0.5)).item() + kl(ber(0.5), ber(0.1)).item()
+    _require(abs(ab - ba) > 1e-3, "asymmetry example")
+    _require(direct > via, "triangle inequality must fail on the example")
+    return {"KL(Ber(.5)||Ber(.25))": ab, "KL(Ber(.25)||Ber(.5))": ba, "KL(Ber(.9)||Ber(.1)) / via Ber(.5)": direct / via}
+
+
+@_claim(
+    "kl-support", "KL divergence",
+    r"$\KL(p\|q)=+\infty$ when $q(x)=0$ for some $x$ with $p(x)>0$; outcomes with $p(x)=0$ contribute nothing.",
+    r"conventions $0\log\frac0q=0$, $p\log\frac p0=+\infty$",
+    "sec-fundamentals-definition",
+)
+def _kl_support():
+    import torch
+
+    from kltutor.divergences import kl
+
+    p = torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64)
+    q = torch.tensor([0.25, 0.25, 0.5], dtype=torch.float64)
+    pq, qp = kl(p, q).item(), kl(q, p).item()
+    _require(abs(pq - math.log(2)) < 1e-15 and qp == math.inf, "support conventions")
+    return {"KL(p||q)": pq, "KL(q||p)": "inf"}
+
+
+@_claim(
+    "kl-chain-rule", "KL divergence",
+    r"The sequence-level KL is the expected sum of per-token full-vocabulary KLs along the policy's "
+    r"prefixes, $\KL(\pitheta\|\piref)=\E_{y\sim\pitheta}\big[\sum_t\KL(\pitheta(\cdot|s_t)\|\piref(\cdot|s_t))\big]$, "
+    r"and $\sum_t\ell_t$ on one rollout is an unbiased estimate of it.",
+    "autoregressive policies; prefixes drawn from the policy",
+    "sec-fundamentals-token-sequence", cheatsheet=True,
+)
+def _kl_chain_rule():
+    from kltutor.toys.distributions import (TabularAutoregressive, expected_token_kls, sampled_log_ratio_sum,
+                                            sequence_kl)
+
+    ref = TabularAutoregressive.random(4, 5, seed=40)
+    pol = ref.perturbed(0.6, seed=41)
+    seq = sequence_kl(pol, ref)
+    per_pos = float(expected_token_kls(pol, ref).sum())
+    seqs, w = pol.all_sequences(), pol.sequence_probs()
+    k1_mean = float((w * sampled_log_ratio_sum(pol, ref, seqs).sum(-1)).sum())
+    _require(abs(seq - per_pos) < 1e-12 and abs(seq - k1_mean) < 1e-12, "chain rule on the tabular toy")
+    return {"sequence KL": seq, "|sum of expected token KLs - sequence KL|": "< 1e-12", "|E[sum l_t] - sequence KL|": "< 1e-12"}
+
+
+@_claim(
+    "reverse-kl-zero-forcing", "KL divergence",
+    r"The reverse KL $\KL(\pitheta\|\piref)$ is an expectation under the policy (estimable from its rollouts) "
+    r"and is infinite if the policy puts mass where $\piref$ has none (zero-forcing); the forward KL "
+    r"$\KL(\piref\|\pitheta)$ is infinite if the policy drops anything $\piref$ can produce (mass-covering). "
+    r"Whether a reverse-KL fit settles on one mode depends on how well the modes are separated.",
+    "exact statements about supports; mode-seeking is a tendency, shown on Gaussian fits",
+    "sec-fundamentals-forward-reverse", cheatsheet=True,
+    refuted=(r"(?<!tends to be )(?<!not )\bis mode-seeking(?![^.]*(separated|tend))",),
+)
+def _reverse_kl_zero_forcing():
+    import torch
+
+    from kltutor.divergences import kl
+
+    ref = torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64)
+    leaves = torch.tensor([0.4, 0.4, 0.2], dtype=torch.float64)    # mass where pi_ref has none
+    drops = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)     # drops a mode of pi_ref
+    _require(kl(leaves, ref).item() == math.inf and math.isfinite(kl(ref, leaves).item()), "leaving the support")
+    _require(math.isfinite(kl(drops, ref).item()) and kl(ref, drops).item() == math.inf, "dropping a mode")
+    return {"reverse KL, policy leaves the support": "inf", "reverse KL, policy drops a mode": kl(drops, ref).item(),
+            "forward KL, policy drops a mode": "inf"}
+
+
+@_claim(
+    "forward-kl-cross-entropy", "KL divergence",
+    r"$\KL(\piref\|\pitheta)=-H(\piref)-\E_{\piref}[\log\pitheta]$: up to a constant the forward KL is the "
+    r"cross-entropy of the policy on reference samples (an SFT loss).",
+    "exact identity",
+    "sec-interview-q24", cheatsheet=True,
+)
+def _forward_kl_cross_entropy():
+    import torch
+
+    from kltutor.divergences import kl
+    from kltutor.toys.distributions import random_categorical
+
+    P = random_categorical(200, 6, seed=3)
+    Q = random_categorical(200, 6, seed=4)
+    entropy = -(Q * Q.log()).sum(-1)
+    cross_entropy = -(Q * P.log()).sum(-1)
+    err = (kl(Q, P) - (-entropy + cross_entropy)).abs().max().item()
+    _require(err < 1e-12, "forward KL = -H(ref) + cross-entropy")
+    return {"max |KL(ref||pi) - (-H(ref) - E_ref log pi)| over 200 pairs": "< 1e-12"}
+
+
+@_claim(
+    "kl-chi2-bound", "KL divergence",
+    r"$\KL(p\|q)\le\log(1+\chi^2(p\|q))$, with $\chi^2(p\|q)=\sum_x p(x)^2/q(x)-1$.",
+    "any $p$, $q$ (Jensen on the concave logarithm)",
+    "sec-fundamentals-relations",
+)
+def _kl_chi2_bound():
+    from kltutor.derivations import fundamentals
+    from kltutor.divergences import chi2, kl
+    from kltutor.toys.distributions import random_categorical
+
+    _require(fundamentals.kl_chi2_bound() is True, "sympy")
+    P = random_categorical(2000, 8, seed=30, concentration=0.1)
+    Q = random_categorical(2000, 8, seed=31, concentration=0.1)
+    slack = (chi2(P, Q).log1p() - kl(P, Q)).min().item()
+    _require(slack >= 0, "bound violated")
+    return {"smallest slack over 2000 peaked pairs": slack}
+
+
+# ============================================================================ estimators
+@_claim(
+    "k1-unbiased", "Estimators",
+    r"$\E_{\pitheta}[\mathrm{k1}]=\KL(\pitheta\|\piref)$, and a single k1 sample is negative whenever the "
+    r"sampled $y$ has $\piref(y)>\pitheta(y)$.",
+    r"samples from $\pitheta$",
+    "sec-estimators-exact", cheatsheet=True,
+)
+def _k1_unbiased():
+    from kltutor import estimators as est
+
+    p = [0.5, 0.3, 0.15, 0.05]
+    q = [0.25, 0.25, 0.25, 0.25]
+    m = est.exact_moments(p, q, "k1")
+    _require(abs(m["mean"] - m["kl"]) < 1e-15 and m["bias"] == m["mean"] - m["kl"], "E[k1] = KL")
+    p_neg = sum(a for a, b in zip(p, q) if a < b)
+    _require(p_neg > 0, "some samples negative")
+    return {"KL": m["kl"], "P(k1 < 0)": p_neg}
+
+
+@_claim(
+    "k3-unbiased", "Estimators",
+    r"$\E_{\pitheta}[\mathrm{k3}]=\KL(\pitheta\|\piref)$, because $\E_{\pitheta}[\piref/\pitheta]=1$.",
+    r"samples from $\pitheta$ and $\operatorname{supp}\piref\subseteq\operatorname{supp}\pitheta$; a reference "
+    r"mass $m$ outside the policy's support biases k3 down by exactly $m$",
+    "sec-estimators-k3", cheatsheet=True,
+)
+def _k3_unbiased():
+    from kltutor import estimators as est
+    from kltutor.derivations import estimators as dv
+    from kltutor.derivations import interview
+
+    _require(dv.k3_unbiased_categorical() and dv.k3_unbiased_needs_support() and interview.k3_unbiased(), "sympy")
+    m = est.exact_moments([0.6, 0.4, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25], "k3")
+    _require(abs(m["mean"] - (m["kl"] - 0.5)) < 1e-12, "support condition")
+    return {"E[k3] - KL when the policy drops reference mass 0.5": m["mean"] - m["kl"]}
+
+
+@_claim(
+    "k3-nonnegative", "Estimators",
+    r"$\mathrm{k3}=e^{-\ell}-1+\ell=f(-\ell)\ge0$ for every sample, with $f(x)=e^x-x-1$.",
+    "exact arithmetic (naive bfloat16 arithmetic returns negative values: see the failure-modes row)",
+    "sec-estimators-k3", cheatsheet=True,
+)
+def _k3_nonnegative():
+    import torch
+
+    from kltutor import estimators as est
+    from kltutor.derivations import estimators as dv
+    from kltutor.derivations import interview
+
+    _require(dv.f_nonnegative() and interview.k3_nonnegative(), "sympy")
+    ell = torch.cat([-torch.logspace(-8, 1.5, 400, dtype=torch.float64), torch.logspace(-8, 1.5, 400, dtype=torch.float64)])
+    v = est.k3(ell, torch.zeros_like(ell))
+    _require((v >= 0).all(), "est.k3 negative somewhere")
+    return {"min of k3 over 800 log-ratios in [-31.6, 31.6]": v.min().item()}
+
+
+@_claim(
+    "k3-lambda-one", "Estimators",
+    r"Among the unbiased $\mathrm{k1}+\lambda(\rho-1)$, $\rho=\piref/\pitheta$, only $\lambda=1$ (k3) is "
+    r"non-negative for every sample; $\lambda=1$ is the variance-optimal weight only to first order near $\pitheta=\piref$.",
+    "samples from the policy",
+    "sec-estimators-cv",
+)
+def _k3_lambda_one():
+    from kltutor import estimators as est
+    from kltutor.derivations import estimators as dv
+    from kltutor.derivations import interview
+
+    _require(interview.k3_from_control_variate() and dv.control_variate_optimum(), "sympy")
+    lam = est.gaussian_k3_variance(0.0, 1.0, 0.5, 1.0)["lambda_opt"]
+    _require(0.8 < lam < 1.0, "lambda* near but below 1 at delta = 0.5")
+    return {"variance-optimal lambda at delta = 0.5": lam}
+
+
+@_claim(
+    "k3-variance", "Estimators",
+    r"k3 has lower variance than k1 only near the reference: for equal-variance Gaussians iff "
+    r"$\delta<1.121$ (KL below 0.628 nats). Its control variate $\rho-1$ has variance "
+    r"$\chi^2(\piref\|\pitheta)$, so $\mathrm{Var}[\mathrm{k3}]$ is infinite when that diverges, e.g. iff "
+    r"$\sigma_\text{ref}\ge\sqrt2\,\sigma_\theta$ for Gaussians.",
+    "samples from the policy; the thresholds are for Gaussian policy and reference",
+    "sec-estimators-variance", cheatsheet=True,
+    refuted=(r"k3 (?:always )?has (?:a )?lower variance(?![^.]*(near|close|usually|only|when|not))",),
+)
+def _k3_variance():
+    import sympy as sp
+    import torch
+
+    from kltutor import estimators as est
+    from kltutor.derivations import estimators as dv
+    from kltutor.divergences import chi2
+    from kltutor.toys.distributions import random_categorical
+
+    d = sp.Symbol("delta", positive=True)
+    cross = float(sp.nsolve(sp.exp(d**2) - 1 - 2 * d**2, d, 1.0))
+    lo = est.gaussian_moments(cross - 0.01, 0.0, 1.0, "k3")["var"] < est.gaussian_moments(cross - 0.01, 0.0, 1.0, "k1")["var"]
+    hi = est.gaussian_moments(cross + 0.01, 0.0, 1.0, "k3")["var"] > est.gaussian_moments(cross + 0.01, 0.0, 1.0, "k1")["var"]
+    _require(lo and hi, "crossover")
+    _require(dv.gaussian_k3_second_moment(), "sympy: finite iff s^2 < 2")
+    _require(est.k3_variance_is_finite(1.0, 1.41) and not est.k3_variance_is_finite(1.0, 1.42), "sqrt(2) threshold")
+    P = random_categorical(100, 6, seed=5)
+    Q = random_categorical(100, 6, seed=6)
+    rho = Q / P
+    var_rho = (P * rho**2).sum(-1) - (P * rho).sum(-1) ** 2
+    _require(torch.allclose(var_rho, chi2(Q, P), rtol=1e-10, atol=1e-12), "Var[rho] = chi2(ref||pi)")
+    return {"crossover delta": cross, "crossover KL (nats)": cross**2 / 2, "max |Var[rho] - chi2(ref||pi)|": "< 1e-10"}
+
+
+@_claim(
+    "k2-bias", "Estimators",
+    r"k2 is biased: $\E[\mathrm{k2}]-\KL=\tfrac12\KL^2+\tfrac16\kappa_3-\tfrac1{24}\kappa_4+\dots$ "
+    r"($\kappa_j$ the cumulants of $\ell$), $O(\varepsilon^3)$ for an $\varepsilon$-perturbation, of either sign; "
+    r"exactly $\KL^2/2$ for two unit-variance Gaussians.",
+    "samples from the policy",
+    "sec-estimators-k2-bias", cheatsheet=True,
+)
+def _k2_bias():
+    from kltutor import estimators as est
+    from kltutor.derivations import estimators as dv
+    from kltutor.derivations import interview
+
+    _require(dv.k2_bias_series() and interview.k2_bias_small_kl() and interview.k2_bias_gaussian(), "sympy")
+    a = est.exact_moments([0.3, 0.7], [0.4, 0.6], "k2")["bias"]
+    b = est.exact_moments([0.3, 0.7], [0.2, 0.8], "k2")["bias"]
+    _require(a * b < 0, "the bias takes both signs")
+    return {"bias, pi=(.3,.7), ref=(.4,.6)": a, "bias, pi=(.3,.7), ref=(.2,.8)": b}
+
+
+@_claim(
+    "k2-not-f-divergence", "Estimators",
+    r"$\E[\mathrm{k2}]=\E_{\pitheta}[\tfrac12\ell^2]$ is **not** an $f$-divergence: it is "
+    r"$\E_{\pitheta}[f(\piref/\pitheta)]$ with $f(u)=\tfrac12(\log u)^2$, and $f''(u)=(1-\log u)/u^2<0$ for $u>e$. "
+    r"It can even grow when outcomes are merged, which no $f$-divergence does.",
+    "any policy and reference",
+    "sec-estimators-k2-bias",
+    refuted=(r"(?<!not )(?<!never )\bis (?:an?|the) \$?f\$?-divergence",),
+)
+def _k2_not_f_divergence():
+    from kltutor.derivations import estimators as dv
+
+    _require(dv.k2_not_f_divergence(), "sympy")
+    ex = dv.k2_merge_example()
+    return {"E[k2], pi=(.9,.01,.09), ref=(.5,.4,.1)": ex["fine"], "after merging the last two outcomes": ex["merged"]}
+
+
+@_claim(
+    "k3-float32", "Estimators",
+    r"In float32, `kltutor.estimators.k3` (Taylor series for $|\ell|\le0.5$, `expm1` beyond) is accurate to a "
+    r"few machine epsilons; `expm1(-l) + l` alone has relative error $\approx2\epsilon/|\ell|$ "
+    r"($9\times10^{-2}$ at $\ell=10^{-6}$) and the naive `exp(-l) - 1 + l` loses every digit near 0.",
+    "float32 log-ratios; cast float16/bfloat16 log-probabilities to float32 first",
+    "sec-estimators-stability", cheatsheet=True,
+    refuted=(r"float32 (?:with|using) `?expm1", r"at least `?expm1", r"estimators\.k3` uses `expm1`"),
+)
+def _k3_float32():
+    import torch
+
+    from kltutor import estimators as est
+
+    out = {}
+    for name, fn in (("k3", est.k3), ("expm1 form", est.k3_expm1), ("naive form", est.k3_naive)):
+        x = torch.tensor([1e-6], dtype=torch.float32)
+        ref = est.k3_reference(x.double())
+        out[f"relative error at l = 1e-6, {name}"] = ((fn(x, torch.zeros_like(x)).double() - ref) / ref).abs().item()
+    _require(out["relative error at l = 1e-6, k3"] < 1e-6, "series form")
+    _require(0.05 < out["relative error at l = 1e-6, expm1 form"] < 0.2, "expm1 form ~ 2 eps / l")
+    _require(out["relative error at l = 1e-6, naive form"] > 1.0, "naive form")
+    grid = torch.cat([torch.logspace(-7, math.log10(40), 300), -torch.logspace(-7, math.log10(40), 300)]).float()
+    ref = est.k3_reference(grid.double())
+    worst = ((est.k3(grid, torch.zeros_like(grid)).double() - ref) / ref).abs().max().item()
+    _require(worst < 1e-6, f"est.k3 in float32: worst relative error {worst:.2e}")
+    out["worst relative error of k3 for 1e-7 <= |l| <= 40"] = "< 1e-6"
+    return out
+
+
+@_claim(
+    "k3-fp16-overflow", "Estimators",
+    r"$e^{-\ell}$ overflows float16 once $\ell<-11.09$; bfloat16 shares float32's range.",
+    "k3 computed in float16",
+    "sec-estimators-stability",
+)
+def _k3_fp16_overflow():
+    import torch
+
+    from kltutor.derivations import failures
+
+    _require(failures.fp16_k3_overflow(), "sympy")
+    limit = -math.log(torch.finfo(torch.float16).max)
+    _require(torch.finfo(torch.bfloat16).max == torch.finfo(torch.float32).max or
+             abs(math.log(torch.finfo(torch.bfloat16).max) - math.log(torch.finfo(torch.float32).max)) < 0.01, "bf16 range")
+    return {"float16 overflow threshold": limit}
+
+
+@_claim(
+    "token-vs-sequence-k3", "Estimators",
+    r"The sum of per-token k3 and k3 of the summed log-ratio have the same mean, the sequence KL, and "
+    r"different variances; a per-token *mean* is a different quantity (sequence KL / length).",
+    "samples from the policy, fixed length",
+    "sec-estimators-aggregation",
+)
+def _token_vs_sequence_k3():
+    import torch
+
+    from kltutor import estimators as est
+
+    D = torch.float64
+    policy = [torch.tensor([0.7, 0.3], dtype=D), torch.tensor([[0.8, 0.2], [0.4, 0.6]], dtype=D),
+              torch.tensor([[[0.9, 0.1], [0.5, 0.5]], [[0.3, 0.7], [0.2, 0.8]]], dtype=D)]
+    ref = [torch.tensor([0.5, 0.5], dtype=D), torch.tensor([[0.6, 0.4], [0.5, 0.5]], dtype=D),
+           torch.tensor([[[0.7, 0.3], [0.5, 0.5]], [[0.5, 0.5], [0.4, 0.6]]], dtype=D)]
+    m = est.exact_aggregation_moments(policy, ref, "k3")
+    _require(abs(m["token_sum_mean"] - m["kl_seq"]) < 1e-12 and abs(m["sequence_mean"] - m["kl_seq"]) < 1e-12, "means")
+    _require(abs(m["token_sum_var"] - m["sequence_var"]) > 1e-3, "variances differ")
+    _require(abs(m["token_mean"] - m["kl_seq"] / 3) < 1e-12, "token mean = KL / T")
+    return {"sequence KL": m["kl_seq"], "Var, summed per-token k3": m["token_sum_var"], "Var, sequence-level k3": m["sequence_var"]}
+
+
+# ============================================================================ placements
+def _toy():
+    from kltutor.toys import BinaryAutoregressive
+
+    return BinaryAutoregressive(0.3, -0.4), BinaryAutoregressive(-0.2, 0.5)
+
+
+def _max_err(a, b) -> float:
+    return float((a - b).abs().max())
+
+
+@_claim(
+    "k1-in-reward-exact", "Placements",
+    r"On-policy, k1 in the reward (a detached penalty in the return-to-go) gives exactly the gradient of the "
+    r"sequence-level reverse KL, at any length.",
+    r"samples from $\pitheta$, penalties summed over tokens (no discounting)",
+    "sec-placements-exact", cheatsheet=True,
+)
+def _k1_in_reward_exact():
+    from kltutor import gradients as G
+
+    pi, ref = _toy()
+    errs = [_max_err(G.exact_kl_gradients(pi, ref, T)["k1-in-reward"], G.exact_kl_gradients(pi, ref, T)["true"]) for T in (1, 3, 6)]
+    _require(max(errs) < 1e-12, "k1-in-reward must be exact")
+    return {"max error over T = 1, 3, 6": "< 1e-12"}
+
+
+@_claim(
+    "k1-in-loss-zero", "Placements",
+    r"k1 in the loss has expected gradient zero: $\E_{\pitheta}[\nabla\log\pitheta]=0$.",
+    r"samples from $\pitheta$",
+    "sec-placements-exact", cheatsheet=True,
+)
+def _k1_in_loss_zero():
+    from kltutor import gradients as G
+
+    pi, ref = _toy()
+    g = G.exact_kl_gradients(pi, ref, 5)["k1-in-loss"]
+    _require(float(g.abs().max()) < 1e-12, "k1-in-loss must be zero in expectation")
+    return {"max |expected gradient|, T = 5": "< 1e-12"}
+
+
+@_claim(
+    "k2-in-loss", "Placements",
+    r"k2 in the loss follows the reverse-KL gradient for one token, and for sequence-level k2 "
+    r"$\tfrac12(\sum_t\ell_t)^2$ at any length. Token-level k2 on sequences of $T>1$ tokens is biased: it misses "
+    r"the cross terms $\E[g_t\ell_s]$, $s>t$.",
+    r"samples from $\pitheta$",
+    "sec-placements-exact", cheatsheet=True,
+    needs_condition=((r"k2[- ]in[- ](?:the )?loss`?[^.;|]{0,40}?\b(?:follows?|gives?|give|equals?|agrees?|agree|delivers?|matches|is exact)\b",
+                      r"one token|one-token|single token|single-step|for a token|sequence-level|summed|T\s*=\s*1|T>1|T > 1|"
+                      r"per-token|per token|token-level|token-local|not for"),),
+)
+def _k2_in_loss():
+    from kltutor import gradients as G
+
+    pi, ref = _toy()
+    one = G.exact_kl_gradients(pi, ref, 1)
+    tok = G.exact_kl_gradients(pi, ref, 5, level="token")
+    seq = G.exact_kl_gradients(pi, ref, 5, level="sequence")
+    _require(_max_err(one["k2-in-loss"], one["true"]) < 1e-12, "T = 1")
+    _require(_max_err(seq["k2-in-loss"], seq["true"]) < 1e-12, "sequence-level k2")
+    bias = _max_err(tok["k2-in-loss"], tok["true"])
+    _require(bias > 0.1, "token-level k2 must be biased at T = 5")
+    from kltutor.derivations import placements
+
+    _require(placements.one_token_k2_loss_equals_k1_reward() and placements.token_k2_misses_cross_terms(), "sympy")
+    return {"token-level k2, T = 5: largest gradient error": bias, "T = 1 or sequence-level k2": "exact (< 1e-12)"}
+
+
+@_claim(
+    "k3-in-loss-forward", "Placements",
+    r"On-policy, token-level k3 in the loss follows $\sum_t\E_{s_t\sim\pitheta}\big[\nabla\KL(\piref(\cdot|s_t)\|\pitheta(\cdot|s_t))\big]$: "
+    r"the forward KL *per token, at the policy's own prefixes*, with no gradient through which prefixes are visited. "
+    r"For one token that is $\nabla\KL(\piref\|\pitheta)$; on sequences it is neither the reverse- nor the "
+    r"forward-KL gradient of the sequence. k3 of the summed log-ratio gives the sequence forward-KL gradient.",
+    r"samples from $\pitheta$",
+    "sec-placements-mistakes", cheatsheet=True,
+    needs_condition=((r"k3[- ]in[- ](?:the )?loss`?[^.;|]{0,80}?\b(?:follows?|gives?|has|is|agrees?)\b[^.;|]{0,60}?forward[- ]KL",
+                      r"one token|one-token|single token|per[- ]token|prefix|sequence-level|states|for a token|"
+                      r"T\s*=\s*1|token-level|summed"),),
+)
+def _k3_in_loss_forward():
+    import torch
+
+    from kltutor import gradients as G
+    from kltutor.derivations import interview, placements
+    from kltutor.toys.autoregressive import all_binary_sequences
+
+    _require(placements.k3_in_loss_is_forward_kl_gradient() and interview.placement_gradients(), "sympy, one token")
+    pi, ref = _toy()
+    T = 5
+    tok = G.exact_kl_gradients(pi, ref, T, level="token")
+    seq = G.exact_kl_gradients(pi, ref, T, level="sequence")
+    seqs = all_binary_sequences(T)
+    with torch.no_grad():
+        w = pi.sequence_logprobs(seqs).exp()
+        q_seq = ref.sequence_logprobs(seqs).exp()
+        r1 = torch.sigmoid(ref.logits(seqs))
+    p1 = torch.sigmoid(pi.logits(seqs))
+    fwd_t = r1 * (r1.log() - p1.log()) + (1 - r1) * ((1 - r1).log() - (1 - p1).log())
+    g_tok_fwd = torch.stack(torch.autograd.grad((w[:, None] * fwd_t).sum(), [pi.a, pi.b]))
+    g_seq_fwd = torch.stack(torch.autograd.grad(-(q_seq * pi.sequence_logprobs(seqs)).sum(), [pi.a, pi.b]))
+    _require(_max_err(tok["k3-in-loss"], g_tok_fwd) < 1e-12, "token-level k3 = per-token forward KL at policy prefixes")
+    _require(_max_err(seq["k3-in-loss"], g_seq_fwd) < 1e-12, "sequence-level k3 = sequence forward KL")
+    off_fwd, off_rev = _max_err(tok["k3-in-loss"], g_seq_fwd), _max_err(tok["k3-in-loss"], tok["true"])
+    _require(off_fwd > 0.05 and off_rev > 0.1, "token-level k3 is neither sequence gradient")
+    return {"T = 5, token-level k3 vs sequence forward-KL gradient": off_fwd,
+            "T = 5, token-level k3 vs reverse-KL gradient": off_rev}
+
+
+@_claim(
+    "offpolicy-prefix-weight", "Placements",
+    r"On stale samples (from $\piold$), a per-token importance weight $w_t$ makes an in-loss KL term exact "
+    r"for one token only; on sequences the prefix product $\prod_{s\le t}w_s$ is needed.",
+    r"samples from $\piold\neq\pitheta$ (several updates per batch)",
+    "sec-placements-off-policy",
+    needs_condition=((r"importance weight[^.;]*(?:each|every|per)[- ](?:term|token)|(?:per-token|each token)[^.;]*importance weight",
+                      r"prefix|one token|single token|single-step|not enough|only"),),
+)
+def _offpolicy_prefix_weight():
+    from kltutor import gradients as G
+    from kltutor.toys import BinaryAutoregressive
+
+    pi, ref = _toy()
+    old = BinaryAutoregressive(0.1, -0.1)
+    t1 = _max_err(G.offpolicy_kl_loss_gradient(pi, old, ref, 1, "k3", "token"), G.exact_kl_gradients(pi, ref, 1)["true"])
+    t5 = _max_err(G.offpolicy_kl_loss_gradient(pi, old, ref, 5, "k3", "token"), G.exact_kl_gradients(pi, ref, 5)["true"])
+    p5 = _max_err(G.offpolicy_kl_loss_gradient(pi, old, ref, 5, "k3", "prefix"), G.exact_kl_gradients(pi, ref, 5)["true"])
+    _require(t1 < 1e-12 and p5 < 1e-12 and t5 > 0.05, "importance weights")
+    return {"T = 5, per-token weight: gradient error": t5, "T = 1 per-token, T = 5 prefix weight": "exact (< 1e-12)"}
+
+
+@_claim(
+    "clip-removes-in-reward-kl", "Placements",
+    r"When PPO's clipped branch is the minimum for a token, its whole gradient is zero, KL penalty included; "
+    r"a KL term in the loss keeps its gradient.",
+    "KL in the reward, several updates per batch",
+    "sec-placements-clipping",
+)
+def _clip_removes_in_reward_kl():
+    import torch
+
+    from kltutor import placements as P
+
+    D = torch.float64
+    logp = torch.tensor([[-0.40, -1.10, -0.70]], dtype=D, requires_grad=True)
+    old_logp = torch.tensor([[-0.80, -1.05, -0.70]], dtype=D)
+    ref_logp = torch.tensor([[-0.10, -0.60, -0.20]], dtype=D)
+    mask = torch.ones_like(old_logp)
+    rewards = P.shaped_rewards(torch.tensor([0.0], dtype=D), logp, ref_logp, mask, 0.5, estimator="k1")
+    adv = P.returns_to_go(rewards, mask)
+    surr, _ = P.clipped_surrogate(logp, old_logp, adv, mask, clip_eps=0.2)
+    (g_reward,) = torch.autograd.grad(surr, logp)
+    (g_loss,) = torch.autograd.grad(0.5 * P.kl_loss(logp, ref_logp, mask, "k3"), logp)
+    _require(g_reward[0, 0].item() == 0.0 and adv[0, 0].item() > 0 and g_loss[0, 0].item() != 0.0, "clipping")
+    return {"gradient of the clipped token (KL in reward)": 0.0, "its gradient with k3 in the loss": g_loss[0, 0].item()}
+
+
+# ============================================================================ beta
+@_claim(
+    "beta-exchange-rate", "beta",
+    r"Scaling the reward by $c>0$ is the same as dividing $\beta$ by $c$: $\pi^*(cr,\beta)=\pi^*(r,\beta/c)$; "
+    r"$\beta$ only means something relative to the reward's scale, the estimator and the token aggregation.",
+    "KL-regularised optimum",
+    "sec-schedules-scale", cheatsheet=True,
+)
+def _beta_exchange_rate():
+    from kltutor.derivations import schedules
+
+    _require(schedules.reward_scale_equivalence(), "sympy")
+    return {"pi*(c r, beta) = pi*(r, beta / c)": True}
+
+
+@_claim(
+    "kl-falls-with-beta", "beta",
+    r"The optimum's KL and reward fall as $\beta$ grows, $d\KL/d\beta=-\mathrm{Var}_{\pi^*}(r)/\beta^3$, "
+    r"$d\E[r]/d\beta=-\mathrm{Var}_{\pi^*}(r)/\beta^2$; on a finite bandit the KL never exceeds $-\log\piref(\text{best})$.",
+    "KL-regularised optimum",
+    "sec-schedules-monotone",
+)
+def _kl_falls_with_beta():
+    import torch
+
+    from kltutor.derivations import schedules
+    from kltutor.toys import KLBandit
+
+    _require(schedules.reward_derivative() and schedules.kl_derivative(), "sympy")
+    bandit = KLBandit.random(8, torch.Generator().manual_seed(0))
+    kls = [bandit.optimal_kl(b) for b in (100.0, 1.0, 0.1, 0.01, 0.001)]
+    _require(all(a <= b for a, b in zip(kls, kls[1:])) and kls[0] < kls[1] and kls[-1] <= bandit.max_kl() + 1e-12, "monotone, capped")
+    return {"KL at beta = 0.001": kls[-1], "cap -log pi_ref(best)": bandit.max_kl()}
+
+
+@_claim(
+    "beta-symptoms", "beta",
+    r"$\beta$ too large: the KL stays near 0 and the reward barely moves. $\beta$ too small for the reward's "
+    r"scale: the KL climbs to the greedy limit and entropy collapses.",
+    "exact-gradient training of a softmax bandit; with a learned reward the second case is where over-optimisation lives",
+    "sec-failures-collapse", cheatsheet=True,
+)
+def _beta_symptoms():
+    import torch
+
+    from kltutor import failures as fl
+
+    g = torch.Generator().manual_seed(0)
+    reward = torch.randn(10, generator=g, dtype=torch.float64)
+    ref = torch.softmax(torch.randn(10, generator=g, dtype=torch.float64), 0)
+    big = fl.train_bandit(ref, reward, 5.0, steps=300, lr=0.5)
+    small = fl.train_bandit(ref, 5.0 * reward, 0.001, steps=300, lr=0.5)
+    cap = -math.log(float(ref[int(reward.argmax())]))
+    _require(big["kl"][-1] < 0.05 and small["kl"][-1] > 0.95 * cap, "symptoms")
+    return {"KL after 300 steps, beta = 5": big["kl"][-1], "KL after 300 steps, beta = 0.001, reward x5": small["kl"][-1],
+            "greedy cap": cap}
+
+
+@_claim(
+    "adaptive-beta-integral", "beta",
+    r"Ziegler et al.'s controller $\beta\leftarrow\beta(1+K_\beta e_t)$, $e_t=\operatorname{clip}(\KL_t/\KL_\text{target}-1,\pm0.2)$, "
+    r"accumulates the clipped error in $\log\beta$ (integral action on $\log\beta$); one step changes $\beta$ by a "
+    r"factor of at most $1\pm0.2K_\beta$.",
+    r"$K_\beta$ = n_steps / horizon",
+    "sec-schedules-integral", cheatsheet=True,
+    refuted=(r"more than 20%(?![^.]*K)",),
+)
+def _adaptive_beta_integral():
+    from kltutor import schedules as S
+    from kltutor.derivations import interview
+
+    _require(interview.adaptive_beta_integrates_error(), "sympy")
+    c = S.AdaptiveKLController(1.0, 1.0, horizon=10)
+    up = c.update(100.0, n_steps=5)
+    _require(abs(up - 1.1) < 1e-12, "one step moves beta by at most 1 + 0.2 K")
+    return {"beta after one step at KL = 100 x target, K = 0.5": up}
+
+
+@_claim(
+    "binary-optimum-raw", "beta",
+    r"For a raw 0/1 reward with success rate $p_0$ under $\piref$, the optimum of $\E[r]-\beta\KL$ has success "
+    r"rate $q^*=p_0e^{1/\beta}/(p_0e^{1/\beta}+1-p_0)$ and $\KL(\pi^*\|\piref)\le\log(1/p_0)$.",
+    "the unnormalised objective (e.g. k1-in-reward with raw rewards), one prompt; not GRPO's normalised update",
+    "sec-interview-q18",
+)
+def _binary_optimum_raw():
+    import sympy as sp
+
+    from kltutor.derivations import interview
+
+    _require(interview.binary_reward_optimum(), "sympy")
+    ex = interview.binary_optimum_expressions()
+    fail = float(ex["fail"].subs({ex["p0"]: sp.Rational(1, 10), ex["beta"]: sp.Rational(1, 25)}))
+    return {"p0 = 0.1, beta = 0.04: failure rate of the optimum": fail, "KL cap log(1/p0)": math.log(10)}
+
+
+@_claim(
+    "grpo-normalised-binary", "beta",
+    r"GRPO's group normalisation changes the objective: for a 0/1 reward its expected policy-gradient step is "
+    r"$w_G(q)\,\nabla q$, with a weight that depends on the current success rate $q$ (tending to "
+    r"$1/\sqrt{q(1-q)}$ as $G$ grows), not $\nabla q$. Hard and easy prompts are up-weighted, and with a KL term "
+    r"the fixed point is not the raw-reward optimum $q^*(\beta)$.",
+    "on-policy, one prompt, a group of $G$ samples, unbiased std, no eps; mixed groups only (equal groups give 0)",
+    "sec-interview-q18",
+)
+def _grpo_normalised_binary():
+    import torch
+
+    from kltutor import grpo
+
+    def weight(q: float, G: int) -> float:
+        # two outcomes, logit theta: d log pi(success) = 1 - q, d log pi(failure) = -q; dq/dtheta = q (1 - q)
+        tot = 0.0
+        for k in range(1, G):
+            a = grpo.group_advantages(torch.tensor([1.0] * k + [0.0] * (G - k), dtype=torch.float64), G, eps=0.0)
+            pk = math.comb(G, k) * q**k * (1 - q) ** (G - k)
+            tot += pk * (k * a[0].item() * (1 - q) + (G - k) * a[-1].item() * (-q)) / G
+        return tot / (q * (1 - q))
+
+    out = {}
+    for G in (4, 256):
+        ws = {q: weight(q, G) * math.sqrt(q * (1 - q)) for q in (0.1, 0.5, 0.9)}
+        out[f"G = {G}: w_G(q) sqrt(q(1-q)) at q = 0.1, 0.5"] = f"{ws[0.1]:.3f}, {ws[0.5]:.3f}"
+        _require(abs(ws[0.1] - ws[0.9]) < 1e-12, "symmetric in q")
+        if G == 256:
+            _require(all(0.98 < v <= 1.0 for v in ws.values()), "large-G limit 1/sqrt(q(1-q))")
+    _require(weight(0.1, 256) > 1.5 * weight(0.5, 256), "hard prompts up-weighted")
+    return out
+
+
+# ============================================================================ preference optimisation and GRPO
+@_claim(
+    "optimal-policy", "Preference optimisation and GRPO",
+    r"$\max_\pi\E_\pi[r]-\beta\KL(\pi\|\piref)$ has the unique maximiser $\pi^*=\piref e^{r/\beta}/Z$ with value "
+    r"$\beta\log Z$, because $J(\pi)=\beta\log Z-\beta\KL(\pi\|\pi^*)$.",
+    r"$\beta>0$, one prompt, any reward (Bradley–Terry is not needed)",
+    "sec-preference-optimum", cheatsheet=True,
+)
+def _optimal_policy():
+    from kltutor.derivations import interview
+    from kltutor.derivations import preference as D
+
+    _require(D.closed_form_optimum() and interview.optimal_policy(), "sympy")
+    return {"closed form, strict concavity, J = beta log Z - beta KL(pi||pi*)": True}
+
+
+@_claim(
+    "dpo-loss-gradient", "Preference optimisation and GRPO",
+    r"Inverting $\pi^*$ gives $r=\beta\log\frac{\pi^*}{\piref}+\beta\log Z$; under Bradley–Terry $\beta\log Z$ cancels "
+    r"in pairs, which gives the DPO loss; its gradient weights each pair by $\sigma(\hat r_l-\hat r_w)$.",
+    "Bradley–Terry preferences; the policy class can represent the optimum",
+    "sec-preference-dpo", cheatsheet=True,
+)
+def _dpo_loss_gradient():
+    from kltutor.derivations import interview
+    from kltutor.derivations import preference as D
+
+    _require(D.dpo_from_optimum() and D.dpo_gradient() and interview.dpo_logz_cancels() and interview.dpo_gradient(), "sympy")
+    return {"log Z cancels; gradient weight sigma(r_l - r_w)": True}
+
+
+@_claim(
+    "implicit-reward-not-kl", "Preference optimisation and GRPO",
+    r"The implicit reward $\hat r_\theta=\beta\log(\pitheta/\piref)$ averages to $\beta\KL(\pitheta\|\piref)$ under "
+    r"$\pitheta$ but to $-\beta\KL(\piref\|\pitheta)\le0$ under $\piref$: on preference data it is not a KL estimate.",
+    "exact; preference data not drawn from the policy",
+    "sec-preference-dpo",
+)
+def _implicit_reward_not_kl():
+    from kltutor.derivations import preference as D
+
+    _require(D.implicit_reward_mean_is_kl(), "sympy")
+    return {"E_pi[r_hat] = beta KL(pi||ref), E_ref[r_hat] = -beta KL(ref||pi)": True}
+
+
+def _lbfgs_tabular(loss_of_logp, n: int, init=None):
+    import torch
+
+    th = (torch.zeros(n, dtype=torch.float64) if init is None else init.clone()).requires_grad_(True)
+    opt = torch.optim.LBFGS([th], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_of_logp(torch.log_softmax(th, 0))
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return torch.softmax(th.detach(), 0)
+
+
+def _pairs(n: int):
+    import torch
+
+    i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    keep = i != j
+    return i[keep], j[keep]
+
+
+@_claim(
+    "dpo-rl-same-optimum", "Preference optimisation and GRPO",
+    r"DPO and KL-regularised RL share the optimum $\pi^*$ only under Bradley–Terry with pairs that cover every "
+    r"response and infinite data (the population loss). On finite data a response that wins and never loses has "
+    r"no finite maximum-likelihood reward: the empirical DPO loss keeps falling as its log-ratio grows, whatever "
+    r"$\beta$, while RL against a fitted reward model keeps the KL anchor (the IPO argument).",
+    "population versus empirical DPO loss, tabular policy",
+    "sec-preference-finite", cheatsheet=True,
+    needs_condition=((r"[Ss]ame (?:objective|fixed point|optimum)",
+                      r"Bradley|cover|infinite|population|finite data|conditions|only (?:under|when|with|in)"),),
+)
+def _dpo_rl_same_optimum():
+    import torch
+    import torch.nn.functional as F
+
+    from kltutor import preference as P
+
+    D64 = torch.float64
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(5, generator=g, dtype=D64)
+    ref = torch.softmax(torch.randn(5, generator=g, dtype=D64), 0)
+    beta = 0.5
+    i, j = _pairs(5)
+    w = ref[i] * ref[j] * torch.sigmoid(r[i] - r[j])  # P(draw (i, j) and i wins)
+
+    def population(logp):
+        h = beta * ((logp[i] - ref.log()[i]) - (logp[j] - ref.log()[j]))
+        return -(w * F.logsigmoid(h)).sum()
+
+    pi = _lbfgs_tabular(population, 5, init=ref.log())
+    gap = (pi - P.optimal_policy(ref, r, beta)).abs().max().item()
+    _require(gap < 1e-6, f"population DPO minimiser must be pi* (gap {gap:.1e})")
+    # finite data: response 0 wins its two comparisons and never loses
+    chosen, rejected = torch.tensor([0, 0, 2]), torch.tensor([1, 2, 3])
+    worst = -math.inf
+    for s in range(20):
+        th = torch.randn(5, generator=torch.Generator().manual_seed(s), dtype=D64).mul(3).requires_grad_(True)
+        lp = torch.log_softmax(th, 0)
+        loss = P.dpo_loss(lp[chosen], lp[rejected], ref.log()[chosen], ref.log()[rejected], beta).loss
+        (grad,) = torch.autograd.grad(loss, th)
+        worst = max(worst, grad[0].item())
+    _require(worst < 0, "the never-losing response's logit must always decrease the empirical loss")
+    return {"max |population DPO minimiser - pi*|": "< 1e-6", "largest d loss / d logit of the never-losing response": worst}
+
+
+@_claim(
+    "ipo-target", "Preference optimisation and GRPO",
+    r"IPO's population minimiser is $\piref e^{p(y\succ\mu)/\tau}/Z$, the regularised optimum of the win rate "
+    r"against the data distribution $\mu$, not DPO's $\pi^*$: at $\tau=\beta$ it stays much closer to the reference.",
+    r"pairs drawn from $\mu$, labels from a Bradley–Terry model",
+    "sec-preference-lab",
+)
+def _ipo_target():
+    import torch
+
+    from kltutor import preference as P
+
+    D64 = torch.float64
+    g = torch.Generator().manual_seed(1)
+    r = torch.randn(5, generator=g, dtype=D64)
+    ref = torch.softmax(torch.randn(5, generator=g, dtype=D64), 0)
+    tau = 0.5
+    i, j = _pairs(5)
+    pw, c0 = torch.sigmoid(r[i] - r[j]), 1 / (2 * tau)
+    w = ref[i] * ref[j]
+
+    def population(logp):
+        h = (logp[i] - ref.log()[i]) - (logp[j] - ref.log()[j])
+        return (w * (pw * (h - c0) ** 2 + (1 - pw) * (h + c0) ** 2)).sum()
+
+    pi = _lbfgs_tabular(population, 5, init=ref.log())
+    target = P.ipo_optimal_policy(ref, r, tau, ref)
+    gap = (pi - target).abs().max().item()
+    _require(gap < 1e-6, f"IPO minimiser (gap {gap:.1e})")
+    kl_ipo, kl_star = P.categorical_kl(target, ref).item(), P.categorical_kl(P.optimal_policy(ref, r, tau), ref).item()
+    _require(kl_ipo < kl_star, "IPO target closer to the reference")
+    return {"KL(IPO target || ref)": kl_ipo, "KL(pi* || ref)": kl_star}
+
+
+@_claim(
+    "simpo-length", "Preference optimisation and GRPO",
+    r"SimPO's length normalisation replaces DPO's sequence log-ratio by the mean per-token log-likelihood "
+    r"$\log\pitheta(y)/|y|$ and drops the reference. It does not remove length effects: a response's probability is "
+    r"$e^{|y|\cdot\text{score}/\beta}$, so a long response that is not ranked first is crushed.",
+    "population SimPO loss on noisy Bradley–Terry pairs (a finite optimum exists)",
+    "sec-preference-simpo-length", cheatsheet=True,
+    refuted=(r"length[- ]normali[sz]ation[^.;]*(?<!not )\bremoves?\b",),
+)
+def _simpo_length():
+    import torch
+
+    from kltutor import preference as P
+
+    D64 = torch.float64
+    r = torch.tensor([1.0, 0.5, 0.0, -0.5], dtype=D64)       # response 1 is the second best ...
+    lengths = torch.tensor([3.0, 20.0, 3.0, 3.0], dtype=D64)  # ... and the only long one
+    mu = torch.full((4,), 0.25, dtype=D64)
+    i, j = _pairs(4)
+    w, pw = mu[i] * mu[j], torch.sigmoid(r[i] - r[j])
+
+    def population(logp):
+        total = 0
+        for a, b, wk, pk in zip(i.tolist(), j.tolist(), w, pw):  # P.simpo_loss per pair: its .loss keeps the graph
+            win = P.simpo_loss(logp[a:a + 1], logp[b:b + 1], lengths[a:a + 1], lengths[b:b + 1], 2.0, 0.5).loss
+            lose = P.simpo_loss(logp[b:b + 1], logp[a:a + 1], lengths[b:b + 1], lengths[a:a + 1], 2.0, 0.5).loss
+            total = total + wk * (pk * win + (1 - pk) * lose)
+        return total
+
+    pi = _lbfgs_tabular(population, 4)
+    star = P.optimal_policy(mu, r, 0.5)
+    _require(pi[1] < pi[2:].min() / 10 and star[1] > star[2:].max(), "SimPO crushes the long second-best response")
+    return {"SimPO optimum: P(second best, 20 tokens)": f"{pi[1].item():.1e}",
+            "P(third and fourth, 3 tokens)": f"{pi[2].item():.2f}, {pi[3].item():.3f}",
+            "pi* (beta = 0.5): P(second best)": f"{star[1].item():.2f}"}
+
+
+@_claim(
+    "kto-reference-point", "Preference optimisation and GRPO",
+    r"KTO defines its reference point as $z_0=\KL(\pitheta\|\piref)$ and computes it as "
+    r"$\max\big(0,\text{mean log-ratio on mismatched prompt–completion pairs}\big)$, detached: a biased estimate "
+    r"(its authors' words), and 0 whenever those completions are closer to $\piref$ than to $\pitheta$.",
+    "as implemented in the KTO paper and `kltutor.preference.kto_loss`",
+    "sec-preference-kto-orpo", cheatsheet=True,
+    needs_condition=((r"KTO[^.;]{0,80}(?:KL reference point|reference point[^.;]{0,20}\b(?:is|=)|uses an? [^.;]{0,30}KL)",
+                      r"mismatched|biased|clamp|baseline|max\(0"),),
+)
+def _kto_reference_point():
+    import torch
+
+    from kltutor import preference as P
+
+    D64 = torch.float64
+    ref = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=D64)
+    pol = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=D64)
+    raw_ref = (ref * (pol.log() - ref.log())).sum().item()  # mean log-ratio over reference completions
+    _require(abs(raw_ref + P.categorical_kl(ref, pol).item()) < 1e-15, "= -KL(ref||pi)")
+    # a batch holding each completion in proportion to ref (4, 3, 2, 1 copies)
+    batch = torch.repeat_interleave(torch.arange(4), torch.tensor([4, 3, 2, 1]))
+    out = P.kto_loss(pol.log()[batch], ref.log()[batch], torch.ones(len(batch), dtype=torch.bool),
+                     pol.log()[batch], ref.log()[batch], 0.1)
+    _require(out.extras["z0"].item() == 0.0 and not out.extras["z0"].requires_grad, "clamped at 0, detached")
+    return {"mean log-ratio on reference completions": raw_ref, "z0": 0.0, "KL(pi||ref)": P.categorical_kl(pol, ref).item()}
+
+
+@_claim(
+    "grpo-half-split-advantage", "Preference optimisation and GRPO",
+    r"A group whose rewards are split half and half between two values gets advantages "
+    r"$\pm\sqrt{(G-1)/G}$ with GRPO's unbiased standard deviation ($\pm0.866$ at $G=4$) and $\pm1$ with the "
+    r"population one, whatever the gap between the two values.",
+    "$G$ even, `eps = 0`, no `clip_std`, the two values distinct in the reward's dtype",
+    "sec-preference-grpo",
+    refuted=(r"pm\s*\\?sqrt\{?\(?G\s*/\s*\(?4\s*\(G\s*-\s*1\)",),
+)
+def _grpo_half_split_advantage():
+    import torch
+
+    from kltutor import grpo
+
+    out = {}
+    for G in (2, 4, 8, 16):
+        for gap in (1.0, 2e-5):
+            x = torch.tensor([1.0, 1.0 + gap] * (G // 2), dtype=torch.float64)
+            a = grpo.group_advantages(x, G, eps=0.0)
+            pop = (x - x.mean()) / x.std(unbiased=False)
+            _require(abs(a[1].item() - math.sqrt((G - 1) / G)) < 1e-9 and abs(pop[1].item() - 1) < 1e-9, f"G={G}, gap={gap}")
+        out[f"G={G}, unbiased std"] = math.sqrt((G - 1) / G)
+    out["population std"] = 1.0
+    return out
+
+
+@_claim(
+    "grpo-precision", "Preference optimisation and GRPO",
+    r"The half-split advantage does not depend on the precision: float32 rewards give $\pm\sqrt{(G-1)/G}$ too. "
+    r"Precision matters only when the gap falls below the dtype's spacing (about $1.2\times10^{-7}$ near 1 in "
+    r"float32): the group then collapses to equal rewards, advantage 0 with an `eps` and NaN without.",
+    "`kltutor.grpo.group_advantages` (statistics in float64 after the cast)",
+    "sec-preference-grpo",
+    needs_condition=((r"(?:needs?|requires?)[^.;]*float64", r"spacing|below|resolution|collapse|gap"),),
+)
+def _grpo_precision():
+    import torch
+
+    from kltutor import grpo
+
+    a32 = grpo.group_advantages(torch.tensor([1.0, 1.00001] * 2, dtype=torch.float32), 4, eps=0.0)
+    _require(abs(a32[1].item() - math.sqrt(0.75)) < 1e-6, "float32 gives the same advantage")
+    tiny = torch.tensor([1.0, 1.0 + 5e-8] * 2, dtype=torch.float32)
+    _require(bool((tiny == 1.0).all()), "5e-8 is below float32's spacing at 1")
+    _require(torch.isnan(grpo.group_advantages(tiny, 4, eps=0.0)).all() and
+             (grpo.group_advantages(tiny, 4) == 0).all(), "collapsed group")
+    return {"float32, gap 1e-5": a32[1].item(), "float32 spacing at 1": torch.finfo(torch.float32).eps}
+
+
+@_claim(
+    "group-std-bound", "Preference optimisation and GRPO",
+    r"For rewards in $[0,1]$ a group's population variance is at most $\tfrac14$ and its unbiased variance at most "
+    r"$\tfrac{G}{4(G-1)}$ (both reached by a half-0, half-1 group, $G$ even), so dividing by the std always enlarges differences.",
+    r"rewards in $[0, 1]$, $G\ge2$",
+    "sec-preference-grpo",
+)
+def _group_std_bound():
+    import itertools
+
+    import torch
+
+    from kltutor.derivations import preference as D
+
+    _require(D.group_std_bound(), "sympy")
+    for G in (2, 3, 4, 5, 6):
+        b = torch.tensor(list(itertools.product([0.0, 1.0], repeat=G)), dtype=torch.float64)
+        _require(abs(b.var(-1, unbiased=False).max().item() - (0.25 if G % 2 == 0 else 0.25 - 0.25 / G**2)) < 1e-12, f"pop, G={G}")
+        _require(b.var(-1).max().item() <= G / (4 * (G - 1)) + 1e-12, f"unbiased bound, G={G}")
+    return {"max unbiased std, G = 4": math.sqrt(4 / 12), "max population std": 0.5}
+
+
+# ============================================================================ over-optimisation
+@_claim(
+    "bon-kl", "Over-optimisation",
+    r"$\KL(\pi_\text{bon}\|\piref)\le\log n-\frac{n-1}{n}$, with equality iff the reward has no atoms under $\piref$ "
+    r"(a continuous distribution). Any discrete reference gives strictly less, even when every response has its "
+    r"own reward, because two of the $n$ draws can be the same response (two equally likely responses, $n=2$: 0.1308 against 0.1931).",
+    "ties among the draws broken uniformly at random",
+    "sec-overoptimization-best-of-n", cheatsheet=True,
+    refuted=(r"without ties", r"never tie", r"only without ties"),
+    needs_condition=((r"(?:log n\s*-\s*\(n\s*-\s*1\)\s*/\s*n|\\log n\s*-\s*\\frac\{n-1\}\{n\}|log n-\(n-1\)/n)"
+                      r"[^.;]{0,60}\b(?:is (?:the )?exact|as exact|exactly|equality|equal to the KL)\b"
+                      r"|\b(?:equality|exact KL is|KL is exactly)\b[^.;]{0,40}(?:log n\s*-\s*\(n|\\log n\s*-\s*\\frac)",
+                      r"continuous|atom"),),
+)
+def _bon_kl():
+    import torch
+
+    from kltutor import overoptimization as oo
+    from kltutor.derivations import interview
+    from kltutor.derivations import overoptimization as dv
+
+    _require(interview.best_of_n_kl_continuous() and dv.best_of_n_continuous_kl(), "sympy, continuous case")
+    _require(interview.best_of_n_kl_bound_with_ties(), "sympy, 0/1 reward")
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for _ in range(100):
+        k = int(torch.randint(2, 30, (1,), generator=g))
+        p = torch.distributions.Dirichlet(torch.ones(k, dtype=torch.float64)).sample()
+        r = torch.randperm(k, generator=g).double()
+        for n in (2, 8, 64):
+            ratio = oo.best_of_n_kl(p, r, n) / oo.best_of_n_kl_formula(n)
+            _require(ratio < 1, "distinct rewards on a discrete support: strictly below the formula")
+            worst = max(worst, ratio)
+    two, formula = oo.best_of_n_kl([0.5, 0.5], [0.0, 1.0], 2), oo.best_of_n_kl_formula(2)
+    near = oo.best_of_n_kl([1e-3] * 1000, list(range(1000)), 4) / oo.best_of_n_kl_formula(4)
+    _require(near > 0.9999, "many equally likely responses approach the continuous case")
+    return {"two equally likely responses, n = 2: exact": two, "log 2 - 1/2": formula,
+            "1000 equally likely responses, n = 4: exact / formula": near}
+
+
+@_claim(
+    "bon-kl-cap", "Over-optimisation",
+    r"Best-of-$n$'s KL never exceeds $-\log\piref(\text{top reward class})$: for a 0/1 reward at most $\log(1/p)$, however large $n$.",
+    "discrete reward",
+    "sec-overoptimization-best-of-n",
+)
+def _bon_kl_cap():
+    from kltutor import overoptimization as oo
+
+    p = 0.1
+    kls = [oo.best_of_n_kl([p, 1 - p], [1.0, 0.0], n) for n in (1, 16, 256, 4096)]
+    _require(all(a <= b for a, b in zip(kls, kls[1:])) and kls[-1] <= math.log(1 / p), "capped")
+    return {"p = 0.1, n = 4096": kls[-1], "log(1/p)": math.log(1 / p)}
+
+
+@_claim(
+    "gao-peak-budget", "Over-optimisation",
+    r"For Gao et al.'s best-of-$n$ form $R(d)=d(\alpha-b\,d)$, $d=\sqrt\KL$: $d^*=\alpha/2b$, $\KL^*=\alpha^2/4b^2$, "
+    r"$R^*=\alpha^2/4b$; stopping at $\KL^*/2$ keeps $\sqrt2-\tfrac12\approx91\%$ of the peak gain (RL form "
+    r"$d(\alpha-b\log d)$: $\approx95\%$).",
+    "coefficients fitted on gold evaluations, for one reward model; sequence-level KL",
+    "sec-overoptimization-budget", cheatsheet=True,
+)
+def _gao_peak_budget():
+    from kltutor import overoptimization as oo
+    from kltutor.derivations import interview
+    from kltutor.derivations import overoptimization as dv
+
+    _require(interview.gao_bon_peak() and dv.bon_peak() and dv.rl_peak() and dv.stopping_fraction(), "sympy")
+    bon, rl = float(oo.gold_fraction_at_kl_fraction(0.5, "bon")), float(oo.gold_fraction_at_kl_fraction(0.5, "rl"))
+    _require(abs(bon - (math.sqrt(2) - 0.5)) < 1e-12, "sqrt 2 - 1/2")
+    return {"gain kept at KL*/2, best-of-n form": bon, "RL form": rl}
+
+
+@_claim(
+    "proxy-up-gold-down", "Over-optimisation",
+    r"Optimising a learned proxy raises the proxy reward monotonically along the KL-regularised family while the "
+    r"gold reward rises, peaks and falls.",
+    "a misspecified proxy (chapter 6's linear proxy fitted to 300 comparisons); KL is the x-axis",
+    "sec-overoptimization-synthetic", cheatsheet=True,
+)
+def _proxy_up_gold_down():
+    import numpy as np
+
+    from kltutor import overoptimization as oo
+
+    world = oo.make_world(4096, 4, 1.0, seed=0)
+    proxy = oo.proxy_from_comparisons(world, 300, seed=1)
+    sweep = oo.tilted_sweep(world, proxy, [float(b) for b in np.logspace(1, -1.3, 24)])
+    k = int(np.argmax(sweep["gold"]))
+    _require(bool(np.all(np.diff(sweep["proxy"]) > 0)) and 0 < k < 23 and sweep["gold"][-1] < sweep["gold"][k], "inverted U")
+    return {"KL at the gold peak": sweep["kl"][k], "gold gain at the peak": sweep["gold"][k], "gold gain at the smallest beta": sweep["gold"][-1]}
+
+
+@_claim(
+    "penalty-equals-early-stopping", "Over-optimisation",
+    r"Along natural-gradient (mirror-descent) iterates a KL penalty and early stopping trace the same gold-versus-KL "
+    r"curve: every iterate is $\piref e^{c_tr}/Z$.",
+    "iterates that stay in the tilted family",
+    "sec-overoptimization-penalty",
+)
+def _penalty_equals_early_stopping():
+    from kltutor.derivations import overoptimization as dv
+
+    _require(dv.mirror_descent_stays_tilted(), "sympy")
+    return {"iterates stay tilted": True}
+
+
+@_claim(
+    "token-mean-kl", "Over-optimisation",
+    r"A logged per-token *mean* KL is the sequence KL divided by the length: for $T$ i.i.d. tokens the sequence KL is "
+    r"$T$ times the token KL, so $\sqrt\KL$ budgets depend on which one is logged.",
+    "i.i.d. tokens (in general: the chain rule)",
+    "sec-overoptimization-seq-token",
+)
+def _token_mean_kl():
+    import torch
+
+    from kltutor import overoptimization as oo
+
+    p, q = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64), torch.tensor([1 / 3] * 3, dtype=torch.float64)
+    sp_, sq = p, q
+    for _ in range(3):
+        sp_, sq = torch.outer(sp_, p).flatten(), torch.outer(sq, q).flatten()
+    ratio = oo.kl_categorical(sp_, sq) / oo.kl_categorical(p, q)
+    _require(abs(ratio - 4) < 1e-12, "T = 4")
+    return {"sequence KL / token KL, T = 4": ratio}
+
+
+# ============================================================================ failure modes
+@_claim(
+    "wrong-reference-step0", "Failure modes",
+    r"With the reference equal to the checkpoint the policy starts from, the KL is exactly 0 before the first update; "
+    r"a non-zero step-0 KL means the wrong reference.",
+    "the reference is frozen and in eval mode",
+    "sec-failures-reference", cheatsheet=True,
+)
+def _wrong_reference_step0():
+    from kltutor import failures as fl
+
+    wr = fl.wrong_reference([1.0])
+    _require(wr["sft"]["kl_at_init"][0] == 0.0 and wr["base"]["kl_at_init"][0] > 0.1, "step-0 KL")
+    return {"step-0 KL, reference = SFT": 0.0, "step-0 KL, reference = base": wr["base"]["kl_at_init"][0]}
+
+
+@_claim(
+    "importance-weighting-variance", "Failure modes",
+    r"Importance-weighted KL estimates from a stale sampler are unbiased but their variance grows with the mismatch; "
+    r"clipping the weights bounds the variance and biases the estimate.",
+    r"samples from a stale policy weighted by $w=\pitheta/\piold$",
+    "sec-failures-importance",
+)
+def _importance_weighting_variance():
+    import torch
+
+    from kltutor import failures as fl
+
+    gi = torch.Generator().manual_seed(1)
+    pi = torch.softmax(1.5 * torch.randn(50, generator=gi, dtype=torch.float64), 0)
+    ref = torch.softmax(0.5 * torch.randn(50, generator=gi, dtype=torch.float64), 0)
+    on = fl.importance_weighted_kl(pi, ref, pi, 64, 500, seed=0)
+    stale_s = torch.softmax(-1.0 * pi.log(), 0)
+    stale = fl.importance_weighted_kl(pi, ref, stale_s, 64, 500, seed=0)
+    clipped = fl.importance_weighted_kl(pi, ref, stale_s, 64, 500, clip=5.0, seed=0)
+    _require(stale["std"] > 3 * on["std"], "variance grows")
+    _require(abs(on["mean"] - on["exact"]) < 5 * on["std"] / math.sqrt(500), "on-policy unbiased within 5 s.e.")
+    _require(clipped["std"] < stale["std"] and abs(clipped["mean"] - clipped["exact"]) > 5 * clipped["std"] / math.sqrt(500), "clipping biases")
+    return {"sd of a 64-sample estimate, on-policy": on["std"], "stale sampler": stale["std"]}
+
+
+@_claim(
+    "bf16-naive-k3-negative", "Failure modes",
+    r"Naive `exp(-l) - 1 + l` in bfloat16 returns negative values (at $\ell=\pm0.01$): a logged negative k3 is a "
+    r"precision bug, not a negative KL.",
+    "k3 computed in bfloat16 without upcasting",
+    "sec-failures-precision", cheatsheet=True,
+)
+def _bf16_naive_k3_negative():
+    import torch
+
+    from kltutor import failures as fl
+
+    x = torch.tensor([-0.01, 0.01], dtype=torch.bfloat16)
+    naive = fl.k3_naive(x)
+    _require((naive < 0).any() and (fl.k3_stable(x) > 0).all(), "bf16")
+    return {"naive bf16 k3 at l = -0.01": naive[0].item()}
+
+
+CLAIMS: tuple[Claim, ...] = tuple(_REGISTRY.values())
+
+
+def get(claim_id: str) -> Claim:
+    """The claim with id ``claim_id``."""
+    try:
+        return _REGISTRY[claim_id]
+    except KeyError:
+        raise KeyError(f"no claim {claim_id!r}; ids: {', '.join(_REGISTRY)}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def verify(claim_id: str) -> dict[str, object]:
+    """Run the claim's check; return the values it checked or raise :class:`ClaimError` (cached)."""
+    return get(claim_id).check()
+
+
+def format_value(value: object) -> str:
+    """How the ledger prints a checked value (3 significant figures for floats)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value == 0.0:
+            return "0"
+        if math.isinf(value):
+            return "inf"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _check_patterns() -> None:
+    for c in CLAIMS:
+        for pat in c.refuted:
+            re.compile(pat)
+        for trig, cond in c.needs_condition:
+            re.compile(trig)
+            re.compile(cond)
+
+
+_check_patterns()
