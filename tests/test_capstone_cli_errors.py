@@ -283,6 +283,9 @@ def test_run_json_records_the_resolved_config_and_versions(finished_run):
     assert [h["event"] for h in rec["history"]] == ["start"]
     assert [r["step"] for r in _rows(finished_run)] == [1, 2]
     assert rundir.checkpoint_step(finished_run / "checkpoint") == 2
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (finished_run / "run.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not tempfile's private 0600
 
 
 def test_resume_takes_run_json_settings_and_a_finished_run_is_a_no_op(finished_run, tmp_path, capsys):
@@ -411,6 +414,9 @@ def test_the_reference_cache_is_written_atomically_with_a_manifest(cache, finish
     assert refs and all(n.startswith("reference-") for n in refs)  # no temporary directory left behind
     manifest = json.loads((cache / refs[0] / "manifest.json").read_text())
     assert {"model.safetensors", "info.json", "tokenizer.json", "config.json"} <= set(manifest["files"])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (cache / refs[0]).stat().st_mode & 0o777 == 0o777 & ~umask  # readable by others, not mkdtemp's 0700
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write to a read-only directory")

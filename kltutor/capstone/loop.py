@@ -171,7 +171,8 @@ def run(config: CapstoneConfig) -> RunResult:
         print(f"note: {note}", file=sys.stderr)
     if plan.run.nothing_to_do:
         d = plan.run.run_dir
-        return RunResult(rundir.read_checkpoint_metrics(resume.checkpoint), cfg, d, d / rundir.METRICS_FILE, resume.checkpoint, plan.reference_dir)
+        return RunResult(rundir.read_checkpoint_metrics(resume.checkpoint), cfg, d, d / rundir.METRICS_FILE,
+                         resume.checkpoint, plan.reference_dir)
     run_dir = rundir.open_run_dir(plan.run, cfg)
     cfg = cfg.replace(run_dir=str(run_dir))
     ckpt = run_dir / rundir.CHECKPOINT
@@ -179,53 +180,54 @@ def run(config: CapstoneConfig) -> RunResult:
     metrics_path = log.path
     task = AdditionTask(cfg.max_operand, cfg.format_reward)
     try:
-        try:
-            ref, tok, info = reference_policy(cfg, device)
-            ref.requires_grad_(False)
-            saved = rundir.load_checkpoint(resume.checkpoint, device) if resume else None
-            policy = saved.policy if saved else load_model(info.path, device)[0]
-            policy.train()
-            opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
-            schedule = make_beta_schedule(cfg)
-            task_gen = torch.Generator().manual_seed(cfg.seed)
-            metrics: list[dict] = []
-            start = 0
-            if saved:
-                opt.load_state_dict(saved.optimizer_state)
-                for group in opt.param_groups:  # the requested lr (equal to the saved one unless allowed to change)
-                    group["lr"] = cfg.lr
-                rundir.set_rng_state(saved.rng_state, task_gen)
-                if resume.changes.schedule_changed:  # an allowed change of beta or schedule starts it afresh
-                    print(f"note: the beta schedule restarts at beta={cfg.beta:g} from step {saved.step + 1}", file=sys.stderr)
-                else:
-                    rundir.restore_schedule(schedule, saved.schedule_state)
-                start, metrics = saved.step, list(saved.metrics)
-                dropped = len(log.read()) - len(metrics)
-                if dropped > 0:
-                    print(f"note: {metrics_path} holds {dropped} rows after the checkpoint's step {start}; they are "
-                          "recomputed", file=sys.stderr)
+        ref, tok, info = reference_policy(cfg, device)
+        ref.requires_grad_(False)
+        saved = rundir.load_checkpoint(resume.checkpoint, device) if resume else None
+        policy = saved.policy if saved else load_model(info.path, device)[0]
+        policy.train()
+        opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+        schedule = make_beta_schedule(cfg)
+        task_gen = torch.Generator().manual_seed(cfg.seed)
+        metrics: list[dict] = []
+        start = 0
+        if saved:
+            opt.load_state_dict(saved.optimizer_state)
+            for group in opt.param_groups:  # the requested lr (equal to the saved one unless allowed to change)
+                group["lr"] = cfg.lr
+            rundir.set_rng_state(saved.rng_state, task_gen)
+            if resume.changes.schedule_changed:  # an allowed change of beta or schedule starts it afresh
+                print(f"note: the beta schedule restarts at beta={cfg.beta:g} from step {saved.step + 1}", file=sys.stderr)
             else:
-                torch.manual_seed(cfg.seed)
-                random.seed(cfg.seed)
-                np.random.seed(cfg.seed)
-            log.rewrite(metrics)
-            disable = (not cfg.progress) or bool(os.environ.get("TQDM_DISABLE"))
-            bar = tqdm(range(start, cfg.steps), desc=f"GRPO {cfg.placement} beta={cfg.beta:g}", disable=disable,
-                       initial=start, total=cfg.steps)
-            for step in bar:
-                row = _step(cfg, policy, ref, tok, task, opt, schedule, task_gen, device, step)
-                metrics.append(row)
-                log.append(row)
-                bar.set_postfix(reward=f"{row['reward']:.2f}", kl=f"{row['kl_exact_seq']:.3f}")
-                if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-                    rundir.save_checkpoint(ckpt, policy, opt, schedule, task_gen, step + 1, metrics)
-        except torch.cuda.OutOfMemoryError as e:
-            raise CapstoneOutOfMemoryError(
-                f"GPU out of memory ({str(e).splitlines()[0]}). This configuration does not fit: use a smaller preset "
-                f"('colab' for a 16 GB GPU, 'smoke' for the CPU), or lower prompts_per_step, group_size or "
-                f"logprob_chunk (now {cfg.prompts_per_step}, {cfg.group_size}, {cfg.logprob_chunk})"
-            ) from e
-    except BaseException as e:
+                rundir.restore_schedule(schedule, saved.schedule_state)
+            start, metrics = saved.step, list(saved.metrics)
+            dropped = len(log.read()) - len(metrics)
+            if dropped > 0:
+                print(f"note: {metrics_path} holds {dropped} rows after the checkpoint's step {start}; they are "
+                      "recomputed", file=sys.stderr)
+        else:
+            torch.manual_seed(cfg.seed)
+            random.seed(cfg.seed)
+            np.random.seed(cfg.seed)
+        log.rewrite(metrics)
+        disable = (not cfg.progress) or bool(os.environ.get("TQDM_DISABLE"))
+        bar = tqdm(range(start, cfg.steps), desc=f"GRPO {cfg.placement} beta={cfg.beta:g}", disable=disable,
+                   initial=start, total=cfg.steps)
+        for step in bar:
+            row = _step(cfg, policy, ref, tok, task, opt, schedule, task_gen, device, step)
+            metrics.append(row)
+            log.append(row)
+            bar.set_postfix(reward=f"{row['reward']:.2f}", kl=f"{row['kl_exact_seq']:.3f}")
+            if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+                rundir.save_checkpoint(ckpt, policy, opt, schedule, task_gen, step + 1, metrics)
+    except torch.cuda.OutOfMemoryError as e:
+        err = CapstoneOutOfMemoryError(
+            f"GPU out of memory ({str(e).splitlines()[0]}). This configuration does not fit: use a smaller preset "
+            f"('colab' for a 16 GB GPU, 'smoke' for the CPU), or lower prompts_per_step, group_size or "
+            f"logprob_chunk (now {cfg.prompts_per_step}, {cfg.group_size}, {cfg.logprob_chunk})"
+        )
+        err.add_note(f"the metrics of the finished steps are in {metrics_path}")
+        raise err from e
+    except BaseException as e:  # whatever fails, the rows of the finished steps are on disk: say where
         e.add_note(f"the metrics of the finished steps are in {metrics_path}")
         raise
     return RunResult(metrics, cfg, run_dir, metrics_path, ckpt, info.path, info)

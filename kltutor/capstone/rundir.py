@@ -63,6 +63,18 @@ _SCHEDULE_SETTINGS = frozenset({"kl_schedule", "beta", *SCHEDULE_FIELDS.values()
 
 # ----------------------------------------------------------------------------------------- files
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def usual_permissions(path: Path) -> None:
+    """Give a file or directory made by ``tempfile`` (mode 0600 / 0700) the mode a plain ``open`` or
+    ``mkdir`` would have given it (0666 / 0777 less the umask)."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_umask())
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same directory, flushed to disk and
     renamed into place: readers (and a crash) see the old content or the new, never a part."""
@@ -73,6 +85,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -374,7 +387,7 @@ def open_run_dir(plan: RunDirPlan, cfg: CapstoneConfig) -> Path:
     """Carry out ``plan``: create the directory (or a temporary one), remove an earlier run's entries
     (``overwrite``), and write ``run.json``. Returns the run directory."""
     if plan.run_dir is None:
-        d = Path(tempfile.mkdtemp(prefix="kltutor-capstone-"))
+        d = Path(tempfile.mkdtemp(prefix="kltutor-capstone-"))  # private (0700), as a temporary directory should be
     else:
         d = plan.run_dir
         d.mkdir(parents=True, exist_ok=True)

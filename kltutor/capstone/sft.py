@@ -140,7 +140,7 @@ def reference_policy(cfg: CapstoneConfig, device="cpu"):
     renamed into place; a cached reference is verified against its manifest before it is loaded.
     """
     from kltutor.capstone.model import quiet_transformers
-    from kltutor.capstone.rundir import write_manifest
+    from kltutor.capstone.rundir import usual_permissions, write_manifest
 
     quiet_transformers()
     task = AdditionTask(cfg.max_operand, cfg.format_reward)
@@ -169,6 +169,7 @@ def reference_policy(cfg: CapstoneConfig, device="cpu"):
         tok.save_pretrained(tmp)
         (tmp / "info.json").write_text(json.dumps(info))
         write_manifest(tmp)
+        usual_permissions(tmp)  # a cache others may read, not mkdtemp's 0700
         tmp.rename(path)
     except OSError:
         if not path.exists():  # not a concurrent run that finished first: a real failure
