@@ -12,6 +12,7 @@ config changes, --overwrite, a no-op resume, the sweep's temporary directory, ev
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -240,8 +241,6 @@ def test_a_mistake_is_one_line_exit_2_and_changes_nothing(case, finished_run, ca
     assert rc == 2, (name, rc, out, err)
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err
-    import re
-
     assert re.search(expected, lines[0]), f"{name}: {lines[0]!r} does not match {expected!r}"
     assert snapshot(tmp_path) == before, f"{name}: files changed"
     assert not paths["new"].exists()
@@ -253,8 +252,6 @@ def test_the_table_covers_every_option_of_help():
 
     text = inspect.getsource(sys.modules[__name__])
     helptext = build_parser().format_help()
-    import re
-
     flags = set(re.findall(r"(--[a-z][a-z0-9-]+)", helptext)) - {"--help"}
     missing = sorted(f for f in flags if f not in text and "--no-" + f[2:] not in text and f.replace("--no-", "--") not in text)
     assert not missing, missing
@@ -387,8 +384,6 @@ def test_metrics_survive_a_failure_and_the_error_says_where(tmp_path, cache, mon
 
 
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, cache, monkeypatch):
-    import kltutor.capstone.loop as loop
-
     run = tmp_path / "run"
     assert main(TINY + ["--cache-dir", str(cache), "--steps", "2", "--checkpoint-every", "2", "--run-dir", str(run)]) == 0
     before = snapshot(run / "checkpoint")
@@ -406,7 +401,28 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, cac
     assert main(["--run-dir", str(run), "--resume", "--steps", "3", "--no-progress"]) == 0
     assert [r["step"] for r in _rows(run)] == [1, 2, 3]
     assert rundir.checkpoint_step(run / "checkpoint") == 3 and not (run / "checkpoint.old").exists()
-    del loop
+
+
+def _save_model(path: Path, alphabet: str):
+    from kltutor.capstone.model import build_model, build_tokenizer
+
+    tok = build_tokenizer(alphabet)
+    build_model(tok, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64).save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def test_a_local_model_directory_works_and_a_tokenizer_without_digits_is_refused(tmp_path, capsys):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    _save_model(good, "0123456789+=")
+    _save_model(bad, "012345689+=")  # no '7'
+    common = TINY_WITHOUT_ARCHITECTURE + ["--cache-dir", str(tmp_path / "cache"), "--sft-steps", "5", "--steps", "1"]
+    assert main(common + ["--model", str(good), "--run-dir", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["model"] == str(good)
+    capsys.readouterr()
+    assert main(common + ["--model", str(bad), "--run-dir", str(tmp_path / "run2")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: --model: cannot use") and "cannot represent '7'" in line
+    assert [r["step"] for r in _rows(tmp_path / "run")] == [1]
 
 
 def test_the_reference_cache_is_written_atomically_with_a_manifest(cache, finished_run):

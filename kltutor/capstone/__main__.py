@@ -89,18 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="GRPO with a selectable KL placement on a small transformers model (kltutor chapter 9). "
                     "Options left out take the preset's value, then CapstoneConfig's default (with --resume: "
                     "the values in the run's run.json). Every mistake is one line on stderr and exit code 2.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="smoke (the default): the CPU, under a minute; colab: a 16 GB GPU; h100: one H100/H200")
-    p.add_argument("--sweep", action="store_true",
+                   help="smoke (the default): the CPU, under a minute; colab: a 16 GB GPU; h100: one H100/H200; "
+                        "--resume takes the run's settings instead")
+    p.add_argument("--sweep", action="store_true", default=False,
                    help="run a grid --placements x --betas x --seeds instead of one run (not with --placement, --beta, "
                         "--seed, --resume); writes sweep.csv in --run-dir (default: a new temporary directory)")
     p.add_argument("--placements", nargs="+", default=None, help=f"sweep: placements (default: all of {', '.join(CAPSTONE_PLACEMENTS)})")
     p.add_argument("--betas", nargs="+", type=float, default=None, help="sweep: betas (default: 0.05)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="sweep: seeds (default: 0)")
     hints = typing.get_type_hints(CapstoneConfig)
+    smoke = CapstoneConfig(**PRESETS["smoke"])
     for f in dataclasses.fields(CapstoneConfig):
         h = HELP[f.name]
+        v = getattr(smoke, f.name)
+        if v is not None and not (isinstance(v, bool) and hints[f.name] is bool and f.name in ("resume", "overwrite", "allow_config_change")):
+            shown = " ".join(map(str, v)) if isinstance(v, tuple) else v
+            h += f" (default: {shown}{' with --preset smoke' if f.name in PRESETS['smoke'] else ''})"
         t = _base_type(hints[f.name])
         if t is bool:
             p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=h)

@@ -335,7 +335,7 @@ def plan_run_dir(cfg: CapstoneConfig) -> tuple[RunDirPlan, CapstoneConfig]:
     if not os.access(d, os.W_OK | os.X_OK):
         raise ConfigError(f"{d} is not writable; pass a writable {flag('run_dir')}", "run_dir")
     entries = sorted(p.name for p in d.iterdir())
-    ours = [n for n in entries if n in _RUN_ENTRIES]
+    ours = [n for n in entries if n in _RUN_ENTRIES or (n.startswith(".") and n.endswith(".tmp"))]  # + atomic writes cut short
     if not cfg.resume:
         if not entries:
             return RunDirPlan(d), cfg.resolved()

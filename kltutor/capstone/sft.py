@@ -154,9 +154,11 @@ def reference_policy(cfg: CapstoneConfig, device="cpu"):
     else:
         try:
             model, tok = load_model(cfg.model, device)
+            check_tokenizer(tok, task.alphabet)
         except (OSError, ValueError) as e:
-            raise CapstoneUserError(f"cannot load {cfg.model!r} ({type(e).__name__}: {str(e).splitlines()[0]}); pass a "
-                                    f"local model directory (save_pretrained, safetensors) as {flag('model')}", "model") from None
+            raise CapstoneUserError(f"cannot use {cfg.model!r} ({type(e).__name__}: {str(e).splitlines()[0]}); pass a "
+                                    f"local model directory (save_pretrained, safetensors) whose tokenizer writes "
+                                    f"{task.alphabet!r} as {flag('model')}", "model") from None
     check_tokenizer(tok, task.alphabet)
     losses = train_sft(model, tok, task, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, cfg.sft_seed, cfg.progress) if cfg.sft_steps else []
     info = {"sft_losses": losses, "greedy_accuracy": evaluate(model, tok, task, greedy=True),
