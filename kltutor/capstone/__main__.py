@@ -86,7 +86,7 @@ CHOICES = {"placement": CAPSTONE_PLACEMENTS, "kl_schedule": tuple(SCHEDULES), "k
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m kltutor.capstone",
-        description="GRPO with a selectable KL placement on a small transformers model (kltutor chapter 9). "
+        description="GRPO with a selectable KL placement on a small transformers model (kltutor's capstone chapter). "
                     "Options left out take the preset's value, then CapstoneConfig's default (with --resume: "
                     "the values in the run's run.json). Every mistake is one line on stderr and exit code 2.",
     )

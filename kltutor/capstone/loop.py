@@ -127,8 +127,8 @@ def _loss(cfg: CapstoneConfig, st: dict, old: dict, mask, rewards, beta: float):
     ratio ``W_t = prod_{s<t} w_s`` (with gradient; ``w_s = pi_theta / pi_old`` of the sampled token):
     the exact KL already averages over the token at t, so only the prefix was sampled from pi_old.
     Then ``E_old[sum_t W_t KL_t] = sum_t E_theta[KL_t]`` is the current policy's sequence KL, and so
-    is the expected gradient (chapter 3's prefix weight; tests/test_capstone_loss.py checks it
-    exactly). For k*-in-loss, kltutor.grpo.grpo_loss uses the per-token ratio (chapter 3).
+    is the expected gradient (the prefix weight of ``ch-placements``; tests/test_capstone_loss.py checks it
+    exactly). For k*-in-loss, kltutor.grpo.grpo_loss uses the per-token ratio (``ch-placements``).
     """
     if cfg.placement != "exact-in-loss":
         out = grpo_loss(st["logp"], old["logp"], old["ref_logp"], mask, rewards, cfg.group_size,

@@ -1,4 +1,4 @@
-"""Every check of a capstone run that can fail, done before any expensive work (chapter 9).
+"""Every check of a capstone run that can fail, done before any expensive work (chapter ``ch-capstone``).
 
 :func:`preflight` validates the config, the device, the model source, the reference cache and the run
 directory, and returns a :class:`RunPlan`; it writes nothing (it may create the cache directory).

@@ -1,5 +1,5 @@
 """The run directory of a capstone run: what it holds, and how it is written so that no failure loses it
-(chapter 9).
+(chapter ``ch-capstone``).
 
 ```
 run_dir/
