@@ -87,9 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m kltutor.capstone",
         description="GRPO with a selectable KL placement on a small transformers model (kltutor's capstone chapter). "
-                    "Options left out take the preset's value, then CapstoneConfig's default (with --resume: "
-                    "the values in the run's run.json). Every mistake is one line on stderr and exit code 2.",
-    )
+                    "Options left out take the preset's value, then CapstoneConfig's default.",
+        epilog="With --resume, options left out take the values in the run's run.json. Every mistake is one line "
+               "on stderr that names the flag or the file, with exit code 2.")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="smoke (the default): the CPU, under a minute; colab: a 16 GB GPU; h100: one H100/H200; "
                         "--resume takes the run's settings instead")
