@@ -1,7 +1,11 @@
 """Schedules and controllers for the KL coefficient beta (introduced in chapter 4).
 
-Every schedule has the same small interface:
+Every schedule is built the same way and has the same small interface:
 
+- ``Schedule(beta, target=None, horizon=None, end=None)``: the starting beta, then the settings the
+  rule reads (its :attr:`~BetaSchedule.uses`); a setting the rule does not read must stay ``None``
+  (passing one is refused rather than silently ignored), so :func:`make_schedule` builds any of them
+  from the same keywords;
 - ``.beta``: the coefficient to use for the next batch;
 - ``.update(kl, n_steps=1) -> float``: report the KL measured on the batch just trained on (and how
   many samples/steps it covered) and get the next beta.
@@ -18,8 +22,9 @@ come from -- they are different rules and are often conflated:
   arXiv:1707.06347, section 4): halve beta when ``KL < target/1.5``, double it when
   ``KL > 1.5 * target``. In PPO it controls ``KL(pi_old || pi_theta)``, the step size of one policy
   update (a soft trust region), not the distance to a reference model.
-- :class:`LinearBeta`, :class:`CosineBeta`, :class:`ExponentialBeta`: annealing from ``start`` to
-  ``end`` over ``steps`` updates, then constant.
+- :class:`LinearBeta`, :class:`CosineBeta`, :class:`ExponentialBeta`: annealing from ``beta`` to
+  ``end`` over ``horizon`` steps (counted in the unit of ``n_steps``: updates when ``n_steps=1``, samples
+  when the trainer reports the batch size, as for the adaptive controller), then constant.
 """
 
 from __future__ import annotations
@@ -56,6 +61,13 @@ def _finite(name: str, value: Any) -> float:
     return v
 
 
+def _non_negative(name: str, value: Any) -> float:
+    v = _finite(name, value)
+    if v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
 def _count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -63,10 +75,29 @@ def _count(name: str, value: Any) -> int:
 
 
 class BetaSchedule:
-    """Base class: holds ``beta`` and counts updates. Subclasses implement :meth:`_next`."""
+    """Base class: holds ``beta`` and counts updates. Subclasses implement :meth:`_next`.
 
-    def __init__(self, beta: float):
-        self._beta = _positive("beta", beta)
+    The constructor is the same for every schedule. ``uses`` names the settings among ``target``,
+    ``horizon`` and ``end`` that the rule reads: each of them is required, every other one must be
+    ``None``. ``min_beta`` is ``"positive"`` for rules that scale or interpolate beta (it must be > 0)
+    and ``"non-negative"`` for a fixed beta (0 switches the penalty off).
+    """
+
+    uses: tuple[str, ...] = ()
+    min_beta: str = "positive"
+
+    def __init__(self, beta: float, target: float | None = None, horizon: float | None = None,
+                 end: float | None = None):
+        name = type(self).__name__
+        self._beta = _non_negative("beta", beta) if self.min_beta == "non-negative" else _positive("beta", beta)
+        for setting, value in (("target", target), ("horizon", horizon), ("end", end)):
+            if setting in self.uses and value is None:
+                raise TypeError(f"{name} needs {setting}")
+            if setting not in self.uses and value is not None:
+                raise TypeError(f"{name} does not use {setting} (it reads {', '.join(self.uses) or 'beta only'})")
+        self.target = None if target is None else _positive("target", target)
+        self.horizon = None if horizon is None else _positive("horizon", horizon)
+        self.end = None if end is None else _positive("end", end)
         self.n_updates = 0
 
     @property
@@ -93,7 +124,9 @@ class BetaSchedule:
 
 
 class FixedKL(BetaSchedule):
-    """A constant beta; ``update`` only validates its input."""
+    """A constant beta (0 allowed: no penalty); ``update`` only validates its input."""
+
+    min_beta = "non-negative"
 
     def _next(self, kl: float | None, n_steps: int) -> float:
         return self._beta
@@ -112,10 +145,11 @@ class AdaptiveKLController(BetaSchedule):
     in control terms this is an integral controller on ``log beta`` (chapter 4).
     """
 
-    def __init__(self, init_beta: float, target: float, horizon: float, clip: float = 0.2):
-        super().__init__(init_beta)
-        self.target = _positive("target", target)
-        self.horizon = _positive("horizon", horizon)
+    uses = ("target", "horizon")
+
+    def __init__(self, beta: float, target: float | None = None, horizon: float | None = None,
+                 end: float | None = None, *, clip: float = 0.2):
+        super().__init__(beta, target, horizon, end)
         self.clip = _positive("clip", clip)
 
     def error(self, kl: float) -> float:
@@ -143,9 +177,11 @@ class PPOPenaltyKL(BetaSchedule):
     ``n_steps`` is ignored: the rule fires once per policy update.
     """
 
-    def __init__(self, init_beta: float, target: float, tolerance: float = 1.5, factor: float = 2.0):
-        super().__init__(init_beta)
-        self.target = _positive("target", target)
+    uses = ("target",)
+
+    def __init__(self, beta: float, target: float | None = None, horizon: float | None = None,
+                 end: float | None = None, *, tolerance: float = 1.5, factor: float = 2.0):
+        super().__init__(beta, target, horizon, end)
         self.tolerance = _positive("tolerance", tolerance)
         self.factor = _positive("factor", factor)
         if self.tolerance <= 1 or self.factor <= 1:
@@ -162,29 +198,35 @@ class PPOPenaltyKL(BetaSchedule):
 
 
 class _Annealing(BetaSchedule):
-    """beta(k) = f(k / steps) between ``start`` and ``end`` for k = 0..steps, then ``end``."""
+    """beta(k) = f(k / horizon) between ``beta`` (the start) and ``end`` for k = 0..horizon, then ``end``.
 
-    def __init__(self, start: float, end: float, steps: int):
-        super().__init__(start)
-        self.start = _positive("start", start)
-        self.end = _positive("end", end)
-        self.steps = _count("steps", steps)
+    ``k`` counts what ``update`` reports in ``n_steps``: one per update by default.
+    """
+
+    uses = ("horizon", "end")
+
+    def __init__(self, beta: float, target: float | None = None, horizon: float | None = None,
+                 end: float | None = None):
+        super().__init__(beta, target, horizon, end)
+        self.start = self._beta
+        self.progress = 0
 
     def value_at(self, k: int) -> float:
-        """beta after ``k`` updates."""
+        """beta after ``k`` steps (in the unit of ``n_steps``)."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"k must be an integer >= 0, got {k!r}")
-        return self._interp(min(k, self.steps) / self.steps)
+        return self._interp(min(k, self.horizon) / self.horizon)
 
     def _interp(self, u: float) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _next(self, kl: float | None, n_steps: int) -> float:
-        return self.value_at(self.n_updates + 1)
+        self.progress += n_steps
+        return self.value_at(self.progress)
 
 
 class LinearBeta(_Annealing):
-    """Linear annealing: ``beta = start + (end - start) * u``, ``u = k / steps``."""
+    """Linear annealing: ``beta = start + (end - start) * u``, ``u = k / horizon``."""
 
     def _interp(self, u: float) -> float:
         return self.start + (self.end - self.start) * u
@@ -215,10 +257,13 @@ SCHEDULES: dict[str, type[BetaSchedule]] = {
 
 
 def make_schedule(name: str, **kwargs: Any) -> BetaSchedule:
-    """Build the schedule called ``name`` (one of :data:`SCHEDULES`) from keyword arguments.
+    """Build the schedule called ``name`` (one of :data:`SCHEDULES`) from keyword arguments
+    (``beta``, and the settings among ``target``, ``horizon``, ``end`` it :attr:`~BetaSchedule.uses`).
 
-    >>> make_schedule("adaptive", init_beta=0.1, target=6.0, horizon=10_000).beta
+    >>> make_schedule("adaptive", beta=0.1, target=6.0, horizon=10_000).beta
     0.1
+    >>> make_schedule("linear", beta=1.0, end=0.1, horizon=10).value_at(5)
+    0.55
     """
     try:
         cls = SCHEDULES[name]

@@ -155,3 +155,45 @@ def tiny_model_batch():
     batch = generate_completions(policy, tok, prompts, max_new_tokens=4)
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0])
     return policy, ref, batch, rewards
+
+
+def _exact_in_loss_expectation(importance: bool):
+    """E_{y ~ pi_old}[exact-in-loss KL term] by enumerating every sequence of a tabular autoregressive
+    model, as a function of the policy's tables (for autograd). The capstone's _loss is called with the
+    sampler's sequence probabilities as mask weights and 'sequence-sum', so its value is that expectation."""
+    from kltutor.toys.distributions import TabularAutoregressive, full_vocab_kl_sum, sequence_kl
+
+    ref = TabularAutoregressive.random(3, 3, seed=1)
+    old = ref.perturbed(0.6, seed=2)  # the policy that sampled the batch
+    tables = [t.clone().requires_grad_(True) for t in old.perturbed(0.5, seed=3).logits]  # the current policy
+    policy = TabularAutoregressive(tables)
+    seqs = policy.all_sequences()
+    with torch.no_grad():
+        weights = old.sequence_probs()
+        old_logp = old.token_log_probs(seqs)
+    mask = weights[:, None].expand(-1, seqs.shape[1]).contiguous()
+    rewards = torch.zeros(len(seqs), dtype=torch.float64)  # equal rewards: zero advantages, only the KL term acts
+    cfg = CapstoneConfig(placement="exact-in-loss", beta=1.0, group_size=3, aggregation="sequence-sum",
+                         importance_weighted_kl=importance)
+    st = {"logp": policy.token_log_probs(seqs), "kl": full_vocab_kl_sum(policy, ref, seqs)}
+    loss, _, _ = _loss(cfg, st, {"logp": old_logp, "ref_logp": old_logp}, mask, rewards, 1.0)
+    expectation = loss * len(seqs)  # 'sequence-sum' averages over rows; the weights already sum to one
+    all_seqs, probs = policy.all_sequences(), policy.sequence_probs()
+    true_kl = (probs * (policy.log_prob(all_seqs) - ref.log_prob(all_seqs))).sum()
+    with torch.no_grad():
+        assert true_kl.item() == pytest.approx(sequence_kl(policy, ref), rel=1e-12)
+    return expectation, true_kl, tables
+
+
+def test_exact_in_loss_prefix_weight_gives_the_current_policys_sequence_kl_and_its_gradient():
+    """With importance weighting, exact-in-loss weights position t by prod_{s<t} w_s: on samples of pi_old
+    its expectation is KL(pi_theta || pi_ref) over sequences, exactly, and so is its gradient (chapter 3)."""
+    est, true_kl, tables = _exact_in_loss_expectation(importance=True)
+    assert est.item() == pytest.approx(true_kl.item(), rel=1e-12)
+    g_est = torch.autograd.grad(est, tables, retain_graph=True)
+    g_true = torch.autograd.grad(true_kl, tables)
+    for a, b in zip(g_est, g_true):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    # without the weight the stale samples measure another quantity (the test above is not vacuous)
+    plain, true_kl2, _ = _exact_in_loss_expectation(importance=False)
+    assert abs(plain.item() - true_kl2.item()) > 1e-2 * true_kl2.item()

@@ -153,16 +153,10 @@ def test_beta_schedule_interface():
     assert fixed.beta == 0.07
     fixed.update(3.0, 64)
     assert fixed.beta == 0.07  # a fixed beta never moves
-    try:
-        import kltutor.schedules  # noqa: F401  (lands from another branch)
-    except ImportError:
-        with pytest.raises(ValueError, match="kltutor.schedules"):
-            make_beta_schedule(CapstoneConfig(beta=0.07, kl_schedule="adaptive"))
-    else:
-        adaptive = make_beta_schedule(CapstoneConfig(beta=0.07, kl_schedule="adaptive", kl_target=0.1))
-        assert adaptive.beta == pytest.approx(0.07)
-        adaptive.update(10.0, 64)  # KL far above target: beta must grow
-        assert adaptive.beta > 0.07
+    adaptive = make_beta_schedule(CapstoneConfig(beta=0.07, kl_schedule="adaptive", kl_target=0.1))
+    assert adaptive.beta == pytest.approx(0.07)
+    adaptive.update(10.0, 64)  # KL far above target: beta must grow
+    assert adaptive.beta > 0.07
 
 
 def test_cli_single_run_and_sweep(tiny, tmp_path, capsys):

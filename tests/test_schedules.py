@@ -47,7 +47,8 @@ def test_ppo_penalty_halves_doubles_and_keeps():
 
 
 def test_annealing_endpoints_and_shapes():
-    lin, cos, exp = S.LinearBeta(1.0, 0.1, 10), S.CosineBeta(1.0, 0.1, 10), S.ExponentialBeta(1.0, 0.1, 10)
+    lin, cos, exp = (S.LinearBeta(1.0, end=0.1, horizon=10), S.CosineBeta(1.0, end=0.1, horizon=10),
+                      S.ExponentialBeta(1.0, end=0.1, horizon=10))
     for s in (lin, cos, exp):
         assert s.value_at(0) == pytest.approx(1.0) and s.value_at(10) == pytest.approx(0.1)
         assert s.value_at(25) == pytest.approx(0.1)  # constant after the end
@@ -59,15 +60,15 @@ def test_annealing_endpoints_and_shapes():
     assert cos.value_at(2) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.2)))
     assert exp.value_at(5) == pytest.approx(math.sqrt(0.1))
     # annealing upward works too
-    assert S.LinearBeta(0.01, 0.1, 4).value_at(2) == pytest.approx(0.055)
+    assert S.LinearBeta(0.01, end=0.1, horizon=4).value_at(2) == pytest.approx(0.055)
 
 
 def test_make_schedule_builds_each_and_rejects_unknown():
     assert isinstance(S.make_schedule("fixed", beta=0.1), S.FixedKL)
-    assert isinstance(S.make_schedule("adaptive", init_beta=0.1, target=1, horizon=10), S.AdaptiveKLController)
-    assert isinstance(S.make_schedule("ppo-penalty", init_beta=0.1, target=1), S.PPOPenaltyKL)
+    assert isinstance(S.make_schedule("adaptive", beta=0.1, target=1, horizon=10), S.AdaptiveKLController)
+    assert isinstance(S.make_schedule("ppo-penalty", beta=0.1, target=1), S.PPOPenaltyKL)
     for name in ("linear", "cosine", "exponential"):
-        assert S.make_schedule(name, start=1, end=0.1, steps=5).beta == 1.0
+        assert S.make_schedule(name, beta=1, end=0.1, horizon=5).beta == 1.0
     with pytest.raises(ValueError, match="unknown beta schedule 'pid'"):
         S.make_schedule("pid", beta=0.1)
     with pytest.raises(TypeError, match="bad arguments"):
@@ -76,8 +77,9 @@ def test_make_schedule_builds_each_and_rejects_unknown():
 
 @pytest.mark.parametrize("bad", [0.0, -0.1, float("nan"), float("inf")])
 def test_bad_beta_target_horizon(bad):
-    with pytest.raises(ValueError):
-        S.FixedKL(bad)
+    if bad != 0.0:  # a fixed beta of 0 is allowed (no penalty); the rules that scale beta need > 0
+        with pytest.raises(ValueError):
+            S.FixedKL(bad)
     with pytest.raises(ValueError):
         S.AdaptiveKLController(bad, 1.0, 10)
     with pytest.raises(ValueError, match="target"):
@@ -87,7 +89,30 @@ def test_bad_beta_target_horizon(bad):
     with pytest.raises(ValueError, match="target"):
         S.PPOPenaltyKL(0.1, bad)
     with pytest.raises(ValueError):
-        S.LinearBeta(bad, 0.1, 10)
+        S.LinearBeta(bad, end=0.1, horizon=10)
+
+
+def test_every_schedule_has_the_same_constructor():
+    """make_schedule passes the same keywords to every rule; a setting the rule does not read is refused."""
+    assert S.FixedKL(0.0).beta == 0.0 and S.FixedKL(0.0).update(5.0) == 0.0
+    for name, cls in S.SCHEDULES.items():
+        given = {"target": 1.0, "horizon": 10, "end": 0.5}
+        s = S.make_schedule(name, beta=0.2, **{k: v for k, v in given.items() if k in cls.uses})
+        assert type(s) is cls and s.beta == 0.2
+        for k in set(given) - set(cls.uses):
+            with pytest.raises(TypeError, match=f"does not use {k}"):
+                S.make_schedule(name, beta=0.2, **{j: v for j, v in given.items() if j in cls.uses or j == k})
+        for k in cls.uses:
+            with pytest.raises(TypeError, match=f"needs {k}"):
+                S.make_schedule(name, beta=0.2, **{j: v for j, v in given.items() if j in cls.uses and j != k})
+    with pytest.raises(ValueError, match="beta"):
+        S.AdaptiveKLController(0.0, 1.0, 10)  # a multiplicative rule never leaves 0
+
+
+def test_annealing_counts_n_steps():
+    s = S.LinearBeta(1.0, end=0.1, horizon=100)
+    assert s.update(n_steps=50) == pytest.approx(0.55)  # half the horizon in one report
+    assert s.update(n_steps=64) == pytest.approx(0.1)
 
 
 def test_bad_updates():

@@ -10,20 +10,31 @@ gradient with respect to the logits with the exact gradients of the reverse KL
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from kltutor.grpo import grpo_loss
 
-__all__ = ["placement_gradient_check"]
+__all__ = ["GradientCheck", "placement_gradient_check"]
+
+
+@dataclass
+class GradientCheck:
+    """The outcome of :func:`placement_gradient_check`: tensors over the logits."""
+
+    mean: torch.Tensor  # mean per-sample gradient of the placement's KL part
+    se: torch.Tensor  # its standard error
+    reverse: torch.Tensor  # exact beta * grad KL(pi || pi_ref)
+    forward: torch.Tensor  # exact beta * grad KL(pi_ref || pi)
 
 
 def placement_gradient_check(placement: str, n: int = 20000, beta: float = 1.0, seed: int = 0,
-                             logits=(0.5, -0.3, 1.2, 0.0, -1.0), ref_logits=(0.0, 0.4, 0.1, -0.5, 0.3)) -> dict:
+                             logits=(0.5, -0.3, 1.2, 0.0, -1.0), ref_logits=(0.0, 0.4, 0.1, -0.5, 0.3)) -> GradientCheck:
     """Mean per-sample gradient of the KL part of ``grpo_loss`` at ``placement`` (on-policy, w = 1).
 
-    Returns ``mean`` and ``se`` (standard error) of the gradient wrt the logits, and the exact
-    ``reverse`` = beta * grad KL(pi || pi_ref) and ``forward`` = beta * grad KL(pi_ref || pi).
+    Returns a :class:`GradientCheck`: ``mean`` and ``se`` (standard error) of the gradient wrt the
+    logits, and the exact ``reverse`` = beta * grad KL(pi || pi_ref) and ``forward`` = beta * grad KL(pi_ref || pi).
     """
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
@@ -41,9 +52,5 @@ def placement_gradient_check(placement: str, n: int = 20000, beta: float = 1.0, 
     (grad,) = torch.autograd.grad(out.loss * n, th)
     pi, rho = torch.softmax(theta, -1), torch.softmax(ref, -1)
     ell = torch.log(pi) - torch.log(rho)
-    return {
-        "mean": grad.mean(0),
-        "se": grad.std(0) / math.sqrt(n),
-        "reverse": beta * pi * (ell - (pi * ell).sum()),
-        "forward": beta * (pi - rho),
-    }
+    return GradientCheck(mean=grad.mean(0), se=grad.std(0) / math.sqrt(n), reverse=beta * pi * (ell - (pi * ell).sum()),
+                         forward=beta * (pi - rho))

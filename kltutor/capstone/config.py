@@ -8,10 +8,46 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["CAPSTONE_PLACEMENTS", "CapstoneConfig", "PRESETS", "preset", "default_cache_dir"]
+__all__ = ["CAPSTONE_PLACEMENTS", "CapstoneConfig", "CapstoneUserError", "ConfigError", "RunNotFoundError",
+           "CapstoneOutOfMemoryError", "PRESETS", "preset", "default_cache_dir", "flag"]
 
 # The placements of kltutor.placements plus the exact full-vocabulary KL in the loss.
 CAPSTONE_PLACEMENTS = ("none", "k1-in-reward", "k3-in-reward", "k1-in-loss", "k2-in-loss", "k3-in-loss", "exact-in-loss")
+
+
+class CapstoneUserError(Exception):
+    """A mistake the user can fix (a setting, a path, a device, a run directory, a corrupt file).
+
+    The message says what is wrong and what to do; the command line prints it on one line (after the
+    flag in :attr:`field`, when there is one) and exits with code 2, without a traceback.
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class ConfigError(CapstoneUserError, ValueError):
+    """A bad value of one :class:`CapstoneConfig` field (``field`` names it)."""
+
+
+class RunNotFoundError(CapstoneUserError, FileNotFoundError):
+    """``resume`` names a run directory, or a checkpoint, that does not exist."""
+
+
+class CapstoneOutOfMemoryError(CapstoneUserError, RuntimeError):
+    """The configuration does not fit on the GPU; the message names a smaller preset and the knobs."""
+
+
+def flag(field_name: str) -> str:
+    """The command-line flag of a config field: ``kl_target`` -> ``--kl-target``."""
+    return "--" + field_name.replace("_", "-")
+
+
+# Which schedule setting each kltutor.schedules keyword comes from (BetaSchedule.uses names the keywords).
+SCHEDULE_FIELDS = {"target": "kl_target", "horizon": "kl_horizon", "end": "beta_end"}
+DEFAULT_KL_TARGET = 1.0
+DEFAULT_KL_HORIZON = 10000
 
 
 def default_cache_dir() -> Path:
@@ -27,10 +63,11 @@ class CapstoneConfig:
     placement: str = "k1-in-reward"  # where the KL term goes (see CAPSTONE_PLACEMENTS)
     beta: float = 0.05  # KL coefficient (initial value for an adaptive schedule)
     kl_level: str = "token"  # in-loss estimators: apply per token ('token') or to the sequence log-ratio ('sequence')
-    kl_schedule: str = "fixed"  # 'fixed', or a name accepted by kltutor.schedules.make_schedule (e.g. 'adaptive')
-    kl_target: float = 1.0  # adaptive schedule: target sequence KL (nats)
-    kl_horizon: int = 10000  # adaptive schedule: horizon in samples
-    importance_weighted_kl: bool = False  # in-loss KL: weight each token by w_t = pi/pi_old (off-policy correction)
+    kl_schedule: str = "fixed"  # a name of kltutor.schedules.SCHEDULES: 'fixed', 'adaptive', 'ppo-penalty', 'linear', ...
+    kl_target: float | None = None  # adaptive / ppo-penalty: target sequence KL in nats (None: 1.0)
+    kl_horizon: int | None = None  # adaptive: horizon in samples (None: 10000); annealing: samples to reach beta_end (None: the whole run)
+    beta_end: float | None = None  # annealing schedules (linear, cosine, exponential): the final beta
+    importance_weighted_kl: bool = False  # in-loss KL on stale samples: importance weights (``ch-placements``; see loop._loss)
     # --- task ---
     max_operand: int = 49  # operands are integers in [0, max_operand]
     format_reward: float = 0.0  # reward for a well-formed but wrong answer (digits then EOS)
@@ -68,60 +105,117 @@ class CapstoneConfig:
     cache_dir: str | None = None  # where reference policies are cached (None: default_cache_dir())
     checkpoint_every: int = 0  # save a checkpoint every N steps (0: never)
     resume: bool = False  # continue from run_dir's checkpoint
+    overwrite: bool = False  # replace the run already in run_dir (its metrics, checkpoint and run.json)
+    allow_config_change: bool = False  # resume even if settings that change the run's meaning differ from run.json
     progress: bool = True  # tqdm progress bar (TQDM_DISABLE=1 turns it off)
 
     def validate(self) -> "CapstoneConfig":
-        """Raise ``ValueError`` naming the first bad field; return ``self``."""
+        """Raise :class:`ConfigError` (a ``ValueError``) naming the first bad field; return ``self``."""
+        from kltutor.schedules import SCHEDULES
+
+        def bad(name: str, message: str):
+            return ConfigError(message, name)
+
         if self.placement not in CAPSTONE_PLACEMENTS:
-            raise ValueError(f"unknown KL placement {self.placement!r}; choose one of {list(CAPSTONE_PLACEMENTS)}")
-        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
-            raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
+            raise bad("placement", f"unknown KL placement {self.placement!r}; choose one of {list(CAPSTONE_PLACEMENTS)}")
+        if not _real(self.beta) or self.beta < 0:
+            raise bad("beta", f"beta must be a finite number >= 0, got {self.beta!r}")
         if self.kl_level not in ("token", "sequence"):
-            raise ValueError(f"kl_level must be 'token' or 'sequence', got {self.kl_level!r}")
-        if self.kl_level == "sequence" and self.placement in ("k1-in-reward", "k3-in-reward", "exact-in-loss"):
-            raise ValueError(f"kl_level='sequence' applies to the k*-in-loss placements, not to {self.placement!r}")
+            raise bad("kl_level", f"kl_level must be 'token' or 'sequence', got {self.kl_level!r}")
+        if self.kl_level == "sequence" and self.placement in ("k1-in-reward", "k3-in-reward", "exact-in-loss", "none"):
+            raise bad("kl_level", f"kl_level='sequence' applies to the k*-in-loss placements, not to {self.placement!r}")
         if self.importance_weighted_kl and self.kl_level == "sequence":
-            raise ValueError("importance_weighted_kl is implemented at token level only (kl_level='token')")
+            raise bad("importance_weighted_kl", "importance_weighted_kl is implemented at token level only (kl_level='token')")
+        if self.importance_weighted_kl and not self.placement.endswith("-in-loss"):
+            raise bad("importance_weighted_kl", f"importance_weighted_kl weights an in-loss KL term; placement "
+                                                f"{self.placement!r} has none (drop the option or use a *-in-loss placement)")
         if self.aggregation not in ("token-mean", "sequence-mean", "sequence-sum"):
-            raise ValueError(f"aggregation must be 'token-mean', 'sequence-mean' or 'sequence-sum', got {self.aggregation!r}")
+            raise bad("aggregation", f"aggregation must be 'token-mean', 'sequence-mean' or 'sequence-sum', got {self.aggregation!r}")
         positive_ints = ("max_operand", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
                          "sft_batch_size", "prompts_per_step", "max_new_tokens", "updates_per_batch", "logprob_chunk")
         for name in positive_ints:
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("steps", "sft_steps", "checkpoint_every", "kl_horizon"):
+            if not _int(v) or v < 1:
+                raise bad(name, f"{name} must be a positive integer, got {v!r}")
+        for name in ("steps", "sft_steps", "checkpoint_every", "seed", "sft_seed"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2 (GRPO compares completions of one prompt), got {self.group_size}")
+            if not _int(v) or v < 0:
+                raise bad(name, f"{name} must be an integer >= 0, got {v!r}")
+        if self.steps == 0:
+            raise bad("steps", "steps=0 trains nothing; pass steps >= 1 (the reference policy alone: "
+                               "kltutor.capstone.sft.reference_policy)")
+        if not _int(self.group_size) or self.group_size < 2:
+            raise bad("group_size", f"group_size must be >= 2 (GRPO compares completions of one prompt), got {self.group_size}")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise ValueError("hidden_size must be divisible by num_heads, and num_heads by num_kv_heads")
+            raise bad("hidden_size", "hidden_size must be divisible by num_heads, and num_heads by num_kv_heads")
         for name in ("temperature", "lr", "sft_lr", "clip_eps", "max_grad_norm"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        if not (0.0 <= self.format_reward < 1.0):
-            raise ValueError(f"format_reward must be in [0, 1), got {self.format_reward}")
+            if not _real(v) or v <= 0:
+                raise bad(name, f"{name} must be a finite number > 0, got {v!r}")
+        if not _real(self.format_reward) or not (0.0 <= self.format_reward < 1.0):
+            raise bad("format_reward", f"format_reward must be in [0, 1), got {self.format_reward}")
         if self.clip_std is not None:
-            lo, hi = self.clip_std
-            if not 0 < lo <= hi:
-                raise ValueError(f"clip_std must be (lo, hi) with 0 < lo <= hi, got {self.clip_std}")
+            if (not isinstance(self.clip_std, (tuple, list)) or len(self.clip_std) != 2
+                    or not all(_real(v) for v in self.clip_std) or not 0 < self.clip_std[0] <= self.clip_std[1]):
+                raise bad("clip_std", f"clip_std must be (lo, hi) with 0 < lo <= hi, got {self.clip_std}")
+            if not self.normalize_std:
+                raise bad("clip_std", "clip_std clamps the std that normalize_std divides by; with normalize_std=False "
+                                      "(Dr. GRPO) nothing is divided: drop clip_std or normalize")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+            raise bad("device", f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+            raise bad("model", f"model must be a model name or a local directory, got {self.model!r}")
         if self.resume and self.run_dir is None:
-            raise ValueError("resume=True needs the run_dir of the interrupted run")
-        if self.kl_schedule != "fixed":
-            try:
-                from kltutor.schedules import SCHEDULES
-            except ImportError:
-                raise ValueError(f"kl_schedule={self.kl_schedule!r} needs kltutor.schedules, which is not installed; use 'fixed'") from None
-            if self.kl_schedule not in SCHEDULES:
-                raise ValueError(f"unknown kl_schedule {self.kl_schedule!r}; choose one of {sorted(SCHEDULES)}")
-        if self.kl_target <= 0:
-            raise ValueError(f"kl_target must be > 0, got {self.kl_target}")
+            raise bad("resume", "resume=True needs the run_dir of the interrupted run")
+        if self.resume and self.overwrite:
+            raise bad("overwrite", "resume and overwrite contradict each other: resume continues the run in "
+                                   "run_dir, overwrite replaces it")
+        if self.allow_config_change and not self.resume:
+            raise bad("allow_config_change", "allow_config_change applies to resume only")
+        self._validate_schedule(SCHEDULES)
         return self
+
+    def _validate_schedule(self, schedules: dict) -> None:
+        if self.kl_schedule not in schedules:
+            raise ConfigError(f"unknown kl_schedule {self.kl_schedule!r}; choose one of {sorted(schedules)}", "kl_schedule")
+        uses = schedules[self.kl_schedule].uses
+        if self.placement == "none" and self.kl_schedule != "fixed":
+            raise ConfigError(f"placement 'none' has no KL term, so kl_schedule={self.kl_schedule!r} would steer "
+                              "nothing; use kl_schedule='fixed'", "kl_schedule")
+        for key, name in SCHEDULE_FIELDS.items():
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if key not in uses:
+                users = sorted(n for n, c in schedules.items() if key in c.uses)
+                raise ConfigError(f"{name} is read by the schedules {', '.join(users)} only; kl_schedule="
+                                  f"{self.kl_schedule!r} would ignore it (drop it or change kl_schedule)", name)
+            if name == "kl_horizon":
+                if not _int(v) or v < 1:
+                    raise ConfigError(f"kl_horizon must be an integer >= 1 (samples), got {v!r}", name)
+            elif not _real(v) or v <= 0:
+                raise ConfigError(f"{name} must be a finite number > 0, got {v!r}", name)
+        if "end" in uses and self.beta_end is None:
+            raise ConfigError(f"kl_schedule={self.kl_schedule!r} anneals beta from beta to beta_end: set beta_end", "beta_end")
+        if schedules[self.kl_schedule].min_beta == "positive" and not self.beta > 0:
+            raise ConfigError(f"kl_schedule={self.kl_schedule!r} scales or interpolates beta, which must then be > 0 "
+                              f"(got {self.beta!r}); use kl_schedule='fixed' for beta = 0", "beta")
+
+    def resolved(self) -> "CapstoneConfig":
+        """A validated copy with the schedule settings left at ``None`` filled in: ``kl_target`` 1.0 and
+        ``kl_horizon`` 10000 samples for the controllers, the whole run (``steps * prompts_per_step *
+        group_size`` samples) as the annealing horizon. Settings the schedule does not read stay ``None``."""
+        from kltutor.schedules import SCHEDULES
+
+        self.validate()
+        uses = SCHEDULES[self.kl_schedule].uses
+        changes = {}
+        if "target" in uses and self.kl_target is None:
+            changes["kl_target"] = DEFAULT_KL_TARGET
+        if "horizon" in uses and self.kl_horizon is None:
+            annealing = "end" in uses
+            changes["kl_horizon"] = self.steps * self.prompts_per_step * self.group_size if annealing else DEFAULT_KL_HORIZON
+        return self.replace(**changes).validate() if changes else self
 
     def replace(self, **changes) -> "CapstoneConfig":
         """A copy with ``changes`` applied (unknown fields raise ``TypeError``)."""
@@ -129,6 +223,27 @@ class CapstoneConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CapstoneConfig":
+        """The config recorded by :meth:`to_dict` (e.g. in a run's ``run.json``); unknown keys raise
+        :class:`CapstoneUserError` naming them, missing ones take the defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise CapstoneUserError(f"unknown config fields {unknown} (written by another version of kltutor?)")
+        data = dict(data)
+        if isinstance(data.get("clip_std"), list):
+            data["clip_std"] = tuple(data["clip_std"])
+        return cls(**data)
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 PRESETS: dict[str, dict] = {
@@ -151,5 +266,5 @@ PRESETS: dict[str, dict] = {
 def preset(name: str, **overrides) -> CapstoneConfig:
     """The config of preset ``name`` ('smoke', 'colab', 'h100') with ``overrides`` applied, validated."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}", "preset")
     return CapstoneConfig(**{**PRESETS[name], **overrides}).validate()

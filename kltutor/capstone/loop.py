@@ -15,24 +15,28 @@ One step, in the book's notation (the capstone chapter shows each line's source)
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
-import tempfile
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from kltutor.capstone.config import CapstoneConfig
+from kltutor.capstone import rundir
+from kltutor.capstone.config import CapstoneConfig, CapstoneOutOfMemoryError
 from kltutor.capstone.logprobs import sequence_stats
 from kltutor.capstone.task import AdditionTask
 from kltutor.estimators import k3
 from kltutor.grpo import group_advantages, grpo_loss
 from kltutor.placements import aggregate, clipped_surrogate
+
+if TYPE_CHECKING:
+    from kltutor.capstone.sft import ReferenceInfo
 
 __all__ = ["completion_mask_from_ids", "generate_completions", "make_beta_schedule", "RunResult", "run", "METRICS", "TIMING_METRICS"]
 
@@ -86,38 +90,14 @@ def generate_completions(model, tokenizer, prompts: list[str], max_new_tokens: i
             "terminated": terminated.tolist()}
 
 
-class _FixedBeta:
-    """A constant beta with the interface of kltutor.schedules (``.beta``, ``.update(kl, n_steps)``)."""
-
-    def __init__(self, init_beta: float):
-        self.beta = float(init_beta)
-
-    def update(self, kl: float, n_steps: int) -> float:
-        return self.beta
-
-
 def make_beta_schedule(cfg: CapstoneConfig):
-    """The beta controller named by ``cfg.kl_schedule``, from :mod:`kltutor.schedules` when available."""
-    try:
-        from kltutor.schedules import make_schedule
-    except ImportError:
-        make_schedule = None
-    if make_schedule is None:
-        if cfg.kl_schedule != "fixed":
-            raise ValueError(f"kl_schedule={cfg.kl_schedule!r} needs kltutor.schedules, which this installation lacks; use 'fixed'")
-        return _FixedBeta(cfg.beta)
-    if cfg.kl_schedule == "fixed":
-        return _FixedBeta(cfg.beta)
-    import inspect
+    """The beta controller named by ``cfg.kl_schedule`` (:data:`kltutor.schedules.SCHEDULES`), built from
+    ``beta``, ``kl_target``, ``kl_horizon`` and ``beta_end`` (those the schedule does not read are ``None``
+    in the resolved config)."""
+    from kltutor.schedules import make_schedule
 
-    from kltutor.schedules import SCHEDULES
-
-    kwargs = {"init_beta": cfg.beta, "target": cfg.kl_target, "horizon": cfg.kl_horizon}
-    cls = SCHEDULES.get(cfg.kl_schedule)
-    if cls is not None:  # pass only what this controller takes (the PPO penalty has no horizon)
-        accepted = inspect.signature(cls.__init__).parameters
-        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-    return make_schedule(cfg.kl_schedule, **kwargs)
+    cfg = cfg.resolved()
+    return make_schedule(cfg.kl_schedule, beta=cfg.beta, target=cfg.kl_target, horizon=cfg.kl_horizon, end=cfg.beta_end)
 
 
 @dataclass
@@ -130,7 +110,7 @@ class RunResult:
     metrics_path: Path
     checkpoint_dir: Path
     reference_path: Path
-    reference_info: dict = field(default_factory=dict)
+    reference_info: "ReferenceInfo | None" = None  # None when a finished run was resumed (nothing trained)
 
     @property
     def frame(self):
@@ -140,55 +120,16 @@ class RunResult:
         return pd.DataFrame(self.metrics, columns=list(METRICS))
 
 
-def _rng_state(task_gen: torch.Generator) -> dict:
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "task": task_gen.get_state(), "python": random.getstate(),
-             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, task_gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    task_gen.set_state(state["task"])
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_checkpoint(ckpt: Path, policy, opt, schedule, task_gen, step: int, metrics: list[dict]) -> None:
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    policy.save_pretrained(tmp / "policy", safe_serialization=True)
-    sched_state = {k: v for k, v in vars(schedule).items() if isinstance(v, (int, float, bool, str, type(None)))}
-    torch.save({"optimizer": opt.state_dict(), "rng": _rng_state(task_gen), "step": step}, tmp / "state.pt")
-    (tmp / "schedule.json").write_text(json.dumps(sched_state))
-    (tmp / "metrics.json").write_text(json.dumps(metrics))
-    if ckpt.exists():
-        import shutil
-
-        shutil.rmtree(ckpt)
-    tmp.rename(ckpt)
-
-
-def _resolve_device(cfg: CapstoneConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but no CUDA GPU is available; use device='cpu' (e.g. the 'smoke' preset)")
-    return torch.device(cfg.device)
-
-
 def _loss(cfg: CapstoneConfig, st: dict, old: dict, mask, rewards, beta: float):
-    """The loss of one update: kltutor.grpo.grpo_loss, or surrogate + beta * exact KL for exact-in-loss."""
+    """The loss of one update: kltutor.grpo.grpo_loss, or surrogate + beta * exact KL for exact-in-loss.
+
+    ``importance_weighted_kl`` with ``exact-in-loss`` weights the exact KL at position t by the prefix
+    ratio ``W_t = prod_{s<t} w_s`` (with gradient; ``w_s = pi_theta / pi_old`` of the sampled token):
+    the exact KL already averages over the token at t, so only the prefix was sampled from pi_old.
+    Then ``E_old[sum_t W_t KL_t] = sum_t E_theta[KL_t]`` is the current policy's sequence KL, and so
+    is the expected gradient (the prefix weight of ``ch-placements``; tests/test_capstone_loss.py checks it
+    exactly). For k*-in-loss, kltutor.grpo.grpo_loss uses the per-token ratio (``ch-placements``).
+    """
     if cfg.placement != "exact-in-loss":
         out = grpo_loss(st["logp"], old["logp"], old["ref_logp"], mask, rewards, cfg.group_size,
                         placement=cfg.placement, beta=beta, clip_eps=cfg.clip_eps, clip_std=cfg.clip_std,
@@ -199,7 +140,8 @@ def _loss(cfg: CapstoneConfig, st: dict, old: dict, mask, rewards, beta: float):
     policy_loss, stats = clipped_surrogate(st["logp"], old["logp"], adv, mask, cfg.clip_eps, cfg.aggregation)
     kl_t = st["kl"]
     if cfg.importance_weighted_kl:
-        kl_t = torch.exp(st["logp"] - old["logp"]) * kl_t
+        log_w = (st["logp"] - old["logp"].detach()) * (mask != 0).to(st["logp"].dtype)
+        kl_t = torch.exp(torch.cumsum(log_w, -1) - log_w) * kl_t  # prod_{s<t} w_s: the prefix before t
     kl_term = aggregate(kl_t, mask, cfg.aggregation)
     return policy_loss + beta * kl_term, kl_term.detach(), stats["clip_fraction"]
 
@@ -207,69 +149,88 @@ def _loss(cfg: CapstoneConfig, st: dict, old: dict, mask, rewards, beta: float):
 def run(config: CapstoneConfig) -> RunResult:
     """Train with GRPO from the cached SFT reference; write ``metrics.jsonl`` (one row per step).
 
-    With ``checkpoint_every > 0`` a checkpoint (policy weights in safetensors, optimiser, RNG states,
-    beta schedule, step, metrics) is written every that many steps and at the end; ``resume=True``
-    continues from it, and on the CPU the resumed run's metrics equal an uninterrupted run's
-    (apart from the wall-clock columns :data:`TIMING_METRICS`).
+    Everything that can be checked is checked first (:func:`kltutor.capstone.preflight.preflight`:
+    settings, device, model, cache, run directory). The run directory (:mod:`kltutor.capstone.rundir`)
+    records the resolved config and package versions in ``run.json``; a directory that already holds
+    a run needs ``resume`` or ``overwrite``. With ``checkpoint_every > 0`` a checkpoint (policy weights
+    in safetensors, optimiser, RNG states, beta schedule, step, metrics) is written atomically every
+    that many steps and at the end; ``resume=True`` continues from it after comparing the config with
+    ``run.json``, and on the CPU the resumed run's metrics equal an uninterrupted run's (apart from
+    the wall-clock columns :data:`TIMING_METRICS`). Rows of finished steps are on disk as soon as each
+    step ends, whatever fails later.
     """
     from tqdm.auto import tqdm
 
     from kltutor.capstone.model import load_model
+    from kltutor.capstone.preflight import preflight
     from kltutor.capstone.sft import reference_policy
 
-    cfg = config.validate()
-    device = _resolve_device(cfg)
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else Path(tempfile.mkdtemp(prefix="kltutor-capstone-"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = run_dir / "checkpoint"
-    metrics_path = run_dir / "metrics.jsonl"
+    plan = preflight(config)  # every check first; nothing is written before it passes
+    cfg, device, resume = plan.config, plan.device, plan.run.resume
+    for note in plan.run.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if plan.run.nothing_to_do:
+        d = plan.run.run_dir
+        return RunResult(rundir.read_checkpoint_metrics(resume.checkpoint), cfg, d, d / rundir.METRICS_FILE,
+                         resume.checkpoint, plan.reference_dir)
+    run_dir = rundir.open_run_dir(plan.run, cfg)
+    cfg = cfg.replace(run_dir=str(run_dir))
+    ckpt = run_dir / rundir.CHECKPOINT
+    log = rundir.MetricsLog(run_dir / rundir.METRICS_FILE)
+    metrics_path = log.path
     task = AdditionTask(cfg.max_operand, cfg.format_reward)
     try:
         ref, tok, info = reference_policy(cfg, device)
         ref.requires_grad_(False)
-        resuming = cfg.resume and (ckpt / "state.pt").exists()
-        if cfg.resume and not resuming:
-            raise FileNotFoundError(f"resume=True but {ckpt} holds no checkpoint")
-        policy, _ = load_model(ckpt / "policy" if resuming else info["path"], device)
+        saved = rundir.load_checkpoint(resume.checkpoint, device) if resume else None
+        policy = saved.policy if saved else load_model(info.path, device)[0]
         policy.train()
         opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
         schedule = make_beta_schedule(cfg)
         task_gen = torch.Generator().manual_seed(cfg.seed)
         metrics: list[dict] = []
         start = 0
-        if resuming:
-            state = torch.load(ckpt / "state.pt", weights_only=True)
-            opt.load_state_dict(state["optimizer"])
-            _set_rng_state(state["rng"], task_gen)
-            for k, v in json.loads((ckpt / "schedule.json").read_text()).items():
-                setattr(schedule, k, v)
-            start = state["step"]
-            metrics = json.loads((ckpt / "metrics.json").read_text())
+        if saved:
+            opt.load_state_dict(saved.optimizer_state)
+            for group in opt.param_groups:  # the requested lr (equal to the saved one unless allowed to change)
+                group["lr"] = cfg.lr
+            rundir.set_rng_state(saved.rng_state, task_gen)
+            if resume.changes.schedule_changed:  # an allowed change of beta or schedule starts it afresh
+                print(f"note: the beta schedule restarts at beta={cfg.beta:g} from step {saved.step + 1}", file=sys.stderr)
+            else:
+                rundir.restore_schedule(schedule, saved.schedule_state)
+            start, metrics = saved.step, list(saved.metrics)
+            dropped = len(log.read()) - len(metrics)
+            if dropped > 0:
+                print(f"note: {metrics_path} holds {dropped} rows after the checkpoint's step {start}; they are "
+                      "recomputed", file=sys.stderr)
         else:
             torch.manual_seed(cfg.seed)
             random.seed(cfg.seed)
             np.random.seed(cfg.seed)
-        with open(metrics_path, "w") as f:
-            for row in metrics:
-                f.write(json.dumps(row) + "\n")
+        log.rewrite(metrics)
         disable = (not cfg.progress) or bool(os.environ.get("TQDM_DISABLE"))
         bar = tqdm(range(start, cfg.steps), desc=f"GRPO {cfg.placement} beta={cfg.beta:g}", disable=disable,
                    initial=start, total=cfg.steps)
         for step in bar:
             row = _step(cfg, policy, ref, tok, task, opt, schedule, task_gen, device, step)
             metrics.append(row)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            log.append(row)
             bar.set_postfix(reward=f"{row['reward']:.2f}", kl=f"{row['kl_exact_seq']:.3f}")
             if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-                _save_checkpoint(ckpt, policy, opt, schedule, task_gen, step + 1, metrics)
+                rundir.save_checkpoint(ckpt, policy, opt, schedule, task_gen, step + 1, metrics)
     except torch.cuda.OutOfMemoryError as e:
-        raise RuntimeError(
-            f"GPU out of memory ({e}). This configuration does not fit: use a smaller preset "
+        err = CapstoneOutOfMemoryError(
+            f"GPU out of memory ({str(e).splitlines()[0]}). This configuration does not fit: use a smaller preset "
             f"('colab' for a 16 GB GPU, 'smoke' for the CPU), or lower prompts_per_step, group_size or "
             f"logprob_chunk (now {cfg.prompts_per_step}, {cfg.group_size}, {cfg.logprob_chunk})"
-        ) from e
-    return RunResult(metrics, cfg, run_dir, metrics_path, ckpt, Path(info["path"]), info)
+        )
+        err.add_note(f"the metrics of the finished steps are in {metrics_path}")
+        raise err from e
+    except BaseException as e:  # whatever fails, the rows of the finished steps are on disk: say where
+        e.add_note(f"the metrics of the finished steps are in {metrics_path}")
+        raise
+    return RunResult(metrics, cfg, run_dir, metrics_path, ckpt, info.path, info)
 
 
 def _step(cfg, policy, ref, tok, task, opt, schedule, task_gen, device, step: int) -> dict:

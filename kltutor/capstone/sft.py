@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from kltutor.capstone.config import CapstoneConfig, default_cache_dir
+from kltutor.capstone.config import CapstoneConfig, CapstoneUserError, default_cache_dir, flag
 from kltutor.capstone.model import build_model, build_tokenizer, check_tokenizer, load_model
 from kltutor.capstone.task import AdditionTask
 
-__all__ = ["sft_batch", "train_sft", "evaluate", "reference_policy"]
+__all__ = ["sft_batch", "train_sft", "evaluate", "ReferenceInfo", "reference_dir", "reference_policy"]
 
 
 def sft_batch(task: AdditionTask, tokenizer, n: int, generator: torch.Generator, device="cpu"):
@@ -78,42 +81,102 @@ def evaluate(model, tokenizer, task: AdditionTask, n: int = 256, seed: int = 999
 def _cache_key(cfg: CapstoneConfig) -> str:
     fields = ["max_operand", "model", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
               "sft_steps", "sft_batch_size", "sft_lr", "sft_seed"]
-    blob = json.dumps({f: getattr(cfg, f) for f in fields} | {"version": 1}, sort_keys=True)
+    blob = json.dumps({f: getattr(cfg, f) for f in fields} | {"version": 2}, sort_keys=True)  # 2: with manifest.json
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def reference_dir(cfg: CapstoneConfig) -> Path:
+    """Where the reference policy of ``cfg`` is (or will be) cached: ``cache_dir/reference-<hash>``."""
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    return root / f"reference-{_cache_key(cfg)}"
+
+
+@dataclass
+class ReferenceInfo:
+    """What :func:`reference_policy` knows about the reference: where it is cached, whether it was
+    loaded from the cache, its size, its accuracy (greedy and sampled at temperature 1) and SFT losses."""
+
+    path: Path
+    cached: bool
+    n_parameters: int
+    greedy_accuracy: float
+    sampled_accuracy: float
+    sft_losses: list[float] = field(default_factory=list)
+
+
+def verify_cached_reference(path: Path) -> None:
+    """Check every file of the cached reference in ``path`` against its manifest (see
+    :func:`kltutor.capstone.rundir.verify_manifest`); a problem names the file and says to delete ``path``."""
+    from kltutor.capstone.rundir import verify_manifest
+
+    verify_manifest(path, f"cached reference policy {path}", _cache_recovery(path))
+
+
+def _cache_recovery(path: Path) -> str:
+    return f"delete the directory {path} (rm -r '{path}') and run again to rebuild it"
+
+
+def _load_cached(path: Path, device, task: AdditionTask):
+    verify_cached_reference(path)
+    try:
+        model, tok = load_model(path, device)
+        check_tokenizer(tok, task.alphabet)
+        info = json.loads((path / "info.json").read_text())
+        return model.eval(), tok, ReferenceInfo(path=path, cached=True, **info)
+    except Exception as e:  # verified files that still fail to load were written by something else
+        raise CapstoneUserError(f"the cached reference policy {path} cannot be loaded ({type(e).__name__}: {e}); "
+                                f"{_cache_recovery(path)}") from None
+
+
 def reference_policy(cfg: CapstoneConfig, device="cpu"):
-    """``(model, tokenizer, info)``: the SFT reference, trained once and cached under ``cache_dir``.
+    """``(model, tokenizer, info)``: the SFT reference, trained once and cached under ``cache_dir``
+    (``info`` is a :class:`ReferenceInfo`).
 
     ``cfg.model=None`` builds a small Qwen2 from scratch with a character tokenizer; otherwise the
     model name or local path is loaded (``from_pretrained``) and fine-tuned the same way. The result
     is saved with ``save_pretrained`` (safetensors) in a directory named by a hash of every setting
-    that affects it, so later runs (and every run of a sweep) load it instead of retraining.
+    that affects it, so later runs (and every run of a sweep) load it instead of retraining. The
+    directory is written under a temporary name with a ``manifest.json`` (sha256 of every file) and
+    renamed into place; a cached reference is verified against its manifest before it is loaded.
     """
     from kltutor.capstone.model import quiet_transformers
+    from kltutor.capstone.rundir import usual_permissions, write_manifest
 
     quiet_transformers()
     task = AdditionTask(cfg.max_operand, cfg.format_reward)
-    root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    path = root / f"reference-{_cache_key(cfg)}"
-    if (path / "info.json").exists():
-        model, tok = load_model(path, device)
-        check_tokenizer(tok, task.alphabet)
-        return model.eval(), tok, json.loads((path / "info.json").read_text()) | {"path": str(path), "cached": True}
+    path = reference_dir(cfg)
+    if path.exists():
+        return _load_cached(path, device, task)
     if cfg.model is None:
         tok = build_tokenizer(task.alphabet)
         model = build_model(tok, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads,
                             cfg.intermediate_size, max_positions=64, seed=cfg.sft_seed).to(device)
     else:
-        model, tok = load_model(cfg.model, device)
+        try:
+            model, tok = load_model(cfg.model, device)
+            check_tokenizer(tok, task.alphabet)
+        except (OSError, ValueError) as e:
+            raise CapstoneUserError(f"cannot use {cfg.model!r} ({type(e).__name__}: {str(e).splitlines()[0]}); pass a "
+                                    f"local model directory (save_pretrained, safetensors) whose tokenizer writes "
+                                    f"{task.alphabet!r} as {flag('model')}", "model") from None
     check_tokenizer(tok, task.alphabet)
     losses = train_sft(model, tok, task, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, cfg.sft_seed, cfg.progress) if cfg.sft_steps else []
     info = {"sft_losses": losses, "greedy_accuracy": evaluate(model, tok, task, greedy=True),
             "sampled_accuracy": evaluate(model, tok, task, greedy=False),
             "n_parameters": sum(p.numel() for p in model.parameters())}
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
-    (path / "info.json").write_text(json.dumps(info))
-    model, tok = load_model(path, device)  # the reference every run sees is exactly the saved one
-    return model.eval(), tok, info | {"path": str(path), "cached": False}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "info.json").write_text(json.dumps(info))
+        write_manifest(tmp)
+        usual_permissions(tmp)  # a cache others may read, not mkdtemp's 0700
+        tmp.rename(path)
+    except OSError:
+        if not path.exists():  # not a concurrent run that finished first: a real failure
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    model, tok, ref_info = _load_cached(path, device, task)  # the reference every run sees is exactly the saved one
+    return model, tok, ReferenceInfo(**{**ref_info.__dict__, "cached": False})
