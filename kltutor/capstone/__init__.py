@@ -5,6 +5,7 @@
 - :mod:`~kltutor.capstone.model`: the character tokenizer, the small Qwen2, the loader;
 - :mod:`~kltutor.capstone.sft`: the SFT reference policy, cached on disk;
 - :mod:`~kltutor.capstone.logprobs`: chunked log-probs, entropy and exact full-vocabulary KL;
+- :mod:`~kltutor.capstone.sampler`: the sampler (static KV cache, per-row EOS, sampling-time log-probs);
 - :mod:`~kltutor.capstone.loop`: :func:`run` (the GRPO loop, metrics, checkpoints, resume);
 - :mod:`~kltutor.capstone.sweep`: :func:`sweep` over placements x betas x seeds.
 
@@ -18,8 +19,9 @@ _warnings.filterwarnings("ignore", message="IProgress not found")
 
 from kltutor.capstone.config import CAPSTONE_PLACEMENTS, PRESETS, CapstoneConfig, default_cache_dir, preset
 from kltutor.capstone.loop import METRICS, TIMING_METRICS, RunResult, generate_completions, run
+from kltutor.capstone.sampler import Sampler
 from kltutor.capstone.sweep import sweep
 from kltutor.capstone.task import AdditionTask
 
 __all__ = ["CAPSTONE_PLACEMENTS", "PRESETS", "CapstoneConfig", "default_cache_dir", "preset", "METRICS",
-           "TIMING_METRICS", "RunResult", "generate_completions", "run", "sweep", "AdditionTask"]
+           "TIMING_METRICS", "RunResult", "generate_completions", "run", "sweep", "AdditionTask", "Sampler"]

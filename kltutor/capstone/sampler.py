@@ -1,0 +1,631 @@
+"""The capstone's sampler: a static KV cache, batched decoding with per-row EOS, and the log-probs of
+the sampled tokens returned from the logits they were drawn from (chapter 9).
+
+One call of :meth:`Sampler.sample` left-pads the prompts, runs the prompt through the model once
+(prefill), then draws one token per row per decode step until every row has emitted EOS or the
+budget ``max_new_tokens`` is spent. Every decode step is the same fixed-shape computation on
+preallocated buffers (the KV cache holds ``prompt + max_new_tokens`` positions from the start), so
+
+- the per-step work in Python does not grow with the batch: finished rows keep being computed and
+  are overwritten with the pad token (per-row EOS is a mask, not a branch);
+- on a GPU the decode step can be captured once as a CUDA graph (``decode_mode="cuda-graph"``) or
+  compiled by ``torch.compile`` and then captured (``"compile"``), and replayed at every step; if
+  capture fails the sampler logs why and decodes eagerly;
+- the log-probability of each sampled token is read off the very log-softmax it was sampled from,
+  so the GRPO loop gets ``old_logp`` without a second pass of the policy.
+
+**Which distribution ``logp`` refers to.** For row ``b`` and completion position ``t`` with logits
+``z`` (computed in ``logprob_dtype``), the sampler
+
+1. divides by ``temperature``;
+2. while ``t < min_new_tokens``, sets the EOS logit to ``-inf``;
+3. keeps the ``top_k`` largest logits (``top_k=0``: all), setting the others to ``-inf``;
+4. keeps the smallest set of most likely tokens whose probability reaches ``top_p`` (``top_p=1``: all);
+5. renormalises with a log-softmax and draws ``y_t`` from it (Gumbel-max).
+
+``logp[b, t]`` is ``log_softmax(filtered z / temperature)[y_t]``: the log-probability of the token
+under the **truncated, renormalised distribution it was actually drawn from** (the same order and
+semantics as ``transformers``' temperature, top-k and top-p warpers). With ``top_k=0``, ``top_p=1``
+and ``min_new_tokens=0`` this is the policy's own temperature-scaled log-probability, which is what
+the trainer computes (:func:`kltutor.capstone.logprobs.sequence_stats`); with truncation the two
+differ on purpose, and the importance ratio ``w = pi_theta / pi_old`` of the first update is then
+not 1: that is a sampler/trainer mismatch, and ``logprob_dtype="bfloat16"`` reproduces the
+precision kind of it on a CPU.
+
+:meth:`Sampler.score` adds what the loop measures on the sampled prefixes: the reference's
+log-probs ``ref_logp``, the policy's entropy and the exact KL over the whole vocabulary, and the
+policy's untruncated log-probs ``policy_logp`` (all at temperature ``temperature``, never truncated,
+in ``logprob_dtype``). The reference is scored either in one batched pass over the finished
+sequences (``ref_scoring="batched"``) or step by step inside the decode loop (``"in-loop"``); the
+policy's last hidden states are kept from decoding, so the policy is never run again.
+
+The static decoder drives the layers of a ``transformers`` Qwen2 or Llama model (``Qwen2ForCausalLM``,
+``LlamaForCausalLM``) with their own weights; any other causal LM falls back to a plain
+``transformers`` forward per step with a dynamic cache (slower, same outputs and semantics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kltutor.capstone.logprobs import chunked_token_stats, hidden_states
+
+__all__ = ["DECODE_MODES", "REF_SCORING", "LOGPROB_DTYPES", "SampleBatch", "Scores", "Sampler", "filter_logits",
+           "completion_mask_from_ids", "generate_completions", "static_decoder_support"]
+
+logger = logging.getLogger(__name__)
+
+DECODE_MODES = ("auto", "eager", "cuda-graph", "compile")
+REF_SCORING = ("batched", "in-loop")
+LOGPROB_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def completion_mask_from_ids(completion_ids: Tensor, eos_token_id: int) -> Tensor:
+    """1 on every completion token up to and including the first EOS, 0 after it (``[batch, T]``, long).
+    A completion without EOS (truncated at ``max_new_tokens``) is all ones."""
+    is_eos = (completion_ids == eos_token_id).long()
+    before = torch.cumsum(is_eos, -1) - is_eos  # number of EOS strictly before position t
+    return (before == 0).long()
+
+
+def filter_logits(z: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """``z`` ``[..., vocab]`` (already divided by the temperature) with every logit outside the
+    ``top_k`` largest and outside the ``top_p`` nucleus set to ``-inf``; ``transformers``' semantics:
+    top-k keeps ties at the k-th value, top-p removes the tokens of the sorted ascending cumulative
+    probability ``<= 1 - top_p`` and always keeps the most likely token."""
+    if top_k and top_k < z.shape[-1]:
+        kth = torch.topk(z, top_k, dim=-1).values[..., -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_z, idx = torch.sort(z, dim=-1, descending=False)
+        cum = torch.softmax(sorted_z.float(), dim=-1).cumsum(-1)
+        remove_sorted = cum <= (1.0 - top_p)
+        remove_sorted[..., -1] = False
+        remove = remove_sorted.scatter(-1, idx, remove_sorted)
+        z = z.masked_fill(remove, float("-inf"))
+    return z
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The static decoder: a Qwen2 / Llama forward over preallocated KV buffers, written with the model's own weights.
+# ----------------------------------------------------------------------------------------------------------------
+
+def static_decoder_support(model) -> str | None:
+    """``None`` when the static decoder can drive ``model``; otherwise the reason it cannot (the sampler
+    then decodes with the model's own forward)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in ("qwen2", "llama"):
+        return f"model_type {getattr(cfg, 'model_type', None)!r} is not one the static decoder implements (qwen2, llama)"
+    base = getattr(model, "model", None)
+    for name in ("embed_tokens", "layers", "norm", "rotary_emb"):
+        if not hasattr(base, name):
+            return f"the model has no model.{name}"
+    if getattr(cfg, "hidden_act", None) != "silu":
+        return f"hidden_act={getattr(cfg, 'hidden_act', None)!r} (only 'silu' is implemented)"
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])) or getattr(cfg, "use_sliding_window", False):
+        return "sliding-window attention is not implemented"
+    if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
+        return "pretraining_tp > 1 is not implemented"
+    if getattr(base.rotary_emb, "rope_type", "default") in ("dynamic", "longrope"):
+        return f"rope_type={base.rotary_emb.rope_type!r} depends on the sequence length"
+    for layer in base.layers:
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        if attn is None or mlp is None or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            return "a layer without q/k/v/o projections"
+        if hasattr(attn, "q_norm") or hasattr(attn, "k_norm"):
+            return "query/key normalisation is not implemented"
+        if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+            return "an MLP without gate/up/down projections"
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return "the output layer is not a bias-free Linear"
+    for attr in ("logit_scale", "final_logit_softcapping"):
+        if getattr(cfg, attr, None) not in (None, 1, 1.0):
+            return f"{attr} is not implemented"
+    return None
+
+
+class _Weights:
+    """One model's weights as the static decoder reads them: the linear layers' weights in the matmul
+    dtype (a copy, refreshed by :meth:`sync`, when it differs from the parameters' dtype; the
+    parameters themselves otherwise), embeddings and norms as they are (float32 on a float32 model)."""
+
+    def __init__(self, model, mm_dtype: torch.dtype):
+        cfg = model.config
+        base = model.model
+        self.model = model
+        self.mm_dtype = mm_dtype
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.hidden = cfg.hidden_size
+        self._pairs: list[tuple[Tensor, Tensor]] = []  # (parameter, its matmul-dtype copy)
+        self.embed = base.embed_tokens.weight.detach()
+        self.norm_w, self.norm_eps = base.norm.weight.detach(), float(base.norm.variance_epsilon)
+        self.layers = []
+        for layer in base.layers:
+            a, m = layer.self_attn, layer.mlp
+            self.layers.append({
+                "ln1": layer.input_layernorm.weight.detach(), "eps1": float(layer.input_layernorm.variance_epsilon),
+                "ln2": layer.post_attention_layernorm.weight.detach(), "eps2": float(layer.post_attention_layernorm.variance_epsilon),
+                "q": self._mm(a.q_proj.weight), "qb": self._mm(a.q_proj.bias), "k": self._mm(a.k_proj.weight),
+                "kb": self._mm(a.k_proj.bias), "v": self._mm(a.v_proj.weight), "vb": self._mm(a.v_proj.bias),
+                "o": self._mm(a.o_proj.weight), "ob": self._mm(a.o_proj.bias),
+                "gate": self._mm(m.gate_proj.weight), "gateb": self._mm(m.gate_proj.bias),
+                "up": self._mm(m.up_proj.weight), "upb": self._mm(m.up_proj.bias),
+                "down": self._mm(m.down_proj.weight), "downb": self._mm(m.down_proj.bias),
+                "scale": float(getattr(a, "scaling", self.head_dim ** -0.5)),
+            })
+        self.head = model.get_output_embeddings().weight.detach()
+        self.rotary = base.rotary_emb
+
+    def _mm(self, p: Tensor | None) -> Tensor | None:
+        if p is None:
+            return None
+        if p.dtype == self.mm_dtype:
+            return p.detach()
+        copy = p.detach().to(self.mm_dtype)
+        self._pairs.append((p, copy))
+        return copy
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Copy the current parameters into the matmul-dtype copies (in place: captured graphs stay valid)."""
+        if self._pairs:
+            torch._foreach_copy_([c for _, c in self._pairs], [p.detach() for p, _ in self._pairs])
+
+    def rope_table(self, length: int, device) -> tuple[Tensor, Tensor]:
+        """cos, sin ``[length, head_dim]`` (float32) from the model's own rotary module."""
+        pos = torch.arange(length, device=device)[None]
+        x = torch.zeros(1, dtype=torch.float32, device=device)
+        cos, sin = self.rotary(x, pos)
+        return cos[0].float(), sin[0].float()
+
+
+def _rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
+    dt = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return w * x.to(dt)
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+class _StaticDecoder:
+    """The KV cache of one model for ``batch`` rows and ``length`` positions, and its forward."""
+
+    def __init__(self, w: _Weights, batch: int, length: int, device, cos: Tensor, sin: Tensor):
+        self.w, self.B, self.S = w, batch, length
+        shape = (batch, w.n_kv, length, w.head_dim)
+        self.k = [torch.zeros(shape, dtype=w.mm_dtype, device=device) for _ in w.layers]
+        self.v = [torch.zeros(shape, dtype=w.mm_dtype, device=device) for _ in w.layers]
+        self.cos, self.sin = cos, sin
+
+    def forward(self, ids: Tensor, pos: Tensor, write: Tensor, allowed: Tensor) -> Tensor:
+        """Final-normed hidden states ``[B, L, D]`` of tokens ``ids`` ``[B, L]`` at rotary positions ``pos``
+        ``[B, L]``, written to cache slots ``write`` ``[L]``; ``allowed`` ``[B, L, S]`` says which slots each
+        query may attend to."""
+        w = self.w
+        B, L = ids.shape
+        mm = w.mm_dtype
+        x = F.embedding(ids, w.embed)
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [B, 1, L, hd]
+        G = w.n_heads // w.n_kv
+        mask = allowed[:, None, None]  # [B, 1, 1, L, S]
+        for lw, kc, vc in zip(w.layers, self.k, self.v):
+            h = _rms(x, lw["ln1"], lw["eps1"]).to(mm)
+            q = F.linear(h, lw["q"], lw["qb"]).view(B, L, w.n_heads, w.head_dim).transpose(1, 2)
+            k = F.linear(h, lw["k"], lw["kb"]).view(B, L, w.n_kv, w.head_dim).transpose(1, 2)
+            v = F.linear(h, lw["v"], lw["vb"]).view(B, L, w.n_kv, w.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin  # float32 (the rotary table is float32), as under autocast
+            k = k * cos + _rotate_half(k) * sin
+            kc.index_copy_(2, write, k.to(kc.dtype))
+            vc.index_copy_(2, write, v.to(vc.dtype))
+            qg = q.float().reshape(B, w.n_kv, G, L, w.head_dim)
+            scores = torch.matmul(qg, kc.float()[:, :, None].transpose(-1, -2)) * lw["scale"]  # [B, KV, G, L, S]
+            scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+            o = torch.matmul(torch.softmax(scores, dim=-1), vc.float()[:, :, None])  # [B, KV, G, L, hd]
+            o = o.reshape(B, w.n_heads, L, w.head_dim).transpose(1, 2).reshape(B, L, w.n_heads * w.head_dim).to(mm)
+            x = x + F.linear(o, lw["o"], lw["ob"])
+            h = _rms(x, lw["ln2"], lw["eps2"]).to(mm)
+            x = x + F.linear(F.silu(F.linear(h, lw["gate"], lw["gateb"])) * F.linear(h, lw["up"], lw["upb"]),
+                             lw["down"], lw["downb"])
+        return _rms(x, w.norm_w, w.norm_eps)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What the sampler returns
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class SampleBatch:
+    """One batch of sampled completions (``B`` rows, ``P`` prompt positions, ``T`` completion positions).
+
+    ``input_ids`` ``[B, P+T]``: left-padded prompt then completion (pad after EOS);
+    ``attention_mask`` ``[B, P+T]``: 0 on the left padding and after the first EOS;
+    ``completion_mask`` ``[B, T]`` (long): 1 on completion tokens up to and including the first EOS;
+    ``logp`` ``[B, T]`` (float32): log-prob of each sampled token under the distribution it was drawn
+    from (see the module docstring), 0 where ``completion_mask`` is 0;
+    ``terminated`` ``[B]`` (bool): EOS was emitted; ``texts``: each completion's text before EOS.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    completion_mask: Tensor
+    n_prompt: int
+    logp: Tensor
+    terminated: Tensor
+    texts: list[str]
+    policy_hidden: Tensor | None = None  # [B, T, D] last hidden states that produced each token (static decoder)
+    ref_hidden: Tensor | None = None  # [B, T, D] the reference's, when scored in the decode loop
+
+    @property
+    def completion_ids(self) -> Tensor:
+        return self.input_ids[:, self.n_prompt:]
+
+    def as_dict(self) -> dict:
+        """The dictionary :func:`generate_completions` has always returned (plus ``logp``)."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "completion_mask": self.completion_mask, "n_prompt": self.n_prompt, "texts": self.texts,
+                "terminated": self.terminated.tolist(), "logp": self.logp}
+
+
+@dataclass
+class Scores:
+    """What :meth:`Sampler.score` measures on a :class:`SampleBatch` (each ``[B, T]`` float32, 0 off the mask):
+    ``ref_logp``, ``policy_logp`` (untruncated, temperature-scaled), ``entropy`` of the policy's
+    next-token distribution and ``kl``, the exact KL(pi(.|s_t) || pi_ref(.|s_t)) over the vocabulary;
+    ``ref_hidden`` ``[B, T, D]`` is kept for losses that need the reference's full distribution."""
+
+    ref_logp: Tensor
+    policy_logp: Tensor
+    entropy: Tensor
+    kl: Tensor
+    ref_hidden: Tensor
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The sampler
+# ----------------------------------------------------------------------------------------------------------------
+
+class Sampler:
+    """Batched sampling from ``model`` with a static KV cache (see the module docstring).
+
+    ``ref_model``: the reference, for :meth:`score` (and for ``ref_scoring="in-loop"``).
+    ``compute_dtype``: the dtype of the decoder's matrix products (``torch.bfloat16`` imitates bf16
+    autocast: bf16 matmuls, float32 residual stream, norms and softmax); default: the model's dtype.
+    ``autocast``: run the batched passes (:meth:`score`'s reference forward, the dynamic-cache fallback)
+    under bf16 autocast. ``decode_mode``: ``"auto"`` (a CUDA graph on a GPU, eager on the CPU),
+    ``"eager"``, ``"cuda-graph"`` or ``"compile"`` (``torch.compile`` then a CUDA graph); a failed
+    capture falls back to eager with a logged warning (:attr:`decode_mode_used` says what ran).
+    ``max_prompt_len``: the longest prompt expected (tokens), to size the cache once; a longer one
+    resizes it (and recaptures).
+    """
+
+    def __init__(self, model, tokenizer, *, ref_model=None, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, top_k: int = 0, min_new_tokens: int = 0, logprob_dtype: str = "float32",
+                 compute_dtype: torch.dtype | None = None, autocast: bool = False, decode_mode: str = "auto",
+                 ref_scoring: str = "batched", max_prompt_len: int = 0, logprob_chunk: int = 1024,
+                 check_every: int | None = None):
+        if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        if not (0.0 < top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        if not (isinstance(top_k, int) and top_k >= 0):
+            raise ValueError(f"top_k must be an integer >= 0 (0: off), got {top_k!r}")
+        if not (isinstance(min_new_tokens, int) and 0 <= min_new_tokens <= max_new_tokens):
+            raise ValueError(f"min_new_tokens must be an integer in [0, max_new_tokens], got {min_new_tokens!r}")
+        if logprob_dtype not in LOGPROB_DTYPES:
+            raise ValueError(f"logprob_dtype must be one of {list(LOGPROB_DTYPES)}, got {logprob_dtype!r}")
+        if decode_mode not in DECODE_MODES:
+            raise ValueError(f"decode_mode must be one of {list(DECODE_MODES)}, got {decode_mode!r}")
+        if ref_scoring not in REF_SCORING:
+            raise ValueError(f"ref_scoring must be one of {list(REF_SCORING)}, got {ref_scoring!r}")
+        if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer needs an EOS and a pad token")
+        self.model, self.ref_model, self.tokenizer = model, ref_model, tokenizer
+        self.max_new_tokens, self.min_new_tokens = max_new_tokens, min_new_tokens
+        self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k)
+        self.logprob_dtype = LOGPROB_DTYPES[logprob_dtype]
+        self.logprob_chunk, self.autocast = logprob_chunk, autocast
+        self.ref_scoring = ref_scoring
+        self.device = next(model.parameters()).device
+        self.compute_dtype = compute_dtype or next(model.parameters()).dtype
+        self.eos, self.pad = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
+        self.max_prompt_len = int(max_prompt_len)
+        cuda = self.device.type == "cuda"
+        self.check_every = check_every or (8 if cuda else 1)  # steps between "all rows done?" checks (a GPU sync)
+        if decode_mode == "auto":
+            decode_mode = "cuda-graph" if cuda else "eager"
+        if decode_mode != "eager" and not cuda:
+            logger.warning("decode_mode=%r needs a CUDA device; decoding eagerly on %s", decode_mode, self.device)
+            decode_mode = "eager"
+        self.decode_mode = decode_mode
+        self.decode_mode_used = decode_mode
+        reason = static_decoder_support(model)
+        if reason is None and ref_model is not None and ref_scoring == "in-loop":
+            reason = static_decoder_support(ref_model)
+        self.static = reason is None
+        self.fallback_reason = reason
+        if not self.static:
+            logger.warning("static decoder unavailable (%s): sampling with the model's own forward per step", reason)
+            self.decode_mode_used = "eager"
+        self._pw = _Weights(model, self.compute_dtype) if self.static else None
+        self._rw = (_Weights(ref_model, self.compute_dtype)
+                    if self.static and ref_model is not None and ref_scoring == "in-loop" else None)
+        self._states: dict = {}  # (batch, greedy) -> buffers, KV caches and the captured graph
+
+    # -- public ---------------------------------------------------------------------------------------------------
+
+    def sample(self, prompts: list[str], greedy: bool = False, generator: torch.Generator | None = None) -> SampleBatch:
+        """Sample one completion per prompt (left padding; ``greedy=True``: argmax decoding)."""
+        if not prompts:
+            raise ValueError("prompts is empty")
+        self.tokenizer.padding_side = "left"
+        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        return self.sample_ids(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), greedy, generator)
+
+    @torch.no_grad()
+    def sample_ids(self, input_ids: Tensor, attention_mask: Tensor, greedy: bool = False,
+                   generator: torch.Generator | None = None) -> SampleBatch:
+        """:meth:`sample` from left-padded token ids ``[B, P]`` and their attention mask."""
+        if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
+            raise ValueError(f"input_ids and attention_mask must be [batch, prompt] of one shape, got "
+                             f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("prompts must be left-padded (the last prompt position is padding in some row)")
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device).long()
+        with torch.autocast(self.device.type, enabled=False):
+            if self.static:
+                comp, logp, hid, rhid = self._decode_static(input_ids, attention_mask, greedy, generator)
+            else:
+                comp, logp = self._decode_dynamic(input_ids, attention_mask, greedy, generator)
+                hid = rhid = None
+        cmask = completion_mask_from_ids(comp, self.eos)
+        terminated = (comp == self.eos).any(-1)
+        logp = torch.where(cmask.bool(), logp, torch.zeros_like(logp))
+        rows = [[t for t, k in zip(r, m) if k and t != self.eos] for r, m in zip(comp.tolist(), cmask.tolist())]
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        return SampleBatch(torch.cat([input_ids, comp], -1), torch.cat([attention_mask, cmask], -1), cmask,
+                           input_ids.shape[1], logp, terminated, texts, hid, rhid)
+
+    @torch.no_grad()
+    def score(self, batch: SampleBatch) -> Scores:
+        """The reference's log-probs, the policy's entropy and untruncated log-probs, and the exact
+        per-token KL to the reference, on the sampled prefixes (see :class:`Scores`)."""
+        if self.ref_model is None:
+            raise ValueError("score() needs the Sampler's ref_model")
+        P = batch.n_prompt
+        ids, attn = batch.input_ids, batch.attention_mask
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        with amp:
+            rh = batch.ref_hidden if batch.ref_hidden is not None else hidden_states(self.ref_model, ids, attn)[:, P - 1:-1]
+            ph = batch.policy_hidden if batch.policy_hidden is not None else hidden_states(self.model, ids, attn)[:, P - 1:-1]
+        st = chunked_token_stats(ph, self.model.get_output_embeddings().weight.detach(), ids[:, P:], rh,
+                                 self.ref_model.get_output_embeddings().weight.detach(), self.logprob_chunk,
+                                 self.temperature, dtype=self.logprob_dtype)
+        m = batch.completion_mask.bool()
+        z = lambda t: torch.where(m, t, torch.zeros_like(t))  # noqa: E731
+        return Scores(ref_logp=z(st["ref_logp"]), policy_logp=z(st["logp"]), entropy=z(st["entropy"]), kl=z(st["kl"]),
+                      ref_hidden=rh)
+
+    # -- token choice ---------------------------------------------------------------------------------------------
+
+    def _pick(self, h: Tensor, st: dict, greedy: bool, generator) -> None:
+        """Choose the next token of every row from final hidden states ``h`` ``[B, D]``; write token, logp
+        and hidden state into column ``st['t']`` of the output buffers; advance the per-row state."""
+        ld = self.logprob_dtype
+        w = self._pw.head
+        z = (h.to(ld) @ w.to(ld).T) * (1.0 / self.temperature)  # [B, V] in logprob_dtype, as in logprobs._chunk_stats
+        if self.min_new_tokens:
+            z[:, self.eos] = torch.where(st["t"] < self.min_new_tokens, torch.full_like(z[:, self.eos], float("-inf")), z[:, self.eos])
+        z = filter_logits(z, self.top_k, self.top_p)
+        lsm = torch.log_softmax(z, dim=-1)
+        if greedy:
+            tok = lsm.argmax(-1)
+        else:
+            u = torch.rand(lsm.shape, dtype=torch.float32, device=lsm.device, generator=generator)
+            tok = (lsm.float() - torch.log(-torch.log(u))).argmax(-1)  # Gumbel-max: a draw from softmax(lsm)
+        logp = lsm.gather(-1, tok[:, None]).squeeze(-1).float()
+        done = st["done"]
+        tok = torch.where(done, torch.full_like(tok, self.pad), tok)
+        logp = torch.where(done, torch.zeros_like(logp), logp)
+        st["out_tok"].index_copy_(1, st["t"], tok[:, None])
+        st["out_logp"].index_copy_(1, st["t"], logp[:, None])
+        st["out_h"].index_copy_(1, st["t"], h[:, None].to(st["out_h"].dtype))
+        done.logical_or_(tok == self.eos)
+        st["cur"].copy_(tok)
+
+    # -- the static decoder ---------------------------------------------------------------------------------------
+
+    def _alloc(self, B: int, P: int, greedy: bool) -> dict:
+        S = max(P, self.max_prompt_len) + self.max_new_tokens
+        s = self._states.get((B, greedy))
+        if s is not None and s["S"] >= P + self.max_new_tokens:
+            return s
+        dev, D = self.device, self._pw.hidden
+        cos, sin = self._pw.rope_table(S, dev)
+        s = {"B": B, "S": S, "greedy": greedy,
+             "pol": _StaticDecoder(self._pw, B, S, dev, cos, sin),
+             "ref": _StaticDecoder(self._rw, B, S, dev, *self._rw.rope_table(S, dev)) if self._rw is not None else None,
+             "valid": torch.zeros(B, S, dtype=torch.bool, device=dev),
+             "cur": torch.full((B,), self.pad, dtype=torch.long, device=dev),
+             "pos": torch.zeros(B, dtype=torch.long, device=dev),
+             "wpos": torch.zeros(1, dtype=torch.long, device=dev),
+             "t": torch.zeros(1, dtype=torch.long, device=dev),
+             "done": torch.zeros(B, dtype=torch.bool, device=dev),
+             "out_tok": torch.full((B, self.max_new_tokens), self.pad, dtype=torch.long, device=dev),
+             "out_logp": torch.zeros(B, self.max_new_tokens, dtype=torch.float32, device=dev),
+             "out_h": torch.zeros(B, self.max_new_tokens, D, dtype=torch.float32, device=dev),
+             "out_rh": torch.zeros(B, self.max_new_tokens, D, dtype=torch.float32, device=dev),
+             "graph": None, "graph_failed": False}
+        self._states[(B, greedy)] = s
+        return s
+
+    def _decode_step(self, st: dict, greedy: bool, generator=None) -> None:
+        """One decode step on the state's buffers (no host synchronisation: capturable)."""
+        st["valid"].index_fill_(1, st["wpos"], True)
+        ids, pos = st["cur"][:, None], st["pos"][:, None]
+        allowed = st["valid"][:, None, :]  # [B, 1, S]
+        if st["ref"] is not None:
+            rh = st["ref"].forward(ids, pos, st["wpos"], allowed)[:, 0]
+            st["out_rh"].index_copy_(1, st["t"], rh[:, None].float())
+        h = st["pol"].forward(ids, pos, st["wpos"], allowed)[:, 0]
+        self._pick(h, st, greedy, generator)
+        st["wpos"].add_(1)
+        st["pos"].add_(1)
+        st["t"].add_(1)
+
+    def _capture(self, st: dict, greedy: bool):
+        """A CUDA graph of one decode step (compiled first for ``"compile"``); ``None`` (and a warning) if it fails."""
+        step = self._decode_step
+        try:
+            if self.decode_mode == "compile":
+                step = torch.compile(self._decode_step, fullgraph=False, dynamic=False)
+
+            def reset():  # warm-up steps write into the state; keep their indices in range (prefill resets it all)
+                for k in ("t", "wpos", "pos"):
+                    st[k].zero_()
+                st["done"].zero_()
+
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):  # warm-up (and compilation) outside the capture
+                    reset()
+                    step(st, greedy)
+            torch.cuda.current_stream().wait_stream(stream)
+            reset()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step(st, greedy)
+            torch.cuda.synchronize()
+            return graph
+        except Exception as e:  # noqa: BLE001 - any capture failure means: decode eagerly
+            logger.warning("decode_mode=%r failed (%s: %s); decoding eagerly", self.decode_mode, type(e).__name__, e)
+            self.decode_mode_used = "eager"
+            st["graph_failed"] = True
+            with contextlib.suppress(Exception):
+                torch.cuda.synchronize()
+            return None
+
+    def _decode_static(self, input_ids: Tensor, attention_mask: Tensor, greedy: bool, generator):
+        B, P = input_ids.shape
+        st = self._alloc(B, P, greedy)
+        self._pw.sync()
+        if self._rw is not None:
+            self._rw.sync()
+        use_graph = self.decode_mode != "eager" and generator is None and self.max_new_tokens > 1 and not st["graph_failed"]
+        if use_graph and st["graph"] is None:
+            st["graph"] = self._capture(st, greedy)
+        use_graph = use_graph and st["graph"] is not None
+        if use_graph:
+            self.decode_mode_used = self.decode_mode
+        # prefill: the prompt's keys and values into slots [0, P), the first token from the last position
+        valid_p = attention_mask.bool()
+        st["valid"].zero_()
+        st["valid"][:, :P] = valid_p
+        pos = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+        write = torch.arange(P, device=self.device)
+        causal = torch.ones(P, st["S"], dtype=torch.bool, device=self.device).tril()
+        allowed = causal[None] & st["valid"][:, None, :]  # [B, P, S]
+        st["done"].zero_()
+        st["t"].zero_()
+        st["out_tok"].fill_(self.pad)
+        if st["ref"] is not None:
+            st["out_rh"][:, 0] = st["ref"].forward(input_ids, pos, write, allowed)[:, -1].float()
+        h = st["pol"].forward(input_ids, pos, write, allowed)[:, -1]
+        st["pos"].copy_(pos[:, -1] + 1)
+        st["wpos"].fill_(P)
+        self._pick(h, st, greedy, generator)
+        st["t"].fill_(1)
+        n = 1
+        while n < self.max_new_tokens:
+            if self.min_new_tokens <= n and n % self.check_every == 0 and bool(st["done"].all()):
+                break
+            if use_graph:
+                st["graph"].replay()
+            else:
+                self._decode_step(st, greedy, generator)
+            n += 1
+        rh = st["out_rh"][:, :n].clone() if st["ref"] is not None else None
+        return st["out_tok"][:, :n].clone(), st["out_logp"][:, :n].clone(), st["out_h"][:, :n].clone(), rh
+
+    # -- the fallback: the model's own forward with a dynamic cache -----------------------------------------------
+
+    def _decode_dynamic(self, input_ids: Tensor, attention_mask: Tensor, greedy: bool, generator):
+        from transformers import DynamicCache
+
+        model = self.model
+        base = model.base_model
+        try:
+            cache = DynamicCache(config=model.config)
+        except TypeError:
+            cache = DynamicCache()
+        cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        B, P = input_ids.shape
+        T = self.max_new_tokens
+        st = {"t": torch.zeros(1, dtype=torch.long, device=self.device),
+              "done": torch.zeros(B, dtype=torch.bool, device=self.device),
+              "cur": torch.full((B,), self.pad, dtype=torch.long, device=self.device),
+              "out_tok": torch.full((B, T), self.pad, dtype=torch.long, device=self.device),
+              "out_logp": torch.zeros(B, T, dtype=torch.float32, device=self.device),
+              "out_h": torch.zeros(B, T, base.config.hidden_size, dtype=torch.float32, device=self.device)}
+        self._pw = self._pw or _HeadOnly(model)
+        attn = attention_mask
+        pos = (attn.cumsum(-1) - 1).clamp_min(0)
+        ids = input_ids
+        was_training = model.training
+        model.eval()
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        n = 0
+        try:
+            while n < T:
+                with amp:
+                    out = base(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **{cache_kw: cache})
+                h = out.last_hidden_state[:, -1].float()
+                self._pick(h, st, greedy, generator)
+                n += 1
+                st["t"].add_(1)
+                if n >= self.min_new_tokens and bool(st["done"].all()):
+                    break
+                ids = st["cur"][:, None]
+                pos = pos[:, -1:] + 1
+                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], -1)
+        finally:
+            model.train(was_training)
+        return st["out_tok"][:, :n], st["out_logp"][:, :n]
+
+
+class _HeadOnly:
+    """The output layer of a model the static decoder cannot drive (what :meth:`Sampler._pick` reads)."""
+
+    def __init__(self, model):
+        self.head = model.get_output_embeddings().weight.detach()
+
+    def sync(self) -> None:
+        pass
+
+
+def generate_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
+                         greedy: bool = False, generator: torch.Generator | None = None, **sampler_kwargs) -> dict:
+    """Sample one completion per prompt with a one-off eager :class:`Sampler`; returns
+    :meth:`SampleBatch.as_dict`: ``input_ids`` ``[batch, P + T]``, ``attention_mask`` (0 on padding and
+    after the first EOS), ``completion_mask`` ``[batch, T]``, ``n_prompt`` = P, ``texts`` (before
+    EOS), ``terminated`` (EOS emitted, a list) and ``logp`` (see the module docstring)."""
+    sampler_kwargs.setdefault("decode_mode", "eager")
+    s = Sampler(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, **sampler_kwargs)
+    return s.sample(prompts, greedy=greedy, generator=generator).as_dict()
