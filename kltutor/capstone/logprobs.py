@@ -13,7 +13,9 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["chunked_token_stats", "naive_token_stats", "hidden_states", "sequence_stats"]
+from kltutor.capstone import decoder
+
+__all__ = ["chunked_token_stats", "naive_token_stats", "hidden_states", "completion_hidden", "sequence_stats"]
 
 
 def _chunk_stats(h: Tensor, targets: Tensor, head_w: Tensor, ref_h: Tensor | None, ref_w: Tensor | None,
@@ -93,21 +95,31 @@ def hidden_states(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     return out.last_hidden_state
 
 
+def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, n_prompt: int, prompt_index=None) -> Tensor:
+    """The last hidden states ``[batch, T, d]`` that predict the completion tokens ``input_ids[:, n_prompt:]``:
+    :func:`kltutor.capstone.decoder.completion_hidden` (each distinct prompt run once; ``prompt_index``
+    from :func:`kltutor.capstone.decoder.prompt_index` if already known) for the models it supports,
+    else ``hidden_states(...)[:, n_prompt - 1:-1]``. The same values either way, up to rounding."""
+    if decoder.support(model) is None:
+        return decoder.completion_hidden(model, input_ids, attention_mask, n_prompt, index=prompt_index)
+    return hidden_states(model, input_ids, attention_mask)[:, n_prompt - 1:-1]
+
+
 def sequence_stats(model, input_ids: Tensor, attention_mask: Tensor, n_prompt: int, ref_model=None,
                    chunk: int = 1024, temperature: float = 1.0, ref_hidden: Tensor | None = None,
-                   dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+                   dtype: torch.dtype = torch.float32, prompt_index=None) -> dict[str, Tensor]:
     """Statistics of the completion tokens ``input_ids[:, n_prompt:]`` (``[batch, time]`` each).
 
-    The hidden state at position ``t-1`` predicts token ``t``; only the completion positions are sent
-    through the output layer. ``ref_hidden`` (the reference's last hidden states on the completion
-    positions, e.g. :attr:`kltutor.capstone.sampler.Scores.ref_hidden`) replaces the reference's
-    forward pass when given; ``ref_model`` still supplies its output layer.
+    The hidden state at position ``t-1`` predicts token ``t`` (:func:`completion_hidden`); only the
+    completion positions are sent through the output layer. ``ref_hidden`` (the reference's last
+    hidden states on the completion positions, e.g. :attr:`kltutor.capstone.sampler.Scores.ref_hidden`)
+    replaces the reference's forward pass when given; ``ref_model`` still supplies its output layer.
     """
-    h = hidden_states(model, input_ids, attention_mask)[:, n_prompt - 1:-1]
+    h = completion_hidden(model, input_ids, attention_mask, n_prompt, prompt_index)
     targets = input_ids[:, n_prompt:]
     rh = rw = None
     if ref_model is not None:
         with torch.no_grad():
-            rh = ref_hidden if ref_hidden is not None else hidden_states(ref_model, input_ids, attention_mask)[:, n_prompt - 1:-1]
+            rh = ref_hidden if ref_hidden is not None else completion_hidden(ref_model, input_ids, attention_mask, n_prompt, prompt_index)
             rw = ref_model.get_output_embeddings().weight
     return chunked_token_stats(h, model.get_output_embeddings().weight, targets, rh, rw, chunk, temperature, dtype)

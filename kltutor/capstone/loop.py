@@ -370,7 +370,8 @@ def _step(ctx: StepContext, step: int) -> StepRow:
     for _ in range(cfg.updates_per_batch):
         with phase("forward"), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             st = sequence_stats(policy, ids, attn, n_prompt, ctx.ref if exact else None, cfg.logprob_chunk,
-                                cfg.temperature, ref_hidden=scores.ref_hidden if exact else None)
+                                cfg.temperature, ref_hidden=scores.ref_hidden if exact else None,
+                                prompt_index=batch.prompt_index)
             loss, kl_term, clip_frac = _loss(cfg, st, old, mask, rewards, beta)
         with phase("backward"):
             ctx.optimizer.zero_grad(set_to_none=True)

@@ -56,10 +56,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kltutor.capstone.logprobs import chunked_token_stats, hidden_states
+from kltutor.capstone import decoder
+from kltutor.capstone.logprobs import chunked_token_stats, completion_hidden
 
 __all__ = ["DECODE_MODES", "REF_SCORING", "LOGPROB_DTYPES", "SampleBatch", "Scores", "Sampler", "filter_logits",
-           "completion_mask_from_ids", "generate_completions", "static_decoder_support"]
+           "completion_mask_from_ids", "generate_completions"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,153 +96,56 @@ def filter_logits(z: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The static decoder: a Qwen2 / Llama forward over preallocated KV buffers, written with the model's own weights.
+# The static KV cache, driven by kltutor.capstone.decoder
 # ----------------------------------------------------------------------------------------------------------------
 
-def static_decoder_support(model) -> str | None:
-    """``None`` when the static decoder can drive ``model``; otherwise the reason it cannot (the sampler
-    then decodes with the model's own forward)."""
-    cfg = getattr(model, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) not in ("qwen2", "llama"):
-        return f"model_type {getattr(cfg, 'model_type', None)!r} is not one the static decoder implements (qwen2, llama)"
-    base = getattr(model, "model", None)
-    for name in ("embed_tokens", "layers", "norm", "rotary_emb"):
-        if not hasattr(base, name):
-            return f"the model has no model.{name}"
-    if getattr(cfg, "hidden_act", None) != "silu":
-        return f"hidden_act={getattr(cfg, 'hidden_act', None)!r} (only 'silu' is implemented)"
-    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])) or getattr(cfg, "use_sliding_window", False):
-        return "sliding-window attention is not implemented"
-    if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
-        return "pretraining_tp > 1 is not implemented"
-    if getattr(base.rotary_emb, "rope_type", "default") in ("dynamic", "longrope"):
-        return f"rope_type={base.rotary_emb.rope_type!r} depends on the sequence length"
-    for layer in base.layers:
-        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        if attn is None or mlp is None or not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
-            return "a layer without q/k/v/o projections"
-        if hasattr(attn, "q_norm") or hasattr(attn, "k_norm"):
-            return "query/key normalisation is not implemented"
-        if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
-            return "an MLP without gate/up/down projections"
-    head = model.get_output_embeddings()
-    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
-        return "the output layer is not a bias-free Linear"
-    for attr in ("logit_scale", "final_logit_softcapping"):
-        if getattr(cfg, attr, None) not in (None, 1, 1.0):
-            return f"{attr} is not implemented"
-    return None
+class _Cache:
+    """The KV cache of one model: ``batch`` rows x ``length`` slots per layer, and its forward."""
 
-
-class _Weights:
-    """One model's weights as the static decoder reads them: the linear layers' weights in the matmul
-    dtype (a copy, refreshed by :meth:`sync`, when it differs from the parameters' dtype; the
-    parameters themselves otherwise), embeddings and norms as they are (float32 on a float32 model)."""
-
-    def __init__(self, model, mm_dtype: torch.dtype):
-        cfg = model.config
-        base = model.model
-        self.model = model
-        self.mm_dtype = mm_dtype
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.hidden = cfg.hidden_size
-        self._pairs: list[tuple[Tensor, Tensor]] = []  # (parameter, its matmul-dtype copy)
-        self.embed = base.embed_tokens.weight.detach()
-        self.norm_w, self.norm_eps = base.norm.weight.detach(), float(base.norm.variance_epsilon)
-        self.layers = []
-        for layer in base.layers:
-            a, m = layer.self_attn, layer.mlp
-            self.layers.append({
-                "ln1": layer.input_layernorm.weight.detach(), "eps1": float(layer.input_layernorm.variance_epsilon),
-                "ln2": layer.post_attention_layernorm.weight.detach(), "eps2": float(layer.post_attention_layernorm.variance_epsilon),
-                "q": self._mm(a.q_proj.weight), "qb": self._mm(a.q_proj.bias), "k": self._mm(a.k_proj.weight),
-                "kb": self._mm(a.k_proj.bias), "v": self._mm(a.v_proj.weight), "vb": self._mm(a.v_proj.bias),
-                "o": self._mm(a.o_proj.weight), "ob": self._mm(a.o_proj.bias),
-                "gate": self._mm(m.gate_proj.weight), "gateb": self._mm(m.gate_proj.bias),
-                "up": self._mm(m.up_proj.weight), "upb": self._mm(m.up_proj.bias),
-                "down": self._mm(m.down_proj.weight), "downb": self._mm(m.down_proj.bias),
-                "scale": float(getattr(a, "scaling", self.head_dim ** -0.5)),
-            })
-        self.head = model.get_output_embeddings().weight.detach()
-        self.rotary = base.rotary_emb
-
-    def _mm(self, p: Tensor | None) -> Tensor | None:
-        if p is None:
-            return None
-        if p.dtype == self.mm_dtype:
-            return p.detach()
-        copy = p.detach().to(self.mm_dtype)
-        self._pairs.append((p, copy))
-        return copy
-
-    @torch.no_grad()
-    def sync(self) -> None:
-        """Copy the current parameters into the matmul-dtype copies (in place: captured graphs stay valid)."""
-        if self._pairs:
-            torch._foreach_copy_([c for _, c in self._pairs], [p.detach() for p, _ in self._pairs])
-
-    def rope_table(self, length: int, device) -> tuple[Tensor, Tensor]:
-        """cos, sin ``[length, head_dim]`` (float32) from the model's own rotary module."""
-        pos = torch.arange(length, device=device)[None]
-        x = torch.zeros(1, dtype=torch.float32, device=device)
-        cos, sin = self.rotary(x, pos)
-        return cos[0].float(), sin[0].float()
-
-
-def _rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
-    dt = x.dtype
-    x = x.float()
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return w * x.to(dt)
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
-
-
-class _StaticDecoder:
-    """The KV cache of one model for ``batch`` rows and ``length`` positions, and its forward."""
-
-    def __init__(self, w: _Weights, batch: int, length: int, device, cos: Tensor, sin: Tensor):
+    def __init__(self, w: decoder.Weights, batch: int, length: int, device):
         self.w, self.B, self.S = w, batch, length
+        dtype = w.mm_dtype or w.head.dtype
         shape = (batch, w.n_kv, length, w.head_dim)
-        self.k = [torch.zeros(shape, dtype=w.mm_dtype, device=device) for _ in w.layers]
-        self.v = [torch.zeros(shape, dtype=w.mm_dtype, device=device) for _ in w.layers]
-        self.cos, self.sin = cos, sin
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in w.layers]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in w.layers]
+        self.cos, self.sin = decoder.rope_table(w, length, device)
 
-    def forward(self, ids: Tensor, pos: Tensor, write: Tensor, allowed: Tensor) -> Tensor:
-        """Final-normed hidden states ``[B, L, D]`` of tokens ``ids`` ``[B, L]`` at rotary positions ``pos``
-        ``[B, L]``, written to cache slots ``write`` ``[L]``; ``allowed`` ``[B, L, S]`` says which slots each
-        query may attend to."""
+    def prefill(self, uids: Tensor, umask: Tensor, index: Tensor) -> Tensor:
+        """Run the distinct prompts ``uids`` ``[U, P]`` once, copy their keys and values into slots
+        ``[0, P)`` of every row that shares them (``index`` ``[B]``); return each row's last hidden ``[B, D]``."""
         w = self.w
-        B, L = ids.shape
-        mm = w.mm_dtype
-        x = F.embedding(ids, w.embed)
-        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [B, 1, L, hd]
-        G = w.n_heads // w.n_kv
-        mask = allowed[:, None, None]  # [B, 1, 1, L, S]
+        U, P = uids.shape
+        dev = uids.device
+        umask_b = umask.bool()
+        pos = (umask.cumsum(-1) - 1).clamp_min(0)
+        eye = torch.eye(P, dtype=torch.bool, device=dev)
+        mask = ((torch.ones(P, P, dtype=torch.bool, device=dev).tril()[None] & umask_b[:, None, :]) | eye)[:, None]
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
+        x = F.embedding(uids, w.embed, w.padding_idx)
         for lw, kc, vc in zip(w.layers, self.k, self.v):
-            h = _rms(x, lw["ln1"], lw["eps1"]).to(mm)
-            q = F.linear(h, lw["q"], lw["qb"]).view(B, L, w.n_heads, w.head_dim).transpose(1, 2)
-            k = F.linear(h, lw["k"], lw["kb"]).view(B, L, w.n_kv, w.head_dim).transpose(1, 2)
-            v = F.linear(h, lw["v"], lw["vb"]).view(B, L, w.n_kv, w.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin  # float32 (the rotary table is float32), as under autocast
-            k = k * cos + _rotate_half(k) * sin
-            kc.index_copy_(2, write, k.to(kc.dtype))
-            vc.index_copy_(2, write, v.to(vc.dtype))
-            qg = q.float().reshape(B, w.n_kv, G, L, w.head_dim)
-            scores = torch.matmul(qg, kc.float()[:, :, None].transpose(-1, -2)) * lw["scale"]  # [B, KV, G, L, S]
-            scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
-            o = torch.matmul(torch.softmax(scores, dim=-1), vc.float()[:, :, None])  # [B, KV, G, L, hd]
-            o = o.reshape(B, w.n_heads, L, w.head_dim).transpose(1, 2).reshape(B, L, w.n_heads * w.head_dim).to(mm)
-            x = x + F.linear(o, lw["o"], lw["ob"])
-            h = _rms(x, lw["ln2"], lw["eps2"]).to(mm)
-            x = x + F.linear(F.silu(F.linear(h, lw["gate"], lw["gateb"])) * F.linear(h, lw["up"], lw["upb"]),
-                             lw["down"], lw["downb"])
-        return _rms(x, w.norm_w, w.norm_eps)
+            def kv(k, v, kc=kc, vc=vc):
+                kc[:, :, :P] = k[index].to(kc.dtype)
+                vc[:, :, :P] = v[index].to(vc.dtype)
+                return k, v, mask
+
+            x = decoder.layer(w, lw, x, cos, sin, kv)
+        return decoder.final_norm(w, x[:, -1])[index]
+
+    def step(self, ids: Tensor, pos: Tensor, wpos: Tensor, valid: Tensor) -> Tensor:
+        """One token per row (``ids``, rotary positions ``pos``, ``[B]``) written to slot ``wpos`` ``[1]``,
+        attending to the slots ``valid`` ``[B, S]`` marks; returns the final hidden states ``[B, D]``."""
+        w = self.w
+        mask = valid[:, None, None, :]
+        cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]
+        x = F.embedding(ids[:, None], w.embed, w.padding_idx)
+        for lw, kc, vc in zip(w.layers, self.k, self.v):
+            def kv(k, v, kc=kc, vc=vc):
+                kc.index_copy_(2, wpos, k.to(kc.dtype))
+                vc.index_copy_(2, wpos, v.to(vc.dtype))
+                return kc, vc, mask
+
+            x = decoder.layer(w, lw, x, cos, sin, kv)
+        return decoder.final_norm(w, x[:, 0])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -269,6 +173,7 @@ class SampleBatch:
     texts: list[str]
     policy_hidden: Tensor | None = None  # [B, T, D] last hidden states that produced each token (static decoder)
     ref_hidden: Tensor | None = None  # [B, T, D] the reference's, when scored in the decode loop
+    prompt_index: tuple | None = None  # (distinct prompts [U, P], their mask, row -> prompt [B]): see decoder.prompt_index
 
     @property
     def completion_ids(self) -> Tensor:
@@ -355,16 +260,16 @@ class Sampler:
             decode_mode = "eager"
         self.decode_mode = decode_mode
         self.decode_mode_used = decode_mode
-        reason = static_decoder_support(model)
+        reason = decoder.support(model)
         if reason is None and ref_model is not None and ref_scoring == "in-loop":
-            reason = static_decoder_support(ref_model)
+            reason = decoder.support(ref_model)
         self.static = reason is None
         self.fallback_reason = reason
         if not self.static:
             logger.warning("static decoder unavailable (%s): sampling with the model's own forward per step", reason)
             self.decode_mode_used = "eager"
-        self._pw = _Weights(model, self.compute_dtype) if self.static else None
-        self._rw = (_Weights(ref_model, self.compute_dtype)
+        self._pw = decoder.Weights(model, self.compute_dtype) if self.static else None
+        self._rw = (decoder.Weights(ref_model, self.compute_dtype)
                     if self.static and ref_model is not None and ref_scoring == "in-loop" else None)
         self._states: dict = {}  # (batch, greedy) -> buffers, KV caches and the captured graph
 
@@ -388,9 +293,10 @@ class Sampler:
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("prompts must be left-padded (the last prompt position is padding in some row)")
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device).long()
+        index = decoder.prompt_index(input_ids, attention_mask)
         with torch.autocast(self.device.type, enabled=False):
             if self.static:
-                comp, logp, hid, rhid = self._decode_static(input_ids, attention_mask, greedy, generator)
+                comp, logp, hid, rhid = self._decode_static(input_ids, attention_mask, index, greedy, generator)
             else:
                 comp, logp = self._decode_dynamic(input_ids, attention_mask, greedy, generator)
                 hid = rhid = None
@@ -400,7 +306,7 @@ class Sampler:
         rows = [[t for t, k in zip(r, m) if k and t != self.eos] for r, m in zip(comp.tolist(), cmask.tolist())]
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
         return SampleBatch(torch.cat([input_ids, comp], -1), torch.cat([attention_mask, cmask], -1), cmask,
-                           input_ids.shape[1], logp, terminated, texts, hid, rhid)
+                           input_ids.shape[1], logp, terminated, texts, hid, rhid, index)
 
     @torch.no_grad()
     def score(self, batch: SampleBatch) -> Scores:
@@ -412,8 +318,12 @@ class Sampler:
         ids, attn = batch.input_ids, batch.attention_mask
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
         with amp:
-            rh = batch.ref_hidden if batch.ref_hidden is not None else hidden_states(self.ref_model, ids, attn)[:, P - 1:-1]
-            ph = batch.policy_hidden if batch.policy_hidden is not None else hidden_states(self.model, ids, attn)[:, P - 1:-1]
+            rh = batch.ref_hidden
+            if rh is None:
+                rh = completion_hidden(self.ref_model, ids, attn, P, batch.prompt_index)
+            ph = batch.policy_hidden
+            if ph is None:
+                ph = completion_hidden(self.model, ids, attn, P, batch.prompt_index)
         st = chunked_token_stats(ph, self.model.get_output_embeddings().weight.detach(), ids[:, P:], rh,
                                  self.ref_model.get_output_embeddings().weight.detach(), self.logprob_chunk,
                                  self.temperature, dtype=self.logprob_dtype)
@@ -443,9 +353,9 @@ class Sampler:
         done = st["done"]
         tok = torch.where(done, torch.full_like(tok, self.pad), tok)
         logp = torch.where(done, torch.zeros_like(logp), logp)
-        st["out_tok"].index_copy_(1, st["t"], tok[:, None])
-        st["out_logp"].index_copy_(1, st["t"], logp[:, None])
-        st["out_h"].index_copy_(1, st["t"], h[:, None].to(st["out_h"].dtype))
+        st["out_tok"].index_copy_(0, st["t"], tok[None])
+        st["out_logp"].index_copy_(0, st["t"], logp[None])
+        st["out_h"].index_copy_(0, st["t"], h[None].to(st["out_h"].dtype))
         done.logical_or_(tok == self.eos)
         st["cur"].copy_(tok)
 
@@ -456,21 +366,21 @@ class Sampler:
         s = self._states.get((B, greedy))
         if s is not None and s["S"] >= P + self.max_new_tokens:
             return s
-        dev, D = self.device, self._pw.hidden
-        cos, sin = self._pw.rope_table(S, dev)
+        dev, D, T = self.device, self._pw.hidden, self.max_new_tokens
         s = {"B": B, "S": S, "greedy": greedy,
-             "pol": _StaticDecoder(self._pw, B, S, dev, cos, sin),
-             "ref": _StaticDecoder(self._rw, B, S, dev, *self._rw.rope_table(S, dev)) if self._rw is not None else None,
+             "pol": _Cache(self._pw, B, S, dev),
+             "ref": _Cache(self._rw, B, S, dev) if self._rw is not None else None,
              "valid": torch.zeros(B, S, dtype=torch.bool, device=dev),
              "cur": torch.full((B,), self.pad, dtype=torch.long, device=dev),
              "pos": torch.zeros(B, dtype=torch.long, device=dev),
              "wpos": torch.zeros(1, dtype=torch.long, device=dev),
              "t": torch.zeros(1, dtype=torch.long, device=dev),
              "done": torch.zeros(B, dtype=torch.bool, device=dev),
-             "out_tok": torch.full((B, self.max_new_tokens), self.pad, dtype=torch.long, device=dev),
-             "out_logp": torch.zeros(B, self.max_new_tokens, dtype=torch.float32, device=dev),
-             "out_h": torch.zeros(B, self.max_new_tokens, D, dtype=torch.float32, device=dev),
-             "out_rh": torch.zeros(B, self.max_new_tokens, D, dtype=torch.float32, device=dev),
+             # outputs are time-major ([T, B, ...]): each step writes one contiguous row
+             "out_tok": torch.full((T, B), self.pad, dtype=torch.long, device=dev),
+             "out_logp": torch.zeros(T, B, dtype=torch.float32, device=dev),
+             "out_h": torch.zeros(T, B, D, dtype=torch.float32, device=dev),
+             "out_rh": torch.zeros(T, B, D, dtype=torch.float32, device=dev),
              "graph": None, "graph_failed": False}
         self._states[(B, greedy)] = s
         return s
@@ -478,12 +388,10 @@ class Sampler:
     def _decode_step(self, st: dict, greedy: bool, generator=None) -> None:
         """One decode step on the state's buffers (no host synchronisation: capturable)."""
         st["valid"].index_fill_(1, st["wpos"], True)
-        ids, pos = st["cur"][:, None], st["pos"][:, None]
-        allowed = st["valid"][:, None, :]  # [B, 1, S]
         if st["ref"] is not None:
-            rh = st["ref"].forward(ids, pos, st["wpos"], allowed)[:, 0]
-            st["out_rh"].index_copy_(1, st["t"], rh[:, None].float())
-        h = st["pol"].forward(ids, pos, st["wpos"], allowed)[:, 0]
+            rh = st["ref"].step(st["cur"], st["pos"], st["wpos"], st["valid"])
+            st["out_rh"].index_copy_(0, st["t"], rh[None].float())
+        h = st["pol"].step(st["cur"], st["pos"], st["wpos"], st["valid"])
         self._pick(h, st, greedy, generator)
         st["wpos"].add_(1)
         st["pos"].add_(1)
@@ -522,7 +430,7 @@ class Sampler:
                 torch.cuda.synchronize()
             return None
 
-    def _decode_static(self, input_ids: Tensor, attention_mask: Tensor, greedy: bool, generator):
+    def _decode_static(self, input_ids: Tensor, attention_mask: Tensor, index, greedy: bool, generator):
         B, P = input_ids.shape
         st = self._alloc(B, P, greedy)
         self._pw.sync()
@@ -534,21 +442,17 @@ class Sampler:
         use_graph = use_graph and st["graph"] is not None
         if use_graph:
             self.decode_mode_used = self.decode_mode
-        # prefill: the prompt's keys and values into slots [0, P), the first token from the last position
-        valid_p = attention_mask.bool()
+        # prefill: each distinct prompt once; keys and values into slots [0, P) of its rows
+        uids, umask, idx = index
         st["valid"].zero_()
-        st["valid"][:, :P] = valid_p
-        pos = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-        write = torch.arange(P, device=self.device)
-        causal = torch.ones(P, st["S"], dtype=torch.bool, device=self.device).tril()
-        allowed = causal[None] & st["valid"][:, None, :]  # [B, P, S]
+        st["valid"][:, :P] = attention_mask.bool()
         st["done"].zero_()
         st["t"].zero_()
         st["out_tok"].fill_(self.pad)
         if st["ref"] is not None:
-            st["out_rh"][:, 0] = st["ref"].forward(input_ids, pos, write, allowed)[:, -1].float()
-        h = st["pol"].forward(input_ids, pos, write, allowed)[:, -1]
-        st["pos"].copy_(pos[:, -1] + 1)
+            st["out_rh"][0] = st["ref"].prefill(uids, umask, idx).float()
+        h = st["pol"].prefill(uids, umask, idx)
+        st["pos"].copy_(attention_mask.sum(-1))
         st["wpos"].fill_(P)
         self._pick(h, st, greedy, generator)
         st["t"].fill_(1)
@@ -561,8 +465,9 @@ class Sampler:
             else:
                 self._decode_step(st, greedy, generator)
             n += 1
-        rh = st["out_rh"][:, :n].clone() if st["ref"] is not None else None
-        return st["out_tok"][:, :n].clone(), st["out_logp"][:, :n].clone(), st["out_h"][:, :n].clone(), rh
+        rh = st["out_rh"][:n].transpose(0, 1).contiguous() if st["ref"] is not None else None
+        return (st["out_tok"][:n].t().contiguous(), st["out_logp"][:n].t().contiguous(),
+                st["out_h"][:n].transpose(0, 1).contiguous(), rh)
 
     # -- the fallback: the model's own forward with a dynamic cache -----------------------------------------------
 
@@ -581,9 +486,9 @@ class Sampler:
         st = {"t": torch.zeros(1, dtype=torch.long, device=self.device),
               "done": torch.zeros(B, dtype=torch.bool, device=self.device),
               "cur": torch.full((B,), self.pad, dtype=torch.long, device=self.device),
-              "out_tok": torch.full((B, T), self.pad, dtype=torch.long, device=self.device),
-              "out_logp": torch.zeros(B, T, dtype=torch.float32, device=self.device),
-              "out_h": torch.zeros(B, T, base.config.hidden_size, dtype=torch.float32, device=self.device)}
+              "out_tok": torch.full((T, B), self.pad, dtype=torch.long, device=self.device),
+              "out_logp": torch.zeros(T, B, dtype=torch.float32, device=self.device),
+              "out_h": torch.zeros(T, B, base.config.hidden_size, dtype=torch.float32, device=self.device)}
         self._pw = self._pw or _HeadOnly(model)
         attn = attention_mask
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
@@ -607,7 +512,7 @@ class Sampler:
                 attn = torch.cat([attn, torch.ones_like(attn[:, :1])], -1)
         finally:
             model.train(was_training)
-        return st["out_tok"][:, :n], st["out_logp"][:, :n]
+        return st["out_tok"][:n].t().contiguous(), st["out_logp"][:n].t().contiguous()
 
 
 class _HeadOnly:
