@@ -248,3 +248,85 @@ def test_captured_decode_step_equals_eager_on_cuda(tok, mode):
     assert torch.equal(graph.completion_ids, eager.completion_ids)
     torch.testing.assert_close(graph.logp, eager.logp, rtol=0, atol=1e-5)
     assert math.isfinite(float(graph.logp.sum()))
+
+
+def test_graph_replay_logic_with_a_simulated_cuda_graph(models, tok, monkeypatch):
+    """The CUDA-graph path's control flow on the CPU: a stand-in graph records the decode step during
+    "capture" (without running it, as CUDA does) and runs it on replay. Replaying must give exactly
+    the eager sampler's tokens and log-probs, on every call (state reset by the prefill), and a capture
+    that raises must fall back to eager with a warning."""
+    import contextlib
+
+    active = []
+
+    class FakeGraph:
+        def __init__(self):
+            self.fn = None
+
+        def replay(self):
+            self.fn()
+
+    @contextlib.contextmanager
+    def fake_graph(g):
+        active.append(g)
+        try:
+            yield
+        finally:
+            active.pop()
+
+    class FakeStream:
+        def wait_stream(self, other):
+            pass
+
+    for name, value in (("Stream", FakeStream), ("stream", lambda s: contextlib.nullcontext()), ("current_stream", FakeStream),
+                        ("CUDAGraph", FakeGraph), ("graph", fake_graph), ("synchronize", lambda: None)):
+        monkeypatch.setattr(torch.cuda, name, value)
+    policy = models[0]
+    eager = Sampler(policy, tok, max_new_tokens=7, temperature=0.9, top_k=7)
+    graphed = Sampler(policy, tok, max_new_tokens=7, temperature=0.9, top_k=7)
+    graphed.decode_mode = "cuda-graph"
+    real_step = graphed._decode_step
+
+    def step(st, greedy, generator=None):
+        if active:  # "capturing": record, do not run
+            active[-1].fn = lambda: real_step(st, greedy)
+            return
+        real_step(st, greedy, generator)
+
+    graphed._decode_step = step
+    graphed.sample(PROMPTS * 2)  # the capture (its warm-up steps draw random numbers too)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        a = eager.sample(PROMPTS * 2)
+        torch.manual_seed(seed)
+        b = graphed.sample(PROMPTS * 2)
+        assert graphed.decode_mode_used == "cuda-graph"
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.logp, b.logp)
+    assert len(graphed._states) == 1 and graphed._states[(16, False)]["graph"] is not None
+
+    broken = Sampler(policy, tok, max_new_tokens=7, temperature=0.9, top_k=7)
+    broken.decode_mode = "cuda-graph"
+
+    def boom(st, greedy, generator=None):
+        if active:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return Sampler._decode_step(broken, st, greedy, generator)
+
+    broken._decode_step = boom
+    import logging
+
+    logger = logging.getLogger("kltutor.capstone.sampler")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        c = broken.sample(PROMPTS * 2)
+    finally:
+        logger.removeHandler(handler)
+    assert broken.decode_mode_used == "eager" and any("failed" in r.getMessage() for r in records)
+    assert c.logp.shape == c.completion_mask.shape  # the call that failed to capture still sampled
+    torch.manual_seed(0)
+    c = broken.sample(PROMPTS * 2)  # no second attempt at capturing: plain eager decoding
+    torch.manual_seed(0)
+    assert torch.equal(c.input_ids, eager.sample(PROMPTS * 2).input_ids)
