@@ -175,6 +175,9 @@ class TRLSide:
         tok = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
         self.trainer = GRPOTrainer(model=str(model_dir), reward_funcs=addition_reward, args=args, train_dataset=ds,
                                    processing_class=tok)
+        from transformers.trainer_callback import PrinterCallback
+
+        self.trainer.remove_callback(PrinterCallback)  # its log lines would interleave with the report
         self.timings: dict[str, float] = {}
         self._wrap()
 
@@ -252,19 +255,38 @@ def measured_peaks(device: torch.device) -> dict:
     return {"bandwidth_Bps": 2 * n_bytes / t_copy, "matmul_flops": 2 * n ** 3 / t_mm, "matmul_dtype": str(dt)}
 
 
-def floor_estimate(model, sz: dict, prompt_len: int, peaks: dict, weight_bytes: int) -> dict:
-    """Physical lower bound of one step: decode reads the policy's weights once per generated token
-    position; prefill, the reference pass and the update (forward + backward = 3 forwards) are
-    2 * params FLOPs per token each."""
-    n_params = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
-    B, T = sz["prompts"] * sz["group"], sz["max_new_tokens"]
-    decode_bytes = T * n_params * weight_bytes
-    tokens = B * (prompt_len + T)
-    flops = 2 * n_params * (B * prompt_len + tokens + 3 * tokens)  # prefill + reference + update
-    t_decode = decode_bytes / peaks["bandwidth_Bps"]
+def matmul_params(model) -> int:
+    """Parameters a token's forward multiplies by: every weight matrix except the input embedding (the
+    tied output layer counts once, as the head)."""
+    return sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in n) + \
+        model.get_output_embeddings().weight.numel()
+
+
+def step_flops(n_params: int, B: int, U: int, P: int, T: int, shared: bool, recompute: bool = False) -> float:
+    """Matrix FLOPs of one step (2 per parameter per token forward, 4 per token backward; attention over
+    at most P + T positions is left out). Sampling: prefill + T - 1 decode steps; the reference and the
+    update run over the prompt and the completion; with ``shared`` each distinct prompt (U of them) is
+    run once and the last completion token is not fed back; ``recompute``: activation checkpointing
+    runs the forward twice."""
+    prompt = U * P if shared else B * P
+    seq = prompt + B * (T - 1) if shared else B * (P + T)
+    sample = prompt + B * (T - 1)
+    fwd = seq * (2 if recompute else 1)
+    return 2.0 * n_params * (sample + seq + fwd + 2 * seq)
+
+
+def floor_estimate(n_params: int, sz: dict, prompt_len: int, peaks: dict, weight_bytes: int) -> dict:
+    """A physical lower bound of one step of the least work (shared prompts): each of the T - 1 decode
+    steps must read the policy's weights once (memory bandwidth) and do its matrix FLOPs (whichever is
+    slower); everything else is matrix FLOPs at the measured matmul rate."""
+    B, U, T = sz["prompts"] * sz["group"], sz["prompts"], sz["max_new_tokens"]
+    decode_bytes = (T - 1) * n_params * weight_bytes
+    decode_flops = 2.0 * n_params * B * (T - 1)
+    flops = step_flops(n_params, B, U, prompt_len, T, shared=True) - decode_flops
+    t_decode = max(decode_bytes / peaks["bandwidth_Bps"], decode_flops / peaks["matmul_flops"])
     t_flops = flops / peaks["matmul_flops"]
-    return {"n_params_matmul": n_params, "decode_s": t_decode, "flops": flops, "flops_s": t_flops,
-            "floor_s": t_decode + t_flops}
+    return {"n_params_matmul": n_params, "decode_s": t_decode, "decode_bytes": decode_bytes, "flops": flops,
+            "flops_s": t_flops, "floor_s": t_decode + t_flops}
 
 
 def quick_check(device: torch.device, log=print) -> bool:
@@ -295,7 +317,9 @@ def quick_check(device: torch.device, log=print) -> bool:
     precisions = [("float32", None, False)] + ([("bf16-autocast", torch.bfloat16, True)] if device.type == "cuda" else [])
     for mode in modes:
         for prec, cdt, amp in precisions:
-            for s in settings:
+            if mode == "compile" and prec == "float32":
+                continue  # one compilation is enough to check the compiled path (bf16 below)
+            for s in (settings[:1] if mode == "compile" else settings):
                 sampler = Sampler(model, tok, ref_model=ref, max_new_tokens=12, decode_mode=mode, compute_dtype=cdt,
                                   autocast=amp, max_prompt_len=8, **s)
                 torch.manual_seed(0)
@@ -319,7 +343,7 @@ def quick_check(device: torch.device, log=print) -> bool:
                 log(f"  {'ok ' if good else 'BAD'} mode={sampler.decode_mode_used:10s} {prec:13s} {s}: {detail}; "
                     f"lengths {int(lengths.min())}..{int(lengths.max())}, terminated {int(b.terminated.sum())}/{len(prompts)}")
             # greedy tokens against model.generate (float32 only: bf16 argmax ties may differ)
-            if prec == "float32":
+            if prec == "float32" and mode != "compile":
                 sampler = Sampler(model, tok, max_new_tokens=12, decode_mode=mode, max_prompt_len=8)
                 b = sampler.sample(prompts, greedy=True)
                 enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
@@ -338,7 +362,7 @@ def _median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def report(sides: dict[str, list[dict]], warmup: int, device: torch.device, floor: dict | None) -> dict:
+def report(sides: dict[str, list[dict]], warmup: int) -> dict:
     out = {}
     lines = []
     for name, recs in sides.items():
@@ -360,12 +384,6 @@ def report(sides: dict[str, list[dict]], warmup: int, device: torch.device, floo
                 ratio = out[other]["median_s_per_step"] / out["capstone"]["median_s_per_step"]
                 out[f"ratio_vs_{other}"] = ratio
                 print(f"capstone speed-up over {other}: {ratio:.2f}x (median s/step ratio)")
-    if floor is not None:
-        print(f"physical floor: {floor['floor_s'] * 1e3:.2f} ms/step (decode weights {floor['decode_s'] * 1e3:.2f} ms "
-              f"+ {floor['flops'] / 1e9:.1f} GFLOP {floor['flops_s'] * 1e3:.2f} ms)")
-        for name in names:
-            print(f"  {name}: {out[name]['median_s_per_step'] / floor['floor_s']:.1f}x the floor")
-        out["floor"] = floor
     return out
 
 
@@ -378,8 +396,9 @@ def main(argv=None) -> int:
     p.add_argument("--decode-mode", default="auto", choices=["auto", "eager", "cuda-graph", "compile", "all"],
                    help="the capstone sampler's decode mode; 'all' times sampling in each mode first and uses the fastest")
     p.add_argument("--ref-scoring", default="batched", choices=["batched", "in-loop"])
-    p.add_argument("--trl-gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
-                   help="TRL's GRPOConfig default is True; off (the default here) makes TRL do the capstone's FLOPs")
+    p.add_argument("--trl", choices=["default", "no-ckpt", "both"], default="both",
+                   help="TRL configuration(s): its defaults (gradient checkpointing on), gradient checkpointing off "
+                        "(no recomputed forward), or one run of each, each alternating with the capstone")
     p.add_argument("--no-trl", action="store_true", help="capstone only")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--lr", type=float, default=1e-5)
@@ -425,41 +444,62 @@ def main(argv=None) -> int:
     cap = Capstone(model_dir, sz, device, args.lr, args.beta, args.seed, decode_mode, args.ref_scoring)
     n_params = sum(p.numel() for p in cap.policy.parameters())
     prompt_len = len(cap.tok(cap.task.prompt(sz["max_operand"], sz["max_operand"]), add_special_tokens=False)["input_ids"])
-    print(f"model: {n_params:,} parameters; {sz['prompts']} prompts x {sz['group']} completions x {sz['max_new_tokens']} "
+    print(f"model: {n_params:,} parameters ({matmul_params(cap.policy):,} in matrices a token multiplies by); {sz['prompts']} prompts x {sz['group']} completions x {sz['max_new_tokens']} "
           f"tokens (forced: min_new_tokens = max_new_tokens on both sides); prompts up to {prompt_len} tokens")
 
-    why_not = None if not args.no_trl else "--no-trl"
-    why_not = why_not or trl_available()
-    trl_name = "TRL GRPOTrainer" + (" (grad. ckpt)" if args.trl_gradient_checkpointing else "")
-    sides: dict[str, list[dict]] = {"capstone": []}
+    n_matmul = matmul_params(cap.policy)
+    B, U, T = sz["prompts"] * sz["group"], sz["prompts"], sz["max_new_tokens"]
+    flops = {"capstone (shared prompts)": step_flops(n_matmul, B, U, prompt_len, T, shared=True),
+             "TRL": step_flops(n_matmul, B, U, prompt_len, T, shared=False),
+             "TRL, gradient checkpointing": step_flops(n_matmul, B, U, prompt_len, T, shared=False, recompute=True)}
+    print("matrix GFLOP per step: " + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in flops.items()))
+
+    why_not = "--no-trl" if args.no_trl else trl_available()
+    variants = {"default": [True], "no-ckpt": [False], "both": [True, False]}[args.trl]
+    results = {}
     t0 = time.perf_counter()
     if why_not is None:
-        trl_side = TRLSide(model_dir, sz, device, args.lr, args.beta, args.seed, warmup + steps, work / "trl",
-                           args.trl_gradient_checkpointing)
-        sides[trl_name] = []
+        for ckpt in variants:
+            name = "TRL GRPOTrainer" + (" (grad. ckpt: its default)" if ckpt else " (no grad. ckpt)")
+            cap_recs: list[dict] = []
+            trl_recs: list[dict] = []
+            print(f"\n--- capstone vs {name}, alternating, {warmup} + {steps} steps each")
+            try:
+                trl_side = TRLSide(model_dir, sz, device, args.lr, args.beta, args.seed, warmup + steps,
+                                   work / f"trl-{int(ckpt)}", ckpt)
 
-        def after_trl_step(seconds, timings):
-            phases = {k: timings.get(k, 0.0) for k in ("sample", "score", "forward", "backward")}
-            phases["other"] = seconds - sum(phases.values())
-            sides[trl_name].append({"seconds": seconds, "tokens": sz["prompts"] * sz["group"] * sz["max_new_tokens"], **phases})
-            sides["capstone"].append(cap.step())
+                def after_trl_step(seconds, timings, trl_recs=trl_recs, cap_recs=cap_recs):
+                    phases = {k: timings.get(k, 0.0) for k in ("sample", "score", "forward", "backward")}
+                    phases["other"] = seconds - sum(phases.values())
+                    trl_recs.append({"seconds": seconds, "tokens": B * T, **phases})
+                    cap_recs.append(cap.step())
 
-        trl_side.run(after_trl_step)
-    else:
+                trl_side.run(after_trl_step)
+                del trl_side
+            except Exception as e:  # noqa: BLE001 - report and go on with the capstone alone
+                print(f"TRL failed: {type(e).__name__}: {e}")
+                why_not = f"TRL failed ({type(e).__name__})"
+                break
+            results[name] = report({"capstone": cap_recs, name: trl_recs}, warmup)
+    if why_not is not None:
         print(f"TRL not run ({why_not}); timing the capstone alone")
-        for _ in range(warmup + steps):
-            cap.step()
-    print(f"wall time {time.perf_counter() - t0:.1f} s; capstone decode mode used: {cap.sampler.decode_mode_used}")
-    floor = None
-    if device.type == "cuda":
-        peaks = measured_peaks(device)
-        print(f"measured: {peaks['bandwidth_Bps'] / 1e12:.2f} TB/s copy bandwidth, {peaks['matmul_flops'] / 1e12:.0f} "
-              f"TFLOP/s {peaks['matmul_dtype']} matmul")
-        floor = floor_estimate(cap.policy, sz, prompt_len, peaks, weight_bytes=2 if sz["bf16"] else 4) | {"peaks": peaks}
-    res = report(sides, warmup, device, floor)
-    res |= {"environment": env, "sizes": sz, "warmup": warmup, "decode_mode": cap.sampler.decode_mode_used,
-            "ref_scoring": args.ref_scoring, "trl_gradient_checkpointing": args.trl_gradient_checkpointing,
-            "command": " ".join(sys.argv)}
+        cap_recs = [cap.step() for _ in range(warmup + steps)]
+        results["capstone alone"] = report({"capstone": cap_recs}, warmup)
+    print(f"\nwall time {time.perf_counter() - t0:.1f} s; capstone decode mode used: {cap.sampler.decode_mode_used}")
+    peaks = measured_peaks(device)
+    print(f"measured on this device: {peaks['bandwidth_Bps'] / 1e9:.0f} GB/s copy bandwidth, {peaks['matmul_flops'] / 1e9:.0f} "
+          f"GFLOP/s {peaks['matmul_dtype']} matmul")
+    floor = floor_estimate(n_matmul, sz, prompt_len, peaks, weight_bytes=2 if sz["bf16"] else 4) | {"peaks": peaks}
+    print(f"physical floor: {floor['floor_s'] * 1e3:.2f} ms/step (decode: {T - 1} steps, each reading the weights "
+          f"({floor['decode_bytes'] / 1e6:.1f} MB in all) and doing its FLOPs, {floor['decode_s'] * 1e3:.2f} ms; "
+          f"prefill, reference and update: {floor['flops'] / 1e9:.2f} GFLOP, {floor['flops_s'] * 1e3:.2f} ms)")
+    for name, r in results.items():
+        for side, v in r.items():
+            if isinstance(v, dict) and "median_s_per_step" in v:
+                print(f"  {name}: {side} at {v['median_s_per_step'] / floor['floor_s']:.1f}x the floor")
+    res = {"results": results, "floor": floor, "flops_per_step": flops, "environment": env, "sizes": sz,
+           "warmup": warmup, "decode_mode": cap.sampler.decode_mode_used, "ref_scoring": args.ref_scoring,
+           "command": " ".join(sys.argv)}
     if args.json:
         args.json.write_text(json.dumps(res, indent=1, default=str))
     return 0

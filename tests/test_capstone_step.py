@@ -206,3 +206,31 @@ def test_a_real_step_logs_consistent_metrics(tiny_ctx_parts, placement):
     assert first.tokens_per_second == pytest.approx(first.response_length * 16 / first.seconds, rel=1e-9)
     assert set(ctx.timings) == {"sample", "score", "forward", "backward", "optimizer"}
     assert all(math.isfinite(v) for v in first.as_dict().values())
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(top_p=0.0), "top_p"), (dict(top_p=1.2), "top_p"), (dict(top_k=-3), "top_k"), (dict(top_k=2.5), "top_k"),
+    (dict(logprob_dtype="fp8"), "logprob_dtype"), (dict(decode_mode="graph"), "decode_mode"), (dict(ref_scoring="never"), "ref_scoring"),
+])
+def test_sampling_options_are_validated(changes, match):
+    with pytest.raises(ValueError, match=match):
+        CapstoneConfig(**changes).validate()
+
+
+def test_sampling_options_from_the_command_line():
+    from kltutor.capstone.__main__ import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["--top-p", "0.9", "--top-k", "5", "--logprob-dtype", "bfloat16",
+                                                      "--decode-mode", "eager", "--ref-scoring", "in-loop"]))
+    assert (cfg.top_p, cfg.top_k, cfg.logprob_dtype, cfg.decode_mode, cfg.ref_scoring) == (0.9, 5, "bfloat16", "eager", "in-loop")
+
+
+def test_a_run_with_the_sampling_options(tiny_ctx_parts, tmp_path):
+    """top-p / top-k / bf16 log-probs / in-loop reference through a real step: every metric finite, and
+    with bf16 log-probs the first update's importance ratio is no longer exactly 1 (clipping can occur)."""
+    torch.manual_seed(0)
+    ctx = _ctx(tiny_ctx_parts, ref_seed=1, placement="k3-in-loss", beta=0.1, top_p=0.9, top_k=6, temperature=0.8,
+               logprob_dtype="bfloat16", ref_scoring="in-loop", lr=1e-3)
+    assert ctx.sampler.ref_scoring == "in-loop" and ctx.sampler.top_k == 6
+    row = loop._step(ctx, 0)
+    assert all(math.isfinite(v) for v in row.as_dict().values())
