@@ -395,12 +395,15 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=None, help="excluded first steps per side (default: the device's)")
     p.add_argument("--decode-mode", default="auto", choices=["auto", "eager", "cuda-graph", "compile", "all"],
                    help="the capstone sampler's decode mode; 'all' times sampling in each mode first and uses the fastest")
-    p.add_argument("--ref-scoring", default="batched", choices=["batched", "in-loop"])
+    p.add_argument("--ref-scoring", default="batched", choices=["batched", "in-loop", "both"],
+                   help="how the capstone scores the reference; 'both' (with --no-trl) alternates the two")
     p.add_argument("--trl", choices=["default", "no-ckpt", "both"], default="both",
                    help="TRL configuration(s): its defaults (gradient checkpointing on), gradient checkpointing off "
                         "(no recomputed forward), or one run of each, each alternating with the capstone")
     p.add_argument("--no-trl", action="store_true", help="capstone only")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default on the CPU: 1, since OpenMP threads on a shared, loaded machine "
+                        "spin-wait and make both sides several times slower; on a GPU: torch's)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--beta", type=float, default=0.04)
     p.add_argument("--seed", type=int, default=0)
@@ -409,8 +412,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TQDM_DISABLE", "1")
     quiet_transformers()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or (1 if args.device == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA GPU is available", file=sys.stderr)
@@ -441,7 +445,11 @@ def main(argv=None) -> int:
     decode_mode = args.decode_mode
     if decode_mode == "all":
         decode_mode = pick_decode_mode(model_dir, sz, device, args)
-    cap = Capstone(model_dir, sz, device, args.lr, args.beta, args.seed, decode_mode, args.ref_scoring)
+    if args.ref_scoring == "both" and not args.no_trl:
+        print("error: --ref-scoring both compares the capstone with itself: add --no-trl", file=sys.stderr)
+        return 2
+    cap = Capstone(model_dir, sz, device, args.lr, args.beta, args.seed, decode_mode,
+                   "batched" if args.ref_scoring == "both" else args.ref_scoring)
     n_params = sum(p.numel() for p in cap.policy.parameters())
     prompt_len = len(cap.tok(cap.task.prompt(sz["max_operand"], sz["max_operand"]), add_special_tokens=False)["input_ids"])
     print(f"model: {n_params:,} parameters ({matmul_params(cap.policy):,} in matrices a token multiplies by); {sz['prompts']} prompts x {sz['group']} completions x {sz['max_new_tokens']} "
@@ -481,7 +489,15 @@ def main(argv=None) -> int:
                 why_not = f"TRL failed ({type(e).__name__})"
                 break
             results[name] = report({"capstone": cap_recs, name: trl_recs}, warmup)
-    if why_not is not None:
+    if why_not is not None and args.ref_scoring == "both":
+        print("capstone with the reference scored in one batched pass vs inside the decode loop, alternating")
+        other = Capstone(model_dir, sz, device, args.lr, args.beta, args.seed, decode_mode, "in-loop")
+        recs = {"capstone": [], "capstone, reference in-loop": []}
+        for _ in range(warmup + steps):
+            recs["capstone"].append(cap.step())
+            recs["capstone, reference in-loop"].append(other.step())
+        results["reference scoring"] = report(recs, warmup)
+    elif why_not is not None:
         print(f"TRL not run ({why_not}); timing the capstone alone")
         cap_recs = [cap.step() for _ in range(warmup + steps)]
         results["capstone alone"] = report({"capstone": cap_recs}, warmup)

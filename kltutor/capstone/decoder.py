@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2] if x.isdigit()) >= (2, 5)  # SDPA's enable_gqa
+_TORCH = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+_GQA = _TORCH >= (2, 5)  # SDPA's enable_gqa
+_RMS_NORM = hasattr(F, "rms_norm")
 
 __all__ = ["support", "Weights", "rope_table", "layer", "attention", "prompt_index", "completion_hidden"]
 
@@ -155,8 +157,12 @@ def rope_table(w: Weights, length: int, device) -> tuple[Tensor, Tensor]:
     return cos, torch.cat([-sin[:, :h], sin[:, h:]], -1)
 
 
-def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:  # transformers' Qwen2RMSNorm / LlamaRMSNorm
+def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """transformers' Qwen2RMSNorm / LlamaRMSNorm: ``weight * (x * rsqrt(mean(x^2) + eps))`` in float32, cast
+    back before the weight (``F.rms_norm`` computes the bracket in one call, the same arithmetic)."""
     dt = x.dtype
+    if _RMS_NORM:
+        return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(dt)
     x = x.float()
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     return weight * x.to(dt)

@@ -294,12 +294,13 @@ class Sampler:
             raise ValueError("prompts must be left-padded (the last prompt position is padding in some row)")
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device).long()
         index = decoder.prompt_index(input_ids, attention_mask)
-        with torch.autocast(self.device.type, enabled=False):
+        with torch.autocast(self.device.type, enabled=False), torch.inference_mode():
             if self.static:
-                comp, logp, hid, rhid = self._decode_static(input_ids, attention_mask, index, greedy, generator)
+                out = self._decode_static(input_ids, attention_mask, index, greedy, generator)
             else:
-                comp, logp = self._decode_dynamic(input_ids, attention_mask, greedy, generator)
-                hid = rhid = None
+                out = (*self._decode_dynamic(input_ids, attention_mask, greedy, generator), None, None)
+        # copies made outside inference mode: ordinary tensors, usable as constants in the training graph
+        comp, logp, hid, rhid = (None if t is None else t.clone(memory_format=torch.contiguous_format) for t in out)
         cmask = completion_mask_from_ids(comp, self.eos)
         terminated = (comp == self.eos).any(-1)
         logp = torch.where(cmask.bool(), logp, torch.zeros_like(logp))
@@ -465,9 +466,8 @@ class Sampler:
             else:
                 self._decode_step(st, greedy, generator)
             n += 1
-        rh = st["out_rh"][:n].transpose(0, 1).contiguous() if st["ref"] is not None else None
-        return (st["out_tok"][:n].t().contiguous(), st["out_logp"][:n].t().contiguous(),
-                st["out_h"][:n].transpose(0, 1).contiguous(), rh)
+        rh = st["out_rh"][:n].transpose(0, 1) if st["ref"] is not None else None
+        return st["out_tok"][:n].t(), st["out_logp"][:n].t(), st["out_h"][:n].transpose(0, 1), rh
 
     # -- the fallback: the model's own forward with a dynamic cache -----------------------------------------------
 
