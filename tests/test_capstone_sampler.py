@@ -330,3 +330,35 @@ def test_graph_replay_logic_with_a_simulated_cuda_graph(models, tok, monkeypatch
     c = broken.sample(PROMPTS * 2)  # no second attempt at capturing: plain eager decoding
     torch.manual_seed(0)
     assert torch.equal(c.input_ids, eager.sample(PROMPTS * 2).input_ids)
+
+
+def test_bf16_autocast_path_matches_transformers_under_autocast(tok):
+    """compute_dtype=bfloat16 with autocast (what a GPU run uses), exercised on the CPU: the sampler's
+    log-probs, the reference scores and the training forward are as far from a float32 forward as
+    transformers' own bf16-autocast forward is (the same casts in the same places), and finite."""
+    pol = _eos_prone(build_model(tok, 64, 2, 4, 2, 128, seed=0), tok)
+    ref = build_model(tok, 64, 2, 4, 2, 128, seed=1)
+    s = Sampler(pol, tok, ref_model=ref, max_new_tokens=10, compute_dtype=torch.bfloat16, autocast=True, temperature=0.8)
+    torch.manual_seed(0)
+    b = s.sample(PROMPTS * 3)
+    m = b.completion_mask.bool()
+    ids, attn, P = b.input_ids, b.attention_mask, b.n_prompt
+
+    def hf(amp):
+        pos = (attn.cumsum(-1) - 1).clamp_min(0)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            h = pol.model(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state[:, P - 1:-1]
+        z = (h.float() @ pol.get_output_embeddings().weight.T) / 0.8
+        return torch.log_softmax(z, -1).gather(-1, ids[:, P:, None]).squeeze(-1)
+
+    exact, hf_bf16 = hf(False), hf(True)
+    hf_err = (hf_bf16 - exact)[m].abs().max().item()
+    assert 0 < hf_err < 0.1
+    assert (b.logp - exact)[m].abs().max().item() <= 2 * hf_err + 1e-3
+    sc = s.score(b)
+    assert torch.isfinite(sc.kl).all() and torch.isfinite(sc.ref_logp).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        st = sequence_stats(pol, ids, attn, P, ref, chunk=7, temperature=0.8)
+    assert (st["logp"] - exact)[m].abs().max().item() <= 2 * hf_err + 1e-3
+    (st["logp"] * m).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in pol.parameters())

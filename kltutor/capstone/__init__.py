@@ -6,6 +6,7 @@
 - :mod:`~kltutor.capstone.sft`: the SFT reference policy, cached on disk;
 - :mod:`~kltutor.capstone.logprobs`: chunked log-probs, entropy and exact full-vocabulary KL;
 - :mod:`~kltutor.capstone.sampler`: the sampler (static KV cache, per-row EOS, sampling-time log-probs);
+- :mod:`~kltutor.capstone.decoder`: a functional Qwen2/Llama forward (KV cache, prompts shared by a group);
 - :mod:`~kltutor.capstone.loop`: :func:`run` (the GRPO loop, metrics, checkpoints, resume);
 - :mod:`~kltutor.capstone.sweep`: :func:`sweep` over placements x betas x seeds.
 
