@@ -95,8 +95,11 @@ def grpo_loss(
     """The GRPO loss with the KL term at ``placement``.
 
     - ``*-in-loss``: ``clipped surrogate(group advantages) + beta * kl_loss(...)``.
-    - ``*-in-reward``: the detached per-token penalty ``-beta * k(l_t)`` is added to the reward.
-      GRPO has one advantage per sequence, so the shaped reward enters as each token's return-to-go
+    - ``*-in-reward``: the per-token penalty ``-beta * k(l_t)`` is added to the reward. It is a
+      reward, so it is computed at sampling time, from ``old_logp - ref_logp`` (the policy that
+      sampled the batch), and stays frozen through every update on the batch, as in TRL's and verl's
+      PPO; on-policy (``old_logp == logp``) this is the same number. GRPO has one advantage per
+      sequence, so the shaped reward enters as each token's return-to-go
       (``task advantage + sum_{s>=t} -beta k(l_s)``): the KL penalty of later tokens reaches the
       score of earlier ones, exactly as in the in-reward policy gradient (chapter 3).
     - ``none``: the clipped surrogate alone.
@@ -113,7 +116,7 @@ def grpo_loss(
     m = mask.to(logp.dtype)
     kl_term = torch.zeros((), dtype=logp.dtype, device=logp.device)
     if p.in_reward and beta > 0:
-        penalty = shaped_rewards(torch.zeros_like(adv), logp, ref_logp, m, beta, p.estimator)  # -beta k, detached
+        penalty = shaped_rewards(torch.zeros_like(adv), old_logp, ref_logp, m, beta, p.estimator)  # -beta k(l_old), frozen
         token_adv = adv[:, None] * m + returns_to_go(penalty, m)
         policy_loss, stats = clipped_surrogate(logp, old_logp, token_adv, m, clip_eps, aggregation)
         with torch.no_grad():

@@ -35,12 +35,13 @@ def _hand(placement: str) -> float:
     for b in range(2):
         n = int(sum(mask[b]))
         ells = [logp[b][t] - ref[b][t] for t in range(n)]
+        old_ells = [old[b][t] - ref[b][t] for t in range(n)]  # the in-reward penalty is fixed at sampling time
         terms = []
         for t in range(n):
             a = adv[b]
             if placement.endswith("-in-reward"):
                 k = est[placement[:2]]
-                a = a + sum(-BETA * k(ells[s]) for s in range(t, n))
+                a = a + sum(-BETA * k(old_ells[s]) for s in range(t, n))
             w = math.exp(logp[b][t] - old[b][t])
             surr = -min(w * a, min(max(w, 1 - EPS), 1 + EPS) * a)
             if placement.endswith("-in-loss") and placement != "exact-in-loss":

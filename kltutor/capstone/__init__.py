@@ -8,6 +8,8 @@
 - :mod:`~kltutor.capstone.logprobs`: chunked log-probs, entropy and exact full-vocabulary KL;
 - :mod:`~kltutor.capstone.preflight`: every check of a run before any expensive work;
 - :mod:`~kltutor.capstone.rundir`: the run directory (run.json, metrics.jsonl, atomic verified checkpoints);
+- :mod:`~kltutor.capstone.sampler`: the sampler (static KV cache, per-row EOS, sampling-time log-probs);
+- :mod:`~kltutor.capstone.decoder`: a functional Qwen2/Llama forward (KV cache, prompts shared by a group);
 - :mod:`~kltutor.capstone.loop`: :func:`run` (the GRPO loop, metrics, checkpoints, resume);
 - :mod:`~kltutor.capstone.sweep`: :func:`sweep` over placements x betas x seeds.
 
@@ -22,8 +24,9 @@ _warnings.filterwarnings("ignore", message="IProgress not found")
 from kltutor.capstone.config import (CAPSTONE_PLACEMENTS, PRESETS, CapstoneConfig, CapstoneUserError, default_cache_dir,
                                      preset)
 from kltutor.capstone.loop import METRICS, TIMING_METRICS, RunResult, generate_completions, run
+from kltutor.capstone.sampler import Sampler
 from kltutor.capstone.sweep import sweep
 from kltutor.capstone.task import AdditionTask
 
 __all__ = ["CAPSTONE_PLACEMENTS", "PRESETS", "CapstoneConfig", "CapstoneUserError", "default_cache_dir", "preset", "METRICS",
-           "TIMING_METRICS", "RunResult", "generate_completions", "run", "sweep", "AdditionTask"]
+           "TIMING_METRICS", "RunResult", "generate_completions", "run", "sweep", "AdditionTask", "Sampler"]

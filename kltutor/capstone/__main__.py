@@ -54,6 +54,11 @@ HELP = {
     "logprob_chunk": "rows of [batch*time] per chunk in the log-softmax (lower it to save memory)",
     "bf16": "bf16 autocast on a GPU (--no-bf16 to disable; ignored on the CPU)",
     "device": "auto, cpu or cuda", "seed": "seed of the RL run (prompts, sampling)",
+    "top_p": "nucleus sampling: keep the most likely tokens up to total probability TOP_P (1: off); old_logp is then the truncated distribution's",
+    "top_k": "sample among the TOP_K most likely tokens (0: off); old_logp is then the truncated distribution's",
+    "logprob_dtype": "precision of the sampler's logits, log-softmax and scoring pass: float32 or bfloat16 (bfloat16 reproduces a sampler/trainer mismatch)",
+    "decode_mode": "sampler decode step: auto (CUDA graph on a GPU, eager on the CPU), eager, cuda-graph or compile (falls back to eager, with a warning, if capture fails)",
+    "ref_scoring": "reference log-probs: batched (one pass after sampling) or in-loop (inside the decode loop)",
     "run_dir": "directory for run.json, metrics.jsonl and checkpoints (default: a new temporary directory); with "
                "--sweep, the sweep's directory: one sub-directory per run, sweep.json and sweep.csv",
     "cache_dir": "directory of cached reference policies (default: $KLTUTOR_CACHE/capstone or ~/.cache/kltutor/capstone)",

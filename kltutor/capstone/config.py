@@ -100,6 +100,11 @@ class CapstoneConfig:
     bf16: bool = True  # bf16 autocast on a GPU (ignored on the CPU)
     device: str = "auto"  # 'auto', 'cpu' or 'cuda'
     seed: int = 0
+    top_p: float = 1.0  # nucleus sampling: keep the most likely tokens up to probability top_p (1: off)
+    top_k: int = 0  # sample among the top_k most likely tokens (0: off)
+    logprob_dtype: str = "float32"  # the sampler's logits, log-softmax and scoring pass: 'float32' or 'bfloat16'
+    decode_mode: str = "auto"  # sampler decode step: 'auto' (CUDA graph on a GPU, eager on the CPU), 'eager', 'cuda-graph', 'compile'
+    ref_scoring: str = "batched"  # reference log-probs: one pass after sampling ('batched') or inside the decode loop ('in-loop')
     # --- files ---
     run_dir: str | None = None  # where metrics.jsonl and checkpoints go (None: a temporary directory)
     cache_dir: str | None = None  # where reference policies are cached (None: default_cache_dir())
@@ -173,6 +178,14 @@ class CapstoneConfig:
         if self.allow_config_change and not self.resume:
             raise bad("allow_config_change", "allow_config_change applies to resume only")
         self._validate_schedule(SCHEDULES)
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise bad("top_p", f"top_p must be in (0, 1] (1: off), got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
+            raise bad("top_k", f"top_k must be an integer >= 0 (0: off), got {self.top_k!r}")
+        for name, allowed in (("logprob_dtype", ("float32", "bfloat16")), ("decode_mode", ("auto", "eager", "cuda-graph", "compile")),
+                              ("ref_scoring", ("batched", "in-loop"))):
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         return self
 
     def _validate_schedule(self, schedules: dict) -> None:

@@ -13,33 +13,40 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["chunked_token_stats", "naive_token_stats", "hidden_states", "sequence_stats"]
+from kltutor.capstone import decoder
+
+__all__ = ["chunked_token_stats", "naive_token_stats", "hidden_states", "completion_hidden", "sequence_stats"]
 
 
 def _chunk_stats(h: Tensor, targets: Tensor, head_w: Tensor, ref_h: Tensor | None, ref_w: Tensor | None,
-                 inv_temp: float) -> Tensor:
-    logits = (h @ head_w.T).float() * inv_temp
-    lsm = torch.log_softmax(logits, -1)
-    logp = lsm.gather(-1, targets[:, None]).squeeze(-1)
-    p = lsm.exp()
-    entropy = -(p * lsm).sum(-1)
-    if ref_h is None:
-        return torch.stack([logp, entropy, torch.zeros_like(logp), torch.zeros_like(logp)], -1)
-    ref_lsm = torch.log_softmax((ref_h @ ref_w.T).float() * inv_temp, -1)
-    ref_logp = ref_lsm.gather(-1, targets[:, None]).squeeze(-1)
-    kl = (p * (lsm - ref_lsm)).sum(-1)  # KL(pi(.|s_t) || pi_ref(.|s_t)), the whole vocabulary
-    return torch.stack([logp, entropy, ref_logp, kl], -1)
+                 inv_temp: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    with torch.autocast(h.device.type, enabled=False):  # the output layer and log-softmax in ``dtype``, always
+        logits = (h.to(dtype) @ head_w.to(dtype).T) * inv_temp
+        lsm = torch.log_softmax(logits, -1)
+        logp = lsm.gather(-1, targets[:, None]).squeeze(-1)
+        p = lsm.exp()
+        entropy = -(p * lsm).sum(-1)
+        if ref_h is None:
+            return torch.stack([logp, entropy, torch.zeros_like(logp), torch.zeros_like(logp)], -1).float()
+        ref_lsm = torch.log_softmax((ref_h.to(dtype) @ ref_w.to(dtype).T) * inv_temp, -1)
+        ref_logp = ref_lsm.gather(-1, targets[:, None]).squeeze(-1)
+        kl = (p * (lsm - ref_lsm)).sum(-1)  # KL(pi(.|s_t) || pi_ref(.|s_t)), the whole vocabulary
+        return torch.stack([logp, entropy, ref_logp, kl], -1).float()
 
 
 def chunked_token_stats(hidden: Tensor, head_weight: Tensor, targets: Tensor, ref_hidden: Tensor | None = None,
-                        ref_head_weight: Tensor | None = None, chunk: int = 1024, temperature: float = 1.0) -> dict[str, Tensor]:
+                        ref_head_weight: Tensor | None = None, chunk: int = 1024, temperature: float = 1.0,
+                        dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
     """Token statistics from hidden states ``[batch, time, d]`` and output weights ``[vocab, d]``.
 
     Returns float32 ``[batch, time]`` tensors: ``logp`` (log-prob of ``targets``), ``entropy`` of the
     policy's next-token distribution, and -- when the reference's hidden states and head are given --
     ``ref_logp`` and ``kl``, the exact :math:`\\mathrm{KL}(\\pi_\\theta(\\cdot|s_t)\\|\\pi_\\text{ref}(\\cdot|s_t))`.
-    Logits are divided by ``temperature`` (the sampling distribution). Gradients flow into ``hidden``
-    and ``head_weight`` (the reference's inputs should be detached).
+    Logits are divided by ``temperature`` (the sampling distribution). The output layer and the
+    log-softmax run in ``dtype`` (float32 by default, also under autocast; ``torch.bfloat16``
+    imitates a bf16 inference engine). Gradients flow into ``hidden`` and ``head_weight`` (the
+    reference's inputs should be detached). When all rows fit in one chunk nothing is recomputed in
+    the backward pass (the chunk's activations are the same size either way).
     """
     if hidden.dim() != 3 or targets.shape != hidden.shape[:2]:
         raise ValueError(f"hidden must be [batch, time, d] and targets [batch, time]; got {tuple(hidden.shape)} and {tuple(targets.shape)}")
@@ -56,8 +63,8 @@ def chunked_token_stats(hidden: Tensor, head_weight: Tensor, targets: Tensor, re
     outs = []
     for s in range(0, B * T, chunk):
         args = (h[s:s + chunk], y[s:s + chunk], head_weight,
-                rh[s:s + chunk] if rh is not None else None, ref_head_weight, 1.0 / temperature)
-        if torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad):
+                rh[s:s + chunk] if rh is not None else None, ref_head_weight, 1.0 / temperature, dtype)
+        if B * T > chunk and torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad):
             outs.append(checkpoint(_chunk_stats, *args, use_reentrant=False))
         else:
             outs.append(_chunk_stats(*args))
@@ -88,18 +95,31 @@ def hidden_states(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     return out.last_hidden_state
 
 
+def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, n_prompt: int, prompt_index=None) -> Tensor:
+    """The last hidden states ``[batch, T, d]`` that predict the completion tokens ``input_ids[:, n_prompt:]``:
+    :func:`kltutor.capstone.decoder.completion_hidden` (each distinct prompt run once; ``prompt_index``
+    from :func:`kltutor.capstone.decoder.prompt_index` if already known) for the models it supports,
+    else ``hidden_states(...)[:, n_prompt - 1:-1]``. The same values either way, up to rounding."""
+    if decoder.support(model) is None:
+        return decoder.completion_hidden(model, input_ids, attention_mask, n_prompt, index=prompt_index)
+    return hidden_states(model, input_ids, attention_mask)[:, n_prompt - 1:-1]
+
+
 def sequence_stats(model, input_ids: Tensor, attention_mask: Tensor, n_prompt: int, ref_model=None,
-                   chunk: int = 1024, temperature: float = 1.0) -> dict[str, Tensor]:
+                   chunk: int = 1024, temperature: float = 1.0, ref_hidden: Tensor | None = None,
+                   dtype: torch.dtype = torch.float32, prompt_index=None) -> dict[str, Tensor]:
     """Statistics of the completion tokens ``input_ids[:, n_prompt:]`` (``[batch, time]`` each).
 
-    The hidden state at position ``t-1`` predicts token ``t``; only the completion positions are sent
-    through the output layer.
+    The hidden state at position ``t-1`` predicts token ``t`` (:func:`completion_hidden`); only the
+    completion positions are sent through the output layer. ``ref_hidden`` (the reference's last
+    hidden states on the completion positions, e.g. :attr:`kltutor.capstone.sampler.Scores.ref_hidden`)
+    replaces the reference's forward pass when given; ``ref_model`` still supplies its output layer.
     """
-    h = hidden_states(model, input_ids, attention_mask)[:, n_prompt - 1:-1]
+    h = completion_hidden(model, input_ids, attention_mask, n_prompt, prompt_index)
     targets = input_ids[:, n_prompt:]
     rh = rw = None
     if ref_model is not None:
         with torch.no_grad():
-            rh = hidden_states(ref_model, input_ids, attention_mask)[:, n_prompt - 1:-1]
+            rh = ref_hidden if ref_hidden is not None else completion_hidden(ref_model, input_ids, attention_mask, n_prompt, prompt_index)
             rw = ref_model.get_output_embeddings().weight
-    return chunked_token_stats(h, model.get_output_embeddings().weight, targets, rh, rw, chunk, temperature)
+    return chunked_token_stats(h, model.get_output_embeddings().weight, targets, rh, rw, chunk, temperature, dtype)

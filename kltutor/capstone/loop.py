@@ -5,8 +5,12 @@ One step, in the book's notation (the capstone chapter shows each line's source)
 1. draw ``prompts_per_step`` prompts ``x`` and sample a group of ``group_size`` completions ``y ~ pi_old``
    for each (left-padded prompts, ``temperature``, stop at EOS or ``max_new_tokens``);
 2. reward each completion exactly (:class:`~kltutor.capstone.task.AdditionTask`);
-3. one no-grad pass of the policy and the reference over the sampled sequences gives ``old_logp``,
-   ``ref_logp``, the entropy and the exact per-token KL on the sampled prefixes (the measurements);
+   with the capstone's own :class:`~kltutor.capstone.sampler.Sampler`, which returns ``old_logp``, the
+   log-probs of the sampled tokens read off the logits they were drawn from;
+2. reward each completion exactly (:class:`~kltutor.capstone.task.AdditionTask`);
+3. score the reference on the sampled sequences (``ref_logp``), with the policy's entropy and the exact
+   per-token KL on the sampled prefixes from the hidden states kept by the sampler (the measurements;
+   the policy is not run again); an in-reward KL penalty is fixed here, at sampling time;
 4. ``updates_per_batch`` gradient steps on the GRPO loss of :func:`kltutor.grpo.grpo_loss` (group
    advantages, clipped surrogate, and the KL at ``placement``), or, for ``"exact-in-loss"``, the
    clipped surrogate plus ``beta`` times the exact full-vocabulary KL per token;
@@ -15,6 +19,8 @@ One step, in the book's notation (the capstone chapter shows each line's source)
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -22,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +36,7 @@ import torch
 from kltutor.capstone import rundir
 from kltutor.capstone.config import CapstoneConfig, CapstoneOutOfMemoryError
 from kltutor.capstone.logprobs import sequence_stats
+from kltutor.capstone.sampler import Sampler, completion_mask_from_ids, generate_completions
 from kltutor.capstone.task import AdditionTask
 from kltutor.estimators import k3
 from kltutor.grpo import group_advantages, grpo_loss
@@ -38,56 +45,53 @@ from kltutor.placements import aggregate, clipped_surrogate
 if TYPE_CHECKING:
     from kltutor.capstone.sft import ReferenceInfo
 
-__all__ = ["completion_mask_from_ids", "generate_completions", "make_beta_schedule", "RunResult", "run", "METRICS", "TIMING_METRICS"]
-
-METRICS = ("step", "reward", "accuracy", "kl_exact_seq", "kl_exact_token", "kl_k1_seq", "kl_k3_seq", "entropy",
-           "response_length", "terminated", "clip_fraction", "grad_norm", "loss", "kl_term", "beta",
-           "seconds", "tokens_per_second")
-TIMING_METRICS = ("seconds", "tokens_per_second")  # wall-clock: the only columns that differ between identical runs
+__all__ = ["completion_mask_from_ids", "generate_completions", "make_beta_schedule", "make_sampler", "RunResult", "run",
+           "StepContext", "StepRow", "measure", "METRICS", "TIMING_METRICS"]
 
 
-def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 on every completion token up to and including the first EOS, 0 after it (``[batch, T]``, long).
-    A completion without EOS (truncated at ``max_new_tokens``) is all ones."""
-    is_eos = (completion_ids == eos_token_id).long()
-    before = torch.cumsum(is_eos, -1) - is_eos  # number of EOS strictly before position t
-    return (before == 0).long()
+@dataclass
+class StepRow:
+    r"""One row of ``metrics.jsonl``: one GRPO step. Means over completions unless said otherwise;
+    "masked" tokens are the completion tokens up to and including the first EOS.
 
-
-@torch.no_grad()
-def generate_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-                         greedy: bool = False) -> dict:
-    """Sample one completion per prompt with ``model.generate`` (left padding, EOS handling).
-
-    Returns ``input_ids`` ``[batch, P + T]`` (prompt + completion), ``attention_mask`` (0 on padding
-    and after the first EOS), ``completion_mask`` ``[batch, T]`` (1 on completion tokens up to and
-    including the first EOS), ``n_prompt`` = P, the completion ``texts`` (before EOS) and
-    ``terminated`` (whether EOS was emitted).
+    ``reward``: mean task reward; ``accuracy``: fraction of completions with reward 1;
+    ``kl_exact_seq``: mean over completions of the exact KL summed over its masked tokens,
+    :math:`\sum_t \mathrm{KL}(\pi_\theta(\cdot|s_t)\|\pi_\text{ref}(\cdot|s_t))`; ``kl_exact_token``: the same
+    KL averaged over all masked tokens of the batch; ``kl_k1_seq`` and ``kl_k3_seq``: mean over completions
+    of :math:`\sum_t k(\ell_t)` over masked tokens, with :math:`\ell_t` = ``old_logp - ref_logp``;
+    ``entropy``: the policy's next-token entropy averaged over masked tokens; ``response_length``: masked
+    tokens per completion; ``terminated``: fraction that emitted EOS; ``clip_fraction``, ``grad_norm``
+    (before clipping) and ``loss``: means over the ``updates_per_batch`` updates; ``kl_term``: mean over
+    the updates of the KL term before beta multiplies it, aggregated like the loss (``aggregation``):
+    for ``*-in-loss`` the term that ``beta`` multiplies in the loss, for ``*-in-reward`` the same
+    aggregate of the frozen per-token penalty ``k(l_t)``, 0 for ``none``; ``beta``: the coefficient used
+    at this step; ``seconds`` and ``tokens_per_second`` (masked completion tokens per second): wall clock.
     """
-    device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=tokenizer.eos_token_id)
-    if greedy:
-        kwargs.update(do_sample=False)
-    else:
-        kwargs.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
-    was_training = model.training
-    model.eval()
-    out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kwargs)
-    model.train(was_training)
-    n_prompt = enc["input_ids"].shape[1]
-    comp = out[:, n_prompt:]
-    completion_mask = completion_mask_from_ids(comp, tokenizer.eos_token_id)
-    terminated = (comp == tokenizer.eos_token_id).any(-1)
-    texts = []
-    for row, m in zip(comp.tolist(), completion_mask.tolist()):
-        toks = [t for t, k in zip(row, m) if k and t != tokenizer.eos_token_id]
-        texts.append(tokenizer.decode(toks, skip_special_tokens=True))
-    return {"input_ids": out, "attention_mask": torch.cat([enc["attention_mask"], completion_mask], -1),
-            "completion_mask": completion_mask, "n_prompt": n_prompt, "texts": texts,
-            "terminated": terminated.tolist()}
+
+    step: int
+    reward: float
+    accuracy: float
+    kl_exact_seq: float
+    kl_exact_token: float
+    kl_k1_seq: float
+    kl_k3_seq: float
+    entropy: float
+    response_length: float
+    terminated: float
+    clip_fraction: float
+    grad_norm: float
+    loss: float
+    kl_term: float
+    beta: float
+    seconds: float
+    tokens_per_second: float
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+METRICS = tuple(f.name for f in dataclasses.fields(StepRow))
+TIMING_METRICS = ("seconds", "tokens_per_second")  # wall-clock: the only columns that differ between identical runs
 
 
 def make_beta_schedule(cfg: CapstoneConfig):
@@ -185,7 +189,7 @@ def run(config: CapstoneConfig) -> RunResult:
         saved = rundir.load_checkpoint(resume.checkpoint, device) if resume else None
         policy = saved.policy if saved else load_model(info.path, device)[0]
         policy.train()
-        opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+        opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0, fused=device.type == "cuda")
         schedule = make_beta_schedule(cfg)
         task_gen = torch.Generator().manual_seed(cfg.seed)
         metrics: list[dict] = []
@@ -212,8 +216,10 @@ def run(config: CapstoneConfig) -> RunResult:
         disable = (not cfg.progress) or bool(os.environ.get("TQDM_DISABLE"))
         bar = tqdm(range(start, cfg.steps), desc=f"GRPO {cfg.placement} beta={cfg.beta:g}", disable=disable,
                    initial=start, total=cfg.steps)
+        ctx = StepContext(cfg, policy, ref, tok, task, opt, schedule, task_gen, device,
+                          make_sampler(cfg, policy, ref, tok, task, device))
         for step in bar:
-            row = _step(cfg, policy, ref, tok, task, opt, schedule, task_gen, device, step)
+            row = _step(ctx, step).as_dict()
             metrics.append(row)
             log.append(row)
             bar.set_postfix(reward=f"{row['reward']:.2f}", kl=f"{row['kl_exact_seq']:.3f}")
@@ -233,62 +239,125 @@ def run(config: CapstoneConfig) -> RunResult:
     return RunResult(metrics, cfg, run_dir, metrics_path, ckpt, info.path, info)
 
 
-def _step(cfg, policy, ref, tok, task, opt, schedule, task_gen, device, step: int) -> dict:
+@dataclass
+class StepContext:
+    """Everything one GRPO step reads besides its number; :func:`run` builds it once per run."""
+
+    cfg: CapstoneConfig
+    policy: torch.nn.Module
+    ref: torch.nn.Module
+    tokenizer: Any
+    task: AdditionTask
+    optimizer: torch.optim.Optimizer
+    schedule: Any  # a beta controller: ``.beta`` and ``.update(kl, n_samples)`` (kltutor.schedules)
+    task_gen: torch.Generator
+    device: torch.device
+    sampler: Sampler
+    timings: dict[str, float] | None = None  # when a dict, seconds per phase are added to it (benchmarks)
+
+
+def make_sampler(cfg: CapstoneConfig, policy, ref, tokenizer, task: AdditionTask, device: torch.device, **overrides) -> Sampler:
+    """The :class:`~kltutor.capstone.sampler.Sampler` a run of ``cfg`` uses (``overrides``: its keyword arguments)."""
+    amp = device.type == "cuda" and cfg.bf16
+    longest = len(tokenizer(task.prompt(task.max_operand, task.max_operand), add_special_tokens=False)["input_ids"])
+    kwargs = dict(ref_model=ref, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                  top_k=cfg.top_k, logprob_dtype=cfg.logprob_dtype, compute_dtype=torch.bfloat16 if amp else None,
+                  autocast=amp, decode_mode=cfg.decode_mode, ref_scoring=cfg.ref_scoring, max_prompt_len=longest,
+                  logprob_chunk=cfg.logprob_chunk)
+    return Sampler(policy, tokenizer, **(kwargs | overrides))
+
+
+def measure(rewards: torch.Tensor, terminated: torch.Tensor, mask: torch.Tensor, old_logp: torch.Tensor,
+            ref_logp: torch.Tensor, kl: torch.Tensor, entropy: torch.Tensor) -> dict[str, float]:
+    """The measurement columns of :class:`StepRow` from one sampled batch (``[B]`` and ``[B, T]`` tensors).
+    Only masked tokens count: whatever the tensors hold after a completion's first EOS is ignored."""
+    m = mask > 0
+    n = m.sum()
+    zero = torch.zeros_like(old_logp)
+    per_seq = lambda x: torch.where(m, x, zero).sum(-1).mean()  # noqa: E731
+    per_token = lambda x: torch.where(m, x, zero).sum() / n  # noqa: E731
+    ell = torch.where(m, old_logp - ref_logp, zero)
+    vals = torch.stack([rewards.float().mean(), (rewards == 1.0).float().mean(), per_seq(kl), per_token(kl),
+                        per_seq(ell), per_seq(k3(ell, zero)), per_token(entropy), m.float().sum(-1).mean(),
+                        terminated.float().mean()]).tolist()
+    names = ("reward", "accuracy", "kl_exact_seq", "kl_exact_token", "kl_k1_seq", "kl_k3_seq", "entropy",
+             "response_length", "terminated")
+    return dict(zip(names, vals))
+
+
+class _Phases:
+    """``with phases("sample"): ...`` adds the block's seconds to ``timings["sample"]`` (synchronising a GPU
+    first, so the time is the block's own); does nothing when ``timings`` is None."""
+
+    def __init__(self, timings: dict | None, device: torch.device):
+        self.timings, self.cuda = timings, device.type == "cuda"
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if self.timings is None:
+            yield
+            return
+        if self.cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
+
+
+def _step(ctx: StepContext, step: int) -> StepRow:
+    """One GRPO step (sample, reward, score, ``updates_per_batch`` updates, measure); returns its metrics row."""
+    cfg, device, policy = ctx.cfg, ctx.device, ctx.policy
+    phase = _Phases(ctx.timings, device)
     t0 = time.perf_counter()
-    pairs = task.sample(cfg.prompts_per_step, task_gen)
-    pairs = [p for p in pairs for _ in range(cfg.group_size)]  # each prompt's group is consecutive
-    batch = generate_completions(policy, tok, [task.prompt(a, b) for a, b in pairs], cfg.max_new_tokens, cfg.temperature)
-    rewards = torch.tensor([task.reward(c, t, a, b) for c, t, (a, b) in zip(batch["texts"], batch["terminated"], pairs)],
-                           dtype=torch.float32, device=device)
-    ids, attn, n_prompt = batch["input_ids"], batch["attention_mask"], batch["n_prompt"]
-    mask = batch["completion_mask"].float()
+    with phase("sample"):
+        pairs = ctx.task.sample(cfg.prompts_per_step, ctx.task_gen)
+        pairs = [p for p in pairs for _ in range(cfg.group_size)]  # each prompt's group is consecutive
+        batch = ctx.sampler.sample([ctx.task.prompt(a, b) for a, b in pairs])
+    with phase("score"):
+        term = batch.terminated.tolist()
+        rewards = torch.tensor([ctx.task.reward(c, t, a, b) for c, t, (a, b) in zip(batch.texts, term, pairs)],
+                               dtype=torch.float32, device=device)
+        scores = ctx.sampler.score(batch)
+    ids, attn, n_prompt = batch.input_ids, batch.attention_mask, batch.n_prompt
+    mask = batch.completion_mask.float()
+    old = {"logp": batch.logp, "ref_logp": scores.ref_logp}  # sampling-time: the in-reward penalty is frozen on these
+    exact = cfg.placement == "exact-in-loss"
     use_amp = device.type == "cuda" and cfg.bf16
-    amp = lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp)  # noqa: E731
-    with torch.no_grad(), amp():
-        old = sequence_stats(policy, ids, attn, n_prompt, ref, cfg.logprob_chunk, cfg.temperature)
-    beta = float(schedule.beta)
+    beta = float(ctx.schedule.beta)
     clip_fracs, grad_norms, losses, kl_terms = [], [], [], []
     for _ in range(cfg.updates_per_batch):
-        with amp():
-            st = sequence_stats(policy, ids, attn, n_prompt, ref if cfg.placement == "exact-in-loss" else None,
-                                cfg.logprob_chunk, cfg.temperature)
+        with phase("forward"), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            st = sequence_stats(policy, ids, attn, n_prompt, ctx.ref if exact else None, cfg.logprob_chunk,
+                                cfg.temperature, ref_hidden=scores.ref_hidden if exact else None,
+                                prompt_index=batch.prompt_index)
             loss, kl_term, clip_frac = _loss(cfg, st, old, mask, rewards, beta)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss is {loss.item()} at step {step}; lower lr or beta")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)))
-        opt.step()
-        clip_fracs.append(float(clip_frac))
-        losses.append(float(loss.detach()))
-        kl_terms.append(float(kl_term))
+        with phase("backward"):
+            ctx.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with phase("optimizer"):
+            grad_norms.append(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm))
+            ctx.optimizer.step()
+        clip_fracs.append(torch.as_tensor(clip_frac, dtype=torch.float32, device=device))
+        losses.append(loss.detach().float())
+        kl_terms.append(torch.as_tensor(kl_term, dtype=torch.float32, device=device))
+    # one host synchronisation for every update's numbers
+    per_update = torch.stack([torch.stack(v).float() for v in (losses, clip_fracs, grad_norms, kl_terms)]).tolist()
+    for u, value in enumerate(per_update[0]):
+        if not math.isfinite(value):
+            raise FloatingPointError(f"the loss is {value} at step {step} (update {u + 1}); lower lr or beta")
     with torch.no_grad():
-        lr_ = (old["logp"] - old["ref_logp"]) * mask
-        seq_kl_exact = (old["kl"] * mask).sum(-1)
-        row = {
-            "step": step + 1,
-            "reward": rewards.mean().item(),
-            "accuracy": (rewards == 1.0).float().mean().item(),
-            "kl_exact_seq": seq_kl_exact.mean().item(),
-            "kl_exact_token": ((old["kl"] * mask).sum() / mask.sum()).item(),
-            "kl_k1_seq": lr_.sum(-1).mean().item(),
-            "kl_k3_seq": (k3(old["logp"], old["ref_logp"]) * mask).sum(-1).mean().item(),
-            "entropy": ((old["entropy"] * mask).sum() / mask.sum()).item(),
-            "response_length": mask.sum(-1).mean().item(),
-            "terminated": float(np.mean(batch["terminated"])),
-            "clip_fraction": float(np.mean(clip_fracs)),
-            "grad_norm": float(np.mean(grad_norms)),
-            "loss": float(np.mean(losses)),
-            "kl_term": float(np.mean(kl_terms)),
-            "beta": beta,
-        }
-    schedule.update(row["kl_exact_seq"], len(pairs))
+        measured = measure(rewards, batch.terminated, mask, old["logp"], old["ref_logp"], scores.kl, scores.entropy)
+    ctx.schedule.update(measured["kl_exact_seq"], len(pairs))
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    row["seconds"] = seconds
-    row["tokens_per_second"] = mask.sum().item() / seconds
-    for k, v in row.items():
+    row = StepRow(step=step + 1, **measured, clip_fraction=float(np.mean(per_update[1])),
+                  grad_norm=float(np.mean(per_update[2])), loss=float(np.mean(per_update[0])),
+                  kl_term=float(np.mean(per_update[3])), beta=beta, seconds=seconds,
+                  tokens_per_second=measured["response_length"] * len(pairs) / seconds)
+    for k, v in row.as_dict().items():
         if isinstance(v, float) and not math.isfinite(v):
             raise FloatingPointError(f"metric {k} is {v} at step {step + 1}")
     return row

@@ -65,23 +65,26 @@ def train_sft(model, tokenizer, task: AdditionTask, steps: int, batch_size: int,
 @torch.no_grad()
 def evaluate(model, tokenizer, task: AdditionTask, n: int = 256, seed: int = 999, greedy: bool = True,
              temperature: float = 1.0) -> float:
-    """Accuracy on ``n`` fresh prompts (greedy decoding by default)."""
-    from kltutor.capstone.loop import generate_completions
+    """Accuracy on ``n`` fresh prompts (greedy decoding by default), sampled with the capstone's
+    :class:`~kltutor.capstone.sampler.Sampler` and a generator of its own (the global RNG is untouched)."""
+    from kltutor.capstone.sampler import Sampler
 
     gen = torch.Generator().manual_seed(seed)
     pairs = task.sample(n, gen)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        batch = generate_completions(model, tokenizer, [task.prompt(a, b) for a, b in pairs], task.answer_len + 1,
-                                     temperature, greedy=greedy)
-    rewards = [1.0 if (t and c == task.answer(a, b)) else 0.0 for c, t, (a, b) in zip(batch["texts"], batch["terminated"], pairs)]
+    device = next(model.parameters()).device
+    sampler = Sampler(model, tokenizer, max_new_tokens=task.answer_len + 1, temperature=temperature, decode_mode="eager")
+    batch = sampler.sample([task.prompt(a, b) for a, b in pairs], greedy=greedy,
+                           generator=torch.Generator(device).manual_seed(seed))
+    rewards = [1.0 if (t and c == task.answer(a, b)) else 0.0
+               for c, t, (a, b) in zip(batch.texts, batch.terminated.tolist(), pairs)]
     return sum(rewards) / n
 
 
 def _cache_key(cfg: CapstoneConfig) -> str:
     fields = ["max_operand", "model", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
               "sft_steps", "sft_batch_size", "sft_lr", "sft_seed"]
-    blob = json.dumps({f: getattr(cfg, f) for f in fields} | {"version": 2}, sort_keys=True)  # 2: with manifest.json
+    # version 2: manifest.json, and the accuracies in info.json come from kltutor.capstone.sampler (version 1: model.generate)
+    blob = json.dumps({f: getattr(cfg, f) for f in fields} | {"version": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
