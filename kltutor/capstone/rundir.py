@@ -51,7 +51,7 @@ RUN_FORMAT = 1
 _RUN_ENTRIES = (RUN_FILE, METRICS_FILE, CHECKPOINT, CHECKPOINT + ".tmp", CHECKPOINT + ".old")
 
 # On resume: settings that may differ from run.json without changing what the run is.
-FREE_ON_RESUME = frozenset({"steps", "device", "bf16", "logprob_chunk", "checkpoint_every", "progress", "run_dir",
+FREE_ON_RESUME = frozenset({"steps", "device", "bf16", "logprob_chunk", "decode_mode", "ref_scoring", "checkpoint_every", "progress", "run_dir",
                             "cache_dir", "resume", "overwrite", "allow_config_change"})
 # Settings that can never change on resume: the checkpoint's policy, its reference and its RNG state
 # were made for the recorded values. Every other setting changes the run's meaning: resuming with a
