@@ -1639,7 +1639,7 @@ def _negative_kl_causes():
 @_claim(
     "geomean-ratio-kl", "KL in practice",
     r"Multiplying the per-token KL term by GSPO's geometric-mean sequence ratio $(\prod_tw_t)^{1/T}$ (TRL's "
-    r"`use_bias_correction_kl` with `importance_sampling_level=\"sequence\"`) does not correct it: its expected gradient is "
+    r'`use_bias_correction_kl` with `importance_sampling_level="sequence"`) does not correct it: its expected gradient is '
     r"wrong even at the first update, where every ratio is 1, because the weight's own gradient $\frac1T\sum_sg_s$ "
     r"multiplies every token's term. The full ratio $\prod_tw_t$ and the prefix ratio $\prod_{s\le t}w_s$ are exact; at "
     r"the first update the per-token ratio $w_t$ turns k3's gradient into token-level k2's.",
