@@ -224,7 +224,9 @@ NEGATIVE_KL_CAUSES: dict[str, str] = {
     "precision_mismatch": "policy and reference log-probs are computed in different or low precision: the log-ratio "
                           "is not zero where the models agree",
     "reference_mismatch": "the log-ratio is not zero before the first update: the reference is not the initial policy "
-                          "(wrong checkpoint, different scoring temperature or chat template)",
+                          "(wrong checkpoint, different scoring temperature or chat template); on its own this makes the "
+                          "KL positive, not negative (on-policy E[k1] = KL(pi||pi_ref) >= 0 for any reference), but the "
+                          "penalty measures the KL to the wrong model",
     "sign_reversed": "the logged value is -k1: the code logs mean(ref_logp - logp)",
     "sampling_noise": "single-sample k1 noise: the batch mean of sum_t l_t is within a few standard errors of zero; "
                       "the KL is small, not negative (log k3 or the exact KL instead)",
@@ -274,6 +276,12 @@ def diagnose_negative_kl(
     z: float = 3.0,
 ) -> NegativeKLDiagnosis:
     """Tell, from one batch, why its logged KL is negative (or what would make it so).
+
+    On-policy ``E[k1] = KL(pi || pi_ref) >= 0`` for any reference, so a negative expected k1 needs tokens
+    that are not samples of the scored policy, log-probabilities that do not normalise, or a reversed sign;
+    a reference that is not the initial policy is reported too (``first_step=True``), because it changes
+    what the KL measures, although it cannot make it negative on its own (chapter 8,
+    ``sec-practice-negative-kl``).
 
     ``logp``, ``ref_logp``, ``mask`` (and the optional ``attention_mask``, ``prompt_mask``) are as in
     :func:`inspect`. The optional evidence, each enabling one test:

@@ -490,21 +490,25 @@ _BANK: tuple[Question, ...] = (
          "Forgetting that the surrogate's value is zero while its gradient is not."),
         ("ch-practice", "ch-capstone"),
         "ch-practice",
+        claims=("grpo-loss-zero-at-start",),
     ),
     Question(
         "Q27", "must-know",
         "Your dashboard shows a negative KL to the reference. What can cause it, and how do you tell which?",
-        "A negative batch mean of k1 = sum_t l_t has several causes: plain sampling noise when the KL is small (within a "
-        "few standard errors of 0); rollouts sampled from another distribution than the one scored (temperature, "
-        "top-p/top-k, another engine or precision: E_q[l] = KL(q||ref) - KL(q||pi)); dropout left on in the policy's "
-        "forward pass; prompt or padding tokens under the mask; a reference that is not the initial policy (the "
-        "log-ratio is not 0 at step 0); or simply a reversed sign in the logging code. Check the step-0 log-ratio, "
-        "the mask, train/eval mode, the sampler's own log-probs, and log k3 or the exact KL next to k1 "
-        "(kltutor.checklist.diagnose_negative_kl does these checks on a batch).",
+        "On-policy E[k1] = KL(pi||pi_ref) >= 0 for any reference, so a negative batch mean of k1 = sum_t l_t has few "
+        "causes: plain sampling noise when the KL is small (within a few standard errors of 0); tokens that are not "
+        "samples of the scored policy: rollouts drawn from another distribution (temperature, top-p/top-k, another "
+        "engine or precision: E_q[l] = KL(q||ref) - KL(q||pi)), dropout left on in the policy's scoring pass (it "
+        "subtracts KL(pi||pi_mask)), prompt or padding tokens under the mask; log-probabilities that do not normalise; "
+        "or simply a reversed sign in the logging code. A wrong reference checkpoint does not make the expected k1 "
+        "negative: it shows as a positive KL at step 0. Check the step-0 log-ratio, the mask, train/eval mode, the "
+        "sampler's own log-probs, and log k3 or the exact KL next to k1 (kltutor.checklist.diagnose_negative_kl does "
+        "these checks on a batch).",
         ("Clamping the logged KL at 0, which hides every cause.",
          "Blaming noise without computing the standard error."),
         ("ch-practice", "ch-failures", "ch-estimators"),
         "ch-practice",
+        claims=("negative-kl-causes", "sampler-k1-mismatch"),
     ),
     Question(
         "Q28", "advanced",
@@ -522,6 +526,7 @@ _BANK: tuple[Question, ...] = (
          "Believing per-token importance ratios make an off-policy sequence gradient exact."),
         ("ch-practice", "ch-placements"),
         "ch-practice",
+        claims=("sampler-k1-mismatch", "tis-bias-variance"),
     ),
     Question(
         "Q29", "advanced",
@@ -532,11 +537,14 @@ _BANK: tuple[Question, ...] = (
         "the batch's mean length, the same for every sequence of a batch; Dr. GRPO's sum over a constant L (TRL "
         "'dr_grpo', verl 'seq-mean-token-sum-norm') gives beta/L. The same weight multiplies the policy-gradient term, "
         "so within a sequence beta still prices KL against advantage; across sequences only the per-sequence mean "
-        "reweights by length, and its stationary point carries a per-token length term.",
+        "reweights by length. When the KL is a loss term (the group centres the task reward only), the per-sequence "
+        "mean's stationary point carries a per-token length bonus of KL/E[T] nats; with k1 inside the group-centred "
+        "reward the centring absorbs it and the fixed point is the tilt.",
         ("Transferring a beta between runs with different aggregations or response lengths.",
          "Thinking token-mean and sequence-mean differ only in scale."),
         ("ch-practice", "ch-placements"),
         "ch-practice",
+        claims=("aggregation-effective-beta", "sequence-mean-length-bias"),
     ),
     Question(
         "Q30", "advanced",
@@ -553,6 +561,7 @@ _BANK: tuple[Question, ...] = (
          "Calling the per-period KL of a reset reference 'the KL of the run'."),
         ("ch-practice", "ch-preference"),
         "ch-practice",
+        claims=("beta-zero-diversity", "reset-reference-tilts", "lora-reference-exact"),
     ),
     Question(
         "Q31", "advanced",
@@ -566,6 +575,7 @@ _BANK: tuple[Question, ...] = (
          "Double-counting one KL in the logs."),
         ("ch-practice", "ch-placements"),
         "ch-practice",
+        claims=("two-kl-terms", "k3-in-loss-forward", "clip-removes-in-reward-kl"),
     ),
     Question(
         "Q32", "top-lab",
@@ -581,19 +591,22 @@ _BANK: tuple[Question, ...] = (
          "Checking only the value at theta = theta_old, where every ratio is 1 but the gradients differ."),
         ("ch-practice", "ch-placements"),
         "ch-practice",
+        claims=("geomean-ratio-kl", "offpolicy-prefix-weight"),
     ),
     Question(
         "Q33", "top-lab",
         "A colleague writes k3 as expm1(logp - ref_logp) - (logp - ref_logp). What is wrong, and what does it "
         "optimise in the loss?",
         "It is k3 with the ratio inverted: e^l - 1 - l with l = log pi - log pi_ref instead of e^-l - 1 + l. It is still "
-        "non-negative, so nothing looks wrong on a dashboard, but its mean under pi is chi2(pi||pi_ref) - KL(pi||pi_ref) "
-        "and, in the loss, its expected gradient per token is that of chi2(pi||pi_ref)/2, a divergence that punishes "
+        "non-negative, so nothing looks wrong on a dashboard, but for one token its mean under pi is "
+        "chi2(pi||pi_ref) - KL(pi||pi_ref) (summed over a response: the per-token chi2 at the policy's prefixes minus "
+        "the sequence KL) and, in the loss, its expected gradient per token is that of chi2(pi||pi_ref)/2, a divergence that punishes "
         "large ratios pi/pi_ref far harder than the KL. Test estimators by exact enumeration: their mean must equal the KL.",
         ("Accepting an estimator because it is non-negative.",
          "Checking the formula only at l = 0, where both versions vanish."),
         ("ch-practice", "ch-estimators"),
         "ch-practice",
+        claims=("inverted-k3-chi2",),
     ),
 )
 

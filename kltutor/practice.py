@@ -10,7 +10,8 @@ fixed point solved to machine precision) or measures a real ``transformers`` mod
    importance sampling: bias and variance of the policy gradient), :func:`token_logprobs_at` and
    :func:`precision_mismatch` (float32 against bfloat16 log-probabilities of one model).
 2. **Loss aggregation.** :data:`AGGREGATIONS`, :func:`aggregation_weights`, :func:`effective_beta`,
-   :func:`aggregation_stationary_policy` (the length bias of per-sequence means, exactly),
+   :func:`aggregation_stationary_policy` and :func:`aggregation_update` (the length bias of
+   per-sequence means, exactly, and where the KL must sit for it),
    :data:`AGGREGATION_FLAGS` (TRL's ``loss_type`` and verl's ``loss_agg_mode``).
 3. **Reference management.** :func:`bandit_with_reference_updates` (beta = 0, a reference reset every
    ``tau`` steps or soft-updated with ``alpha``), :func:`add_lora` / :func:`adapters_disabled` (a
@@ -50,6 +51,8 @@ __all__ = [
     "aggregation_weights",
     "effective_beta",
     "aggregation_stationary_policy",
+    "aggregation_update",
+    "BASELINES",
     "bandit_with_reference_updates",
     "LoRALinear",
     "add_lora",
@@ -352,29 +355,76 @@ def effective_beta(lengths, mode: str, beta: float, max_len: float | None = None
     return beta * c.numel() * c
 
 
-def aggregation_stationary_policy(ref_probs, rewards, lengths, beta: float, mode: str, max_len: float | None = None,
-                                  tol: float = 1e-13) -> Tensor:
-    """The policy at which the aggregated GRPO-style update stops, for a bandit over whole responses.
+#: Where the KL sits relative to the group baseline (see :func:`aggregation_update`).
+BASELINES: dict[str, str] = {
+    "task": "b = E_pi[R]: the group centres the task reward only (KL as a loss term, e.g. k2 of the sequence "
+            "log-ratio, or a k1 penalty added after the centring)",
+    "shaped": "b = E_pi[R - beta l]: k1 sits in the reward before the group centring",
+}
 
-    Responses ``y`` (one per entry) have reference probabilities, rewards ``R_y`` and lengths ``T_y``.
-    In the population limit (large groups) the update is ``E_pi[c(T_y) (R_y - b - beta l_y) grad log pi(y)]``
-    with the group-mean baseline ``b = E_pi[R]``, ``l_y = log pi(y)/pi_ref(y)`` (the KL as k1 in the
-    reward, or k2 of the sequence log-ratio in the loss) and ``c`` the aggregation's per-token
-    weight. On the softmax simplex it vanishes iff ``c(T_y) (R_y - b - beta l_y)`` is the same for
-    every response. A constant ``c`` (sequence-sum, token-mean in the limit, token-sum-norm) gives the
-    tilted optimum ``pi_ref e^{R/beta}/Z``; ``c = 1/T`` (sequence-mean) gives
-    ``pi_ref e^{(R - kappa T)/beta}/Z``, solved here for ``kappa`` and ``b`` to ``tol``.
-    """
+
+def _bandit_inputs(ref_probs, rewards, lengths, beta: float, mode: str, baseline: str):
     p = torch.as_tensor(ref_probs, dtype=torch.float64)
     R = torch.as_tensor(rewards, dtype=torch.float64)
     T = _lengths(lengths)
     if not (p.shape == R.shape == T.shape) or (p <= 0).any() or abs(float(p.sum()) - 1) > 1e-9:
         raise ValueError("ref_probs (positive, summing to 1), rewards and lengths must be 1-D of the same length")
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
     if mode not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {mode!r}; choose one of {sorted(AGGREGATIONS)}")
-    if mode != "sequence-mean":
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; choose one of {sorted(BASELINES)}")
+    return p, R, T
+
+
+def aggregation_update(policy_probs, ref_probs, rewards, lengths, beta: float, mode: str,
+                       baseline: str = "task", max_len: float | None = None) -> Tensor:
+    """The expected update of a bandit over whole responses, ``E_pi[c(T_y) (R_y - b - beta l_y) grad_z log pi(y)]``.
+
+    ``pi = softmax(z)`` is ``policy_probs``; responses have reference probabilities, rewards ``R_y``
+    and lengths ``T_y``; ``l_y = log pi(y)/pi_ref(y)``; ``c`` is the aggregation's per-token weight
+    (population limit: token-mean's ``1/sum T`` becomes ``1/(G E_pi[T])``, the same for every response).
+    ``baseline`` says what the group mean centres (:data:`BASELINES`): ``"task"``, ``b = E_pi[R]``
+    (the KL is a loss term whose expected gradient is ``E_pi[l_y grad log pi(y)]``, k2 of the
+    sequence log-ratio; or a k1 penalty added after the centring), or ``"shaped"``,
+    ``b = E_pi[R - beta l]`` (k1 in the reward before the centring). Returns the update on the logits
+    ``z`` (``[n]``, float64); it is zero exactly at a stationary point.
+    """
+    p, R, T = _bandit_inputs(ref_probs, rewards, lengths, beta, mode, baseline)
+    pi = torch.as_tensor(policy_probs, dtype=torch.float64)
+    if pi.shape != p.shape or (pi <= 0).any() or abs(float(pi.sum()) - 1) > 1e-9:
+        raise ValueError("policy_probs must be positive, sum to 1 and match ref_probs")
+    ell = pi.log() - p.log()
+    b = float((pi * R).sum()) if baseline == "task" else float((pi * (R - beta * ell)).sum())
+    if mode == "token-mean":
+        c = torch.full_like(T, 1.0 / float((pi * T).sum()))
+    else:
+        c = aggregation_weights(T, mode, max_len if max_len is not None else float(T.max())) * T.numel()
+    a = c * (R - b - beta * ell)
+    return pi * (a - (pi * a).sum())  # grad_z log pi(y) = e_y - pi
+
+
+def aggregation_stationary_policy(ref_probs, rewards, lengths, beta: float, mode: str, max_len: float | None = None,
+                                  tol: float = 1e-13, baseline: str = "task") -> Tensor:
+    """The policy at which the aggregated GRPO-style update stops, for a bandit over whole responses.
+
+    Responses ``y`` (one per entry) have reference probabilities, rewards ``R_y`` and lengths ``T_y``.
+    In the population limit (large groups) the update is ``E_pi[c(T_y) (R_y - b - beta l_y) grad log pi(y)]``
+    (:func:`aggregation_update`) with ``l_y = log pi(y)/pi_ref(y)``, ``c`` the aggregation's per-token
+    weight and ``b`` the group-mean baseline. On the softmax simplex it vanishes iff
+    ``c(T_y) (R_y - b - beta l_y)`` is the same for every response. A constant ``c`` (sequence-sum,
+    token-mean in the limit, token-sum-norm) gives the tilted optimum ``pi_ref e^{R/beta}/Z``; ``c = 1/T``
+    (sequence-mean) gives ``pi_ref e^{(R - kappa T)/beta}/Z`` with ``kappa E_pi[T] = E_pi[R] - b - beta KL``:
+
+    - ``baseline="task"`` (``b = E_pi[R]``: the KL is a loss term, k2 of the sequence log-ratio, or a
+      k1 penalty added after the centring): ``kappa = -beta KL / E_pi[T] < 0``, a per-token length
+      bonus; solved here for ``kappa`` and ``b`` to ``tol``;
+    - ``baseline="shaped"`` (``b = E_pi[R - beta l]``: k1 in the reward before the centring): ``kappa = 0``,
+      the tilt again.
+    """
+    p, R, T = _bandit_inputs(ref_probs, rewards, lengths, beta, mode, baseline)
+    if mode != "sequence-mean" or baseline == "shaped":
         from kltutor.preference import optimal_policy
 
         return optimal_policy(p, R, beta)

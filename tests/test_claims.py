@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 CHEATSHEET = (BOOK / "cheatsheet.md").read_text()
 INTERVIEW_CHAPTER = next(BOOK.glob("[0-9][0-9]_interview*.md")).read_text()
+CHAPTERS = {m.group(1): path.read_text() for path in sorted(BOOK.glob("[0-9][0-9]_*.md"))
+            if (m := re.search(r"^\((ch-[a-z]+)\)=\s*$", path.read_text(), re.M))}
 
 
 def _labels() -> set[str]:
@@ -72,9 +74,12 @@ def test_every_short_answer_names_its_claims(q):
 
 
 def _answer_block(q) -> str:
-    parts = re.split(r"^\((sec-interview-q\d+)\)=\s*$", INTERVIEW_CHAPTER, flags=re.M)
+    """The full answer of ``q`` in the chapter that answers it (``q.answered_in``): from its label to the next
+    label or section heading."""
+    parts = re.split(r"^\(([A-Za-z0-9_-]+)\)=\s*$", CHAPTERS[q.answered_in], flags=re.M)
     blocks = dict(zip(parts[1::2], parts[2::2]))
-    return re.split(r"^\(sec-interview-tier\d\)=|^## ", blocks[q.label], flags=re.M)[0]
+    assert q.label in blocks, f"{q.id}: no ({q.label})= label in the chapter {q.answered_in}"
+    return re.split(r"^## ", blocks[q.label], flags=re.M)[0]
 
 
 @pytest.mark.parametrize("q", interview.questions(), ids=lambda q: q.id)
@@ -201,6 +206,11 @@ ONCE_PRINTED = {
     "adaptive-beta-integral": "Forgetting the clip, which keeps one noisy batch from moving beta by more than 20%.",
     "k3-variance": "k3 has lower variance than k1 and is unbiased.",
     "reverse-kl-zero-forcing": "It is mode-seeking: the policy may drop modes of the reference.",
+    # chapter 8, found by the ledger pass (the conditions are now stated where the claims are made)
+    "negative-kl-causes": "A logged KL is a batch mean of k1. It can be negative for six different reasons.",
+    "grpo-loss-zero-at-start": "The GRPO loss is β × KL term at the first update of every batch.",
+    "sequence-mean-length-bias": "$\\beta/L$ per nat of sequence KL; only the per-sequence mean biases the fixed point by length.",
+    "inverted-k3-chi2": "Still non-negative, so nothing looks wrong on a dashboard, but its mean is $\\chi^2(\\pi\\|\\pi_\\text{ref})-\\mathrm{KL}$.",
 }
 
 
@@ -209,6 +219,26 @@ def test_scanners_catch_what_was_once_printed(cid):
     claim = claims.get(cid)
     text = {"once printed": ONCE_PRINTED[cid]}
     assert _refuted_hits(claim, text) or _condition_hits(claim, text), f"{cid}'s patterns miss: {ONCE_PRINTED[cid]}"
+
+
+# Wrong versions that are common in discussions of KL in practice: the scanners must catch them too.
+COMMON_WRONG = [
+    ("sampler-k1-mismatch", "The logged KL is the KL of the objective."),
+    ("sampler-k1-mismatch", "With vLLM rollouts the logged k1 estimates KL(pi||pi_ref)."),
+    ("tis-bias-variance", "A per-token importance ratio corrects the off-policy sequence gradient."),
+    ("beta-zero-diversity", "With a verifiable reward, beta = 0 loses nothing."),
+    ("beta-zero-diversity", "DAPO drops the KL term and the reference model, and loses nothing."),
+    ("two-kl-terms", "KL in the reward and in the loss is the same as a single penalty with beta_R + beta_L."),
+    ("reset-reference-tilts", "A reset reference bounds the KL to the initial model."),
+    ("geomean-ratio-kl", "Multiplying the KL term by GSPO's geometric-mean ratio corrects it off-policy."),
+]
+
+
+@pytest.mark.parametrize("cid,sentence", COMMON_WRONG, ids=[f"{c}:{i}" for i, (c, _) in enumerate(COMMON_WRONG)])
+def test_scanners_catch_common_wrong_versions(cid, sentence):
+    claim = claims.get(cid)
+    text = {"common": sentence}
+    assert _refuted_hits(claim, text) or _condition_hits(claim, text), f"{cid}'s patterns miss: {sentence}"
 
 
 # Numbers typed in restatements that a check computes: (pattern with one group, claim, value key, tolerance).

@@ -312,3 +312,38 @@ def test_slips_are_documented_and_reproduced():
     true4 = exact_kl_gradients(PI, REF, 4)["true"]
     assert torch.allclose(P.expected_in_reward(PI, REF, 4, lambda l: l), true4 / 4, atol=1e-14)
     assert torch.allclose(P.expected_in_reward(PI, REF, 4, P.SLIPS[1]["value"]), -true4 / 4, atol=1e-14)
+
+
+# --------------------------------------------------------------------------- where the KL sits decides the length bias
+def test_aggregation_update_baselines():
+    g = torch.Generator().manual_seed(3)
+    K = 8
+    ref = torch.softmax(torch.randn(K, generator=g, dtype=torch.float64), 0)
+    R = (torch.arange(K) % 2).double()
+    T = torch.arange(1, K + 1).double()
+    beta = 0.2
+    tilt = optimal_policy(ref, R, beta)
+    smean = P.aggregation_stationary_policy(ref, R, T, beta, "sequence-mean")
+    # the solver's answer is a zero of the update; the tilt is one for every other case
+    assert P.aggregation_update(smean, ref, R, T, beta, "sequence-mean").abs().max() < 1e-14
+    assert P.aggregation_update(tilt, ref, R, T, beta, "sequence-mean").abs().max() > 1e-3
+    for mode in P.AGGREGATIONS:
+        assert P.aggregation_update(tilt, ref, R, T, beta, mode, "shaped").abs().max() < 1e-14
+    assert torch.equal(P.aggregation_stationary_policy(ref, R, T, beta, "sequence-mean", baseline="shaped"), tilt)
+    # the per-token length bonus is KL / E[T] at the stationary point
+    kl = float((smean * (smean / ref).log()).sum())
+    bonus = float(((smean / tilt).log()[R == 1].diff() / T[R == 1].diff()).mean())
+    assert bonus == pytest.approx(kl / float((smean * T).sum()), abs=1e-12)
+
+
+def test_aggregation_update_bad_input():
+    ref = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    R, T = torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="baseline"):
+        P.aggregation_update(ref, ref, R, T, 0.1, "sequence-mean", "reward")
+    with pytest.raises(ValueError, match="aggregation"):
+        P.aggregation_update(ref, ref, R, T, 0.1, "mean")
+    with pytest.raises(ValueError, match="policy_probs"):
+        P.aggregation_update(torch.tensor([1.0, 0.0], dtype=torch.float64), ref, R, T, 0.1, "sequence-mean")
+    with pytest.raises(ValueError, match="beta"):
+        P.aggregation_stationary_policy(ref, R, T, float("nan"), "sequence-mean")

@@ -5,7 +5,15 @@
 - :func:`effective_beta_aggregation`: the coefficient each loss aggregation puts on a sequence's
   summed KL term, ``beta_eff(T)``.
 - :func:`sequence_mean_stationary_point`: with per-sequence means, the update stops at
-  ``pi_ref e^{(R - kappa T)/beta}/Z`` (a per-token length term) instead of ``pi_ref e^{R/beta}/Z``.
+  ``pi_ref e^{(R - kappa T)/beta}/Z`` (a per-token length term, non-zero when the baseline centres the
+  task reward only) instead of ``pi_ref e^{R/beta}/Z``.
+- :func:`sequence_mean_baseline`: at that stationary point ``kappa E_pi[T] = E_pi[R] - b - beta KL``: with
+  the task reward centred (``b = E_pi[R]``, the KL a loss term) ``kappa = -beta KL / E_pi[T] < 0``, a
+  per-token length bonus of ``KL / E_pi[T]`` nats; with k1 inside the centred reward
+  (``b = E_pi[R - beta l]``) ``kappa = 0``, the tilt.
+- :func:`beta_zero_rich_get_richer`: without a KL term the exact policy gradient widens the logit gap
+  between two equally rewarded answers at a rate proportional to their probability gap; the KL-regularised
+  optimum keeps their reference ratio.
 - :func:`reset_composes_tilts`: resetting the reference to the converged policy ``k`` times gives
   the tilt with ``beta / k``.
 - :func:`two_kl_stationarity`: the optimum of ``E r - beta_R KL(pi||ref) - beta_L KL(ref||pi)``, and
@@ -27,6 +35,8 @@ __all__ = [
     "sampler_k1_expectation",
     "effective_beta_aggregation",
     "sequence_mean_stationary_point",
+    "sequence_mean_baseline",
+    "beta_zero_rich_get_richer",
     "reset_composes_tilts",
     "two_kl_stationarity",
     "inverted_k3_is_chi2",
@@ -88,6 +98,51 @@ def sequence_mean_stationary_point() -> bool:
     for c, want in ((1, (R - b - kappa) / beta), (1 / T, (R - b - kappa * T) / beta)):
         sol = sp.solve(sp.Eq(c * (R - b - beta * l), kappa), l)
         require(len(sol) == 1 and sp.simplify(sol[0] - want) == 0, f"c={c}: {sol}")
+    return True
+
+
+@derivation
+def sequence_mean_baseline() -> bool:
+    """With l_y = (R_y - b - kappa T_y)/beta (the per-sequence-mean stationary point) on three responses:
+    b = E_pi[R] gives kappa = -beta KL / E_pi[T] (KL = E_pi[l] > 0, so kappa < 0 and the per-token bonus
+    -kappa/beta is KL / E_pi[T]); b = E_pi[R - beta l] gives kappa = 0."""
+    pi = _simplex("p", 3)
+    R = sp.symbols("R0:3", real=True)
+    T = sp.symbols("T0:3", positive=True)
+    beta, K = sp.symbols("beta K", positive=True)
+    b, kappa = sp.symbols("b kappa", real=True)
+    ell = [(R[i] - b - kappa * T[i]) / beta for i in range(3)]
+    kl = sum(pi[i] * ell[i] for i in range(3))
+    ER, ET = sum(pi[i] * R[i] for i in range(3)), sum(pi[i] * T[i] for i in range(3))
+    # task baseline: b = E[R]; KL = K fixes kappa
+    sol = sp.solve(sp.Eq(kl.subs(b, ER), K), kappa)
+    require(len(sol) == 1 and sp.simplify(sol[0] + beta * K / ET) == 0, f"task baseline: kappa = {sol}")
+    require(sp.simplify(-sol[0] / beta - K / ET) == 0, "the per-token bonus is KL / E[T]")
+    # shaped baseline: b = E[R - beta l], with l depending on b and kappa
+    sol = sp.solve(sp.Eq(b, ER - beta * kl), kappa)
+    require(len(sol) == 1 and sp.simplify(sol[0]) == 0, f"shaped baseline: kappa = {sol}")
+    return True
+
+
+@derivation
+def beta_zero_rich_get_richer() -> bool:
+    """Softmax bandit pi = softmax(z), beta = 0: the exact gradient of E_pi[r] is pi_y (r_y - E_pi r), so for
+    two answers with the same reward the logit gap moves by (pi_y - pi_y')(r - E_pi r): the likelier one
+    gains whenever the shared reward beats the mean. With beta > 0 the optimum pi_ref e^{r/beta}/Z keeps
+    pi_y/pi_y' = pi_ref,y/pi_ref,y'."""
+    z = sp.symbols("z0:3", real=True)
+    r, r2, beta = sp.symbols("r r2 beta", positive=True)
+    rew = [r, r, r2]  # answers 0 and 1 share a reward
+    s = sum(sp.exp(zi) for zi in z)
+    pi = [sp.exp(zi) / s for zi in z]
+    J = sum(pi[i] * rew[i] for i in range(3))
+    grad = [sp.diff(J, zi) for zi in z]
+    for i in range(3):
+        require(sp.simplify(grad[i] - pi[i] * (rew[i] - J)) == 0, f"d E[r] / d z_{i}")
+    require(sp.simplify((grad[0] - grad[1]) - (pi[0] - pi[1]) * (r - J)) == 0, "gap grows with the probability gap")
+    ref = _simplex("q", 3)
+    w = [ref[i] * sp.exp(rew[i] / beta) for i in range(3)]
+    require(sp.simplify(w[0] / w[1] - ref[0] / ref[1]) == 0, "the tilt keeps the ratio of equally rewarded answers")
     return True
 
 
