@@ -177,3 +177,27 @@ def test_cli_single_run_and_sweep(tiny, tmp_path, capsys):
     df = pd.read_csv(tmp_path / "grid" / "sweep.csv")
     assert len(df) == 2 * 2 * 2  # 2 placements x 2 seeds x 2 steps
     assert "sweep.csv" in capsys.readouterr().out
+
+
+def test_sft_batch_rows_are_prompt_answer_eos_left_padded_with_the_loss_on_answer_and_eos():
+    import torch
+
+    from kltutor.capstone.model import build_tokenizer
+    from kltutor.capstone.sft import sft_batch
+    from kltutor.capstone.task import AdditionTask
+
+    task = AdditionTask(999)
+    tok = build_tokenizer(task.alphabet)
+    ids, attn, lm = sft_batch(task, tok, 48, torch.Generator().manual_seed(5))
+    pairs = task.sample(48, torch.Generator().manual_seed(5))  # the same draws
+    assert ids.shape == attn.shape == lm.shape and lm.dtype == torch.float32
+    lengths = set()
+    for i, (a, b) in enumerate(pairs):
+        want = tok(f"{a}+{b}={a + b}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        n = len(want)
+        lengths.add(n)
+        assert ids[i, -n:].tolist() == want and attn[i, -n:].eq(1).all() and attn[i, :-n].eq(0).all()
+        assert ids[i, :-n].eq(tok.pad_token_id).all()
+        n_answer = len(str(a + b)) + 1  # the answer's digits and EOS carry the loss, nothing else
+        assert lm[i, -n_answer:].eq(1).all() and lm[i, :-n_answer].eq(0).all()
+    assert len(lengths) > 1  # unequal lengths: the padding is exercised

@@ -21,35 +21,39 @@ __all__ = ["sft_batch", "train_sft", "evaluate", "ReferenceInfo", "reference_dir
 def sft_batch(task: AdditionTask, tokenizer, n: int, generator: torch.Generator, device="cpu"):
     """``n`` left-padded ``prompt + answer + EOS`` sequences and a loss mask on answer+EOS positions."""
     pairs = task.sample(n, generator)
-    texts = [task.prompt(a, b) + task.answer(a, b) for a, b in pairs]
-    prompts = [len(tokenizer(task.prompt(a, b), add_special_tokens=False)["input_ids"]) for a, b in pairs]
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    prompts = [task.prompt(a, b) for a, b in pairs]
+    answers = [task.answer(a, b) for a, b in pairs]
+    # one batched call each (the fast tokenizer encodes the whole batch at once)
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    a_ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
+    ids = [p + a + [tokenizer.eos_token_id] for p, a in zip(p_ids, a_ids)]
     L = max(map(len, ids))
-    input_ids = torch.full((n, L), tokenizer.pad_token_id, dtype=torch.long)
-    attn = torch.zeros((n, L), dtype=torch.long)
-    loss_mask = torch.zeros((n, L), dtype=torch.float32)
-    for i, (seq, p) in enumerate(zip(ids, prompts)):
-        input_ids[i, L - len(seq):] = torch.tensor(seq)
-        attn[i, L - len(seq):] = 1
-        loss_mask[i, L - len(seq) + p:] = 1.0
+    pad = [L - len(seq) for seq in ids]  # left padding of each row
+    input_ids = torch.tensor([[tokenizer.pad_token_id] * k + seq for k, seq in zip(pad, ids)], dtype=torch.long)
+    attn = torch.tensor([[0] * k + [1] * len(seq) for k, seq in zip(pad, ids)], dtype=torch.long)
+    loss_mask = torch.tensor([[0.0] * (k + len(p)) + [1.0] * (len(seq) - len(p)) for k, seq, p in zip(pad, ids, p_ids)])
     return input_ids.to(device), attn.to(device), loss_mask.to(device)
 
 
 def train_sft(model, tokenizer, task: AdditionTask, steps: int, batch_size: int, lr: float, seed: int,
-              progress: bool = False) -> list[float]:
-    """Teacher-forced cross-entropy on the answer tokens; returns the loss per step."""
+              progress: bool = False, amp: bool = False) -> list[float]:
+    """Teacher-forced cross-entropy on the answer tokens; returns the loss per step.
+
+    ``amp``: bf16 autocast (a GPU run with ``bf16``). The losses stay on the device until the end, so
+    the host prepares the next batch while the device works on this one."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / max(steps, 1)))
     model.train()
     losses = []
     for _ in tqdm(range(steps), desc="SFT", disable=not progress):
         ids, attn, lm = sft_batch(task, tokenizer, batch_size, gen, device)
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, :-1].float()
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
         loss = (nll * lm[:, 1:].reshape(-1)).sum() / lm[:, 1:].sum()
         opt.zero_grad(set_to_none=True)
@@ -57,9 +61,9 @@ def train_sft(model, tokenizer, task: AdditionTask, steps: int, batch_size: int,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(loss.item())
+        losses.append(loss.detach())
     model.eval()
-    return losses
+    return torch.stack(losses).tolist() if losses else []
 
 
 @torch.no_grad()
@@ -163,7 +167,9 @@ def reference_policy(cfg: CapstoneConfig, device="cpu"):
                                     f"local model directory (save_pretrained, safetensors) whose tokenizer writes "
                                     f"{task.alphabet!r} as {flag('model')}", "model") from None
     check_tokenizer(tok, task.alphabet)
-    losses = train_sft(model, tok, task, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, cfg.sft_seed, cfg.progress) if cfg.sft_steps else []
+    amp = torch.device(device).type == "cuda" and cfg.bf16
+    losses = train_sft(model, tok, task, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, cfg.sft_seed, cfg.progress,
+                       amp=amp) if cfg.sft_steps else []
     info = {"sft_losses": losses, "greedy_accuracy": evaluate(model, tok, task, greedy=True),
             "sampled_accuracy": evaluate(model, tok, task, greedy=False),
             "n_parameters": sum(p.numel() for p in model.parameters())}
