@@ -1,0 +1,189 @@
+"""The capstone chapter's published sweep: placements x betas x seeds on one GPU, in parallel worker
+processes, with a deadline; writes the compact results the chapter renders (``results/capstone_gpu``).
+
+    python benchmarks/capstone_gpu_sweep.py --workers 12 --deadline 300 --results results/capstone_gpu
+    python benchmarks/capstone_gpu_sweep.py --preset smoke --device cpu --steps 3 --workers 2 --results /tmp/r  # rehearsal
+
+1. The SFT reference of the preset is trained once (or loaded from the cache) in this process, and its
+   greedy and sampled accuracies are checked against the range in which RL has room to improve
+   (``--accuracy-range``; outside it the sweep still runs and the meta file says so).
+2. Every run of the grid (``kltutor.capstone.sweep.grid_configs``: ``placement="none"`` once per
+   seed) goes to a queue, seed-major, so a deadline that stops the sweep early leaves whole grids of
+   the first seeds. ``--workers`` processes (spawned, one torch CPU thread each) take runs from the
+   queue: small models leave a GPU mostly idle between kernel launches, so several processes share it
+   well. No run starts after ``--deadline`` seconds; a run still going at ``deadline + grace`` is
+   stopped, and the steps it finished are kept (every step's row is on disk when the step ends).
+3. ``sweep.csv`` holds one row per (run, step): ``placement``, ``beta_init``, ``seed`` and every metric of ``kltutor.capstone.METRICS``
+   (6 significant digits), and ``meta.json`` the base config, package versions, GPU name, the
+   reference's accuracies, each run's finished steps and the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import queue
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PLACEMENTS = ("none", "k1-in-reward", "k3-in-reward", "k1-in-loss", "k2-in-loss", "k3-in-loss", "exact-in-loss")
+
+
+def _worker(jobs, done, deadline: float) -> None:
+    """Take run configs from ``jobs`` until it is empty or the deadline has passed; report each on ``done``."""
+    import torch
+
+    from kltutor.capstone.config import CapstoneConfig
+    from kltutor.capstone.loop import run
+
+    torch.set_num_threads(1)
+    os.environ["TQDM_DISABLE"] = "1"
+    while time.time() < deadline:
+        try:
+            cfg_dict = jobs.get_nowait()
+        except queue.Empty:
+            return
+        cfg = CapstoneConfig(**cfg_dict)
+        t = time.time()
+        try:
+            res = run(cfg)
+            done.put({"run_dir": cfg.run_dir, "ok": True, "steps": len(res.metrics), "seconds": time.time() - t})
+        except Exception as e:  # noqa: BLE001 - one failed run must not stop the others; it is reported
+            done.put({"run_dir": cfg.run_dir, "ok": False, "error": f"{type(e).__name__}: {e}", "seconds": time.time() - t})
+
+
+def _read_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a stopped worker
+            break
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", default="h100")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--steps", type=int, default=200, help="GRPO steps per run")
+    p.add_argument("--placements", nargs="+", default=list(PLACEMENTS))
+    p.add_argument("--betas", nargs="+", type=float, default=[0.01, 0.1])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--workers", type=int, default=12)
+    p.add_argument("--deadline", type=float, default=300.0, help="seconds (from the start) after which no run starts")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds after the deadline before running workers are stopped")
+    p.add_argument("--accuracy-range", nargs=2, type=float, default=[0.3, 0.7], metavar=("LO", "HI"))
+    p.add_argument("--runs", type=Path, default=Path("runs/gpu_sweep"), help="the runs' directories")
+    p.add_argument("--cache-dir", type=Path, default=None, help="reference cache (default: the capstone's)")
+    p.add_argument("--results", type=Path, required=True, help="where sweep.csv and meta.json go")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    deadline = t0 + args.deadline
+
+    import pandas as pd
+    import torch
+
+    from kltutor.capstone.config import preset
+    from kltutor.capstone.loop import METRICS
+    from kltutor.capstone.preflight import resolve_device
+    from kltutor.capstone.rundir import package_versions
+    from kltutor.capstone.sft import reference_policy
+    from kltutor.capstone.sweep import grid_configs, run_name
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    base = preset(args.preset, steps=args.steps, device=args.device, progress=False, overwrite=True,
+                  cache_dir=str(args.cache_dir) if args.cache_dir else None)
+    device = resolve_device(base.device)
+    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"sweep on {gpu}: preset {args.preset}, {args.steps} steps, {args.workers} workers, deadline {args.deadline:.0f} s",
+          flush=True)
+
+    t = time.time()
+    _, _, info = reference_policy(base, device)
+    lo, hi = args.accuracy_range
+    in_range = lo <= info.greedy_accuracy <= hi
+    ref = {"greedy_accuracy": info.greedy_accuracy, "sampled_accuracy": info.sampled_accuracy,
+           "n_parameters": info.n_parameters, "cached": info.cached, "seconds": time.time() - t,
+           "final_sft_loss": info.sft_losses[-1] if info.sft_losses else None,
+           "accuracy_range": [lo, hi], "greedy_accuracy_in_range": in_range}
+    print(f"reference: greedy accuracy {info.greedy_accuracy:.3f}, sampled {info.sampled_accuracy:.3f} "
+          f"({'within' if in_range else 'OUTSIDE'} [{lo}, {hi}]), {info.n_parameters:,} parameters, "
+          f"{ref['seconds']:.0f} s", flush=True)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    configs = grid_configs(args.placements, args.betas, args.seeds, base.replace(overwrite=False), args.runs)
+    order = {p: i for i, p in enumerate(args.placements)}
+    configs.sort(key=lambda c: (c.seed, order[c.placement], c.beta))
+    configs = [c.replace(overwrite=True) for c in configs]
+    ctx = mp.get_context("spawn")
+    jobs, done = ctx.Queue(), ctx.Queue()
+    for c in configs:
+        jobs.put(c.to_dict())
+    procs = [ctx.Process(target=_worker, args=(jobs, done, deadline), daemon=True) for _ in range(min(args.workers, len(configs)))]
+    for pr in procs:
+        pr.start()
+    reports: dict[str, dict] = {}
+    while any(pr.is_alive() for pr in procs) and time.time() < deadline + args.grace:
+        try:
+            r = done.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        reports[r["run_dir"]] = r
+        name = Path(r["run_dir"]).name
+        print(f"[{time.time() - t0:6.0f} s] {name}: " + (f"{r['steps']} steps in {r['seconds']:.0f} s" if r["ok"]
+                                                     else f"FAILED {r['error']}"), flush=True)
+    stopped = [pr for pr in procs if pr.is_alive()]
+    for pr in stopped:
+        pr.terminate()
+    for pr in procs:
+        pr.join(timeout=10)
+    while True:  # reports that arrived while stopping
+        try:
+            r = done.get_nowait()
+            reports[r["run_dir"]] = r
+        except (queue.Empty, OSError, ValueError):
+            break
+
+    frames, runs = [], []
+    for c in configs:
+        rows = _read_rows(Path(c.run_dir))
+        r = reports.get(c.run_dir, {})
+        runs.append({"run": run_name(c.placement, c.beta, c.seed), "placement": c.placement, "beta": c.beta,
+                     "seed": c.seed, "steps_done": len(rows), "complete": len(rows) == args.steps,
+                     "seconds": r.get("seconds"), "error": r.get("error")})
+        if rows:
+            df = pd.DataFrame(rows, columns=list(METRICS))
+            df.insert(0, "seed", c.seed)
+            df.insert(0, "beta_init", c.beta)
+            df.insert(0, "placement", c.placement)
+            frames.append(df)
+    args.results.mkdir(parents=True, exist_ok=True)
+    if frames:
+        pd.concat(frames, ignore_index=True).to_csv(args.results / "sweep.csv", index=False, float_format="%.6g")
+    complete = sum(r["complete"] for r in runs)
+    meta = {"preset": args.preset, "steps": args.steps, "placements": args.placements, "betas": args.betas,
+            "seeds": args.seeds, "workers": args.workers, "deadline_s": args.deadline,
+            "base_config": {k: v for k, v in base.to_dict().items() if k not in ("run_dir", "cache_dir", "overwrite")},
+            "device": gpu, "versions": package_versions(), "reference": ref, "runs": runs,
+            "runs_complete": complete, "runs_total": len(runs), "wall_seconds": time.time() - t0,
+            "commit": os.environ.get("KLTUTOR_COMMIT"), "command": " ".join(sys.argv)}
+    (args.results / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    print(f"{complete}/{len(runs)} runs complete, {len(stopped)} stopped at the deadline; wrote {args.results}/sweep.csv "
+          f"and meta.json in {time.time() - t0:.0f} s", flush=True)
+    return 0 if complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
