@@ -75,13 +75,26 @@ def num(value: Any, spec: str = ".4f") -> str:
     return text
 
 
-def sci(value: Any) -> str:
-    """A bound or tolerance in compact form: ``sci(1e-12)`` is ``"1e-12"``, ``sci(1e-6)`` is ``"1e-6"``."""
-    text = f"{_as_float(value, 'value'):g}"
-    if "e" in text:
-        mantissa, exponent = text.split("e")
-        text = f"{mantissa}e{int(exponent)}"
-    return text
+def sci(value: Any, round_up: bool = False) -> str:
+    """A bound or tolerance in compact form: ``sci(1e-12)`` is ``"1e-12"``, ``sci(1e-6)`` is ``"1e-6"``.
+
+    ``round_up=True`` rounds a positive value *up* to one significant figure (``sci(2.38e-4, True)``
+    is ``"3e-4"``), so that a printed bound is still a bound.
+    """
+    v = _as_float(value, "value")
+    if round_up:
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"round_up needs a positive finite value, got {v}")
+        e = math.floor(math.log10(v))
+        mantissa = math.ceil(round(v / 10.0**e, 12))
+        if mantissa == 10:
+            mantissa, e = 1, e + 1
+        v = float(f"{mantissa}e{e}")
+    if v != 0 and math.isfinite(v) and (abs(v) >= 1e4 or abs(v) < 1e-3):
+        mantissa, exponent = f"{v:.6e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        return f"{mantissa}e{int(exponent)}"
+    return f"{v:g}"
 
 
 def _as_float(value: Any, what: str) -> float:

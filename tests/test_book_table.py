@@ -63,6 +63,9 @@ def test_below_prints_the_bound_and_fails_when_it_does_not_hold():
 
 def test_sci_is_compact():
     assert [sci(1e-12), sci(1e-6), sci(2.5e-8), sci(0.001), sci(1e6)] == ["1e-12", "1e-6", "2.5e-8", "0.001", "1e6"]
+    assert [sci(2.38e-4, True), sci(3e-4, True), sci(9.2, True), sci(1.6e10, True)] == ["3e-4", "3e-4", "10", "2e10"]
+    with pytest.raises(ValueError, match="positive"):
+        sci(0.0, round_up=True)
 
 
 def test_num_drops_the_sign_of_a_rounded_zero_only():
