@@ -238,7 +238,7 @@ def table(df, formats: dict | str | None = None, *, index: bool = False, caption
     """Render a :class:`pandas.DataFrame` (or a list of row dicts) as a :class:`Table`.
 
     ``formats`` gives each column's format: a format spec (``".3f"``, ``".2e"``, ``"+.4f"``,
-    ``","``) or a callable returning the text; one string applies to every numeric column. Columns
+    ``","``) or a callable returning the text; one string applies to every float column. Columns
     without one print floats with 4 significant digits. Print numbers at the precision their claim
     needs: the stored text is what nbval compares on every machine. ``index=True`` shows the index
     as the first column.
@@ -249,8 +249,8 @@ def table(df, formats: dict | str | None = None, *, index: bool = False, caption
         df = pd.DataFrame(df)
     if index:
         df = df.reset_index()
-    if isinstance(formats, str):
-        formats = {c: formats for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])}
+    if isinstance(formats, str):  # one spec for every float column; integer columns print as integers
+        formats = {c: formats for c in df.columns if pd.api.types.is_float_dtype(df[c])}
     formats = dict(formats or {})
     unknown = [c for c in formats if c not in df.columns]
     if unknown:
