@@ -10,13 +10,19 @@ WORKERS ?= 2
 CHAPTERS := $(sort $(wildcard book/[0-9][0-9]_*.md))
 NOTEBOOKS := $(patsubst book/%.md,notebooks/%.ipynb,$(CHAPTERS))
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+NBVAL_RUN = $(PY) -m pytest -p no:cacheprovider -n $(WORKERS) --dist loadscope $(NBVAL)
+# nbval again under perturbed float kernels (scripts/perturbed.py; the rule is in docs/CONVENTIONS.md):
+# an output that only this CPU's kernels reproduce fails here instead of on the next machine.
+PERTURBED = $(PY) scripts/perturbed.py --variant scalar -- $(NBVAL_RUN) notebooks && \
+            $(PY) scripts/perturbed.py --variant avx2 -- $(NBVAL_RUN) notebooks
 
-.PHONY: help setup setup-browser notebooks site book test unit nbval browser-test pdf clean
+.PHONY: help setup setup-browser notebooks site book test unit nbval nbval-perturbed browser-test pdf clean
 
 help:
 	@echo "make book   - set up, execute every chapter with papermill, build the site into _build/html"
 	@echo "make test   - set up, then: source/notebook sync check, strict site build, unit tests,"
-	@echo "              nbval on every notebook, and the browser test of the built site"
+	@echo "              nbval on every notebook, the browser test of the built site, and nbval"
+	@echo "              again under perturbed float kernels (make nbval-perturbed)"
 	@echo "make pdf    - the printable study guide: _build/study-guide.pdf"
 
 # --- set-up ------------------------------------------------------------------------------------
@@ -55,13 +61,17 @@ pdf: setup setup-browser
 test: setup setup-browser
 	$(PY) scripts/notebooks.py check
 	$(PY) scripts/book_site.py build --strict
-	$(PY) -m pytest -p no:cacheprovider -n $(WORKERS) --dist loadscope $(NBVAL) tests notebooks
+	$(NBVAL_RUN) tests notebooks
+	$(PERTURBED)
 
 unit: setup
 	$(PY) -m pytest -q -m "not browser" tests
 
 nbval: setup
-	$(PY) -m pytest -p no:cacheprovider -n $(WORKERS) --dist loadscope $(NBVAL) notebooks
+	$(NBVAL_RUN) notebooks
+
+nbval-perturbed: setup
+	$(PERTURBED)
 
 browser-test: setup setup-browser
 	$(PY) -m pytest -p no:cacheprovider -m browser tests
