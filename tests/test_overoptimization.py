@@ -167,7 +167,10 @@ def test_fit_ignores_a_rounding_zero_kl_whatever_its_sign():
                         torch.cat([torch.tensor([z0], dtype=torch.float64), gain]), "bon")
             for z, z0 in ((0.0, 0.0), (5.6e-17, 1e-17), (-5.6e-17, -2e-17))]
     assert all(f.n_points == 20 for f in fits)
-    assert fits[0] == fits[1] == fits[2]
+    # the same 20 points; equal to rounding only (MKL's least squares may differ in the last bit
+    # with the memory alignment of its input)
+    for f in fits[1:]:
+        assert (f.alpha, f.beta, f.rmse) == pytest.approx((fits[0].alpha, fits[0].beta, fits[0].rmse), rel=1e-12)
     with pytest.raises(ValueError, match="non-negative"):
         oo.fit_form([-1e-3, 1.0, 2.0], [0.0, 0.1, 0.2], "bon")
 
@@ -190,11 +193,14 @@ def test_fits_over_comparison_sets_repeat_the_pipeline_and_shrink_with_data():
     proxy = oo.proxy_from_comparisons(world, 200, seed=4)
     sweep = oo.tilted_sweep(world, proxy, betas)
     fit = oo.fit_form(sweep["kl"], sweep["gold"], "bon")
-    assert out["tilted-bon"]["alpha"][1] == fit.alpha and out["tilted-bon"]["rmse"][1] == fit.rmse
+    # equal to rounding (least squares in MKL is not bitwise reproducible across memory alignments)
+    assert out["tilted-bon"]["alpha"][1] == pytest.approx(fit.alpha, rel=1e-12)
+    assert out["tilted-bon"]["rmse"][1] == pytest.approx(fit.rmse, rel=1e-12)
     peak = oo.form_peak(fit.alpha, fit.beta, "bon")["kl"]
     assert out["tilted-bon"]["peak_kl"][1] == pytest.approx(peak)
     k = max(range(len(betas)), key=sweep["gold"].__getitem__)
-    assert out["tilted"]["peak_kl"][1] == sweep["kl"][k] and out["tilted"]["peak_gain"][1] == max(sweep["gold"])
+    assert out["tilted"]["peak_kl"][1] == pytest.approx(sweep["kl"][k], rel=1e-12)
+    assert out["tilted"]["peak_gain"][1] == pytest.approx(max(sweep["gold"]), rel=1e-12)
     assert all(-1 <= c <= 1 for c in out["proxy"]["cos_gold"])
     assert all(s < p for s, p in zip(out["tilted-bon"]["safe_kl"], out["tilted-bon"]["peak_kl"]))
     # the spread over comparison sets is the finite-data uncertainty: 50x the data, a smaller spread
