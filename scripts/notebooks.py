@@ -198,8 +198,21 @@ def execute(paths: list[str], parameters: dict) -> int:
     return 0
 
 
+def _merge_streams(outputs: list) -> list:
+    """Join consecutive stdout (stderr) chunks: how print output is split into messages is timing."""
+    merged: list = []
+    for out in outputs:
+        if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
+                and merged[-1].get("name") == out.get("name")):
+            merged[-1]["text"] = merged[-1]["text"] + out["text"]
+        else:
+            merged.append(out)
+    return merged
+
+
 def _strip_papermill_noise(nb_path: Path) -> None:
-    """Drop per-run timestamps papermill stores, so an unchanged chapter gives an unchanged file."""
+    """Drop per-run timestamps papermill stores and join split stream chunks, so an unchanged
+    chapter gives an unchanged file."""
     nb = nbformat.read(nb_path, as_version=4)
     nb.metadata.get("papermill", {}).pop("start_time", None)
     nb.metadata.get("papermill", {}).pop("end_time", None)
@@ -215,6 +228,8 @@ def _strip_papermill_noise(nb_path: Path) -> None:
         cell.metadata.get("execution", {}).clear()
         if "execution" in cell.metadata and not cell.metadata["execution"]:
             cell.metadata.pop("execution")
+        if cell.cell_type == "code":
+            cell.outputs = _merge_streams(cell.outputs)
     nbformat.write(nb, nb_path)
 
 

@@ -105,3 +105,10 @@ def test_perturbed_runs_the_command_with_a_fresh_cache_and_removes_it(tmp_path):
                            capture_output=True, text=True)
     assert fails.returncode == 3  # the command's status is the runner's
 
+
+
+def test_split_print_output_is_joined():
+    out = [nbformat.v4.new_output("stream", name="stdout", text="a\n"), nbformat.v4.new_output("stream", name="stdout", text="b\n"),
+           nbformat.v4.new_output("stream", name="stderr", text="w\n"), nbformat.v4.new_output("stream", name="stdout", text="c\n")]
+    merged = pipeline._merge_streams(out)
+    assert [(o["name"], o["text"]) for o in merged] == [("stdout", "a\nb\n"), ("stderr", "w\n"), ("stdout", "c\n")]
