@@ -10,6 +10,11 @@ WORKERS ?= 2
 CHAPTERS := $(sort $(wildcard book/[0-9][0-9]_*.md))
 NOTEBOOKS := $(patsubst book/%.md,notebooks/%.ipynb,$(CHAPTERS))
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+NBVAL_RUN = $(PY) -m pytest -p no:cacheprovider -n $(WORKERS) --dist loadscope $(NBVAL)
+# nbval again under perturbed float kernels (scripts/perturbed.py; the rule is in docs/CONVENTIONS.md):
+# an output that only this CPU's kernels reproduce fails here instead of on the next machine.
+PERTURBED = $(PY) scripts/perturbed.py --variant scalar -- $(NBVAL_RUN) notebooks && \
+            $(PY) scripts/perturbed.py --variant avx2 -- $(NBVAL_RUN) notebooks
 
 # The trainers' own KL code (chapter 3, kltutor.trainers): a separate venv, so the book's stays small.
 TRAINERS_VENV ?= .venv-trainers
@@ -17,12 +22,13 @@ TPY := $(TRAINERS_VENV)/bin/python
 OPENRLHF_VERSION ?= 0.11.2
 DEEPSPEED_VERSION ?= 0.19.6
 
-.PHONY: help setup setup-browser notebooks site book test unit nbval browser-test pdf clean trainers-venv trainers-test trainers-data
+.PHONY: help setup setup-browser notebooks site book test unit nbval nbval-perturbed browser-test pdf clean trainers-venv trainers-test trainers-data
 
 help:
 	@echo "make book   - set up, execute every chapter with papermill, build the site into _build/html"
 	@echo "make test   - set up, then: source/notebook sync check, strict site build, unit tests,"
-	@echo "              nbval on every notebook, and the browser test of the built site"
+	@echo "              nbval on every notebook, the browser test of the built site, and nbval"
+	@echo "              again under perturbed float kernels (make nbval-perturbed)"
 	@echo "make pdf    - the printable study guide: _build/study-guide.pdf"
 	@echo "make trainers-test - TRL / verl / OpenRLHF KL code on the exact toy, in $(TRAINERS_VENV)"
 
@@ -75,13 +81,17 @@ pdf: setup setup-browser
 test: setup setup-browser trainers-test
 	$(PY) scripts/notebooks.py check
 	$(PY) scripts/book_site.py build --strict
-	$(PY) -m pytest -p no:cacheprovider -n $(WORKERS) --dist loadscope $(NBVAL) tests notebooks
+	$(NBVAL_RUN) tests notebooks
+	$(PERTURBED)
 
 unit: setup
 	$(PY) -m pytest -q -m "not browser" tests
 
 nbval: setup
-	$(PY) -m pytest -p no:cacheprovider -n $(WORKERS) --dist loadscope $(NBVAL) notebooks
+	$(NBVAL_RUN) notebooks
+
+nbval-perturbed: setup
+	$(PERTURBED)
 
 # Fails when an installed library's KL code no longer gives the stored verdicts (kltutor/trainers/data).
 trainers-test: trainers-venv

@@ -1,5 +1,12 @@
-"""Helpers used by the chapter notebooks: reproducible set-up, ``glue`` for inline numbers, and
-:func:`table` for result tables rendered as HTML.
+"""Helpers used by the chapter notebooks: reproducible set-up, ``glue`` for inline numbers,
+:func:`table` for result tables rendered as HTML, and :func:`below` / :func:`pm` for printing a
+number only as far as it means something.
+
+Stored outputs are compared by nbval on whatever CPU runs the tests, and float kernels differ
+between CPUs in their last bits. So a cell prints a number at the precision its claim needs,
+shows rounding noise as a bound (``below(err, 1e-12)`` prints ``< 1e-12`` and fails the cell if the
+bound does not hold), and reports a fitted or seed-dependent number with its uncertainty
+(``pm(mean, sd)`` prints ``1.74 ± 0.05``).
 
 The chapters call :func:`setup` in their first cell and :func:`glue` wherever the prose quotes a
 number, so that nothing in the text is typed by hand. ``glue`` uses MyST-NB's when it is installed
@@ -9,6 +16,7 @@ extras), so a chapter runs anywhere.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from typing import Any
@@ -16,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["setup", "glue", "is_colab", "fmt", "table", "Table"]
+__all__ = ["setup", "glue", "is_colab", "fmt", "num", "sci", "below", "pm", "table", "Table"]
 
 
 def is_colab() -> bool:
@@ -52,6 +60,100 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return f"{int(value):,}"
     return f"{float(value):.{digits}g}"
+
+
+def num(value: Any, spec: str = ".4f") -> str:
+    """``format(value, spec)``, except that a value which rounds to zero prints without a sign.
+
+    ``num(-3e-9)`` is ``"0.0000"``, not ``"-0.0000"``: the sign of a number that rounds to zero is
+    rounding noise, and it differs from one CPU to the next.
+    """
+    v = _as_float(value, "value")
+    text = format(v, spec)
+    if text.startswith("-") and not any(ch in "123456789" for ch in text.split("e")[0].split("E")[0]):
+        text = text[1:]
+    return text
+
+
+def sci(value: Any, round_up: bool = False) -> str:
+    """A bound or tolerance in compact form: ``sci(1e-12)`` is ``"1e-12"``, ``sci(1e-6)`` is ``"1e-6"``.
+
+    ``round_up=True`` rounds a positive value *up* to one significant figure (``sci(2.38e-4, True)``
+    is ``"3e-4"``), so that a printed bound is still a bound.
+    """
+    v = _as_float(value, "value")
+    if round_up:
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"round_up needs a positive finite value, got {v}")
+        e = math.floor(math.log10(v))
+        mantissa = math.ceil(round(v / 10.0**e, 12))
+        if mantissa == 10:
+            mantissa, e = 1, e + 1
+        v = float(f"{mantissa}e{e}")
+    if v != 0 and math.isfinite(v) and (abs(v) >= 1e4 or abs(v) < 1e-3):
+        mantissa, exponent = f"{v:.6e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        return f"{mantissa}e{int(exponent)}"
+    return f"{v:g}"
+
+
+def _as_float(value: Any, what: str) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{what} must be a single number, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            raise ValueError(f"{what} must be a single number, got an array of shape {value.shape}")
+        value = value.item()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number, got {type(value).__name__}") from None
+
+
+def below(value: Any, bound: float) -> str:
+    """Assert ``|value| < bound`` and return the text ``"< bound"`` (e.g. ``"< 1e-12"``).
+
+    Use it for rounding noise, whose digits differ from one CPU to the next: the stored output
+    shows the bound, which holds on every machine, and the cell fails if it does not. Choose the
+    bound from the computation (a float64 sum of n terms of size s carries about n * s * 1.1e-16 of
+    rounding) with room for other CPUs' kernels, and say why in a comment next to the call.
+    """
+    v = _as_float(value, "value")
+    b = _as_float(bound, "bound")
+    if not (math.isfinite(b) and b > 0):
+        raise ValueError(f"bound must be a positive finite number, got {bound!r}")
+    if not math.isfinite(v):
+        raise AssertionError(f"expected |value| < {b:g}, got {v}")
+    if abs(v) >= b:
+        raise AssertionError(f"expected |value| < {b:g}, got {v:.3g}")
+    return f"< {sci(b)}"
+
+
+def pm(mean: Any, sd: Any, digits: int = 1) -> str:
+    """``mean ± sd`` with ``sd`` to ``digits`` significant figures and ``mean`` to the same decimal place.
+
+    ``pm(1.74390, 0.0523)`` is ``"1.74 ± 0.05"``: the digits printed are the ones the uncertainty
+    leaves meaningful. A zero ``sd`` prints the mean with 4 significant figures and ``± 0``.
+    """
+    m, s = _as_float(mean, "mean"), _as_float(sd, "sd")
+    if not (math.isfinite(m) and math.isfinite(s)):
+        raise ValueError(f"mean and sd must be finite, got {m} and {s}")
+    if s < 0:
+        raise ValueError(f"sd must be non-negative, got {s}")
+    if digits < 1:
+        raise ValueError(f"digits must be at least 1, got {digits}")
+    if s == 0:
+        return f"{m:.4g} ± 0"
+    decimals = digits - 1 - math.floor(math.log10(s))
+    s_round = round(s, decimals)
+    if s_round >= 10 ** (digits - decimals):  # 0.096 -> 0.1: one digit fewer
+        decimals -= 1
+        s_round = round(s, decimals)
+    if decimals > 0:
+        return f"{m:.{decimals}f} ± {s_round:.{decimals}f}"
+    return f"{round(m, decimals):.0f} ± {s_round:.0f}"
 
 
 def glue(name: str, value: Any, display: bool = False) -> Any:
@@ -123,10 +225,12 @@ def _format_value(value: Any, spec) -> str:
         value = value.item()
     if isinstance(value, np.generic):
         value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if isinstance(value, (int, float)) and spec is not None:
-        return format(value, spec)
+        return num(value, spec) if isinstance(value, float) else format(value, spec)
     if isinstance(value, float):
-        return format(value, ".4g")
+        return num(value, ".4g")
     return str(value)
 
 
@@ -134,7 +238,7 @@ def table(df, formats: dict | str | None = None, *, index: bool = False, caption
     """Render a :class:`pandas.DataFrame` (or a list of row dicts) as a :class:`Table`.
 
     ``formats`` gives each column's format: a format spec (``".3f"``, ``".2e"``, ``"+.4f"``,
-    ``","``) or a callable returning the text; one string applies to every numeric column. Columns
+    ``","``) or a callable returning the text; one string applies to every float column. Columns
     without one print floats with 4 significant digits. Print numbers at the precision their claim
     needs: the stored text is what nbval compares on every machine. ``index=True`` shows the index
     as the first column.
@@ -145,8 +249,8 @@ def table(df, formats: dict | str | None = None, *, index: bool = False, caption
         df = pd.DataFrame(df)
     if index:
         df = df.reset_index()
-    if isinstance(formats, str):
-        formats = {c: formats for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])}
+    if isinstance(formats, str):  # one spec for every float column; integer columns print as integers
+        formats = {c: formats for c in df.columns if pd.api.types.is_float_dtype(df[c])}
     formats = dict(formats or {})
     unknown = [c for c in formats if c not in df.columns]
     if unknown:

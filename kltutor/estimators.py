@@ -35,6 +35,7 @@ __all__ = [
     "k3_naive",
     "k3_clamped",
     "k3_reference",
+    "k3_relative_error_bound",
     "exact_moments",
     "gaussian_moments",
     "gaussian_k3_variance",
@@ -200,6 +201,47 @@ def estimate_kl(
 # --------------------------------------------------------------------------------------------
 # Exact answers (chapter 2): moments under categorical enumeration and Gaussian closed forms.
 # --------------------------------------------------------------------------------------------
+
+
+def k3_relative_error_bound(log_ratio: Sequence[float] | Tensor, form: str, dtype: torch.dtype) -> Tensor:
+    r"""A-priori bound on the relative rounding error of k3 evaluated in ``dtype`` by ``form``.
+
+    ``form`` is ``"naive"`` (:func:`k3_naive`), ``"expm1"`` (:func:`k3_expm1`) or ``"stable"``
+    (:func:`k3`); ``log_ratio`` holds the (exactly representable) inputs. First-order rounding
+    analysis with unit roundoff ``u = finfo(dtype).eps / 2``, elementary functions (exp, expm1)
+    allowed one ulp (``2u`` relative) -- the accuracy of the vectorised and scalar kernels CPUs
+    dispatch to, so the bound holds on any of them:
+
+    - naive ``(exp(-l) - 1) + l``: ``u (2 e^{-l} + |e^{-l} - 1| + k3) / k3``, i.e. about
+      ``2u / (l^2 / 2)`` near 0: every digit is lost once ``l^2 < 4u``;
+    - expm1 ``expm1(-l) + l``: ``u (2 |expm1(-l)| + k3) / k3``, about ``4u / |l|`` near 0;
+    - stable: ``8u`` where :func:`k3` uses its series (``|l| <= 0.5``: Horner with positive
+      coefficients whose successive terms shrink by ``|l|/3 <= 1/6``, so each step's rounding is
+      damped, plus the coefficients' own rounding and the final ``* x * x``), the expm1 bound beyond.
+
+    Errors measured against a float64 reference (:func:`k3_reference`) carry that reference's
+    own rounding, ``2^-53``, which is added. Returns a float64 tensor (``nan`` at ``l = 0``,
+    where every form returns exactly 0).
+    """
+    if form not in ("naive", "expm1", "stable"):
+        raise ValueError(f"unknown form {form!r}; expected 'naive', 'expm1' or 'stable'")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
+    ell = torch.as_tensor(log_ratio, dtype=torch.float64)
+    if not torch.isfinite(ell).all():
+        raise ValueError("log_ratio must be finite")
+    u = torch.finfo(dtype).eps / 2
+    value = k3_reference(ell) if ell.numel() else ell.clone()
+    em1 = torch.expm1(-ell)
+    expm1_bound = u * (2 * em1.abs() + value) / value
+    if form == "naive":
+        bound = u * (2 * torch.exp(-ell) + em1.abs() + value) / value
+    elif form == "expm1":
+        bound = expm1_bound
+    else:
+        bound = torch.where(ell.abs() <= _SERIES_RADIUS, torch.full_like(ell, 8 * u), expm1_bound)
+    bound = bound + torch.finfo(torch.float64).eps / 2
+    return torch.where(ell == 0, torch.full_like(ell, float("nan")), bound)
 
 
 def k3_reference(log_ratio: Sequence[float] | Tensor, digits: int = 50) -> Tensor:

@@ -55,6 +55,9 @@ __all__ = [
     "best_of_n_sweep",
     "tilted_sweep",
     "policy_gradient_path",
+    "Spread",
+    "spread",
+    "fits_over_comparison_sets",
 ]
 
 Form = Literal["bon", "rl"]
@@ -219,12 +222,20 @@ class FormFit:
         return gold_form(d, self.alpha, self.beta, self.form)  # type: ignore[arg-type]
 
 
+_KL_ZERO = 1e-12  # a KL this small is zero up to float64 rounding
+
+
 def fit_form(kl: Tensor | Sequence[float], reward_gain: Tensor | Sequence[float], form: Form) -> FormFit:
     """Fit ``R(d) = d(alpha - beta d)`` (``form="bon"``) or ``d(alpha - beta log d)`` (``"rl"``).
 
     ``kl`` are KL(pi || pi_init) values (nats, not their square roots) and ``reward_gain`` the gold
     reward minus that of the initial policy (the forms have ``R(0) = 0``). Both forms are linear in
     ``(alpha, beta)``, so the fit is an ordinary least-squares solve, no iterative optimiser.
+
+    Points with ``KL <= 1e-12`` are dropped: both forms pass through the origin, so a point there
+    carries no information -- and the KL of a policy equal to the initial one (best-of-1, say) is
+    zero only up to float64 rounding, +-1e-17 depending on the CPU, which must not decide whether
+    it is counted. KL values below ``-1e-12`` are refused.
     """
     _check_form(form)
     kl = torch.as_tensor(kl, dtype=torch.float64).flatten()
@@ -233,9 +244,9 @@ def fit_form(kl: Tensor | Sequence[float], reward_gain: Tensor | Sequence[float]
         raise ValueError(f"kl and reward_gain must have the same length, got {kl.numel()} and {y.numel()}")
     if not (torch.isfinite(kl).all() and torch.isfinite(y).all()):
         raise ValueError("kl and reward_gain must be finite")
-    if (kl < 0).any():
+    if (kl < -_KL_ZERO).any():
         raise ValueError("KL values must be non-negative")
-    keep = kl > 0
+    keep = kl > _KL_ZERO
     if int(keep.sum()) < 2:
         raise ValueError("need at least two points with KL > 0 to fit two coefficients")
     d, y = kl[keep].sqrt(), y[keep]
@@ -467,3 +478,92 @@ def policy_gradient_path(
         rows["proxy"].append(_expect(pi, proxy) - base_proxy)
         rows["gold"].append(_expect(pi, world.gold) - base_gold)
     return rows
+
+
+# --------------------------------------------------------------------------------------------
+# uncertainty of fitted quantities
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Spread:
+    """Mean and sample standard deviation of a quantity over repetitions (``nan`` entries ignored)."""
+
+    mean: float
+    sd: float
+    n: int
+
+
+def spread(values: Sequence[float] | Tensor) -> Spread:
+    """:class:`Spread` of ``values``: mean, sample standard deviation (``ddof=1``) and count.
+
+    ``nan`` entries (e.g. a fit without a peak) are left out; at least two finite values are needed.
+    """
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if torch.isinf(v).any():
+        raise ValueError("values must not be infinite")
+    v = v[~torch.isnan(v)]
+    if v.numel() < 2:
+        raise ValueError(f"need at least two finite values for a spread, got {v.numel()}")
+    return Spread(float(v.mean()), float(v.std()), int(v.numel()))
+
+
+def fits_over_comparison_sets(
+    world: World,
+    n_pairs: int,
+    seeds: Sequence[int],
+    ns: Sequence[int] | None = None,
+    betas: Sequence[float] | None = None,
+    fraction: float = 0.9,
+) -> dict[str, dict[str, list[float]]]:
+    """Refit the Gao forms with proxies fitted to independent comparison sets, one per seed.
+
+    A fitted ``alpha``, ``beta`` or peak KL depends on the particular ``n_pairs`` comparisons the
+    proxy was trained on; this repeats the whole pipeline -- :func:`proxy_from_comparisons` with
+    each seed, :func:`best_of_n_sweep` over ``ns`` and/or :func:`tilted_sweep` over ``betas``,
+    :func:`fit_form` with both forms -- so that the spread of a fitted quantity over the seeds
+    (:func:`spread`) says how many of its digits mean something.
+
+    Returns lists with one entry per seed, under three kinds of key (``<optimiser>`` is ``"bon"``
+    for best-of-n, ``"tilted"`` for the KL-regularised optimum):
+
+    - ``"<optimiser>-<form>"``: the fit, ``{"alpha", "beta", "rmse", "peak_kl", "safe_kl"}``;
+      ``peak_kl`` and ``safe_kl`` (the KL reaching ``fraction`` of the fitted peak,
+      :func:`safe_kl_budget`) are ``nan`` for a fit without a peak;
+    - ``"<optimiser>"``: the sweep's own peak, ``{"peak_kl", "peak_gain"}`` (its argmax, no fit);
+    - ``"proxy"``: ``{"cos_gold"}``, the cosine between the proxy's and the gold reward's weights.
+    """
+    if ns is None and betas is None:
+        raise ValueError("give ns (best-of-n sweep), betas (tilted sweep) or both")
+    seeds = [int(s) for s in seeds]
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"need at least two distinct seeds, got {seeds}")
+    if not (0 < fraction <= 1):
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    out: dict[str, dict[str, list[float]]] = {"proxy": {"cos_gold": []}}
+    for seed in seeds:
+        proxy = proxy_from_comparisons(world, n_pairs, seed=seed)
+        w = torch.linalg.lstsq(world.features, proxy[:, None]).solution.flatten()
+        out["proxy"]["cos_gold"].append(float(torch.nn.functional.cosine_similarity(w, world.gold_weights, dim=0)))
+        sweeps = []
+        if ns is not None:
+            sweeps.append(("bon", best_of_n_sweep(world, proxy, ns)))
+        if betas is not None:
+            sweeps.append(("tilted", tilted_sweep(world, proxy, betas)))
+        for key, rows in sweeps:
+            peak = out.setdefault(key, {"peak_kl": [], "peak_gain": []})
+            k = max(range(len(rows["gold"])), key=rows["gold"].__getitem__)
+            peak["peak_kl"].append(rows["kl"][k])
+            peak["peak_gain"].append(rows["gold"][k])
+            for form in FORMS:
+                fit = fit_form(rows["kl"], rows["gold"], form)  # type: ignore[arg-type]
+                try:
+                    budget = safe_kl_budget(fit.alpha, fit.beta, form, fraction)  # type: ignore[arg-type]
+                    peak_kl, safe_kl = budget["peak_kl"], budget["kl"]
+                except ValueError:  # the fitted form has no interior maximum
+                    peak_kl = safe_kl = float("nan")
+                entry = out.setdefault(f"{key}-{form}", {"alpha": [], "beta": [], "rmse": [], "peak_kl": [], "safe_kl": []})
+                entry["alpha"].append(fit.alpha)
+                entry["beta"].append(fit.beta)
+                entry["rmse"].append(fit.rmse)
+                entry["peak_kl"].append(peak_kl)
+                entry["safe_kl"].append(safe_kl)
+    return out

@@ -7,9 +7,10 @@
         Copy edits of Markdown cells from book/ into the executed twins without re-executing; refuses
         (and says which chapter to execute) when a code cell changed.
     python scripts/notebooks.py check
-        Fail if a source and its twin differ in any cell (type, source or tags), if a twin is not
-        executed, holds an error, or if a chapter's Colab install cell names another repository
-        than _config.yml.
+        Fail if a stored twin differs from a fresh conversion of its source in anything but outputs
+        and execution metadata (cell ids, types, sources and metadata, notebook metadata, papermill
+        parameters injected by `execute -p`), if a twin is not executed, holds an error, or if a
+        chapter's Colab install cell names another repository than _config.yml.
 """
 
 from __future__ import annotations
@@ -54,14 +55,51 @@ def read_source(source: Path) -> nbformat.NotebookNode:
     return nb
 
 
-def _cells(nb: nbformat.NotebookNode) -> list[tuple[str, str, tuple[str, ...]]]:
-    out = []
+# What executing a notebook may change: everything else must equal a fresh conversion of the source.
+EXECUTION_NB_METADATA = {"language_info", "papermill"}
+EXECUTION_CELL_FIELDS = {"outputs", "execution_count"}
+EXECUTION_CELL_METADATA = {"execution", "papermill"}
+
+
+def _normalised(nb: nbformat.NotebookNode) -> tuple[dict, list[dict]]:
+    """The parts of a notebook that execution must not change: its metadata and every cell's fields."""
+    meta = {k: v for k, v in nb.metadata.items() if k not in EXECUTION_NB_METADATA}
+    meta["nbformat"] = (nb.nbformat, nb.nbformat_minor)
+    cells = []
     for cell in nb.cells:
-        tags = tuple(t for t in cell.metadata.get("tags", []) if t != "injected-parameters")
-        if "injected-parameters" in cell.metadata.get("tags", []):
+        c = {k: v for k, v in cell.items() if k not in EXECUTION_CELL_FIELDS and k != "metadata"}
+        c["metadata"] = {k: v for k, v in cell.metadata.items() if k not in EXECUTION_CELL_METADATA}
+        cells.append(c)
+    return meta, cells
+
+
+def _describe(field: str, want, have) -> str:
+    if field == "source" and isinstance(want, str) and isinstance(have, str):
+        w, h = want.splitlines(), have.splitlines()
+        n = next((j for j, (x, y) in enumerate(zip(w, h)) if x != y), min(len(w), len(h)))
+        return f"source at line {n + 1}: {(h[n] if n < len(h) else '<end>')!r} (source gives {(w[n] if n < len(w) else '<end>')!r})"
+    return f"{field} {have!r} (source gives {want!r})"
+
+
+def _first_difference(want: nbformat.NotebookNode, have: nbformat.NotebookNode) -> str | None:
+    """Describe the first way ``have`` (a stored twin) differs from ``want`` (a fresh conversion), or None."""
+    want_meta, want_cells = _normalised(want)
+    have_meta, have_cells = _normalised(have)
+    injected = [i for i, c in enumerate(have.cells) if "injected-parameters" in c.metadata.get("tags", [])]
+    if injected:
+        return (f"cell {injected[0]} holds parameters injected by papermill (`execute -p`); "
+                "stored twins are executed with the chapter's own parameters, the ones CI validates")
+    if want_meta != have_meta:
+        keys = sorted(k for k in set(want_meta) | set(have_meta) if want_meta.get(k) != have_meta.get(k))
+        return f"notebook metadata differs in {keys}"
+    for i, (a, b) in enumerate(zip(want_cells, have_cells)):
+        if a == b:
             continue
-        out.append((cell.cell_type, cell.source.strip(), tags))
-    return out
+        fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        return f"cell {i} (id {a.get('id')}) differs in " + "; ".join(_describe(k, a.get(k), b.get(k)) for k in fields)
+    if len(want_cells) != len(have_cells):
+        return f"has {len(have_cells)} cells, its source {len(want_cells)}"
+    return None
 
 
 def check() -> int:
@@ -77,16 +115,12 @@ def check() -> int:
         if not nb_path.exists():
             problems.append(f"{source.relative_to(ROOT)} has no executed twin {nb_path.relative_to(ROOT)}")
             continue
-        want = _cells(read_source(source))
         have_nb = nbformat.read(nb_path, as_version=4)
-        have = _cells(have_nb)
-        if want != have:
-            for i, (a, b) in enumerate(zip(want, have)):
-                if a != b:
-                    problems.append(f"{nb_path.relative_to(ROOT)} differs from its source at cell {i}: run `make notebooks`")
-                    break
-            else:
-                problems.append(f"{nb_path.relative_to(ROOT)} has {len(have)} cells, its source {len(want)}: run `make notebooks`")
+        diff = _first_difference(read_source(source), have_nb)
+        if diff:
+            problems.append(f"{nb_path.relative_to(ROOT)} is not what the pipeline writes from "
+                            f"{source.relative_to(ROOT)}: {diff}; run "
+                            f"`python scripts/notebooks.py execute {nb_path.relative_to(ROOT)}`")
         code = [c for c in have_nb.cells if c.cell_type == "code"]
         if not code or not any(c.get("outputs") for c in code):
             problems.append(f"{nb_path.relative_to(ROOT)} is not executed: run `make notebooks`")
@@ -122,7 +156,9 @@ def sync(paths: list[str]) -> int:
         for cell in source.cells:
             if cell.cell_type == "code":
                 done = next(code_iter)
-                done.metadata["tags"] = cell.metadata.get("tags", [])
+                done.id, done.source = cell.id, cell.source
+                kept = {k: v for k, v in done.metadata.items() if k in EXECUTION_CELL_METADATA}
+                done.metadata = nbformat.from_dict({**cell.metadata, **kept})
                 cells.append(done)
             else:
                 cells.append(cell)
@@ -162,8 +198,21 @@ def execute(paths: list[str], parameters: dict) -> int:
     return 0
 
 
+def _merge_streams(outputs: list) -> list:
+    """Join consecutive stdout (stderr) chunks: how print output is split into messages is timing."""
+    merged: list = []
+    for out in outputs:
+        if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
+                and merged[-1].get("name") == out.get("name")):
+            merged[-1]["text"] = merged[-1]["text"] + out["text"]
+        else:
+            merged.append(out)
+    return merged
+
+
 def _strip_papermill_noise(nb_path: Path) -> None:
-    """Drop per-run timestamps papermill stores, so an unchanged chapter gives an unchanged file."""
+    """Drop per-run timestamps papermill stores and join split stream chunks, so an unchanged
+    chapter gives an unchanged file."""
     nb = nbformat.read(nb_path, as_version=4)
     nb.metadata.get("papermill", {}).pop("start_time", None)
     nb.metadata.get("papermill", {}).pop("end_time", None)
@@ -179,6 +228,8 @@ def _strip_papermill_noise(nb_path: Path) -> None:
         cell.metadata.get("execution", {}).clear()
         if "execution" in cell.metadata and not cell.metadata["execution"]:
             cell.metadata.pop("execution")
+        if cell.cell_type == "code":
+            cell.outputs = _merge_streams(cell.outputs)
     nbformat.write(nb, nb_path)
 
 

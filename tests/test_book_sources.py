@@ -56,3 +56,34 @@ def test_config_declares_the_repository_once():
     for source in CHAPTERS:
         first = [c for c in jupytext.read(source).cells if c.cell_type == "code"][0].source
         assert url in first, f"{source.name}: the Colab cell must install from {url}"
+
+
+def _code_cells(source: Path):
+    return [c for c in jupytext.read(source).cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_tables_are_tables(source: Path):
+    """Result tables go through kltutor.book.table (an HTML <table>), never print(df.to_string())."""
+    import ast
+
+    assert "to_string(" not in source.read_text(), "print a DataFrame with book.table(df, formats), not to_string()"
+    for cell in _code_cells(source):
+        try:
+            body = ast.parse(cell.source).body
+        except SyntaxError:  # IPython magics; no chapter uses them today
+            continue
+        for stmt in body[:-1]:
+            # a bare table(...) expression displays only as the cell's last statement
+            if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+                f = stmt.value.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+                assert name != "table", f"{source.name}: book.table(...) is not the last statement; wrap it in display(...)"
+
+
+@pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
+def test_outputs_kept_out_of_nbval_say_what_they_assert(source: Path):
+    """A cell tagged nbval-ignore-output still asserts what is robust about its result."""
+    for cell in _code_cells(source):
+        if "nbval-ignore-output" in cell.metadata.get("tags", []):
+            assert "assert" in cell.source, f"{source.name}: an nbval-ignore-output cell without an assert checks nothing"

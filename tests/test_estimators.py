@@ -98,15 +98,22 @@ def test_gaussian_k3_variance_general_vs_quadrature_and_equal_case():
     assert eq["var_k1"] == pytest.approx(0.25, rel=1e-12)
     mp, spp, mr, sr = 0.3, 1.0, -0.4, 1.3  # sr^2 = 1.69 < 2: finite
     y = torch.linspace(mp - 30, mp + 30, 600_001, dtype=torch.float64)
-    lp = torch.distributions.Normal(mp, spp).log_prob(y)
-    lq = torch.distributions.Normal(mr, sr).log_prob(y)
+    # float64 parameters: Normal(0.3, 1.0) would hold float32 copies (0.30000001...), whose densities
+    # differ from the closed form's by ~1e-8 relative -- that, not the quadrature, is what a looser test saw.
+    d64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    lp = torch.distributions.Normal(d64(mp), d64(spp)).log_prob(y)
+    lq = torch.distributions.Normal(d64(mr), d64(sr)).log_prob(y)
     w = lp.exp()
     out = est.gaussian_k3_variance(mp, spp, mr, sr)
+    # Tolerance from the quadrature: the trapezoid rule on an analytic integrand that decays like a
+    # Gaussian is exact up to terms ~exp(-2 pi^2 s^2 / h^2) (h = 1e-4: nothing), the window +-30 loses
+    # < exp(-(2/1.69 - 1) 30^2 / 2) ~ 1e-36 of var_k3's slowest tail, and summing 600,001 terms in
+    # float64 costs at most n * 2^-53 ~ 7e-11 relative. rel=1e-9 holds with room on any CPU's kernels.
     for key, fn in (("var_k1", est.k1), ("var_k3", est.k3)):
         v = fn(lp, lq)
         m = torch.trapezoid(w * v, y).item()
-        assert out[key] == pytest.approx(torch.trapezoid(w * (v - m) ** 2, y).item(), rel=1e-5)
-    assert out["kl"] == pytest.approx(torch.trapezoid(w * (lp - lq), y).item(), rel=1e-8)
+        assert out[key] == pytest.approx(torch.trapezoid(w * (v - m) ** 2, y).item(), rel=1e-9)
+    assert out["kl"] == pytest.approx(torch.trapezoid(w * (lp - lq), y).item(), rel=1e-9)
 
 
 def test_k3_variance_finiteness_condition():
@@ -244,3 +251,31 @@ def test_control_variate_weight_and_k2_bias_signs():
     assert est.exact_moments([0.3, 0.7], [0.4, 0.6], "k2")["bias"] < 0
     assert est.exact_moments([0.3, 0.7], [0.2, 0.8], "k2")["bias"] > 0
     assert est.gaussian_moments(0.0, 0.5, 1.0, "k2")["bias"] == pytest.approx(0.5**4 / 8, rel=1e-12)
+
+
+def test_k3_relative_error_bound_holds_for_every_form_and_dtype():
+    """The a-priori bound the chapter's stability table prints holds for the measured errors."""
+    forms = {"naive": est.k3_naive, "expm1": est.k3_expm1, "stable": est.k3}
+    mag = torch.logspace(-7, 1.5, 400, dtype=torch.float64)
+    for dt in (torch.float64, torch.float32, torch.bfloat16):
+        ell = torch.cat([mag, -mag]).to(dt)
+        ref = est.k3_reference(ell.double())
+        finite = ref < torch.finfo(dt).max / 4          # exp(-l) overflows the dtype beyond that
+        for name, fn in forms.items():
+            rel = ((fn(ell, torch.zeros_like(ell)).double() - ref) / ref).abs()
+            bound = est.k3_relative_error_bound(ell.double(), name, dt)
+            assert (rel[finite] <= bound[finite]).all(), (dt, name)
+    u32 = torch.finfo(torch.float32).eps / 2
+    # the shapes the chapter states: naive ~ 4u / l^2, expm1 ~ 4u / |l| near 0, stable 8u
+    b = est.k3_relative_error_bound(torch.tensor([1e-4]), "naive", torch.float32)
+    assert b.item() == pytest.approx(4 * u32 / 1e-8, rel=1e-3)
+    b = est.k3_relative_error_bound(torch.tensor([1e-4]), "expm1", torch.float32)
+    assert b.item() == pytest.approx(4 * u32 / 1e-4, rel=1e-3)
+    assert est.k3_relative_error_bound(torch.tensor([0.3]), "stable", torch.float32).item() == pytest.approx(8 * u32, rel=1e-6)
+    assert math.isnan(est.k3_relative_error_bound(torch.tensor([0.0]), "naive", torch.float32).item())
+    with pytest.raises(ValueError, match="unknown form"):
+        est.k3_relative_error_bound(torch.tensor([0.1]), "series", torch.float32)
+    with pytest.raises(ValueError, match="dtype"):
+        est.k3_relative_error_bound(torch.tensor([0.1]), "naive", torch.int64)
+    with pytest.raises(ValueError, match="finite"):
+        est.k3_relative_error_bound(torch.tensor([float("nan")]), "naive", torch.float32)

@@ -156,3 +156,61 @@ def test_natural_gradient_penalty_equals_early_stopping():
         assert gold == pytest.approx(float(gold_free[j]), abs=0.02)
     with pytest.raises(ValueError):
         oo.policy_gradient_path(world, proxy, -1.0)
+
+
+def test_fit_ignores_a_rounding_zero_kl_whatever_its_sign():
+    """Best-of-1's KL is 0 only up to rounding (+-1e-17, CPU-dependent): it must not change the fit."""
+    alpha, beta = 1.3, 0.4
+    kl = torch.linspace(0.05, 6.0, 20, dtype=torch.float64)
+    gain = oo.gold_form(kl.sqrt(), alpha, beta, "bon") + 0.01 * torch.cos(7 * kl)  # not an exact fit: rmse > 0
+    fits = [oo.fit_form(torch.cat([torch.tensor([z], dtype=torch.float64), kl]),
+                        torch.cat([torch.tensor([z0], dtype=torch.float64), gain]), "bon")
+            for z, z0 in ((0.0, 0.0), (5.6e-17, 1e-17), (-5.6e-17, -2e-17))]
+    assert all(f.n_points == 20 for f in fits)
+    # the same 20 points; equal to rounding only (MKL's least squares may differ in the last bit
+    # with the memory alignment of its input)
+    for f in fits[1:]:
+        assert (f.alpha, f.beta, f.rmse) == pytest.approx((fits[0].alpha, fits[0].beta, fits[0].rmse), rel=1e-12)
+    with pytest.raises(ValueError, match="non-negative"):
+        oo.fit_form([-1e-3, 1.0, 2.0], [0.0, 0.1, 0.2], "bon")
+
+
+def test_spread_is_mean_and_sample_sd_without_nans():
+    s = oo.spread([1.0, 2.0, 3.0, float("nan")])
+    assert (s.mean, s.n) == (2.0, 3) and s.sd == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="two finite"):
+        oo.spread([1.0, float("nan")])
+    with pytest.raises(ValueError, match="infinite"):
+        oo.spread([1.0, math.inf])
+
+
+def test_fits_over_comparison_sets_repeat_the_pipeline_and_shrink_with_data():
+    world = oo.make_world(512, 3, 1.0, seed=0)
+    ns, betas = [1, 2, 4, 8, 16, 32, 64], [float(b) for b in torch.logspace(1, -1, 12)]
+    out = oo.fits_over_comparison_sets(world, 200, [3, 4, 5], ns, betas)
+    assert set(out) == {"bon-bon", "bon-rl", "tilted-bon", "tilted-rl", "bon", "tilted", "proxy"}
+    # entry k is exactly the single-seed pipeline with seed k
+    proxy = oo.proxy_from_comparisons(world, 200, seed=4)
+    sweep = oo.tilted_sweep(world, proxy, betas)
+    fit = oo.fit_form(sweep["kl"], sweep["gold"], "bon")
+    # equal to rounding (least squares in MKL is not bitwise reproducible across memory alignments)
+    assert out["tilted-bon"]["alpha"][1] == pytest.approx(fit.alpha, rel=1e-12)
+    assert out["tilted-bon"]["rmse"][1] == pytest.approx(fit.rmse, rel=1e-12)
+    peak = oo.form_peak(fit.alpha, fit.beta, "bon")["kl"]
+    assert out["tilted-bon"]["peak_kl"][1] == pytest.approx(peak)
+    k = max(range(len(betas)), key=sweep["gold"].__getitem__)
+    assert out["tilted"]["peak_kl"][1] == pytest.approx(sweep["kl"][k], rel=1e-12)
+    assert out["tilted"]["peak_gain"][1] == pytest.approx(max(sweep["gold"]), rel=1e-12)
+    assert all(-1 <= c <= 1 for c in out["proxy"]["cos_gold"])
+    assert all(s < p for s, p in zip(out["tilted-bon"]["safe_kl"], out["tilted-bon"]["peak_kl"]))
+    # the spread over comparison sets is the finite-data uncertainty: 50x the data, a smaller spread
+    seeds = list(range(8))
+    few = oo.spread(oo.fits_over_comparison_sets(world, 100, seeds, betas=betas)["tilted-bon"]["alpha"])
+    many = oo.spread(oo.fits_over_comparison_sets(world, 5000, seeds, betas=betas)["tilted-bon"]["alpha"])
+    assert many.sd < few.sd / 2
+    only_tilted = oo.fits_over_comparison_sets(world, 100, [0, 1], betas=betas)
+    assert set(only_tilted) == {"tilted-bon", "tilted-rl", "tilted", "proxy"}
+    with pytest.raises(ValueError, match="ns"):
+        oo.fits_over_comparison_sets(world, 100, [0, 1])
+    with pytest.raises(ValueError, match="distinct seeds"):
+        oo.fits_over_comparison_sets(world, 100, [0, 0], betas=betas)

@@ -132,3 +132,51 @@ def test_site_is_self_contained():
             if "stylesheet" in tag or "<script" in tag or "preload" in tag:
                 offenders.append(f"{html.relative_to(site_tool.HTML)}: {m.group(1)}")
     assert not offenders, f"assets loaded from the network: {offenders[:10]}"
+
+
+TABLES_JS = """
+() => Array.from(document.querySelectorAll('div.kltutor-table')).map(box => {
+  const table = box.querySelector('table');
+  const r = box.getBoundingClientRect();
+  return {
+    hasTable: !!table,
+    headers: table ? Array.from(table.querySelectorAll('thead th')).map(th => th.innerText.trim()) : [],
+    cells: table ? Array.from(table.querySelectorAll('tbody td')).map(td => td.innerText.trim()) : [],
+    overflowX: getComputedStyle(box).overflowX,
+    scrollWidth: box.scrollWidth, clientWidth: box.clientWidth,
+    left: r.left, right: r.right,
+  };
+})
+"""
+
+
+def test_result_tables_render_as_tables_that_fit_a_phone(site):
+    """Chapter 4's results are HTML <table>s (kltutor.book.table), not monospaced text; at phone
+    width each table scrolls inside its own box instead of widening the page."""
+    base, browser = site
+    page, errors = _open(browser, f"{base}/notebooks/04_beta_schedules.html")
+    tables = page.evaluate(TABLES_JS)
+    assert not errors, f"console errors {errors}"
+    assert len(tables) >= 5 and all(t["hasTable"] for t in tables), tables
+    lbfgs = [t for t in tables if "max |pi* - L-BFGS|" in t["headers"]]
+    assert lbfgs and "< 1e-6" in lbfgs[0]["cells"], "the L-BFGS table is not rendered as a table with its bound"
+    # the same numbers are not also shown as preformatted text
+    pre_text = page.evaluate("() => Array.from(document.querySelectorAll('.cell_output pre')).map(p => p.innerText).join('\\n')")
+    assert "max |pi* - L-BFGS|" not in pre_text
+    page.close()
+
+    phone = browser.new_page(viewport={"width": 375, "height": 812})
+    phone.set_default_timeout(180_000)
+    phone.goto(f"{base}/notebooks/04_beta_schedules.html", wait_until="load")
+    phone.wait_for_load_state("networkidle")
+    width = phone.evaluate("() => window.innerWidth")
+    tables = phone.evaluate(TABLES_JS)
+    assert tables
+    wide = [t for t in tables if t["scrollWidth"] > t["clientWidth"]]
+    assert wide, "no table is wider than a phone: this check would not notice overflow"
+    for t in tables:
+        assert t["overflowX"] in ("auto", "scroll"), f"a table box does not scroll: overflow-x {t['overflowX']}"
+        assert t["left"] >= 0 and t["right"] <= width + 1, f"a table box sticks out of the {width}px viewport: {t['right']}"
+    phone.locator("div.kltutor-table").first.scroll_into_view_if_needed()
+    phone.screenshot(path=str(SCREENSHOTS / "phone_tables_04.png"))
+    phone.close()

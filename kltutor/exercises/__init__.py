@@ -9,7 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["CheckResult"]
+__all__ = ["CheckResult", "show"]
+
+
+def show(values, digits: int = 6) -> str:
+    """A number, tensor or (nested) list printed with ``digits`` significant figures.
+
+    Checker messages quote the reader's values with it: full ``repr`` digits would differ in their
+    last places from one CPU to the next, and six figures are plenty to see what is wrong.
+    """
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    if isinstance(values, (list, tuple)):
+        return "[" + ", ".join(show(v, digits) for v in values) + "]"
+    if isinstance(values, float):
+        return f"{values:.{digits}g}"
+    return str(values)
 
 
 @dataclass

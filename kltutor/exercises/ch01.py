@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from kltutor.divergences import kl as reference_kl
-from kltutor.exercises import CheckResult
+from kltutor.exercises import CheckResult, show
 
 __all__ = ["check_categorical_kl"]
 
@@ -57,7 +57,7 @@ def check_categorical_kl(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
             ok = ok and bool((got[torch.isinf(expected)] > 0).all())
         if not ok:
             result.passed = False
-            result.messages.append(f"{label}: expected {expected.tolist()}, got {got.tolist()}")
+            result.messages.append(f"{label}: expected {show(expected)}, got {show(got)}")
     if result.passed:
         result.messages.append(f"all {len(_cases())} cases agree with the exact answers")
     return result

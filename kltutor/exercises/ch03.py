@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from kltutor.exercises import CheckResult
+from kltutor.exercises import CheckResult, show
 from kltutor.gradients import exact_kl_gradients
 from kltutor.toys.autoregressive import BinaryAutoregressive, all_binary_sequences
 
@@ -48,7 +48,7 @@ def check_sequence_k2_loss(fn: Callable[[Tensor, Tensor, Tensor], Tensor], tol: 
         return CheckResult(res.name, False, [f"expected shape {tuple(want.shape)} ([batch]), got {tuple(out.shape)}"])
     if not torch.allclose(out.to(want.dtype), want, atol=tol):
         res.passed = False
-        res.messages.append(f"values {out.tolist()} differ from {want.tolist()} (did you apply the mask before squaring?)")
+        res.messages.append(f"values {show(out)} differ from {show(want)} (did you apply the mask before squaring?)")
     for a, b, a0, b0, T in _CASES:
         pi, ref_m = BinaryAutoregressive(a, b), BinaryAutoregressive(a0, b0)
         seqs = all_binary_sequences(T)
@@ -63,7 +63,7 @@ def check_sequence_k2_loss(fn: Callable[[Tensor, Tensor, Tensor], Tensor], tol: 
         true = exact_kl_gradients(pi, ref_m, T)["true"]
         if not torch.allclose(got, true, atol=1e-8):
             res.passed = False
-            res.messages.append(f"T={T}: expected gradient {got.tolist()} != reverse-KL gradient {true.tolist()}")
+            res.messages.append(f"T={T}: expected gradient {show(got)} != reverse-KL gradient {show(true)}")
     if res.passed:
         res.messages.append("values match and the expected gradient equals the reverse-KL gradient")
     return res
@@ -98,7 +98,7 @@ def check_prefix_weights(fn: Callable[[Tensor, Tensor, Tensor], Tensor], tol: fl
         true = exact_kl_gradients(pi, ref_m, T)["true"]
         if not torch.allclose(got, true, atol=tol):
             res.passed = False
-            res.messages.append(f"T={T}: expected gradient {got.tolist()} != reverse-KL gradient {true.tolist()}"
+            res.messages.append(f"T={T}: expected gradient {show(got)} != reverse-KL gradient {show(true)}"
                                 " (a per-token ratio does not correct the distribution of the prefix)")
     if res.passed:
         res.messages.append("the weighted k3 term has exactly the reverse-KL gradient on stale samples")

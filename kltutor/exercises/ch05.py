@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from kltutor.exercises import CheckResult
+from kltutor.exercises import CheckResult, show
 from kltutor.grpo import group_advantages
 from kltutor.preference import dpo_loss
 
@@ -63,11 +63,11 @@ def check_dpo_loss(fn: Callable[[Tensor, Tensor, Tensor, Tensor, float], Tensor]
             continue
         if not torch.isfinite(got).all():
             result.passed = False
-            result.messages.append(f"{name}: got non-finite values {got.tolist()}; use a stable log-sigmoid")
+            result.messages.append(f"{name}: got non-finite values {show(got)}; use a stable log-sigmoid")
             continue
         if not torch.allclose(got.detach().to(torch.float64), want, rtol=1e-6, atol=1e-9):
             result.passed = False
-            result.messages.append(f"{name}: got {got.detach().tolist()}, expected {want.tolist()}")
+            result.messages.append(f"{name}: got {show(got.detach())}, expected {show(want)}")
             continue
         if not got.requires_grad:
             result.passed = False
@@ -98,7 +98,7 @@ def check_group_advantages(fn: Callable[..., Tensor]) -> CheckResult:
         if not isinstance(got, Tensor) or got.shape != want.shape or not torch.isfinite(got).all() \
                 or not torch.allclose(got.to(torch.float64), want, rtol=1e-6, atol=1e-9):
             result.passed = False
-            result.messages.append(f"{name}: got {getattr(got, 'tolist', lambda: got)()}, expected {want.tolist()}")
+            result.messages.append(f"{name}: got {show(got)}, expected {show(want)}")
         else:
             result.messages.append(f"{name}: ok")
     return result
