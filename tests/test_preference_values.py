@@ -1,0 +1,224 @@
+"""kltutor.preference: every field of every PreferenceLoss pinned by hand (rewards, margins,
+accuracy, extras), tau / gamma / lambda / KTO weights away from their defaults, the tabular
+laboratory's outputs, and what chapter 5 says of the dpo_loss source it prints."""
+
+import math
+
+import pytest
+import torch
+
+from kltutor import preference as P
+
+D = torch.float64
+PW = torch.tensor([-10.0, -4.0, -6.0], dtype=D)
+PL = torch.tensor([-12.0, -3.0, -6.0], dtype=D)
+RW = torch.tensor([-11.0, -4.5, -5.0], dtype=D)
+RL = torch.tensor([-11.0, -2.0, -7.0], dtype=D)
+LW = torch.tensor([5.0, 2.0, 3.0], dtype=D)
+LL = torch.tensor([4.0, 3.0, 3.0], dtype=D)
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def ls(x):  # -log sigma(x)
+    return math.log1p(math.exp(-x)) if x > -30 else -x
+
+
+def test_dpo_every_field():
+    beta = 0.4
+    out = P.dpo_loss(PW, PL, RW, RL, beta)
+    ch = [beta * (a - b) for a, b in zip(PW.tolist(), RW.tolist())]  # 0.4, 0.2, -0.4
+    rj = [beta * (a - b) for a, b in zip(PL.tolist(), RL.tolist())]  # -0.4, -0.4, 0.4
+    assert out.chosen_rewards.tolist() == pytest.approx(ch, abs=1e-15)
+    assert out.rejected_rewards.tolist() == pytest.approx(rj, abs=1e-15)
+    assert out.margins.tolist() == pytest.approx([c - r for c, r in zip(ch, rj)], abs=1e-15)
+    assert out.losses.tolist() == pytest.approx([ls(c - r) for c, r in zip(ch, rj)], abs=1e-15)
+    assert out.loss.item() == pytest.approx(sum(ls(c - r) for c, r in zip(ch, rj)) / 3, abs=1e-15)
+    assert out.accuracy.item() == pytest.approx(2 / 3)  # the third pair is ordered the wrong way
+    assert out.extras == {}
+
+
+def test_ipo_every_field_with_tau():
+    tau = 0.2  # target 1 / (2 tau) = 2.5
+    out = P.ipo_loss(PW, PL, RW, RL, tau)
+    cr = [a - b for a, b in zip(PW.tolist(), RW.tolist())]  # 1, 0.5, -1
+    rr = [a - b for a, b in zip(PL.tolist(), RL.tolist())]  # -1, -1, 1
+    assert out.losses.tolist() == pytest.approx([(c - r - 2.5) ** 2 for c, r in zip(cr, rr)], abs=1e-14)
+    assert out.chosen_rewards.tolist() == pytest.approx([tau * c for c in cr], abs=1e-15)
+    assert out.rejected_rewards.tolist() == pytest.approx([tau * r for r in rr], abs=1e-15)
+    assert out.margins.tolist() == pytest.approx([tau * (c - r) for c, r in zip(cr, rr)], abs=1e-15)
+    assert out.accuracy.item() == pytest.approx(2 / 3)
+    assert out.loss.item() == pytest.approx(sum((c - r - 2.5) ** 2 for c, r in zip(cr, rr)) / 3, abs=1e-14)
+
+
+def test_simpo_every_field_with_gamma():
+    beta, gamma = 2.5, 0.3
+    out = P.simpo_loss(PW, PL, LW, LL, beta, gamma)
+    ch = [beta * a / n for a, n in zip(PW.tolist(), LW.tolist())]  # -5, -5, -5
+    rj = [beta * a / n for a, n in zip(PL.tolist(), LL.tolist())]  # -7.5, -2.5, -5
+    assert out.chosen_rewards.tolist() == pytest.approx(ch, abs=1e-15)
+    assert out.rejected_rewards.tolist() == pytest.approx(rj, abs=1e-15)
+    assert out.margins.tolist() == pytest.approx([2.5, -2.5, 0.0], abs=1e-15)  # margins exclude gamma
+    assert out.losses.tolist() == pytest.approx([ls(c - r - gamma) for c, r in zip(ch, rj)], abs=1e-15)
+    assert out.accuracy.item() == pytest.approx(1 / 3)  # a tie is not a win
+    g0 = P.simpo_loss(PW, PL, LW, LL, beta, 0.0)
+    assert g0.losses.tolist() == pytest.approx([ls(c - r) for c, r in zip(ch, rj)], abs=1e-15)
+    ints = P.simpo_loss(PW, PL, LW.long(), LL.long(), beta, gamma)  # integer token counts
+    assert ints.losses.tolist() == pytest.approx(out.losses.tolist(), abs=0)
+
+
+def test_orpo_every_field():
+    lam = 0.3
+    out = P.orpo_loss(PW, PL, LW, LL, lam)
+    lo_w, lo_l, nll = [], [], []
+    for pw, pl, lw, ll in zip(PW.tolist(), PL.tolist(), LW.tolist(), LL.tolist()):
+        a, b = math.exp(pw / lw), math.exp(pl / ll)
+        lo_w.append(math.log(a / (1 - a)))
+        lo_l.append(math.log(b / (1 - b)))
+        nll.append(-pw / lw)
+    lor = [a - b for a, b in zip(lo_w, lo_l)]
+    assert out.chosen_rewards.tolist() == pytest.approx(lo_w, abs=1e-14)
+    assert out.rejected_rewards.tolist() == pytest.approx(lo_l, abs=1e-14)
+    assert out.margins.tolist() == pytest.approx(lor, abs=1e-14)
+    assert out.extras["nll"].tolist() == pytest.approx(nll, abs=1e-15)
+    assert out.extras["log_odds_ratio"].tolist() == pytest.approx(lor, abs=1e-14)
+    assert out.losses.tolist() == pytest.approx([n + lam * ls(x) for n, x in zip(nll, lor)], abs=1e-14)
+    assert out.accuracy.item() == pytest.approx(sum(x > 0 for x in lor) / 3)
+    zero = P.orpo_loss(PW, PL, LW, LL, 0.0)  # lambda = 0: the SFT term alone
+    assert zero.losses.tolist() == pytest.approx(nll, abs=1e-15)
+    # log(1 - e^x) on both sides of -log 2
+    for x in (-1e-8, -0.5, -math.log(2), -0.9, -30.0):
+        t = torch.tensor([x], dtype=D)
+        assert P._log1mexp(t).item() == pytest.approx(math.log(-math.expm1(x)), rel=1e-12)
+    with pytest.raises(ValueError, match="lam"):
+        P.orpo_loss(PW, PL, LW, LL, -0.1)
+
+
+def test_kto_every_field_with_weights():
+    beta = 0.5
+    logp = torch.tensor([-2.0, -3.0, -5.0, -1.0], dtype=D)
+    ref = torch.tensor([-3.0, -3.0, -4.0, -1.5], dtype=D)
+    des = torch.tensor([True, False, False, True])
+    kp = torch.tensor([-6.0, -6.0, -2.0], dtype=D)
+    kr = torch.tensor([-6.3, -6.9, -2.3], dtype=D)  # mean log-ratio 0.5: z0 = 0.5
+    out = P.kto_loss(logp, ref, des, kp, kr, beta, desirable_weight=1.5, undesirable_weight=0.5)
+    rho = [1.0, 0.0, -1.0, 0.5]
+    z0 = 0.5
+    want = [1.5 * (1 - sig(beta * (1.0 - z0))), 0.5 * (1 - sig(beta * (z0 - 0.0))),
+            0.5 * (1 - sig(beta * (z0 + 1.0))), 1.5 * (1 - sig(beta * (0.5 - z0)))]
+    assert out.losses.tolist() == pytest.approx(want, abs=1e-15)
+    assert out.loss.item() == pytest.approx(sum(want) / 4, abs=1e-15)
+    assert out.extras["z0"].item() == pytest.approx(z0, abs=1e-15)
+    assert out.chosen_rewards.tolist() == pytest.approx([beta * 1.0, beta * 0.5])
+    assert out.rejected_rewards.tolist() == pytest.approx([0.0, beta * -1.0])
+    assert out.margins.item() == pytest.approx(beta * 0.75 - beta * -0.5)
+    assert math.isnan(out.accuracy.item())
+    # default weights 1; every example desirable: no rejected side, its mean counts as 0
+    one = P.kto_loss(logp, ref, torch.ones(4, dtype=torch.bool), kp, kr, beta)
+    assert one.losses.tolist() == pytest.approx([1 - sig(beta * (r - z0)) for r in rho], abs=1e-15)
+    assert one.rejected_rewards.numel() == 0
+    assert one.margins.item() == pytest.approx(beta * sum(rho) / 4)
+    none = P.kto_loss(logp, ref, torch.zeros(4, dtype=torch.bool), kp, kr, beta)
+    assert none.margins.item() == pytest.approx(-beta * sum(rho) / 4)
+    # z0 is detached: no gradient reaches the mismatched completions
+    kp_g = kp.clone().requires_grad_(True)
+    lp_g = logp.clone().requires_grad_(True)
+    loss = P.kto_loss(lp_g, ref, des, kp_g, kr, beta).loss
+    g_lp, g_kp = torch.autograd.grad(loss, [lp_g, kp_g], allow_unused=True)
+    assert g_kp is None and g_lp is not None
+
+
+def test_chapter5_dpo_source_detaches_the_reference_and_stays_finite():
+    """Chapter 5 prints dpo_loss and says: per-sequence log-probs, reference detached, -logsigmoid."""
+    pw, pl = PW.clone().requires_grad_(True), PL.clone().requires_grad_(True)
+    rw, rl = RW.clone().requires_grad_(True), RL.clone().requires_grad_(True)
+    out = P.dpo_loss(pw, pl, rw, rl, 0.4)
+    grads = torch.autograd.grad(out.loss, [pw, pl, rw, rl], allow_unused=True)
+    assert grads[2] is None and grads[3] is None
+    w = [sig(-m) for m in out.margins.tolist()]
+    assert grads[0].tolist() == pytest.approx([-0.4 * x / 3 for x in w], abs=1e-15)
+    assert grads[1].tolist() == pytest.approx([0.4 * x / 3 for x in w], abs=1e-15)
+    # a margin of -2000 in float32: -log(sigmoid) would be inf; -logsigmoid is 2000
+    far = P.dpo_loss(torch.tensor([-2001.0]), torch.tensor([-1.0]), torch.tensor([-1.0]), torch.tensor([-1.0]), 1.0)
+    assert far.losses.item() == pytest.approx(2000.0)
+    for v in (far.loss, out.chosen_rewards, out.rejected_rewards, out.margins, out.accuracy, out.losses):
+        assert not (v is not far.loss and v.requires_grad)
+
+
+def test_optimal_policy_objective_and_implicit_reward_by_hand():
+    ref = torch.tensor([0.5, 0.25, 0.25], dtype=D)
+    r = torch.tensor([0.0, math.log(2), math.log(4)], dtype=D)
+    # beta = 1: pi* = ref * e^r / Z = (0.5, 0.5, 1) / 2
+    star = P.optimal_policy(ref, r, 1.0)
+    assert star.tolist() == pytest.approx([0.25, 0.25, 0.5], abs=1e-15)
+    assert P.optimal_policy(ref, r, 0.5).tolist() == pytest.approx([0.5 / 5.5, 1 / 5.5, 4 / 5.5], abs=1e-15)
+    j = P.kl_regularized_objective(star, ref, r, 1.0)
+    assert j.item() == pytest.approx(math.log(2.0), abs=1e-15)  # beta log Z, Z = 2
+    assert P.kl_regularized_objective(ref, ref, r, 3.0).item() == pytest.approx(float((ref * r).sum()), abs=1e-15)
+    assert P.kl_regularized_objective(star, ref, r, 0.0).item() == pytest.approx(float((star * r).sum()), abs=1e-15)
+    assert P.implicit_reward(torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0]), 0.1).tolist() == pytest.approx([0.05, -0.1])
+    assert P.categorical_kl(star, ref).item() == pytest.approx(0.5 * math.log(2) + 0.25 * 0 + 0.25 * math.log(0.5), abs=1e-15)
+    assert P.categorical_kl(torch.tensor([0.5, 0.5, 0.0], dtype=D), torch.tensor([0.5, 0.0, 0.5], dtype=D)).item() == math.inf
+    with pytest.raises(ValueError, match="beta"):
+        P.kl_regularized_objective(star, ref, r, -1.0)
+    with pytest.raises(ValueError, match="same shape"):
+        P.kl_regularized_objective(star, ref, r[:2], 1.0)
+
+
+def test_win_probability_and_ipo_optimum_by_hand():
+    r = torch.tensor([0.0, 1.0], dtype=D)
+    mu = torch.tensor([0.25, 0.75], dtype=D)
+    p = P.win_probability_against(r, mu)
+    assert p.tolist() == pytest.approx([0.25 * 0.5 + 0.75 * sig(-1.0), 0.25 * sig(1.0) + 0.75 * 0.5], abs=1e-15)
+    ref = torch.tensor([0.6, 0.4], dtype=D)
+    tau = 0.5
+    w = [0.6 * math.exp(p[0].item() / tau), 0.4 * math.exp(p[1].item() / tau)]
+    assert P.ipo_optimal_policy(ref, r, tau, mu).tolist() == pytest.approx([x / sum(w) for x in w], abs=1e-15)
+    with pytest.raises(ValueError, match="same shape"):
+        P.win_probability_against(r, torch.tensor([1.0], dtype=D))
+
+
+def test_bradley_terry_pairs_are_distinct_and_reproducible():
+    r = torch.tensor([0.0, 2.0, -1.0], dtype=D)
+    mu = torch.tensor([0.0, 0.5, 0.5], dtype=D)  # only responses 1 and 2 can be drawn
+    ch, rj = P.bradley_terry_pairs(r, mu, 500, torch.Generator().manual_seed(3))
+    assert ch.shape == rj.shape == (500,) and (ch != rj).all()
+    assert set(ch.tolist()) | set(rj.tolist()) == {1, 2}
+    frac = (ch == 1).double().mean().item()
+    p = sig(3.0)
+    assert abs(frac - p) < 5 * math.sqrt(p * (1 - p) / 500)
+    ch2, _ = P.bradley_terry_pairs(r, mu, 500, torch.Generator().manual_seed(3))
+    assert torch.equal(ch, ch2)
+    with pytest.raises(ValueError, match="two responses"):
+        P.bradley_terry_pairs(r, torch.tensor([0.0, 1.0, 0.0], dtype=D), 5)
+    with pytest.raises(ValueError, match="n_pairs"):
+        P.bradley_terry_pairs(r, mu, 0)
+
+
+@pytest.mark.parametrize("method", ["dpo", "ipo", "simpo", "orpo"])
+def test_train_tabular_records_and_first_step(method):
+    ref = torch.tensor([0.5, 0.3, 0.2], dtype=D)
+    ch, rj = torch.tensor([2, 1, 2]), torch.tensor([0, 0, 1])
+    lengths = torch.tensor([2.0, 3.0, 4.0], dtype=D)
+    res = P.train_tabular(method, ch, rj, ref, lengths, beta=0.5, gamma=0.2, steps=7, lr=0.1, record_every=3)
+    assert res.steps.tolist() == [0, 3, 6, 7]
+    assert res.probs_history.shape == (4, 3) and res.loss_history.shape == (4,)
+    assert torch.equal(res.probs, res.probs_history[-1])
+    assert res.probs_history[0].tolist() == pytest.approx(ref.tolist(), abs=1e-15)  # theta = 0: the reference
+    lw, ll = ref.log()[ch], ref.log()[rj]
+    first = {"dpo": lambda: P.dpo_loss(lw, ll, lw, ll, 0.5),
+             "ipo": lambda: P.ipo_loss(lw, ll, lw, ll, 0.5),
+             "simpo": lambda: P.simpo_loss(lw, ll, lengths[ch], lengths[rj], 0.5, 0.2),
+             "orpo": lambda: P.orpo_loss(lw, ll, lengths[ch], lengths[rj], 0.5)}[method]()
+    assert res.loss_history[0].item() == pytest.approx(first.loss.item(), abs=1e-15)
+    assert res.loss_history[-1] < res.loss_history[0]
+    # shared features: one parameter moves every response
+    feats = torch.tensor([[1.0], [0.0], [2.0]], dtype=D)
+    shared = P.train_tabular(method, ch, rj, ref, lengths, 0.5, 0.2, steps=3, lr=0.1, features=feats)
+    assert shared.probs.shape == (3,) and float(shared.probs.sum()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="features"):
+        P.train_tabular(method, ch, rj, ref, lengths, 0.5, features=torch.ones(2, 1, dtype=D))
+    with pytest.raises(ValueError, match="steps"):
+        P.train_tabular(method, ch, rj, ref, lengths, 0.5, steps=0)
