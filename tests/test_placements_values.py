@@ -271,3 +271,39 @@ def test_placement_objects():
     for bad in ("k2-in-reward-x", "k1-in-", "-in-loss", 3):
         with pytest.raises(ValueError, match="unknown KL placement"):
             P.parse_placement(bad)
+
+
+def test_output_dtypes_follow_the_log_probabilities():
+    """float32 log-probabilities with a float64 (or bool) mask give float32 results."""
+    lp, rf = LOGP.float(), REF.float()
+    for m in (MASK, MASK.bool()):
+        assert P.kl_loss(lp, rf, m).dtype == torch.float32
+        assert P.kl_loss(lp, rf, m, level="sequence").dtype == torch.float32
+        assert P.clipped_surrogate(lp, rf, torch.ones(3), m)[0].dtype == torch.float32
+    assert P.returns_to_go(torch.ones(3, 5), MASK).dtype == torch.float32
+    assert P.returns_to_go(torch.ones(3, 5), MASK).tolist() == [[0, 0, 3, 2, 1], [2, 1, 0, 0, 0], [5, 4, 3, 2, 1]]
+
+
+def test_one_token_rows_and_one_position_sequences():
+    m = MASK.clone()
+    m[0] = torch.tensor([0, 0, 0, 0, 1], dtype=D)  # row 0: a single response token
+    ell = ELL.tolist()
+    want = (k3(ell[0][4]) + k3(ell[1][0] + ell[1][1]) + k3(sum(ell[2]))) / 3
+    assert P.kl_loss(LOGP, REF, m, "k3", level="sequence").item() == pytest.approx(want, abs=1e-14)
+    first = torch.tensor([[1, 0, 0], [0, 1, 1], [1, 1, 0]], dtype=D)  # the first position alone, or last
+    assert P.last_token_index(first).tolist() == [0, 2, 1]
+    one = torch.tensor([[2.0], [3.0]], dtype=D)  # sequences of length 1
+    assert P.returns_to_go(one, torch.ones(2, 1, dtype=D), gamma=0.5).tolist() == [[2.0], [3.0]]
+
+
+def test_masked_mean_with_mask_mass_below_one():
+    v = torch.tensor([[2.0, 6.0]], dtype=D)
+    w = torch.tensor([[0.125, 0.125]], dtype=D)  # total weight 1/4: the mean is still 4
+    assert P.masked_mean(v, w).item() == pytest.approx(4.0)
+    assert P.masked_mean(v, w, dim=-1).tolist() == pytest.approx([4.0])
+
+
+def test_placement_names_with_two_separators_get_the_clear_error():
+    for bad in ("k1-in-loss-in-reward", "k3-in-reward-in-loss"):
+        with pytest.raises(ValueError, match="unknown KL placement"):
+            P.parse_placement(bad)
