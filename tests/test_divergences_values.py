@@ -123,3 +123,26 @@ def test_kl_gaussian_messages_name_the_argument():
     # broadcasting: a vector of means against one reference
     out = dv.kl_gaussian(torch.tensor([0.0, 1.0, 2.0], dtype=D), 2.0, 0.0, 1.0)
     assert out.tolist() == pytest.approx([math.log(0.5) + (4 + m * m) / 2 - 0.5 for m in (0.0, 1.0, 2.0)])
+
+
+def test_validate_distributions_promotes_names_and_edges():
+    p, q = dv.validate_distributions(torch.tensor([0.5, 0.5]), torch.tensor([0.25, 0.75], dtype=D))
+    assert p.dtype == q.dtype == D
+    p, q = dv.validate_distributions(torch.tensor([0.5, 0.5], dtype=D), torch.tensor([0.25, 0.75]))
+    assert p.dtype == q.dtype == D
+    assert dv.kl([1.0], [1.0]).item() == 0.0  # one outcome is a distribution
+    assert dv.kl(P, Q, atol=0.0).item() > 0  # rows summing to exactly 1 pass a zero tolerance
+    with pytest.raises(ValueError, match=r"^p does not sum to 1"):
+        dv.kl([0.5, 0.6], Q[:2])
+    with pytest.raises(ValueError, match=r"^q does not sum to 1"):
+        dv.kl(Q[:2], [0.5, 0.6])
+    with pytest.raises(ValueError, match=r"^q holds negative"):
+        dv.tv([0.5, 0.5], [1.5, -0.5])
+    with pytest.raises(ValueError, match=r"^p holds NaN"):
+        dv.tv([float("nan"), 0.5], [0.5, 0.5])
+    with pytest.raises(TypeError, match=r"^q must be a torch tensor"):
+        dv.kl(P, {"a": 1})
+    with pytest.raises(ValueError, match="non-empty last axis"):
+        dv.kl(torch.ones(2, 0), torch.ones(2, 0))
+    with pytest.raises(ValueError, match="^sigma_p must be > 0"):
+        dv.kl_gaussian(0.0, -1.0, 0.0, 1.0)
