@@ -133,9 +133,9 @@ def test_validate_distributions_promotes_names_and_edges():
     assert dv.kl([1.0], [1.0]).item() == 0.0  # one outcome is a distribution
     assert dv.kl(P, Q, atol=0.0).item() > 0  # rows summing to exactly 1 pass a zero tolerance
     with pytest.raises(ValueError, match=r"^p does not sum to 1"):
-        dv.kl([0.5, 0.6], Q[:2])
+        dv.kl([0.5, 0.6], [0.5, 0.5])
     with pytest.raises(ValueError, match=r"^q does not sum to 1"):
-        dv.kl(Q[:2], [0.5, 0.6])
+        dv.kl([0.5, 0.5], [0.5, 0.6])
     with pytest.raises(ValueError, match=r"^q holds negative"):
         dv.tv([0.5, 0.5], [1.5, -0.5])
     with pytest.raises(ValueError, match=r"^p holds NaN"):
