@@ -11,7 +11,7 @@ CHAPTERS := $(sort $(wildcard book/[0-9][0-9]_*.md))
 NOTEBOOKS := $(patsubst book/%.md,notebooks/%.ipynb,$(CHAPTERS))
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: help setup setup-browser notebooks site book test unit nbval browser-test pdf clean
+.PHONY: help setup setup-browser notebooks site book test unit nbval browser-test pdf mutation clean
 
 help:
 	@echo "make book   - set up, execute every chapter with papermill, build the site into _build/html"
@@ -65,6 +65,13 @@ nbval: setup
 
 browser-test: setup setup-browser
 	$(PY) -m pytest -p no:cacheprovider -m browser tests
+
+# Mutation testing of the core modules (not part of `make test` or CI; docs/CONVENTIONS.md).
+# MODULES=estimators limits it to some modules; WORKERS_MUTATION sets mutmut's worker processes.
+WORKERS_MUTATION ?= 1
+mutation: setup
+	$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install -q "$$($(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["mutation"])')"
+	nice -n 10 $(PY) scripts/mutation.py --workers $(WORKERS_MUTATION) $(MODULES)
 
 clean:
 	rm -rf _build
