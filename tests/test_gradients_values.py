@@ -119,23 +119,26 @@ def test_mc_gradient_statistics_on_fixed_numbers():
 
 def test_mc_kl_gradients_recomputed_from_the_same_samples():
     pi, ref = BinaryAutoregressive(*PI), BinaryAutoregressive(*REF)
-    mc = G.mc_kl_gradients(pi, ref, 3, n_seqs=5, n_trials=4, level="sequence", reward_form="full",
+    mc = G.mc_kl_gradients(pi, ref, 3, n_seqs=5, n_trials=4, reward_form="full",
                            generator=torch.Generator().manual_seed(7))
     seqs = pi.sample(20, 3, generator=torch.Generator().manual_seed(7))
-    ex = G.exact_kl_gradients(pi, ref, 3, level="sequence")
+    ex = G.exact_kl_gradients(pi, ref, 3, reward_form="full")
     assert set(mc) == set(G.ESTIMATOR_PLACEMENTS)
     for key, r in mc.items():
         assert r.placement == key and r.n_seqs == 5 and r.estimates.shape == (4, 2)
-        per = [table(key, "sequence", "full", s.tolist()) for s in seqs]
+        per = [table(key, "token", "full", s.tolist()) for s in seqs]
         want = [[sum(per[5 * t + i][j] for i in range(5)) / 5 for j in range(2)] for t in range(4)]
         assert r.estimates.flatten().tolist() == pytest.approx(sum(want, []), abs=1e-13), key
         assert torch.equal(r.true, ex["true"]) and torch.equal(r.exact_mean, ex[key])
-    with pytest.raises(ValueError, match="n_trials"):
-        G.mc_kl_gradients(pi, ref, 3, n_seqs=2, n_trials=1)
+    assert G.mc_kl_gradients(pi, ref, 2, n_seqs=1)["k1-in-loss"].estimates.shape == (200, 2)  # default trials
+    assert G.mc_kl_gradients(pi, ref, 2, n_seqs=1, n_trials=2)["k1-in-loss"].n_seqs == 1  # smallest sizes
+    for bad in (dict(n_seqs=2, n_trials=1), dict(n_seqs=0), dict(n_seqs=1.5), dict(n_seqs=2, n_trials=2.5)):
+        with pytest.raises(ValueError, match="need n_seqs >= 1 and n_trials >= 2"):
+            G.mc_kl_gradients(pi, ref, 3, **bad)
 
 
 @pytest.mark.parametrize("importance", ["none", "token", "prefix"])
-@pytest.mark.parametrize("estimator", ["k1", "k3"])
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
 def test_offpolicy_gradient_by_enumeration(importance, estimator):
     pi, ref, old = BinaryAutoregressive(*PI), BinaryAutoregressive(*REF), BinaryAutoregressive(0.1, -0.1)
     seqs, q = old.enumerate(2)
@@ -146,7 +149,7 @@ def test_offpolicy_gradient_by_enumeration(importance, estimator):
             lq = ref.token_logprobs(seqs[i : i + 1])[0]
             lo = old.token_logprobs(seqs[i : i + 1])[0]
         ell = lp - lq
-        k = ell if estimator == "k1" else torch.expm1(-ell) + ell
+        k = {"k1": ell, "k2": 0.5 * ell**2, "k3": torch.expm1(-ell) + ell}[estimator]
         if importance == "token":
             k = torch.exp(lp - lo) * k
         elif importance == "prefix":
@@ -157,6 +160,37 @@ def test_offpolicy_gradient_by_enumeration(importance, estimator):
     assert got.tolist() == pytest.approx(want.tolist(), abs=1e-14)
     if estimator == "k3" and importance == "none":
         assert G.offpolicy_kl_loss_gradient(pi, old, ref, 2).tolist() == pytest.approx(want.tolist(), abs=1e-14)
+
+
+def test_importance_weighted_k1_and_k3_have_the_same_expected_gradient_but_k2_not():
+    """E_old[w (k3 - k1)] = sum_y (pi_ref(y) - pi(y)) = 0 at every prefix, for every theta."""
+    pi, ref, old = BinaryAutoregressive(*PI), BinaryAutoregressive(*REF), BinaryAutoregressive(0.1, -0.1)
+    for importance in ("token", "prefix"):
+        g1, g2, g3 = (G.offpolicy_kl_loss_gradient(pi, old, ref, 3, e, importance) for e in ("k1", "k2", "k3"))
+        assert torch.allclose(g1, g3, atol=1e-14)
+        assert (g2 - g3).abs().max() > 1e-3
+
+
+def test_exact_moments_full_form_token_level_by_hand():
+    pi, ref = BinaryAutoregressive(*PI), BinaryAutoregressive(*REF)
+    seqs, probs = pi.enumerate(2)
+    mom = G.exact_gradient_moments(pi, ref, 2, reward_form="full")
+    rtg = G.exact_gradient_moments(pi, ref, 2)
+    for key in ("k1-in-reward", "k3-in-reward"):
+        g = [table(key, "token", "full", s.tolist()) for s in seqs]
+        mean = [sum(p.item() * x[j] for p, x in zip(probs, g)) for j in range(2)]
+        cov = [sum(p.item() * (x[i] - mean[i]) * (x[j] - mean[j]) for p, x in zip(probs, g)) for i in range(2) for j in range(2)]
+        assert mom[key]["cov"].flatten().tolist() == pytest.approx(cov, abs=1e-14)
+        assert torch.allclose(mom[key]["mean"], rtg[key]["mean"], atol=1e-14)  # same expectation ...
+        assert (mom[key]["cov"] - rtg[key]["cov"]).abs().max() > 1e-4  # ... not the same variance
+
+
+def test_argument_messages_name_the_model():
+    pi = BinaryAutoregressive(*PI)
+    with pytest.raises(TypeError, match="^policy must be a BinaryAutoregressive, got str"):
+        G.exact_kl_gradients("pi", pi, 2)
+    with pytest.raises(TypeError, match="^reference must be a BinaryAutoregressive, got NoneType"):
+        G.per_sample_gradients(pi, None, SEQS, "k1-in-loss")
 
 
 def test_unknown_estimator_names():
