@@ -327,7 +327,8 @@ def kto_loss(
     completions are not samples of :math:`\\pi_\\theta`: it is a batch-level log-ratio average,
     clamped at 0, i.e. a biased stand-in for the KL. ``chosen_rewards`` holds :math:`\\beta\\rho` of
     the desirable examples and ``rejected_rewards`` that of the undesirable ones (different sizes:
-    ``margins`` is the difference of their means, ``accuracy`` is not defined and set to NaN).
+    ``margins`` is the difference of their means, NaN when one side has no example; ``accuracy``
+    is not defined and set to NaN).
     """
     beta = _check_positive("beta", beta)
     desirable_weight = _check_nonnegative("desirable_weight", desirable_weight)
@@ -346,9 +347,8 @@ def kto_loss(
     )
     rewards = (beta * rho).detach()
     chosen, rejected = rewards[desirable], rewards[~desirable]
-    margin = (chosen.mean() if chosen.numel() else torch.zeros((), dtype=rewards.dtype)) - (
-        rejected.mean() if rejected.numel() else torch.zeros((), dtype=rewards.dtype)
-    )
+    # the difference of the two sides' mean rewards; undefined (NaN) when a side has no example
+    margin = chosen.mean() - rejected.mean() if chosen.numel() and rejected.numel() else torch.full((), float("nan"), dtype=rewards.dtype)
     return PreferenceLoss(
         loss=losses.mean(),
         losses=losses.detach(),
