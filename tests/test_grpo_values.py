@@ -160,19 +160,34 @@ def test_defaults_are_k3_in_loss_beta_004_eps_02_sequence_mean():
 
 
 def test_none_and_beta_zero_and_clip_std_and_normalize_std():
-    none = grpo_loss(OLD, OLD, REF, MASK, REWARDS, 2, placement="none", beta=0.5)
+    # token-mean weighs rows by length, so the advantages' size shows in the loss (sequence-mean of
+    # on-policy advantages is 0 for every normalisation: each group's advantages sum to zero)
     adv = hand_advantages()
-    want = -agg([[adv[b]] * LENS[b] for b in range(4)], "sequence-mean")
+    none = grpo_loss(OLD, OLD, REF, MASK, REWARDS, 2, placement="none", beta=0.5, aggregation="token-mean")
+    want = -sum(adv[b] * LENS[b] for b in range(4)) / 10
     assert none.loss.item() == pytest.approx(want, abs=1e-12) and none.kl_term.item() == 0.0
-    zero = grpo_loss(OLD, OLD, REF, MASK, REWARDS, 2, placement="k3-in-loss", beta=0.0)
+    assert none.kl_term.dtype == D and none.loss.item() == none.policy_loss.item()
+    zero = grpo_loss(OLD, OLD, REF, MASK, REWARDS, 2, placement="k3-in-loss", beta=0.0, aggregation="token-mean")
     assert zero.loss.item() == pytest.approx(want, abs=1e-12)
     assert zero.kl_term.item() > 0  # the KL is still reported when it does not enter the loss
-    dr = grpo_loss(OLD, OLD, REF, MASK, REWARDS, 2, placement="none", normalize_std=False)
+    zero_r = grpo_loss(OLD, OLD, REF, MASK, REWARDS, 2, placement="k3-in-reward", beta=0.0, aggregation="token-mean")
+    assert zero_r.loss.item() == pytest.approx(want, abs=1e-12) and torch.isfinite(zero_r.kl_term)
     centred = [0.5, -0.5, -0.25, 0.25]
-    assert dr.loss.item() == pytest.approx(-agg([[centred[b]] * LENS[b] for b in range(4)], "sequence-mean"))
-    clipped = grpo_loss(OLD, OLD, REF, MASK, REWARDS, 2, placement="none", clip_std=(1.0, 2.0))
+    want_dr = -sum(centred[b] * LENS[b] for b in range(4)) / 10
+    dr = grpo_loss(OLD, OLD, REF, MASK, REWARDS, 2, placement="none", normalize_std=False, aggregation="token-mean")
+    assert dr.loss.item() == pytest.approx(want_dr, abs=1e-15)
+    clipped = grpo_loss(OLD, OLD, REF, MASK, REWARDS, 2, placement="none", clip_std=(1.0, 2.0), aggregation="token-mean")
     # stds are sqrt(0.5) and sqrt(0.125), both raised to 1: the advantages are the centred rewards
-    assert clipped.loss.item() == pytest.approx(dr.loss.item(), abs=1e-15)
+    assert clipped.loss.item() == pytest.approx(want_dr, abs=1e-15)
+    same = group_advantages(REWARDS, 2, clip_std=(0.5, 0.5))  # lo == hi is allowed: a fixed divisor
+    assert same.tolist() == pytest.approx([c / 0.5 for c in centred], abs=1e-15)
+
+
+def test_dtypes_follow_the_log_probabilities():
+    lp, old, ref = OLD.float(), OLD.float(), REF.float()
+    for placement in ("k3-in-reward", "k3-in-loss", "none"):
+        out = grpo_loss(lp, old, ref, MASK, REWARDS.float(), 2, placement=placement)  # float64 mask
+        assert out.loss.dtype == out.kl_term.dtype == torch.float32, placement
 
 
 def test_grpo_outputs_pass_the_checklist():
@@ -208,3 +223,11 @@ def test_expected_in_loss_gradient_values():
     assert v3w.item() == pytest.approx(0.5 * k("k3", l1) + 0.5 * k("k3", l2), abs=1e-15)
     with pytest.raises(ValueError, match="1-D"):
         expected_in_loss_gradient(logits[None], ref[None])
+    # float32 logits are evaluated in float64; a sampler with a zero entry is a valid sampler
+    v32, g32 = expected_in_loss_gradient(logits.float(), ref.float(), "k2")
+    assert v32.dtype == g32.dtype == D and v32.item() == pytest.approx(v2.item(), abs=1e-7)
+    v0, _ = expected_in_loss_gradient(logits, ref, "k1", sampling_probs=torch.tensor([1.0, 0.0], dtype=D))
+    assert v0.item() == pytest.approx(l1, abs=1e-15)
+    for bad in (torch.tensor([0.5, 0.25, 0.25], dtype=D), torch.tensor([1.5, -0.5], dtype=D), torch.tensor([0.5, 0.6], dtype=D)):
+        with pytest.raises(ValueError, match="sampling_probs"):
+            expected_in_loss_gradient(logits, ref, sampling_probs=bad)
