@@ -130,3 +130,36 @@ def test_simulated_run_measures_with_the_chosen_estimator():
     ell = torch.log(pi[idx]) - torch.log(BANDIT.ref_probs[idx])
     assert run.kl_measured[0] == pytest.approx(float((torch.expm1(-ell) + ell).mean()), rel=1e-10)
     assert run.kl[0] == pytest.approx(BANDIT.optimal_kl(0.5), rel=1e-12)
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda v: S.FixedKL(v), "beta"),
+    (lambda v: S.AdaptiveKLController(v, 1.0, 10), "beta"),
+    (lambda v: S.AdaptiveKLController(0.1, v, 10), "target"),
+    (lambda v: S.AdaptiveKLController(0.1, 1.0, v), "horizon"),
+    (lambda v: S.AdaptiveKLController(0.1, 1.0, 10, clip=v), "clip"),
+    (lambda v: S.PPOPenaltyKL(0.1, v), "target"),
+    (lambda v: S.PPOPenaltyKL(0.1, 1.0, tolerance=v), "tolerance"),
+    (lambda v: S.PPOPenaltyKL(0.1, 1.0, factor=v), "factor"),
+    (lambda v: S.LinearBeta(v, 0.1, 5), "start"),
+    (lambda v: S.CosineBeta(1.0, v, 5), "end"),
+])
+def test_each_bad_argument_is_named(make, name):
+    with pytest.raises(ValueError, match=f"^{name} must be a finite number > 0"):
+        make(-1.0)
+    with pytest.raises(TypeError, match=f"^{name} must be a real number"):
+        make("x")
+
+
+def test_bad_counts_and_kl_are_named():
+    with pytest.raises(ValueError, match="^steps must be an integer >= 1"):
+        S.ExponentialBeta(1.0, 0.1, 2.5)
+    s = S.AdaptiveKLController(0.1, 1.0, 10)
+    with pytest.raises(ValueError, match="^n_steps must be an integer >= 1"):
+        s.update(1.0, n_steps=-3)
+    with pytest.raises(ValueError, match="^kl must be finite"):
+        s.update(float("inf"))
+    with pytest.raises(TypeError, match="^kl must be a real number"):
+        s.error("big")
+    with pytest.raises(ValueError, match="^kl must be finite"):
+        s.error(float("nan"))
