@@ -165,7 +165,7 @@ class _Annealing(BetaSchedule):
     """beta(k) = f(k / steps) between ``start`` and ``end`` for k = 0..steps, then ``end``."""
 
     def __init__(self, start: float, end: float, steps: int):
-        super().__init__(start)
+        super().__init__(_positive("start", start))  # name the argument the user gave
         self.start = _positive("start", start)
         self.end = _positive("end", end)
         self.steps = _count("steps", steps)
