@@ -566,6 +566,7 @@ def maximize_objective_numerically(ref_probs: Tensor, rewards: Tensor, beta: flo
 
 def kl_location_table() -> list[dict[str, str]]:
     """Where the KL (or its stand-in) sits in each method: one row per method, for the chapter's table."""
+    # pragma: no mutate block -- prose cells, not values (chapter 5's stored table output pins them)
     return [
         {"method": "PPO-RLHF (InstructGPT)", "reference model": "yes", "where the KL sits": "explicit: -beta*k1 per token in the reward",
          "what it regularises towards": "pi_ref, via the reverse KL"},
