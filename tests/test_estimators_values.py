@@ -199,6 +199,8 @@ def test_gaussian_k3_variance_equal_distributions():
     out = est.gaussian_k3_variance(0.2, 0.7, 0.2, 0.7)
     assert out["kl"] == 0.0 and out["var_k1"] == 0.0 and out["var_rho"] == pytest.approx(0.0, abs=1e-12)
     assert out["lambda_opt"] == 1.0  # no variance to reduce: the k3 weight
+    unit = est.gaussian_k3_variance(0.0, 1.0, 0.0, 1.0)  # here Var(rho) is exactly 0.0 in floating point
+    assert unit["var_rho"] == 0.0 and unit["lambda_opt"] == 1.0 and unit["var_k3"] == 0.0
 
 
 def test_enumerate_autoregressive_order_dtype_and_zero_probabilities():
