@@ -65,6 +65,8 @@ def test_inputs_are_converted_to_float_tensors():
     assert dv.kl(torch.tensor([1, 0]), torch.tensor([1, 0])).dtype == D
     assert dv.tv([1, 0], [0, 1]).item() == 1.0 and dv.tv([1, 0], [0, 1]).dtype == D  # integer lists
     assert dv.tv(np.array([1, 0]), np.array([0.5, 0.5])).item() == 0.5
+    # numpy input is taken in float64 whatever its dtype (only torch tensors keep theirs)
+    assert dv.tv(np.array([0.5, 0.5], dtype=np.float32), np.array([1.0, 0.0], dtype=np.float32)).dtype == D
     assert dv.kl_gaussian(0, 1, 1, 1).item() == 0.5 and dv.kl_gaussian(0, 1, 1, 1).dtype == D
     with pytest.raises(TypeError, match="p must be a torch tensor or a numpy array, got str"):
         dv.kl("p", Q)
