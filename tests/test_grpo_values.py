@@ -226,6 +226,11 @@ def test_expected_in_loss_gradient_values():
     # float32 logits are evaluated in float64; a sampler with a zero entry is a valid sampler
     v32, g32 = expected_in_loss_gradient(logits.float(), ref.float(), "k2")
     assert v32.dtype == g32.dtype == D and v32.item() == pytest.approx(v2.item(), abs=1e-7)
+    q32 = torch.tensor([0.75, 0.25])  # exact in float32; its log must still be taken in float64
+    v_iw32, g_iw32 = expected_in_loss_gradient(logits, ref, sampling_probs=q32, importance_weighted=True)
+    v_iw64, g_iw64 = expected_in_loss_gradient(logits, ref, sampling_probs=q32.double(), importance_weighted=True)
+    assert v_iw32.item() == pytest.approx(v_iw64.item(), abs=1e-15)
+    assert g_iw32.tolist() == pytest.approx(g_iw64.tolist(), abs=1e-15)
     v0, _ = expected_in_loss_gradient(logits, ref, "k1", sampling_probs=torch.tensor([1.0, 0.0], dtype=D))
     assert v0.item() == pytest.approx(l1, abs=1e-15)
     for bad in (torch.tensor([0.5, 0.25, 0.25], dtype=D), torch.tensor([1.5, -0.5], dtype=D), torch.tensor([0.5, 0.6], dtype=D)):
