@@ -165,8 +165,9 @@ class _Annealing(BetaSchedule):
     """beta(k) = f(k / steps) between ``start`` and ``end`` for k = 0..steps, then ``end``."""
 
     def __init__(self, start: float, end: float, steps: int):
-        super().__init__(_positive("start", start))  # name the argument the user gave
-        self.start = _positive("start", start)
+        start = _positive("start", start)  # checked first, so that a bad start is reported as "start"
+        super().__init__(start)
+        self.start = start
         self.end = _positive("end", end)
         self.steps = _count("steps", steps)
 
