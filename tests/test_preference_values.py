@@ -222,3 +222,42 @@ def test_train_tabular_records_and_first_step(method):
         P.train_tabular(method, ch, rj, ref, lengths, 0.5, features=torch.ones(2, 1, dtype=D))
     with pytest.raises(ValueError, match="steps"):
         P.train_tabular(method, ch, rj, ref, lengths, 0.5, steps=0)
+
+
+@pytest.mark.parametrize("method", ["dpo", "ipo", "simpo", "orpo"])
+def test_train_tabular_is_full_batch_adam_from_the_reference(method):
+    """Every recorded policy and loss equals an independent re-run of the documented loop."""
+    ref = torch.tensor([0.4, 0.35, 0.25], dtype=D)
+    ch, rj = torch.tensor([2, 1, 2, 0]), torch.tensor([0, 0, 1, 1])
+    lengths = torch.tensor([2.0, 3.0, 4.0], dtype=D)
+    feats = torch.tensor([[1.0, 0.5], [0.0, 1.0], [2.0, -1.0]], dtype=D)
+    res = P.train_tabular(method, ch, rj, ref, lengths.long(), beta=0.7, gamma=0.3, steps=5, lr=0.2,
+                          features=feats, record_every=2)
+    theta = torch.zeros(2, dtype=D, requires_grad=True)
+    opt = torch.optim.Adam([theta], lr=0.2)
+    ref_logp = ref.log()
+    probs, losses = [], []
+    for step in range(6):
+        opt.zero_grad()
+        logp = torch.log_softmax(ref_logp + feats @ theta, -1)
+        lw, ll = logp[ch], logp[rj]
+        if method == "dpo":
+            loss = P.dpo_loss(lw, ll, ref_logp[ch], ref_logp[rj], 0.7).loss
+        elif method == "ipo":
+            loss = P.ipo_loss(lw, ll, ref_logp[ch], ref_logp[rj], 0.7).loss
+        elif method == "simpo":
+            loss = P.simpo_loss(lw, ll, lengths[ch], lengths[rj], 0.7, 0.3).loss
+        else:
+            loss = P.orpo_loss(lw, ll, lengths[ch], lengths[rj], 0.7).loss
+        if step in (0, 2, 4, 5):
+            probs.append(torch.softmax(ref_logp + feats @ theta, -1).detach().clone())
+            losses.append(loss.item())
+        if step == 5:
+            break
+        loss.backward()
+        opt.step()
+    assert res.steps.tolist() == [0, 2, 4, 5]
+    assert res.loss_history.tolist() == pytest.approx(losses, abs=1e-14)
+    assert res.probs_history.flatten().tolist() == pytest.approx(torch.stack(probs).flatten().tolist(), abs=1e-14)
+    assert res.probs.tolist() == pytest.approx(probs[-1].tolist(), abs=1e-14)
+
