@@ -347,8 +347,7 @@ def kto_loss(
     )
     rewards = (beta * rho).detach()
     chosen, rejected = rewards[desirable], rewards[~desirable]
-    # the difference of the two sides' mean rewards; undefined (NaN) when a side has no example
-    margin = chosen.mean() - rejected.mean() if chosen.numel() and rejected.numel() else torch.full((), float("nan"), dtype=rewards.dtype)
+    margin = chosen.mean() - rejected.mean()  # the mean of an empty side is NaN, and so is the margin
     return PreferenceLoss(
         loss=losses.mean(),
         losses=losses.detach(),

@@ -62,6 +62,11 @@ SKIP_LINES = (
 )
 
 
+# mutmut's verdicts that count as caught: a test failed, or the mutant hung (an infinite loop the
+# tests would never let through).
+CAUGHT = ("killed", "timeout")
+
+
 def test_files(name: str) -> list[str]:
     source, globs = MODULES[name]
     stem = name.split(".")[-1]
@@ -139,7 +144,7 @@ def run_module(name: str, workers: int) -> dict:
         m = re.match(r"^\s*(kltutor\.\S+__mutmut_\d+): (.+)$", line)
         if m:
             status[m.group(1)] = m.group(2).strip()
-    survivors = sorted((k for k, v in status.items() if v != "killed"), key=_natural)
+    survivors = sorted((k for k, v in status.items() if v not in CAUGHT), key=_natural)
     with open(work / "survivors.txt", "w") as fh:
         for s in survivors:
             diff = mutmut(work, "show", s)
@@ -168,11 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         res = run_module(name, args.workers)
         st = res["status"]
         n = len(st)
-        killed = sum(v == "killed" for v in st.values())
+        killed = sum(v in CAUGHT for v in st.values())
         equiv = [s for s in res["survivors"] if s in equivalents]
         unexplained = [s for s in res["survivors"] if s not in equivalents]
         prefix = "kltutor." + MODULES[name][0][len("kltutor/"):-3].replace("/", ".") + "."
-        stale = [k for k in equivalents if k.startswith(prefix) and st.get(k) == "killed"]
+        stale = [k for k in equivalents if k.startswith(prefix) and st.get(k) in CAUGHT]
         score = killed / n if n else 1.0
         failed |= score < args.target or bool(unexplained)
         rows.append((name, n, killed, len(equiv), len(unexplained), score, (killed + len(equiv)) / n if n else 1.0))

@@ -261,3 +261,175 @@ def test_train_tabular_is_full_batch_adam_from_the_reference(method):
     assert res.probs_history.flatten().tolist() == pytest.approx(torch.stack(probs).flatten().tolist(), abs=1e-14)
     assert res.probs.tolist() == pytest.approx(probs[-1].tolist(), abs=1e-14)
 
+
+
+def _valid_args():
+    lp = {"policy_chosen_logp": PW, "policy_rejected_logp": PL, "ref_chosen_logp": RW, "ref_rejected_logp": RL}
+    lens = {"chosen_len": LW, "rejected_len": LL}
+    return {
+        "dpo": (P.dpo_loss, dict(lp, beta=0.4), list(lp), []),
+        "ipo": (P.ipo_loss, dict(lp, tau=0.4), list(lp), []),
+        "simpo": (P.simpo_loss, dict(policy_chosen_logp=PW, policy_rejected_logp=PL, **lens, beta=2.0, gamma=0.1),
+                  ["policy_chosen_logp", "policy_rejected_logp"], list(lens)),
+        "orpo": (P.orpo_loss, dict(policy_chosen_logp=PW, policy_rejected_logp=PL, **lens, lam=0.2),
+                 ["policy_chosen_logp", "policy_rejected_logp"], list(lens)),
+        "kto": (P.kto_loss, dict(policy_logp=PW, ref_logp=RW, desirable=torch.tensor([True, False, True]),
+                                 policy_kl_logp=PL[:2], ref_kl_logp=RL[:2], beta=0.4),
+                ["policy_logp", "ref_logp", "policy_kl_logp", "ref_kl_logp"], []),
+    }
+
+
+@pytest.mark.parametrize("method", ["dpo", "ipo", "simpo", "orpo", "kto"])
+def test_every_tensor_argument_is_checked_and_named(method):
+    fn, args, logps, lengths = _valid_args()[method]
+    fn(**args)  # valid
+    for name in logps + lengths:
+        bad = dict(args)
+        bad[name] = args[name].clone()
+        bad[name][1] = float("nan")
+        with pytest.raises(ValueError, match=f"^{name} holds NaN or inf"):
+            fn(**bad)
+        bad[name] = args[name][None]
+        with pytest.raises(ValueError, match=f"^{name} must be 1-D"):
+            fn(**bad)
+        bad[name] = args[name][:1]
+        with pytest.raises(ValueError, match=f"same shape.*{name}|{name}.*same shape"):
+            fn(**bad)
+    for name in logps:
+        bad = dict(args)
+        bad[name] = args[name].clone()
+        bad[name][0] = 0.5  # a log-probability above 0 (but below 1)
+        with pytest.raises(ValueError, match=f"^{name} holds positive values"):
+            fn(**bad)
+    for name in lengths:
+        bad = dict(args)
+        bad[name] = args[name].clone()
+        bad[name][2] = 0.0
+        with pytest.raises(ValueError, match=f"^{name} must be positive token counts"):
+            fn(**bad)
+
+
+@pytest.mark.parametrize("method, name, value", [
+    ("dpo", "beta", 0.0), ("ipo", "tau", -1.0), ("simpo", "beta", float("nan")), ("simpo", "gamma", -0.1),
+    ("orpo", "lam", -1.0), ("kto", "beta", 0.0), ("kto", "desirable_weight", -1.0),
+    ("kto", "undesirable_weight", float("inf")),
+])
+def test_every_scalar_argument_is_named(method, name, value):
+    fn, args, _, _ = _valid_args()[method]
+    with pytest.raises(ValueError, match=f"^{name} must be a finite number"):
+        fn(**dict(args, **{name: value}))
+
+
+def test_probability_arguments_are_checked_and_named():
+    ref, r, mu = torch.tensor([0.5, 0.5], dtype=D), torch.tensor([0.0, 1.0], dtype=D), torch.tensor([0.25, 0.75], dtype=D)
+    off = torch.tensor([0.5, 0.6], dtype=D)
+    calls = [
+        ("ref_probs", lambda x: P.optimal_policy(x, r, 1.0)),
+        ("p", lambda x: P.categorical_kl(x, ref)),
+        ("q", lambda x: P.categorical_kl(ref, x)),
+        ("mu", lambda x: P.win_probability_against(r, x)),
+        ("mu", lambda x: P.ipo_optimal_policy(ref, r, 1.0, x)),
+        ("mu", lambda x: P.bradley_terry_pairs(r, x, 3)),
+        ("ref_probs", lambda x: P.maximize_objective_numerically(x, r, 1.0)),
+        ("ref_probs", lambda x: P.train_tabular("dpo", torch.tensor([1]), torch.tensor([0]), x, torch.ones(2), 1.0, steps=1)),
+    ]
+    for name, call in calls:
+        call(mu)  # valid
+        with pytest.raises(ValueError, match=f"^{name} must sum to 1"):
+            call(off)
+        with pytest.raises(ValueError, match=f"^{name} holds negative"):
+            call(torch.tensor([1.5, -0.5], dtype=D))
+    with pytest.raises(ValueError, match="non-empty last axis"):
+        P.categorical_kl(torch.tensor(1.0, dtype=D), torch.tensor(1.0, dtype=D))
+    # tolerances: 1e-6 in float64, 1e-4 in float32
+    near = torch.tensor([0.5, 0.5 + 5e-5])
+    assert P.categorical_kl(near, near).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="sum to 1"):
+        P.categorical_kl(near.double(), near.double())
+    assert P.categorical_kl(torch.tensor([0.5, 0.5 + 5e-7], dtype=D), ref).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="^tau must be"):
+        P.ipo_optimal_policy(ref, r, -1.0, mu)
+    with pytest.raises(ValueError, match="^beta must be"):
+        P.maximize_objective_numerically(ref, r, -1.0)
+
+
+def test_batched_probabilities_reduce_over_the_last_axis():
+    ref = torch.tensor([[0.5, 0.5], [0.25, 0.75]], dtype=D)
+    r = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=D)
+    pi = P.optimal_policy(ref, r, 1.0)
+    e = math.e
+    assert pi.flatten().tolist() == pytest.approx([1 / (1 + e), e / (1 + e), 0.25 * e / (0.25 * e + 0.75), 0.75 / (0.25 * e + 0.75)])
+    kl = P.categorical_kl(pi, ref)
+    assert kl.shape == (2,) and kl.tolist() == pytest.approx([P.categorical_kl(pi[i], ref[i]).item() for i in range(2)])
+    j = P.kl_regularized_objective(pi, ref, r, 1.0)
+    assert j.tolist() == pytest.approx([math.log(0.5 + 0.5 * e), math.log(0.25 * e + 0.75)], abs=1e-15)  # beta log Z
+    w = P.win_probability_against(torch.tensor([0.0, 1.0, 3.0], dtype=D), torch.tensor([0.5, 0.25, 0.25], dtype=D))
+    assert w.tolist() == pytest.approx([0.25 + 0.25 * sig(-1) + 0.25 * sig(-3), 0.5 * sig(1) + 0.125 + 0.25 * sig(-2),
+                                        0.5 * sig(3) + 0.25 * sig(2) + 0.125], abs=1e-15)
+
+
+def test_low_precision_inputs_are_computed_in_their_own_or_double_precision():
+    # float32 rewards are divided by beta in the reference's float64
+    ref = torch.tensor([0.5, 0.3, 0.2], dtype=D)
+    r32 = torch.tensor([0.1, 0.7, 0.3])
+    assert P.optimal_policy(ref, r32, 0.3).tolist() == pytest.approx(P.optimal_policy(ref, r32.double(), 0.3).tolist(), abs=1e-16)
+    num = P.maximize_objective_numerically(ref.float(), r32, 0.5)
+    assert num.dtype == D and num.tolist() == pytest.approx(P.optimal_policy(ref, r32.double(), 0.5).tolist(), abs=1e-7)
+    # lengths do not change the dtype of the log-probabilities
+    out = P.simpo_loss(PW.float(), PL.float(), LW, LL, 2.0, 0.1)
+    assert out.chosen_rewards.dtype == out.loss.dtype == torch.float32
+    out = P.orpo_loss(PW.float(), PL.float(), LW, LL, 0.2)
+    assert out.chosen_rewards.dtype == out.extras["nll"].dtype == torch.float32
+    kto = P.kto_loss(PW, RW, torch.tensor([True, True, True]), PL, RL, 0.4)
+    assert kto.margins.dtype == kto.accuracy.dtype == D
+
+
+def test_implicit_reward_and_orpo_edge_checks():
+    with pytest.raises(TypeError, match="torch tensors"):
+        P.implicit_reward([0.0], torch.zeros(1), 1.0)
+    with pytest.raises(TypeError, match="torch tensors"):
+        P.implicit_reward(torch.zeros(1), [0.0], 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        P.implicit_reward(torch.zeros(2), torch.tensor([0.0, float("nan")]), 1.0)
+    with pytest.raises(ValueError, match="^beta must be"):
+        P.implicit_reward(torch.zeros(2), torch.zeros(2), 0.0)
+    with pytest.raises(ValueError, match="infinite odds"):  # a rejected response of probability 1
+        P.orpo_loss(PW, torch.tensor([-1.0, 0.0, -2.0], dtype=D), LW, LL, 0.2)
+    with pytest.raises(ValueError, match=r"^rewards and mu must be 1-D of the same shape"):
+        P.bradley_terry_pairs(torch.zeros(3, dtype=D), torch.tensor([0.5, 0.5], dtype=D), 2)
+    ch, rj = P.bradley_terry_pairs(torch.zeros(2, dtype=D), torch.tensor([0.5, 0.5], dtype=D), 1)
+    assert ch.shape == (1,) and ch.item() != rj.item()
+
+
+def test_kto_default_weights_on_undesirable_examples():
+    logp, ref = torch.tensor([-2.0, -4.0], dtype=D), torch.tensor([-3.0, -3.0], dtype=D)
+    out = P.kto_loss(logp, ref, torch.tensor([False, False]), logp, ref, 0.5)  # z0 = max(0, 0) = 0
+    assert out.losses.tolist() == pytest.approx([1 - sig(0.5 * (0 - 1.0)), 1 - sig(0.5 * (0 + 1.0))], abs=1e-15)
+
+
+def test_train_tabular_defaults_and_argument_checks():
+    ref = torch.tensor([0.5, 0.3, 0.2], dtype=D)
+    ch, rj = torch.tensor([2, 1]), torch.tensor([0, 2])
+    lengths = torch.tensor([2, 3, 4])
+    default = P.train_tabular("simpo", ch, rj, ref, lengths, beta=2.0)
+    explicit = P.train_tabular("simpo", ch, rj, ref, lengths.double(), beta=2.0, gamma=0.0, steps=2000, lr=0.05,
+                               record_every=50)
+    assert default.steps.tolist() == list(range(0, 2001, 50))
+    assert torch.equal(default.probs_history, explicit.probs_history)
+    assert torch.equal(default.loss_history, explicit.loss_history)
+    one = P.train_tabular("dpo", ch[:1], rj[:1], ref, lengths, 1.0, steps=1, record_every=1)  # one pair, one step
+    assert one.steps.tolist() == [0, 1]
+    # float32 inputs are trained in float64 (Adam's normalised first steps would amplify float32 rounding)
+    f32 = P.train_tabular("dpo", ch, rj, ref.float(), lengths, 1.0, steps=3, lr=0.1, features=torch.eye(3))
+    f64 = P.train_tabular("dpo", ch, rj, ref.float().double(), lengths, 1.0, steps=3, lr=0.1)
+    assert f32.probs.dtype == D and torch.equal(f32.probs_history, f64.probs_history)
+    bad = [
+        dict(ref_probs=ref[None]), dict(lengths=lengths[:2]), dict(chosen=ch[:1]), dict(chosen=ch[None], rejected=rj[None]),
+        dict(chosen=ch[:0], rejected=rj[:0]), dict(chosen=torch.tensor([-1, 0])), dict(rejected=torch.tensor([0, -1])),
+        dict(chosen=torch.tensor([3, 0])), dict(rejected=torch.tensor([0, 3])), dict(steps=0), dict(record_every=0),
+    ]
+    for b in bad:
+        kw = dict(method="dpo", chosen=ch, rejected=rj, ref_probs=ref, lengths=lengths, beta=1.0, steps=1)
+        kw.update(b)
+        with pytest.raises(ValueError):
+            P.train_tabular(**kw)
