@@ -235,3 +235,76 @@ def test_sample_comparisons_and_bradley_terry_fit():
         oo.fit_bradley_terry(x, y, l2=-1.0)
     with pytest.raises(ValueError, match="n_pairs"):
         oo.sample_comparisons(world, 0)
+
+
+def test_probability_and_reward_arguments_are_checked_and_named():
+    calls = [
+        ("p", lambda x: oo.kl_categorical(x, [0.5, 0.5])), ("q", lambda x: oo.kl_categorical([0.5, 0.5], x)),
+        ("p", lambda x: oo.chi2_divergence(x, [0.5, 0.5])), ("q", lambda x: oo.chi2_divergence([0.5, 0.5], x)),
+        ("ref_probs", lambda x: oo.best_of_n_policy(x, [0.0, 1.0], 2)),
+        ("ref_probs", lambda x: oo.tilted_policy(x, [0.0, 1.0], 1.0)),
+    ]
+    for name, call in calls:
+        call([0.25, 0.75])  # valid
+        with pytest.raises(ValueError, match=f"^{name} must sum to 1"):
+            call([0.5, 0.6])
+        with pytest.raises(ValueError, match=f"^{name} must hold finite"):
+            call([float("nan"), 1.0])
+        with pytest.raises(ValueError, match=f"^{name} must be a non-empty 1-D"):
+            call([[0.5, 0.5]])
+    for bad in (0.0, -1.0, float("nan"), "1"):
+        with pytest.raises(ValueError, match="beta"):
+            oo.tilted_policy([0.5, 0.5], [0.0, 1.0], bad)
+    # float32 rewards are used in float64
+    r32 = torch.tensor([0.1, 0.7, 0.3])
+    ref = [0.5, 0.3, 0.2]
+    assert oo.tilted_policy(ref, r32, 0.3).tolist() == pytest.approx(oo.tilted_policy(ref, r32.double(), 0.3).tolist(), abs=1e-16)
+    # integer rewards; F = 0.5, 0.7, 1 in reward order (responses 0, 2, 1)
+    assert oo.best_of_n_policy(ref, [1, 3, 2], 2).tolist() == pytest.approx([0.25, 1 - 0.49, 0.49 - 0.25], abs=1e-15)
+
+
+def test_fit_form_and_peak_boundaries():
+    two = oo.fit_form([1.0, 4.0], [1.5, 2.0], "bon")  # exactly two points: an exact fit
+    assert two.n_points == 2 and (two.alpha, two.beta) == pytest.approx((2.0, 0.5), abs=1e-12) and two.rmse < 1e-12
+    with pytest.raises(ValueError, match="alpha > 0"):
+        oo.form_peak(0.0, 0.3, "bon")
+    assert oo.form_peak(0.0, 0.5, "rl")["d"] == pytest.approx(math.exp(-1))  # the rl form peaks for any alpha
+    small = oo.safe_kl_budget(1.2, 0.4, "rl", fraction=0.05)  # the budget lies below d = 1
+    assert small["d"] < 1 and small["gain"] == pytest.approx(0.05 * small["peak_gain"], rel=1e-9)
+    out = oo.gold_fraction_at_kl_fraction(0.25, "bon")
+    assert isinstance(out, float) and out == 0.75
+
+
+def test_world_and_paths_defaults():
+    w = oo.make_world()
+    explicit = oo.make_world(n_responses=4096, n_features=8, curvature=0.5, ref_logit_scale=1.0, seed=0)
+    assert torch.equal(w.features, explicit.features) and torch.equal(w.ref_probs, explicit.ref_probs)
+    assert torch.equal(w.gold, explicit.gold) and w.curvature == 0.5
+    tiny = oo.make_world(n_responses=2, n_features=1, curvature=0.0, ref_logit_scale=0.0, seed=3)
+    assert tiny.ref_probs.tolist() == [0.5, 0.5] and torch.allclose(tiny.gold, tiny.features @ tiny.gold_weights)
+    for bad in (dict(n_responses=1), dict(n_features=0), dict(ref_logit_scale=-1.0)):
+        with pytest.raises(ValueError):
+            oo.make_world(**bad)
+    world = small_world()
+    proxy = torch.tensor([0.0, 1.0, 2.0], dtype=D)
+    path = oo.policy_gradient_path(world, proxy)
+    same = oo.policy_gradient_path(world, proxy, kl_coef=0.0, lr=1.0, steps=300, natural=False)
+    assert path == same and len(path["step"]) == 300
+    assert oo.policy_gradient_path(world, proxy, steps=1)["step"] == [1]
+    big = oo.make_world(n_responses=64, n_features=3, seed=2)
+    a = oo.proxy_from_comparisons(big, 50)
+    assert torch.equal(a, oo.proxy_from_comparisons(big, 50, seed=0, l2=1e-3))
+    f0, s0, w0 = oo.sample_comparisons(big, 1)  # one pair is enough; default seed 0
+    f1, s1, w1 = oo.sample_comparisons(big, 1, seed=0)
+    assert (f0.tolist(), s0.tolist(), w0.tolist()) == (f1.tolist(), s1.tolist(), w1.tolist())
+    assert w0.dtype == D
+
+
+def test_fit_bradley_terry_input_dtypes():
+    x = torch.tensor([[1.0, 0.5], [-0.3, 1.0], [0.7, -0.2], [0.1, 0.1]])
+    y = [1, 0, 1, 1]
+    w32 = oo.fit_bradley_terry(x, y, l2=0.05)
+    w64 = oo.fit_bradley_terry(x.double(), torch.tensor(y, dtype=D), l2=0.05)
+    assert w32.dtype == D and torch.equal(w32, w64)
+    with pytest.raises(ValueError, match=r"feature_diff must be \[N, D\]"):
+        oo.fit_bradley_terry(x[0], y)
