@@ -51,6 +51,10 @@ def test_ipo_every_field_with_tau():
     assert out.margins.tolist() == pytest.approx([tau * (c - r) for c, r in zip(cr, rr)], abs=1e-15)
     assert out.accuracy.item() == pytest.approx(2 / 3)
     assert out.loss.item() == pytest.approx(sum((c - r - 2.5) ** 2 for c, r in zip(cr, rr)) / 3, abs=1e-14)
+    # log-ratios other than +-1, where tau * ratio and tau / ratio differ
+    two = P.ipo_loss(PW, PL - 1.0, RW - 3.0, RL, tau)  # chosen ratios 4, 3.5, 2; rejected -2, -2, 0
+    assert two.chosen_rewards.tolist() == pytest.approx([0.8, 0.7, 0.4], abs=1e-15)
+    assert two.rejected_rewards.tolist() == pytest.approx([-0.4, -0.4, 0.0], abs=1e-15)
 
 
 def test_simpo_every_field_with_gamma():
@@ -350,6 +354,12 @@ def test_probability_arguments_are_checked_and_named():
     assert P.categorical_kl(torch.tensor([0.5, 0.5 + 5e-7], dtype=D), ref).item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="^tau must be"):
         P.ipo_optimal_policy(ref, r, -1.0, mu)
+    with pytest.raises(ValueError, match="^beta must be a finite number > 0"):
+        P.optimal_policy(ref, r, 0.0)
+    with pytest.raises(ValueError, match="^beta must be a finite number >= 0"):
+        P.kl_regularized_objective(ref, ref, r, -0.5)
+    with pytest.raises(ValueError, match="sum to 1"):  # float32: 1e-4 of slack, not more
+        P.categorical_kl(torch.tensor([0.5, 0.51]), torch.tensor([0.5, 0.5]))
     with pytest.raises(ValueError, match="^beta must be"):
         P.maximize_objective_numerically(ref, r, -1.0)
 
@@ -381,6 +391,7 @@ def test_low_precision_inputs_are_computed_in_their_own_or_double_precision():
     assert out.chosen_rewards.dtype == out.loss.dtype == torch.float32
     out = P.orpo_loss(PW.float(), PL.float(), LW, LL, 0.2)
     assert out.chosen_rewards.dtype == out.extras["nll"].dtype == torch.float32
+    assert out.rejected_rewards.dtype == out.loss.dtype == torch.float32
     kto = P.kto_loss(PW, RW, torch.tensor([True, True, True]), PL, RL, 0.4)
     assert kto.margins.dtype == kto.accuracy.dtype == D
 
@@ -424,13 +435,24 @@ def test_train_tabular_defaults_and_argument_checks():
     f32 = P.train_tabular("dpo", ch, rj, ref.float(), lengths, 1.0, steps=3, lr=0.1, features=torch.eye(3))
     f64 = P.train_tabular("dpo", ch, rj, ref.float().double(), lengths, 1.0, steps=3, lr=0.1)
     assert f32.probs.dtype == D and torch.equal(f32.probs_history, f64.probs_history)
+    pairs, index, counts = "non-empty 1-D index tensors", r"indices must lie in \[0, 3\)", "steps and record_every"
     bad = [
-        dict(ref_probs=ref[None]), dict(lengths=lengths[:2]), dict(chosen=ch[:1]), dict(chosen=ch[None], rejected=rj[None]),
-        dict(chosen=ch[:0], rejected=rj[:0]), dict(chosen=torch.tensor([-1, 0])), dict(rejected=torch.tensor([0, -1])),
-        dict(chosen=torch.tensor([3, 0])), dict(rejected=torch.tensor([0, 3])), dict(steps=0), dict(record_every=0),
+        (dict(ref_probs=ref[None]), "1-D over the same responses"), (dict(lengths=lengths[:2]), "1-D over the same"),
+        (dict(chosen=ch[:1]), pairs), (dict(chosen=ch[None], rejected=rj[None]), pairs),
+        (dict(chosen=ch[:0], rejected=rj[:0]), pairs), (dict(chosen=torch.tensor([-1, 0])), index),
+        (dict(rejected=torch.tensor([0, -1])), index), (dict(chosen=torch.tensor([3, 0])), index),
+        (dict(rejected=torch.tensor([0, 3])), index), (dict(steps=0), counts), (dict(record_every=0), counts),
     ]
-    for b in bad:
+    for b, match in bad:
         kw = dict(method="dpo", chosen=ch, rejected=rj, ref_probs=ref, lengths=lengths, beta=1.0, steps=1)
         kw.update(b)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=match):
             P.train_tabular(**kw)
+
+
+def test_train_tabular_orpo_with_a_response_of_probability_one_in_float64():
+    """log_softmax gives exactly 0 for a response whose rivals are 1e-18 likely: ORPO is fed -1e-12, not 0."""
+    ref = torch.tensor([1.0, 1e-18, 1e-18], dtype=D)  # sums to 1 in float64
+    for ch, rj in (([0], [1]), ([1], [0])):
+        res = P.train_tabular("orpo", torch.tensor(ch), torch.tensor(rj), ref, torch.ones(3), 0.5, steps=2)
+        assert torch.isfinite(res.loss_history).all()
