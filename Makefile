@@ -22,7 +22,7 @@ TPY := $(TRAINERS_VENV)/bin/python
 OPENRLHF_VERSION ?= 0.11.2
 DEEPSPEED_VERSION ?= 0.19.6
 
-.PHONY: help setup setup-browser notebooks site book test unit nbval nbval-perturbed browser-test pdf clean trainers-venv trainers-test trainers-data
+.PHONY: help setup setup-browser notebooks site book test unit nbval nbval-perturbed browser-test pdf mutation clean trainers-venv trainers-test trainers-data
 
 help:
 	@echo "make book   - set up, execute every chapter with papermill, build the site into _build/html"
@@ -105,6 +105,13 @@ trainers-data: trainers-venv
 
 browser-test: setup setup-browser
 	$(PY) -m pytest -p no:cacheprovider -m browser tests
+
+# Mutation testing of the core modules (not part of `make test` or CI; docs/CONVENTIONS.md).
+# MODULES=estimators limits it to some modules; WORKERS_MUTATION sets mutmut's worker processes.
+WORKERS_MUTATION ?= 1
+mutation: setup
+	$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install -q "$$($(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["mutation"])')"
+	nice -n 10 $(PY) scripts/mutation.py --workers $(WORKERS_MUTATION) $(MODULES)
 
 clean:
 	rm -rf _build

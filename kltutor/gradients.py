@@ -132,9 +132,8 @@ def exact_kl_gradients(
     out["true"] = torch.stack([ga, gb]).detach()
     for key in ESTIMATOR_PLACEMENTS:
         s = (probs * _surrogate(policy, reference, seqs, key, level, reward_form)).sum()
-        ga, gb = torch.autograd.grad(s, params, allow_unused=True)
-        ga = torch.zeros((), dtype=torch.float64) if ga is None else ga
-        gb = torch.zeros((), dtype=torch.float64) if gb is None else gb
+        # both parameters enter every surrogate (b multiplies c_t even where c_t = 0): no None gradient
+        ga, gb = torch.autograd.grad(s, params)
         out[key] = torch.stack([ga, gb]).detach()
     return out
 

@@ -329,7 +329,8 @@ def kto_loss(
     :math:`\\pi_\\theta`, so it is a batch-level log-ratio average clamped at 0 (claim
     ``kto-reference-point`` in :mod:`kltutor.claims`). ``chosen_rewards`` holds :math:`\\beta\\ell` of
     the desirable examples and ``rejected_rewards`` that of the undesirable ones (different sizes:
-    ``margins`` is the difference of their means, ``accuracy`` is not defined and set to NaN).
+    ``margins`` is the difference of their means, NaN when one side has no example; ``accuracy``
+    is not defined and set to NaN).
     """
     beta = _check_positive("beta", beta)
     desirable_weight = _check_nonnegative("desirable_weight", desirable_weight)
@@ -348,9 +349,7 @@ def kto_loss(
     )
     rewards = (beta * rho).detach()
     chosen, rejected = rewards[desirable], rewards[~desirable]
-    margin = (chosen.mean() if chosen.numel() else torch.zeros((), dtype=rewards.dtype)) - (
-        rejected.mean() if rejected.numel() else torch.zeros((), dtype=rewards.dtype)
-    )
+    margin = chosen.mean() - rejected.mean()  # the mean of an empty side is NaN, and so is the margin
     return PreferenceLoss(
         loss=losses.mean(),
         losses=losses.detach(),
@@ -568,6 +567,7 @@ def maximize_objective_numerically(ref_probs: Tensor, rewards: Tensor, beta: flo
 
 def kl_location_table() -> list[dict[str, str]]:
     """Where the KL (or its stand-in) sits in each method: one row per method, for the chapter's table."""
+    # pragma: no mutate block -- prose cells, not values (chapter 5's stored table output pins them)
     return [
         {"method": "PPO-RLHF (InstructGPT)", "reference model": "yes", "where the KL sits": "explicit: -beta*k1 per token in the reward",
          "what it regularises towards": "pi_ref, via the reverse KL"},
