@@ -327,11 +327,12 @@ def _step(ctx: StepContext, step: int) -> StepRow:
     use_amp = device.type == "cuda" and cfg.bf16
     beta = float(ctx.schedule.beta)
     clip_fracs, grad_norms, losses, kl_terms = [], [], [], []
-    for _ in range(cfg.updates_per_batch):
+    for u in range(cfg.updates_per_batch):
         with phase("forward"), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            # the first update runs at the sampling-time parameters: it reuses the sampler's matrix products
             st = sequence_stats(policy, ids, attn, n_prompt, ctx.ref if exact else None, cfg.logprob_chunk,
                                 cfg.temperature, ref_hidden=scores.ref_hidden if exact else None,
-                                prompt_index=batch.prompt_index)
+                                prompt_index=batch.prompt_index, activations=batch.activations if u == 0 else None)
             loss, kl_term, clip_frac = _loss(cfg, st, old, mask, rewards, beta)
         with phase("backward"):
             ctx.optimizer.zero_grad(set_to_none=True)
