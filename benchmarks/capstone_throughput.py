@@ -100,7 +100,7 @@ class Capstone:
         self.ref, _ = load_model(model_dir, device)
         self.ref.requires_grad_(False).eval()
         self.policy.train()
-        opt = torch.optim.AdamW(self.policy.parameters(), lr=lr, weight_decay=0.0, fused=device.type == "cuda")
+        opt = loop.make_optimizer(self.policy.parameters(), lr)  # fused AdamW, as transformers' Trainer uses
         self.sampler = loop.make_sampler(self.cfg, self.policy, self.ref, self.tok, self.task, device,
                                          min_new_tokens=sz["max_new_tokens"])
         self.timings: dict[str, float] = {}

@@ -363,16 +363,30 @@ class KnownGateUp(torch.autograd.Function):
         return None, gx, gwg, gwu, gbg, gbu
 
 
-def _residual_linear(x: Tensor, a: Tensor, w: Tensor, b: Tensor | None, fuse: bool) -> Tensor:
-    """``x + a @ w.T (+ b)``; ``fuse``: in one ``addmm`` (the residual added to the product's accumulator)."""
+def _residual_linear(x: Tensor, a: Tensor, w: Tensor, b: Tensor | None, fuse: bool, out: Tensor | None = None) -> Tensor:
+    """``x + a @ w.T (+ b)``; ``fuse``: in one ``addmm`` (the residual added to the product's accumulator),
+    into ``out`` (``[rows, D]``) if given."""
     if not fuse:
-        return x + F.linear(a, w, b)
+        y = x + F.linear(a, w, b)
+        return y if out is None else out.view(y.shape).copy_(y)
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
-    return torch.addmm(x2 if b is None else x2 + b, a.reshape(-1, a.shape[-1]), w.t()).view(shape)
+    if out is None:
+        return torch.addmm(x2 if b is None else x2 + b, a.reshape(-1, a.shape[-1]), w.t()).view(shape)
+    return torch.addmm(x2 if b is None else x2 + b, a.reshape(-1, a.shape[-1]), w.t(), out=out).view(shape)
 
 
-def layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, attend, rec=None, known: dict | None = None) -> Tensor:
+def _linear(h: Tensor, w: Tensor, b: Tensor | None, out: Tensor | None) -> Tensor:
+    """``F.linear``, into ``out`` (``[rows, F]``) if given."""
+    if out is None:
+        return F.linear(h, w, b)
+    h2 = h.reshape(-1, h.shape[-1])
+    y = torch.mm(h2, w.t(), out=out) if b is None else torch.addmm(b, h2, w.t(), out=out)
+    return y.view(*h.shape[:-1], w.shape[0])
+
+
+def layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, attend, rec=None, known: dict | None = None,
+          dest: dict | None = None) -> Tensor:
     """One decoder layer on hidden states ``x`` ``[A, C, D]`` (batch-major ``[N, L, D]`` or time-major
     ``[L, N, D]``: the layer is elementwise in both leading dimensions except in ``attend``) with rotary
     ``cos`` and signed ``sin`` (:func:`rope_table`) ``[A, C, 1, hd]``. ``attend(q, k, v, scale)`` receives
@@ -383,7 +397,9 @@ def layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, attend, rec
     query/key/value projection, before rotary), ``"o"`` (the residual stream after attention),
     ``"gu"`` (the fused gate/up projection) and ``"down"`` (the residual stream after the MLP).
     ``known`` holds those four values (from a recording at the same parameters): they are used through
-    :class:`Known`, :class:`KnownQKV` and :class:`KnownGateUp` instead of being recomputed (live weights only)."""
+    :class:`Known`, :class:`KnownQKV` and :class:`KnownGateUp` instead of being recomputed (live weights only).
+    ``dest`` (fused weights, no autocast): tensors ``[A*C, F]`` the four products are written into (a
+    recording without copies; instead of ``rec``)."""
     A, C, _ = x.shape
     H, KV, hd = w.n_heads, w.n_kv, w.head_dim
     mm = w.mm_dtype
@@ -392,7 +408,7 @@ def layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, attend, rec
     if known is not None:
         q, k, v = KnownQKV.apply(known["qkv"], h, cos, sin, H, KV, lw["q"], lw["k"], lw["v"], lw["qb"], lw["kb"], lw["vb"])
     elif "qkv" in lw:  # fused: rotary on queries and keys at once
-        qkv = F.linear(h, lw["qkv"], lw["qkvb"])
+        qkv = _linear(h, lw["qkv"], lw["qkvb"], dest and dest["qkv"])
         if rec is not None:
             rec("qkv", qkv)
         qkv = qkv.view(A, C, H + 2 * KV, hd)
@@ -407,14 +423,14 @@ def layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, attend, rec
     if known is not None:
         x = Known.apply(known["o"], o, x, lw["o"], lw["ob"])
     else:
-        x = _residual_linear(x, o, lw["o"], lw["ob"], fuse)
+        x = _residual_linear(x, o, lw["o"], lw["ob"], fuse, dest and dest["o"])
         if rec is not None:
             rec("o", x)
     h = _cast(_rms(x, lw["ln2"], lw["eps2"]), mm)
     if known is not None:
         gate, up = KnownGateUp.apply(known["gu"], h, lw["gate"], lw["up"], lw["gateb"], lw["upb"])
     elif "gu" in lw:
-        gu = F.linear(h, lw["gu"], lw["gub"])
+        gu = _linear(h, lw["gu"], lw["gub"], dest and dest["gu"])
         if rec is not None:
             rec("gu", gu)
         gate, up = gu.chunk(2, dim=-1)
@@ -423,7 +439,7 @@ def layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, attend, rec
     a = F.silu(gate) * up
     if known is not None:
         return Known.apply(known["down"], a, x, lw["down"], lw["downb"])
-    x = _residual_linear(x, a, lw["down"], lw["downb"], fuse)
+    x = _residual_linear(x, a, lw["down"], lw["downb"], fuse, dest and dest["down"])
     if rec is not None:
         rec("down", x)
     return x

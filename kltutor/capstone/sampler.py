@@ -170,10 +170,11 @@ class _Cache:
             x = decoder.layer(w, lw, x, cos, sin, attend, rec)
         return decoder.final_norm(w, x[:, -1])[index]
 
-    def step(self, ids: Tensor, pos: Tensor, wpos: Tensor, t: Tensor) -> Tensor:
+    def step(self, ids: Tensor, pos: Tensor, wpos: Tensor, t: Tensor, t_int: int | None = None) -> Tensor:
         """One token per row (``ids``, rotary positions ``pos``, ``[B]``) written to slot ``wpos`` ``[1]``
         (already opened: :meth:`open_slot`); ``t`` ``[1]``: the completion column it feeds (for the
-        recording). Returns the final hidden states ``[B, D]``."""
+        recording; ``t_int``: the same as a number, when not captured in a graph: the products are then
+        written straight into the recording). Returns the final hidden states ``[B, D]``."""
         w = self.w
         B = ids.shape[0]
         mask = self._mask()
@@ -186,14 +187,16 @@ class _Cache:
                 vc.index_copy_(2, wpos, v.transpose(1, 2).to(vc.dtype))
                 return decoder.attention(q, kc, vc, mask, scale)
 
-            rec = None
+            rec = dest = None
             if record is not None:
                 bufs = record["comp"][li]
+                if t_int is not None:
+                    dest = {k: b[t_int] for k, b in bufs.items()}
+                else:
+                    def rec(name, value, bufs=bufs):
+                        bufs[name].index_copy_(0, t, value.view(1, B, -1))
 
-                def rec(name, value, bufs=bufs):
-                    bufs[name].index_copy_(0, t, value.view(1, B, -1))
-
-            x = decoder.layer(w, lw, x, cos, sin, attend, rec)
+            x = decoder.layer(w, lw, x, cos, sin, attend, rec, dest=dest)
         return decoder.final_norm(w, x[:, 0])
 
     def activations(self, model, U: int, P: int, n: int, owner: dict) -> decoder.Activations | None:
@@ -462,6 +465,7 @@ class Sampler:
              "pol": _Cache(self._pw, B, S, dev, record_T=T if self.keep_activations else 0),
              "ref": _Cache(self._rw, B, S, dev) if self._rw is not None else None,
              "generation": 0,  # sampling calls on these buffers (an Activations of an older call is stale)
+             "t_int": None,  # the decode step's column as a number (eager decoding only; None while capturing)
              "cur": torch.full((B,), self.pad, dtype=torch.long, device=dev),
              "pos": torch.zeros(B, dtype=torch.long, device=dev),
              "wpos": torch.zeros(1, dtype=torch.long, device=dev),
@@ -477,13 +481,14 @@ class Sampler:
         return s
 
     def _decode_step(self, st: dict, greedy: bool, generator=None) -> None:
-        """One decode step on the state's buffers (no host synchronisation: capturable)."""
+        """One decode step on the state's buffers (no host synchronisation: capturable; ``st["t_int"]``:
+        the step's column as a number when decoding eagerly, else None)."""
         if st["ref"] is not None:
             st["ref"].open_slot(st["wpos"])
             rh = st["ref"].step(st["cur"], st["pos"], st["wpos"], st["t"])
             st["out_rh"].index_copy_(0, st["t"], rh[None].float())
         st["pol"].open_slot(st["wpos"])
-        h = st["pol"].step(st["cur"], st["pos"], st["wpos"], st["t"])
+        h = st["pol"].step(st["cur"], st["pos"], st["wpos"], st["t"], st["t_int"])
         self._pick(h, st, greedy, generator)
         st["wpos"].add_(1)
         st["pos"].add_(1)
@@ -500,6 +505,7 @@ class Sampler:
                 for k in ("t", "wpos", "pos"):
                     st[k].zero_()
                 st["done"].zero_()
+                st["t_int"] = None  # the captured step indexes with tensors only
 
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
@@ -552,8 +558,10 @@ class Sampler:
             if self.min_new_tokens <= n and n % self.check_every == 0 and bool(st["done"].all()):
                 break
             if use_graph:
+                st["t_int"] = None
                 st["graph"].replay()
             else:
+                st["t_int"] = n
                 self._decode_step(st, greedy, generator)
             n += 1
         rh = st["out_rh"][:n].transpose(0, 1) if st["ref"] is not None else None
