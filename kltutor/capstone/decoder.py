@@ -445,6 +445,37 @@ def layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, attend, rec
     return x
 
 
+def decode_layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, kc: Tensor, vc: Tensor, bias: Tensor,
+                 wpos: Tensor, dest: dict | None = None) -> Tensor:
+    """:func:`layer` for one token per row on the CPU (fused weights in the residual stream's dtype, attention
+    by batched products), the same arithmetic in fewer operations: ``x`` ``[B, D]``, ``cos``/``sin``
+    ``[B, 1, hd]``; the new key and value go to slot ``wpos`` ``[1]`` of the cache ``kc``, ``vc``
+    ``[B, KV, S, hd]``, whose additive mask is ``bias`` ``[B*KV, 1, S]`` (:func:`attn_mask`); ``dest``: as in
+    :func:`layer` (``[B, F]`` each)."""
+    B = x.shape[0]
+    H, KV, hd = w.n_heads, w.n_kv, w.head_dim
+    S = kc.shape[2]
+    out = dest or {}
+    h = _rms(x, lw["ln1"], lw["eps1"])
+    b = lw["qkvb"]
+    qkv = (torch.mm(h, lw["qkv"].t(), out=out.get("qkv")) if b is None else
+           torch.addmm(b, h, lw["qkv"].t(), out=out.get("qkv"))).view(B, H + 2 * KV, hd)
+    qk = _rotary(qkv[:, :H + KV], cos, sin, qkv.dtype)
+    kc.index_copy_(2, wpos, qk[:, H:, None])
+    vc.index_copy_(2, wpos, qkv[:, H + KV:, None])
+    scores = torch.baddbmm(bias, qk[:, :H].reshape(B * KV, H // KV, hd), kc.view(B * KV, S, hd).transpose(1, 2),
+                           alpha=lw["scale"])
+    o = torch.bmm(torch.softmax(scores, -1), vc.view(B * KV, S, hd)).view(B, H * hd)
+    b = lw["ob"]
+    x = torch.addmm(x if b is None else x + b, o, lw["o"].t(), out=out.get("o"))
+    h = _rms(x, lw["ln2"], lw["eps2"])
+    b = lw["gub"]
+    gu = torch.mm(h, lw["gu"].t(), out=out.get("gu")) if b is None else torch.addmm(b, h, lw["gu"].t(), out=out.get("gu"))
+    gate, up = gu.chunk(2, dim=-1)
+    b = lw["downb"]
+    return torch.addmm(x if b is None else x + b, F.silu(gate).mul_(up), lw["down"].t(), out=out.get("down"))
+
+
 def final_norm(w: Weights, x: Tensor) -> Tensor:
     return _rms(x, w.norm_w, w.norm_eps)
 

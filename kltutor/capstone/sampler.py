@@ -117,6 +117,8 @@ class _Cache:
         self.bmm = decoder._bmm_attention(dtype, device)
         self.valid = torch.zeros(batch, 1, 1, length, dtype=torch.bool, device=device)
         self.bias = torch.zeros(batch * w.n_kv, 1, length, dtype=dtype, device=device) if self.bmm else None
+        # decoder.decode_layer: the CPU's float32 decode step in fewer operations
+        self.fast = self.bmm and dtype == w.embed.dtype
         self.record = None
         if record_T:  # ordinary tensors (not inference tensors): the training forward's autograd graph reads them
             with torch.inference_mode(False):
@@ -177,10 +179,17 @@ class _Cache:
         written straight into the recording). Returns the final hidden states ``[B, D]``."""
         w = self.w
         B = ids.shape[0]
+        record = self.record
+        if self.fast and (record is None or t_int is not None):
+            cos, sin = self.cos[pos].view(B, 1, -1), self.sin[pos].view(B, 1, -1)
+            x = F.embedding(ids, w.embed, w.padding_idx)
+            for li, (lw, kc, vc) in enumerate(zip(w.layers, self.k, self.v)):
+                dest = None if record is None else {k: b[t_int] for k, b in record["comp"][li].items()}
+                x = decoder.decode_layer(w, lw, x, cos, sin, kc, vc, self.bias, wpos, dest)
+            return decoder.final_norm(w, x)
         mask = self._mask()
         cos, sin = self.cos[pos].view(B, 1, 1, -1), self.sin[pos].view(B, 1, 1, -1)
         x = F.embedding(ids, w.embed, w.padding_idx).view(B, 1, -1)
-        record = self.record
         for li, (lw, kc, vc) in enumerate(zip(w.layers, self.k, self.v)):
             def attend(q, k, v, scale, kc=kc, vc=vc):
                 kc.index_copy_(2, wpos, k.transpose(1, 2).to(kc.dtype))
