@@ -53,7 +53,7 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
         return torch.get_autocast_dtype(device_type)
     return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
 
-__all__ = ["support", "Weights", "Activations", "Known", "KnownQKV", "KnownGateUp", "rope_table", "attn_mask", "layer", "attention", "final_norm",
+__all__ = ["support", "Weights", "Activations", "Known", "KnownQKV", "KnownSwiGLU", "rope_table", "attn_mask", "layer", "attention", "final_norm",
            "prompt_index", "completion_hidden"]
 
 
@@ -332,35 +332,35 @@ class KnownQKV(torch.autograd.Function):
         return (None, gx, None, None, None, None, *gw, *_bias_grads(g2, ctx.rows, ctx.bias, need[9:12]))
 
 
-class KnownGateUp(torch.autograd.Function):
-    """The gate and up projections whose fused value ``[A, C, 2 I]`` is known: returns ``gate``, ``up``
-    ``[A, C, I]`` (views of the value); the backward takes their gradients separately (no concatenation).
-    ``KnownGateUp.apply(value, x, w_gate, w_up, b_gate, b_up)``."""
+class KnownSwiGLU(torch.autograd.Function):
+    """``silu(gate) * up`` with ``[gate, up] = x @ [w_gate; w_up].T (+ b)``, every value known: the fused
+    projection ``gu`` ``[A, C, 2 I]``, ``s = silu(gate)`` and the output ``a = s * up`` (``[A, C, I]``).
+    The forward returns ``a``; the backward is autograd's for these operations (``d up = g s``,
+    ``d gate = silu_backward(g up, gate)``, the same kernels) followed by the two projections' (their
+    gradients taken separately: no concatenation).
+    ``KnownSwiGLU.apply(gu, s, a, x, w_gate, w_up, b_gate, b_up)``."""
 
     @staticmethod
-    def forward(ctx, value, x, wg, wu, bg, bu):
+    def forward(ctx, gu, s, a, x, wg, wu, bg, bu):
         ctx.bias = [bg is not None, bu is not None]
-        ctx.save_for_backward(x, wg, wu)
-        gate, up = value.chunk(2, dim=-1)
-        return gate, up
+        ctx.save_for_backward(gu, s, x, wg, wu)
+        return a
 
     @staticmethod
-    def backward(ctx, gg, gu):
-        x, wg, wu = ctx.saved_tensors
+    def backward(ctx, g):
+        gu, s, x, wg, wu = ctx.saved_tensors
+        gate, up = gu.chunk(2, dim=-1)
         I = wg.shape[0]
-        if gg is None:
-            gg = x.new_zeros(*x.shape[:-1], I)
-        if gu is None:
-            gu = x.new_zeros(*x.shape[:-1], I)
+        g2u = (g * s).view(-1, I)
+        g2g = torch.ops.aten.silu_backward(g * up, gate).view(-1, I)
         need = ctx.needs_input_grad
-        g2g, g2u = gg.reshape(-1, I), gu.reshape(-1, I)
-        gx = torch.addmm(g2g @ wg, g2u, wu).view(x.shape) if need[1] else None
+        gx = torch.addmm(g2g @ wg, g2u, wu).view(x.shape) if need[3] else None
         x2 = x.reshape(-1, x.shape[-1])
-        gwg = g2g.t() @ x2 if need[2] else None
-        gwu = g2u.t() @ x2 if need[3] else None
-        gbg = g2g.sum(0) if ctx.bias[0] and need[4] else None
-        gbu = g2u.sum(0) if ctx.bias[1] and need[5] else None
-        return None, gx, gwg, gwu, gbg, gbu
+        gwg = g2g.t() @ x2 if need[4] else None
+        gwu = g2u.t() @ x2 if need[5] else None
+        gbg = g2g.sum(0) if ctx.bias[0] and need[6] else None
+        gbu = g2u.sum(0) if ctx.bias[1] and need[7] else None
+        return None, None, None, gx, gwg, gwu, gbg, gbu
 
 
 def _residual_linear(x: Tensor, a: Tensor, w: Tensor, b: Tensor | None, fuse: bool, out: Tensor | None = None) -> Tensor:
@@ -393,12 +393,13 @@ def layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, attend, rec
     this layer's queries ``[A, C, H, hd]`` and new keys and values ``[A, C, KV, hd]`` and returns the
     attention output ``[A, C, H*hd]`` (over a cache, or a shared prompt's prefix).
 
-    ``rec(name, value)``, if given, receives the output of each matrix product: ``"qkv"`` (the fused
-    query/key/value projection, before rotary), ``"o"`` (the residual stream after attention),
-    ``"gu"`` (the fused gate/up projection) and ``"down"`` (the residual stream after the MLP).
-    ``known`` holds those four values (from a recording at the same parameters): they are used through
-    :class:`Known`, :class:`KnownQKV` and :class:`KnownGateUp` instead of being recomputed (live weights only).
-    ``dest`` (fused weights, no autocast): tensors ``[A*C, F]`` the four products are written into (a
+    ``rec(name, value)``, if given, receives the output of each matrix product and of the MLP's
+    activation: ``"qkv"`` (the fused query/key/value projection, before rotary), ``"o"`` (the residual
+    stream after attention), ``"gu"`` (the fused gate/up projection), ``"s"`` (``silu(gate)``), ``"a"``
+    (``silu(gate) * up``) and ``"down"`` (the residual stream after the MLP). ``known`` holds those
+    values (from a recording at the same parameters): they are used through :class:`Known`,
+    :class:`KnownQKV` and :class:`KnownSwiGLU` instead of being recomputed (live weights only).
+    ``dest`` (fused weights, no autocast): tensors ``[A*C, F]`` the values are written into (a
     recording without copies; instead of ``rec``)."""
     A, C, _ = x.shape
     H, KV, hd = w.n_heads, w.n_kv, w.head_dim
@@ -428,17 +429,23 @@ def layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, attend, rec
             rec("o", x)
     h = _cast(_rms(x, lw["ln2"], lw["eps2"]), mm)
     if known is not None:
-        gate, up = KnownGateUp.apply(known["gu"], h, lw["gate"], lw["up"], lw["gateb"], lw["upb"])
-    elif "gu" in lw:
+        a = KnownSwiGLU.apply(known["gu"], known["s"], known["a"], h, lw["gate"], lw["up"], lw["gateb"], lw["upb"])
+        return Known.apply(known["down"], a, x, lw["down"], lw["downb"])
+    if "gu" in lw:
         gu = _linear(h, lw["gu"], lw["gub"], dest and dest["gu"])
         if rec is not None:
             rec("gu", gu)
         gate, up = gu.chunk(2, dim=-1)
     else:
         gate, up = F.linear(h, lw["gate"], lw["gateb"]), F.linear(h, lw["up"], lw["upb"])
-    a = F.silu(gate) * up
-    if known is not None:
-        return Known.apply(known["down"], a, x, lw["down"], lw["downb"])
+    if dest is not None:
+        a = torch.mul(torch.ops.aten.silu.out(gate, out=dest["s"].view(gate.shape)), up, out=dest["a"].view(gate.shape))
+    else:
+        s_ = F.silu(gate)
+        a = s_ * up
+        if rec is not None:
+            rec("s", s_)
+            rec("a", a)
     x = _residual_linear(x, a, lw["down"], lw["downb"], fuse, dest and dest["down"])
     if rec is not None:
         rec("down", x)
@@ -472,8 +479,12 @@ def decode_layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, kc: 
     b = lw["gub"]
     gu = torch.mm(h, lw["gu"].t(), out=out.get("gu")) if b is None else torch.addmm(b, h, lw["gu"].t(), out=out.get("gu"))
     gate, up = gu.chunk(2, dim=-1)
+    if dest is None:
+        a = F.silu(gate).mul_(up)
+    else:
+        a = torch.mul(torch.ops.aten.silu.out(gate, out=dest["s"]), up, out=dest["a"])
     b = lw["downb"]
-    return torch.addmm(x if b is None else x + b, F.silu(gate).mul_(up), lw["down"].t(), out=out.get("down"))
+    return torch.addmm(x if b is None else x + b, a, lw["down"].t(), out=out.get("down"))
 
 
 def final_norm(w: Weights, x: Tensor) -> Tensor:

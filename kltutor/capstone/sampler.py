@@ -124,7 +124,7 @@ class _Cache:
             with torch.inference_mode(False):
                 P = length - record_T
                 D, Fqkv, Fgu = w.hidden, (w.n_heads + 2 * w.n_kv) * w.head_dim, 2 * w.intermediate
-                sizes = {"qkv": Fqkv, "o": D, "gu": Fgu, "down": D}
+                sizes = {"qkv": Fqkv, "o": D, "gu": Fgu, "s": Fgu // 2, "a": Fgu // 2, "down": D}
                 self.record = {
                     "prompt": [{k: torch.zeros(batch, P, f, dtype=dtype, device=device) for k, f in sizes.items()} for _ in w.layers],
                     "comp": [{k: torch.zeros(record_T, batch, f, dtype=dtype, device=device) for k, f in sizes.items()} for _ in w.layers]}
