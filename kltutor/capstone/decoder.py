@@ -53,7 +53,7 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
         return torch.get_autocast_dtype(device_type)
     return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
 
-__all__ = ["support", "Weights", "Activations", "Known", "KnownQKV", "KnownSwiGLU", "rope_table", "attn_mask", "layer", "attention", "final_norm",
+__all__ = ["support", "cpu_matmul", "mm_nt", "mm_tn", "Weights", "Activations", "Known", "KnownQKV", "KnownSwiGLU", "rope_table", "attn_mask", "layer", "attention", "final_norm",
            "prompt_index", "completion_hidden"]
 
 
@@ -92,6 +92,79 @@ def support(model) -> str | None:
         if getattr(cfg, attr, None) not in (None, 1, 1.0):
             return f"{attr} is not implemented"
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Matrix products on the CPU
+# ---------------------------------------------------------------------------------------------------------------
+# PyTorch multiplies float32 matrices on the CPU with MKL, whose kernels are chosen by processor vendor: on AMD
+# processors it runs its AVX2 code even where AVX-512 is available. oneDNN, which ships inside PyTorch (reached
+# through ``torch.ops.mkldnn._linear_pointwise``, the op TorchInductor emits for CPU linear layers), chooses by
+# instruction set. Same float32 arithmetic either way (float32 products summed in float32; the order of the sums,
+# hence the last bits, differ). The products these functions run without autograd (sampling, the reference's
+# pass, the backward of the Known* functions) go through the backend :func:`cpu_matmul` names.
+
+_MATMUL = {"mode": "auto", "onednn": None}  # onednn: None (not probed yet), or whether it works here
+
+
+def _probe_onednn() -> bool:
+    """oneDNN's linear op exists, runs, and agrees with ``F.linear`` on a small float32 problem."""
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        if not torch.backends.mkldnn.is_available():
+            return False
+        g = torch.Generator().manual_seed(0)
+        x, w, b, r = (torch.randn(*s, generator=g) for s in ((5, 24), (7, 24), (7,), (5, 7)))
+        ok = torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+        ok &= torch.allclose(op.binary(x, r, w, None, "add"), r + F.linear(x, w), rtol=1e-5, atol=1e-5)
+        ok &= torch.allclose(op(x.t(), w[:5].t(), None, "none", [], ""), x.t() @ w[:5], rtol=1e-5, atol=1e-5)
+        return bool(ok)
+    except Exception:  # noqa: BLE001 - no such op, or it fails: torch's own products
+        return False
+
+
+def cpu_matmul(mode: str | None = None) -> str:
+    """The backend of the CPU's float32 matrix products here: ``"onednn"`` or ``"default"`` (torch's own,
+    MKL). ``mode`` (optional) sets it: ``"auto"`` (oneDNN when it works, the default), ``"onednn"`` or
+    ``"default"``. Returns the backend in use."""
+    if mode is not None:
+        if mode not in ("auto", "onednn", "default"):
+            raise ValueError(f"cpu_matmul must be 'auto', 'onednn' or 'default', got {mode!r}")
+        _MATMUL["mode"] = mode
+    if _MATMUL["mode"] == "default":
+        return "default"
+    if _MATMUL["onednn"] is None:
+        _MATMUL["onednn"] = _probe_onednn()
+    if _MATMUL["mode"] == "onednn" and not _MATMUL["onednn"]:
+        raise RuntimeError("oneDNN's linear op (torch.ops.mkldnn._linear_pointwise) is not usable with this torch")
+    return "onednn" if _MATMUL["onednn"] else "default"
+
+
+def _onednn(x: Tensor, w: Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
+            and _MATMUL["mode"] != "default" and cpu_matmul() == "onednn")
+
+
+def mm_nt(x: Tensor, w: Tensor, b: Tensor | None = None, add: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+    """``x @ w.T (+ b) (+ add)`` for 2-D ``x`` ``[N, K]`` and ``w`` ``[F, K]`` (any strides), without autograd,
+    through the :func:`cpu_matmul` backend on the CPU; written into ``out`` ``[N, F]`` if given."""
+    if _onednn(x, w):
+        op = torch.ops.mkldnn._linear_pointwise
+        y = op(x, w, b, "none", [], "") if add is None else op.binary(x, add, w, b, "add")
+        return y if out is None else out.copy_(y)
+    if add is None:
+        if b is None:
+            return torch.mm(x, w.t(), out=out)
+        return torch.addmm(b, x, w.t(), out=out)
+    return torch.addmm(add if b is None else add + b, x, w.t(), out=out)
+
+
+def mm_tn(g: Tensor, x: Tensor) -> Tensor:
+    """``g.T @ x`` (contiguous ``[F, D]``) for ``g`` ``[N, F]`` and ``x`` ``[N, D]``, without autograd: a weight's
+    gradient. On oneDNN it is computed as ``(x.T @ g).T`` (its operand ``g`` then needs no transposed copy)."""
+    if _onednn(g, x):
+        return torch.ops.mkldnn._linear_pointwise(x.t(), g.t(), None, "none", [], "").t().contiguous()
+    return g.t() @ x
 
 
 class Weights:
@@ -288,9 +361,9 @@ class Known(torch.autograd.Function):
         x, w = ctx.saved_tensors
         need = ctx.needs_input_grad
         g2 = g.reshape(-1, g.shape[-1])
-        gx = (g2 @ w).view(x.shape) if need[1] else None
+        gx = mm_nt(g2, w.t()).view(x.shape) if need[1] else None
         gres = g if ctx.residual and need[2] else None
-        gw = g2.t() @ x.reshape(-1, x.shape[-1]) if need[3] else None
+        gw = mm_tn(g2, x.reshape(-1, x.shape[-1])) if need[3] else None
         gb = g2.sum(0) if ctx.bias and need[4] else None
         return None, gx, gres, gw, gb
 
@@ -325,10 +398,10 @@ class KnownQKV(torch.autograd.Function):
         gqk = gqk * cos + (gqk * sin).roll(hd // 2, -1)  # rotary's transpose (roll by hd/2 is its own inverse)
         g2 = torch.cat([gqk, z(gv, KV)], 2).view(A * C, -1)
         need = ctx.needs_input_grad
-        gx = (g2 @ torch.cat([wq, wk, wv], 0)).view(x.shape) if need[1] else None
+        gx = mm_nt(g2, torch.cat([wq, wk, wv], 0).t()).view(x.shape) if need[1] else None
         gw = [None] * 3
         if any(need[6:9]):
-            gw = [gi if n else None for gi, n in zip((g2.t() @ x.reshape(A * C, -1)).split(ctx.rows, 0), need[6:9])]
+            gw = [gi if n else None for gi, n in zip(mm_tn(g2, x.reshape(A * C, -1)).split(ctx.rows, 0), need[6:9])]
         return (None, gx, None, None, None, None, *gw, *_bias_grads(g2, ctx.rows, ctx.bias, need[9:12]))
 
 
@@ -354,35 +427,37 @@ class KnownSwiGLU(torch.autograd.Function):
         g2u = (g * s).view(-1, I)
         g2g = torch.ops.aten.silu_backward(g * up, gate).view(-1, I)
         need = ctx.needs_input_grad
-        gx = torch.addmm(g2g @ wg, g2u, wu).view(x.shape) if need[3] else None
+        gx = mm_nt(g2u, wu.t(), add=mm_nt(g2g, wg.t())).view(x.shape) if need[3] else None
         x2 = x.reshape(-1, x.shape[-1])
-        gwg = g2g.t() @ x2 if need[4] else None
-        gwu = g2u.t() @ x2 if need[5] else None
+        gwg = mm_tn(g2g, x2) if need[4] else None
+        gwu = mm_tn(g2u, x2) if need[5] else None
         gbg = g2g.sum(0) if ctx.bias[0] and need[6] else None
         gbu = g2u.sum(0) if ctx.bias[1] and need[7] else None
         return None, None, None, gx, gwg, gwu, gbg, gbu
 
 
+def _no_grad(*ts: Tensor | None) -> bool:
+    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in ts)
+
+
 def _residual_linear(x: Tensor, a: Tensor, w: Tensor, b: Tensor | None, fuse: bool, out: Tensor | None = None) -> Tensor:
-    """``x + a @ w.T (+ b)``; ``fuse``: in one ``addmm`` (the residual added to the product's accumulator),
-    into ``out`` (``[rows, D]``) if given."""
+    """``x + a @ w.T (+ b)``; ``fuse``: in one product (the residual added to its accumulator: ``addmm``, or
+    :func:`mm_nt` without autograd), into ``out`` (``[rows, D]``) if given."""
     if not fuse:
         y = x + F.linear(a, w, b)
         return y if out is None else out.view(y.shape).copy_(y)
     shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    if out is None:
-        return torch.addmm(x2 if b is None else x2 + b, a.reshape(-1, a.shape[-1]), w.t()).view(shape)
-    return torch.addmm(x2 if b is None else x2 + b, a.reshape(-1, a.shape[-1]), w.t(), out=out).view(shape)
+    x2, a2 = x.reshape(-1, shape[-1]), a.reshape(-1, a.shape[-1])
+    if _no_grad(x, a, w, b):
+        return mm_nt(a2, w, b, add=x2, out=out).view(shape)
+    return torch.addmm(x2 if b is None else x2 + b, a2, w.t(), out=out).view(shape)
 
 
 def _linear(h: Tensor, w: Tensor, b: Tensor | None, out: Tensor | None) -> Tensor:
-    """``F.linear``, into ``out`` (``[rows, F]``) if given."""
-    if out is None:
+    """``F.linear`` (:func:`mm_nt` without autograd), into ``out`` (``[rows, F]``) if given."""
+    if out is None and not _no_grad(h, w, b):
         return F.linear(h, w, b)
-    h2 = h.reshape(-1, h.shape[-1])
-    y = torch.mm(h2, w.t(), out=out) if b is None else torch.addmm(b, h2, w.t(), out=out)
-    return y.view(*h.shape[:-1], w.shape[0])
+    return mm_nt(h.reshape(-1, h.shape[-1]), w, b, out=out).view(*h.shape[:-1], w.shape[0])
 
 
 def layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, attend, rec=None, known: dict | None = None,
@@ -464,27 +539,22 @@ def decode_layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, kc: 
     S = kc.shape[2]
     out = dest or {}
     h = _rms(x, lw["ln1"], lw["eps1"])
-    b = lw["qkvb"]
-    qkv = (torch.mm(h, lw["qkv"].t(), out=out.get("qkv")) if b is None else
-           torch.addmm(b, h, lw["qkv"].t(), out=out.get("qkv"))).view(B, H + 2 * KV, hd)
+    qkv = mm_nt(h, lw["qkv"], lw["qkvb"], out=out.get("qkv")).view(B, H + 2 * KV, hd)
     qk = _rotary(qkv[:, :H + KV], cos, sin, qkv.dtype)
     kc.index_copy_(2, wpos, qk[:, H:, None])
     vc.index_copy_(2, wpos, qkv[:, H + KV:, None])
     scores = torch.baddbmm(bias, qk[:, :H].reshape(B * KV, H // KV, hd), kc.view(B * KV, S, hd).transpose(1, 2),
                            alpha=lw["scale"])
     o = torch.bmm(torch.softmax(scores, -1), vc.view(B * KV, S, hd)).view(B, H * hd)
-    b = lw["ob"]
-    x = torch.addmm(x if b is None else x + b, o, lw["o"].t(), out=out.get("o"))
+    x = mm_nt(o, lw["o"], lw["ob"], add=x, out=out.get("o"))
     h = _rms(x, lw["ln2"], lw["eps2"])
-    b = lw["gub"]
-    gu = torch.mm(h, lw["gu"].t(), out=out.get("gu")) if b is None else torch.addmm(b, h, lw["gu"].t(), out=out.get("gu"))
+    gu = mm_nt(h, lw["gu"], lw["gub"], out=out.get("gu"))
     gate, up = gu.chunk(2, dim=-1)
     if dest is None:
         a = F.silu(gate).mul_(up)
     else:
         a = torch.mul(torch.ops.aten.silu.out(gate, out=dest["s"]), up, out=dest["a"])
-    b = lw["downb"]
-    return torch.addmm(x if b is None else x + b, a, lw["down"].t(), out=out.get("down"))
+    return mm_nt(a, lw["down"], lw["downb"], add=x, out=out.get("down"))
 
 
 def final_norm(w: Weights, x: Tensor) -> Tensor:
