@@ -161,9 +161,13 @@ def mm_nt(x: Tensor, w: Tensor, b: Tensor | None = None, add: Tensor | None = No
 
 def mm_tn(g: Tensor, x: Tensor) -> Tensor:
     """``g.T @ x`` (contiguous ``[F, D]``) for ``g`` ``[N, F]`` and ``x`` ``[N, D]``, without autograd: a weight's
-    gradient. On oneDNN it is computed as ``(x.T @ g).T`` (its operand ``g`` then needs no transposed copy)."""
+    gradient. On oneDNN the narrower of the two is the operand copied into row-major order (the other is
+    read transposed as it is): ``(x.T @ g).T`` when ``D <= F``."""
     if _onednn(g, x):
-        return torch.ops.mkldnn._linear_pointwise(x.t(), g.t(), None, "none", [], "").t().contiguous()
+        op = torch.ops.mkldnn._linear_pointwise
+        if x.shape[1] <= g.shape[1]:
+            return op(x.t(), g.t(), None, "none", [], "").t().contiguous()
+        return op(g.t(), x.t(), None, "none", [], "")
     return g.t() @ x
 
 
