@@ -519,12 +519,15 @@ def layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, attend, rec
         gate, up = F.linear(h, lw["gate"], lw["gateb"]), F.linear(h, lw["up"], lw["upb"])
     if dest is not None:
         a = torch.mul(torch.ops.aten.silu.out(gate, out=dest["s"].view(gate.shape)), up, out=dest["a"].view(gate.shape))
-    else:
+    elif rec is not None:
         s_ = F.silu(gate)
         a = s_ * up
-        if rec is not None:
-            rec("s", s_)
-            rec("a", a)
+        rec("s", s_)
+        rec("a", a)
+    elif _no_grad(gate, up):
+        a = F.silu(gate).mul_(up)
+    else:
+        a = F.silu(gate) * up
     x = _residual_linear(x, a, lw["down"], lw["downb"], fuse, dest and dest["down"])
     if rec is not None:
         rec("down", x)

@@ -128,6 +128,9 @@ class _Cache:
                 self.record = {
                     "prompt": [{k: torch.zeros(batch, P, f, dtype=dtype, device=device) for k, f in sizes.items()} for _ in w.layers],
                     "comp": [{k: torch.zeros(record_T, batch, f, dtype=dtype, device=device) for k, f in sizes.items()} for _ in w.layers]}
+                # per layer and column, the [B, F] rows an eager decode step writes its products into
+                self.record["views"] = [[{k: b[t] for k, b in layer.items()} for t in range(record_T)]
+                                        for layer in self.record["comp"]]
 
     def _mask(self):
         return self.bias if self.bmm else self.valid
@@ -184,7 +187,7 @@ class _Cache:
             cos, sin = self.cos[pos].view(B, 1, -1), self.sin[pos].view(B, 1, -1)
             x = F.embedding(ids, w.embed, w.padding_idx)
             for li, (lw, kc, vc) in enumerate(zip(w.layers, self.k, self.v)):
-                dest = None if record is None else {k: b[t_int] for k, b in record["comp"][li].items()}
+                dest = None if record is None else record["views"][li][t_int]
                 x = decoder.decode_layer(w, lw, x, cos, sin, kc, vc, self.bias, wpos, dest)
             return decoder.final_norm(w, x)
         mask = self._mask()
