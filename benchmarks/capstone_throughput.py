@@ -11,9 +11,13 @@ suppressed until the budget is spent), so both process the same tokens.
 The two run alternately in one process: TRL's ``trainer.train()`` drives, and at the end of each
 of its optimizer steps a callback runs one capstone step. The first ``--warmup`` steps of each are
 excluded; the script prints the median seconds per optimizer step, completion tokens per second,
-the ratio, and where the time goes (sample / score / forward / backward / other). On a GPU it also
-prints a physical floor: reading the policy's weights once per decode step at the measured memory
-bandwidth, plus the step's matrix FLOPs at the measured bf16 matmul rate.
+the ratio, and where the time goes (sample / score / forward / backward / other). It also prints a
+physical floor: reading the policy's weights once per decode step at the measured memory
+bandwidth, plus the step's least matrix FLOPs at the fastest measured matmul rate.
+
+On the CPU the capstone runs twice per TRL step by default (``--cpu-matmul both``): with its float32
+products through oneDNN (its default, :func:`kltutor.capstone.decoder.cpu_matmul`) and through
+torch's default (MKL, what TRL uses), so the speed-up is shown with and without the kernel choice.
 
     python benchmarks/capstone_throughput.py --device cpu                    # capstone only (no TRL here)
     PYTHONPATH=$PWD /work/venv-trl/bin/python benchmarks/capstone_throughput.py --device cpu
@@ -476,7 +480,9 @@ def main(argv=None) -> int:
 
     scoring = "batched" if args.ref_scoring == "both" else args.ref_scoring
     backends = {"both": ["onednn", "default"], "auto": ["auto"], "onednn": ["onednn"], "default": ["default"]}[args.cpu_matmul]
-    if device.type != "cpu" or args.ref_scoring == "both":
+    if device.type != "cpu":
+        backends = ["auto"]  # the choice concerns the CPU's products only
+    elif args.ref_scoring == "both":
         backends = backends[:1]
     if "onednn" in backends and decoder.cpu_matmul("auto") != "onednn":
         print("oneDNN's linear op is not usable with this torch: the capstone uses torch's default products")
