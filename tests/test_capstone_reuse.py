@@ -170,3 +170,12 @@ def test_products_through_onednn_equal_torchs():
             decoder.cpu_matmul("mkl")
     finally:
         decoder.cpu_matmul(before)
+
+
+def test_the_automatic_recording_stays_within_its_memory_budget(tok, monkeypatch):
+    from kltutor.capstone import sampler as sampler_module
+
+    policy, _ = _models(tok)
+    monkeypatch.setattr(sampler_module, "RECORD_BUDGET", 1000)  # bytes: far less than any batch's recording
+    assert Sampler(policy, tok, max_new_tokens=4).sample(PROMPTS).activations is None
+    assert Sampler(policy, tok, max_new_tokens=4, keep_activations=True).sample(PROMPTS).activations is not None

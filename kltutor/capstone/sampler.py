@@ -37,7 +37,9 @@ log-probs ``ref_logp``, the policy's entropy and the exact KL over the whole voc
 policy's untruncated log-probs ``policy_logp`` (all at temperature ``temperature``, never truncated,
 in ``logprob_dtype``). The reference is scored either in one batched pass over the finished
 sequences (``ref_scoring="batched"``) or step by step inside the decode loop (``"in-loop"``); the
-policy's last hidden states are kept from decoding, so the policy is never run again.
+policy's last hidden states are kept from decoding, so the policy is never run again. On the CPU the
+sampler also keeps the output of every matrix product of the policy (``keep_activations``): the first
+update after sampling runs at the same parameters and takes its forward products from them.
 
 The static decoder drives the layers of a ``transformers`` Qwen2 or Llama model (``Qwen2ForCausalLM``,
 ``LlamaForCausalLM``) with their own weights; any other causal LM falls back to a plain
@@ -65,6 +67,7 @@ __all__ = ["DECODE_MODES", "REF_SCORING", "LOGPROB_DTYPES", "SampleBatch", "Scor
 logger = logging.getLogger(__name__)
 
 DECODE_MODES = ("auto", "eager", "cuda-graph", "compile")
+RECORD_BUDGET = 1 << 30  # bytes: keep_activations=None records a batch's products only up to this size
 REF_SCORING = ("batched", "in-loop")
 LOGPROB_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -288,7 +291,10 @@ class Sampler:
     ``"eager"``, ``"cuda-graph"`` or ``"compile"`` (``torch.compile`` then a CUDA graph); a failed
     capture falls back to eager with a logged warning (:attr:`decode_mode_used` says what ran).
     ``max_prompt_len``: the longest prompt expected (tokens), to size the cache once; a longer one
-    resizes it (and recaptures).
+    resizes it (and recaptures). ``keep_activations``: record the policy's matrix products while
+    decoding (:attr:`SampleBatch.activations`, :class:`kltutor.capstone.decoder.Activations`), so that
+    the first update after sampling need not recompute them; ``None`` (default): on the CPU without
+    autocast, for batches whose recording fits in :data:`RECORD_BUDGET` bytes.
     """
 
     def __init__(self, model, tokenizer, *, ref_model=None, max_new_tokens: int, temperature: float = 1.0,
@@ -346,7 +352,10 @@ class Sampler:
                     if self.static and ref_model is not None and ref_scoring == "in-loop" else None)
         self._rw_batched = None  # the reference's fused weights for score()'s batched pass (made when first needed)
         same_dtype = self.compute_dtype == next(model.parameters()).dtype
-        if keep_activations is None:  # on the CPU (eager, no autocast) the first update reuses the sampler's products
+        # on the CPU (eager, no autocast) the first update reuses the sampler's products, when their recording
+        # fits in RECORD_BUDGET bytes per batch (decided per batch size, see _alloc)
+        self._record_auto = keep_activations is None
+        if keep_activations is None:
             keep_activations = self.static and not cuda and not autocast and same_dtype
         if keep_activations and not (self.static and same_dtype and not autocast):
             raise ValueError("keep_activations needs the static decoder, compute_dtype equal to the model's dtype and no autocast")
@@ -473,8 +482,14 @@ class Sampler:
         if s is not None and s["S"] >= P + self.max_new_tokens:
             return s
         dev, D, T = self.device, self._pw.hidden, self.max_new_tokens
+        record = self.keep_activations
+        if record and self._record_auto:  # the recording's size: B rows x (S - T + T) positions x layers x widths
+            w = self._pw
+            width = (w.n_heads + 2 * w.n_kv) * w.head_dim + 2 * w.hidden + 4 * w.intermediate
+            nbytes = B * S * len(w.layers) * width * w.embed.element_size()
+            record = nbytes <= RECORD_BUDGET
         s = {"B": B, "S": S, "greedy": greedy,
-             "pol": _Cache(self._pw, B, S, dev, record_T=T if self.keep_activations else 0),
+             "pol": _Cache(self._pw, B, S, dev, record_T=T if record else 0),
              "ref": _Cache(self._rw, B, S, dev) if self._rw is not None else None,
              "generation": 0,  # sampling calls on these buffers (an Activations of an older call is stale)
              "t_int": None,  # the decode step's column as a number (eager decoding only; None while capturing)
