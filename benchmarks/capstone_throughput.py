@@ -493,7 +493,7 @@ def main(argv=None) -> int:
     cap = caps["capstone"]
     if device.type == "cpu":
         print("capstone products on the CPU: " + ", ".join(f"{k}: {'oneDNN' if c.matmul == 'onednn' else 'torch default (MKL)' if c.matmul == 'default' else decoder.cpu_matmul()}"
-                                                          for k, c in caps.items()) + "; TRL: torch default (MKL)")
+                                                          for k, c in caps.items()) + ("" if args.no_trl else "; TRL: torch default (MKL)"))
     n_params = sum(p.numel() for p in cap.policy.parameters())
     prompt_len = len(cap.tok(cap.task.prompt(sz["max_operand"], sz["max_operand"]), add_special_tokens=False)["input_ids"])
     print(f"model: {n_params:,} parameters ({matmul_params(cap.policy):,} in matrices a token multiplies by); {sz['prompts']} prompts x {sz['group']} completions x {sz['max_new_tokens']} "
