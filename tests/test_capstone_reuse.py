@@ -75,7 +75,7 @@ def test_the_recorded_forward_gives_the_recomputed_values_and_gradients(tok, bac
 
 
 def test_the_recording_is_used_only_at_the_parameters_it_was_made_with(tok):
-    policy, ref = _models(tok)
+    policy, _ = _models(tok)
     s = Sampler(policy, tok, max_new_tokens=5)
     b = s.sample(PROMPTS)
     acts = b.activations
