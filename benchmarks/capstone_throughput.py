@@ -11,9 +11,13 @@ suppressed until the budget is spent), so both process the same tokens.
 The two run alternately in one process: TRL's ``trainer.train()`` drives, and at the end of each
 of its optimizer steps a callback runs one capstone step. The first ``--warmup`` steps of each are
 excluded; the script prints the median seconds per optimizer step, completion tokens per second,
-the ratio, and where the time goes (sample / score / forward / backward / other). On a GPU it also
-prints a physical floor: reading the policy's weights once per decode step at the measured memory
-bandwidth, plus the step's matrix FLOPs at the measured bf16 matmul rate.
+the ratio, and where the time goes (sample / score / forward / backward / other). It also prints a
+physical floor: reading the policy's weights once per decode step at the measured memory
+bandwidth, plus the step's least matrix FLOPs at the fastest measured matmul rate.
+
+On the CPU the capstone runs twice per TRL step by default (``--cpu-matmul both``): with its float32
+products through oneDNN (its default, :func:`kltutor.capstone.decoder.cpu_matmul`) and through
+torch's default (MKL, what TRL uses), so the speed-up is shown with and without the kernel choice.
 
     python benchmarks/capstone_throughput.py --device cpu                    # capstone only (no TRL here)
     PYTHONPATH=$PWD /work/venv-trl/bin/python benchmarks/capstone_throughput.py --device cpu
@@ -84,10 +88,10 @@ class Capstone:
     """The capstone's GRPO step (kltutor.capstone.loop._step) on the benchmark's model and sizes."""
 
     def __init__(self, model_dir: Path, sz: dict, device: torch.device, lr: float, beta: float, seed: int,
-                 decode_mode: str, ref_scoring: str):
-        from kltutor.capstone import loop
+                 decode_mode: str, ref_scoring: str, matmul: str = "auto"):
+        from kltutor.capstone import decoder, loop
 
-        self.loop = loop
+        self.loop, self.decoder, self.matmul = loop, decoder, matmul
         self.device = device
         self.cfg = CapstoneConfig(
             placement="k3-in-loss", beta=beta, max_operand=sz["max_operand"], prompts_per_step=sz["prompts"],
@@ -100,7 +104,7 @@ class Capstone:
         self.ref, _ = load_model(model_dir, device)
         self.ref.requires_grad_(False).eval()
         self.policy.train()
-        opt = torch.optim.AdamW(self.policy.parameters(), lr=lr, weight_decay=0.0, fused=device.type == "cuda")
+        opt = loop.make_optimizer(self.policy.parameters(), lr)  # fused AdamW, as transformers' Trainer uses
         self.sampler = loop.make_sampler(self.cfg, self.policy, self.ref, self.tok, self.task, device,
                                          min_new_tokens=sz["max_new_tokens"])
         self.timings: dict[str, float] = {}
@@ -112,11 +116,16 @@ class Capstone:
 
     def step(self) -> dict:
         self.timings.clear()
-        _sync(self.device)
-        t = time.perf_counter()
-        row = self.loop._step(self.ctx, self.n)
-        _sync(self.device)
-        seconds = time.perf_counter() - t
+        before = self.decoder._MATMUL["mode"]
+        self.decoder.cpu_matmul(self.matmul)  # the backend of this side's CPU products (decoder.cpu_matmul)
+        try:
+            _sync(self.device)
+            t = time.perf_counter()
+            row = self.loop._step(self.ctx, self.n)
+            _sync(self.device)
+            seconds = time.perf_counter() - t
+        finally:
+            self.decoder.cpu_matmul(before)
         self.n += 1
         phases = {"sample": self.timings.get("sample", 0.0), "score": self.timings.get("score", 0.0),
                   "forward": self.timings.get("forward", 0.0), "backward": self.timings.get("backward", 0.0)}
@@ -252,7 +261,19 @@ def measured_peaks(device: torch.device) -> dict:
 
     t_copy = best(lambda: y.copy_(x), 5)
     t_mm = best(lambda: a @ b, 5)
-    return {"bandwidth_Bps": 2 * n_bytes / t_copy, "matmul_flops": 2 * n ** 3 / t_mm, "matmul_dtype": str(dt)}
+    out = {"bandwidth_Bps": 2 * n_bytes / t_copy, "matmul_flops": 2 * n ** 3 / t_mm, "matmul_dtype": str(dt),
+           "onednn_matmul_flops": None}
+    if device.type == "cpu":  # the capstone's products on the CPU (kltutor.capstone.decoder.cpu_matmul)
+        from kltutor.capstone import decoder
+
+        before = decoder._MATMUL["mode"]
+        try:
+            if decoder.cpu_matmul("auto") == "onednn":
+                bt = b.t()
+                out["onednn_matmul_flops"] = 2 * n ** 3 / best(lambda: decoder.mm_nt(a, bt), 5)
+        finally:
+            decoder.cpu_matmul(before)
+    return out
 
 
 def matmul_params(model) -> int:
@@ -262,29 +283,33 @@ def matmul_params(model) -> int:
         model.get_output_embeddings().weight.numel()
 
 
-def step_flops(n_params: int, B: int, U: int, P: int, T: int, shared: bool, recompute: bool = False) -> float:
+def step_flops(n_params: int, B: int, U: int, P: int, T: int, shared: bool, recompute: bool = False,
+               reuse: bool = False) -> float:
     """Matrix FLOPs of one step (2 per parameter per token forward, 4 per token backward; attention over
     at most P + T positions is left out). Sampling: prefill + T - 1 decode steps; the reference and the
     update run over the prompt and the completion; with ``shared`` each distinct prompt (U of them) is
     run once and the last completion token is not fed back; ``recompute``: activation checkpointing
-    runs the forward twice."""
+    runs the forward twice; ``reuse``: the update's forward takes the sampler's products (no forward
+    products: one optimizer step per batch, so the update runs at the sampling-time parameters)."""
     prompt = U * P if shared else B * P
     seq = prompt + B * (T - 1) if shared else B * (P + T)
     sample = prompt + B * (T - 1)
-    fwd = seq * (2 if recompute else 1)
+    fwd = 0 if reuse else seq * (2 if recompute else 1)
     return 2.0 * n_params * (sample + seq + fwd + 2 * seq)
 
 
-def floor_estimate(n_params: int, sz: dict, prompt_len: int, peaks: dict, weight_bytes: int) -> dict:
-    """A physical lower bound of one step of the least work (shared prompts): each of the T - 1 decode
-    steps must read the policy's weights once (memory bandwidth) and do its matrix FLOPs (whichever is
-    slower); everything else is matrix FLOPs at the measured matmul rate."""
+def floor_estimate(n_params: int, sz: dict, prompt_len: int, peaks: dict, weight_bytes: int, reuse: bool) -> dict:
+    """A physical lower bound of one step of the least work (shared prompts; ``reuse``: no forward products
+    in the update): each of the T - 1 decode steps must read the policy's weights once (memory bandwidth)
+    and do its matrix FLOPs (whichever is slower); everything else is matrix FLOPs at the fastest measured
+    matmul rate."""
     B, U, T = sz["prompts"] * sz["group"], sz["prompts"], sz["max_new_tokens"]
+    rate = max(peaks["matmul_flops"], peaks.get("onednn_matmul_flops") or 0.0)
     decode_bytes = (T - 1) * n_params * weight_bytes
     decode_flops = 2.0 * n_params * B * (T - 1)
-    flops = step_flops(n_params, B, U, prompt_len, T, shared=True) - decode_flops
-    t_decode = max(decode_bytes / peaks["bandwidth_Bps"], decode_flops / peaks["matmul_flops"])
-    t_flops = flops / peaks["matmul_flops"]
+    flops = step_flops(n_params, B, U, prompt_len, T, shared=True, reuse=reuse) - decode_flops
+    t_decode = max(decode_bytes / peaks["bandwidth_Bps"], decode_flops / rate)
+    t_flops = flops / rate
     return {"n_params_matmul": n_params, "decode_s": t_decode, "decode_bytes": decode_bytes, "flops": flops,
             "flops_s": t_flops, "floor_s": t_decode + t_flops}
 
@@ -378,12 +403,12 @@ def report(sides: dict[str, list[dict]], warmup: int) -> dict:
         lines.append(f"{name:28s} {sec:9.4f} s/step  {tok:10.0f} tok/s   {share}")
     print("\n".join(lines))
     names = list(out)
-    if "capstone" in out:
-        for other in names:
-            if other != "capstone":
-                ratio = out[other]["median_s_per_step"] / out["capstone"]["median_s_per_step"]
-                out[f"ratio_vs_{other}"] = ratio
-                print(f"capstone speed-up over {other}: {ratio:.2f}x (median s/step ratio)")
+    others = [n for n in names if not n.startswith("capstone")]
+    for cap in [n for n in names if n.startswith("capstone")]:
+        for other in others or [n for n in names if n != "capstone" and cap == "capstone"]:
+            ratio = out[other]["median_s_per_step"] / out[cap]["median_s_per_step"]
+            out[f"ratio_vs_{other}" if cap == "capstone" else f"ratio_{cap}_vs_{other}"] = ratio
+            print(f"{cap} speed-up over {other}: {ratio:.2f}x (median s/step ratio)")
     return out
 
 
@@ -401,6 +426,9 @@ def main(argv=None) -> int:
                    help="TRL configuration(s): its defaults (gradient checkpointing on), gradient checkpointing off "
                         "(no recomputed forward), or one run of each, each alternating with the capstone")
     p.add_argument("--no-trl", action="store_true", help="capstone only")
+    p.add_argument("--cpu-matmul", choices=["auto", "onednn", "default", "both"], default="both",
+                   help="the capstone's float32 products on the CPU (kltutor.capstone.decoder.cpu_matmul): oneDNN, torch's "
+                        "default (MKL), or both (two capstone sides, each alternating with TRL); TRL always uses torch's default")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default on the CPU: 1, since OpenMP threads on a shared, loaded machine "
                         "spin-wait and make both sides several times slower; on a GPU: torch's)")
@@ -448,8 +476,24 @@ def main(argv=None) -> int:
     if args.ref_scoring == "both" and not args.no_trl:
         print("error: --ref-scoring both compares the capstone with itself: add --no-trl", file=sys.stderr)
         return 2
-    cap = Capstone(model_dir, sz, device, args.lr, args.beta, args.seed, decode_mode,
-                   "batched" if args.ref_scoring == "both" else args.ref_scoring)
+    from kltutor.capstone import decoder
+
+    scoring = "batched" if args.ref_scoring == "both" else args.ref_scoring
+    backends = {"both": ["onednn", "default"], "auto": ["auto"], "onednn": ["onednn"], "default": ["default"]}[args.cpu_matmul]
+    if device.type != "cpu":
+        backends = ["auto"]  # the choice concerns the CPU's products only
+    elif args.ref_scoring == "both":
+        backends = backends[:1]
+    if "onednn" in backends and decoder.cpu_matmul("auto") != "onednn":
+        print("oneDNN's linear op is not usable with this torch: the capstone uses torch's default products")
+        backends = ["default"]
+    caps = {("capstone" if i == 0 else "capstone, torch's default products"):
+            Capstone(model_dir, sz, device, args.lr, args.beta, args.seed, decode_mode, scoring, matmul=m)
+            for i, m in enumerate(backends)}
+    cap = caps["capstone"]
+    if device.type == "cpu":
+        print("capstone products on the CPU: " + ", ".join(f"{k}: {'oneDNN' if c.matmul == 'onednn' else 'torch default (MKL)' if c.matmul == 'default' else decoder.cpu_matmul()}"
+                                                          for k, c in caps.items()) + ("" if args.no_trl else "; TRL: torch default (MKL)"))
     n_params = sum(p.numel() for p in cap.policy.parameters())
     prompt_len = len(cap.tok(cap.task.prompt(sz["max_operand"], sz["max_operand"]), add_special_tokens=False)["input_ids"])
     print(f"model: {n_params:,} parameters ({matmul_params(cap.policy):,} in matrices a token multiplies by); {sz['prompts']} prompts x {sz['group']} completions x {sz['max_new_tokens']} "
@@ -457,7 +501,9 @@ def main(argv=None) -> int:
 
     n_matmul = matmul_params(cap.policy)
     B, U, T = sz["prompts"] * sz["group"], sz["prompts"], sz["max_new_tokens"]
-    flops = {"capstone (shared prompts)": step_flops(n_matmul, B, U, prompt_len, T, shared=True),
+    reuse = cap.sampler.keep_activations  # the first update takes the sampler's products (the CPU)
+    flops = {"capstone (shared prompts" + (", forward reused)" if reuse else ")"):
+             step_flops(n_matmul, B, U, prompt_len, T, shared=True, reuse=reuse),
              "TRL": step_flops(n_matmul, B, U, prompt_len, T, shared=False),
              "TRL, gradient checkpointing": step_flops(n_matmul, B, U, prompt_len, T, shared=False, recompute=True)}
     print("matrix GFLOP per step: " + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in flops.items()))
@@ -469,7 +515,7 @@ def main(argv=None) -> int:
     if why_not is None:
         for ckpt in variants:
             name = "TRL GRPOTrainer" + (" (grad. ckpt: its default)" if ckpt else " (no grad. ckpt)")
-            cap_recs: list[dict] = []
+            cap_recs: dict[str, list[dict]] = {k: [] for k in caps}
             trl_recs: list[dict] = []
             print(f"\n--- capstone vs {name}, alternating, {warmup} + {steps} steps each")
             try:
@@ -480,7 +526,8 @@ def main(argv=None) -> int:
                     phases = {k: timings.get(k, 0.0) for k in ("sample", "score", "forward", "backward")}
                     phases["other"] = seconds - sum(phases.values())
                     trl_recs.append({"seconds": seconds, "tokens": B * T, **phases})
-                    cap_recs.append(cap.step())
+                    for k, c in caps.items():
+                        cap_recs[k].append(c.step())
 
                 trl_side.run(after_trl_step)
                 del trl_side
@@ -488,7 +535,7 @@ def main(argv=None) -> int:
                 print(f"TRL failed: {type(e).__name__}: {e}")
                 why_not = f"TRL failed ({type(e).__name__})"
                 break
-            results[name] = report({"capstone": cap_recs, name: trl_recs}, warmup)
+            results[name] = report({**cap_recs, name: trl_recs}, warmup)
     if why_not is not None and args.ref_scoring == "both":
         print("capstone with the reference scored in one batched pass vs inside the decode loop, alternating")
         other = Capstone(model_dir, sz, device, args.lr, args.beta, args.seed, decode_mode, "in-loop")
@@ -499,13 +546,17 @@ def main(argv=None) -> int:
         results["reference scoring"] = report(recs, warmup)
     elif why_not is not None:
         print(f"TRL not run ({why_not}); timing the capstone alone")
-        cap_recs = [cap.step() for _ in range(warmup + steps)]
-        results["capstone alone"] = report({"capstone": cap_recs}, warmup)
+        alone: dict[str, list[dict]] = {k: [] for k in caps}
+        for _ in range(warmup + steps):
+            for k, c in caps.items():
+                alone[k].append(c.step())
+        results["capstone alone"] = report(alone, warmup)
     print(f"\nwall time {time.perf_counter() - t0:.1f} s; capstone decode mode used: {cap.sampler.decode_mode_used}")
     peaks = measured_peaks(device)
+    dnn = peaks.get("onednn_matmul_flops")
     print(f"measured on this device: {peaks['bandwidth_Bps'] / 1e9:.0f} GB/s copy bandwidth, {peaks['matmul_flops'] / 1e9:.0f} "
-          f"GFLOP/s {peaks['matmul_dtype']} matmul")
-    floor = floor_estimate(n_matmul, sz, prompt_len, peaks, weight_bytes=2 if sz["bf16"] else 4) | {"peaks": peaks}
+          f"GFLOP/s {peaks['matmul_dtype']} matmul (torch's default)" + (f", {dnn / 1e9:.0f} GFLOP/s through oneDNN" if dnn else ""))
+    floor = floor_estimate(n_matmul, sz, prompt_len, peaks, weight_bytes=2 if sz["bf16"] else 4, reuse=reuse) | {"peaks": peaks}
     print(f"physical floor: {floor['floor_s'] * 1e3:.2f} ms/step (decode: {T - 1} steps, each reading the weights "
           f"({floor['decode_bytes'] / 1e6:.1f} MB in all) and doing its FLOPs, {floor['decode_s'] * 1e3:.2f} ms; "
           f"prefill, reference and update: {floor['flops'] / 1e9:.2f} GFLOP, {floor['flops_s'] * 1e3:.2f} ms)")
@@ -515,6 +566,7 @@ def main(argv=None) -> int:
                 print(f"  {name}: {side} at {v['median_s_per_step'] / floor['floor_s']:.1f}x the floor")
     res = {"results": results, "floor": floor, "flops_per_step": flops, "environment": env, "sizes": sz,
            "warmup": warmup, "decode_mode": cap.sampler.decode_mode_used, "ref_scoring": args.ref_scoring,
+           "cpu_matmul": {k: c.matmul for k, c in caps.items()},
            "command": " ".join(sys.argv)}
     if args.json:
         args.json.write_text(json.dumps(res, indent=1, default=str))

@@ -95,27 +95,33 @@ def hidden_states(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     return out.last_hidden_state
 
 
-def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, n_prompt: int, prompt_index=None) -> Tensor:
+def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, n_prompt: int, prompt_index=None,
+                      activations=None) -> Tensor:
     """The last hidden states ``[batch, T, d]`` that predict the completion tokens ``input_ids[:, n_prompt:]``:
     :func:`kltutor.capstone.decoder.completion_hidden` (each distinct prompt run once; ``prompt_index``
-    from :func:`kltutor.capstone.decoder.prompt_index` if already known) for the models it supports,
-    else ``hidden_states(...)[:, n_prompt - 1:-1]``. The same values either way, up to rounding."""
+    from :func:`kltutor.capstone.decoder.prompt_index` if already known; ``activations``: the sampler's
+    recording of this batch, :class:`kltutor.capstone.decoder.Activations`, used only while
+    :meth:`~kltutor.capstone.decoder.Activations.usable`) for the models it supports, else
+    ``hidden_states(...)[:, n_prompt - 1:-1]``. The same values either way, up to rounding."""
     if decoder.support(model) is None:
-        return decoder.completion_hidden(model, input_ids, attention_mask, n_prompt, index=prompt_index)
+        return decoder.completion_hidden(model, input_ids, attention_mask, n_prompt, index=prompt_index, known=activations)
     return hidden_states(model, input_ids, attention_mask)[:, n_prompt - 1:-1]
 
 
 def sequence_stats(model, input_ids: Tensor, attention_mask: Tensor, n_prompt: int, ref_model=None,
                    chunk: int = 1024, temperature: float = 1.0, ref_hidden: Tensor | None = None,
-                   dtype: torch.dtype = torch.float32, prompt_index=None) -> dict[str, Tensor]:
+                   dtype: torch.dtype = torch.float32, prompt_index=None, activations=None) -> dict[str, Tensor]:
     """Statistics of the completion tokens ``input_ids[:, n_prompt:]`` (``[batch, time]`` each).
 
     The hidden state at position ``t-1`` predicts token ``t`` (:func:`completion_hidden`); only the
     completion positions are sent through the output layer. ``ref_hidden`` (the reference's last
     hidden states on the completion positions, e.g. :attr:`kltutor.capstone.sampler.Scores.ref_hidden`)
     replaces the reference's forward pass when given; ``ref_model`` still supplies its output layer.
+    ``activations`` (:attr:`kltutor.capstone.sampler.SampleBatch.activations`): the policy's matrix
+    products recorded while sampling this batch; while the parameters are unchanged since (the first
+    update) the forward takes them instead of recomputing them.
     """
-    h = completion_hidden(model, input_ids, attention_mask, n_prompt, prompt_index)
+    h = completion_hidden(model, input_ids, attention_mask, n_prompt, prompt_index, activations)
     targets = input_ids[:, n_prompt:]
     rh = rw = None
     if ref_model is not None:

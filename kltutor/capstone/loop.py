@@ -45,7 +45,7 @@ from kltutor.placements import aggregate, clipped_surrogate
 if TYPE_CHECKING:
     from kltutor.capstone.sft import ReferenceInfo
 
-__all__ = ["completion_mask_from_ids", "generate_completions", "make_beta_schedule", "make_sampler", "RunResult", "run",
+__all__ = ["completion_mask_from_ids", "generate_completions", "make_beta_schedule", "make_optimizer", "make_sampler", "RunResult", "run",
            "StepContext", "StepRow", "measure", "METRICS", "TIMING_METRICS"]
 
 
@@ -189,7 +189,7 @@ def run(config: CapstoneConfig) -> RunResult:
         saved = rundir.load_checkpoint(resume.checkpoint, device) if resume else None
         policy = saved.policy if saved else load_model(info.path, device)[0]
         policy.train()
-        opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0, fused=device.type == "cuda")
+        opt = make_optimizer(policy.parameters(), cfg.lr)
         schedule = make_beta_schedule(cfg)
         task_gen = torch.Generator().manual_seed(cfg.seed)
         metrics: list[dict] = []
@@ -254,6 +254,17 @@ class StepContext:
     device: torch.device
     sampler: Sampler
     timings: dict[str, float] | None = None  # when a dict, seconds per phase are added to it (benchmarks)
+
+
+def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
+    """AdamW without weight decay, with torch's fused kernel where the device has one (CUDA; the CPU from
+    torch 2.4): what ``transformers``' Trainer (and so TRL) uses by default. The same update rule as the
+    per-tensor loop, in one kernel per parameter."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
+    except (RuntimeError, ValueError):  # no fused kernel for this device or torch
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
 def make_sampler(cfg: CapstoneConfig, policy, ref, tokenizer, task: AdditionTask, device: torch.device, **overrides) -> Sampler:
@@ -327,11 +338,12 @@ def _step(ctx: StepContext, step: int) -> StepRow:
     use_amp = device.type == "cuda" and cfg.bf16
     beta = float(ctx.schedule.beta)
     clip_fracs, grad_norms, losses, kl_terms = [], [], [], []
-    for _ in range(cfg.updates_per_batch):
+    for u in range(cfg.updates_per_batch):
         with phase("forward"), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            # the first update runs at the sampling-time parameters: it reuses the sampler's matrix products
             st = sequence_stats(policy, ids, attn, n_prompt, ctx.ref if exact else None, cfg.logprob_chunk,
                                 cfg.temperature, ref_hidden=scores.ref_hidden if exact else None,
-                                prompt_index=batch.prompt_index)
+                                prompt_index=batch.prompt_index, activations=batch.activations if u == 0 else None)
             loss, kl_term, clip_frac = _loss(cfg, st, old, mask, rewards, beta)
         with phase("backward"):
             ctx.optimizer.zero_grad(set_to_none=True)

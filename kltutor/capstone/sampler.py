@@ -37,7 +37,9 @@ log-probs ``ref_logp``, the policy's entropy and the exact KL over the whole voc
 policy's untruncated log-probs ``policy_logp`` (all at temperature ``temperature``, never truncated,
 in ``logprob_dtype``). The reference is scored either in one batched pass over the finished
 sequences (``ref_scoring="batched"``) or step by step inside the decode loop (``"in-loop"``); the
-policy's last hidden states are kept from decoding, so the policy is never run again.
+policy's last hidden states are kept from decoding, so the policy is never run again. On the CPU the
+sampler also keeps the output of every matrix product of the policy (``keep_activations``): the first
+update after sampling runs at the same parameters and takes its forward products from them.
 
 The static decoder drives the layers of a ``transformers`` Qwen2 or Llama model (``Qwen2ForCausalLM``,
 ``LlamaForCausalLM``) with their own weights; any other causal LM falls back to a plain
@@ -65,6 +67,7 @@ __all__ = ["DECODE_MODES", "REF_SCORING", "LOGPROB_DTYPES", "SampleBatch", "Scor
 logger = logging.getLogger(__name__)
 
 DECODE_MODES = ("auto", "eager", "cuda-graph", "compile")
+RECORD_BUDGET = 1 << 30  # bytes: keep_activations=None records a batch's products only up to this size
 REF_SCORING = ("batched", "in-loop")
 LOGPROB_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -100,52 +103,124 @@ def filter_logits(z: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 
 class _Cache:
-    """The KV cache of one model: ``batch`` rows x ``length`` slots per layer, and its forward."""
+    """The KV cache of one model: ``batch`` rows x ``length`` slots per layer, its attention mask, and its
+    forward. ``record``: keep the outputs of the matrix products (:class:`~kltutor.capstone.decoder.Activations`)
+    in buffers of ``T`` completion columns and ``length - T`` prompt positions."""
 
-    def __init__(self, w: decoder.Weights, batch: int, length: int, device):
+    def __init__(self, w: decoder.Weights, batch: int, length: int, device, record_T: int = 0):
         self.w, self.B, self.S = w, batch, length
         dtype = w.mm_dtype or w.head.dtype
         shape = (batch, w.n_kv, length, w.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in w.layers]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in w.layers]
         self.cos, self.sin = decoder.rope_table(w, length, device)
+        self.n_rep = w.n_heads // w.n_kv
+        # which slots each row may attend to: boolean [B, 1, 1, S] for SDPA, or the additive bias of the
+        # CPU's batched products [B*KV, 1, S] (decoder.attn_mask)
+        self.bmm = decoder._bmm_attention(dtype, device)
+        self.valid = torch.zeros(batch, 1, 1, length, dtype=torch.bool, device=device)
+        self.bias = torch.zeros(batch * w.n_kv, 1, length, dtype=dtype, device=device) if self.bmm else None
+        # decoder.decode_layer: the CPU's float32 decode step in fewer operations
+        self.fast = self.bmm and dtype == w.embed.dtype
+        self.record = None
+        if record_T:  # ordinary tensors (not inference tensors): the training forward's autograd graph reads them
+            with torch.inference_mode(False):
+                P = length - record_T
+                D, Fqkv, Fgu = w.hidden, (w.n_heads + 2 * w.n_kv) * w.head_dim, 2 * w.intermediate
+                sizes = {"qkv": Fqkv, "o": D, "gu": Fgu, "s": Fgu // 2, "a": Fgu // 2, "down": D}
+                self.record = {
+                    "prompt": [{k: torch.zeros(batch, P, f, dtype=dtype, device=device) for k, f in sizes.items()} for _ in w.layers],
+                    "comp": [{k: torch.zeros(record_T, batch, f, dtype=dtype, device=device) for k, f in sizes.items()} for _ in w.layers]}
+                # per layer and column, the [B, F] rows an eager decode step writes its products into
+                self.record["views"] = [[{k: b[t] for k, b in layer.items()} for t in range(record_T)]
+                                        for layer in self.record["comp"]]
 
-    def prefill(self, uids: Tensor, umask: Tensor, index: Tensor) -> Tensor:
+    def _mask(self):
+        return self.bias if self.bmm else self.valid
+
+    def open_slot(self, wpos: Tensor) -> None:
+        """Slot ``wpos`` (``[1]``) now holds a key and value in every row."""
+        if self.bmm:
+            self.bias.index_fill_(2, wpos, 0.0)
+        else:
+            self.valid.index_fill_(3, wpos, True)
+
+    def prefill(self, uids: Tensor, umask: Tensor, index: Tensor, attention_mask: Tensor) -> Tensor:
         """Run the distinct prompts ``uids`` ``[U, P]`` once, copy their keys and values into slots
         ``[0, P)`` of every row that shares them (``index`` ``[B]``); return each row's last hidden ``[B, D]``."""
         w = self.w
         U, P = uids.shape
-        dev = uids.device
-        umask_b = umask.bool()
+        allowed = attention_mask.bool()
+        self.valid.zero_()
+        self.valid[:, 0, 0, :P] = allowed
+        if self.bmm:
+            B, KV = self.B, w.n_kv
+            self.bias.view(B, KV, self.S).copy_(torch.where(self.valid[:, 0], 0.0, float("-inf")).expand(B, KV, self.S))
+        dtype = self.k[0].dtype
+        mask = decoder.attn_mask(decoder.prompt_allowed(umask), w.n_kv, self.n_rep, dtype)
         pos = (umask.cumsum(-1) - 1).clamp_min(0)
-        eye = torch.eye(P, dtype=torch.bool, device=dev)
-        mask = ((torch.ones(P, P, dtype=torch.bool, device=dev).tril()[None] & umask_b[:, None, :]) | eye)[:, None]
-        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
+        cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]
         x = F.embedding(uids, w.embed, w.padding_idx)
-        for lw, kc, vc in zip(w.layers, self.k, self.v):
-            def kv(k, v, kc=kc, vc=vc):
-                kc[:, :, :P] = k[index].to(kc.dtype)
-                vc[:, :, :P] = v[index].to(vc.dtype)
-                return k, v, mask
+        for li, (lw, kc, vc) in enumerate(zip(w.layers, self.k, self.v)):
+            def attend(q, k, v, scale, kc=kc, vc=vc):
+                k, v = k.transpose(1, 2).to(dtype).contiguous(), v.transpose(1, 2).to(dtype).contiguous()
+                kc[:, :, :P] = k[index]
+                vc[:, :, :P] = v[index]
+                return decoder.attention(q, k, v, mask, scale)
 
-            x = decoder.layer(w, lw, x, cos, sin, kv)
+            rec = None
+            if self.record is not None:
+                bufs = self.record["prompt"][li]
+
+                def rec(name, value, bufs=bufs):
+                    bufs[name][:U, :P] = value
+
+            x = decoder.layer(w, lw, x, cos, sin, attend, rec)
         return decoder.final_norm(w, x[:, -1])[index]
 
-    def step(self, ids: Tensor, pos: Tensor, wpos: Tensor, valid: Tensor) -> Tensor:
-        """One token per row (``ids``, rotary positions ``pos``, ``[B]``) written to slot ``wpos`` ``[1]``,
-        attending to the slots ``valid`` ``[B, S]`` marks; returns the final hidden states ``[B, D]``."""
+    def step(self, ids: Tensor, pos: Tensor, wpos: Tensor, t: Tensor, t_int: int | None = None) -> Tensor:
+        """One token per row (``ids``, rotary positions ``pos``, ``[B]``) written to slot ``wpos`` ``[1]``
+        (already opened: :meth:`open_slot`); ``t`` ``[1]``: the completion column it feeds (for the
+        recording; ``t_int``: the same as a number, when not captured in a graph: the products are then
+        written straight into the recording). Returns the final hidden states ``[B, D]``."""
         w = self.w
-        mask = valid[:, None, None, :]
-        cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]
-        x = F.embedding(ids[:, None], w.embed, w.padding_idx)
-        for lw, kc, vc in zip(w.layers, self.k, self.v):
-            def kv(k, v, kc=kc, vc=vc):
-                kc.index_copy_(2, wpos, k.to(kc.dtype))
-                vc.index_copy_(2, wpos, v.to(vc.dtype))
-                return kc, vc, mask
+        B = ids.shape[0]
+        record = self.record
+        if self.fast and (record is None or t_int is not None):
+            cos, sin = self.cos[pos].view(B, 1, -1), self.sin[pos].view(B, 1, -1)
+            x = F.embedding(ids, w.embed, w.padding_idx)
+            for li, (lw, kc, vc) in enumerate(zip(w.layers, self.k, self.v)):
+                dest = None if record is None else record["views"][li][t_int]
+                x = decoder.decode_layer(w, lw, x, cos, sin, kc, vc, self.bias, wpos, dest)
+            return decoder.final_norm(w, x)
+        mask = self._mask()
+        cos, sin = self.cos[pos].view(B, 1, 1, -1), self.sin[pos].view(B, 1, 1, -1)
+        x = F.embedding(ids, w.embed, w.padding_idx).view(B, 1, -1)
+        for li, (lw, kc, vc) in enumerate(zip(w.layers, self.k, self.v)):
+            def attend(q, k, v, scale, kc=kc, vc=vc):
+                kc.index_copy_(2, wpos, k.transpose(1, 2).to(kc.dtype))
+                vc.index_copy_(2, wpos, v.transpose(1, 2).to(vc.dtype))
+                return decoder.attention(q, kc, vc, mask, scale)
 
-            x = decoder.layer(w, lw, x, cos, sin, kv)
+            rec = dest = None
+            if record is not None:
+                bufs = record["comp"][li]
+                if t_int is not None:
+                    dest = {k: b[t_int] for k, b in bufs.items()}
+                else:
+                    def rec(name, value, bufs=bufs):
+                        bufs[name].index_copy_(0, t, value.view(1, B, -1))
+
+            x = decoder.layer(w, lw, x, cos, sin, attend, rec, dest=dest)
         return decoder.final_norm(w, x[:, 0])
+
+    def activations(self, model, U: int, P: int, n: int, owner: dict) -> decoder.Activations | None:
+        """The recording of the last call (``U`` distinct prompts of ``P`` positions, ``n`` completion tokens)."""
+        if self.record is None:
+            return None
+        prompt = [{k: b[:U, :P] for k, b in layer.items()} for layer in self.record["prompt"]]
+        comp = [{k: b[1:n] for k, b in layer.items()} for layer in self.record["comp"]]
+        return decoder.Activations(model, prompt, comp, owner, owner["generation"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -174,6 +249,7 @@ class SampleBatch:
     policy_hidden: Tensor | None = None  # [B, T, D] last hidden states that produced each token (static decoder)
     ref_hidden: Tensor | None = None  # [B, T, D] the reference's, when scored in the decode loop
     prompt_index: tuple | None = None  # (distinct prompts [U, P], their mask, row -> prompt [B]): see decoder.prompt_index
+    activations: decoder.Activations | None = None  # the policy's matrix products while decoding (keep_activations)
 
     @property
     def completion_ids(self) -> Tensor:
@@ -215,14 +291,17 @@ class Sampler:
     ``"eager"``, ``"cuda-graph"`` or ``"compile"`` (``torch.compile`` then a CUDA graph); a failed
     capture falls back to eager with a logged warning (:attr:`decode_mode_used` says what ran).
     ``max_prompt_len``: the longest prompt expected (tokens), to size the cache once; a longer one
-    resizes it (and recaptures).
+    resizes it (and recaptures). ``keep_activations``: record the policy's matrix products while
+    decoding (:attr:`SampleBatch.activations`, :class:`kltutor.capstone.decoder.Activations`), so that
+    the first update after sampling need not recompute them; ``None`` (default): on the CPU without
+    autocast, for batches whose recording fits in :data:`RECORD_BUDGET` bytes.
     """
 
     def __init__(self, model, tokenizer, *, ref_model=None, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, min_new_tokens: int = 0, logprob_dtype: str = "float32",
                  compute_dtype: torch.dtype | None = None, autocast: bool = False, decode_mode: str = "auto",
                  ref_scoring: str = "batched", max_prompt_len: int = 0, logprob_chunk: int = 1024,
-                 check_every: int | None = None):
+                 check_every: int | None = None, keep_activations: bool | None = None):
         if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
@@ -271,6 +350,21 @@ class Sampler:
         self._pw = decoder.Weights(model, self.compute_dtype) if self.static else None
         self._rw = (decoder.Weights(ref_model, self.compute_dtype)
                     if self.static and ref_model is not None and ref_scoring == "in-loop" else None)
+        self._rw_batched = None  # the reference's fused weights for score()'s batched pass (made when first needed)
+        same_dtype = self.compute_dtype == next(model.parameters()).dtype
+        # on the CPU (eager, no autocast) the first update reuses the sampler's products, when their recording
+        # fits in RECORD_BUDGET bytes per batch (decided per batch size, see _alloc)
+        self._record_auto = keep_activations is None
+        if keep_activations is None:
+            keep_activations = self.static and not cuda and not autocast and same_dtype
+        if keep_activations and not (self.static and same_dtype and not autocast):
+            raise ValueError("keep_activations needs the static decoder, compute_dtype equal to the model's dtype and no autocast")
+        self.keep_activations = bool(keep_activations)
+        self._eos_bias = None  # [T, V]: -inf on EOS while t < min_new_tokens, else 0 (added to the logits)
+        if min_new_tokens:
+            V = model.get_output_embeddings().weight.shape[0]
+            self._eos_bias = torch.zeros(max_new_tokens, V, dtype=self.logprob_dtype, device=self.device)
+            self._eos_bias[:min_new_tokens, self.eos] = float("-inf")
         self._states: dict = {}  # (batch, greedy) -> buffers, KV caches and the captured graph
 
     # -- public ---------------------------------------------------------------------------------------------------
@@ -294,9 +388,10 @@ class Sampler:
             raise ValueError("prompts must be left-padded (the last prompt position is padding in some row)")
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device).long()
         index = decoder.prompt_index(input_ids, attention_mask)
+        acts = None
         with torch.autocast(self.device.type, enabled=False), torch.inference_mode():
             if self.static:
-                out = self._decode_static(input_ids, attention_mask, index, greedy, generator)
+                *out, acts = self._decode_static(input_ids, attention_mask, index, greedy, generator)
             else:
                 out = (*self._decode_dynamic(input_ids, attention_mask, greedy, generator), None, None)
         # copies made outside inference mode: ordinary tensors, usable as constants in the training graph
@@ -307,7 +402,7 @@ class Sampler:
         rows = [[t for t, k in zip(r, m) if k and t != self.eos] for r, m in zip(comp.tolist(), cmask.tolist())]
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
         return SampleBatch(torch.cat([input_ids, comp], -1), torch.cat([attention_mask, cmask], -1), cmask,
-                           input_ids.shape[1], logp, terminated, texts, hid, rhid, index)
+                           input_ids.shape[1], logp, terminated, texts, hid, rhid, index, acts)
 
     @torch.no_grad()
     def score(self, batch: SampleBatch) -> Scores:
@@ -321,7 +416,13 @@ class Sampler:
         with amp:
             rh = batch.ref_hidden
             if rh is None:
-                rh = completion_hidden(self.ref_model, ids, attn, P, batch.prompt_index)
+                if self.static and decoder.support(self.ref_model) is None:  # fused copies of the reference's weights
+                    if self._rw_batched is None:
+                        self._rw_batched = decoder.Weights(self.ref_model, self.compute_dtype)
+                    self._rw_batched.sync()
+                    rh = decoder.completion_hidden(self.ref_model, ids, attn, P, self._rw_batched, batch.prompt_index)
+                else:
+                    rh = completion_hidden(self.ref_model, ids, attn, P, batch.prompt_index)
             ph = batch.policy_hidden
             if ph is None:
                 ph = completion_hidden(self.model, ids, attn, P, batch.prompt_index)
@@ -340,20 +441,33 @@ class Sampler:
         and hidden state into column ``st['t']`` of the output buffers; advance the per-row state."""
         ld = self.logprob_dtype
         w = self._pw.head
-        z = (h.to(ld) @ w.to(ld).T) * (1.0 / self.temperature)  # [B, V] in logprob_dtype, as in logprobs._chunk_stats
-        if self.min_new_tokens:
-            z[:, self.eos] = torch.where(st["t"] < self.min_new_tokens, torch.full_like(z[:, self.eos], float("-inf")), z[:, self.eos])
+        inv_t = 1.0 / self.temperature
+        bias = None if self._eos_bias is None else self._eos_bias.index_select(0, st["t"])  # [1, V]
+        # z = logits / temperature (+ the EOS mask): [B, V] in logprob_dtype, as in logprobs._chunk_stats
+        if h.dtype == ld and w.dtype == ld:
+            if bias is not None:
+                z = torch.addmm(bias, h, w.t(), alpha=inv_t)
+            else:
+                z = torch.mm(h, w.t())
+                if inv_t != 1.0:
+                    z.mul_(inv_t)
+        else:
+            z = h.to(ld) @ w.to(ld).t()
+            if inv_t != 1.0:
+                z = z * inv_t
+            if bias is not None:
+                z = z + bias
         z = filter_logits(z, self.top_k, self.top_p)
         lsm = torch.log_softmax(z, dim=-1)
         if greedy:
             tok = lsm.argmax(-1)
         else:
             u = torch.rand(lsm.shape, dtype=torch.float32, device=lsm.device, generator=generator)
-            tok = (lsm.float() - torch.log(-torch.log(u))).argmax(-1)  # Gumbel-max: a draw from softmax(lsm)
-        logp = lsm.gather(-1, tok[:, None]).squeeze(-1).float()
+            tok = (lsm.float() - u.log_().neg_().log_()).argmax(-1)  # Gumbel-max (log(-log u)): a draw from softmax(lsm)
+        logp = lsm.gather(-1, tok[:, None]).view(-1).float()
         done = st["done"]
-        tok = torch.where(done, torch.full_like(tok, self.pad), tok)
-        logp = torch.where(done, torch.zeros_like(logp), logp)
+        tok.masked_fill_(done, self.pad)
+        logp = logp.masked_fill(done, 0.0)
         st["out_tok"].index_copy_(0, st["t"], tok[None])
         st["out_logp"].index_copy_(0, st["t"], logp[None])
         st["out_h"].index_copy_(0, st["t"], h[None].to(st["out_h"].dtype))
@@ -368,10 +482,17 @@ class Sampler:
         if s is not None and s["S"] >= P + self.max_new_tokens:
             return s
         dev, D, T = self.device, self._pw.hidden, self.max_new_tokens
+        record = self.keep_activations
+        if record and self._record_auto:  # the recording's size: B rows x (S - T + T) positions x layers x widths
+            w = self._pw
+            width = (w.n_heads + 2 * w.n_kv) * w.head_dim + 2 * w.hidden + 4 * w.intermediate
+            nbytes = B * S * len(w.layers) * width * w.embed.element_size()
+            record = nbytes <= RECORD_BUDGET
         s = {"B": B, "S": S, "greedy": greedy,
-             "pol": _Cache(self._pw, B, S, dev),
+             "pol": _Cache(self._pw, B, S, dev, record_T=T if record else 0),
              "ref": _Cache(self._rw, B, S, dev) if self._rw is not None else None,
-             "valid": torch.zeros(B, S, dtype=torch.bool, device=dev),
+             "generation": 0,  # sampling calls on these buffers (an Activations of an older call is stale)
+             "t_int": None,  # the decode step's column as a number (eager decoding only; None while capturing)
              "cur": torch.full((B,), self.pad, dtype=torch.long, device=dev),
              "pos": torch.zeros(B, dtype=torch.long, device=dev),
              "wpos": torch.zeros(1, dtype=torch.long, device=dev),
@@ -387,12 +508,14 @@ class Sampler:
         return s
 
     def _decode_step(self, st: dict, greedy: bool, generator=None) -> None:
-        """One decode step on the state's buffers (no host synchronisation: capturable)."""
-        st["valid"].index_fill_(1, st["wpos"], True)
+        """One decode step on the state's buffers (no host synchronisation: capturable; ``st["t_int"]``:
+        the step's column as a number when decoding eagerly, else None)."""
         if st["ref"] is not None:
-            rh = st["ref"].step(st["cur"], st["pos"], st["wpos"], st["valid"])
+            st["ref"].open_slot(st["wpos"])
+            rh = st["ref"].step(st["cur"], st["pos"], st["wpos"], st["t"])
             st["out_rh"].index_copy_(0, st["t"], rh[None].float())
-        h = st["pol"].step(st["cur"], st["pos"], st["wpos"], st["valid"])
+        st["pol"].open_slot(st["wpos"])
+        h = st["pol"].step(st["cur"], st["pos"], st["wpos"], st["t"], st["t_int"])
         self._pick(h, st, greedy, generator)
         st["wpos"].add_(1)
         st["pos"].add_(1)
@@ -409,6 +532,7 @@ class Sampler:
                 for k in ("t", "wpos", "pos"):
                     st[k].zero_()
                 st["done"].zero_()
+                st["t_int"] = None  # the captured step indexes with tensors only
 
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
@@ -445,14 +569,13 @@ class Sampler:
             self.decode_mode_used = self.decode_mode
         # prefill: each distinct prompt once; keys and values into slots [0, P) of its rows
         uids, umask, idx = index
-        st["valid"].zero_()
-        st["valid"][:, :P] = attention_mask.bool()
+        st["generation"] += 1
         st["done"].zero_()
         st["t"].zero_()
         st["out_tok"].fill_(self.pad)
         if st["ref"] is not None:
-            st["out_rh"][0] = st["ref"].prefill(uids, umask, idx).float()
-        h = st["pol"].prefill(uids, umask, idx)
+            st["out_rh"][0] = st["ref"].prefill(uids, umask, idx, attention_mask).float()
+        h = st["pol"].prefill(uids, umask, idx, attention_mask)
         st["pos"].copy_(attention_mask.sum(-1))
         st["wpos"].fill_(P)
         self._pick(h, st, greedy, generator)
@@ -462,12 +585,16 @@ class Sampler:
             if self.min_new_tokens <= n and n % self.check_every == 0 and bool(st["done"].all()):
                 break
             if use_graph:
+                st["t_int"] = None
                 st["graph"].replay()
             else:
+                st["t_int"] = n
                 self._decode_step(st, greedy, generator)
             n += 1
         rh = st["out_rh"][:n].transpose(0, 1) if st["ref"] is not None else None
-        return st["out_tok"][:n].t(), st["out_logp"][:n].t(), st["out_h"][:n].transpose(0, 1), rh
+        with torch.inference_mode(False):  # views made here are ordinary tensors (the training graph reads them)
+            acts = st["pol"].activations(self.model, uids.shape[0], P, n, st)
+        return st["out_tok"][:n].t(), st["out_logp"][:n].t(), st["out_h"][:n].transpose(0, 1), rh, acts
 
     # -- the fallback: the model's own forward with a dynamic cache -----------------------------------------------
 
