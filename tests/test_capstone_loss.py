@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kltutor.capstone.config import CAPSTONE_PLACEMENTS, CapstoneConfig
-from kltutor.capstone.loop import _loss
+from kltutor.capstone.loss import step_loss
 from kltutor.grpo import grpo_loss
 
 BETA = 0.3
@@ -57,7 +57,7 @@ def _hand(placement: str) -> float:
 def test_loss_matches_hand_computation(placement):
     logp, old, ref, kl, mask, rewards = _batch()
     cfg = CapstoneConfig(placement=placement, beta=BETA, group_size=2, clip_eps=EPS, aggregation="sequence-mean")
-    loss, _, _ = _loss(cfg, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, BETA)
+    loss, _, _ = step_loss(cfg, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, BETA)
     assert loss.item() == pytest.approx(_hand(placement), rel=1e-10, abs=1e-12)
 
 
@@ -69,7 +69,7 @@ def test_in_loss_gradient_contribution(est, dk):
     for p in ("none", f"{est}-in-loss"):
         x = logp.clone().requires_grad_(True)
         cfg = CapstoneConfig(placement=p, beta=BETA, group_size=2, clip_eps=EPS)
-        loss, _, _ = _loss(cfg, {"logp": x, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, BETA)
+        loss, _, _ = step_loss(cfg, {"logp": x, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, BETA)
         grads[p] = torch.autograd.grad(loss, x)[0]
     diff = grads[f"{est}-in-loss"] - grads["none"]
     for b in range(2):
@@ -93,7 +93,7 @@ def test_beta_zero_gives_the_same_gradient_for_every_placement(tiny_model_batch)
     for p in CAPSTONE_PLACEMENTS:
         policy.zero_grad()
         st = sequence_stats(policy, ids, attn, n_prompt, ref, chunk=7)
-        loss, _, _ = _loss(CapstoneConfig(placement=p, beta=0.0, group_size=4), st, old, mask, rewards, 0.0)
+        loss, _, _ = step_loss(CapstoneConfig(placement=p, beta=0.0, group_size=4), st, old, mask, rewards, 0.0)
         loss.backward()
         grads[p] = torch.cat([q.grad.reshape(-1) for q in policy.parameters() if q.grad is not None])
     base = grads["none"]
@@ -103,7 +103,7 @@ def test_beta_zero_gives_the_same_gradient_for_every_placement(tiny_model_batch)
     # and a positive beta does change the gradient (the test above is not vacuous)
     policy.zero_grad()
     st = sequence_stats(policy, ids, attn, n_prompt, ref, chunk=7)
-    loss, _, _ = _loss(CapstoneConfig(placement="k3-in-loss", beta=1.0, group_size=4), st, old, mask, rewards, 1.0)
+    loss, _, _ = step_loss(CapstoneConfig(placement="k3-in-loss", beta=1.0, group_size=4), st, old, mask, rewards, 1.0)
     loss.backward()
     g = torch.cat([q.grad.reshape(-1) for q in policy.parameters() if q.grad is not None])
     assert (g - base).abs().max() > 1e-4
@@ -160,7 +160,7 @@ def tiny_model_batch():
 
 def _exact_in_loss_expectation(importance: bool):
     """E_{y ~ pi_old}[exact-in-loss KL term] by enumerating every sequence of a tabular autoregressive
-    model, as a function of the policy's tables (for autograd). The capstone's _loss is called with the
+    model, as a function of the policy's tables (for autograd). The capstone's step_loss is called with the
     sampler's sequence probabilities as mask weights and 'sequence-sum', so its value is that expectation."""
     from kltutor.toys.distributions import TabularAutoregressive, full_vocab_kl_sum, sequence_kl
 
@@ -177,7 +177,7 @@ def _exact_in_loss_expectation(importance: bool):
     cfg = CapstoneConfig(placement="exact-in-loss", beta=1.0, group_size=3, aggregation="sequence-sum",
                          importance_weighted_kl=importance)
     st = {"logp": policy.token_log_probs(seqs), "kl": full_vocab_kl_sum(policy, ref, seqs)}
-    loss, _, _ = _loss(cfg, st, {"logp": old_logp, "ref_logp": old_logp}, mask, rewards, 1.0)
+    loss, _, _ = step_loss(cfg, st, {"logp": old_logp, "ref_logp": old_logp}, mask, rewards, 1.0)
     expectation = loss * len(seqs)  # 'sequence-sum' averages over rows; the weights already sum to one
     all_seqs, probs = policy.all_sequences(), policy.sequence_probs()
     true_kl = (probs * (policy.log_prob(all_seqs) - ref.log_prob(all_seqs))).sum()
@@ -198,3 +198,79 @@ def test_exact_in_loss_prefix_weight_gives_the_current_policys_sequence_kl_and_i
     # without the weight the stale samples measure another quantity (the test above is not vacuous)
     plain, true_kl2, _ = _exact_in_loss_expectation(importance=False)
     assert abs(plain.item() - true_kl2.item()) > 1e-2 * true_kl2.item()
+
+
+def _stale_batch(B: int = 8, T: int = 4, seed: int = 0):
+    """A stale batch (policy != sampler) with groups of 4, spread rewards and padding after early EOS."""
+    g = torch.Generator().manual_seed(seed)
+    logp = -torch.rand(B, T, generator=g, dtype=torch.float64) * 2
+    old = logp + 0.4 * torch.randn(B, T, generator=g, dtype=torch.float64)  # ratios well outside 1 +- 0.1
+    ref = logp + 0.3 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    kl = torch.rand(B, T, generator=g, dtype=torch.float64) * 0.2
+    lengths = torch.tensor([4, 2, 3, 1, 4, 4, 2, 3])[:B]
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).double()
+    for t in (logp, old, ref, kl):  # whatever sits after EOS must not matter
+        t.masked_fill_(mask == 0, 7.0)
+    rewards = torch.tensor([1.0, 0.0, 0.2, 0.9, 0.0, 0.1, 1.0, 0.5], dtype=torch.float64)[:B]
+    return logp, old, ref, kl, mask, rewards
+
+
+# Every setting step_loss hands on to grpo_loss, each set away from its default (the defaults would hide a
+# setting that is dropped on the way).
+_SETTINGS = [
+    dict(placement="k3-in-loss", clip_eps=0.05),
+    dict(placement="k3-in-loss", clip_std=(0.5, 0.6)),
+    dict(placement="k2-in-loss", normalize_std=False),
+    dict(placement="k3-in-loss", kl_level="sequence"),
+    dict(placement="k3-in-loss", importance_weighted_kl=True),
+    dict(placement="k1-in-reward", aggregation="token-mean", clip_eps=0.1),
+]
+
+
+@pytest.mark.parametrize("settings", _SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+def test_step_loss_hands_every_setting_to_grpo_loss(settings):
+    logp, old, ref, kl, mask, rewards = _stale_batch()
+    cfg = CapstoneConfig(beta=BETA, group_size=4, **settings)
+    loss, kl_term, clip = step_loss(cfg, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, BETA)
+    want = grpo_loss(logp, old, ref, mask, rewards, 4, placement=cfg.placement, beta=BETA, clip_eps=cfg.clip_eps,
+                     clip_std=cfg.clip_std, normalize_std=cfg.normalize_std, aggregation=cfg.aggregation,
+                     kl_level=cfg.kl_level, importance_weighted_kl=cfg.importance_weighted_kl)
+    assert float(loss) == pytest.approx(float(want.loss), rel=1e-12)
+    assert float(kl_term) == pytest.approx(float(want.kl_term), rel=1e-12)
+    assert float(clip) == pytest.approx(float(want.clip_fraction), rel=1e-12)
+    default = grpo_loss(logp, old, ref, mask, rewards, 4, placement=cfg.placement, beta=BETA)
+    assert abs(float(want.loss) - float(default.loss)) > 1e-6  # the setting changes the loss: it is tested
+
+
+@pytest.mark.parametrize("settings", [dict(clip_std=(0.5, 0.6)), dict(normalize_std=False), dict(clip_eps=0.05)],
+                         ids=["clip_std", "no-normalize-std", "clip_eps"])
+def test_exact_in_loss_uses_the_advantage_settings(settings):
+    from kltutor.grpo import group_advantages
+    from kltutor.placements import aggregate, clipped_surrogate
+
+    logp, old, ref, kl, mask, rewards = _stale_batch()
+    cfg = CapstoneConfig(placement="exact-in-loss", beta=BETA, group_size=4, **settings)
+    loss, _, _ = step_loss(cfg, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, BETA)
+    adv = group_advantages(rewards, 4, normalize_std=cfg.normalize_std, clip_std=cfg.clip_std)
+    surrogate, _ = clipped_surrogate(logp, old, adv, mask, cfg.clip_eps, cfg.aggregation)
+    want = surrogate + BETA * aggregate(kl, mask, cfg.aggregation)
+    assert float(loss) == pytest.approx(float(want), rel=1e-12)
+
+
+def test_exact_in_loss_prefix_weights_by_hand_with_padding():
+    """W_t = prod_{s<t} pi/pi_old over the response tokens only; padding after EOS holds garbage."""
+    logp, old, ref, kl, mask, rewards = _stale_batch()
+    cfg = CapstoneConfig(placement="exact-in-loss", beta=BETA, group_size=4, importance_weighted_kl=True,
+                         aggregation="sequence-sum")
+    plain = cfg.replace(importance_weighted_kl=False)
+    st, o = {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}
+    weighted = step_loss(cfg, st, o, mask, rewards, BETA)[0] - step_loss(plain, st, o, mask, rewards, BETA)[0]
+    total = 0.0
+    for b in range(logp.shape[0]):
+        n, w = int(mask[b].sum()), 1.0
+        for t in range(n):
+            total += (w - 1.0) * float(kl[b, t])  # the weighted KL minus the plain one, position by position
+            w *= math.exp(float(logp[b, t] - old[b, t]))
+    want = BETA * total / logp.shape[0]  # sequence-sum: the per-sequence sums, averaged over the batch
+    assert math.isfinite(float(weighted))
+    assert float(weighted) == pytest.approx(want, rel=1e-10)

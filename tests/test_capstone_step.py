@@ -9,7 +9,8 @@ import torch
 
 from kltutor.capstone import loop
 from kltutor.capstone.config import CapstoneConfig
-from kltutor.capstone.loop import METRICS, StepContext, StepRow, _loss, make_beta_schedule, make_sampler, measure
+from kltutor.capstone.loop import METRICS, StepContext, StepRow, make_beta_schedule, make_sampler
+from kltutor.capstone.loss import measure, step_loss
 from kltutor.capstone.model import build_model, build_tokenizer
 from kltutor.capstone.task import AdditionTask
 from kltutor.grpo import grpo_loss
@@ -87,7 +88,7 @@ def test_kl_term_is_the_term_beta_multiplies(placement, aggregation):
     logp, old, ref, kl, mask, rewards = _loss_batch()
     beta = 0.3
     cfg = CapstoneConfig(placement=placement, beta=beta, group_size=2, aggregation=aggregation)
-    loss, kl_term, _ = _loss(cfg, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, beta)
+    loss, kl_term, _ = step_loss(cfg, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, beta)
     est = {"k1": lambda x: x, "k2": lambda x: 0.5 * x * x, "k3": _k3}
     L, O, R, K, M = (t.tolist() for t in (logp, old, ref, kl, mask))
     if placement == "none":
@@ -101,7 +102,7 @@ def test_kl_term_is_the_term_beta_multiplies(placement, aggregation):
     assert float(kl_term) == pytest.approx(expected, rel=1e-12, abs=1e-14)
     if placement.endswith("-in-loss"):
         cfg0 = cfg.replace(beta=0.0)
-        loss0, _, _ = _loss(cfg0, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, 0.0)
+        loss0, _, _ = step_loss(cfg0, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, 0.0)
         assert (loss - loss0).item() == pytest.approx(beta * expected, rel=1e-12, abs=1e-14)
 
 
@@ -161,7 +162,9 @@ def test_in_reward_penalty_does_not_move_across_updates(tiny_ctx_parts, monkeypa
     import kltutor.grpo as grpo
 
     seen = []
-    real_rtg, real_loss = grpo.returns_to_go, loop.grpo_loss
+    import kltutor.capstone.loss as capstone_loss
+
+    real_rtg, real_loss = grpo.returns_to_go, capstone_loss.grpo_loss
 
     def rtg(penalty, m, *a, **k):
         seen.append(("penalty", penalty.detach().clone()))
@@ -173,7 +176,7 @@ def test_in_reward_penalty_does_not_move_across_updates(tiny_ctx_parts, monkeypa
         return out
 
     monkeypatch.setattr(grpo, "returns_to_go", rtg)
-    monkeypatch.setattr(loop, "grpo_loss", loss)
+    monkeypatch.setattr(capstone_loss, "grpo_loss", loss)
     torch.manual_seed(0)
     ctx = _ctx(tiny_ctx_parts, ref_seed=1, placement="k3-in-reward", beta=0.5, updates_per_batch=3, lr=0.05)
     row = loop._step(ctx, 0)

@@ -67,7 +67,7 @@ class CapstoneConfig:
     kl_target: float | None = None  # adaptive / ppo-penalty: target sequence KL in nats (None: 1.0)
     kl_horizon: int | None = None  # adaptive: horizon in samples (None: 10000); annealing: samples to reach beta_end (None: the whole run)
     beta_end: float | None = None  # annealing schedules (linear, cosine, exponential): the final beta
-    importance_weighted_kl: bool = False  # in-loss KL on stale samples: importance weights (``ch-placements``; see loop._loss)
+    importance_weighted_kl: bool = False  # in-loss KL on stale samples: importance weights (``ch-placements``; see loss.step_loss)
     # --- task ---
     max_operand: int = 49  # operands are integers in [0, max_operand]
     format_reward: float = 0.0  # reward for a well-formed but wrong answer (digits then EOS)

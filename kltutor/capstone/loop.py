@@ -35,18 +35,16 @@ import torch
 
 from kltutor.capstone import rundir
 from kltutor.capstone.config import CapstoneConfig, CapstoneOutOfMemoryError
+from kltutor.capstone.loss import measure, step_loss
 from kltutor.capstone.logprobs import sequence_stats
 from kltutor.capstone.sampler import Sampler, completion_mask_from_ids, generate_completions
 from kltutor.capstone.task import AdditionTask
-from kltutor.estimators import k3
-from kltutor.grpo import group_advantages, grpo_loss
-from kltutor.placements import aggregate, clipped_surrogate
 
 if TYPE_CHECKING:
     from kltutor.capstone.sft import ReferenceInfo
 
 __all__ = ["completion_mask_from_ids", "generate_completions", "make_beta_schedule", "make_optimizer", "make_sampler", "RunResult", "run",
-           "StepContext", "StepRow", "measure", "METRICS", "TIMING_METRICS"]
+           "StepContext", "StepRow", "METRICS", "TIMING_METRICS"]
 
 
 @dataclass
@@ -122,32 +120,6 @@ class RunResult:
         import pandas as pd
 
         return pd.DataFrame(self.metrics, columns=list(METRICS))
-
-
-def _loss(cfg: CapstoneConfig, st: dict, old: dict, mask, rewards, beta: float):
-    """The loss of one update: kltutor.grpo.grpo_loss, or surrogate + beta * exact KL for exact-in-loss.
-
-    ``importance_weighted_kl`` with ``exact-in-loss`` weights the exact KL at position t by the prefix
-    ratio ``W_t = prod_{s<t} w_s`` (with gradient; ``w_s = pi_theta / pi_old`` of the sampled token):
-    the exact KL already averages over the token at t, so only the prefix was sampled from pi_old.
-    Then ``E_old[sum_t W_t KL_t] = sum_t E_theta[KL_t]`` is the current policy's sequence KL, and so
-    is the expected gradient (the prefix weight of ``ch-placements``; tests/test_capstone_loss.py checks it
-    exactly). For k*-in-loss, kltutor.grpo.grpo_loss uses the per-token ratio (``ch-placements``).
-    """
-    if cfg.placement != "exact-in-loss":
-        out = grpo_loss(st["logp"], old["logp"], old["ref_logp"], mask, rewards, cfg.group_size,
-                        placement=cfg.placement, beta=beta, clip_eps=cfg.clip_eps, clip_std=cfg.clip_std,
-                        normalize_std=cfg.normalize_std, aggregation=cfg.aggregation, kl_level=cfg.kl_level,
-                        importance_weighted_kl=cfg.importance_weighted_kl)
-        return out.loss, out.kl_term, out.clip_fraction
-    adv = group_advantages(rewards, cfg.group_size, normalize_std=cfg.normalize_std, clip_std=cfg.clip_std)
-    policy_loss, stats = clipped_surrogate(st["logp"], old["logp"], adv, mask, cfg.clip_eps, cfg.aggregation)
-    kl_t = st["kl"]
-    if cfg.importance_weighted_kl:
-        log_w = (st["logp"] - old["logp"].detach()) * (mask != 0).to(st["logp"].dtype)
-        kl_t = torch.exp(torch.cumsum(log_w, -1) - log_w) * kl_t  # prod_{s<t} w_s: the prefix before t
-    kl_term = aggregate(kl_t, mask, cfg.aggregation)
-    return policy_loss + beta * kl_term, kl_term.detach(), stats["clip_fraction"]
 
 
 def run(config: CapstoneConfig) -> RunResult:
@@ -278,24 +250,6 @@ def make_sampler(cfg: CapstoneConfig, policy, ref, tokenizer, task: AdditionTask
     return Sampler(policy, tokenizer, **(kwargs | overrides))
 
 
-def measure(rewards: torch.Tensor, terminated: torch.Tensor, mask: torch.Tensor, old_logp: torch.Tensor,
-            ref_logp: torch.Tensor, kl: torch.Tensor, entropy: torch.Tensor) -> dict[str, float]:
-    """The measurement columns of :class:`StepRow` from one sampled batch (``[B]`` and ``[B, T]`` tensors).
-    Only masked tokens count: whatever the tensors hold after a completion's first EOS is ignored."""
-    m = mask > 0
-    n = m.sum()
-    zero = torch.zeros_like(old_logp)
-    per_seq = lambda x: torch.where(m, x, zero).sum(-1).mean()  # noqa: E731
-    per_token = lambda x: torch.where(m, x, zero).sum() / n  # noqa: E731
-    ell = torch.where(m, old_logp - ref_logp, zero)
-    vals = torch.stack([rewards.float().mean(), (rewards == 1.0).float().mean(), per_seq(kl), per_token(kl),
-                        per_seq(ell), per_seq(k3(ell, zero)), per_token(entropy), m.float().sum(-1).mean(),
-                        terminated.float().mean()]).tolist()
-    names = ("reward", "accuracy", "kl_exact_seq", "kl_exact_token", "kl_k1_seq", "kl_k3_seq", "entropy",
-             "response_length", "terminated")
-    return dict(zip(names, vals))
-
-
 class _Phases:
     """``with phases("sample"): ...`` adds the block's seconds to ``timings["sample"]`` (synchronising a GPU
     first, so the time is the block's own); does nothing when ``timings`` is None."""
@@ -344,7 +298,7 @@ def _step(ctx: StepContext, step: int) -> StepRow:
             st = sequence_stats(policy, ids, attn, n_prompt, ctx.ref if exact else None, cfg.logprob_chunk,
                                 cfg.temperature, ref_hidden=scores.ref_hidden if exact else None,
                                 prompt_index=batch.prompt_index, activations=batch.activations if u == 0 else None)
-            loss, kl_term, clip_frac = _loss(cfg, st, old, mask, rewards, beta)
+            loss, kl_term, clip_frac = step_loss(cfg, st, old, mask, rewards, beta)
         with phase("backward"):
             ctx.optimizer.zero_grad(set_to_none=True)
             loss.backward()

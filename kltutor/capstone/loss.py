@@ -1,0 +1,67 @@
+"""The loss of one GRPO update and the measurements of one sampled batch (chapter ``ch-capstone``).
+
+Kept apart from the loop (:mod:`kltutor.capstone.loop`) so that what the capstone optimises and what it
+logs are small functions with value tests (``tests/test_capstone_loss.py``, ``tests/test_capstone_step.py``)
+and under mutation testing (``scripts/mutation.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kltutor.capstone.config import CapstoneConfig
+from kltutor.estimators import k3
+from kltutor.grpo import group_advantages, grpo_loss
+from kltutor.placements import aggregate, clipped_surrogate
+
+__all__ = ["step_loss", "measure", "MEASURED"]
+
+#: The columns :func:`measure` fills, in order.
+MEASURED = ("reward", "accuracy", "kl_exact_seq", "kl_exact_token", "kl_k1_seq", "kl_k3_seq", "entropy",
+            "response_length", "terminated")
+
+
+def step_loss(cfg: CapstoneConfig, st: dict, old: dict, mask, rewards, beta: float):
+    """The loss of one update: kltutor.grpo.grpo_loss, or surrogate + beta * exact KL for exact-in-loss.
+
+    ``st`` holds the current policy's ``logp`` (and ``kl``, the exact per-token KL, for exact-in-loss),
+    ``old`` the sampling-time ``logp`` and ``ref_logp`` (the in-reward penalty is frozen on these).
+    Returns ``(loss, kl_term, clip_fraction)``; ``kl_term`` is detached.
+
+    ``importance_weighted_kl`` with ``exact-in-loss`` weights the exact KL at position t by the prefix
+    ratio ``W_t = prod_{s<t} w_s`` (with gradient; ``w_s = pi_theta / pi_old`` of the sampled token):
+    the exact KL already averages over the token at t, so only the prefix was sampled from pi_old.
+    Then ``E_old[sum_t W_t KL_t] = sum_t E_theta[KL_t]`` is the current policy's sequence KL, and so
+    is the expected gradient (the prefix weight of ``ch-placements``; tests/test_capstone_loss.py checks it
+    exactly). For k*-in-loss, kltutor.grpo.grpo_loss uses the per-token ratio (``ch-placements``).
+    """
+    if cfg.placement != "exact-in-loss":
+        out = grpo_loss(st["logp"], old["logp"], old["ref_logp"], mask, rewards, cfg.group_size,
+                        placement=cfg.placement, beta=beta, clip_eps=cfg.clip_eps, clip_std=cfg.clip_std,
+                        normalize_std=cfg.normalize_std, aggregation=cfg.aggregation, kl_level=cfg.kl_level,
+                        importance_weighted_kl=cfg.importance_weighted_kl)
+        return out.loss, out.kl_term, out.clip_fraction
+    adv = group_advantages(rewards, cfg.group_size, normalize_std=cfg.normalize_std, clip_std=cfg.clip_std)
+    policy_loss, stats = clipped_surrogate(st["logp"], old["logp"], adv, mask, cfg.clip_eps, cfg.aggregation)
+    kl_t = st["kl"]
+    if cfg.importance_weighted_kl:
+        log_w = (st["logp"] - old["logp"].detach()) * (mask != 0).to(st["logp"].dtype)
+        kl_t = torch.exp(torch.cumsum(log_w, -1) - log_w) * kl_t  # prod_{s<t} w_s: the prefix before t
+    kl_term = aggregate(kl_t, mask, cfg.aggregation)
+    return policy_loss + beta * kl_term, kl_term.detach(), stats["clip_fraction"]
+
+
+def measure(rewards: torch.Tensor, terminated: torch.Tensor, mask: torch.Tensor, old_logp: torch.Tensor,
+            ref_logp: torch.Tensor, kl: torch.Tensor, entropy: torch.Tensor) -> dict[str, float]:
+    """The measurement columns of :class:`StepRow` from one sampled batch (``[B]`` and ``[B, T]`` tensors).
+    Only masked tokens count: whatever the tensors hold after a completion's first EOS is ignored."""
+    m = mask > 0
+    n = m.sum()
+    zero = torch.zeros_like(old_logp)
+    per_seq = lambda x: torch.where(m, x, zero).sum(-1).mean()  # noqa: E731
+    per_token = lambda x: torch.where(m, x, zero).sum() / n  # noqa: E731
+    ell = torch.where(m, old_logp - ref_logp, zero)
+    vals = torch.stack([rewards.float().mean(), (rewards == 1.0).float().mean(), per_seq(kl), per_token(kl),
+                        per_seq(ell), per_seq(k3(ell, zero)), per_token(entropy), m.float().sum(-1).mean(),
+                        terminated.float().mean()]).tolist()
+    return dict(zip(MEASURED, vals))
