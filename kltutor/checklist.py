@@ -1,15 +1,20 @@
 """The engineering checklist as runnable checks (introduced in chapter 7).
 
-:func:`inspect` looks at one training batch and the reference model and reports every violation it
-can see::
+:func:`check_batch` looks at one training batch and the reference model and reports every violation
+it can see::
 
-    report = inspect(logp=logp, ref_logp=ref_logp, mask=mask, attention_mask=attention_mask,
-                     prompt_mask=prompt_mask, rewards=rewards, shaped_rewards=shaped,
-                     ref_model=ref_model, policy_model=policy)
+    report = check_batch(logp=logp, ref_logp=ref_logp, mask=mask, attention_mask=attention_mask,
+                         prompt_mask=prompt_mask, rewards=rewards, shaped_rewards=shaped,
+                         ref_model=ref_model, policy_model=policy)
     assert report.ok, report
 
 Each check has a stable ``code`` (see :data:`CHECKS`) so a trainer can assert on it, log it, or
-silence one deliberately.
+silence one deliberately. :func:`example_batch` builds a correct batch from a tiny model
+(:class:`TinyLM`) and :func:`plant` puts any one mistake of :data:`CHECKS` into it: chapter 7 and the
+tests use them to show that every check fires.
+
+(This is the *batch* checklist; :mod:`kltutor.inspect` is the *config* inspector, which reads a
+trainer's configuration file.)
 
 :func:`diagnose_negative_kl` (chapter 8, ``ch-practice``) answers the question a negative logged KL
 raises: which of its causes (:data:`NEGATIVE_KL_CAUSES`) a batch shows evidence of.
@@ -17,6 +22,7 @@ raises: which of its causes (:data:`NEGATIVE_KL_CAUSES`) a batch shows evidence 
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -24,7 +30,21 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CHECKS", "Violation", "Report", "inspect", "NEGATIVE_KL_CAUSES", "NegativeKLDiagnosis", "diagnose_negative_kl"]
+from kltutor.estimators import of_log_ratio
+
+__all__ = [
+    "CHECKS",
+    "Violation",
+    "Report",
+    "check_batch",
+    "TinyLM",
+    "token_logprobs",
+    "example_batch",
+    "plant",
+    "NEGATIVE_KL_CAUSES",
+    "NegativeKLDiagnosis",
+    "diagnose_negative_kl",
+]
 
 CHECKS: dict[str, str] = {
     "ref_in_train_mode": "reference model is in train mode (dropout on): call ref_model.eval()",
@@ -57,7 +77,7 @@ class Violation:
 
 @dataclass
 class Report:
-    """The result of :func:`inspect`: the violations found and the checks that were run."""
+    """The result of :func:`check_batch`: the violations found and the checks that were run."""
 
     violations: list[Violation] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
@@ -83,7 +103,7 @@ def _needs_grad(t: Tensor) -> bool:
     return bool(t.requires_grad or t.grad_fn is not None)
 
 
-def inspect(
+def check_batch(
     *,
     logp: Tensor,
     ref_logp: Tensor,
@@ -212,6 +232,97 @@ def inspect(
 
 
 # ---------------------------------------------------------------------------------------------
+# A correct batch, and every mistake planted in it (chapter 7)
+# ---------------------------------------------------------------------------------------------
+
+
+class TinyLM(nn.Module):
+    """The smallest language model the checklist needs: an embedding, dropout, a linear head.
+
+    Each position sees only its own token (no attention), which is all the checks look at: train vs
+    eval mode (the dropout), trainable and shared parameters, log-probabilities with or without a graph.
+    """
+
+    def __init__(self, vocab: int = 11, dim: int = 8):
+        super().__init__()
+        self.emb, self.drop, self.out = nn.Embedding(vocab, dim), nn.Dropout(0.1), nn.Linear(dim, vocab)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.out(self.drop(self.emb(ids)))
+
+
+def token_logprobs(model: nn.Module, ids: Tensor) -> Tensor:
+    """``[batch, time - 1]`` log-probabilities of ``ids[:, 1:]``, each next token scored from the one before."""
+    return torch.log_softmax(model(ids[:, :-1]), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
+def example_batch(seed: int = 0, first_step: bool = True) -> dict:
+    """A correct batch for :func:`check_batch`: a :class:`TinyLM` policy, its frozen copy as the
+    reference, three sequences of three prompt and five response tokens (the last one right-padded by
+    two), k1-in-reward shaped rewards. The global random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        policy = TinyLM().eval()  # eval: a deterministic forward for the step-0 comparison
+        ids = torch.randint(0, 11, (3, 9))
+    ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
+    attention = torch.ones(3, 8)
+    attention[2, -2:] = 0  # right padding
+    prompt = torch.zeros(3, 8)
+    prompt[:, :3] = 1  # three prompt tokens
+    mask = attention * (1 - prompt)  # response tokens only
+    logp = token_logprobs(policy, ids)
+    with torch.no_grad():
+        ref_logp = token_logprobs(ref_model, ids)
+    shaped = -0.1 * (logp - ref_logp).detach() * mask
+    return dict(logp=logp, ref_logp=ref_logp, mask=mask, attention_mask=attention, prompt_mask=prompt,
+                rewards=torch.tensor([1.0, -0.5, 0.2]), shaped_rewards=shaped, ref_model=ref_model,
+                policy_model=policy, first_step=first_step)
+
+
+def plant(batch: dict, code: str) -> dict:
+    """A copy of ``batch`` (from :func:`example_batch`) with the mistake that check ``code`` catches.
+
+    The result is keyword arguments for :func:`check_batch`; ``code`` is a key of :data:`CHECKS`.
+    """
+    if code not in CHECKS:
+        raise ValueError(f"unknown check {code!r}; choose one of {sorted(CHECKS)}")
+    b = dict(batch)
+    policy, ref_model = b["policy_model"], b["ref_model"]
+    logp, ref_logp, mask = b["logp"], b["ref_logp"], b["mask"]
+    if code == "ref_in_train_mode":
+        b["ref_model"] = copy.deepcopy(ref_model).train()
+    elif code == "ref_params_require_grad":
+        b["ref_model"] = copy.deepcopy(ref_model).requires_grad_(True)
+    elif code == "ref_shares_params_with_policy":
+        b["ref_model"] = policy  # the reference is the policy itself
+    elif code == "ref_logp_requires_grad":
+        b["ref_logp"] = ref_logp + 0 * logp  # a graph reaches ref_logp (scored outside torch.no_grad())
+    elif code == "shaped_rewards_require_grad":
+        b["shaped_rewards"] = -0.1 * (logp - ref_logp) * mask  # the penalty not detached
+    elif code == "rewards_require_grad":
+        b["rewards"] = b["rewards"] + 0 * logp.sum()
+    elif code == "shape_mismatch":
+        b["mask"] = mask[:, :-1]
+    elif code == "nonfinite":
+        b["logp"] = logp.detach().clone()
+        b["logp"][0, 5] = float("nan")
+    elif code == "logp_positive":
+        b["logp"] = logp.detach().exp()  # probabilities where log-probabilities belong
+    elif code == "mask_covers_padding":
+        b["mask"] = 1 - b["prompt_mask"]  # every non-prompt position, padding included
+    elif code == "mask_covers_prompt":
+        b["mask"] = b["attention_mask"]  # every real token, prompt included
+    elif code == "empty_response":
+        b["mask"] = mask.clone()
+        b["mask"][1] = 0
+    elif code == "low_precision_logp":
+        b["logp"], b["ref_logp"] = logp.detach().half(), ref_logp.half()
+    else:  # kl_nonzero_at_start
+        b["ref_logp"] = ref_logp - 0.3  # another checkpoint
+    return b
+
+
+# ---------------------------------------------------------------------------------------------
 # Negative KL in the logs: which cause? (chapter 8)
 # ---------------------------------------------------------------------------------------------
 
@@ -284,7 +395,7 @@ def diagnose_negative_kl(
     ``sec-practice-negative-kl``).
 
     ``logp``, ``ref_logp``, ``mask`` (and the optional ``attention_mask``, ``prompt_mask``) are as in
-    :func:`inspect`. The optional evidence, each enabling one test:
+    :func:`check_batch`. The optional evidence, each enabling one test:
 
     - ``sampler_logp``: the log-probs the *sampler* reported for the same tokens (an inference
       engine's, or the policy's at the sampling temperature / after top-p): ``sampler_mismatch`` when
@@ -315,11 +426,11 @@ def diagnose_negative_kl(
         raise ValueError("mask selects no token")
     lp, rl = logp.detach().double(), ref_logp.detach().double()
     if not torch.isfinite((lp - rl)[m]).all():
-        raise ValueError("logp or ref_logp holds NaN or inf under the mask (run inspect() first)")
+        raise ValueError("logp or ref_logp holds NaN or inf under the mask (run check_batch() first)")
     ell = torch.where(m, lp - rl, torch.zeros_like(lp))
     rows = m.any(-1)
     seq = ell.sum(-1)[rows]
-    k3 = torch.where(m, torch.expm1(-(lp - rl)) + (lp - rl), torch.zeros_like(lp)).sum(-1)[rows]
+    k3 = of_log_ratio("k3", ell).sum(-1)[rows]  # k3(0) = 0 off the mask
     n = seq.numel()
     se = float(seq.std() / math.sqrt(n)) if n > 1 else float("inf")
     valid = m.clone()

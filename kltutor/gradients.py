@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from kltutor.estimators import derivative, of_log_ratio
 from kltutor.toys.autoregressive import BinaryAutoregressive, all_binary_sequences
 
 __all__ = [
@@ -49,27 +50,6 @@ ESTIMATOR_PLACEMENTS = PLACEMENT_KEYS[1:]
 
 Level = Literal["token", "sequence"]
 RewardForm = Literal["return-to-go", "full"]
-
-
-def _k(name: str, lr: Tensor) -> Tensor:
-    if name == "k1":
-        return lr
-    if name == "k2":
-        return 0.5 * lr.square()
-    if name == "k3":
-        return torch.expm1(-lr) + lr
-    raise ValueError(f"unknown estimator {name!r}; choose 'k1', 'k2' or 'k3'")
-
-
-def _dk(name: str, lr: Tensor) -> Tensor:
-    """Derivative of the estimator with respect to the log-ratio."""
-    if name == "k1":
-        return torch.ones_like(lr)
-    if name == "k2":
-        return lr
-    if name == "k3":
-        return -torch.expm1(-lr)
-    raise ValueError(f"unknown estimator {name!r}; choose 'k1', 'k2' or 'k3'")
 
 
 def _parse(placement: str) -> tuple[str, str]:
@@ -97,12 +77,12 @@ def _surrogate(policy, reference, seqs: Tensor, placement: str, level: str, rewa
         ref = reference.token_logprobs(seqs)
     lr = logp - ref
     if where == "loss":
-        return _k(est, lr).sum(-1) if level == "token" else _k(est, lr.sum(-1))
+        return of_log_ratio(est, lr).sum(-1) if level == "token" else of_log_ratio(est, lr.sum(-1))
     # in the reward: the penalty is a detached reward, reaching the parameters through the score
     lr_d = lr.detach()
     if level == "sequence":
-        return logp.sum(-1) * _k(est, lr_d.sum(-1))
-    pen = _k(est, lr_d)
+        return logp.sum(-1) * of_log_ratio(est, lr_d.sum(-1))
+    pen = of_log_ratio(est, lr_d)
     if reward_form == "full":
         return logp.sum(-1) * pen.sum(-1)
     rtg = pen.flip(-1).cumsum(-1).flip(-1)
@@ -158,13 +138,13 @@ def per_sample_gradients(
         lr = policy.token_logprobs(seqs) - reference.token_logprobs(seqs)
         L = lr.sum(-1, keepdim=True).expand_as(lr)
         if where == "loss":
-            psi = _dk(est, lr) if level == "token" else _dk(est, L)
+            psi = derivative(est, lr) if level == "token" else derivative(est, L)
         elif level == "sequence":
-            psi = _k(est, L)
+            psi = of_log_ratio(est, L)
         elif reward_form == "full":
-            psi = _k(est, lr).sum(-1, keepdim=True).expand_as(lr)
+            psi = of_log_ratio(est, lr).sum(-1, keepdim=True).expand_as(lr)
         else:
-            psi = _k(est, lr).flip(-1).cumsum(-1).flip(-1)
+            psi = of_log_ratio(est, lr).flip(-1).cumsum(-1).flip(-1)
     return (psi[..., None] * scores).sum(1)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from kltutor._validation import probabilities
 from kltutor.placements import Aggregation, aggregate, clipped_surrogate, kl_loss, parse_placement, returns_to_go, shaped_rewards
 
 __all__ = ["group_advantages", "GRPOLoss", "grpo_loss", "expected_in_loss_gradient"]
@@ -158,9 +159,12 @@ def expected_in_loss_gradient(
         raise ValueError("logits and ref_logp must be 1-D over the same outcomes")
     theta = logits.detach().to(torch.float64).clone().requires_grad_(True)
     logp = torch.log_softmax(theta, -1)
-    q = torch.exp(logp).detach() if sampling_probs is None else sampling_probs.to(torch.float64)
-    if q.shape != logits.shape or (q < 0).any() or not torch.isclose(q.sum(), torch.ones((), dtype=q.dtype)):
-        raise ValueError("sampling_probs must be a probability vector over the same outcomes")
+    if sampling_probs is None:
+        q = torch.exp(logp).detach()
+    else:
+        q = probabilities("sampling_probs", sampling_probs, vector=True, dtype=torch.float64)
+        if q.shape != logits.shape:
+            raise ValueError(f"sampling_probs must be a probability vector over the same {logits.shape[0]} outcomes, got shape {tuple(q.shape)}")
     values = fn(logp, ref_logp.to(torch.float64))
     if importance_weighted:
         values = torch.exp(logp - torch.log(q)) * values

@@ -36,8 +36,12 @@ from typing import Callable, Iterator, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from kltutor.estimators import enumerate_autoregressive
+from kltutor import divergences
+from kltutor._validation import probabilities
+from kltutor.estimators import enumerate_autoregressive, of_log_ratio
+from kltutor.preference import optimal_policy
 from kltutor.toys.autoregressive import BinaryAutoregressive, all_binary_sequences
+from kltutor.toys.bandits import softmax_policy_gradient
 
 __all__ = [
     "process_logits",
@@ -121,10 +125,6 @@ def _tables(logit_tables: Sequence[Tensor], **sampling) -> list[Tensor]:
     return [process_logits(t, **sampling) for t in logit_tables]
 
 
-def _k3(lr: Tensor) -> Tensor:
-    return torch.expm1(-lr) + lr
-
-
 def sampler_mismatch(policy_logits: Sequence[Tensor], ref_logits: Sequence[Tensor], temperature: float = 1.0,
                      top_k: int | None = None, top_p: float | None = None,
                      scoring: Literal["untempered", "tempered"] = "untempered") -> dict[str, float]:
@@ -163,7 +163,7 @@ def sampler_mismatch(policy_logits: Sequence[Tensor], ref_logits: Sequence[Tenso
     seen = q > 0
     ell = lp - lp_ref
     k1 = ell.sum(-1)
-    k3 = _k3(ell).sum(-1)
+    k3 = of_log_ratio("k3", ell).sum(-1)
 
     def mean(v: Tensor) -> float:
         return float((q[seen] * v[seen]).sum())
@@ -276,7 +276,7 @@ def precision_mismatch(logp: Tensor, other_logp: Tensor, mask: Tensor, clip_eps:
     d = (logp.double() - other_logp.double())
     a = d[m].abs()
     seq_k1 = (d * m).sum(-1)
-    seq_k3 = (_k3(d) * m).sum(-1)
+    seq_k3 = (of_log_ratio("k3", d) * m).sum(-1)
     w = d[m].exp()
     return {
         "mean_abs": float(a.mean()), "median_abs": float(a.median()),
@@ -363,12 +363,20 @@ BASELINES: dict[str, str] = {
 }
 
 
+def _bandit(ref_probs, rewards) -> tuple[Tensor, Tensor]:
+    """A bandit over whole responses: strictly positive reference probabilities, one finite reward each."""
+    p = probabilities("ref_probs", ref_probs, vector=True, positive=True, dtype=torch.float64)
+    r = torch.as_tensor(rewards, dtype=torch.float64)
+    if r.shape != p.shape or not torch.isfinite(r).all():
+        raise ValueError(f"rewards must be finite, one per response: shape {tuple(p.shape)}, got {tuple(r.shape)}")
+    return p, r
+
+
 def _bandit_inputs(ref_probs, rewards, lengths, beta: float, mode: str, baseline: str):
-    p = torch.as_tensor(ref_probs, dtype=torch.float64)
-    R = torch.as_tensor(rewards, dtype=torch.float64)
+    p, R = _bandit(ref_probs, rewards)
     T = _lengths(lengths)
-    if not (p.shape == R.shape == T.shape) or (p <= 0).any() or abs(float(p.sum()) - 1) > 1e-9:
-        raise ValueError("ref_probs (positive, summing to 1), rewards and lengths must be 1-D of the same length")
+    if T.shape != p.shape:
+        raise ValueError(f"lengths must be one per response: shape {tuple(p.shape)}, got {tuple(T.shape)}")
     if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
         raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
     if mode not in AGGREGATIONS:
@@ -392,9 +400,9 @@ def aggregation_update(policy_probs, ref_probs, rewards, lengths, beta: float, m
     ``z`` (``[n]``, float64); it is zero exactly at a stationary point.
     """
     p, R, T = _bandit_inputs(ref_probs, rewards, lengths, beta, mode, baseline)
-    pi = torch.as_tensor(policy_probs, dtype=torch.float64)
-    if pi.shape != p.shape or (pi <= 0).any() or abs(float(pi.sum()) - 1) > 1e-9:
-        raise ValueError("policy_probs must be positive, sum to 1 and match ref_probs")
+    pi = probabilities("policy_probs", policy_probs, vector=True, positive=True, dtype=torch.float64)
+    if pi.shape != p.shape:
+        raise ValueError(f"policy_probs must match ref_probs: shape {tuple(p.shape)}, got {tuple(pi.shape)}")
     ell = pi.log() - p.log()
     b = float((pi * R).sum()) if baseline == "task" else float((pi * (R - beta * ell)).sum())
     if mode == "token-mean":
@@ -425,8 +433,6 @@ def aggregation_stationary_policy(ref_probs, rewards, lengths, beta: float, mode
     """
     p, R, T = _bandit_inputs(ref_probs, rewards, lengths, beta, mode, baseline)
     if mode != "sequence-mean" or baseline == "shaped":
-        from kltutor.preference import optimal_policy
-
         return optimal_policy(p, R, beta)
     logp0 = p.log()
 
@@ -465,11 +471,6 @@ def aggregation_stationary_policy(ref_probs, rewards, lengths, beta: float, mode
 # ---------------------------------------------------------------------------------------------
 
 
-def _kl_cat(p: Tensor, q: Tensor) -> float:
-    s = p > 0
-    return float((p[s] * (p[s].log() - q[s].log())).sum())
-
-
 def bandit_with_reference_updates(ref_probs, rewards, beta: float, steps: int, lr: float = 0.5,
                                   reset_every: int | None = None, soft_alpha: float | None = None,
                                   correct: Tensor | None = None) -> dict[str, list[float]]:
@@ -484,10 +485,7 @@ def bandit_with_reference_updates(ref_probs, rewards, beta: float, steps: int, l
     ``entropy`` and, when ``correct`` (a boolean mask) is given, ``correct_entropy`` (the entropy of pi
     restricted to the correct responses, renormalised: diversity among right answers) and ``pass1``.
     """
-    p0 = torch.as_tensor(ref_probs, dtype=torch.float64)
-    r = torch.as_tensor(rewards, dtype=torch.float64)
-    if p0.dim() != 1 or r.shape != p0.shape or (p0 <= 0).any() or abs(float(p0.sum()) - 1) > 1e-9:
-        raise ValueError("ref_probs must be positive and sum to 1; rewards must match its shape")
+    p0, r = _bandit(ref_probs, rewards)
     if not (beta >= 0 and math.isfinite(beta)) or steps < 1 or not lr > 0:
         raise ValueError("need beta >= 0, steps >= 1 and lr > 0")
     if reset_every is not None and soft_alpha is not None:
@@ -503,17 +501,14 @@ def bandit_with_reference_updates(ref_probs, rewards, beta: float, steps: int, l
         correct = torch.as_tensor(correct, dtype=torch.bool)
         out["correct_entropy"], out["pass1"] = [], []
     for step in range(1, steps + 1):
-        pi = torch.softmax(z, 0)
-        ref_logp = torch.log_softmax(z_ref, 0)
-        adv = r - beta * (pi.log() - ref_logp)
-        z = z + lr * pi * (adv - (pi * adv).sum())
+        z = z + lr * softmax_policy_gradient(z, r, beta, torch.log_softmax(z_ref, 0))
         if reset_every is not None and step % reset_every == 0:
             z_ref = z.clone()
         elif soft_alpha is not None:
             z_ref = soft_alpha * z + (1 - soft_alpha) * z_ref
         pi = torch.softmax(z, 0)
-        out["kl_initial"].append(_kl_cat(pi, p0))
-        out["kl_reference"].append(_kl_cat(pi, torch.softmax(z_ref, 0)))
+        out["kl_initial"].append(float(divergences.kl(pi, p0)))
+        out["kl_reference"].append(float(divergences.kl(pi, torch.softmax(z_ref, 0))))
         out["reward"].append(float((pi * r).sum()))
         out["entropy"].append(float(-(pi * pi.log()).sum()))
         if correct is not None:
@@ -620,7 +615,7 @@ def two_kl_gradients(policy: BinaryAutoregressive, reference: BinaryAutoregressi
     with torch.no_grad():
         ref = reference.token_logprobs(seqs)
         rtg = (logp.detach() - ref).flip(-1).cumsum(-1).flip(-1)  # KL-to-go, detached (in the reward)
-    per_sample = beta_reward * (logp * rtg).sum(-1) + beta_loss * _k3(logp - ref).sum(-1)
+    per_sample = beta_reward * (logp * rtg).sum(-1) + beta_loss * of_log_ratio("k3", logp - ref).sum(-1)
     combined = torch.stack(torch.autograd.grad((probs * per_sample).sum(), [policy.a, policy.b])).detach()
     ex = exact_kl_gradients(policy, reference, seq_len)
     return {"combined": combined, "reverse": ex["true"], "k3_loss": ex["k3-in-loss"],
@@ -635,10 +630,7 @@ def two_kl_bandit_optimum(ref_probs, rewards, beta_reward: float, beta_loss: flo
     ``y``; the left side decreases in ``pi_y``, so each ``pi_y(lambda)`` is a bisection and ``lambda``
     is fixed by ``sum_y pi_y = 1`` (a second bisection). Exact to about 1e-14.
     """
-    p = torch.as_tensor(ref_probs, dtype=torch.float64)
-    r = torch.as_tensor(rewards, dtype=torch.float64)
-    if p.dim() != 1 or r.shape != p.shape or (p <= 0).any() or abs(float(p.sum()) - 1) > 1e-9:
-        raise ValueError("ref_probs must be positive and sum to 1; rewards must match its shape")
+    p, r = _bandit(ref_probs, rewards)
     if beta_reward < 0 or beta_loss < 0 or beta_reward + beta_loss <= 0:
         raise ValueError("beta_reward and beta_loss must be >= 0 and not both 0")
 
@@ -682,8 +674,6 @@ def offpolicy_kl_gradient(policy: BinaryAutoregressive, sampler: BinaryAutoregre
     ``use_bias_correction_kl`` multiplies the KL by when ``importance_sampling_level="sequence"``).
     Compare with ``kltutor.gradients.exact_kl_gradients(policy, reference, T)["true"]``.
     """
-    from kltutor.gradients import _k
-
     if weighting not in OFFPOLICY_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {OFFPOLICY_WEIGHTINGS}, got {weighting!r}")
     seqs = all_binary_sequences(seq_len)
@@ -703,7 +693,7 @@ def offpolicy_kl_gradient(policy: BinaryAutoregressive, sampler: BinaryAutoregre
         rho = log_w.sum(-1, keepdim=True).exp().expand_as(logp)
     else:
         rho = log_w.mean(-1, keepdim=True).exp().expand_as(logp)
-    loss = (q * (rho * _k(estimator, logp - ref)).sum(-1)).sum()
+    loss = (q * (rho * of_log_ratio(estimator, logp - ref)).sum(-1)).sum()
     return torch.stack(torch.autograd.grad(loss, [policy.a, policy.b])).detach()
 
 

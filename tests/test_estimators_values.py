@@ -125,7 +125,7 @@ def test_exact_moments_every_field_and_support_edge_cases():
     # a single outcome, and a reference of probability 1 where the policy lives: KL 0, nothing raised
     assert est.exact_moments([1.0], [1.0], "k3") == pytest.approx({"kl": 0.0, "mean": 0.0, "var": 0.0, "bias": 0.0})
     assert est.exact_moments([1.0, 0.0], [1.0, 0.0], "k1")["kl"] == 0.0
-    with pytest.raises(ValueError, match=r"^p must be a 1-d vector"):
+    with pytest.raises(ValueError, match=r"^p must be a non-empty 1-D vector"):
         est.exact_moments([[0.5, 0.5]], [0.5, 0.5], "k1")
     with pytest.raises(ValueError, match=r"^q must sum to 1"):
         est.exact_moments([0.5, 0.5], [0.5, 0.6], "k1")

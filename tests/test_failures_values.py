@@ -133,6 +133,6 @@ def test_k3_precision_rows_and_forms():
     # fp16 naive k3 of 1e-3 loses the value entirely; the stable form keeps it to a few digits
     assert rows[0]["naive"] != pytest.approx(rows[0]["exact"], rel=0.1)
     assert rows[0]["stable (fp32, estimators.k3)"] == pytest.approx(rows[0]["exact"], rel=2e-2)
-    assert F.k3_stable(torch.tensor([0.5], dtype=torch.bfloat16)).dtype == torch.float32
-    assert F.k3_stable(torch.tensor([1e-4], dtype=D)).item() == pytest.approx(math.expm1(-1e-4) + 1e-4, rel=1e-15)
-    assert F.k3_stable(torch.tensor([0.5], dtype=D)).dtype == D
+    assert est.of_log_ratio("k3", torch.tensor([0.5], dtype=torch.bfloat16)).dtype == torch.float32
+    assert est.of_log_ratio("k3", torch.tensor([1e-4], dtype=D)).item() == pytest.approx(math.expm1(-1e-4) + 1e-4, rel=1e-15)
+    assert est.of_log_ratio("k3", torch.tensor([0.5], dtype=D)).dtype == D

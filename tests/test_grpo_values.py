@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kltutor.checklist import inspect
+from kltutor.checklist import check_batch
 from kltutor.grpo import expected_in_loss_gradient, group_advantages, grpo_loss
 from kltutor.placements import shaped_rewards
 
@@ -198,7 +198,7 @@ def test_grpo_outputs_pass_the_checklist():
             assert v.dim() == 0 and torch.isfinite(v)
         assert out.loss.requires_grad
     penalty = shaped_rewards(torch.zeros(4, dtype=D), logp, REF, MASK, 0.1, "k3")
-    report = inspect(logp=logp, ref_logp=REF, mask=MASK, rewards=REWARDS, shaped_rewards=penalty, first_step=False)
+    report = check_batch(logp=logp, ref_logp=REF, mask=MASK, rewards=REWARDS, shaped_rewards=penalty, first_step=False)
     assert report.ok, str(report)
 
 

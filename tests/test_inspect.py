@@ -149,11 +149,12 @@ def test_stdlib_inspect_still_importable():
     """kltutor/inspect must not shadow the standard library's inspect inside the package."""
     import inspect as std
 
-    import kltutor.checklist  # uses its own function named inspect
+    import kltutor.checklist  # the batch checklist: check_batch, no name that shadows inspect
     import kltutor.inspect
 
     assert hasattr(std, "getsource") and std.__name__ == "inspect"
-    assert kltutor.inspect.__name__ == "kltutor.inspect" and callable(kltutor.checklist.inspect)
+    assert kltutor.inspect.__name__ == "kltutor.inspect" and callable(kltutor.checklist.check_batch)
+    assert not hasattr(kltutor.checklist, "inspect")
 
 
 def test_sync_ref_model_note():

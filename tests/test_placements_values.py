@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kltutor import placements as P
-from kltutor.checklist import inspect
+from kltutor.checklist import check_batch
 
 D = torch.float64
 
@@ -109,7 +109,7 @@ def test_shaped_rewards_carry_no_gradient_and_pass_the_checklist():
     for est in ("k1", "k2", "k3"):
         shaped = P.shaped_rewards(torch.tensor([1.0, 0.0, -1.0], dtype=D), logp, ref, MASK, 0.1, est)
         assert not shaped.requires_grad and shaped.grad_fn is None
-        report = inspect(logp=logp, ref_logp=REF, mask=MASK, rewards=torch.tensor([1.0, 0.0, -1.0], dtype=D),
+        report = check_batch(logp=logp, ref_logp=REF, mask=MASK, rewards=torch.tensor([1.0, 0.0, -1.0], dtype=D),
                          shaped_rewards=shaped)
         assert report.ok, str(report)
         assert "shaped_rewards_require_grad" in report.checked and "nonfinite" in report.checked

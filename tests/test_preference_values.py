@@ -342,7 +342,7 @@ def test_probability_arguments_are_checked_and_named():
         call(mu)  # valid
         with pytest.raises(ValueError, match=f"^{name} must sum to 1"):
             call(off)
-        with pytest.raises(ValueError, match=f"^{name} holds negative"):
+        with pytest.raises(ValueError, match=f"^{name} must hold finite, non-negative"):
             call(torch.tensor([1.5, -0.5], dtype=D))
     with pytest.raises(ValueError, match="non-empty last axis"):
         P.categorical_kl(torch.tensor(1.0, dtype=D), torch.tensor(1.0, dtype=D))

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from kltutor.checklist import inspect
+from kltutor.checklist import check_batch
 from kltutor.exercises import CheckResult
 from kltutor.exercises.ch02 import K3_RTOL, k3_accuracy_failures
 
@@ -63,7 +63,7 @@ def check_shaped_rewards(fn: Callable[[Tensor, Tensor, Tensor, Tensor, float], T
         got = fn(logp, ref_logp, mask, rewards, beta)
     except Exception as exc:  # noqa: BLE001
         return CheckResult("shaped rewards", False, [f"raised {type(exc).__name__}: {exc}"])
-    report = inspect(logp=logp, ref_logp=ref_logp, mask=mask, rewards=rewards, shaped_rewards=got)
+    report = check_batch(logp=logp, ref_logp=ref_logp, mask=mask, rewards=rewards, shaped_rewards=got)
     messages = [str(v) for v in report.violations]
     ok = report.ok
     if got.shape != want.shape or not torch.allclose(got.detach(), want, atol=1e-6):

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import logsigmoid
 
+from kltutor.divergences import kl_from_logits
+
 __all__ = ["BinaryAutoregressive", "all_binary_sequences"]
 
 
@@ -99,7 +101,7 @@ class BinaryAutoregressive(nn.Module):
         logp = self.sequence_logprobs(seqs)
         with torch.no_grad():
             ref = other.sequence_logprobs(seqs)
-        return (logp.exp() * (logp - ref)).sum()
+        return kl_from_logits(logp, ref)  # the sequences' log-probabilities are their distribution's logits
 
     @torch.no_grad()
     def sample(self, n: int, seq_len: int, generator: torch.Generator | None = None) -> Tensor:

@@ -15,8 +15,6 @@ controller sees is a k1 or k3 sample mean over ``n_samples`` arms drawn from the
 
 from __future__ import annotations
 
-from kltutor._validation import positive_number
-
 import math
 from dataclasses import dataclass
 
@@ -24,9 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kltutor._validation import positive_number, probabilities
+from kltutor import divergences
 from kltutor.estimators import estimate_kl
+from kltutor.preference import optimal_policy
 
-__all__ = ["KLBandit", "tilted_policy", "simulate_training", "TrainingRun"]
+__all__ = ["KLBandit", "simulate_training", "TrainingRun", "softmax_policy_gradient"]
 
 D64 = torch.float64
 
@@ -44,11 +45,21 @@ def _check_beta(beta) -> float:
     return positive_number("beta", beta)
 
 
-def tilted_policy(ref_probs: Tensor, rewards: Tensor, beta: float) -> Tensor:
-    """``pi*_beta ∝ ref_probs * exp(rewards / beta)``, computed in log space (stable for tiny beta)."""
-    b = _check_beta(beta)
-    logits = torch.log(ref_probs) + rewards / b
-    return torch.softmax(logits, dim=-1)
+def softmax_policy_gradient(logits: Tensor, rewards: Tensor, beta: float, ref_logp: Tensor, natural: bool = False) -> Tensor:
+    """The exact ascent direction on softmax logits ``z`` for ``J(pi) = E_pi[r] - beta KL(pi || pi_ref)``.
+
+    With ``pi = softmax(z)`` and the per-response advantage ``A = r - beta (log pi - log pi_ref)``, the
+    gradient is ``dJ/dz = pi * (A - E_pi[A])`` (``natural=False``); ``natural=True`` returns ``A``
+    itself, the mirror-descent (natural-gradient) step on ``log pi`` (up to a constant). Over the last
+    axis; ``beta = 0`` drops the KL term. The one implementation of this step: chapter 6's gradient
+    path, chapter 7's KL collapse and runaway, chapter 8's moving reference all call it.
+    """
+    logp = torch.log_softmax(logits, -1)
+    adv = rewards - beta * (logp - ref_logp)
+    if natural:
+        return adv
+    pi = logp.exp()
+    return pi * (adv - (pi * adv).sum(-1, keepdim=True))
 
 
 @dataclass(frozen=True)
@@ -59,14 +70,11 @@ class KLBandit:
     rewards: Tensor
 
     def __post_init__(self):
-        ref = _as_vector("ref_probs", self.ref_probs)
         r = _as_vector("rewards", self.rewards)
+        # strictly positive: the KL to the reference must be finite
+        ref = probabilities("ref_probs", self.ref_probs, vector=True, min_size=2, positive=True, dtype=D64)
         if ref.shape != r.shape:
             raise ValueError(f"ref_probs and rewards must have the same shape, got {tuple(ref.shape)} and {tuple(r.shape)}")
-        if (ref <= 0).any():
-            raise ValueError("ref_probs must be strictly positive (the KL to the reference must be finite)")
-        if abs(ref.sum().item() - 1.0) > 1e-9:
-            raise ValueError(f"ref_probs must sum to 1, got {ref.sum().item():.12g}")
         object.__setattr__(self, "ref_probs", ref / ref.sum())
         object.__setattr__(self, "rewards", r)
 
@@ -89,8 +97,8 @@ class KLBandit:
 
     # exact quantities -------------------------------------------------------------------------
     def optimal_policy(self, beta: float) -> Tensor:
-        """The maximiser of ``E[r] - beta KL(pi||pi_ref)``: ``pi_ref exp(r/beta) / Z``."""
-        return tilted_policy(self.ref_probs, self.rewards, beta)
+        """The maximiser of ``E[r] - beta KL(pi||pi_ref)``: ``pi_ref exp(r/beta) / Z`` (:func:`kltutor.preference.optimal_policy`)."""
+        return optimal_policy(self.ref_probs, self.rewards, _check_beta(beta))
 
     def expected_reward(self, pi: Tensor) -> Tensor:
         return (pi * self.rewards).sum(-1)
@@ -98,8 +106,7 @@ class KLBandit:
     def kl(self, pi: Tensor) -> Tensor:
         """Exact ``KL(pi || pi_ref)`` (0 log 0 = 0)."""
         pi = torch.as_tensor(pi, dtype=D64)
-        terms = torch.where(pi > 0, pi * (torch.log(pi) - torch.log(self.ref_probs)), torch.zeros_like(pi))
-        return terms.sum(-1)
+        return divergences.kl(pi, self.ref_probs.expand_as(pi))
 
     def objective(self, pi: Tensor, beta: float) -> Tensor:
         """``J(pi) = E_pi[r] - beta KL(pi||pi_ref)``."""
