@@ -1,8 +1,8 @@
 """The interview question bank (chapter ``ch-interview``): questions in three tiers, and a self-test quiz.
 
 This module is the single source of truth for the questions. The interview chapter
-(label ``ch-interview``) answers every question in full, with derivations checked by sympy in
-:mod:`kltutor.derivations.interview`; the questions on KL in practice (Q26 on) are answered where
+(label ``ch-interview``) answers every question in full, with derivations checked by sympy in the
+chapter modules of :mod:`kltutor.derivations`; the questions on KL in practice (Q26 on) are answered where
 their numbers are computed, in chapter ``ch-practice`` (``Question.answered_in``); the self-test page
 ``book/self_test.md`` is generated from :func:`questions` by ``scripts/self_test.py``; the chapters'
 "Interview check" sections can pick their questions with ``questions(chapter="ch-...")``.

@@ -1,5 +1,5 @@
-"""The question bank, the quiz, the interview chapter's coverage of the bank, the self-test page and the
-interview derivations."""
+"""The question bank, the quiz, the interview chapter's coverage of the bank and the self-test page
+(the derivations the interview chapter cites run in tests/test_derivations.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from kltutor import interview
-from kltutor.derivations import interview as derivations
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = (ROOT / "book" / "09_interview_questions.md").read_text()
@@ -134,34 +133,3 @@ def test_self_test_page_lists_questions_only():
         assert q.answer not in page
 
 
-# --------------------------------------------------------------------------- derivations
-@pytest.mark.parametrize("name", [n for n in derivations.__all__ if not n.endswith("expressions")])
-def test_interview_derivation(name):
-    assert getattr(derivations, name)() is True
-
-
-def test_placement_gradients_numbers_match_finite_differences():
-    """The sympy expected gradients agree with autograd on an enumerated softmax policy."""
-    import torch
-
-    torch.manual_seed(0)
-    theta = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    ref = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
-    pi = torch.softmax(theta, 0)
-    reverse = (pi * (pi.log() - ref.log())).sum()
-    forward = (ref * (ref.log() - pi.log())).sum()
-    g_rev = torch.autograd.grad(reverse, theta, retain_graph=True)[0][0].item()
-    g_fwd = torch.autograd.grad(forward, theta, retain_graph=True)[0][0].item()
-    # k3-in-loss: expectation (weights detached) of the autograd gradient of k3 at each outcome
-    ell = pi.log() - ref.log()
-    k3 = torch.exp(-ell) - 1 + ell
-    g_k3 = torch.autograd.grad((pi.detach() * k3).sum(), theta)[0][0].item()
-    import sympy as sp
-
-    g = derivations.placement_gradient_expressions()
-    p = pi.detach().tolist()
-    subs = {sp.Symbol("p1", positive=True): p[0], sp.Symbol("p2", positive=True): p[1],
-            sp.Symbol("q1", positive=True): 0.2, sp.Symbol("q2", positive=True): 0.5}
-    assert float(g["reverse_kl"].subs(subs)) == pytest.approx(g_rev, rel=1e-9)
-    assert float(g["forward_kl"].subs(subs)) == pytest.approx(g_fwd, rel=1e-9)
-    assert float(g["k3-in-loss"].subs(subs)) == pytest.approx(g_k3, rel=1e-9)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from kltutor.derivations import DerivationError, derivation, require  # noqa: F401
+from kltutor.derivations import DerivationError, derivation, is_zero, require  # noqa: F401
 
 __all__ = [
     "f_nonnegative",
@@ -80,7 +80,8 @@ def f_nonnegative() -> bool:
 
 @derivation
 def k3_unbiased_categorical() -> bool:
-    """E_pi[k3] = KL(pi||ref) for a categorical pi, ref on 3 outcomes with full support (symbolic)."""
+    """E_pi[k3] = KL(pi||ref) for a categorical pi, ref on 3 outcomes with full support (symbolic);
+    the key step is E_pi[ref/pi] = 1, and the tempting E_pi[pi/ref] = 1 is false."""
     p1, p2, q1, q2 = sp.symbols("p1 p2 q1 q2", positive=True)
     p = [p1, p2, 1 - p1 - p2]
     q = [q1, q2, 1 - q1 - q2]
@@ -89,6 +90,8 @@ def k3_unbiased_categorical() -> bool:
     require(sp.simplify(e_k3 - kl) == 0, "E[k3] != KL")
     # the key step: E_pi[ref/pi] = sum ref = 1
     require(sp.simplify(sum(pi * qi / pi for pi, qi in zip(p, q)) - 1) == 0, "E[ref/pi] != 1")
+    # the tempting wrong identity: E_pi[pi/ref] is not 1 in general (it is 1 + chi2(pi||ref))
+    require(not is_zero(sum(pi * pi / qi for pi, qi in zip(p, q)) - 1), "E_pi[pi/ref] = 1 would be a wrong identity")
     return True
 
 
@@ -154,6 +157,8 @@ def k2_bias_expressions(order: int = 5) -> dict[str, sp.Expr]:
           sp.series(-sp.log(1 - eps / (1 - theta)), eps, 0, 5).removeO()]
     bias = sp.expand(sum(a * (l**2 / 2 - l) for a, l in zip(p, ls)))
     bias_series = sum(bias.coeff(eps, k) * eps**k for k in range(4))
+    kl = sp.expand(sum(a * l for a, l in zip(p, ls)))
+    kl_series = sum(kl.coeff(eps, k) * eps**k for k in range(4))
     # leading term predicted by E[l^3]/6 with l ~ eps * a(y), a = d l / d eps at eps = 0
     a_vals = [sp.diff(l, eps).subs(eps, 0) for l in ls]
     predicted = sp.simplify(eps**3 * sum(pp * a**3 for pp, a in zip(p, a_vals)) / 6)
@@ -161,6 +166,7 @@ def k2_bias_expressions(order: int = 5) -> dict[str, sp.Expr]:
         "integrand": integrand,
         "integrand_series": sp.series(integrand, ell, 0, order).removeO(),
         "bernoulli_bias_series": sp.simplify(bias_series),
+        "bernoulli_kl_series": sp.simplify(kl_series),
         "bernoulli_leading_predicted": predicted,
     }
 
@@ -168,7 +174,8 @@ def k2_bias_expressions(order: int = 5) -> dict[str, sp.Expr]:
 @derivation
 def k2_bias_series() -> bool:
     """E[k2] - KL = E[l^3]/6 - E[l^4]/24 + ...: the bias is third order; for a Bernoulli family it is
-    O(eps^3) with leading coefficient E[a^3]/6 (a = dl/d eps), which can have either sign."""
+    O(eps^3) with leading coefficient E[a^3]/6 (a = dl/d eps), which can have either sign, while the
+    KL is O(eps^2)."""
     ell = sp.Symbol("ell", real=True)
     ex = k2_bias_expressions()
     require(sp.simplify(ex["integrand_series"] - (ell**3 / 6 - ell**4 / 24)) == 0, "series of l^2/2 - l + 1 - e^-l")
@@ -177,6 +184,10 @@ def k2_bias_series() -> bool:
     require(sp.simplify(s.coeff(eps, 0)) == 0 and sp.simplify(s.coeff(eps, 1)) == 0, "bias has order < 2 terms")
     require(sp.simplify(s.coeff(eps, 2)) == 0, "bias has an eps^2 term")
     require(sp.simplify(s.coeff(eps, 3) * eps**3 - ex["bernoulli_leading_predicted"]) == 0, "eps^3 coefficient != E[a^3]/6")
+    # while the KL itself starts at eps^2: the bias is one order smaller than the KL
+    k = sp.expand(ex["bernoulli_kl_series"])
+    require(all(sp.simplify(k.coeff(eps, j)) == 0 for j in (0, 1)) and sp.simplify(k.coeff(eps, 2)) != 0,
+            "KL must start at order eps^2")
     return True
 
 
@@ -237,6 +248,14 @@ def control_variate_optimum() -> bool:
     x = sp.Symbol("ell", real=True)
     g = x + lam * (sp.exp(-x) - 1)
     require(sp.diff(g, x).subs(x, 0) == 1 - lam, "slope at 0")
+    # in the ratio s = ref/pi = e^{-l}: g(s) = -log s + lam (s - 1) vanishes at s = 1, so staying >= 0
+    # needs g'(1) = 0, which forces lam = 1; and g with lam = 1 is f(log s) = s - 1 - log s (k3)
+    s_ = sp.Symbol("s", positive=True)
+    g_s = -sp.log(s_) + lam * (s_ - 1)
+    require(g_s.subs(s_, 1) == 0, "g(1) must vanish")
+    require(sp.solve(sp.Eq(sp.diff(g_s, s_).subs(s_, 1), 0), lam) == [1], "g'(1) = 0 must force lam = 1")
+    y = sp.Symbol("x", real=True)
+    require(sp.simplify(g_s.subs(lam, 1).subs(s_, sp.exp(y)) - (sp.exp(y) - y - 1)) == 0, "lam = 1 must give f(log s)")
     return True
 
 
