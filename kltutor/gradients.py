@@ -37,6 +37,7 @@ from kltutor.toys.autoregressive import BinaryAutoregressive, all_binary_sequenc
 
 __all__ = [
     "PLACEMENT_KEYS",
+    "per_sample_surrogate",
     "exact_kl_gradients",
     "per_sample_gradients",
     "exact_gradient_moments",
@@ -69,8 +70,12 @@ def _check_args(policy, reference, level: str, reward_form: str) -> None:
         raise ValueError(f"reward_form must be 'return-to-go' or 'full', got {reward_form!r}")
 
 
-def _surrogate(policy, reference, seqs: Tensor, placement: str, level: str, reward_form: str) -> Tensor:
-    """Per-sequence scalar whose gradient (sample fixed) is the placement's per-sample gradient."""
+def per_sample_surrogate(policy, reference, seqs: Tensor, placement: str, level: str, reward_form: str) -> Tensor:
+    """Per-sequence scalar whose gradient (sample fixed) is the placement's per-sample gradient.
+
+    ``placement`` is one of ``"k1-in-reward"``, ``"k1-in-loss"``, ``"k2-in-loss"``, ``"k3-in-loss"``,
+    ``"k3-in-reward"``; ``level`` and ``reward_form`` as in :func:`exact_kl_gradients`.
+    """
     est, where = _parse(placement)
     logp = policy.token_logprobs(seqs)
     with torch.no_grad():
@@ -111,7 +116,7 @@ def exact_kl_gradients(
     (ga, gb) = torch.autograd.grad(policy.exact_kl(reference, seq_len), params)
     out["true"] = torch.stack([ga, gb]).detach()
     for key in ESTIMATOR_PLACEMENTS:
-        s = (probs * _surrogate(policy, reference, seqs, key, level, reward_form)).sum()
+        s = (probs * per_sample_surrogate(policy, reference, seqs, key, level, reward_form)).sum()
         # both parameters enter every surrogate (b multiplies c_t even where c_t = 0): no None gradient
         ga, gb = torch.autograd.grad(s, params)
         out[key] = torch.stack([ga, gb]).detach()

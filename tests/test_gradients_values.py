@@ -1,5 +1,5 @@
 """kltutor.gradients: each placement's per-sample gradient against the table of the module docstring
-(the one chapter 3 prints with ``inspect.getsource(G._surrogate)``), computed by hand from the
+(the one chapter 3 prints with ``inspect.getsource(G.per_sample_surrogate)``), computed by hand from the
 scores; MCGradient's statistics on fixed numbers; the Monte-Carlo and off-policy helpers against
 independent re-computations."""
 
@@ -65,7 +65,7 @@ def test_per_sample_gradients_and_surrogate_are_the_table(level, reward_form):
         for i in range(SEQS.shape[0]):
             want = table(key, level, reward_form, SEQS[i].tolist())
             assert fast[i].tolist() == pytest.approx(want, abs=1e-14), (key, i)
-            s = G._surrogate(pi, ref, SEQS[i : i + 1], key, level, reward_form).sum()
+            s = G.per_sample_surrogate(pi, ref, SEQS[i : i + 1], key, level, reward_form).sum()
             g = torch.autograd.grad(s, [pi.a, pi.b], allow_unused=True)
             g = [0.0 if x is None else x.item() for x in g]
             assert g == pytest.approx(want, abs=1e-14), (key, i)
