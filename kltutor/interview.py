@@ -180,7 +180,7 @@ _BANK: tuple[Question, ...] = (
     ),
     Question(
         "Q6", "must-know",
-        "How do you choose beta, and what are the symptoms of a beta that is too large or too small?",
+        "How do you choose β, and what are the symptoms of a β that is too large or too small?",
         "beta prices one nat of KL in units of reward, so it must be set relative to the reward scale. "
         "Too large: measured KL near zero, reward flat, the policy stays at the reference. Too small: KL "
         "grows without bound, proxy reward climbs while held-out quality falls, responses get longer, "
@@ -250,7 +250,7 @@ _BANK: tuple[Question, ...] = (
         ("Justifying a loss term by the properties of its value (unbiased, non-negative).",
          "Calling the k3 gradient an O(l^2)-biased approximation of the reverse KL without saying what it is exactly: the forward-KL gradient.",
          "Believing k1-in-loss would have worked: its expected gradient is zero."),
-        ("ch-estimators", "ch-placements"),
+        ("ch-estimators", "ch-placements", "ch-preference"),
         claims=("k3-unbiased", "k3-in-loss-forward", "k1-in-loss-zero", "k2-in-loss", "k1-in-reward-exact"),
     ),
     # ------------------------------------------------------------------ tier 2: advanced
@@ -267,7 +267,7 @@ _BANK: tuple[Question, ...] = (
     ),
     Question(
         "Q12", "advanced",
-        "Derive the k3 estimator from f(x) = e^x - x - 1.",
+        "Derive the k3 estimator from f(x) = e^x − x − 1.",
         "Look for an unbiased, non-negative estimator of KL(q||p) from x ~ q. Let s = p(x)/q(x); "
         "E_q[s] = 1, so -log s + lambda*(s - 1) is unbiased for every lambda. It is a convex function "
         "of s minimised at s = 1 only if lambda = 1, which makes it non-negative: k3 = (s - 1) - log s = "
@@ -334,7 +334,7 @@ _BANK: tuple[Question, ...] = (
     ),
     Question(
         "Q17", "advanced",
-        "How is the adaptive-beta controller like a PID controller?",
+        "How is the adaptive-β controller like a PID controller?",
         "Ziegler et al.'s controller: e_t = clip(KL_t/KL_target - 1, -0.2, 0.2), beta_{t+1} = beta_t (1 + K_beta e_t). "
         "The correction is proportional to the error, but it is applied to beta incrementally, so log beta "
         "accumulates the sum of past errors: in control terms it is an integral controller on log beta "
@@ -349,7 +349,7 @@ _BANK: tuple[Question, ...] = (
     ),
     Question(
         "Q18", "advanced",
-        "How do you set beta in GRPO with a k3 KL term when the reward is binary (0/1)?",
+        "How do you set β in GRPO with a k3 KL term when the reward is binary (0/1)?",
         "Separate two objectives. GRPO's update: rewards are normalised within a group, so the policy term "
         "has unit-scale advantages whatever the reward's scale (a half-0/half-1 group of G gets +-sqrt((G-1)/G) "
         "with the unbiased std), a group with all-0 or all-1 rewards has zero advantage (only the KL term "
@@ -393,13 +393,13 @@ _BANK: tuple[Question, ...] = (
         ("Reporting the token-mean KL as 'the KL' when the objective penalises the sequence KL.",
          "Including prompt or padding tokens: mask to response tokens.",
          "Assuming token-level k2-in-loss is the exact sequence-KL gradient (true for one token only)."),
-        ("ch-fundamentals", "ch-placements"),
+        ("ch-fundamentals", "ch-estimators", "ch-placements"),
         claims=("kl-chain-rule", "k1-in-reward-exact", "k2-in-loss", "token-vs-sequence-k3", "token-mean-kl"),
     ),
     # ------------------------------------------------------------------ tier 3: top-lab
     Question(
         "Q21", "top-lab",
-        "Prove f(x) = e^x - x - 1 >= 0, derive the non-negativity and unbiasedness of k3, and say which "
+        "Prove f(x) = e^x − x − 1 ≥ 0, derive the non-negativity and unbiasedness of k3, and say which "
         "property matters for KL as a loss term.",
         "f(0) = 0, f'(x) = e^x - 1 vanishes only at 0, f'' = e^x > 0: strictly convex, global minimum 0. "
         "k3 = f(-l) >= 0. Unbiasedness: E[e^{-l}] = 1 under pi_theta. Neither property matters for a loss: "
@@ -432,7 +432,7 @@ _BANK: tuple[Question, ...] = (
     ),
     Question(
         "Q23", "top-lab",
-        "From the sqrt(KL) form of the gold-reward curve, derive a safe KL budget against over-optimisation.",
+        "From the √KL form of the gold-reward curve, derive a safe KL budget against over-optimisation.",
         "For best-of-n, Gao et al. fit R(d) = d(alpha - b d) with d = sqrt(KL). dR/dd = alpha - 2 b d = 0 "
         "gives d* = alpha/(2 b), KL* = alpha^2/(4 b^2), R* = alpha^2/(4 b). Stopping at half the "
         "peak KL (d = d*/sqrt 2) keeps R/R* = sqrt 2 - 1/2, about 91% of the peak gain. The coefficients "
@@ -530,7 +530,7 @@ _BANK: tuple[Question, ...] = (
     ),
     Question(
         "Q29", "advanced",
-        "How do token-mean, per-sequence mean and Dr. GRPO's constant normaliser change what beta means?",
+        "How do token-mean, per-sequence mean and Dr. GRPO's constant normaliser change what β means?",
         "Write the KL part of the loss as (1/G) sum_i beta_eff(T_i) sum_t k_it. Sequence-sum gives beta_eff = beta; "
         "per-sequence mean (GRPO's 1/|o_i|, TRL loss_type='grpo', verl 'seq-mean-token-mean') gives beta/T_i, so a long "
         "response pays less per nat of sequence KL; token-mean (TRL 'bnpo'/'dapo', verl 'token-mean') gives beta over "
@@ -548,7 +548,7 @@ _BANK: tuple[Question, ...] = (
     ),
     Question(
         "Q30", "advanced",
-        "What do you lose by training with beta = 0 and no reference model, and what does a reference that is reset "
+        "What do you lose by training with β = 0 and no reference model, and what does a reference that is reset "
         "to the policy every few steps actually control?",
         "With beta = 0 nothing anchors what the reward does not see: only the reward's argmax limits the KL to the start, and "
         "among equally rewarded answers, exact policy-gradient dynamics favour those already likely (rich get "

@@ -110,6 +110,32 @@ def test_every_question_is_answered_in_the_interview_chapter(q):
     assert "{ref}`" in answer, "the answer must link into the book"
 
 
+CHAPTER_FILES = {label: path for path in sorted((ROOT / "book").glob("[0-9][0-9]_*.md"))
+                 for label in re.findall(r"^\((ch-[a-z-]+)\)=", path.read_text(), re.M)}
+
+
+@pytest.mark.parametrize("q", interview.questions(), ids=lambda q: q.id)
+def test_full_answer_heading_is_the_bank_text(q):
+    """The bank is the one source of question text: a full answer's heading quotes it exactly."""
+    text = CHAPTER_FILES[q.answered_in].read_text()
+    headings = re.findall(rf"^### {q.id}\. (.+)$", text, re.M)
+    assert headings == [q.question], f"{q.id}: heading {headings} differs from the bank's {q.question!r}"
+
+
+@pytest.mark.parametrize("path", sorted(CHAPTER_FILES.values()), ids=lambda p: p.stem)
+def test_interview_check_quotes_the_bank(path):
+    """Numbered questions of a chapter's Interview check are bank questions, quoted exactly, that the bank
+    lists for this chapter (docs/CONVENTIONS.md); unnumbered follow-ups are the chapter's own."""
+    text = path.read_text()
+    label = re.search(r"^\((ch-[a-z-]+)\)=", text, re.M).group(1)
+    section = text.split("\n## Interview check", 1)[1].split("\n## ", 1)[0]
+    assert not re.search(r"^\d+\. ", section, re.M), "questions are bold paragraphs, not a numbered list"
+    for qid, quoted in re.findall(r"^\*\*(Q\d+)\. (.+?)\*\*\s*$", section, re.M | re.S):
+        q = interview.get(qid)
+        assert " ".join(quoted.split()) == q.question, f"{qid}: {quoted!r} is not the bank's {q.question!r}"
+        assert label in q.chapters, f"{qid} is asked in {label}, but the bank does not list that chapter"
+
+
 def test_interview_chapter_tiers_follow_the_bank():
     order = [m.group(1) for m in re.finditer(r"^### (Q\d+)\.", CHAPTER, re.M)]
     assert order == [q.id for q in interview.questions() if q.answered_in == "ch-interview"]
