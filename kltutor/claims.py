@@ -227,11 +227,11 @@ def _forward_kl_cross_entropy():
     "sec-fundamentals-relations",
 )
 def _kl_chi2_bound():
-    from kltutor.derivations import fundamentals
+    from kltutor.derivations import fundamentals as fundamentals_proofs
     from kltutor.divergences import chi2, kl
     from kltutor.toys.distributions import random_categorical
 
-    _require(fundamentals.kl_chi2_bound() is True, "sympy")
+    _require(fundamentals_proofs.kl_chi2_bound() is True, "sympy")
     P = random_categorical(2000, 8, seed=30, concentration=0.1)
     Q = random_categorical(2000, 8, seed=31, concentration=0.1)
     slack = (chi2(P, Q).log1p() - kl(P, Q)).min().item()
@@ -268,9 +268,9 @@ def _k1_unbiased():
 )
 def _k3_unbiased():
     from kltutor import estimators as est
-    from kltutor.derivations import estimators as dv
+    from kltutor.derivations import estimators as estimators_proofs
 
-    _require(dv.k3_unbiased_categorical() and dv.k3_unbiased_needs_support(), "sympy")
+    _require(estimators_proofs.k3_unbiased_categorical() and estimators_proofs.k3_unbiased_needs_support(), "sympy")
     m = est.exact_moments([0.6, 0.4, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25], "k3")
     _require(abs(m["mean"] - (m["kl"] - 0.5)) < 1e-12, "support condition")
     return {"E[k3] - KL when the policy drops reference mass 0.5": m["mean"] - m["kl"]}
@@ -286,9 +286,9 @@ def _k3_nonnegative():
     import torch
 
     from kltutor import estimators as est
-    from kltutor.derivations import estimators as dv
+    from kltutor.derivations import estimators as estimators_proofs
 
-    _require(dv.f_nonnegative(), "sympy")
+    _require(estimators_proofs.f_nonnegative(), "sympy")
     ell = torch.cat([-torch.logspace(-8, 1.5, 400, dtype=torch.float64), torch.logspace(-8, 1.5, 400, dtype=torch.float64)])
     v = est.k3(ell, torch.zeros_like(ell))
     _require((v >= 0).all(), "est.k3 negative somewhere")
@@ -304,9 +304,9 @@ def _k3_nonnegative():
 )
 def _k3_lambda_one():
     from kltutor import estimators as est
-    from kltutor.derivations import estimators as dv
+    from kltutor.derivations import estimators as estimators_proofs
 
-    _require(dv.control_variate_optimum(), "sympy")
+    _require(estimators_proofs.control_variate_optimum(), "sympy")
     lam = est.gaussian_k3_variance(0.0, 1.0, 0.5, 1.0)["lambda_opt"]
     _require(0.8 < lam < 1.0, "lambda* near but below 1 at delta = 0.5")
     return {"variance-optimal lambda at delta = 0.5": lam}
@@ -327,7 +327,7 @@ def _k3_variance():
     import torch
 
     from kltutor import estimators as est
-    from kltutor.derivations import estimators as dv
+    from kltutor.derivations import estimators as estimators_proofs
     from kltutor.divergences import chi2
     from kltutor.toys.distributions import random_categorical
 
@@ -336,7 +336,7 @@ def _k3_variance():
     lo = est.gaussian_moments(cross - 0.01, 0.0, 1.0, "k3")["var"] < est.gaussian_moments(cross - 0.01, 0.0, 1.0, "k1")["var"]
     hi = est.gaussian_moments(cross + 0.01, 0.0, 1.0, "k3")["var"] > est.gaussian_moments(cross + 0.01, 0.0, 1.0, "k1")["var"]
     _require(lo and hi, "crossover")
-    _require(dv.gaussian_k3_second_moment(), "sympy: finite iff s^2 < 2")
+    _require(estimators_proofs.gaussian_k3_second_moment(), "sympy: finite iff s^2 < 2")
     _require(est.k3_variance_is_finite(1.0, 1.41) and not est.k3_variance_is_finite(1.0, 1.42), "sqrt(2) threshold")
     P = random_categorical(100, 6, seed=5)
     Q = random_categorical(100, 6, seed=6)
@@ -356,9 +356,9 @@ def _k3_variance():
 )
 def _k2_bias():
     from kltutor import estimators as est
-    from kltutor.derivations import estimators as dv
+    from kltutor.derivations import estimators as estimators_proofs
 
-    _require(dv.k2_bias_series() and dv.gaussian_equal_variance_moments(), "sympy")
+    _require(estimators_proofs.k2_bias_series() and estimators_proofs.gaussian_equal_variance_moments(), "sympy")
     a = est.exact_moments([0.3, 0.7], [0.4, 0.6], "k2")["bias"]
     b = est.exact_moments([0.3, 0.7], [0.2, 0.8], "k2")["bias"]
     _require(a * b < 0, "the bias takes both signs")
@@ -375,10 +375,10 @@ def _k2_bias():
     refuted=(r"(?<!not )(?<!never )\bis (?:an?|the) \$?f\$?-divergence",),
 )
 def _k2_not_f_divergence():
-    from kltutor.derivations import estimators as dv
+    from kltutor.derivations import estimators as estimators_proofs
 
-    _require(dv.k2_not_f_divergence(), "sympy")
-    ex = dv.k2_merge_example()
+    _require(estimators_proofs.k2_not_f_divergence(), "sympy")
+    ex = estimators_proofs.k2_merge_example()
     return {"E[k2], pi=(.9,.01,.09), ref=(.5,.4,.1)": ex["fine"], "after merging the last two outcomes": ex["merged"]}
 
 
@@ -421,9 +421,9 @@ def _k3_float32():
 def _k3_fp16_overflow():
     import torch
 
-    from kltutor.derivations import failures
+    from kltutor.derivations import failures as failures_proofs
 
-    _require(failures.fp16_k3_overflow(), "sympy")
+    _require(failures_proofs.fp16_k3_overflow(), "sympy")
     limit = -math.log(torch.finfo(torch.float16).max)
     _require(torch.finfo(torch.bfloat16).max == torch.finfo(torch.float32).max or
              abs(math.log(torch.finfo(torch.bfloat16).max) - math.log(torch.finfo(torch.float32).max)) < 0.01, "bf16 range")
@@ -518,9 +518,9 @@ def _k2_in_loss():
     _require(_max_err(seq["k2-in-loss"], seq["true"]) < 1e-12, "sequence-level k2")
     bias = _max_err(tok["k2-in-loss"], tok["true"])
     _require(bias > 0.1, "token-level k2 must be biased at T = 5")
-    from kltutor.derivations import placements
+    from kltutor.derivations import placements as placements_proofs
 
-    _require(placements.one_token_k2_loss_equals_k1_reward() and placements.token_k2_misses_cross_terms(), "sympy")
+    _require(placements_proofs.one_token_k2_loss_equals_k1_reward() and placements_proofs.token_k2_misses_cross_terms(), "sympy")
     return {"token-level k2, T = 5: largest gradient error": bias, "T = 1 or sequence-level k2": "exact (< 1e-12)"}
 
 
@@ -540,10 +540,10 @@ def _k3_in_loss_forward():
     import torch
 
     from kltutor import gradients as G
-    from kltutor.derivations import placements
+    from kltutor.derivations import placements as placements_proofs
     from kltutor.toys.autoregressive import all_binary_sequences
 
-    _require(placements.k3_in_loss_is_forward_kl_gradient() and placements.placement_gradients(), "sympy, one token")
+    _require(placements_proofs.k3_in_loss_is_forward_kl_gradient() and placements_proofs.placement_gradients(), "sympy, one token")
     pi, ref = _toy()
     T = 5
     tok = G.exact_kl_gradients(pi, ref, T, level="token")
@@ -597,18 +597,18 @@ def _offpolicy_prefix_weight():
 def _clip_removes_in_reward_kl():
     import torch
 
-    from kltutor import placements as P
+    from kltutor import placements as pl
 
     D = torch.float64
     logp = torch.tensor([[-0.40, -1.10, -0.70]], dtype=D, requires_grad=True)
     old_logp = torch.tensor([[-0.80, -1.05, -0.70]], dtype=D)
     ref_logp = torch.tensor([[-0.10, -0.60, -0.20]], dtype=D)
     mask = torch.ones_like(old_logp)
-    rewards = P.shaped_rewards(torch.tensor([0.0], dtype=D), logp, ref_logp, mask, 0.5, estimator="k1")
-    adv = P.returns_to_go(rewards, mask)
-    surr, _ = P.clipped_surrogate(logp, old_logp, adv, mask, clip_eps=0.2)
+    rewards = pl.shaped_rewards(torch.tensor([0.0], dtype=D), logp, ref_logp, mask, 0.5, estimator="k1")
+    adv = pl.returns_to_go(rewards, mask)
+    surr, _ = pl.clipped_surrogate(logp, old_logp, adv, mask, clip_eps=0.2)
     (g_reward,) = torch.autograd.grad(surr, logp)
-    (g_loss,) = torch.autograd.grad(0.5 * P.kl_loss(logp, ref_logp, mask, "k3"), logp)
+    (g_loss,) = torch.autograd.grad(0.5 * pl.kl_loss(logp, ref_logp, mask, "k3"), logp)
     _require(g_reward[0, 0].item() == 0.0 and adv[0, 0].item() > 0 and g_loss[0, 0].item() != 0.0, "clipping")
     return {"gradient of the clipped token (KL in reward)": 0.0, "its gradient with k3 in the loss": g_loss[0, 0].item()}
 
@@ -622,9 +622,9 @@ def _clip_removes_in_reward_kl():
     "sec-schedules-scale", cheatsheet=True,
 )
 def _beta_exchange_rate():
-    from kltutor.derivations import schedules
+    from kltutor.derivations import schedules as schedules_proofs
 
-    _require(schedules.reward_scale_equivalence(), "sympy")
+    _require(schedules_proofs.reward_scale_equivalence(), "sympy")
     return {"pi*(c r, beta) = pi*(r, beta / c)": True}
 
 
@@ -638,10 +638,10 @@ def _beta_exchange_rate():
 def _kl_falls_with_beta():
     import torch
 
-    from kltutor.derivations import schedules
+    from kltutor.derivations import schedules as schedules_proofs
     from kltutor.toys import KLBandit
 
-    _require(schedules.reward_derivative() and schedules.kl_derivative(), "sympy")
+    _require(schedules_proofs.reward_derivative() and schedules_proofs.kl_derivative(), "sympy")
     bandit = KLBandit.random(8, torch.Generator().manual_seed(0))
     kls = [bandit.optimal_kl(b) for b in (100.0, 1.0, 0.1, 0.01, 0.001)]
     _require(all(a <= b for a, b in zip(kls, kls[1:])) and kls[0] < kls[1] and kls[-1] <= bandit.max_kl() + 1e-12, "monotone, capped")
@@ -752,9 +752,9 @@ def _grpo_normalised_binary():
     "sec-preference-optimum", cheatsheet=True,
 )
 def _optimal_policy():
-    from kltutor.derivations import preference as D
+    from kltutor.derivations import preference as preference_proofs
 
-    _require(D.closed_form_optimum(), "sympy")
+    _require(preference_proofs.closed_form_optimum(), "sympy")
     return {"closed form, strict concavity, J = beta log Z - beta KL(pi||pi*)": True}
 
 
@@ -766,9 +766,9 @@ def _optimal_policy():
     "sec-preference-dpo", cheatsheet=True,
 )
 def _dpo_loss_gradient():
-    from kltutor.derivations import preference as D
+    from kltutor.derivations import preference as preference_proofs
 
-    _require(D.dpo_from_optimum() and D.dpo_gradient(), "sympy")
+    _require(preference_proofs.dpo_from_optimum() and preference_proofs.dpo_gradient(), "sympy")
     return {"log Z cancels; gradient weight sigma(r_l - r_w)": True}
 
 
@@ -780,9 +780,9 @@ def _dpo_loss_gradient():
     "sec-preference-dpo",
 )
 def _implicit_reward_not_kl():
-    from kltutor.derivations import preference as D
+    from kltutor.derivations import preference as preference_proofs
 
-    _require(D.implicit_reward_mean_is_kl(), "sympy")
+    _require(preference_proofs.implicit_reward_mean_is_kl(), "sympy")
     return {"E_pi[r_hat] = beta KL(pi||ref), E_ref[r_hat] = -beta KL(ref||pi)": True}
 
 
@@ -825,7 +825,7 @@ def _dpo_rl_same_optimum():
     import torch
     import torch.nn.functional as F
 
-    from kltutor import preference as P
+    from kltutor import preference as pref
 
     D64 = torch.float64
     g = torch.Generator().manual_seed(0)
@@ -840,7 +840,7 @@ def _dpo_rl_same_optimum():
         return -(w * F.logsigmoid(h)).sum()
 
     pi = _lbfgs_tabular(population, 5, init=ref.log())
-    gap = (pi - P.optimal_policy(ref, r, beta)).abs().max().item()
+    gap = (pi - pref.optimal_policy(ref, r, beta)).abs().max().item()
     _require(gap < 1e-6, f"population DPO minimiser must be pi* (gap {gap:.1e})")
     # finite data: response 0 wins its two comparisons and never loses
     chosen, rejected = torch.tensor([0, 0, 2]), torch.tensor([1, 2, 3])
@@ -848,7 +848,7 @@ def _dpo_rl_same_optimum():
     for s in range(20):
         th = torch.randn(5, generator=torch.Generator().manual_seed(s), dtype=D64).mul(3).requires_grad_(True)
         lp = torch.log_softmax(th, 0)
-        loss = P.dpo_loss(lp[chosen], lp[rejected], ref.log()[chosen], ref.log()[rejected], beta).loss
+        loss = pref.dpo_loss(lp[chosen], lp[rejected], ref.log()[chosen], ref.log()[rejected], beta).loss
         (grad,) = torch.autograd.grad(loss, th)
         worst = max(worst, grad[0].item())
     _require(worst < 0, "the never-losing response's logit must always decrease the empirical loss")
@@ -865,7 +865,7 @@ def _dpo_rl_same_optimum():
 def _ipo_target():
     import torch
 
-    from kltutor import preference as P
+    from kltutor import preference as pref
 
     D64 = torch.float64
     g = torch.Generator().manual_seed(1)
@@ -881,10 +881,10 @@ def _ipo_target():
         return (w * (pw * (h - c0) ** 2 + (1 - pw) * (h + c0) ** 2)).sum()
 
     pi = _lbfgs_tabular(population, 5, init=ref.log())
-    target = P.ipo_optimal_policy(ref, r, tau, ref)
+    target = pref.ipo_optimal_policy(ref, r, tau, ref)
     gap = (pi - target).abs().max().item()
     _require(gap < 1e-6, f"IPO minimiser (gap {gap:.1e})")
-    kl_ipo, kl_star = P.categorical_kl(target, ref).item(), P.categorical_kl(P.optimal_policy(ref, r, tau), ref).item()
+    kl_ipo, kl_star = pref.categorical_kl(target, ref).item(), pref.categorical_kl(pref.optimal_policy(ref, r, tau), ref).item()
     _require(kl_ipo < kl_star, "IPO target closer to the reference")
     return {"KL(IPO target || ref)": kl_ipo, "KL(pi* || ref)": kl_star}
 
@@ -901,7 +901,7 @@ def _ipo_target():
 def _simpo_length():
     import torch
 
-    from kltutor import preference as P
+    from kltutor import preference as pref
 
     D64 = torch.float64
     r = torch.tensor([1.0, 0.5, 0.0, -0.5], dtype=D64)       # response 1 is the second best ...
@@ -912,14 +912,14 @@ def _simpo_length():
 
     def population(logp):
         total = 0
-        for a, b, wk, pk in zip(i.tolist(), j.tolist(), w, pw):  # P.simpo_loss per pair: its .loss keeps the graph
-            win = P.simpo_loss(logp[a:a + 1], logp[b:b + 1], lengths[a:a + 1], lengths[b:b + 1], 2.0, 0.5).loss
-            lose = P.simpo_loss(logp[b:b + 1], logp[a:a + 1], lengths[b:b + 1], lengths[a:a + 1], 2.0, 0.5).loss
+        for a, b, wk, pk in zip(i.tolist(), j.tolist(), w, pw):  # pref.simpo_loss per pair: its .loss keeps the graph
+            win = pref.simpo_loss(logp[a:a + 1], logp[b:b + 1], lengths[a:a + 1], lengths[b:b + 1], 2.0, 0.5).loss
+            lose = pref.simpo_loss(logp[b:b + 1], logp[a:a + 1], lengths[b:b + 1], lengths[a:a + 1], 2.0, 0.5).loss
             total = total + wk * (pk * win + (1 - pk) * lose)
         return total
 
     pi = _lbfgs_tabular(population, 4)
-    star = P.optimal_policy(mu, r, 0.5)
+    star = pref.optimal_policy(mu, r, 0.5)
     _require(pi[1] < pi[2:].min() / 10 and star[1] > star[2:].max(), "SimPO crushes the long second-best response")
     return {"SimPO optimum: P(second best, 20 tokens)": f"{pi[1].item():.1e}",
             "P(third and fourth, 3 tokens)": f"{pi[2].item():.2f}, {pi[3].item():.3f}",
@@ -939,19 +939,19 @@ def _simpo_length():
 def _kto_reference_point():
     import torch
 
-    from kltutor import preference as P
+    from kltutor import preference as pref
 
     D64 = torch.float64
     ref = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=D64)
     pol = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=D64)
     raw_ref = (ref * (pol.log() - ref.log())).sum().item()  # mean log-ratio over reference completions
-    _require(abs(raw_ref + P.categorical_kl(ref, pol).item()) < 1e-15, "= -KL(ref||pi)")
+    _require(abs(raw_ref + pref.categorical_kl(ref, pol).item()) < 1e-15, "= -KL(ref||pi)")
     # a batch holding each completion in proportion to ref (4, 3, 2, 1 copies)
     batch = torch.repeat_interleave(torch.arange(4), torch.tensor([4, 3, 2, 1]))
-    out = P.kto_loss(pol.log()[batch], ref.log()[batch], torch.ones(len(batch), dtype=torch.bool),
+    out = pref.kto_loss(pol.log()[batch], ref.log()[batch], torch.ones(len(batch), dtype=torch.bool),
                      pol.log()[batch], ref.log()[batch], 0.1)
     _require(out.extras["z0"].item() == 0.0 and not out.extras["z0"].requires_grad, "clamped at 0, detached")
-    return {"mean log-ratio on reference completions": raw_ref, "z0": 0.0, "KL(pi||ref)": P.categorical_kl(pol, ref).item()}
+    return {"mean log-ratio on reference completions": raw_ref, "z0": 0.0, "KL(pi||ref)": pref.categorical_kl(pol, ref).item()}
 
 
 @_claim(
@@ -1015,9 +1015,9 @@ def _group_std_bound():
 
     import torch
 
-    from kltutor.derivations import preference as D
+    from kltutor.derivations import preference as preference_proofs
 
-    _require(D.group_std_bound(), "sympy")
+    _require(preference_proofs.group_std_bound(), "sympy")
     for G in (2, 3, 4, 5, 6):
         b = torch.tensor(list(itertools.product([0.0, 1.0], repeat=G)), dtype=torch.float64)
         _require(abs(b.var(-1, unbiased=False).max().item() - (0.25 if G % 2 == 0 else 0.25 - 0.25 / G**2)) < 1e-12, f"pop, G={G}")
@@ -1043,10 +1043,10 @@ def _bon_kl():
     import torch
 
     from kltutor import overoptimization as oo
-    from kltutor.derivations import overoptimization as dv
+    from kltutor.derivations import overoptimization as overoptimization_proofs
 
-    _require(dv.best_of_n_continuous_kl(), "sympy, continuous case")
-    _require(dv.best_of_n_kl_bound_with_ties(), "sympy, 0/1 reward")
+    _require(overoptimization_proofs.best_of_n_continuous_kl(), "sympy, continuous case")
+    _require(overoptimization_proofs.best_of_n_kl_bound_with_ties(), "sympy, 0/1 reward")
     g = torch.Generator().manual_seed(0)
     worst = 0.0
     for _ in range(100):
@@ -1089,9 +1089,9 @@ def _bon_kl_cap():
 )
 def _gao_peak_budget():
     from kltutor import overoptimization as oo
-    from kltutor.derivations import overoptimization as dv
+    from kltutor.derivations import overoptimization as overoptimization_proofs
 
-    _require(dv.bon_peak() and dv.rl_peak() and dv.stopping_fraction(), "sympy")
+    _require(overoptimization_proofs.bon_peak() and overoptimization_proofs.rl_peak() and overoptimization_proofs.stopping_fraction(), "sympy")
     bon, rl = float(oo.gold_fraction_at_kl_fraction(0.5, "bon")), float(oo.gold_fraction_at_kl_fraction(0.5, "rl"))
     _require(abs(bon - (math.sqrt(2) - 0.5)) < 1e-12, "sqrt 2 - 1/2")
     return {"gain kept at KL*/2, best-of-n form": bon, "RL form": rl}
@@ -1125,9 +1125,9 @@ def _proxy_up_gold_down():
     "sec-overoptimization-penalty",
 )
 def _penalty_equals_early_stopping():
-    from kltutor.derivations import overoptimization as dv
+    from kltutor.derivations import overoptimization as overoptimization_proofs
 
-    _require(dv.mirror_descent_stays_tilted(), "sympy")
+    _require(overoptimization_proofs.mirror_descent_stays_tilted(), "sympy")
     return {"iterates stay tilted": True}
 
 
@@ -1216,11 +1216,11 @@ def _practice_tables():
     """Chapter 8's random autoregressive model (its parameters cell: vocab 5, length 3, seed 0)."""
     import torch
 
-    from kltutor import practice as P
+    from kltutor import practice
 
     g = torch.Generator().manual_seed(0)
-    ref = P.random_logit_tables(5, 3, 1.0, g)
-    pol = [1.3 * r + d for r, d in zip(ref, P.random_logit_tables(5, 3, 0.5, g))]
+    ref = practice.random_logit_tables(5, 3, 1.0, g)
+    pol = [1.3 * r + d for r, d in zip(ref, practice.random_logit_tables(5, 3, 0.5, g))]
     return pol, ref
 
 
@@ -1242,33 +1242,33 @@ def _practice_tables():
 def _sampler_k1_mismatch():
     import torch
 
-    from kltutor import practice as P
-    from kltutor.derivations import practice as D
+    from kltutor import practice
+    from kltutor.derivations import practice as practice_proofs
     from kltutor.estimators import enumerate_autoregressive
 
-    _require(D.sampler_k1_expectation(), "sympy")
+    _require(practice_proofs.sampler_k1_expectation(), "sympy")
     pol, ref = _practice_tables()
-    on = P.sampler_mismatch(pol, ref)
+    on = practice.sampler_mismatch(pol, ref)
     _require(abs(on["k1"] - on["kl_target"]) < 1e-12 and abs(on["k3"] - on["kl_target"]) < 1e-12, "on-policy: k1, k3 unbiased")
     worst = 0.0
-    _, lr = enumerate_autoregressive([P.process_logits(t) for t in ref])
-    _, lp = enumerate_autoregressive([P.process_logits(t) for t in pol])
+    _, lr = enumerate_autoregressive([practice.process_logits(t) for t in ref])
+    _, lp = enumerate_autoregressive([practice.process_logits(t) for t in pol])
     for kw in (dict(temperature=0.7), dict(temperature=1.6), dict(top_k=2), dict(temperature=1.3, top_p=0.9)):
         with torch.no_grad():
-            _, lq = enumerate_autoregressive([P.process_logits(t, **kw) for t in pol])
+            _, lq = enumerate_autoregressive([practice.process_logits(t, **kw) for t in pol])
         q = lq.sum(-1).exp()
         s = q > 0
         kl_q_ref = float((q[s] * (lq - lr).sum(-1)[s]).sum())
         kl_q_pi = float((q[s] * (lq - lp).sum(-1)[s]).sum())
-        worst = max(worst, abs(P.sampler_mismatch(pol, ref, **kw)["k1"] - (kl_q_ref - kl_q_pi)))
+        worst = max(worst, abs(practice.sampler_mismatch(pol, ref, **kw)["k1"] - (kl_q_ref - kl_q_pi)))
     _require(worst < 1e-12, "E_q[k1] = KL(q||ref) - KL(q||pi)")
-    hot = P.sampler_mismatch(pol, ref, temperature=1.6)
+    hot = practice.sampler_mismatch(pol, ref, temperature=1.6)
     _require(hot["k1"] < 0 < hot["kl_target"], "a hot sampler logs a negative k1")
-    tempered = [P.sampler_mismatch(pol, ref, temperature=t, scoring="tempered") for t in (0.5, 0.7, 1.6, 2.0, 3.0)]
+    tempered = [practice.sampler_mismatch(pol, ref, temperature=t, scoring="tempered") for t in (0.5, 0.7, 1.6, 2.0, 3.0)]
     _require(all(abs(m["k1"] - m["kl_scored"]) < 1e-12 and m["k1"] >= 0 for m in tempered), "tempered scoring: KL(pi_T||ref_T)")
-    topk = P.sampler_mismatch(pol, ref, top_k=2)
+    topk = practice.sampler_mismatch(pol, ref, top_k=2)
     with torch.no_grad():
-        _, lq = enumerate_autoregressive([P.process_logits(t, top_k=2) for t in pol])
+        _, lq = enumerate_autoregressive([practice.process_logits(t, top_k=2) for t in pol])
     seen = lq.sum(-1).exp() > 0
     pi_seq = lp.sum(-1).exp()
     reweighted = float((pi_seq[seen] * (lp - lr).sum(-1)[seen]).sum())  # E_q[(pi/q) k1] over what q can produce
@@ -1301,13 +1301,13 @@ def _tis_toy():
 def _tis_bias_variance():
     import torch
 
-    from kltutor import practice as P
+    from kltutor import practice
     from kltutor.toys.autoregressive import all_binary_sequences
 
     pi, q, ref = _tis_toy()
     caps = [0.0, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, math.inf]
-    seq = P.tis_gradient_moments(pi, q, ref, 8, 0.1, caps, "sequence")
-    tok = P.tis_gradient_moments(pi, q, ref, 8, 0.1, caps, "token")
+    seq = practice.tis_gradient_moments(pi, q, ref, 8, 0.1, caps, "sequence")
+    tok = practice.tis_gradient_moments(pi, q, ref, 8, 0.1, caps, "token")
     seqs = all_binary_sequences(8)
     with torch.no_grad():
         max_w = float((pi.sequence_logprobs(seqs) - q.sequence_logprobs(seqs)).exp().max())
@@ -1335,15 +1335,15 @@ def _tis_bias_variance():
 def _aggregation_effective_beta():
     import torch
 
-    from kltutor import practice as P
-    from kltutor.derivations import practice as D
+    from kltutor import practice
+    from kltutor.derivations import practice as practice_proofs
 
-    _require(D.effective_beta_aggregation(), "sympy")
+    _require(practice_proofs.effective_beta_aggregation(), "sympy")
     T = [10.0, 100.0]
     want = {"sequence-sum": [0.04, 0.04], "sequence-mean": [0.004, 0.0004], "token-mean": [0.04 / 55] * 2,
             "token-sum-norm": [0.04 / 128] * 2}
     for mode, w in want.items():
-        got = P.effective_beta(T, mode, 0.04, max_len=128)
+        got = practice.effective_beta(T, mode, 0.04, max_len=128)
         _require(torch.allclose(got, torch.tensor(w, dtype=torch.float64), rtol=1e-12, atol=0), mode)
     return {f"beta = 0.04, lengths 10 and 100, {m}": ", ".join(f"{v:.3g}" for v in w) for m, w in want.items()}
 
@@ -1364,18 +1364,18 @@ def _aggregation_effective_beta():
 def _sequence_mean_length_bias():
     import torch
 
-    from kltutor import practice as P
-    from kltutor.derivations import practice as D
+    from kltutor import practice
+    from kltutor.derivations import practice as practice_proofs
     from kltutor.preference import optimal_policy
 
-    _require(D.sequence_mean_stationary_point() and D.sequence_mean_baseline(), "sympy")
+    _require(practice_proofs.sequence_mean_stationary_point() and practice_proofs.sequence_mean_baseline(), "sympy")
     T = torch.arange(1, 9, dtype=torch.float64).repeat_interleave(2)
     R = torch.tensor([1.0, 0.0] * 8, dtype=torch.float64)
     ref = torch.softmax(torch.randn(16, generator=torch.Generator().manual_seed(0), dtype=torch.float64), 0)
     beta = 0.1
     tilt = optimal_policy(ref, R, beta)
-    smean = P.aggregation_stationary_policy(ref, R, T, beta, "sequence-mean")
-    _require(P.aggregation_update(smean, ref, R, T, beta, "sequence-mean", "task").abs().max() < 1e-14, "stationary")
+    smean = practice.aggregation_stationary_policy(ref, R, T, beta, "sequence-mean")
+    _require(practice.aggregation_update(smean, ref, R, T, beta, "sequence-mean", "task").abs().max() < 1e-14, "stationary")
     kl = float((smean * (smean / ref).log()).sum())
     bonus = float(((smean / tilt).log()[R == 1].diff() / T[R == 1].diff()).mean())
     _require(abs(bonus - kl / float((smean * T).sum())) < 1e-12 and bonus > 0, "bonus = KL / E[T]")
@@ -1385,9 +1385,9 @@ def _sequence_mean_length_bias():
         return float((p[correct] * T[correct]).sum() / p[correct].sum())
 
     _require(length(smean) > length(tilt) and abs(length(tilt) - length(ref)) < 1e-12, "longer correct answers")
-    _require(P.aggregation_update(tilt, ref, R, T, beta, "sequence-mean", "task").abs().max() > 1e-3, "task: tilt not stationary")
-    worst = max(float(P.aggregation_update(tilt, ref, R, T, beta, m, b).abs().max())
-                for m in P.AGGREGATIONS for b in P.BASELINES if (m, b) != ("sequence-mean", "task"))
+    _require(practice.aggregation_update(tilt, ref, R, T, beta, "sequence-mean", "task").abs().max() > 1e-3, "task: tilt not stationary")
+    worst = max(float(practice.aggregation_update(tilt, ref, R, T, beta, m, b).abs().max())
+                for m in practice.AGGREGATIONS for b in practice.BASELINES if (m, b) != ("sequence-mean", "task"))
     _require(worst < 1e-14, "shaped baseline or constant weight: the tilt is stationary")
     return {"beta = 0.1: length bonus per token (nats)": bonus, "KL / E[T] at the stationary point": kl / float((smean * T).sum()),
             "E[T | correct]: reference = tilt": length(tilt), "E[T | correct]: per-sequence mean": length(smean),
@@ -1408,17 +1408,17 @@ def _sequence_mean_length_bias():
 def _beta_zero_diversity():
     import torch
 
-    from kltutor import practice as P
-    from kltutor.derivations import practice as D
+    from kltutor import practice
+    from kltutor.derivations import practice as practice_proofs
 
-    _require(D.beta_zero_rich_get_richer(), "sympy")
+    _require(practice_proofs.beta_zero_rich_get_richer(), "sympy")
     p_ref = torch.tensor([0.30, 0.10, 0.05, 0.55], dtype=torch.float64)
     r = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
     ok = r == 1
     pc = p_ref[ok] / p_ref[ok].sum()
     h_ref = float(-(pc * pc.log()).sum())
-    free = P.bandit_with_reference_updates(p_ref, r, 0.0, 900, 4.0, correct=ok)
-    kept = P.bandit_with_reference_updates(p_ref, r, 0.5, 900, 4.0, correct=ok)
+    free = practice.bandit_with_reference_updates(p_ref, r, 0.0, 900, 4.0, correct=ok)
+    kept = practice.bandit_with_reference_updates(p_ref, r, 0.5, 900, 4.0, correct=ok)
     h = free["correct_entropy"]
     _require(h[0] < h_ref and all(b < a for a, b in zip(h, h[1:])), "beta = 0: entropy among correct answers falls every step")
     _require(abs(kept["correct_entropy"][-1] - h_ref) < 1e-8, "beta > 0: the reference's ratios are kept")
@@ -1438,19 +1438,19 @@ def _beta_zero_diversity():
 def _reset_reference_tilts():
     import torch
 
-    from kltutor import practice as P
-    from kltutor.derivations import practice as D
+    from kltutor import practice
+    from kltutor.derivations import practice as practice_proofs
     from kltutor.preference import optimal_policy
 
-    _require(D.reset_composes_tilts(), "sympy")
+    _require(practice_proofs.reset_composes_tilts(), "sympy")
     p_ref = torch.tensor([0.30, 0.10, 0.05, 0.55], dtype=torch.float64)
     r = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
     composed = p_ref
     for _ in range(3):
         composed = optimal_policy(composed, r, 0.5)
     _require(torch.allclose(composed, optimal_policy(p_ref, r, 0.5 / 3), rtol=1e-12, atol=1e-15), "3 tilts = tilt at beta/3")
-    fixed = P.bandit_with_reference_updates(p_ref, r, 0.5, 900, 4.0)
-    hard = P.bandit_with_reference_updates(p_ref, r, 0.5, 900, 4.0, reset_every=300)
+    fixed = practice.bandit_with_reference_updates(p_ref, r, 0.5, 900, 4.0)
+    hard = practice.bandit_with_reference_updates(p_ref, r, 0.5, 900, 4.0, reset_every=300)
     tilt3 = optimal_policy(p_ref, r, 0.5 / 3)
     kl3 = float((tilt3 * (tilt3 / p_ref).log()).sum())
     _require(abs(hard["kl_initial"][-1] - kl3) < 0.01, "the run reaches the tilt at beta/3 (converged periods, to 0.01)")
@@ -1473,7 +1473,7 @@ def _lora_reference_exact():
     import torch
     from torch import nn
 
-    from kltutor import practice as P
+    from kltutor import practice
 
     g = torch.Generator().manual_seed(0)
 
@@ -1494,20 +1494,20 @@ def _lora_reference_exact():
     with torch.no_grad():
         initial = base(x)
     zero = copy.deepcopy(base)
-    P.add_lora(zero, rank=2, init="zero")
+    practice.add_lora(zero, rank=2, init="zero")
     opt = torch.optim.SGD([p for p in zero.parameters() if p.requires_grad], lr=0.05)
     for _ in range(3):
         opt.zero_grad()
         (-zero(x)[:, 0].mean()).backward()
         opt.step()
-    with torch.no_grad(), P.adapters_disabled(zero):
+    with torch.no_grad(), practice.adapters_disabled(zero):
         off = zero(x)
     with torch.no_grad():
         moved = float((zero(x) - initial).abs().max())
     _require(torch.equal(off, initial) and moved > 1e-3, "zero start: the disabled adapter is the initial policy, bit for bit")
     principal = copy.deepcopy(base)
-    P.add_lora(principal, rank=2, init="principal")
-    with torch.no_grad(), P.adapters_disabled(principal):
+    practice.add_lora(principal, rank=2, init="principal")
+    with torch.no_grad(), practice.adapters_disabled(principal):
         off_p = principal(x)
     gap = float((off_p - initial).abs().max())
     _require(gap > 0.1, "principal start: the disabled adapter is another model")
@@ -1529,19 +1529,19 @@ def _lora_reference_exact():
 def _two_kl_terms():
     import torch
 
-    from kltutor import practice as P
-    from kltutor.derivations import practice as D
+    from kltutor import practice
+    from kltutor.derivations import practice as practice_proofs
     from kltutor.preference import optimal_policy
 
-    _require(D.two_kl_stationarity(), "sympy")
+    _require(practice_proofs.two_kl_stationarity(), "sympy")
     pi, ref = _toy()
-    g = P.two_kl_gradients(pi, ref, 5, 0.1, 0.1)
+    g = practice.two_kl_gradients(pi, ref, 5, 0.1, 0.1)
     _require(_max_err(g["combined"], 0.1 * g["reverse"] + 0.1 * g["k3_loss"]) < 1e-14, "gradients add")
     off = _max_err(g["combined"], g["naive"]) / float(g["naive"].abs().max())
     _require(off > 0.1, "not (beta_R + beta_L) x reverse")
     p = torch.tensor([0.1, 0.2, 0.3, 0.3, 0.1], dtype=torch.float64)
     r = torch.tensor([1.0, 0.6, 0.0, 0.0, 0.3], dtype=torch.float64)
-    both = P.two_kl_bandit_optimum(p, r, 0.1, 0.1)
+    both = practice.two_kl_bandit_optimum(p, r, 0.1, 0.1)
     resid = r - 0.1 * (both / p).log() + 0.1 * p / both
     _require(float(resid.max() - resid.min()) < 1e-9, "stationarity of E r - bR KL(pi||ref) - bL KL(ref||pi)")
     tilt = optimal_policy(p, r, 0.2)
@@ -1566,10 +1566,10 @@ def _two_kl_terms():
 def _grpo_loss_zero_at_start():
     import torch
 
-    from kltutor.derivations import practice as D
+    from kltutor.derivations import practice as practice_proofs
     from kltutor.grpo import grpo_loss
 
-    _require(D.grpo_loss_zero_at_start(), "sympy")
+    _require(practice_proofs.grpo_loss_zero_at_start(), "sympy")
     D64 = torch.float64
     lp0 = torch.log(torch.tensor([[0.5, 0.4, 0.6, 0.0], [0.3, 0.2, 0.0, 0.0], [0.9, 0.7, 0.8, 0.5], [0.6, 0.0, 0.0, 0.0]],
                                  dtype=D64).clamp_min(1e-3)).requires_grad_(True)
@@ -1641,7 +1641,7 @@ def _negative_kl_causes():
 )
 def _geomean_ratio_kl():
     from kltutor import gradients as G
-    from kltutor import practice as P
+    from kltutor import practice
     from kltutor.toys import BinaryAutoregressive
 
     pi, ref = _toy()
@@ -1650,11 +1650,11 @@ def _geomean_ratio_kl():
     out = {}
     for name, sampler in (("first update", pi), ("stale samples", old)):
         for w in ("prefix", "sequence"):
-            _require(_max_err(P.offpolicy_kl_gradient(pi, sampler, ref, 5, "k3", w), true) < 1e-12, f"{w}, {name}")
-        err = _max_err(P.offpolicy_kl_gradient(pi, sampler, ref, 5, "k3", "sequence-geomean"), true)
+            _require(_max_err(practice.offpolicy_kl_gradient(pi, sampler, ref, 5, "k3", w), true) < 1e-12, f"{w}, {name}")
+        err = _max_err(practice.offpolicy_kl_gradient(pi, sampler, ref, 5, "k3", "sequence-geomean"), true)
         _require(err > 0.1, f"geometric mean, {name}")
         out[f"geometric-mean ratio, {name}: gradient error"] = err
-    tok = P.offpolicy_kl_gradient(pi, pi, ref, 5, "k3", "token")
+    tok = practice.offpolicy_kl_gradient(pi, pi, ref, 5, "k3", "token")
     _require(_max_err(tok, G.exact_kl_gradients(pi, ref, 5, level="token")["k2-in-loss"]) < 1e-12, "per-token ratio = token k2")
     out["prefix or full ratio"] = "exact (< 1e-12)"
     return out
@@ -1673,14 +1673,14 @@ def _geomean_ratio_kl():
 def _inverted_k3_chi2():
     import torch
 
-    from kltutor import practice as P
-    from kltutor.derivations import practice as D
+    from kltutor import practice
+    from kltutor.derivations import practice as practice_proofs
     from kltutor.toys.autoregressive import all_binary_sequences
 
-    _require(D.inverted_k3_is_chi2(), "sympy, one token")
+    _require(practice_proofs.inverted_k3_is_chi2(), "sympy, one token")
     pi, ref = _toy()
     T = 5
-    value, grad = P.expected_in_loss(pi, ref, T, lambda l: torch.expm1(l) - l)
+    value, grad = practice.expected_in_loss(pi, ref, T, lambda l: torch.expm1(l) - l)
     seqs = all_binary_sequences(T)
     with torch.no_grad():
         w = pi.sequence_logprobs(seqs).exp()

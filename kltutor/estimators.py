@@ -118,7 +118,7 @@ def k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     ``expm1(-l) + l`` (:func:`k3_expm1`) is better but still has relative error about
     ``2 eps / |l|`` there, because ``expm1(-l)`` and ``l`` cancel to leading order (chapter 2). This is
     the book's one rule for k3 (chapters 2 and 7): float32 log-ratios (cast float16/bfloat16 first) and
-    this function; :func:`kltutor.exercises.ch02.k3_accuracy_failures` checks it.
+    this function; :func:`kltutor.exercises.estimators.k3_accuracy_failures` checks it.
     Where ``exp(-l)`` overflows the dtype the result is ``inf``, as the true value is.
     """
     validate_logps(logp, ref_logp)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from kltutor.checklist import check_batch
 from kltutor.exercises import CheckResult
-from kltutor.exercises.ch02 import K3_RTOL, k3_accuracy_failures
+from kltutor.exercises.estimators import K3_RTOL, k3_accuracy_failures
 
 __all__ = ["check_stable_k3", "check_shaped_rewards"]
 
@@ -19,8 +19,8 @@ _VALUES = [-12.0, -3.0, -0.3, -0.01, -1e-3, -1e-5, 0.0, 1e-5, 1e-3, 0.01, 0.3, 2
 
 def check_stable_k3(fn: Callable[[Tensor], Tensor]) -> CheckResult:
     """``fn(log_ratio)`` must return k3 = exp(-l) - 1 + l of float16 and bfloat16 log-ratios to the book's
-    one accuracy rule (:data:`kltutor.exercises.ch02.K3_RTOL`, float32 accuracy, small ``|l|`` included),
-    as a float32 (or float64) tensor. The check is :func:`kltutor.exercises.ch02.k3_accuracy_failures`,
+    one accuracy rule (:data:`kltutor.exercises.estimators.K3_RTOL`, float32 accuracy, small ``|l|`` included),
+    as a float32 (or float64) tensor. The check is :func:`kltutor.exercises.estimators.k3_accuracy_failures`,
     the same as chapter 2's; the reference is the exact k3 of the float16/bfloat16 values themselves.
     Casting to float32 and calling :func:`kltutor.estimators.k3` passes; ``expm1`` in float32 does not."""
     messages, ok = [], True

@@ -1,6 +1,6 @@
 import torch
 
-from kltutor.exercises.ch03 import check_prefix_weights, check_sequence_k2_loss
+from kltutor.exercises.placements import check_prefix_weights, check_sequence_k2_loss
 
 
 def good_k2(logp, ref_logp, mask):
