@@ -14,8 +14,10 @@ by ``tests/test_claims.py``:
   sentence that states the claim also states its condition (``needs_condition``).
 
 >>> from kltutor import claims
->>> claims.get("grpo-half-split-advantage").statement
->>> claims.verify("grpo-half-split-advantage")      # {'G=4, unbiased std': 0.866..., ...}
+>>> claims.get("grpo-half-split-advantage").source       # the section that proves it
+'sec-preference-grpo'
+>>> round(claims.verify("grpo-half-split-advantage")["G=4, unbiased std"], 4)   # the check, recomputed
+0.866
 
 Checks import what they need lazily, so importing this module (and :mod:`kltutor.interview`) is cheap.
 """

@@ -17,7 +17,7 @@ SHOWN = {
                                      "test_controller_in_a_simulated_run_sees_the_measured_kl"],  # 04
     "S.PPOPenaltyKL.next_beta": ["test_ppo_penalty_with_non_default_tolerance_and_factor"],  # 04
     "checklist.example_batch": ["test_correct_setup_passes", "test_each_planted_violation_is_flagged"],  # 07
-    "P.dpo_loss": ["test_chapter5_dpo_source_detaches_the_reference_and_stays_finite", "test_dpo_every_field"],  # 05
+    "pref.dpo_loss": ["test_chapter5_dpo_source_detaches_the_reference_and_stays_finite", "test_dpo_every_field"],  # 05
     "loop._loss": ["test_loss_matches_hand_computation"],  # capstone
     "loop.completion_mask_from_ids": ["test_completion_mask_stops_after_the_first_eos"],  # capstone
     "logprobs._chunk_stats": ["test_chunked_equals_naive_values_and_gradients"],  # capstone

@@ -275,6 +275,7 @@ def _ledger_module():
     return mod
 
 
+@pytest.mark.slow  # re-runs every check of the ledger (about 10 s on two cores)
 def test_ledger_page_is_up_to_date():
     page = (BOOK / "claims.md").read_text()
     assert _ledger_module().render() == page, "book/claims.md is out of date: run python scripts/claims.py"

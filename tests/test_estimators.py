@@ -156,7 +156,8 @@ def test_k3_forms_agree_away_from_zero_and_gradient_finite():
 def test_k3_overflow_float16_and_clamped_bias():
     x = torch.tensor([-11.5], dtype=torch.float16)
     assert torch.isinf(est.k3(x, torch.zeros_like(x))).all()
-    lp = torch.tensor([0.0, -3.0]); lq = torch.zeros(2)
+    lp = torch.tensor([0.0, -3.0])
+    lq = torch.zeros(2)
     c = est.k3_clamped(lp, lq, 10.0)
     assert c[0].item() == pytest.approx(0.0, abs=1e-7)
     assert c[1].item() == pytest.approx(10.0 - 1.0 - 3.0, rel=1e-6)

@@ -151,7 +151,6 @@ def k2_bias_expressions(order: int = 5) -> dict[str, sp.Expr]:
     integrand = ell**2 / 2 - ell + 1 - sp.exp(-ell)
     theta, eps = sp.symbols("theta epsilon", positive=True)
     p = [theta, 1 - theta]
-    q = [theta + eps, 1 - theta - eps]
     # l(y) = log(pi/ref): expand each log-ratio in eps first (cheap), then the bias polynomial
     ls = [sp.series(-sp.log(1 + eps / theta), eps, 0, 5).removeO(),
           sp.series(-sp.log(1 - eps / (1 - theta)), eps, 0, 5).removeO()]

@@ -72,7 +72,7 @@ def effective_beta_aggregation() -> bool:
         }
         mean_T = sp.Rational(sum(lengths), G)
         want = {"sequence-sum": lambda T: beta, "sequence-mean": lambda T: beta / T,
-                "token-mean": lambda T: beta / mean_T, "token-sum-norm": lambda T: beta / L}
+                "token-mean": lambda T, m=mean_T: beta / m, "token-sum-norm": lambda T: beta / L}
         for mode, expr in aggs.items():
             for i, T in enumerate(lengths):
                 # every token of sequence i has the same coefficient c_i; beta_eff = G * beta * c_i

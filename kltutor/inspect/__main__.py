@@ -48,4 +48,4 @@ if __name__ == "__main__":
         raise SystemExit(main())
     except BrokenPipeError:  # e.g. piped into `head`
         sys.stderr.close()
-        raise SystemExit(0)
+        raise SystemExit(0) from None

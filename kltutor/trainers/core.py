@@ -138,7 +138,7 @@ def classify(gradient: Tensor, references: dict[str, Tensor], rtol: float = 1e-5
     toy (the tests check), so 1e-5 separates "equal up to float32 rounding" from "different".
     Returns ``("other", distance to the nearest candidate)`` when none matches.
     """
-    best, best_d = "other", float("inf")
+    best_d = float("inf")
     for name, ref in references.items():
         d = float((gradient - ref).norm())
         if d <= rtol * max(1.0, float(ref.norm())):
