@@ -44,6 +44,7 @@ __all__ = [
     "MCGradient",
     "mc_kl_gradients",
     "offpolicy_kl_loss_gradient",
+    "expected_gradient_on_samples",
 ]
 
 PLACEMENT_KEYS = ("true", "k1-in-reward", "k1-in-loss", "k2-in-loss", "k3-in-loss", "k3-in-reward")
@@ -262,18 +263,36 @@ def offpolicy_kl_loss_gradient(
 
     if importance not in ("none", "token", "prefix"):
         raise ValueError(f"importance must be 'none', 'token' or 'prefix', got {importance!r}")
+
+    def loss(logp: Tensor, old: Tensor, ref: Tensor, weights: Tensor) -> Tensor:
+        mask = weights[:, None].expand_as(logp).contiguous()
+        kw = {} if importance == "none" else {"old_logp": old, "importance": importance}
+        # "sequence-sum" averages over rows; the weights already sum to one
+        return kl_loss(logp, ref, mask, estimator=estimator, aggregation="sequence-sum", **kw) * logp.shape[0]
+
+    return expected_gradient_on_samples(policy, sampler, reference, seq_len, loss)
+
+
+def expected_gradient_on_samples(
+    policy: BinaryAutoregressive,
+    sampler: BinaryAutoregressive,
+    reference: BinaryAutoregressive,
+    seq_len: int,
+    loss,
+) -> Tensor:
+    """The exact gradient w.r.t. ``(a, b)`` of ``loss(logp, old_logp, ref_logp, weights)`` over every sequence.
+
+    ``logp`` (with gradient), ``old_logp`` and ``ref_logp`` are the ``[2**T, T]`` token log-probabilities
+    of every sequence under the policy, the ``sampler`` and the reference; ``weights`` are the sampler's
+    sequence probabilities, so a ``loss`` that weights each sequence's term by them is the expectation
+    of that term over samples from ``sampler``. :func:`offpolicy_kl_loss_gradient` and
+    :func:`kltutor.practice.offpolicy_kl_gradient` are built on it.
+    """
     seqs = all_binary_sequences(seq_len)
     with torch.no_grad():
         weights = sampler.sequence_logprobs(seqs).exp()
         ref = reference.token_logprobs(seqs)
         old = sampler.token_logprobs(seqs)
     logp = policy.token_logprobs(seqs)
-    mask = weights[:, None].expand_as(logp).contiguous()
-    if importance == "none":
-        loss = kl_loss(logp, ref, mask, estimator=estimator, aggregation="sequence-sum")
-    else:
-        loss = kl_loss(logp, ref, mask, estimator=estimator, old_logp=old, importance=importance,
-                       aggregation="sequence-sum")
-    loss = loss * seqs.shape[0]  # "sequence-sum" averages over rows; the weights already sum to one
-    ga, gb = torch.autograd.grad(loss, [policy.a, policy.b])
+    ga, gb = torch.autograd.grad(loss(logp, old, ref, weights), [policy.a, policy.b])
     return torch.stack([ga, gb]).detach()

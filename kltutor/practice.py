@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from kltutor import divergences
 from kltutor._validation import probabilities
 from kltutor.estimators import enumerate_autoregressive, of_log_ratio
+from kltutor.gradients import exact_kl_gradients, expected_gradient_on_samples
 from kltutor.preference import optimal_policy
 from kltutor.toys.autoregressive import BinaryAutoregressive, all_binary_sequences
 from kltutor.toys.bandits import softmax_policy_gradient
@@ -605,8 +606,6 @@ def two_kl_gradients(policy: BinaryAutoregressive, reference: BinaryAutoregressi
     k3-in-loss term alone) and ``naive`` = ``(beta_reward + beta_loss) * reverse`` (what "the two
     betas add up" would give). The descent direction of the penalty is ``combined``.
     """
-    from kltutor.gradients import exact_kl_gradients
-
     for name, v in (("beta_reward", beta_reward), ("beta_loss", beta_loss)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -676,25 +675,22 @@ def offpolicy_kl_gradient(policy: BinaryAutoregressive, sampler: BinaryAutoregre
     """
     if weighting not in OFFPOLICY_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {OFFPOLICY_WEIGHTINGS}, got {weighting!r}")
-    seqs = all_binary_sequences(seq_len)
-    with torch.no_grad():
-        q = sampler.sequence_logprobs(seqs).exp()
-        old = sampler.token_logprobs(seqs)
-        ref = reference.token_logprobs(seqs)
-    logp = policy.token_logprobs(seqs)
-    log_w = logp - old
-    if weighting == "none":
-        rho = torch.ones_like(logp)
-    elif weighting == "token":
-        rho = log_w.exp()
-    elif weighting == "prefix":
-        rho = log_w.cumsum(-1).exp()
-    elif weighting == "sequence":
-        rho = log_w.sum(-1, keepdim=True).exp().expand_as(logp)
-    else:
-        rho = log_w.mean(-1, keepdim=True).exp().expand_as(logp)
-    loss = (q * (rho * of_log_ratio(estimator, logp - ref)).sum(-1)).sum()
-    return torch.stack(torch.autograd.grad(loss, [policy.a, policy.b])).detach()
+
+    def loss(logp: Tensor, old: Tensor, ref: Tensor, q: Tensor) -> Tensor:
+        log_w = logp - old
+        if weighting == "none":
+            rho = torch.ones_like(logp)
+        elif weighting == "token":
+            rho = log_w.exp()
+        elif weighting == "prefix":
+            rho = log_w.cumsum(-1).exp()
+        elif weighting == "sequence":
+            rho = log_w.sum(-1, keepdim=True).exp().expand_as(logp)
+        else:
+            rho = log_w.mean(-1, keepdim=True).exp().expand_as(logp)
+        return (q * (rho * of_log_ratio(estimator, logp - ref)).sum(-1)).sum()
+
+    return expected_gradient_on_samples(policy, sampler, reference, seq_len, loss)
 
 
 # ---------------------------------------------------------------------------------------------

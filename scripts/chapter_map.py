@@ -11,13 +11,15 @@ and the test files named after each module (``tests/test_<module>*.py``).
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import _generated  # noqa: E402  (scripts/_generated.py)
 
 import kltutor  # noqa: E402
 
@@ -67,28 +69,16 @@ def render() -> str:
     return "\n".join([BEGIN, "", *rows, "", note, "", END])
 
 
-def current() -> str:
+def readme() -> str:
+    """README.md with its chapter map replaced by :func:`render`."""
     text = README.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"README.md has no chapter map markers ({BEGIN!r} ... {END!r})")
-    return text[text.index(BEGIN): text.index(END) + len(END)]
+    return text[: text.index(BEGIN)] + render() + text[text.index(END) + len(END):]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if README.md's chapter map is out of date")
-    args = parser.parse_args(argv)
-    want = render()
-    if args.check:
-        if current() != want:
-            print("README.md's chapter map is out of date: run python scripts/chapter_map.py", file=sys.stderr)
-            return 1
-        print("README.md's chapter map is up to date")
-        return 0
-    text = README.read_text()
-    README.write_text(text.replace(current(), want))
-    print("wrote the chapter map in README.md")
-    return 0
+    return _generated.main(README, readme, __doc__, argv)
 
 
 if __name__ == "__main__":

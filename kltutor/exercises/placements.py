@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from kltutor.estimators import of_log_ratio
 from kltutor.exercises import CheckResult, show
 from kltutor.gradients import exact_kl_gradients
 from kltutor.toys.autoregressive import BinaryAutoregressive, all_binary_sequences
@@ -93,7 +94,7 @@ def check_prefix_weights(fn: Callable[[Tensor, Tensor, Tensor], Tensor], tol: fl
         if not w.requires_grad:
             return CheckResult(res.name, False, ["the weights carry no gradient: the correction needs d w / d theta"])
         lr = logp - ref_lp
-        term = (w * (torch.expm1(-lr) + lr)).sum(-1)
+        term = (w * of_log_ratio("k3", lr)).sum(-1)
         got = torch.stack(list(torch.autograd.grad((q * term).sum(), [pi.a, pi.b]))).detach()
         true = exact_kl_gradients(pi, ref_m, T)["true"]
         if not torch.allclose(got, true, atol=tol):
