@@ -173,6 +173,11 @@ def of_log_ratio(estimator: str, log_ratio: Tensor) -> Tensor:
     the same functions as :data:`ESTIMATORS`, so k3 is computed by :func:`k3`'s stable rule. float16
     and bfloat16 inputs are computed, and returned, in float32 (the book's one rule for k3, chapters 2
     and 7: sixteen bits cannot hold k3 near ``l = 0``); other dtypes are kept.
+
+    >>> of_log_ratio("k3", torch.tensor([0.0, 1.0], dtype=torch.float64))  # e^-1 - 1 + 1 at l = 1
+    tensor([0.0000, 0.3679], dtype=torch.float64)
+    >>> of_log_ratio("k3", torch.tensor([0.01], dtype=torch.bfloat16)).dtype
+    torch.float32
     """
     fn = get_estimator(estimator)
     if log_ratio.dtype in (torch.float16, torch.bfloat16):

@@ -109,7 +109,9 @@ def _check_probs(name: str, p: Tensor) -> Tensor:
 def categorical_kl(p: Tensor, q: Tensor) -> Tensor:
     """Exact :math:`\\mathrm{KL}(p\\|q) = \\sum_y p(y)\\log\\frac{p(y)}{q(y)}` over the last axis.
 
-    Terms with :math:`p(y)=0` contribute 0; :math:`q(y)=0 < p(y)` gives ``inf``.
+    Terms with :math:`p(y)=0` contribute 0; :math:`q(y)=0 < p(y)` gives ``inf``. It is
+    :func:`kltutor.divergences.kl` with this module's tolerance on the sums (``1e-6`` in float64: the
+    policies of a tabular training run are renormalised softmaxes).
     """
     p, q = _check_probs("p", p), _check_probs("q", q)
     if p.shape != q.shape:
@@ -125,6 +127,10 @@ def optimal_policy(ref_probs: Tensor, rewards: Tensor, beta: float) -> Tensor:
     :math:`\\log\\pi_\\text{ref} + r/\\beta` so that large :math:`r/\\beta` cannot overflow. Works
     over the last axis (a batch of prompts is ``[n_prompts, n_responses]``). Responses with
     :math:`\\pi_\\text{ref}(y)=0` keep probability 0: the KL term forbids leaving the reference's support.
+
+    >>> ref, r = torch.tensor([0.5, 0.5], dtype=torch.float64), torch.tensor([0.0, math.log(3)], dtype=torch.float64)
+    >>> optimal_policy(ref, r, beta=1.0)  # pi_ref e^r / Z = (0.5, 1.5) / 2
+    tensor([0.2500, 0.7500], dtype=torch.float64)
     """
     beta = positive_number("beta", beta)
     ref_probs = _check_probs("ref_probs", ref_probs)
