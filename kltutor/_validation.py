@@ -95,7 +95,9 @@ def probabilities(
     if not torch.isfinite(values).all():
         raise ValueError(f"{name} must hold finite, non-negative probabilities, got NaN or inf")
     if (values < 0).any():
-        raise ValueError(f"{name} must hold finite, non-negative probabilities, got a negative entry (min {values.min().item():.3g})")
+        raise ValueError(
+            f"{name} must hold finite, non-negative probabilities, got a negative entry (min {values.min().item():.3g})"
+        )
     if positive and (values == 0).any():
         raise ValueError(f"{name} must be strictly positive, got a zero entry")
     tol = default_atol(t.dtype) if atol is None else atol

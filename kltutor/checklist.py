@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -173,8 +173,11 @@ def check_batch(
     # --- shapes and values ---------------------------------------------------------------------
     check("shape_mismatch")
     tensors: Mapping[str, Tensor | None] = {
-        "ref_logp": ref_logp, "mask": mask, "attention_mask": attention_mask,
-        "prompt_mask": prompt_mask, "shaped_rewards": shaped_rewards,
+        "ref_logp": ref_logp,
+        "mask": mask,
+        "attention_mask": attention_mask,
+        "prompt_mask": prompt_mask,
+        "shaped_rewards": shaped_rewards,
     }
     bad_shapes = [n for n, t in tensors.items() if t is not None and t.shape != logp.shape]
     if rewards is not None and rewards.shape != logp.shape[:1]:
@@ -198,7 +201,10 @@ def check_batch(
     for name, t in (("logp", logp), ("ref_logp", ref_logp)):
         v = t.detach()[m]
         if (v > 1e-6).any():
-            flag("logp_positive", f"{name}: max {float(v[torch.isfinite(v)].max()) if torch.isfinite(v).any() else float('nan'):.3g}")
+            flag(
+                "logp_positive",
+                f"{name}: max {float(v[torch.isfinite(v)].max()) if torch.isfinite(v).any() else float('nan'):.3g}",
+            )
 
     check("low_precision_logp")
     low = [n for n, t in (("logp", logp), ("ref_logp", ref_logp)) if t.dtype in (torch.float16, torch.bfloat16)]
@@ -274,9 +280,18 @@ def example_batch(seed: int = 0, first_step: bool = True) -> dict:
     with torch.no_grad():
         ref_logp = token_logprobs(ref_model, ids)
     shaped = -0.1 * (logp - ref_logp).detach() * mask
-    return dict(logp=logp, ref_logp=ref_logp, mask=mask, attention_mask=attention, prompt_mask=prompt,
-                rewards=torch.tensor([1.0, -0.5, 0.2]), shaped_rewards=shaped, ref_model=ref_model,
-                policy_model=policy, first_step=first_step)
+    return dict(
+        logp=logp,
+        ref_logp=ref_logp,
+        mask=mask,
+        attention_mask=attention,
+        prompt_mask=prompt,
+        rewards=torch.tensor([1.0, -0.5, 0.2]),
+        shaped_rewards=shaped,
+        ref_model=ref_model,
+        policy_model=policy,
+        first_step=first_step,
+    )
 
 
 def plant(batch: dict, code: str) -> dict:
@@ -331,16 +346,16 @@ NEGATIVE_KL_CAUSES: dict[str, str] = {
     "mask_covers_prompt": "prompt tokens are under the KL mask: they were not sampled from the policy, so E[l] there is not a KL",
     "dropout_active": "the policy's log-probs come from a forward pass with dropout on (train mode): noisy, and lower on average",
     "sampler_mismatch": "the tokens were sampled from another distribution than the one scored (temperature, top-p/top-k, "
-                        "another engine or precision): E_sampler[l] = KL(q||pi_ref) - KL(q||pi) can be negative",
+    "another engine or precision): E_sampler[l] = KL(q||pi_ref) - KL(q||pi) can be negative",
     "precision_mismatch": "policy and reference log-probs are computed in different or low precision: the log-ratio "
-                          "is not zero where the models agree",
+    "is not zero where the models agree",
     "reference_mismatch": "the log-ratio is not zero before the first update: the reference is not the initial policy "
-                          "(wrong checkpoint, different scoring temperature or chat template); on its own this makes the "
-                          "KL positive, not negative (on-policy E[k1] = KL(pi||pi_ref) >= 0 for any reference), but the "
-                          "penalty measures the KL to the wrong model",
+    "(wrong checkpoint, different scoring temperature or chat template); on its own this makes the "
+    "KL positive, not negative (on-policy E[k1] = KL(pi||pi_ref) >= 0 for any reference), but the "
+    "penalty measures the KL to the wrong model",
     "sign_reversed": "the logged value is -k1: the code logs mean(ref_logp - logp)",
     "sampling_noise": "single-sample k1 noise: the batch mean of sum_t l_t is within a few standard errors of zero; "
-                      "the KL is small, not negative (log k3 or the exact KL instead)",
+    "the KL is small, not negative (log k3 or the exact KL instead)",
 }
 
 
@@ -364,8 +379,10 @@ class NegativeKLDiagnosis:
         return [v.code for v in self.causes]
 
     def __str__(self) -> str:
-        head = (f"k1 = {self.kl_k1:.4g} (se {self.se_k1:.2g}) per sequence, k3 = {self.kl_k3:.4g}, "
-                f"k1 on valid tokens only = {self.kl_k1_valid:.4g}")
+        head = (
+            f"k1 = {self.kl_k1:.4g} (se {self.se_k1:.2g}) per sequence, k3 = {self.kl_k3:.4g}, "
+            f"k1 on valid tokens only = {self.kl_k1_valid:.4g}"
+        )
         if not self.causes:
             return head + "\nno cause found"
         return "\n".join([head, *(f"  - {v}" for v in self.causes)])
@@ -415,10 +432,16 @@ def diagnose_negative_kl(
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch tensor, got {type(t).__name__}")
     if logp.dim() != 2 or ref_logp.shape != logp.shape or mask.shape != logp.shape:
-        raise ValueError(f"logp, ref_logp and mask must be [batch, time] of one shape, got "
-                         f"{tuple(logp.shape)}, {tuple(ref_logp.shape)}, {tuple(mask.shape)}")
-    for name, t in (("attention_mask", attention_mask), ("prompt_mask", prompt_mask),
-                    ("sampler_logp", sampler_logp), ("logp_repeat", logp_repeat)):
+        raise ValueError(
+            f"logp, ref_logp and mask must be [batch, time] of one shape, got "
+            f"{tuple(logp.shape)}, {tuple(ref_logp.shape)}, {tuple(mask.shape)}"
+        )
+    for name, t in (
+        ("attention_mask", attention_mask),
+        ("prompt_mask", prompt_mask),
+        ("sampler_logp", sampler_logp),
+        ("logp_repeat", logp_repeat),
+    ):
         if t is not None and t.shape != logp.shape:
             raise ValueError(f"{name} must have shape {tuple(logp.shape)}, got {tuple(t.shape)}")
     m = mask.detach().bool()
@@ -439,8 +462,10 @@ def diagnose_negative_kl(
     def add(code: str, detail: str) -> None:
         causes.append(Violation(code, NEGATIVE_KL_CAUSES[code] + f" ({detail})"))
 
-    for code, other, bad in (("mask_covers_padding", attention_mask, lambda o: m & ~o.detach().bool()),
-                             ("mask_covers_prompt", prompt_mask, lambda o: m & o.detach().bool())):
+    for code, other, bad in (
+        ("mask_covers_padding", attention_mask, lambda o: m & ~o.detach().bool()),
+        ("mask_covers_prompt", prompt_mask, lambda o: m & o.detach().bool()),
+    ):
         if other is None:
             continue
         wrong = bad(other)
@@ -451,8 +476,11 @@ def diagnose_negative_kl(
 
     dropout = []
     if policy_model is not None:
-        dropout = [name for name, mod in policy_model.named_modules()
-                   if isinstance(mod, nn.Dropout) and mod.p > 0 and mod.training]
+        dropout = [
+            name
+            for name, mod in policy_model.named_modules()
+            if isinstance(mod, nn.Dropout) and mod.p > 0 and mod.training
+        ]
         cfg = getattr(policy_model, "config", None)
         if policy_model.training and cfg is not None and float(getattr(cfg, "attention_dropout", 0.0) or 0.0) > 0:
             dropout.append(f"config.attention_dropout={cfg.attention_dropout}")
@@ -464,13 +492,16 @@ def diagnose_negative_kl(
         add("dropout_active", "; ".join(dropout[:3]) + (f" and {len(dropout) - 3} more" if len(dropout) > 3 else ""))
 
     if sampler_logp is not None:
-        d = (lp - sampler_logp.detach().double())
+        d = lp - sampler_logp.detach().double()
         gap = d[m].abs().max()
         if float(gap) > tolerance:
             w = torch.exp(torch.where(m, d, torch.zeros_like(d)).sum(-1)[rows])
             reweighted = float((w * seq).sum() / w.sum())
-            add("sampler_mismatch", f"|logp - sampler_logp| up to {float(gap):.3g}, mean {float(d[m].mean()):+.3g}; "
-                                    f"k1 reweighted by pi/q per sequence: {reweighted:+.4g}")
+            add(
+                "sampler_mismatch",
+                f"|logp - sampler_logp| up to {float(gap):.3g}, mean {float(d[m].mean()):+.3g}; "
+                f"k1 reweighted by pi/q per sequence: {reweighted:+.4g}",
+            )
 
     if first_step:
         worst = float(ell[m].abs().max())
@@ -479,11 +510,16 @@ def diagnose_negative_kl(
             if logp.dtype != ref_logp.dtype or logp.dtype in low or ref_logp.dtype in low:
                 add("precision_mismatch", f"dtypes {logp.dtype} and {ref_logp.dtype}; max |l| = {worst:.3g} at step 0")
             else:
-                add("reference_mismatch", f"max |l| = {worst:.3g}, mean per sequence {float(seq.mean()):+.4g} at step 0")
+                add(
+                    "reference_mismatch", f"max |l| = {worst:.3g}, mean per sequence {float(seq.mean()):+.4g} at step 0"
+                )
 
     kl = float(seq.mean())
     if logged_kl is not None and kl != 0 and abs(logged_kl + kl) <= 1e-6 + 1e-3 * abs(kl) and logged_kl * kl < 0:
         add("sign_reversed", f"logged {logged_kl:+.4g}, k1 of this batch {kl:+.4g}")
     if kl < 0 and abs(kl) <= z * se:
-        add("sampling_noise", f"k1 = {kl:+.4g} is {abs(kl) / se:.2f} standard errors from 0; k3 = {float(k3.mean()):.4g}")
+        add(
+            "sampling_noise",
+            f"k1 = {kl:+.4g} is {abs(kl) / se:.2f} standard errors from 0; k3 = {float(k3.mean()):.4g}",
+        )
     return NegativeKLDiagnosis(kl, se, float(k3.mean()), k1_valid, causes)

@@ -149,7 +149,9 @@ def chi2(p: Any, q: Any, atol: float | None = None) -> Tensor:
     """Pearson chi^2(p || q) = sum (p - q)^2 / q = sum p^2/q - 1; +inf if p > 0 where q = 0."""
     p, q = validate_distributions(p, q, atol)
     safe_q = torch.where(q > 0, q, torch.ones_like(q))
-    terms = torch.where(q > 0, (p - q).square() / safe_q, torch.where(p > 0, torch.full_like(p, math.inf), torch.zeros_like(p)))
+    terms = torch.where(
+        q > 0, (p - q).square() / safe_q, torch.where(p > 0, torch.full_like(p, math.inf), torch.zeros_like(p))
+    )
     return terms.sum(dim=-1)
 
 

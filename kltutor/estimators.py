@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -58,13 +59,19 @@ __all__ = [
 def validate_logps(logp: Tensor, ref_logp: Tensor) -> None:
     """Raise a clear error for mismatched shapes or non-finite log-probabilities."""
     if not isinstance(logp, Tensor) or not isinstance(ref_logp, Tensor):
-        raise TypeError(f"logp and ref_logp must be torch tensors, got {type(logp).__name__} and {type(ref_logp).__name__}")
+        raise TypeError(
+            f"logp and ref_logp must be torch tensors, got {type(logp).__name__} and {type(ref_logp).__name__}"
+        )
     if logp.shape != ref_logp.shape:
-        raise ValueError(f"logp and ref_logp must have the same shape, got {tuple(logp.shape)} and {tuple(ref_logp.shape)}")
+        raise ValueError(
+            f"logp and ref_logp must have the same shape, got {tuple(logp.shape)} and {tuple(ref_logp.shape)}"
+        )
     for name, t in (("logp", logp), ("ref_logp", ref_logp)):
         if not torch.isfinite(t).all():
             bad = (~torch.isfinite(t)).sum().item()
-            raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or inf); log-probabilities of sampled tokens must be finite")
+            raise ValueError(
+                f"{name} holds {bad} non-finite value(s) (NaN or inf); log-probabilities of sampled tokens must be finite"
+            )
 
 
 def validate_mask(mask: Tensor | None, shape: torch.Size) -> Tensor | None:
@@ -412,7 +419,9 @@ def enumerate_autoregressive(tables: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         if tuple(tab.shape) != (vocab,) * (t + 1):
             raise ValueError(f"tables[{t}] must have shape {(vocab,) * (t + 1)}, got {tuple(tab.shape)}")
         if (tab < 0).any() or not torch.allclose(tab.sum(-1).double(), torch.ones((), dtype=torch.float64)):
-            raise ValueError(f"tables[{t}] must hold conditional distributions (non-negative, summing to 1 over the last axis)")
+            raise ValueError(
+                f"tables[{t}] must hold conditional distributions (non-negative, summing to 1 over the last axis)"
+            )
     seqs = torch.tensor(list(itertools.product(range(vocab), repeat=len(tables))), dtype=torch.long)
     logp = torch.stack([tables[t].double()[tuple(seqs[:, : t + 1].T)].log() for t in range(len(tables))], dim=-1)
     return seqs, logp

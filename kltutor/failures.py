@@ -16,7 +16,7 @@ numbers a chapter can print and a test can assert on:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -187,14 +187,16 @@ def importance_weighted_kl(
     g = torch.Generator().manual_seed(seed)
     idx = torch.multinomial(old, n_samples * n_batches, replacement=True, generator=g).view(n_batches, n_samples)
     k3 = estimators.k3(pi.log()[idx], q.log()[idx])
-    w = (pi[idx] / old[idx])
+    w = pi[idx] / old[idx]
     if clip is not None:
         w = w.clamp(max=clip)
     est = (w * k3).mean(1)
     return {"exact": _kl(pi, q), "mean": float(est.mean()), "std": float(est.std()), "max_weight": float(w.max())}
 
 
-def k3_precision(log_ratios: Sequence[float], dtypes: Sequence[torch.dtype] = (torch.float16, torch.bfloat16, torch.float32)) -> list[dict[str, float | str]]:
+def k3_precision(
+    log_ratios: Sequence[float], dtypes: Sequence[torch.dtype] = (torch.float16, torch.bfloat16, torch.float32)
+) -> list[dict[str, float | str]]:
     """k3 of each log-ratio in each dtype, naive and stable, next to the float64 value."""
     rows: list[dict[str, float | str]] = []
     ref = torch.tensor(list(log_ratios), dtype=torch.float64)
@@ -204,11 +206,13 @@ def k3_precision(log_ratios: Sequence[float], dtypes: Sequence[torch.dtype] = (t
         naive = estimators.k3_naive(lr, torch.zeros_like(lr)).double()
         stable = estimators.of_log_ratio("k3", lr).double()
         for i, value in enumerate(ref.tolist()):
-            rows.append({
-                "dtype": str(dtype).replace("torch.", ""),
-                "log_ratio": value,
-                "exact": float(exact[i]),
-                "naive": float(naive[i]),
-                "stable (fp32, estimators.k3)": float(stable[i]),
-            })
+            rows.append(
+                {
+                    "dtype": str(dtype).replace("torch.", ""),
+                    "log_ratio": value,
+                    "exact": float(exact[i]),
+                    "naive": float(naive[i]),
+                    "stable (fp32, estimators.k3)": float(stable[i]),
+                }
+            )
     return rows

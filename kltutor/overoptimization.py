@@ -25,8 +25,9 @@ Everything is exact enumeration in float64; nothing is sampled except the prefer
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -185,7 +186,9 @@ def best_of_n_kl_formula(n: int | Tensor) -> float | Tensor:
 # --------------------------------------------------------------------------------------------
 def _check_form(form: str) -> str:
     if form not in FORMS:
-        raise ValueError(f"unknown form {form!r}; choose one of {list(FORMS)} ('bon': d(alpha - beta d), 'rl': d(alpha - beta log d))")
+        raise ValueError(
+            f"unknown form {form!r}; choose one of {list(FORMS)} ('bon': d(alpha - beta d), 'rl': d(alpha - beta log d))"
+        )
     return form
 
 
@@ -313,7 +316,13 @@ def safe_kl_budget(alpha: float, beta: float, form: Form, fraction: float = 0.9)
             else:
                 hi = mid
         d = hi
-    return {"d": d, "kl": d * d, "gain": float(gold_form(d, alpha, beta, form)), "peak_kl": peak["kl"], "peak_gain": peak["gain"]}
+    return {
+        "d": d,
+        "kl": d * d,
+        "gain": float(gold_form(d, alpha, beta, form)),
+        "peak_kl": peak["kl"],
+        "peak_gain": peak["gain"],
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,7 +560,9 @@ def fits_over_comparison_sets(
                     peak_kl, safe_kl = budget["peak_kl"], budget["kl"]
                 except ValueError:  # the fitted form has no interior maximum
                     peak_kl = safe_kl = float("nan")
-                entry = out.setdefault(f"{key}-{form}", {"alpha": [], "beta": [], "rmse": [], "peak_kl": [], "safe_kl": []})
+                entry = out.setdefault(
+                    f"{key}-{form}", {"alpha": [], "beta": [], "rmse": [], "peak_kl": [], "safe_kl": []}
+                )
                 entry["alpha"].append(fit.alpha)
                 entry["beta"].append(fit.beta)
                 entry["rmse"].append(fit.rmse)

@@ -31,7 +31,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Callable, Iterator, Literal, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -77,8 +78,9 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 
-def process_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
-                   top_p: float | None = None) -> Tensor:
+def process_logits(
+    logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> Tensor:
     """The sampling distribution over the last axis: ``softmax(logits / temperature)``, truncated.
 
     Applied in the order samplers use (Hugging Face's ``generate``, vLLM): temperature first, then
@@ -113,11 +115,12 @@ def process_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None =
     return out / out.sum(-1, keepdim=True)
 
 
-def random_logit_tables(vocab: int, seq_len: int, scale: float = 1.0,
-                        generator: torch.Generator | None = None) -> list[Tensor]:
+def random_logit_tables(
+    vocab: int, seq_len: int, scale: float = 1.0, generator: torch.Generator | None = None
+) -> list[Tensor]:
     """Logits of a random autoregressive model: ``tables[t]`` has shape ``[vocab] * (t + 1)``
     (the prefix, then the next token), entries ``N(0, scale^2)``, float64."""
-    if vocab < 2 or seq_len < 1 or vocab ** seq_len > 200_000:
+    if vocab < 2 or seq_len < 1 or vocab**seq_len > 200_000:
         raise ValueError(f"need vocab >= 2, seq_len >= 1 and at most 200000 sequences, got {vocab}**{seq_len}")
     return [scale * torch.randn((vocab,) * (t + 1), generator=generator, dtype=torch.float64) for t in range(seq_len)]
 
@@ -126,9 +129,14 @@ def _tables(logit_tables: Sequence[Tensor], **sampling) -> list[Tensor]:
     return [process_logits(t, **sampling) for t in logit_tables]
 
 
-def sampler_mismatch(policy_logits: Sequence[Tensor], ref_logits: Sequence[Tensor], temperature: float = 1.0,
-                     top_k: int | None = None, top_p: float | None = None,
-                     scoring: Literal["untempered", "tempered"] = "untempered") -> dict[str, float]:
+def sampler_mismatch(
+    policy_logits: Sequence[Tensor],
+    ref_logits: Sequence[Tensor],
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    scoring: Literal["untempered", "tempered"] = "untempered",
+) -> dict[str, float]:
     """Exactly what a logged KL estimates when the rollouts come from a processed sampler.
 
     The sampler draws from ``process_logits(policy, temperature, top_k, top_p)`` token by token.
@@ -177,8 +185,11 @@ def sampler_mismatch(policy_logits: Sequence[Tensor], ref_logits: Sequence[Tenso
     return {
         "kl_target": float((pi1 * (lp_pi1 - lp_ref1).sum(-1)).sum()),
         "kl_scored": float((pi * k1).sum()),
-        "k1": mean(k1), "sd_k1": sd(k1),
-        "k3": mean(k3), "sd_k3": sd(k3), "max_k3": float(k3[seen].max()),
+        "k1": mean(k1),
+        "sd_k1": sd(k1),
+        "k3": mean(k3),
+        "sd_k3": sd(k3),
+        "max_k3": float(k3[seen].max()),
         "p_k1_negative": float(q[seen & (k1 < 0)].sum()),
         "kl_sampler_policy": max(kl_sp, 0.0),
         "missing_mass": float(pi[~seen].sum()),
@@ -189,9 +200,16 @@ def _reward_bits(seqs: Tensor) -> Tensor:
     return seqs.mean(-1)
 
 
-def tis_gradient_moments(policy: BinaryAutoregressive, sampler: BinaryAutoregressive, reference: BinaryAutoregressive,
-                         seq_len: int, beta: float, caps: Sequence[float], level: Literal["token", "sequence"] = "token",
-                         reward: Callable[[Tensor], Tensor] = _reward_bits) -> list[dict[str, float]]:
+def tis_gradient_moments(
+    policy: BinaryAutoregressive,
+    sampler: BinaryAutoregressive,
+    reference: BinaryAutoregressive,
+    seq_len: int,
+    beta: float,
+    caps: Sequence[float],
+    level: Literal["token", "sequence"] = "token",
+    reward: Callable[[Tensor], Tensor] = _reward_bits,
+) -> list[dict[str, float]]:
     """Truncated importance sampling of the policy gradient, exactly, on the binary toy.
 
     The objective is ``J = E_pi[R] - beta KL(pi || pi_ref)`` (``R`` = ``reward(bits)``, by default the
@@ -240,8 +258,14 @@ def tis_gradient_moments(policy: BinaryAutoregressive, sampler: BinaryAutoregres
     return rows
 
 
-def token_logprobs_at(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, n_prompt: int,
-                      dtype: torch.dtype = torch.float32, logsoftmax_dtype: torch.dtype | None = torch.float32) -> Tensor:
+def token_logprobs_at(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    n_prompt: int,
+    dtype: torch.dtype = torch.float32,
+    logsoftmax_dtype: torch.dtype | None = torch.float32,
+) -> Tensor:
     """Log-probabilities of the completion tokens ``input_ids[:, n_prompt:]`` under a copy of ``model``
     cast to ``dtype`` (weights and activations); the log-softmax runs in ``logsoftmax_dtype``
     (``None``: in ``dtype`` too). Positions are counted from the first real token (left padding).
@@ -253,7 +277,7 @@ def token_logprobs_at(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     m = copy.deepcopy(model).to(dtype).eval()
     pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
     with torch.no_grad():
-        logits = m(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).logits[:, n_prompt - 1:-1]
+        logits = m(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).logits[:, n_prompt - 1 : -1]
         logits = logits.to(logsoftmax_dtype) if logsoftmax_dtype is not None else logits
         lsm = torch.log_softmax(logits, -1)
         out = lsm.gather(-1, input_ids[:, n_prompt:, None]).squeeze(-1)
@@ -274,17 +298,21 @@ def precision_mismatch(logp: Tensor, other_logp: Tensor, mask: Tensor, clip_eps:
     m = mask.bool()
     if not m.any():
         raise ValueError("mask selects no token")
-    d = (logp.double() - other_logp.double())
+    d = logp.double() - other_logp.double()
     a = d[m].abs()
     seq_k1 = (d * m).sum(-1)
     seq_k3 = (of_log_ratio("k3", d) * m).sum(-1)
     w = d[m].exp()
     return {
-        "mean_abs": float(a.mean()), "median_abs": float(a.median()),
-        "p99_abs": float(torch.quantile(a, 0.99)), "max_abs": float(a.max()),
+        "mean_abs": float(a.mean()),
+        "median_abs": float(a.median()),
+        "p99_abs": float(torch.quantile(a, 0.99)),
+        "max_abs": float(a.max()),
         "frac_outside_clip": float(((w < 1 - clip_eps) | (w > 1 + clip_eps)).double().mean()),
-        "seq_k1_mean": float(seq_k1.mean()), "seq_k1_sd": float(seq_k1.std()) if seq_k1.numel() > 1 else 0.0,
-        "seq_k3_mean": float(seq_k3.mean()), "n_tokens": int(m.sum()),
+        "seq_k1_mean": float(seq_k1.mean()),
+        "seq_k1_sd": float(seq_k1.std()) if seq_k1.numel() > 1 else 0.0,
+        "seq_k3_mean": float(seq_k3.mean()),
+        "n_tokens": int(m.sum()),
     }
 
 
@@ -302,18 +330,32 @@ AGGREGATIONS: dict[str, str] = {
 
 #: Where each aggregation lives in TRL and verl (checked in their source; snapshot commits given).
 AGGREGATION_FLAGS: list[dict[str, str]] = [
-    {"aggregation": "sequence-mean", "TRL GRPOConfig.loss_type": "'grpo' (also 'sapo')",
-     "verl actor.loss_agg_mode": "'seq-mean-token-mean'"},
-    {"aggregation": "token-mean", "TRL GRPOConfig.loss_type": "'bnpo' (local batch); 'dapo' (default; global accumulated batch)",
-     "verl actor.loss_agg_mode": "'token-mean' (default)"},
-    {"aggregation": "token-sum-norm", "TRL GRPOConfig.loss_type": "'dr_grpo' (L = max_completion_length, divided by the batch size too)",
-     "verl actor.loss_agg_mode": "'seq-mean-token-sum-norm' (L = loss_scale_factor, default the padded response length; summed, not averaged, over sequences)"},
-    {"aggregation": "sequence-sum", "TRL GRPOConfig.loss_type": "none of the token-level losses ('luspo' scales a sequence-level loss by T_i)",
-     "verl actor.loss_agg_mode": "'seq-mean-token-sum'"},
+    {
+        "aggregation": "sequence-mean",
+        "TRL GRPOConfig.loss_type": "'grpo' (also 'sapo')",
+        "verl actor.loss_agg_mode": "'seq-mean-token-mean'",
+    },
+    {
+        "aggregation": "token-mean",
+        "TRL GRPOConfig.loss_type": "'bnpo' (local batch); 'dapo' (default; global accumulated batch)",
+        "verl actor.loss_agg_mode": "'token-mean' (default)",
+    },
+    {
+        "aggregation": "token-sum-norm",
+        "TRL GRPOConfig.loss_type": "'dr_grpo' (L = max_completion_length, divided by the batch size too)",
+        "verl actor.loss_agg_mode": "'seq-mean-token-sum-norm' (L = loss_scale_factor, default the padded response length; summed, not averaged, over sequences)",
+    },
+    {
+        "aggregation": "sequence-sum",
+        "TRL GRPOConfig.loss_type": "none of the token-level losses ('luspo' scales a sequence-level loss by T_i)",
+        "verl actor.loss_agg_mode": "'seq-mean-token-sum'",
+    },
 ]
-AGGREGATION_SOURCES = ("trl/trainer/grpo_trainer.py (_compute_loss), trl/trainer/grpo_config.py (loss_type) at f2cd577; "
-                       "verl/trainer/ppo/core_algos.py (agg_loss), verl/workers/actor/dp_actor.py (the KL loss uses the "
-                       "same agg_loss), verl/trainer/config/actor/actor.yaml at b178a3c")
+AGGREGATION_SOURCES = (
+    "trl/trainer/grpo_trainer.py (_compute_loss), trl/trainer/grpo_config.py (loss_type) at f2cd577; "
+    "verl/trainer/ppo/core_algos.py (agg_loss), verl/workers/actor/dp_actor.py (the KL loss uses the "
+    "same agg_loss), verl/trainer/config/actor/actor.yaml at b178a3c"
+)
 
 
 def _lengths(lengths) -> Tensor:
@@ -359,7 +401,7 @@ def effective_beta(lengths, mode: str, beta: float, max_len: float | None = None
 #: Where the KL sits relative to the group baseline (see :func:`aggregation_update`).
 BASELINES: dict[str, str] = {
     "task": "b = E_pi[R]: the group centres the task reward only (KL as a loss term, e.g. k2 of the sequence "
-            "log-ratio, or a k1 penalty added after the centring)",
+    "log-ratio, or a k1 penalty added after the centring)",
     "shaped": "b = E_pi[R - beta l]: k1 sits in the reward before the group centring",
 }
 
@@ -387,8 +429,16 @@ def _bandit_inputs(ref_probs, rewards, lengths, beta: float, mode: str, baseline
     return p, R, T
 
 
-def aggregation_update(policy_probs, ref_probs, rewards, lengths, beta: float, mode: str,
-                       baseline: str = "task", max_len: float | None = None) -> Tensor:
+def aggregation_update(
+    policy_probs,
+    ref_probs,
+    rewards,
+    lengths,
+    beta: float,
+    mode: str,
+    baseline: str = "task",
+    max_len: float | None = None,
+) -> Tensor:
     """The expected update of a bandit over whole responses, ``E_pi[c(T_y) (R_y - b - beta l_y) grad_z log pi(y)]``.
 
     ``pi = softmax(z)`` is ``policy_probs``; responses have reference probabilities, rewards ``R_y``
@@ -414,8 +464,16 @@ def aggregation_update(policy_probs, ref_probs, rewards, lengths, beta: float, m
     return pi * (a - (pi * a).sum())  # grad_z log pi(y) = e_y - pi
 
 
-def aggregation_stationary_policy(ref_probs, rewards, lengths, beta: float, mode: str, max_len: float | None = None,
-                                  tol: float = 1e-13, baseline: str = "task") -> Tensor:
+def aggregation_stationary_policy(
+    ref_probs,
+    rewards,
+    lengths,
+    beta: float,
+    mode: str,
+    max_len: float | None = None,
+    tol: float = 1e-13,
+    baseline: str = "task",
+) -> Tensor:
     """The policy at which the aggregated GRPO-style update stops, for a bandit over whole responses.
 
     Responses ``y`` (one per entry) have reference probabilities, rewards ``R_y`` and lengths ``T_y``.
@@ -441,6 +499,7 @@ def aggregation_stationary_policy(ref_probs, rewards, lengths, beta: float, mode
         # normalisation fixes kappa: sum_y pi_ref e^{(R - b - kappa T)/beta} = 1, decreasing in kappa
         def excess(kappa: float) -> float:
             return float(torch.logsumexp(logp0 + (R - b - kappa * T) / beta, 0))
+
         lo, hi = -1.0, 1.0
         while excess(lo) < 0:
             lo *= 2
@@ -472,9 +531,16 @@ def aggregation_stationary_policy(ref_probs, rewards, lengths, beta: float, mode
 # ---------------------------------------------------------------------------------------------
 
 
-def bandit_with_reference_updates(ref_probs, rewards, beta: float, steps: int, lr: float = 0.5,
-                                  reset_every: int | None = None, soft_alpha: float | None = None,
-                                  correct: Tensor | None = None) -> dict[str, list[float]]:
+def bandit_with_reference_updates(
+    ref_probs,
+    rewards,
+    beta: float,
+    steps: int,
+    lr: float = 0.5,
+    reset_every: int | None = None,
+    soft_alpha: float | None = None,
+    correct: Tensor | None = None,
+) -> dict[str, list[float]]:
     """Exact gradient ascent on ``E_pi[r] - beta KL(pi || pi_ref_t)`` with a moving reference.
 
     A softmax policy over responses starts at ``ref_probs``. The reference ``pi_ref_t`` is the
@@ -533,7 +599,9 @@ class LoRALinear(nn.Module):
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
         if not isinstance(rank, int) or rank < 1 or rank > min(base.in_features, base.out_features):
-            raise ValueError(f"rank must be an integer in [1, {min(base.in_features, base.out_features)}], got {rank!r}")
+            raise ValueError(
+                f"rank must be an integer in [1, {min(base.in_features, base.out_features)}], got {rank!r}"
+            )
         self.base, self.scale, self.enabled = base, alpha / rank, True
         base.requires_grad_(False)
         gen = torch.Generator().manual_seed(seed)
@@ -559,9 +627,14 @@ class LoRALinear(nn.Module):
         return out
 
 
-def add_lora(model: nn.Module, rank: int = 4, alpha: float = 8.0, init: str = "zero",
-             targets: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-             seed: int = 0) -> list[str]:
+def add_lora(
+    model: nn.Module,
+    rank: int = 4,
+    alpha: float = 8.0,
+    init: str = "zero",
+    targets: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    seed: int = 0,
+) -> list[str]:
     """Wrap every ``nn.Linear`` whose name ends with one of ``targets`` in a :class:`LoRALinear`
     (in place); freeze everything else. Returns the wrapped modules' names."""
     names = [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear) and n.split(".")[-1] in targets]
@@ -596,8 +669,9 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
 # ---------------------------------------------------------------------------------------------
 
 
-def two_kl_gradients(policy: BinaryAutoregressive, reference: BinaryAutoregressive, seq_len: int,
-                     beta_reward: float, beta_loss: float) -> dict[str, Tensor]:
+def two_kl_gradients(
+    policy: BinaryAutoregressive, reference: BinaryAutoregressive, seq_len: int, beta_reward: float, beta_loss: float
+) -> dict[str, Tensor]:
     """Exact expected gradient (w.r.t. ``(a, b)``) of the KL part of a run with k1 in the reward
     (``beta_reward``) *and* token-level k3 in the loss (``beta_loss``), on-policy.
 
@@ -617,8 +691,12 @@ def two_kl_gradients(policy: BinaryAutoregressive, reference: BinaryAutoregressi
     per_sample = beta_reward * (logp * rtg).sum(-1) + beta_loss * of_log_ratio("k3", logp - ref).sum(-1)
     combined = torch.stack(torch.autograd.grad((probs * per_sample).sum(), [policy.a, policy.b])).detach()
     ex = exact_kl_gradients(policy, reference, seq_len)
-    return {"combined": combined, "reverse": ex["true"], "k3_loss": ex["k3-in-loss"],
-            "naive": (beta_reward + beta_loss) * ex["true"]}
+    return {
+        "combined": combined,
+        "reverse": ex["true"],
+        "k3_loss": ex["k3-in-loss"],
+        "naive": (beta_reward + beta_loss) * ex["true"],
+    }
 
 
 def two_kl_bandit_optimum(ref_probs, rewards, beta_reward: float, beta_loss: float) -> Tensor:
@@ -662,8 +740,14 @@ def two_kl_bandit_optimum(ref_probs, rewards, beta_reward: float, beta_loss: flo
 OFFPOLICY_WEIGHTINGS = ("none", "token", "prefix", "sequence", "sequence-geomean")
 
 
-def offpolicy_kl_gradient(policy: BinaryAutoregressive, sampler: BinaryAutoregressive, reference: BinaryAutoregressive,
-                          seq_len: int, estimator: str = "k3", weighting: str = "none") -> Tensor:
+def offpolicy_kl_gradient(
+    policy: BinaryAutoregressive,
+    sampler: BinaryAutoregressive,
+    reference: BinaryAutoregressive,
+    seq_len: int,
+    estimator: str = "k3",
+    weighting: str = "none",
+) -> Tensor:
     """Exact expected gradient of a token-level in-loss KL term, summed over tokens, on sequences from ``sampler``.
 
     Each token's ``k(l_t)`` is multiplied by an importance weight carrying gradient:
@@ -698,8 +782,9 @@ def offpolicy_kl_gradient(policy: BinaryAutoregressive, sampler: BinaryAutoregre
 # ---------------------------------------------------------------------------------------------
 
 
-def expected_in_loss(policy: BinaryAutoregressive, reference: BinaryAutoregressive, seq_len: int,
-                     fn: Callable[[Tensor], Tensor]) -> tuple[float, Tensor]:
+def expected_in_loss(
+    policy: BinaryAutoregressive, reference: BinaryAutoregressive, seq_len: int, fn: Callable[[Tensor], Tensor]
+) -> tuple[float, Tensor]:
     """``(E[sum_t fn(l_t)], E[grad sum_t fn(l_t)])`` on-policy, sample held fixed (a per-token loss term).
 
     ``fn`` maps the per-token log-ratio ``l = log pi - log pi_ref`` to the term's value; the gradient
@@ -714,8 +799,9 @@ def expected_in_loss(policy: BinaryAutoregressive, reference: BinaryAutoregressi
     return float((probs * vals.detach()).sum()), grad.detach()
 
 
-def expected_in_reward(policy: BinaryAutoregressive, reference: BinaryAutoregressive, seq_len: int,
-                       fn: Callable[[Tensor], Tensor]) -> Tensor:
+def expected_in_reward(
+    policy: BinaryAutoregressive, reference: BinaryAutoregressive, seq_len: int, fn: Callable[[Tensor], Tensor]
+) -> Tensor:
     """Expected gradient of a KL penalty put *in the reward* as the token mean of ``fn(l_t)`` subtracted from
     the sequence's reward (REINFORCE with a sequence reward): ``E_pi[mean_t fn(l_t) * grad log pi(y)]``.
 
@@ -734,24 +820,30 @@ def expected_in_reward(policy: BinaryAutoregressive, reference: BinaryAutoregres
 #: the commit given. ``value`` is what the code computes from ``l = log pi - log pi_ref``.
 SLIPS: list[dict] = [
     {
-        "repository": "natolambert/rlhf-book", "commit": "a66b0bf1103b590511e0503a2e9d93faea939a49",
-        "file": "code/policy_gradients/loss.py", "lines": "23-33 (approx_kl3)",
+        "repository": "natolambert/rlhf-book",
+        "commit": "a66b0bf1103b590511e0503a2e9d93faea939a49",
+        "file": "code/policy_gradients/loss.py",
+        "lines": "23-33 (approx_kl3)",
         "code": "log_ratio = log_probs - log_probs_ref; return torch.expm1(log_ratio) - log_ratio",
         "slip": "k3 with the ratio inverted: e^l - 1 - l instead of e^-l - 1 + l (the default kl_estimator 'kl3'; used in the loss "
-                "by the GRPO-family losses and in the reward by apply_reward_kl, code/policy_gradients/utils.py:165-182, "
-                "for REINFORCE/RLOO/PPO; active when beta > 0, the shipped configurations leave beta at 0.0)",
+        "by the GRPO-family losses and in the reward by apply_reward_kl, code/policy_gradients/utils.py:165-182, "
+        "for REINFORCE/RLOO/PPO; active when beta > 0, the shipped configurations leave beta at 0.0)",
         "value": lambda l: torch.expm1(l) - l,
     },
     {
-        "repository": "natolambert/rlhf-book", "commit": "a66b0bf1103b590511e0503a2e9d93faea939a49",
-        "file": "code/policy_gradients/loss.py", "lines": "49-59 (approx_kl1)",
+        "repository": "natolambert/rlhf-book",
+        "commit": "a66b0bf1103b590511e0503a2e9d93faea939a49",
+        "file": "code/policy_gradients/loss.py",
+        "lines": "49-59 (approx_kl1)",
         "code": "log_ratio = log_probs - log_probs_ref; return -log_ratio",
         "slip": "k1 with the sign reversed: -l; in the reward (apply_reward_kl) the KL penalty becomes a KL bonus",
         "value": lambda l: -l,
     },
     {
-        "repository": "jingyaogong/minimind", "commit": "d65ef2c00ebc6082f9df11541e1b191655eddb00",
-        "file": "trainer/train_grpo.py", "lines": "159 (kl_ref_val, logged as 'kl_ref'; same in trainer/train_agent.py:343)",
+        "repository": "jingyaogong/minimind",
+        "commit": "d65ef2c00ebc6082f9df11541e1b191655eddb00",
+        "file": "trainer/train_grpo.py",
+        "lines": "159 (kl_ref_val, logged as 'kl_ref'; same in trainer/train_agent.py:343)",
         "code": "kl_ref_val = ((ref_per_token_logps - per_token_logps) * completion_mask).sum().item() / ...",
         "slip": "the logged KL is -k1 (token mean of ref - logp); the loss's k3 on line 133 is correct",
         "value": lambda l: -l,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -72,9 +73,7 @@ def _check_tensors(**tensors: Tensor) -> torch.Size:
             shape = t.shape
         elif t.shape != shape:
             names = list(tensors)
-            raise ValueError(
-                f"{names[0]} and {name} must have the same shape, got {tuple(shape)} and {tuple(t.shape)}"
-            )
+            raise ValueError(f"{names[0]} and {name} must have the same shape, got {tuple(shape)} and {tuple(t.shape)}")
         if t.numel() == 0:
             raise ValueError(f"{name} is empty: a loss over no pairs is undefined")
         if not torch.isfinite(t.detach()).all():
@@ -137,7 +136,9 @@ def optimal_policy(ref_probs: Tensor, rewards: Tensor, beta: float) -> Tensor:
     if not isinstance(rewards, Tensor):
         raise TypeError(f"rewards must be a torch tensor, got {type(rewards).__name__}")
     if rewards.shape != ref_probs.shape:
-        raise ValueError(f"rewards {tuple(rewards.shape)} and ref_probs {tuple(ref_probs.shape)} must have the same shape")
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)} and ref_probs {tuple(ref_probs.shape)} must have the same shape"
+        )
     if not torch.isfinite(rewards).all():
         raise ValueError("rewards hold NaN or inf")
     logits = torch.log(ref_probs) + rewards.to(ref_probs.dtype) / beta  # log 0 = -inf stays -inf
@@ -167,7 +168,9 @@ def implicit_reward(logp: Tensor, ref_logp: Tensor, beta: float) -> Tensor:
     if not isinstance(logp, Tensor) or not isinstance(ref_logp, Tensor):
         raise TypeError("logp and ref_logp must be torch tensors")
     if logp.shape != ref_logp.shape:
-        raise ValueError(f"logp and ref_logp must have the same shape, got {tuple(logp.shape)} and {tuple(ref_logp.shape)}")
+        raise ValueError(
+            f"logp and ref_logp must have the same shape, got {tuple(logp.shape)} and {tuple(ref_logp.shape)}"
+        )
     if not (torch.isfinite(logp.detach()).all() and torch.isfinite(ref_logp.detach()).all()):
         raise ValueError("logp and ref_logp must be finite")
     return beta * (logp - ref_logp)
@@ -227,10 +230,18 @@ def dpo_loss(
     -709 (float64) or -88 (float32) is 0, and its log is ``-inf``.
     """
     beta = positive_number("beta", beta)
-    _check_tensors(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp,
-                   ref_chosen_logp=ref_chosen_logp, ref_rejected_logp=ref_rejected_logp)
-    _check_logp(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp,
-                ref_chosen_logp=ref_chosen_logp, ref_rejected_logp=ref_rejected_logp)
+    _check_tensors(
+        policy_chosen_logp=policy_chosen_logp,
+        policy_rejected_logp=policy_rejected_logp,
+        ref_chosen_logp=ref_chosen_logp,
+        ref_rejected_logp=ref_rejected_logp,
+    )
+    _check_logp(
+        policy_chosen_logp=policy_chosen_logp,
+        policy_rejected_logp=policy_rejected_logp,
+        ref_chosen_logp=ref_chosen_logp,
+        ref_rejected_logp=ref_rejected_logp,
+    )
     chosen = beta * (policy_chosen_logp - ref_chosen_logp.detach())
     rejected = beta * (policy_rejected_logp - ref_rejected_logp.detach())
     losses = -F.logsigmoid(chosen - rejected)
@@ -253,10 +264,18 @@ def ipo_loss(
     :math:`\\tau\\log\\pi_\\theta/\\pi_\\text{ref}` (:math:`\\tau` plays the role of DPO's :math:`\\beta`).
     """
     tau = positive_number("tau", tau)
-    _check_tensors(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp,
-                   ref_chosen_logp=ref_chosen_logp, ref_rejected_logp=ref_rejected_logp)
-    _check_logp(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp,
-                ref_chosen_logp=ref_chosen_logp, ref_rejected_logp=ref_rejected_logp)
+    _check_tensors(
+        policy_chosen_logp=policy_chosen_logp,
+        policy_rejected_logp=policy_rejected_logp,
+        ref_chosen_logp=ref_chosen_logp,
+        ref_rejected_logp=ref_rejected_logp,
+    )
+    _check_logp(
+        policy_chosen_logp=policy_chosen_logp,
+        policy_rejected_logp=policy_rejected_logp,
+        ref_chosen_logp=ref_chosen_logp,
+        ref_rejected_logp=ref_rejected_logp,
+    )
     chosen_ratio = policy_chosen_logp - ref_chosen_logp.detach()
     rejected_ratio = policy_rejected_logp - ref_rejected_logp.detach()
     h = chosen_ratio - rejected_ratio
@@ -280,8 +299,12 @@ def simpo_loss(
     """
     beta = positive_number("beta", beta)
     gamma = nonnegative_number("gamma", gamma)
-    _check_tensors(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp,
-                   chosen_len=chosen_len, rejected_len=rejected_len)
+    _check_tensors(
+        policy_chosen_logp=policy_chosen_logp,
+        policy_rejected_logp=policy_rejected_logp,
+        chosen_len=chosen_len,
+        rejected_len=rejected_len,
+    )
     _check_logp(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp)
     _check_lengths(chosen_len=chosen_len, rejected_len=rejected_len)
     chosen = beta * policy_chosen_logp / chosen_len.to(policy_chosen_logp.dtype)
@@ -372,8 +395,12 @@ def orpo_loss(
     A response of probability 1 (``logp == 0``) has infinite odds and is rejected with an error.
     """
     lam = nonnegative_number("lam", lam)
-    _check_tensors(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp,
-                   chosen_len=chosen_len, rejected_len=rejected_len)
+    _check_tensors(
+        policy_chosen_logp=policy_chosen_logp,
+        policy_rejected_logp=policy_rejected_logp,
+        chosen_len=chosen_len,
+        rejected_len=rejected_len,
+    )
     _check_logp(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp)
     _check_lengths(chosen_len=chosen_len, rejected_len=rejected_len)
     if (policy_chosen_logp.detach() >= 0).any() or (policy_rejected_logp.detach() >= 0).any():
@@ -520,8 +547,12 @@ def train_tabular(
         loss.backward()
         opt.step()
     probs = probs_hist[-1]
-    return TrainResult(probs=probs, steps=torch.tensor(records), probs_history=torch.stack(probs_hist),
-                       loss_history=torch.stack(loss_hist))
+    return TrainResult(
+        probs=probs,
+        steps=torch.tensor(records),
+        probs_history=torch.stack(probs_hist),
+        loss_history=torch.stack(loss_hist),
+    )
 
 
 def maximize_objective_numerically(ref_probs: Tensor, rewards: Tensor, beta: float, max_iter: int = 500) -> Tensor:
@@ -534,8 +565,14 @@ def maximize_objective_numerically(ref_probs: Tensor, rewards: Tensor, beta: flo
     ref = _check_probs("ref_probs", ref_probs).to(torch.float64)
     r = rewards.to(torch.float64)
     logits = torch.zeros_like(ref, requires_grad=True)
-    opt = torch.optim.LBFGS([logits], max_iter=max_iter, tolerance_grad=1e-13, tolerance_change=1e-15,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [logits],
+        max_iter=max_iter,
+        tolerance_grad=1e-13,
+        tolerance_change=1e-15,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -554,18 +591,46 @@ def kl_location_table() -> list[dict[str, str]]:
     """Where the KL (or its stand-in) sits in each method: one row per method, for the chapter's table."""
     # pragma: no mutate block -- prose cells, not values (chapter 5's stored table output pins them)
     return [
-        {"method": "PPO-RLHF (InstructGPT)", "reference model": "yes", "where the KL sits": "explicit: -beta*k1 per token in the reward",
-         "what it regularises towards": "pi_ref, via the reverse KL"},
-        {"method": "GRPO (DeepSeekMath)", "reference model": "yes", "where the KL sits": "explicit: +beta*k3 per token in the loss",
-         "what it regularises towards": "pi_ref; on-policy its gradient is the forward KL's, per token at the policy's prefixes"},
-        {"method": "DPO", "reference model": "yes", "where the KL sits": "implicit: beta*log(pi/pi_ref) inside the sigmoid",
-         "what it regularises towards": "pi* = pi_ref exp(r/beta)/Z, only with enough pairs covering every response"},
-        {"method": "IPO", "reference model": "yes", "where the KL sits": "implicit: log-ratio margin regressed onto 1/(2 tau)",
-         "what it regularises towards": "pi_ref exp(p(y > mu)/tau)/Z (a win-rate optimum, not the BT-reward one)"},
-        {"method": "KTO", "reference model": "yes", "where the KL sits": "implicit: log-ratio minus z0 (defined as the KL; computed on mismatched pairs)",
-         "what it regularises towards": "pi_ref (z0 is detached and clamped at 0)"},
-        {"method": "SimPO", "reference model": "no", "where the KL sits": "absent: length-normalised log-prob and margin gamma",
-         "what it regularises towards": "nothing: the optimum does not depend on pi_ref"},
-        {"method": "ORPO", "reference model": "no", "where the KL sits": "absent: SFT NLL + odds-ratio term",
-         "what it regularises towards": "the chosen responses (the SFT term), not pi_ref"},
+        {
+            "method": "PPO-RLHF (InstructGPT)",
+            "reference model": "yes",
+            "where the KL sits": "explicit: -beta*k1 per token in the reward",
+            "what it regularises towards": "pi_ref, via the reverse KL",
+        },
+        {
+            "method": "GRPO (DeepSeekMath)",
+            "reference model": "yes",
+            "where the KL sits": "explicit: +beta*k3 per token in the loss",
+            "what it regularises towards": "pi_ref; on-policy its gradient is the forward KL's, per token at the policy's prefixes",
+        },
+        {
+            "method": "DPO",
+            "reference model": "yes",
+            "where the KL sits": "implicit: beta*log(pi/pi_ref) inside the sigmoid",
+            "what it regularises towards": "pi* = pi_ref exp(r/beta)/Z, only with enough pairs covering every response",
+        },
+        {
+            "method": "IPO",
+            "reference model": "yes",
+            "where the KL sits": "implicit: log-ratio margin regressed onto 1/(2 tau)",
+            "what it regularises towards": "pi_ref exp(p(y > mu)/tau)/Z (a win-rate optimum, not the BT-reward one)",
+        },
+        {
+            "method": "KTO",
+            "reference model": "yes",
+            "where the KL sits": "implicit: log-ratio minus z0 (defined as the KL; computed on mismatched pairs)",
+            "what it regularises towards": "pi_ref (z0 is detached and clamped at 0)",
+        },
+        {
+            "method": "SimPO",
+            "reference model": "no",
+            "where the KL sits": "absent: length-normalised log-prob and margin gamma",
+            "what it regularises towards": "nothing: the optimum does not depend on pi_ref",
+        },
+        {
+            "method": "ORPO",
+            "reference model": "no",
+            "where the KL sits": "absent: SFT NLL + odds-ratio term",
+            "what it regularises towards": "the chosen responses (the SFT term), not pi_ref",
+        },
     ]

@@ -29,10 +29,10 @@ come from -- they are different rules and are often conflated:
 
 from __future__ import annotations
 
-from kltutor._validation import positive_number
-
 import math
 from typing import Any
+
+from kltutor._validation import positive_number
 
 __all__ = [
     "BetaSchedule",
@@ -86,8 +86,9 @@ class BetaSchedule:
     uses: tuple[str, ...] = ()
     min_beta: str = "positive"
 
-    def __init__(self, beta: float, target: float | None = None, horizon: float | None = None,
-                 end: float | None = None):
+    def __init__(
+        self, beta: float, target: float | None = None, horizon: float | None = None, end: float | None = None
+    ):
         name = type(self).__name__
         self._beta = _non_negative("beta", beta) if self.min_beta == "non-negative" else _positive("beta", beta)
         for setting, value in (("target", target), ("horizon", horizon), ("end", end)):
@@ -149,8 +150,15 @@ class AdaptiveKLController(BetaSchedule):
 
     uses = ("target", "horizon")
 
-    def __init__(self, beta: float, target: float | None = None, horizon: float | None = None,
-                 end: float | None = None, *, clip: float = 0.2):
+    def __init__(
+        self,
+        beta: float,
+        target: float | None = None,
+        horizon: float | None = None,
+        end: float | None = None,
+        *,
+        clip: float = 0.2,
+    ):
         super().__init__(beta, target, horizon, end)
         self.clip = _positive("clip", clip)
 
@@ -181,8 +189,16 @@ class PPOPenaltyKL(BetaSchedule):
 
     uses = ("target",)
 
-    def __init__(self, beta: float, target: float | None = None, horizon: float | None = None,
-                 end: float | None = None, *, tolerance: float = 1.5, factor: float = 2.0):
+    def __init__(
+        self,
+        beta: float,
+        target: float | None = None,
+        horizon: float | None = None,
+        end: float | None = None,
+        *,
+        tolerance: float = 1.5,
+        factor: float = 2.0,
+    ):
         super().__init__(beta, target, horizon, end)
         self.tolerance = _positive("tolerance", tolerance)
         self.factor = _positive("factor", factor)
@@ -207,8 +223,9 @@ class _Annealing(BetaSchedule):
 
     uses = ("horizon", "end")
 
-    def __init__(self, beta: float, target: float | None = None, horizon: float | None = None,
-                 end: float | None = None):
+    def __init__(
+        self, beta: float, target: float | None = None, horizon: float | None = None, end: float | None = None
+    ):
         super().__init__(beta, target, horizon, end)
         self.start = self._beta
         self.progress = 0

@@ -44,13 +44,16 @@ def chapters() -> list[tuple[Path, str]]:
 
 def _tests_of(module: str) -> list[str]:
     stem = "test_" + module.replace(".", "_")
-    return sorted(p.name for p in (ROOT / "tests").glob(f"{stem}*.py")
-                  if p.stem == stem or p.stem.startswith(stem + "_"))
+    return sorted(
+        p.name for p in (ROOT / "tests").glob(f"{stem}*.py") if p.stem == stem or p.stem.startswith(stem + "_")
+    )
 
 
 def render() -> str:
-    rows = ["| chapter | modules | figures | derivations | exercise checkers | tests |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| chapter | modules | figures | derivations | exercise checkers | tests |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for path, label in chapters():
         topic = label.removeprefix("ch-")
         modules = [m for m, ch in kltutor.MODULES.items() if ch == label]
@@ -60,12 +63,16 @@ def render() -> str:
         if per_topic["exercises"]:
             tests.append(f"test_exercises_{topic}.py")
         chapter = f"[{path.stem}]({path.relative_to(ROOT).as_posix()}) (`{label}`)"
-        rows.append(f"| {chapter} | {_code(['kltutor.' + m for m in modules])} | {_code(per_topic['plotting'])} | "
-                    f"{_code(per_topic['derivations'])} | {_code(per_topic['exercises'])} | {_code(tests)} |")
+        rows.append(
+            f"| {chapter} | {_code(['kltutor.' + m for m in modules])} | {_code(per_topic['plotting'])} | "
+            f"{_code(per_topic['derivations'])} | {_code(per_topic['exercises'])} | {_code(tests)} |"
+        )
     shared = [m for m, ch in kltutor.MODULES.items() if ch is None]
-    note = (f"Used by every chapter: {_code(['kltutor.' + m for m in shared])}. Every chapter's notebook is "
-            "re-executed and compared by nbval; `tests/test_derivations.py` runs every derivation; "
-            "`tests/test_book_sources.py` and `tests/test_pipeline.py` check every chapter's source.")
+    note = (
+        f"Used by every chapter: {_code(['kltutor.' + m for m in shared])}. Every chapter's notebook is "
+        "re-executed and compared by nbval; `tests/test_derivations.py` runs every derivation; "
+        "`tests/test_book_sources.py` and `tests/test_pipeline.py` check every chapter's source."
+    )
     return "\n".join([BEGIN, "", *rows, "", note, "", END])
 
 
@@ -74,7 +81,7 @@ def readme() -> str:
     text = README.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"README.md has no chapter map markers ({BEGIN!r} ... {END!r})")
-    return text[: text.index(BEGIN)] + render() + text[text.index(END) + len(END):]
+    return text[: text.index(BEGIN)] + render() + text[text.index(END) + len(END) :]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,7 @@ def render() -> str:
         "sections; `tests/test_claims.py` runs every check, keeps this page in sync, and fails when a",
         "restatement drops a claim's condition or repeats a version of it that was found wrong.",
         "",
-        "In a notebook: `kltutor.claims.verify(\"bon-kl\")` reruns one check and returns its values.",
+        'In a notebook: `kltutor.claims.verify("bon-kl")` reruns one check and returns its values.',
         "",
     ]
     for group in claims.GROUPS:
@@ -62,13 +62,19 @@ def render() -> str:
         if not rows:
             continue
         title = "β" if group == "beta" else group
-        lines += [f"## {title}", "", "| claim | holds when | proved in | check and checked values | restated in |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [
+            f"## {title}",
+            "",
+            "| claim | holds when | proved in | check and checked values | restated in |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for c in rows:
             values = claims.verify(c.id)
             where = ", ".join(restated[c.id]) or "(chapter only)"
-            lines.append(f"| {_cell(c.statement)} | {_cell(c.condition)} | {{ref}}`{c.source}` | "
-                         f"`{c.id}`: {_values(values)} | {where} |")
+            lines.append(
+                f"| {_cell(c.statement)} | {_cell(c.condition)} | {{ref}}`{c.source}` | "
+                f"`{c.id}`: {_values(values)} | {where} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

@@ -115,8 +115,12 @@ def test_placement_gradients_numbers_match_finite_differences():
 
     g = placements_proofs.placement_gradient_expressions()
     p = pi.detach().tolist()
-    subs = {sp.Symbol("p1", positive=True): p[0], sp.Symbol("p2", positive=True): p[1],
-            sp.Symbol("q1", positive=True): 0.2, sp.Symbol("q2", positive=True): 0.5}
+    subs = {
+        sp.Symbol("p1", positive=True): p[0],
+        sp.Symbol("p2", positive=True): p[1],
+        sp.Symbol("q1", positive=True): 0.2,
+        sp.Symbol("q2", positive=True): 0.5,
+    }
     assert float(g["reverse_kl"].subs(subs)) == pytest.approx(g_rev, rel=1e-9)
     assert float(g["forward_kl"].subs(subs)) == pytest.approx(g_fwd, rel=1e-9)
     assert float(g["k3-in-loss"].subs(subs)) == pytest.approx(g_k3, rel=1e-9)

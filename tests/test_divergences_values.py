@@ -27,15 +27,30 @@ def test_inequality_slacks_every_field_by_hand():
     assert s["hellinger"].item() == pytest.approx(kl / 2 - h2, abs=1e-15)
     assert s["chi2"].item() == pytest.approx(math.log1p(chi2) - kl, abs=1e-15)
     assert s["js"].item() == pytest.approx(math.log(2) - js, abs=1e-15)
-    for name, f, want in (("kl", dv.kl, kl), ("tv", dv.tv, tv), ("hellinger_sq", dv.hellinger_sq, h2),
-                          ("chi2", dv.chi2, chi2), ("js", dv.js, js)):
+    for name, f, want in (
+        ("kl", dv.kl, kl),
+        ("tv", dv.tv, tv),
+        ("hellinger_sq", dv.hellinger_sq, h2),
+        ("chi2", dv.chi2, chi2),
+        ("js", dv.js, js),
+    ):
         assert f(P, Q).item() == pytest.approx(want, abs=1e-15), name
 
 
-@pytest.mark.parametrize("fn", [dv.kl, dv.js, dv.tv, dv.hellinger_sq, dv.chi2, dv.inequality_slacks,
-                                lambda p, q, atol=None: dv.alpha_divergence(p, q, 0.5, atol),
-                                lambda p, q, atol=None: dv.alpha_divergence(p, q, 1, atol),
-                                lambda p, q, atol=None: dv.alpha_divergence(p, q, 0, atol)])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        dv.kl,
+        dv.js,
+        dv.tv,
+        dv.hellinger_sq,
+        dv.chi2,
+        dv.inequality_slacks,
+        lambda p, q, atol=None: dv.alpha_divergence(p, q, 0.5, atol),
+        lambda p, q, atol=None: dv.alpha_divergence(p, q, 1, atol),
+        lambda p, q, atol=None: dv.alpha_divergence(p, q, 0, atol),
+    ],
+)
 def test_atol_reaches_every_check(fn):
     p = [0.52, 0.25, 0.25]  # sums to 1.02
     with pytest.raises(ValueError, match="must sum to 1"):

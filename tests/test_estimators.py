@@ -128,7 +128,10 @@ def test_k3_variance_finiteness_condition():
 
 def test_k3_stable_accuracy_float32_and_float64():
     ells = torch.tensor([1e-7, -1e-7, 1e-5, -3e-4, 0.01, -0.2, 0.49, -0.51, 0.7, 5.0, -5.0, 30.0, -30.0])
-    for dt, tol in ((torch.float32, 4 * torch.finfo(torch.float32).eps), (torch.float64, 8 * torch.finfo(torch.float64).eps)):
+    for dt, tol in (
+        (torch.float32, 4 * torch.finfo(torch.float32).eps),
+        (torch.float64, 8 * torch.finfo(torch.float64).eps),
+    ):
         x = ells.to(dt)
         ref = est.k3_reference(x.double())
         rel = ((est.k3(x, torch.zeros_like(x)).double() - ref) / ref).abs()
@@ -261,7 +264,7 @@ def test_k3_relative_error_bound_holds_for_every_form_and_dtype():
     for dt in (torch.float64, torch.float32, torch.bfloat16):
         ell = torch.cat([mag, -mag]).to(dt)
         ref = est.k3_reference(ell.double())
-        finite = ref < torch.finfo(dt).max / 4          # exp(-l) overflows the dtype beyond that
+        finite = ref < torch.finfo(dt).max / 4  # exp(-l) overflows the dtype beyond that
         for name, fn in forms.items():
             rel = ((fn(ell, torch.zeros_like(ell)).double() - ref) / ref).abs()
             bound = est.k3_relative_error_bound(ell.double(), name, dt)
@@ -272,7 +275,9 @@ def test_k3_relative_error_bound_holds_for_every_form_and_dtype():
     assert b.item() == pytest.approx(4 * u32 / 1e-8, rel=1e-3)
     b = est.k3_relative_error_bound(torch.tensor([1e-4]), "expm1", torch.float32)
     assert b.item() == pytest.approx(4 * u32 / 1e-4, rel=1e-3)
-    assert est.k3_relative_error_bound(torch.tensor([0.3]), "stable", torch.float32).item() == pytest.approx(8 * u32, rel=1e-6)
+    assert est.k3_relative_error_bound(torch.tensor([0.3]), "stable", torch.float32).item() == pytest.approx(
+        8 * u32, rel=1e-6
+    )
     assert math.isnan(est.k3_relative_error_bound(torch.tensor([0.0]), "naive", torch.float32).item())
     with pytest.raises(ValueError, match="unknown form"):
         est.k3_relative_error_bound(torch.tensor([0.1]), "series", torch.float32)

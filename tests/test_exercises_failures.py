@@ -1,6 +1,8 @@
 import torch
 
 from kltutor.exercises.failures import check_shaped_rewards, check_stable_k3
+
+
 def test_stable_k3_checker():
     """One rule in chapters 2 and 7: float32 accuracy near 0 too, so expm1 alone is rejected."""
     from kltutor import estimators as est
@@ -30,5 +32,3 @@ def test_shaped_rewards_checker():
     assert check_shaped_rewards(good).passed
     bad = check_shaped_rewards(not_detached)
     assert not bad.passed and "shaped_rewards_require_grad" in str(bad)
-
-

@@ -2,6 +2,8 @@ import math
 
 from kltutor import overoptimization as oo
 from kltutor.exercises.overoptimization import check_best_of_n_kl, check_rl_peak
+
+
 def test_best_of_n_checker_accepts_reference_and_rejects_formula():
     assert check_best_of_n_kl(lambda p, r, n: oo.best_of_n_kl(p, r, n)).passed
     bad = check_best_of_n_kl(lambda p, r, n: math.log(n) - (n - 1) / n)

@@ -27,7 +27,12 @@ def test_kl_collapse_with_large_beta():
 def test_kl_collapse_with_low_entropy_reference():
     ref, r = bandit()
     worst = int(r.argmin())
-    peaked = torch.softmax(torch.where(torch.arange(10) == worst, torch.tensor(8.0, dtype=torch.float64), torch.zeros(10, dtype=torch.float64)), 0)
+    peaked = torch.softmax(
+        torch.where(
+            torch.arange(10) == worst, torch.tensor(8.0, dtype=torch.float64), torch.zeros(10, dtype=torch.float64)
+        ),
+        0,
+    )
     normal = torch.softmax(torch.zeros(10, dtype=torch.float64), 0)
     a = fl.train_bandit(peaked, r, 0.05, steps=300, lr=0.5)
     b = fl.train_bandit(normal, r, 0.05, steps=300, lr=0.5)
@@ -79,7 +84,9 @@ def test_importance_weights_blow_up_the_estimate():
 def test_k3_precision():
     rows = {(r["dtype"], r["log_ratio"]): r for r in fl.k3_precision([-12.0, -0.01, 0.01])}
     assert math.isinf(rows[("float16", -12.0)]["naive"])
-    assert rows[("float16", -12.0)]["stable (fp32, estimators.k3)"] == pytest.approx(rows[("float16", -12.0)]["exact"], rel=1e-6)
+    assert rows[("float16", -12.0)]["stable (fp32, estimators.k3)"] == pytest.approx(
+        rows[("float16", -12.0)]["exact"], rel=1e-6
+    )
     assert rows[("bfloat16", -0.01)]["naive"] < 0  # a "non-negative" estimator comes out negative
     for row in rows.values():
         assert row["stable (fp32, estimators.k3)"] >= 0

@@ -56,7 +56,9 @@ def _length_world(n, seed):
 
 
 def test_length_hacking_fields_with_non_default_parameters():
-    out = fl.length_hacking([0.5, 4.0], n_responses=300, length_bonus=0.3, ideal_length=5.0, overlength_cost=0.2, seed=3)
+    out = fl.length_hacking(
+        [0.5, 4.0], n_responses=300, length_bonus=0.3, ideal_length=5.0, overlength_cost=0.2, seed=3
+    )
     q, length, ref = _length_world(300, 3)
     gold = q - 0.2 * torch.clamp(length - 5.0, min=0)
     proxy = q + 0.3 * length
@@ -134,5 +136,7 @@ def test_k3_precision_rows_and_forms():
     assert rows[0]["naive"] != pytest.approx(rows[0]["exact"], rel=0.1)
     assert rows[0]["stable (fp32, estimators.k3)"] == pytest.approx(rows[0]["exact"], rel=2e-2)
     assert est.of_log_ratio("k3", torch.tensor([0.5], dtype=torch.bfloat16)).dtype == torch.float32
-    assert est.of_log_ratio("k3", torch.tensor([1e-4], dtype=D)).item() == pytest.approx(math.expm1(-1e-4) + 1e-4, rel=1e-15)
+    assert est.of_log_ratio("k3", torch.tensor([1e-4], dtype=D)).item() == pytest.approx(
+        math.expm1(-1e-4) + 1e-4, rel=1e-15
+    )
     assert est.of_log_ratio("k3", torch.tensor([0.5], dtype=D)).dtype == D

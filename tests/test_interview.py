@@ -110,8 +110,11 @@ def test_every_question_is_answered_in_the_interview_chapter(q):
     assert "{ref}`" in answer, "the answer must link into the book"
 
 
-CHAPTER_FILES = {label: path for path in sorted((ROOT / "book").glob("[0-9][0-9]_*.md"))
-                 for label in re.findall(r"^\((ch-[a-z-]+)\)=", path.read_text(), re.M)}
+CHAPTER_FILES = {
+    label: path
+    for path in sorted((ROOT / "book").glob("[0-9][0-9]_*.md"))
+    for label in re.findall(r"^\((ch-[a-z-]+)\)=", path.read_text(), re.M)
+}
 
 
 @pytest.mark.parametrize("q", interview.questions(), ids=lambda q: q.id)
@@ -147,8 +150,9 @@ def test_interview_chapter_tiers_follow_the_bank():
 
 # --------------------------------------------------------------------------- self-test page
 def test_self_test_page_is_up_to_date():
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "self_test.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "self_test.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -157,5 +161,3 @@ def test_self_test_page_lists_questions_only():
     for q in interview.questions():
         assert q.question in page and f"<{q.label}>" in page
         assert q.answer not in page
-
-

@@ -157,9 +157,14 @@ def test_fit_ignores_a_rounding_zero_kl_whatever_its_sign():
     alpha, beta = 1.3, 0.4
     kl = torch.linspace(0.05, 6.0, 20, dtype=torch.float64)
     gain = oo.gold_form(kl.sqrt(), alpha, beta, "bon") + 0.01 * torch.cos(7 * kl)  # not an exact fit: rmse > 0
-    fits = [oo.fit_form(torch.cat([torch.tensor([z], dtype=torch.float64), kl]),
-                        torch.cat([torch.tensor([z0], dtype=torch.float64), gain]), "bon")
-            for z, z0 in ((0.0, 0.0), (5.6e-17, 1e-17), (-5.6e-17, -2e-17))]
+    fits = [
+        oo.fit_form(
+            torch.cat([torch.tensor([z], dtype=torch.float64), kl]),
+            torch.cat([torch.tensor([z0], dtype=torch.float64), gain]),
+            "bon",
+        )
+        for z, z0 in ((0.0, 0.0), (5.6e-17, 1e-17), (-5.6e-17, -2e-17))
+    ]
     assert all(f.n_points == 20 for f in fits)
     # the same 20 points; equal to rounding only (MKL's least squares may differ in the last bit
     # with the memory alignment of its input)

@@ -24,7 +24,7 @@ def test_parse_rejects_unknown(bad):
 
 def test_shaped_rewards_by_hand():
     r = pl.shaped_rewards(torch.tensor([1.0, 2.0], dtype=torch.float64), LOGP, REF, MASK, beta=0.1, estimator="k1")
-    lr = (LOGP - REF)
+    lr = LOGP - REF
     want = -0.1 * lr * MASK
     want[0, 1] += 1.0
     want[1, 2] += 2.0

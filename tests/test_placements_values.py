@@ -14,15 +14,13 @@ D = torch.float64
 
 # Three sequences of 5 positions. Row 0: prompt on positions 0-1, response 2-4. Row 1: response 0-1,
 # then an early EOS and padding. Row 2: response 0-4 (the longest).
-LOGP = torch.tensor([[-0.9, -1.1, -0.5, -1.0, -2.0],
-                     [-0.1, -0.3, -0.2, -0.8, -0.4],
-                     [-1.2, -0.6, -0.3, -0.9, -1.5]], dtype=D)
-REF = torch.tensor([[-0.4, -1.3, -0.7, -0.4, -2.5],
-                    [-0.2, -0.3, -0.9, -0.1, -0.6],
-                    [-1.0, -0.8, -0.3, -1.4, -1.1]], dtype=D)
-MASK = torch.tensor([[0, 0, 1, 1, 1],
-                     [1, 1, 0, 0, 0],
-                     [1, 1, 1, 1, 1]], dtype=D)
+LOGP = torch.tensor(
+    [[-0.9, -1.1, -0.5, -1.0, -2.0], [-0.1, -0.3, -0.2, -0.8, -0.4], [-1.2, -0.6, -0.3, -0.9, -1.5]], dtype=D
+)
+REF = torch.tensor(
+    [[-0.4, -1.3, -0.7, -0.4, -2.5], [-0.2, -0.3, -0.9, -0.1, -0.6], [-1.0, -0.8, -0.3, -1.4, -1.1]], dtype=D
+)
+MASK = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=D)
 ELL = LOGP - REF
 
 
@@ -109,8 +107,9 @@ def test_shaped_rewards_carry_no_gradient_and_pass_the_checklist():
     for est in ("k1", "k2", "k3"):
         shaped = pl.shaped_rewards(torch.tensor([1.0, 0.0, -1.0], dtype=D), logp, ref, MASK, 0.1, est)
         assert not shaped.requires_grad and shaped.grad_fn is None
-        report = check_batch(logp=logp, ref_logp=REF, mask=MASK, rewards=torch.tensor([1.0, 0.0, -1.0], dtype=D),
-                         shaped_rewards=shaped)
+        report = check_batch(
+            logp=logp, ref_logp=REF, mask=MASK, rewards=torch.tensor([1.0, 0.0, -1.0], dtype=D), shaped_rewards=shaped
+        )
         assert report.ok, str(report)
         assert "shaped_rewards_require_grad" in report.checked and "nonfinite" in report.checked
 
@@ -125,9 +124,7 @@ def test_shaped_rewards_beta_zero_is_the_task_reward_alone():
 
 
 def test_returns_to_go_gamma_one_and_below_one():
-    r = torch.tensor([[5.0, 7.0, 1.0, 2.0, 3.0],
-                      [4.0, 5.0, 9.0, 9.0, 9.0],
-                      [1.0, 0.0, 0.0, 0.0, 2.0]], dtype=D)
+    r = torch.tensor([[5.0, 7.0, 1.0, 2.0, 3.0], [4.0, 5.0, 9.0, 9.0, 9.0], [1.0, 0.0, 0.0, 0.0, 2.0]], dtype=D)
     g1 = pl.returns_to_go(r, MASK)
     assert g1.tolist() == [[0, 0, 6, 5, 3], [9, 5, 0, 0, 0], [3, 2, 2, 2, 2]]
     g = pl.returns_to_go(r, MASK, gamma=0.5)
@@ -182,9 +179,9 @@ def test_kl_loss_gradient_flows_to_logp_only():
 
 def test_kl_loss_importance_weights_ignore_the_prompt():
     # the prompt positions of row 0 have logp != old_logp; their ratio must not enter the prefix product
-    old = LOGP + torch.tensor([[0.7, -0.4, 0.1, -0.2, 0.3],
-                               [0.05, -0.1, 0.6, 0.6, 0.6],
-                               [0.0, 0.1, -0.1, 0.2, 0.0]], dtype=D)
+    old = LOGP + torch.tensor(
+        [[0.7, -0.4, 0.1, -0.2, 0.3], [0.05, -0.1, 0.6, 0.6, 0.6], [0.0, 0.1, -0.1, 0.2, 0.0]], dtype=D
+    )
     lw = (LOGP - old).tolist()
     ell = ELL.tolist()
     tok, pre = [], []

@@ -44,8 +44,15 @@ def test_process_logits_matches_definitions():
     assert torch.equal(practice.process_logits(logits, top_k=0, top_p=1.0), practice.process_logits(logits))
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(temperature=0.0), "temperature"), (dict(top_k=-1), "top_k"),
-                                           (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(temperature=0.0), "temperature"),
+        (dict(top_k=-1), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+    ],
+)
 def test_process_logits_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         practice.process_logits(torch.zeros(3), **kwargs)
@@ -130,8 +137,16 @@ def test_token_logprobs_at_float32_matches_a_plain_forward():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=13, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1)).eval()
+    model = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=13,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).eval()
     ids = torch.randint(0, 13, (3, 7))
     attn = torch.ones_like(ids)
     got = practice.token_logprobs_at(model, ids, attn, 4)
@@ -322,7 +337,9 @@ def test_aggregation_update_baselines():
     assert practice.aggregation_update(tilt, ref, R, T, beta, "sequence-mean").abs().max() > 1e-3
     for mode in practice.AGGREGATIONS:
         assert practice.aggregation_update(tilt, ref, R, T, beta, mode, "shaped").abs().max() < 1e-14
-    assert torch.equal(practice.aggregation_stationary_policy(ref, R, T, beta, "sequence-mean", baseline="shaped"), tilt)
+    assert torch.equal(
+        practice.aggregation_stationary_policy(ref, R, T, beta, "sequence-mean", baseline="shaped"), tilt
+    )
     # the per-token length bonus is KL / E[T] at the stationary point
     kl = float((smean * (smean / ref).log()).sum())
     bonus = float(((smean / tilt).log()[R == 1].diff() / T[R == 1].diff()).mean())

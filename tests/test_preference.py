@@ -106,8 +106,13 @@ def test_dpo_hand_computed():
     assert out.accuracy.item() == 1.0
     # equal to the reference: log 2 per pair; extreme margins stay finite
     assert torch.allclose(pref.dpo_loss(RW, RL, RW, RL, 1.0).losses, torch.full((2,), math.log(2), dtype=D))
-    far = pref.dpo_loss(torch.tensor([-900.0], dtype=D), torch.tensor([-1.0], dtype=D),
-                     torch.tensor([-1.0], dtype=D), torch.tensor([-1.0], dtype=D), 1.0)
+    far = pref.dpo_loss(
+        torch.tensor([-900.0], dtype=D),
+        torch.tensor([-1.0], dtype=D),
+        torch.tensor([-1.0], dtype=D),
+        torch.tensor([-1.0], dtype=D),
+        1.0,
+    )
     assert torch.allclose(far.losses, torch.tensor([899.0], dtype=D))
 
 
@@ -133,8 +138,13 @@ def test_orpo_hand_computed():
         want.append(-pw / lw + 0.1 * -math.log(_sig(log_or)))
     assert torch.allclose(out.losses, torch.tensor(want, dtype=D))
     # log-odds stay accurate for a per-token probability within 1e-12 of 1
-    tiny = pref.orpo_loss(torch.tensor([-1e-12], dtype=D), torch.tensor([-1.0], dtype=D),
-                       torch.ones(1, dtype=D), torch.ones(1, dtype=D), 1.0)
+    tiny = pref.orpo_loss(
+        torch.tensor([-1e-12], dtype=D),
+        torch.tensor([-1.0], dtype=D),
+        torch.ones(1, dtype=D),
+        torch.ones(1, dtype=D),
+        1.0,
+    )
     assert torch.allclose(tiny.chosen_rewards, torch.tensor([math.log(1 / 1e-12)], dtype=D), rtol=1e-6)
     with pytest.raises(ValueError, match="infinite odds"):
         pref.orpo_loss(torch.tensor([0.0], dtype=D), torch.tensor([-1.0], dtype=D), torch.ones(1), torch.ones(1), 1.0)
@@ -258,6 +268,7 @@ def test_train_tabular_dpo_reaches_optimum_with_exact_preferences():
     ref = torch.tensor([0.5, 0.3, 0.2], dtype=D)
     res = pref.train_tabular("dpo", ch, rj, ref, torch.ones(3), beta=0.5, steps=1500, lr=0.05)
     star = pref.optimal_policy(ref, rewards, 0.5)
+
     # The optimiser stops after a fixed 1500 Adam steps, not at a tolerance, so how close it gets
     # differs in the last digits from one CPU to the next (KL 6e-9 .. 4e-8 seen). What must hold on
     # any CPU is what its final gradient implies. The DPO loss is smooth and strongly convex in the
@@ -274,7 +285,9 @@ def test_train_tabular_dpo_reaches_optimum_with_exact_preferences():
     fisher = torch.diag(star) - torch.outer(star, star)
     predicted = 0.5 * g @ h_pinv @ fisher @ h_pinv @ g
     kl = pref.categorical_kl(res.probs, star)
-    assert g.norm() < 1e-4  # 1500 steps at lr 0.05 leave |g| ~ 1e-5 (a 10x margin); far from the optimum the bound below would not apply
+    assert (
+        g.norm() < 1e-4
+    )  # 1500 steps at lr 0.05 leave |g| ~ 1e-5 (a 10x margin); far from the optimum the bound below would not apply
     assert kl <= 1.5 * predicted + 1e-15  # 1e-15: rounding of the KL itself
     # so pi is at the optimum: with |g| < 1e-4, the Hessian's smallest nonzero eigenvalue 0.045 and
     # ||F|| <= 1/4, the two lines above give KL <= 1.5 * 1/2 * 1/4 * (1e-4 / 0.045)^2 < 1e-6

@@ -110,8 +110,12 @@ def test_kto_every_field_with_weights():
     out = pref.kto_loss(logp, ref, des, kp, kr, beta, desirable_weight=1.5, undesirable_weight=0.5)
     rho = [1.0, 0.0, -1.0, 0.5]
     z0 = 0.5
-    want = [1.5 * (1 - sig(beta * (1.0 - z0))), 0.5 * (1 - sig(beta * (z0 - 0.0))),
-            0.5 * (1 - sig(beta * (z0 + 1.0))), 1.5 * (1 - sig(beta * (0.5 - z0)))]
+    want = [
+        1.5 * (1 - sig(beta * (1.0 - z0))),
+        0.5 * (1 - sig(beta * (z0 - 0.0))),
+        0.5 * (1 - sig(beta * (z0 + 1.0))),
+        1.5 * (1 - sig(beta * (0.5 - z0))),
+    ]
     assert out.losses.tolist() == pytest.approx(want, abs=1e-15)
     assert out.loss.item() == pytest.approx(sum(want) / 4, abs=1e-15)
     assert out.extras["z0"].item() == pytest.approx(z0, abs=1e-15)
@@ -163,9 +167,16 @@ def test_optimal_policy_objective_and_implicit_reward_by_hand():
     assert j.item() == pytest.approx(math.log(2.0), abs=1e-15)  # beta log Z, Z = 2
     assert pref.kl_regularized_objective(ref, ref, r, 3.0).item() == pytest.approx(float((ref * r).sum()), abs=1e-15)
     assert pref.kl_regularized_objective(star, ref, r, 0.0).item() == pytest.approx(float((star * r).sum()), abs=1e-15)
-    assert pref.implicit_reward(torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0]), 0.1).tolist() == pytest.approx([0.05, -0.1])
-    assert pref.categorical_kl(star, ref).item() == pytest.approx(0.5 * math.log(2) + 0.25 * 0 + 0.25 * math.log(0.5), abs=1e-15)
-    assert pref.categorical_kl(torch.tensor([0.5, 0.5, 0.0], dtype=D), torch.tensor([0.5, 0.0, 0.5], dtype=D)).item() == math.inf
+    assert pref.implicit_reward(torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0]), 0.1).tolist() == pytest.approx(
+        [0.05, -0.1]
+    )
+    assert pref.categorical_kl(star, ref).item() == pytest.approx(
+        0.5 * math.log(2) + 0.25 * 0 + 0.25 * math.log(0.5), abs=1e-15
+    )
+    assert (
+        pref.categorical_kl(torch.tensor([0.5, 0.5, 0.0], dtype=D), torch.tensor([0.5, 0.0, 0.5], dtype=D)).item()
+        == math.inf
+    )
     with pytest.raises(ValueError, match="beta"):
         pref.kl_regularized_objective(star, ref, r, -1.0)
     with pytest.raises(ValueError, match="same shape"):
@@ -213,10 +224,12 @@ def test_train_tabular_records_and_first_step(method):
     assert torch.equal(res.probs, res.probs_history[-1])
     assert res.probs_history[0].tolist() == pytest.approx(ref.tolist(), abs=1e-15)  # theta = 0: the reference
     lw, ll = ref.log()[ch], ref.log()[rj]
-    first = {"dpo": lambda: pref.dpo_loss(lw, ll, lw, ll, 0.5),
-             "ipo": lambda: pref.ipo_loss(lw, ll, lw, ll, 0.5),
-             "simpo": lambda: pref.simpo_loss(lw, ll, lengths[ch], lengths[rj], 0.5, 0.2),
-             "orpo": lambda: pref.orpo_loss(lw, ll, lengths[ch], lengths[rj], 0.5)}[method]()
+    first = {
+        "dpo": lambda: pref.dpo_loss(lw, ll, lw, ll, 0.5),
+        "ipo": lambda: pref.ipo_loss(lw, ll, lw, ll, 0.5),
+        "simpo": lambda: pref.simpo_loss(lw, ll, lengths[ch], lengths[rj], 0.5, 0.2),
+        "orpo": lambda: pref.orpo_loss(lw, ll, lengths[ch], lengths[rj], 0.5),
+    }[method]()
     assert res.loss_history[0].item() == pytest.approx(first.loss.item(), abs=1e-15)
     assert res.loss_history[-1] < res.loss_history[0]
     # shared features: one parameter moves every response
@@ -236,8 +249,9 @@ def test_train_tabular_is_full_batch_adam_from_the_reference(method):
     ch, rj = torch.tensor([2, 1, 2, 0]), torch.tensor([0, 0, 1, 1])
     lengths = torch.tensor([2.0, 3.0, 4.0], dtype=D)
     feats = torch.tensor([[1.0, 0.5], [0.0, 1.0], [2.0, -1.0]], dtype=D)
-    res = pref.train_tabular(method, ch, rj, ref, lengths.long(), beta=0.7, gamma=0.3, steps=5, lr=0.2,
-                          features=feats, record_every=2)
+    res = pref.train_tabular(
+        method, ch, rj, ref, lengths.long(), beta=0.7, gamma=0.3, steps=5, lr=0.2, features=feats, record_every=2
+    )
     theta = torch.zeros(2, dtype=D, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=0.2)
     ref_logp = ref.log()
@@ -267,20 +281,37 @@ def test_train_tabular_is_full_batch_adam_from_the_reference(method):
     assert res.probs.tolist() == pytest.approx(probs[-1].tolist(), abs=1e-14)
 
 
-
 def _valid_args():
     lp = {"policy_chosen_logp": PW, "policy_rejected_logp": PL, "ref_chosen_logp": RW, "ref_rejected_logp": RL}
     lens = {"chosen_len": LW, "rejected_len": LL}
     return {
         "dpo": (pref.dpo_loss, dict(lp, beta=0.4), list(lp), []),
         "ipo": (pref.ipo_loss, dict(lp, tau=0.4), list(lp), []),
-        "simpo": (pref.simpo_loss, dict(policy_chosen_logp=PW, policy_rejected_logp=PL, **lens, beta=2.0, gamma=0.1),
-                  ["policy_chosen_logp", "policy_rejected_logp"], list(lens)),
-        "orpo": (pref.orpo_loss, dict(policy_chosen_logp=PW, policy_rejected_logp=PL, **lens, lam=0.2),
-                 ["policy_chosen_logp", "policy_rejected_logp"], list(lens)),
-        "kto": (pref.kto_loss, dict(policy_logp=PW, ref_logp=RW, desirable=torch.tensor([True, False, True]),
-                                 policy_kl_logp=PL[:2], ref_kl_logp=RL[:2], beta=0.4),
-                ["policy_logp", "ref_logp", "policy_kl_logp", "ref_kl_logp"], []),
+        "simpo": (
+            pref.simpo_loss,
+            dict(policy_chosen_logp=PW, policy_rejected_logp=PL, **lens, beta=2.0, gamma=0.1),
+            ["policy_chosen_logp", "policy_rejected_logp"],
+            list(lens),
+        ),
+        "orpo": (
+            pref.orpo_loss,
+            dict(policy_chosen_logp=PW, policy_rejected_logp=PL, **lens, lam=0.2),
+            ["policy_chosen_logp", "policy_rejected_logp"],
+            list(lens),
+        ),
+        "kto": (
+            pref.kto_loss,
+            dict(
+                policy_logp=PW,
+                ref_logp=RW,
+                desirable=torch.tensor([True, False, True]),
+                policy_kl_logp=PL[:2],
+                ref_kl_logp=RL[:2],
+                beta=0.4,
+            ),
+            ["policy_logp", "ref_logp", "policy_kl_logp", "ref_kl_logp"],
+            [],
+        ),
     }
 
 
@@ -314,11 +345,19 @@ def test_every_tensor_argument_is_checked_and_named(method):
             fn(**bad)
 
 
-@pytest.mark.parametrize("method, name, value", [
-    ("dpo", "beta", 0.0), ("ipo", "tau", -1.0), ("simpo", "beta", float("nan")), ("simpo", "gamma", -0.1),
-    ("orpo", "lam", -1.0), ("kto", "beta", 0.0), ("kto", "desirable_weight", -1.0),
-    ("kto", "undesirable_weight", float("inf")),
-])
+@pytest.mark.parametrize(
+    "method, name, value",
+    [
+        ("dpo", "beta", 0.0),
+        ("ipo", "tau", -1.0),
+        ("simpo", "beta", float("nan")),
+        ("simpo", "gamma", -0.1),
+        ("orpo", "lam", -1.0),
+        ("kto", "beta", 0.0),
+        ("kto", "desirable_weight", -1.0),
+        ("kto", "undesirable_weight", float("inf")),
+    ],
+)
 def test_every_scalar_argument_is_named(method, name, value):
     fn, args, _, _ = _valid_args()[method]
     with pytest.raises(ValueError, match=f"^{name} must be a finite number"):
@@ -326,7 +365,11 @@ def test_every_scalar_argument_is_named(method, name, value):
 
 
 def test_probability_arguments_are_checked_and_named():
-    ref, r, mu = torch.tensor([0.5, 0.5], dtype=D), torch.tensor([0.0, 1.0], dtype=D), torch.tensor([0.25, 0.75], dtype=D)
+    ref, r, mu = (
+        torch.tensor([0.5, 0.5], dtype=D),
+        torch.tensor([0.0, 1.0], dtype=D),
+        torch.tensor([0.25, 0.75], dtype=D),
+    )
     off = torch.tensor([0.5, 0.6], dtype=D)
     calls = [
         ("ref_probs", lambda x: pref.optimal_policy(x, r, 1.0)),
@@ -336,7 +379,10 @@ def test_probability_arguments_are_checked_and_named():
         ("mu", lambda x: pref.ipo_optimal_policy(ref, r, 1.0, x)),
         ("mu", lambda x: pref.bradley_terry_pairs(r, x, 3)),
         ("ref_probs", lambda x: pref.maximize_objective_numerically(x, r, 1.0)),
-        ("ref_probs", lambda x: pref.train_tabular("dpo", torch.tensor([1]), torch.tensor([0]), x, torch.ones(2), 1.0, steps=1)),
+        (
+            "ref_probs",
+            lambda x: pref.train_tabular("dpo", torch.tensor([1]), torch.tensor([0]), x, torch.ones(2), 1.0, steps=1),
+        ),
     ]
     for name, call in calls:
         call(mu)  # valid
@@ -369,23 +415,37 @@ def test_batched_probabilities_reduce_over_the_last_axis():
     r = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=D)
     pi = pref.optimal_policy(ref, r, 1.0)
     e = math.e
-    assert pi.flatten().tolist() == pytest.approx([1 / (1 + e), e / (1 + e), 0.25 * e / (0.25 * e + 0.75), 0.75 / (0.25 * e + 0.75)])
+    assert pi.flatten().tolist() == pytest.approx(
+        [1 / (1 + e), e / (1 + e), 0.25 * e / (0.25 * e + 0.75), 0.75 / (0.25 * e + 0.75)]
+    )
     kl = pref.categorical_kl(pi, ref)
-    assert kl.shape == (2,) and kl.tolist() == pytest.approx([pref.categorical_kl(pi[i], ref[i]).item() for i in range(2)])
+    assert kl.shape == (2,) and kl.tolist() == pytest.approx(
+        [pref.categorical_kl(pi[i], ref[i]).item() for i in range(2)]
+    )
     j = pref.kl_regularized_objective(pi, ref, r, 1.0)
     assert j.tolist() == pytest.approx([math.log(0.5 + 0.5 * e), math.log(0.25 * e + 0.75)], abs=1e-15)  # beta log Z
     w = pref.win_probability_against(torch.tensor([0.0, 1.0, 3.0], dtype=D), torch.tensor([0.5, 0.25, 0.25], dtype=D))
-    assert w.tolist() == pytest.approx([0.25 + 0.25 * sig(-1) + 0.25 * sig(-3), 0.5 * sig(1) + 0.125 + 0.25 * sig(-2),
-                                        0.5 * sig(3) + 0.25 * sig(2) + 0.125], abs=1e-15)
+    assert w.tolist() == pytest.approx(
+        [
+            0.25 + 0.25 * sig(-1) + 0.25 * sig(-3),
+            0.5 * sig(1) + 0.125 + 0.25 * sig(-2),
+            0.5 * sig(3) + 0.25 * sig(2) + 0.125,
+        ],
+        abs=1e-15,
+    )
 
 
 def test_low_precision_inputs_are_computed_in_their_own_or_double_precision():
     # float32 rewards are divided by beta in the reference's float64
     ref = torch.tensor([0.5, 0.3, 0.2], dtype=D)
     r32 = torch.tensor([0.1, 0.7, 0.3])
-    assert pref.optimal_policy(ref, r32, 0.3).tolist() == pytest.approx(pref.optimal_policy(ref, r32.double(), 0.3).tolist(), abs=1e-16)
+    assert pref.optimal_policy(ref, r32, 0.3).tolist() == pytest.approx(
+        pref.optimal_policy(ref, r32.double(), 0.3).tolist(), abs=1e-16
+    )
     num = pref.maximize_objective_numerically(ref.float(), r32, 0.5)
-    assert num.dtype == D and num.tolist() == pytest.approx(pref.optimal_policy(ref, r32.double(), 0.5).tolist(), abs=1e-7)
+    assert num.dtype == D and num.tolist() == pytest.approx(
+        pref.optimal_policy(ref, r32.double(), 0.5).tolist(), abs=1e-7
+    )
     # lengths do not change the dtype of the log-probabilities
     out = pref.simpo_loss(PW.float(), PL.float(), LW, LL, 2.0, 0.1)
     assert out.chosen_rewards.dtype == out.loss.dtype == torch.float32
@@ -424,8 +484,9 @@ def test_train_tabular_defaults_and_argument_checks():
     ch, rj = torch.tensor([2, 1]), torch.tensor([0, 2])
     lengths = torch.tensor([2, 3, 4])
     default = pref.train_tabular("simpo", ch, rj, ref, lengths, beta=2.0)
-    explicit = pref.train_tabular("simpo", ch, rj, ref, lengths.double(), beta=2.0, gamma=0.0, steps=2000, lr=0.05,
-                               record_every=50)
+    explicit = pref.train_tabular(
+        "simpo", ch, rj, ref, lengths.double(), beta=2.0, gamma=0.0, steps=2000, lr=0.05, record_every=50
+    )
     assert default.steps.tolist() == list(range(0, 2001, 50))
     assert torch.equal(default.probs_history, explicit.probs_history)
     assert torch.equal(default.loss_history, explicit.loss_history)
@@ -437,11 +498,17 @@ def test_train_tabular_defaults_and_argument_checks():
     assert f32.probs.dtype == D and torch.equal(f32.probs_history, f64.probs_history)
     pairs, index, counts = "non-empty 1-D index tensors", r"indices must lie in \[0, 3\)", "steps and record_every"
     bad = [
-        (dict(ref_probs=ref[None]), "1-D over the same responses"), (dict(lengths=lengths[:2]), "1-D over the same"),
-        (dict(chosen=ch[:1]), pairs), (dict(chosen=ch[None], rejected=rj[None]), pairs),
-        (dict(chosen=ch[:0], rejected=rj[:0]), pairs), (dict(chosen=torch.tensor([-1, 0])), index),
-        (dict(rejected=torch.tensor([0, -1])), index), (dict(chosen=torch.tensor([3, 0])), index),
-        (dict(rejected=torch.tensor([0, 3])), index), (dict(steps=0), counts), (dict(record_every=0), counts),
+        (dict(ref_probs=ref[None]), "1-D over the same responses"),
+        (dict(lengths=lengths[:2]), "1-D over the same"),
+        (dict(chosen=ch[:1]), pairs),
+        (dict(chosen=ch[None], rejected=rj[None]), pairs),
+        (dict(chosen=ch[:0], rejected=rj[:0]), pairs),
+        (dict(chosen=torch.tensor([-1, 0])), index),
+        (dict(rejected=torch.tensor([0, -1])), index),
+        (dict(chosen=torch.tensor([3, 0])), index),
+        (dict(rejected=torch.tensor([0, 3])), index),
+        (dict(steps=0), counts),
+        (dict(record_every=0), counts),
     ]
     for b, match in bad:
         kw = dict(method="dpo", chosen=ch, rejected=rj, ref_probs=ref, lengths=lengths, beta=1.0, steps=1)

@@ -11,13 +11,18 @@ import kltutor
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "kltutor"
-LABELS = {m.group(1) for p in (ROOT / "book").glob("[0-9][0-9]_*.md")
-          for m in [re.search(r"^\((ch-[a-z-]+)\)=", p.read_text(), re.M)] if m}
+LABELS = {
+    m.group(1)
+    for p in (ROOT / "book").glob("[0-9][0-9]_*.md")
+    for m in [re.search(r"^\((ch-[a-z-]+)\)=", p.read_text(), re.M)]
+    if m
+}
 
 
 def test_readme_chapter_map_is_up_to_date():
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "chapter_map.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "chapter_map.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 

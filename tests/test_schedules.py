@@ -45,8 +45,11 @@ def test_ppo_penalty_halves_doubles_and_keeps():
 
 
 def test_annealing_endpoints_and_shapes():
-    lin, cos, exp = (S.LinearBeta(1.0, end=0.1, horizon=10), S.CosineBeta(1.0, end=0.1, horizon=10),
-                      S.ExponentialBeta(1.0, end=0.1, horizon=10))
+    lin, cos, exp = (
+        S.LinearBeta(1.0, end=0.1, horizon=10),
+        S.CosineBeta(1.0, end=0.1, horizon=10),
+        S.ExponentialBeta(1.0, end=0.1, horizon=10),
+    )
     for s in (lin, cos, exp):
         assert s.value_at(0) == pytest.approx(1.0) and s.value_at(10) == pytest.approx(0.1)
         assert s.value_at(25) == pytest.approx(0.1)  # constant after the end
@@ -127,5 +130,3 @@ def test_bad_updates():
         S.FixedKL("a lot")
     with pytest.raises(ValueError):
         S.PPOPenaltyKL(0.1, 1.0, tolerance=0.9)
-
-

@@ -59,7 +59,9 @@ def test_tabular_autoregressive_outputs_pass_the_checklist():
     logp, ref_logp = pol.token_log_probs(seqs), ref.token_log_probs(seqs)
     mask = torch.tensor([[0, 1, 1, 1]] * 5, dtype=D)  # first position: a prompt
     prompt = 1 - mask
-    assert check_batch(logp=logp, ref_logp=ref_logp, mask=mask, prompt_mask=prompt, attention_mask=torch.ones_like(mask)).ok
+    assert check_batch(
+        logp=logp, ref_logp=ref_logp, mask=mask, prompt_mask=prompt, attention_mask=torch.ones_like(mask)
+    ).ok
     assert (logp <= 0).all() and torch.isfinite(logp).all()
     # the conditionals each sum to one and the chosen token's log-prob is the gathered one
     cond = pol.conditional_log_probs(seqs)

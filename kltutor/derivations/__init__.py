@@ -15,7 +15,7 @@ policy, a point of the simplex or a tilted distribution the same way: :func:`is_
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import sympy as sp
 
@@ -67,7 +67,16 @@ def check_all() -> dict[str, bool]:
 
 
 #: The chapter modules, in chapter order.
-MODULES = ("fundamentals", "estimators", "placements", "schedules", "preference", "overoptimization", "failures", "practice")
+MODULES = (
+    "fundamentals",
+    "estimators",
+    "placements",
+    "schedules",
+    "preference",
+    "overoptimization",
+    "failures",
+    "practice",
+)
 
 
 def _load_all() -> None:

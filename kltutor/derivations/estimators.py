@@ -28,7 +28,7 @@ __all__ = [
 # z ~ N(0, 1); delta = (mu_policy - mu_ref) / sigma; l = delta z + delta^2 / 2.
 _z = sp.Symbol("z", real=True)
 _delta = sp.Symbol("delta", positive=True)
-_phi = sp.exp(-_z**2 / 2) / sp.sqrt(2 * sp.pi)
+_phi = sp.exp(-(_z**2) / 2) / sp.sqrt(2 * sp.pi)
 
 
 def _E(expr: sp.Expr) -> sp.Expr:
@@ -152,8 +152,10 @@ def k2_bias_expressions(order: int = 5) -> dict[str, sp.Expr]:
     theta, eps = sp.symbols("theta epsilon", positive=True)
     p = [theta, 1 - theta]
     # l(y) = log(pi/ref): expand each log-ratio in eps first (cheap), then the bias polynomial
-    ls = [sp.series(-sp.log(1 + eps / theta), eps, 0, 5).removeO(),
-          sp.series(-sp.log(1 - eps / (1 - theta)), eps, 0, 5).removeO()]
+    ls = [
+        sp.series(-sp.log(1 + eps / theta), eps, 0, 5).removeO(),
+        sp.series(-sp.log(1 - eps / (1 - theta)), eps, 0, 5).removeO(),
+    ]
     bias = sp.expand(sum(a * (l**2 / 2 - l) for a, l in zip(p, ls)))
     bias_series = sum(bias.coeff(eps, k) * eps**k for k in range(4))
     kl = sp.expand(sum(a * l for a, l in zip(p, ls)))
@@ -182,11 +184,15 @@ def k2_bias_series() -> bool:
     s = sp.expand(ex["bernoulli_bias_series"])
     require(sp.simplify(s.coeff(eps, 0)) == 0 and sp.simplify(s.coeff(eps, 1)) == 0, "bias has order < 2 terms")
     require(sp.simplify(s.coeff(eps, 2)) == 0, "bias has an eps^2 term")
-    require(sp.simplify(s.coeff(eps, 3) * eps**3 - ex["bernoulli_leading_predicted"]) == 0, "eps^3 coefficient != E[a^3]/6")
+    require(
+        sp.simplify(s.coeff(eps, 3) * eps**3 - ex["bernoulli_leading_predicted"]) == 0, "eps^3 coefficient != E[a^3]/6"
+    )
     # while the KL itself starts at eps^2: the bias is one order smaller than the KL
     k = sp.expand(ex["bernoulli_kl_series"])
-    require(all(sp.simplify(k.coeff(eps, j)) == 0 for j in (0, 1)) and sp.simplify(k.coeff(eps, 2)) != 0,
-            "KL must start at order eps^2")
+    require(
+        all(sp.simplify(k.coeff(eps, j)) == 0 for j in (0, 1)) and sp.simplify(k.coeff(eps, 2)) != 0,
+        "KL must start at order eps^2",
+    )
     return True
 
 
@@ -203,8 +209,12 @@ def k2_merge_example() -> dict[str, sp.Expr]:
         return sum(a * sp.log(a / b) for a, b in zip(p, q))
 
     merged_pi, merged_ref = [pi[0], pi[1] + pi[2]], [ref[0], ref[1] + ref[2]]
-    return {"fine": float(ek2(pi, ref)), "merged": float(ek2(merged_pi, merged_ref)),
-            "kl_fine": float(kl(pi, ref)), "kl_merged": float(kl(merged_pi, merged_ref))}
+    return {
+        "fine": float(ek2(pi, ref)),
+        "merged": float(ek2(merged_pi, merged_ref)),
+        "kl_fine": float(kl(pi, ref)),
+        "kl_merged": float(kl(merged_pi, merged_ref)),
+    }
 
 
 @derivation
@@ -263,8 +273,8 @@ def gaussian_k3_second_moment() -> bool:
     """E_pi[(ref/pi)^2] for pi = N(0, 1), ref = N(0, s^2): finite iff s^2 < 2, equal to 1/(s sqrt(2 - s^2))."""
     s = sp.Symbol("s", positive=True)
     y = sp.Symbol("y", real=True)
-    pol = sp.exp(-y**2 / 2) / sp.sqrt(2 * sp.pi)
-    ref = sp.exp(-y**2 / (2 * s**2)) / (s * sp.sqrt(2 * sp.pi))
+    pol = sp.exp(-(y**2) / 2) / sp.sqrt(2 * sp.pi)
+    ref = sp.exp(-(y**2) / (2 * s**2)) / (s * sp.sqrt(2 * sp.pi))
     integrand = sp.simplify(ref**2 / pol)
     # the exponent's y^2 coefficient decides convergence: -1/s^2 + 1/2 must be negative
     coeff = sp.simplify(sp.expand(sp.log(integrand)).coeff(y, 2))

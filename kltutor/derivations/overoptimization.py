@@ -160,4 +160,3 @@ def best_of_n_kl_bound_with_ties() -> bool:
     # n = 1: best-of-1 is the reference itself
     require(is_zero(sp.simplify(kl.subs(n, 1))), "best-of-1 must have KL 0")
     return True
-

@@ -130,7 +130,9 @@ def placement_gradients() -> bool:
     # closed forms: d/dtheta_1 KL(pi||pi_ref) = p1 (l1 - KL), d/dtheta_1 KL(pi_ref||pi) = p1 - q1
     p1, p2, q1, q2 = sp.symbols("p1 p2 q1 q2", positive=True)
     pi, ref = [p1, p2, 1 - p1 - p2], [q1, q2, 1 - q1 - q2]
-    require(_zero(g["reverse_kl"] - p1 * (sp.log(p1) - sp.log(q1) - kl(pi, ref))), "grad reverse KL must be p1 (l1 - KL)")
+    require(
+        _zero(g["reverse_kl"] - p1 * (sp.log(p1) - sp.log(q1) - kl(pi, ref))), "grad reverse KL must be p1 (l1 - KL)"
+    )
     require(_zero(g["forward_kl"] - (p1 - q1)), "grad forward KL must be p1 - q1")
     return True
 

@@ -71,8 +71,12 @@ def effective_beta_aggregation() -> bool:
             "token-sum-norm": sum(seq_sum) / (G * L),
         }
         mean_T = sp.Rational(sum(lengths), G)
-        want = {"sequence-sum": lambda T: beta, "sequence-mean": lambda T: beta / T,
-                "token-mean": lambda T, m=mean_T: beta / m, "token-sum-norm": lambda T: beta / L}
+        want = {
+            "sequence-sum": lambda T: beta,
+            "sequence-mean": lambda T: beta / T,
+            "token-mean": lambda T, m=mean_T: beta / m,
+            "token-sum-norm": lambda T: beta / L,
+        }
         for mode, expr in aggs.items():
             for i, T in enumerate(lengths):
                 # every token of sequence i has the same coefficient c_i; beta_eff = G * beta * c_i
@@ -165,8 +169,12 @@ def two_kl_stationarity() -> bool:
     rho = sp.symbols("rho0:3", positive=True)
     r = sp.symbols("r0:3", real=True)
     bR, bL, lam, eps = sp.symbols("beta_R beta_L lambda epsilon", positive=True)
-    lag = (sum(pi[i] * r[i] for i in range(n)) - bR * sum(pi[i] * sp.log(pi[i] / rho[i]) for i in range(n))
-           - bL * sum(rho[i] * sp.log(rho[i] / pi[i]) for i in range(n)) - lam * (sum(pi) - 1))
+    lag = (
+        sum(pi[i] * r[i] for i in range(n))
+        - bR * sum(pi[i] * sp.log(pi[i] / rho[i]) for i in range(n))
+        - bL * sum(rho[i] * sp.log(rho[i] / pi[i]) for i in range(n))
+        - lam * (sum(pi) - 1)
+    )
     for y in range(n):
         want = r[y] - bR * (sp.log(pi[y] / rho[y]) + 1) + bL * rho[y] / pi[y] - lam
         require(sp.simplify(sp.expand_log(sp.diff(lag, pi[y]) - want, force=True)) == 0, f"stationarity {y}")
@@ -183,8 +191,10 @@ def two_kl_stationarity() -> bool:
     require(sp.simplify(s_fwd - eps**2 * quad) == 0, "forward KL to second order")
     c3_rev = sp.simplify(sp.series(rev, eps, 0, 4).removeO().coeff(eps, 3))
     c3_fwd = sp.simplify(sp.series(fwd, eps, 0, 4).removeO().coeff(eps, 3))
-    require(sp.simplify(c3_fwd - 2 * c3_rev) == 0 and sp.simplify(c3_rev) != 0,
-            "third order: the forward KL's term is twice the reverse KL's (-sum d^3/(3 rho^2) vs -sum d^3/(6 rho^2))")
+    require(
+        sp.simplify(c3_fwd - 2 * c3_rev) == 0 and sp.simplify(c3_rev) != 0,
+        "third order: the forward KL's term is twice the reverse KL's (-sum d^3/(3 rho^2) vs -sum d^3/(6 rho^2))",
+    )
     return True
 
 

@@ -123,10 +123,21 @@ def implicit_reward_mean_is_kl() -> bool:
     residual = sp.simplify(under_mu - beta * kl - beta * sum((m[i] - p[i]) * sp.log(p[i] / q[i]) for i in range(_N)))
     require(residual == 0, f"unexpected residual {residual}")
     # a concrete case where the average under mu is negative while the KL is positive
-    vals = {p[0]: sp.Rational(1, 2), p[1]: sp.Rational(1, 4), p[2]: sp.Rational(1, 4),
-            q[0]: sp.Rational(1, 4), q[1]: sp.Rational(1, 4), q[2]: sp.Rational(1, 2),
-            m[0]: 0, m[1]: 0, m[2]: 1, beta: 1}
-    require(sp.N(under_mu.subs(vals)) < 0 < sp.N((beta * kl).subs(vals)), "the counterexample should have opposite signs")
+    vals = {
+        p[0]: sp.Rational(1, 2),
+        p[1]: sp.Rational(1, 4),
+        p[2]: sp.Rational(1, 4),
+        q[0]: sp.Rational(1, 4),
+        q[1]: sp.Rational(1, 4),
+        q[2]: sp.Rational(1, 2),
+        m[0]: 0,
+        m[1]: 0,
+        m[2]: 1,
+        beta: 1,
+    }
+    require(
+        sp.N(under_mu.subs(vals)) < 0 < sp.N((beta * kl).subs(vals)), "the counterexample should have opposite signs"
+    )
     return True
 
 

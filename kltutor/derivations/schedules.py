@@ -105,8 +105,10 @@ def adaptive_beta_integrates_error() -> bool:
         beta = beta * (1 + k * et)
     lhs = sp.expand_log(sp.log(beta), force=True) - sp.log(beta0)
     first_order = sp.series(lhs.subs({et: sp.Symbol("s") * et for et in e}), sp.Symbol("s"), 0, 2).removeO()
-    require(is_zero(first_order.subs(sp.Symbol("s"), 1) - k * sum(e)),
-            "to first order, log beta must move by K times the summed error (integral action)")
+    require(
+        is_zero(first_order.subs(sp.Symbol("s"), 1) - k * sum(e)),
+        "to first order, log beta must move by K times the summed error (integral action)",
+    )
     return True
 
 
@@ -138,10 +140,14 @@ def binary_reward_optimum() -> bool:
     diff_stable = kl - ex["kl_stable"]
     for pv in (sp.Rational(1, 10), sp.Rational(1, 2)):
         for bv in (sp.Rational(1, 25), sp.Rational(1, 3), sp.Integer(2)):
-            require(abs(sp.N(diff.subs({p0: pv, beta: bv}), 40)) < sp.Float("1e-30"),
-                    "KL(pi*||pi_ref) must be E*[r]/beta - log Z")
-            require(abs(sp.N(diff_stable.subs({p0: pv, beta: bv}), 40)) < sp.Float("1e-30"),
-                    "the stable form must equal the Bernoulli KL")
+            require(
+                abs(sp.N(diff.subs({p0: pv, beta: bv}), 40)) < sp.Float("1e-30"),
+                "KL(pi*||pi_ref) must be E*[r]/beta - log Z",
+            )
+            require(
+                abs(sp.N(diff_stable.subs({p0: pv, beta: bv}), 40)) < sp.Float("1e-30"),
+                "the stable form must equal the Bernoulli KL",
+            )
     # limit beta -> 0+: substitute beta = 1/u, u -> oo
     u = sp.symbols("u", positive=True)
     half = sp.Rational(1, 10)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -28,20 +28,24 @@ def check_stable_k3(fn: Callable[[Tensor], Tensor]) -> CheckResult:
         x = torch.tensor(_VALUES, dtype=dtype)
         try:
             got = fn(x)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return CheckResult("stable k3", False, [f"{dtype}: raised {type(exc).__name__}: {exc}"])
         if not isinstance(got, Tensor) or got.shape != x.shape:
             return CheckResult("stable k3", False, [f"{dtype}: expected a tensor of shape {tuple(x.shape)}"])
         if got.dtype not in (torch.float32, torch.float64):
             ok = False
-            messages.append(f"{dtype}: returned {got.dtype}; compute and return k3 in float32 (a 16-bit result cannot meet the rule)")
+            messages.append(
+                f"{dtype}: returned {got.dtype}; compute and return k3 in float32 (a 16-bit result cannot meet the rule)"
+            )
             continue
         failures = k3_accuracy_failures(got, x.double())
         if failures:
             ok = False
             messages += [f"{dtype}: {m}" for m in failures]
     if ok:
-        messages.append(f"within {K3_RTOL:g} relative error on {len(_VALUES)} log-ratios from 1e-5 to 12 in float16 and bfloat16")
+        messages.append(
+            f"within {K3_RTOL:g} relative error on {len(_VALUES)} log-ratios from 1e-5 to 12 in float16 and bfloat16"
+        )
     return CheckResult("stable k3", ok, messages)
 
 
@@ -61,7 +65,7 @@ def check_shaped_rewards(fn: Callable[[Tensor, Tensor, Tensor, Tensor, float], T
     want[1, 4] += -2.0
     try:
         got = fn(logp, ref_logp, mask, rewards, beta)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return CheckResult("shaped rewards", False, [f"raised {type(exc).__name__}: {exc}"])
     report = check_batch(logp=logp, ref_logp=ref_logp, mask=mask, rewards=rewards, shaped_rewards=got)
     messages = [str(v) for v in report.violations]

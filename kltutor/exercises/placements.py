@@ -6,7 +6,7 @@ is an exact sum, and compares its *expected gradient* with the gradient of the e
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -99,8 +99,10 @@ def check_prefix_weights(fn: Callable[[Tensor, Tensor, Tensor], Tensor], tol: fl
         true = exact_kl_gradients(pi, ref_m, T)["true"]
         if not torch.allclose(got, true, atol=tol):
             res.passed = False
-            res.messages.append(f"T={T}: expected gradient {show(got)} != reverse-KL gradient {show(true)}"
-                                " (a per-token ratio does not correct the distribution of the prefix)")
+            res.messages.append(
+                f"T={T}: expected gradient {show(got)} != reverse-KL gradient {show(true)}"
+                " (a per-token ratio does not correct the distribution of the prefix)"
+            )
     if res.passed:
         res.messages.append("the weighted k3 term has exactly the reverse-KL gradient on stale samples")
     return res

@@ -95,7 +95,7 @@ class BinaryAutoregressive(nn.Module):
             probs = self.sequence_logprobs(seqs).exp()
         return seqs, probs
 
-    def exact_kl(self, other: "BinaryAutoregressive", seq_len: int) -> Tensor:
+    def exact_kl(self, other: BinaryAutoregressive, seq_len: int) -> Tensor:
         """Exact sequence-level reverse KL ``KL(self || other)`` (differentiable in ``self``'s parameters)."""
         seqs = all_binary_sequences(seq_len)
         logp = self.sequence_logprobs(seqs)

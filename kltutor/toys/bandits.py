@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kltutor._validation import positive_number, probabilities
 from kltutor import divergences
+from kltutor._validation import positive_number, probabilities
 from kltutor.estimators import estimate_kl
 from kltutor.preference import optimal_policy
 
@@ -45,7 +45,9 @@ def _check_beta(beta) -> float:
     return positive_number("beta", beta)
 
 
-def softmax_policy_gradient(logits: Tensor, rewards: Tensor, beta: float, ref_logp: Tensor, natural: bool = False) -> Tensor:
+def softmax_policy_gradient(
+    logits: Tensor, rewards: Tensor, beta: float, ref_logp: Tensor, natural: bool = False
+) -> Tensor:
     """The exact ascent direction on softmax logits ``z`` for ``J(pi) = E_pi[r] - beta KL(pi || pi_ref)``.
 
     With ``pi = softmax(z)`` and the per-response advantage ``A = r - beta (log pi - log pi_ref)``, the
@@ -74,12 +76,14 @@ class KLBandit:
         # strictly positive: the KL to the reference must be finite
         ref = probabilities("ref_probs", self.ref_probs, vector=True, min_size=2, positive=True, dtype=D64)
         if ref.shape != r.shape:
-            raise ValueError(f"ref_probs and rewards must have the same shape, got {tuple(ref.shape)} and {tuple(r.shape)}")
+            raise ValueError(
+                f"ref_probs and rewards must have the same shape, got {tuple(ref.shape)} and {tuple(r.shape)}"
+            )
         object.__setattr__(self, "ref_probs", ref / ref.sum())
         object.__setattr__(self, "rewards", r)
 
     @classmethod
-    def random(cls, n_arms: int, generator: torch.Generator | None = None, ref_temperature: float = 1.0) -> "KLBandit":
+    def random(cls, n_arms: int, generator: torch.Generator | None = None, ref_temperature: float = 1.0) -> KLBandit:
         """Standard-normal rewards and a softmax reference of standard-normal logits / ``ref_temperature``."""
         if n_arms < 2:
             raise ValueError(f"n_arms must be >= 2, got {n_arms}")
@@ -91,7 +95,7 @@ class KLBandit:
     def n_arms(self) -> int:
         return self.rewards.numel()
 
-    def scaled(self, c: float) -> "KLBandit":
+    def scaled(self, c: float) -> KLBandit:
         """The same bandit with every reward multiplied by ``c > 0``."""
         return KLBandit(self.ref_probs, self.rewards * _check_beta(c))
 
@@ -144,7 +148,9 @@ class KLBandit:
         """The beta whose optimum has ``KL = target`` (bisection in log beta; KL is decreasing in beta)."""
         t = _check_beta(target)
         if t >= self.max_kl():
-            raise ValueError(f"target KL {t:.4g} is unreachable: no beta gives more than {self.max_kl():.4g} nats on this bandit")
+            raise ValueError(
+                f"target KL {t:.4g} is unreachable: no beta gives more than {self.max_kl():.4g} nats on this bandit"
+            )
         a, b = math.log(lo), math.log(hi)
         for _ in range(iters):
             m = 0.5 * (a + b)
@@ -158,8 +164,14 @@ class KLBandit:
         """Maximise ``J`` over softmax logits with L-BFGS, knowing nothing of the closed form."""
         b = _check_beta(beta)
         logits = torch.zeros(self.n_arms, dtype=D64, requires_grad=True)
-        opt = torch.optim.LBFGS([logits], lr=1.0, max_iter=steps, tolerance_grad=1e-14, tolerance_change=1e-16,
-                                line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            [logits],
+            lr=1.0,
+            max_iter=steps,
+            tolerance_grad=1e-14,
+            tolerance_change=1e-16,
+            line_search_fn="strong_wolfe",
+        )
 
         def closure():
             opt.zero_grad()

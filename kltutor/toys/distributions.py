@@ -183,19 +183,23 @@ class TabularAutoregressive:
         self.log_tables = [torch.log_softmax(table, dim=-1) for table in self.logits]
 
     @classmethod
-    def random(cls, vocab_size: int, length: int, seed: int = 0, scale: float = 1.0) -> "TabularAutoregressive":
+    def random(cls, vocab_size: int, length: int, seed: int = 0, scale: float = 1.0) -> TabularAutoregressive:
         """A model with i.i.d. N(0, scale^2) logits, seeded."""
         if vocab_size < 2 or length < 1:
             raise ValueError(f"need vocab_size >= 2 and length >= 1, got {vocab_size}, {length}")
         if vocab_size**length > 200_000:
             raise ValueError("vocab_size ** length > 200000: too many sequences to enumerate")
         g = torch.Generator().manual_seed(seed)
-        return cls([scale * torch.randn((vocab_size,) * (t + 1), generator=g, dtype=torch.float64) for t in range(length)])
+        return cls(
+            [scale * torch.randn((vocab_size,) * (t + 1), generator=g, dtype=torch.float64) for t in range(length)]
+        )
 
-    def perturbed(self, scale: float, seed: int = 0) -> "TabularAutoregressive":
+    def perturbed(self, scale: float, seed: int = 0) -> TabularAutoregressive:
         """A nearby model: every logit plus N(0, scale^2) noise (a "policy" near this "reference")."""
         g = torch.Generator().manual_seed(seed)
-        return TabularAutoregressive([t + scale * torch.randn(t.shape, generator=g, dtype=torch.float64) for t in self.logits])
+        return TabularAutoregressive(
+            [t + scale * torch.randn(t.shape, generator=g, dtype=torch.float64) for t in self.logits]
+        )
 
     def _check_seqs(self, seqs: Tensor) -> Tensor:
         seqs = torch.as_tensor(seqs)
