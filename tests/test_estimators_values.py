@@ -242,3 +242,33 @@ def test_exact_aggregation_moments_every_field_by_hand():
             assert m[f"{key}_var"] == pytest.approx(var, abs=1e-15), (name, key)
     with pytest.raises(ValueError, match="infinite"):
         est.exact_aggregation_moments(ref, pol, "k1")
+
+
+def test_estimators_of_a_log_ratio_and_their_derivatives_by_hand():
+    ell = torch.tensor([-0.7, 0.0, 0.3, 2.0], dtype=D)
+    k = {
+        "k1": [-0.7, 0.0, 0.3, 2.0],
+        "k2": [0.245, 0.0, 0.045, 2.0],
+        "k3": [math.expm1(0.7) - 0.7, 0.0, math.expm1(-0.3) + 0.3, math.expm1(-2.0) + 2.0],
+    }
+    dk = {
+        "k1": [1.0, 1.0, 1.0, 1.0],
+        "k2": [-0.7, 0.0, 0.3, 2.0],
+        "k3": [-math.expm1(0.7), 0.0, -math.expm1(-0.3), -math.expm1(-2.0)],
+    }
+    for name in ("k1", "k2", "k3"):
+        assert est.of_log_ratio(name, ell).tolist() == pytest.approx(k[name], abs=1e-15)
+        assert est.derivative(name, ell).tolist() == pytest.approx(dk[name], abs=1e-15)
+        # the derivative is autograd's of the value
+        x = ell.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(est.of_log_ratio(name, x).sum(), x)
+        assert g.tolist() == pytest.approx(dk[name], abs=1e-12)
+    # sixteen-bit log-ratios are computed (and returned) in float32; float64 stays float64
+    half = torch.tensor([0.01], dtype=torch.bfloat16)
+    assert est.of_log_ratio("k3", half).dtype == torch.float32
+    assert est.of_log_ratio("k3", half).item() == pytest.approx(est.k3(half.float(), torch.zeros(1)).item(), rel=1e-7)
+    assert est.of_log_ratio("k1", ell).dtype == D and est.derivative("k2", ell.float()).dtype == torch.float32
+    with pytest.raises(ValueError, match="unknown estimator 'k4'"):
+        est.of_log_ratio("k4", ell)
+    with pytest.raises(ValueError, match="unknown estimator 'k4'"):
+        est.derivative("k4", ell)
