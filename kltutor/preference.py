@@ -88,6 +88,20 @@ def _check_logp(**tensors: Tensor) -> None:
             raise ValueError(f"{name} holds positive values: log-probabilities are <= 0")
 
 
+def _check_pair_logps(
+    policy_chosen_logp: Tensor, policy_rejected_logp: Tensor, ref_chosen_logp: Tensor, ref_rejected_logp: Tensor
+) -> None:
+    """The four ``[batch]`` sequence log-probabilities of a loss with a reference (DPO, IPO)."""
+    tensors = {
+        "policy_chosen_logp": policy_chosen_logp,
+        "policy_rejected_logp": policy_rejected_logp,
+        "ref_chosen_logp": ref_chosen_logp,
+        "ref_rejected_logp": ref_rejected_logp,
+    }
+    _check_tensors(**tensors)
+    _check_logp(**tensors)
+
+
 def _check_lengths(**tensors: Tensor) -> None:
     for name, t in tensors.items():
         if (t <= 0).any():
@@ -230,18 +244,7 @@ def dpo_loss(
     -709 (float64) or -88 (float32) is 0, and its log is ``-inf``.
     """
     beta = positive_number("beta", beta)
-    _check_tensors(
-        policy_chosen_logp=policy_chosen_logp,
-        policy_rejected_logp=policy_rejected_logp,
-        ref_chosen_logp=ref_chosen_logp,
-        ref_rejected_logp=ref_rejected_logp,
-    )
-    _check_logp(
-        policy_chosen_logp=policy_chosen_logp,
-        policy_rejected_logp=policy_rejected_logp,
-        ref_chosen_logp=ref_chosen_logp,
-        ref_rejected_logp=ref_rejected_logp,
-    )
+    _check_pair_logps(policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp)
     chosen = beta * (policy_chosen_logp - ref_chosen_logp.detach())
     rejected = beta * (policy_rejected_logp - ref_rejected_logp.detach())
     losses = -F.logsigmoid(chosen - rejected)
@@ -264,18 +267,7 @@ def ipo_loss(
     :math:`\\tau\\log\\pi_\\theta/\\pi_\\text{ref}` (:math:`\\tau` plays the role of DPO's :math:`\\beta`).
     """
     tau = positive_number("tau", tau)
-    _check_tensors(
-        policy_chosen_logp=policy_chosen_logp,
-        policy_rejected_logp=policy_rejected_logp,
-        ref_chosen_logp=ref_chosen_logp,
-        ref_rejected_logp=ref_rejected_logp,
-    )
-    _check_logp(
-        policy_chosen_logp=policy_chosen_logp,
-        policy_rejected_logp=policy_rejected_logp,
-        ref_chosen_logp=ref_chosen_logp,
-        ref_rejected_logp=ref_rejected_logp,
-    )
+    _check_pair_logps(policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp)
     chosen_ratio = policy_chosen_logp - ref_chosen_logp.detach()
     rejected_ratio = policy_rejected_logp - ref_rejected_logp.detach()
     h = chosen_ratio - rejected_ratio
