@@ -108,6 +108,20 @@ def _check_lengths(**tensors: Tensor) -> None:
             raise ValueError(f"{name} must be positive token counts")
 
 
+def _check_reference_free(
+    policy_chosen_logp: Tensor, policy_rejected_logp: Tensor, chosen_len: Tensor, rejected_len: Tensor
+) -> None:
+    """The ``[batch]`` log-probabilities and token counts of a length-normalised loss without a reference (SimPO, ORPO)."""
+    _check_tensors(
+        policy_chosen_logp=policy_chosen_logp,
+        policy_rejected_logp=policy_rejected_logp,
+        chosen_len=chosen_len,
+        rejected_len=rejected_len,
+    )
+    _check_logp(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp)
+    _check_lengths(chosen_len=chosen_len, rejected_len=rejected_len)
+
+
 def _check_probs(name: str, p: Tensor) -> Tensor:
     """Probabilities along the last axis; preference's tolerance is ``1e-6`` in float64 (``1e-4`` below)."""
     dtype = p.dtype if isinstance(p, Tensor) else torch.float64
@@ -291,14 +305,7 @@ def simpo_loss(
     """
     beta = positive_number("beta", beta)
     gamma = nonnegative_number("gamma", gamma)
-    _check_tensors(
-        policy_chosen_logp=policy_chosen_logp,
-        policy_rejected_logp=policy_rejected_logp,
-        chosen_len=chosen_len,
-        rejected_len=rejected_len,
-    )
-    _check_logp(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp)
-    _check_lengths(chosen_len=chosen_len, rejected_len=rejected_len)
+    _check_reference_free(policy_chosen_logp, policy_rejected_logp, chosen_len, rejected_len)
     chosen = beta * policy_chosen_logp / chosen_len.to(policy_chosen_logp.dtype)
     rejected = beta * policy_rejected_logp / rejected_len.to(policy_rejected_logp.dtype)
     losses = -F.logsigmoid(chosen - rejected - gamma)
@@ -387,14 +394,7 @@ def orpo_loss(
     A response of probability 1 (``logp == 0``) has infinite odds and is rejected with an error.
     """
     lam = nonnegative_number("lam", lam)
-    _check_tensors(
-        policy_chosen_logp=policy_chosen_logp,
-        policy_rejected_logp=policy_rejected_logp,
-        chosen_len=chosen_len,
-        rejected_len=rejected_len,
-    )
-    _check_logp(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp)
-    _check_lengths(chosen_len=chosen_len, rejected_len=rejected_len)
+    _check_reference_free(policy_chosen_logp, policy_rejected_logp, chosen_len, rejected_len)
     if (policy_chosen_logp.detach() >= 0).any() or (policy_rejected_logp.detach() >= 0).any():
         raise ValueError("ORPO needs log-probabilities < 0: a response of probability 1 has infinite odds")
     mean_w = policy_chosen_logp / chosen_len.to(policy_chosen_logp.dtype)
