@@ -272,3 +272,12 @@ def test_estimators_of_a_log_ratio_and_their_derivatives_by_hand():
         est.of_log_ratio("k4", ell)
     with pytest.raises(ValueError, match="unknown estimator 'k4'"):
         est.derivative("k4", ell)
+
+
+def test_exact_moments_work_in_float64_and_want_1d_vectors():
+    """float32 probabilities are computed in float64 (the moments of the float64 values); a 2-D q is named."""
+    p32, q32 = torch.tensor([0.25, 0.75]), torch.tensor([0.5, 0.5])  # exact in float32
+    exact = est.exact_moments(p32.double().tolist(), q32.double().tolist(), "k3")
+    assert est.exact_moments(p32, q32, "k3") == pytest.approx(exact, abs=1e-15)
+    with pytest.raises(ValueError, match=r"^q must be a non-empty 1-D vector"):
+        est.exact_moments([0.5, 0.5], [[0.5, 0.5]], "k1")

@@ -315,3 +315,9 @@ def test_fit_bradley_terry_input_dtypes():
     assert w32.dtype == D and torch.equal(w32, w64)
     with pytest.raises(ValueError, match=r"feature_diff must be \[N, D\]"):
         oo.fit_bradley_terry(x[0], y)
+
+
+def test_float32_probabilities_are_used_in_float64():
+    p32, q32 = torch.tensor([0.25, 0.75]), torch.tensor([0.5, 0.5])  # exact in float32
+    want = sum(a * math.log(a / b) for a, b in zip(p32.double().tolist(), q32.double().tolist()))
+    assert oo.kl_categorical(p32, q32) == pytest.approx(want, abs=1e-15)

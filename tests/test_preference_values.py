@@ -523,3 +523,10 @@ def test_train_tabular_orpo_with_a_response_of_probability_one_in_float64():
     for ch, rj in (([0], [1]), ([1], [0])):
         res = pref.train_tabular("orpo", torch.tensor(ch), torch.tensor(rj), ref, torch.ones(3), 0.5, steps=2)
         assert torch.isfinite(res.loss_history).all()
+
+
+def test_categorical_kl_takes_lists_as_float64():
+    assert pref.categorical_kl([0.25, 0.75], [0.5, 0.5]).item() == pytest.approx(
+        0.25 * math.log(0.5) + 0.75 * math.log(1.5), abs=1e-15
+    )
+    assert pref.categorical_kl([0.25, 0.75], [0.5, 0.5]).dtype == torch.float64
