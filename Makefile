@@ -22,13 +22,16 @@ TPY := $(TRAINERS_VENV)/bin/python
 OPENRLHF_VERSION ?= 0.11.2
 DEEPSPEED_VERSION ?= 0.19.6
 
-.PHONY: help setup setup-browser notebooks site book test unit nbval nbval-perturbed browser-test pdf mutation clean trainers-venv trainers-test trainers-data
+.PHONY: help setup setup-browser notebooks site book test lint format doctest unit quick nbval nbval-perturbed browser-test pdf mutation clean trainers-venv trainers-test trainers-data
 
 help:
 	@echo "make book   - set up, execute every chapter with papermill, build the site into _build/html"
-	@echo "make test   - set up, then: source/notebook sync check, strict site build, unit tests,"
-	@echo "              nbval on every notebook, the browser test of the built site, and nbval"
-	@echo "              again under perturbed float kernels (make nbval-perturbed)"
+	@echo "make test   - set up, then: ruff (lint + format check, first: it fails fast), the docstring"
+	@echo "              examples, source/notebook sync check, strict site build, unit tests, nbval on"
+	@echo "              every notebook, the browser test of the built site, and nbval again under"
+	@echo "              perturbed float kernels (make nbval-perturbed)"
+	@echo "make quick  - lint, docstring examples and the unit tests not marked slow (the edit loop)"
+	@echo "make format - apply ruff's formatter and its safe fixes"
 	@echo "make pdf    - the printable study guide: _build/study-guide.pdf"
 	@echo "make trainers-test - TRL / verl / OpenRLHF KL code on the exact toy, in $(TRAINERS_VENV)"
 
@@ -78,7 +81,7 @@ pdf: setup setup-browser
 	$(PY) scripts/book_site.py pdf
 
 # --- the tests ---------------------------------------------------------------------------------
-test: setup setup-browser trainers-test
+test: setup lint doctest setup-browser trainers-test
 	$(PY) scripts/notebooks.py check
 	$(PY) scripts/book_site.py build --strict
 	$(NBVAL_RUN) tests notebooks
@@ -86,6 +89,23 @@ test: setup setup-browser trainers-test
 
 unit: setup
 	$(PY) -m pytest -q -m "not browser" tests
+
+# The edit loop: seconds, not minutes (tests marked slow take more than a few seconds on two cores).
+quick: setup lint doctest
+	$(PY) -m pytest -q -p no:cacheprovider -n $(WORKERS) -m "not browser and not trainers and not slow" tests
+
+# ruff, configured in pyproject.toml; `make test` starts here. Also run by the pre-commit hooks.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: setup
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+# The docstring examples (>>>) of the package are tests too.
+doctest: setup
+	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules kltutor
 
 nbval: setup
 	$(NBVAL_RUN) notebooks

@@ -54,8 +54,10 @@ def _worker(jobs, done, deadline: float) -> None:
         try:
             res = run(cfg)
             done.put({"run_dir": cfg.run_dir, "ok": True, "steps": len(res.metrics), "seconds": time.time() - t})
-        except Exception as e:  # noqa: BLE001 - one failed run must not stop the others; it is reported
-            done.put({"run_dir": cfg.run_dir, "ok": False, "error": f"{type(e).__name__}: {e}", "seconds": time.time() - t})
+        except Exception as e:
+            done.put(
+                {"run_dir": cfg.run_dir, "ok": False, "error": f"{type(e).__name__}: {e}", "seconds": time.time() - t}
+            )
 
 
 def _read_rows(run_dir: Path) -> list[dict]:
@@ -72,8 +74,9 @@ def _read_rows(run_dir: Path) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--preset", default="h100")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--steps", type=int, default=200, help="GRPO steps per run")
@@ -82,7 +85,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--deadline", type=float, default=300.0, help="seconds (from the start) after which no run starts")
-    p.add_argument("--grace", type=float, default=30.0, help="seconds after the deadline before running workers are stopped")
+    p.add_argument(
+        "--grace", type=float, default=30.0, help="seconds after the deadline before running workers are stopped"
+    )
     p.add_argument("--accuracy-range", nargs=2, type=float, default=[0.3, 0.7], metavar=("LO", "HI"))
     p.add_argument("--runs", type=Path, default=Path("runs/gpu_sweep"), help="the runs' directories")
     p.add_argument("--cache-dir", type=Path, default=None, help="reference cache (default: the capstone's)")
@@ -102,24 +107,41 @@ def main(argv=None) -> int:
     from kltutor.capstone.sweep import grid_configs, run_name
 
     os.environ.setdefault("TQDM_DISABLE", "1")
-    base = preset(args.preset, steps=args.steps, device=args.device, progress=False, overwrite=True,
-                  cache_dir=str(args.cache_dir) if args.cache_dir else None)
+    base = preset(
+        args.preset,
+        steps=args.steps,
+        device=args.device,
+        progress=False,
+        overwrite=True,
+        cache_dir=str(args.cache_dir) if args.cache_dir else None,
+    )
     device = resolve_device(base.device)
     gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"sweep on {gpu}: preset {args.preset}, {args.steps} steps, {args.workers} workers, deadline {args.deadline:.0f} s",
-          flush=True)
+    print(
+        f"sweep on {gpu}: preset {args.preset}, {args.steps} steps, {args.workers} workers, deadline {args.deadline:.0f} s",
+        flush=True,
+    )
 
     t = time.time()
     _, _, info = reference_policy(base, device)
     lo, hi = args.accuracy_range
     in_range = lo <= info.greedy_accuracy <= hi
-    ref = {"greedy_accuracy": info.greedy_accuracy, "sampled_accuracy": info.sampled_accuracy,
-           "n_parameters": info.n_parameters, "cached": info.cached, "seconds": time.time() - t,
-           "final_sft_loss": info.sft_losses[-1] if info.sft_losses else None,
-           "accuracy_range": [lo, hi], "greedy_accuracy_in_range": in_range}
-    print(f"reference: greedy accuracy {info.greedy_accuracy:.3f}, sampled {info.sampled_accuracy:.3f} "
-          f"({'within' if in_range else 'OUTSIDE'} [{lo}, {hi}]), {info.n_parameters:,} parameters, "
-          f"{ref['seconds']:.0f} s", flush=True)
+    ref = {
+        "greedy_accuracy": info.greedy_accuracy,
+        "sampled_accuracy": info.sampled_accuracy,
+        "n_parameters": info.n_parameters,
+        "cached": info.cached,
+        "seconds": time.time() - t,
+        "final_sft_loss": info.sft_losses[-1] if info.sft_losses else None,
+        "accuracy_range": [lo, hi],
+        "greedy_accuracy_in_range": in_range,
+    }
+    print(
+        f"reference: greedy accuracy {info.greedy_accuracy:.3f}, sampled {info.sampled_accuracy:.3f} "
+        f"({'within' if in_range else 'OUTSIDE'} [{lo}, {hi}]), {info.n_parameters:,} parameters, "
+        f"{ref['seconds']:.0f} s",
+        flush=True,
+    )
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -131,7 +153,10 @@ def main(argv=None) -> int:
     jobs, done = ctx.Queue(), ctx.Queue()
     for c in configs:
         jobs.put(c.to_dict())
-    procs = [ctx.Process(target=_worker, args=(jobs, done, deadline), daemon=True) for _ in range(min(args.workers, len(configs)))]
+    procs = [
+        ctx.Process(target=_worker, args=(jobs, done, deadline), daemon=True)
+        for _ in range(min(args.workers, len(configs)))
+    ]
     for pr in procs:
         pr.start()
     reports: dict[str, dict] = {}
@@ -142,8 +167,11 @@ def main(argv=None) -> int:
             continue
         reports[r["run_dir"]] = r
         name = Path(r["run_dir"]).name
-        print(f"[{time.time() - t0:6.0f} s] {name}: " + (f"{r['steps']} steps in {r['seconds']:.0f} s" if r["ok"]
-                                                     else f"FAILED {r['error']}"), flush=True)
+        print(
+            f"[{time.time() - t0:6.0f} s] {name}: "
+            + (f"{r['steps']} steps in {r['seconds']:.0f} s" if r["ok"] else f"FAILED {r['error']}"),
+            flush=True,
+        )
     stopped = [pr for pr in procs if pr.is_alive()]
     for pr in stopped:
         pr.terminate()
@@ -160,9 +188,18 @@ def main(argv=None) -> int:
     for c in configs:
         rows = _read_rows(Path(c.run_dir))
         r = reports.get(c.run_dir, {})
-        runs.append({"run": run_name(c.placement, c.beta, c.seed), "placement": c.placement, "beta": c.beta,
-                     "seed": c.seed, "steps_done": len(rows), "complete": len(rows) == args.steps,
-                     "seconds": r.get("seconds"), "error": r.get("error")})
+        runs.append(
+            {
+                "run": run_name(c.placement, c.beta, c.seed),
+                "placement": c.placement,
+                "beta": c.beta,
+                "seed": c.seed,
+                "steps_done": len(rows),
+                "complete": len(rows) == args.steps,
+                "seconds": r.get("seconds"),
+                "error": r.get("error"),
+            }
+        )
         if rows:
             df = pd.DataFrame(rows, columns=list(METRICS))
             df.insert(0, "seed", c.seed)
@@ -173,15 +210,31 @@ def main(argv=None) -> int:
     if frames:
         pd.concat(frames, ignore_index=True).to_csv(args.results / "sweep.csv", index=False, float_format="%.6g")
     complete = sum(r["complete"] for r in runs)
-    meta = {"preset": args.preset, "steps": args.steps, "placements": args.placements, "betas": args.betas,
-            "seeds": args.seeds, "workers": args.workers, "deadline_s": args.deadline,
-            "base_config": {k: v for k, v in base.to_dict().items() if k not in ("run_dir", "cache_dir", "overwrite")},
-            "device": gpu, "versions": package_versions(), "reference": ref, "runs": runs,
-            "runs_complete": complete, "runs_total": len(runs), "wall_seconds": time.time() - t0,
-            "commit": os.environ.get("KLTUTOR_COMMIT"), "command": " ".join(sys.argv)}
+    meta = {
+        "preset": args.preset,
+        "steps": args.steps,
+        "placements": args.placements,
+        "betas": args.betas,
+        "seeds": args.seeds,
+        "workers": args.workers,
+        "deadline_s": args.deadline,
+        "base_config": {k: v for k, v in base.to_dict().items() if k not in ("run_dir", "cache_dir", "overwrite")},
+        "device": gpu,
+        "versions": package_versions(),
+        "reference": ref,
+        "runs": runs,
+        "runs_complete": complete,
+        "runs_total": len(runs),
+        "wall_seconds": time.time() - t0,
+        "commit": os.environ.get("KLTUTOR_COMMIT"),
+        "command": " ".join(sys.argv),
+    }
     (args.results / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-    print(f"{complete}/{len(runs)} runs complete, {len(stopped)} stopped at the deadline; wrote {args.results}/sweep.csv "
-          f"and meta.json in {time.time() - t0:.0f} s", flush=True)
+    print(
+        f"{complete}/{len(runs)} runs complete, {len(stopped)} stopped at the deadline; wrote {args.results}/sweep.csv "
+        f"and meta.json in {time.time() - t0:.0f} s",
+        flush=True,
+    )
     return 0 if complete else 1
 
 

@@ -86,20 +86,42 @@ def main() -> None:
         return
     rows = []
     for variant in ("naive", "chunked"):
-        cmd = [sys.executable, __file__, "--variant", variant, "--device", args.device, "--tokens", str(args.tokens),
-               "--vocab", str(args.vocab), "--hidden", str(args.hidden), "--chunk", str(args.chunk), "--dtype", args.dtype]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            "--device",
+            args.device,
+            "--tokens",
+            str(args.tokens),
+            "--vocab",
+            str(args.vocab),
+            "--hidden",
+            str(args.hidden),
+            "--chunk",
+            str(args.chunk),
+            "--dtype",
+            args.dtype,
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
     naive, chunked = rows
     dev = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
-    print(f"device: {dev}; tokens {args.tokens}, vocab {args.vocab}, hidden {args.hidden}, dtype {args.dtype}, chunk {args.chunk}")
+    print(
+        f"device: {dev}; tokens {args.tokens}, vocab {args.vocab}, hidden {args.hidden}, dtype {args.dtype}, chunk {args.chunk}"
+    )
     print(f"{'variant':<10}{'peak extra MiB':>16}{'seconds':>10}{'sum logp':>16}{'sum KL':>14}")
     for r in rows:
-        print(f"{r['variant']:<10}{r['peak_extra_MiB']:>16.1f}{r['seconds']:>10.3f}{r['logp_sum']:>16.3f}{r['kl_sum']:>14.4f}")
+        print(
+            f"{r['variant']:<10}{r['peak_extra_MiB']:>16.1f}{r['seconds']:>10.3f}{r['logp_sum']:>16.3f}{r['kl_sum']:>14.4f}"
+        )
     print(f"memory ratio chunked/naive: {chunked['peak_extra_MiB'] / naive['peak_extra_MiB']:.3f} (target <= 0.25)")
     print(f"time ratio chunked/naive:   {chunked['seconds'] / naive['seconds']:.2f}")
     rel = abs(chunked["logp_sum"] - naive["logp_sum"]) / abs(naive["logp_sum"])
-    print(f"relative difference of sum logp: {rel:.2e}; of sum KL: {abs(chunked['kl_sum'] - naive['kl_sum']) / abs(naive['kl_sum']):.2e}")
+    print(
+        f"relative difference of sum logp: {rel:.2e}; of sum KL: {abs(chunked['kl_sum'] - naive['kl_sum']) / abs(naive['kl_sum']):.2e}"
+    )
 
 
 if __name__ == "__main__":

@@ -185,8 +185,14 @@ class Table:
     are pure functions of the cell values, with no generated ids, so nbval can compare them.
     """
 
-    def __init__(self, header: list[str], rows: list[list[str]], numeric: list[bool], caption: str | None = None,
-                 index_name: str | None = None):
+    def __init__(
+        self,
+        header: list[str],
+        rows: list[list[str]],
+        numeric: list[bool],
+        caption: str | None = None,
+        index_name: str | None = None,
+    ):
         self.header, self.rows, self.numeric, self.caption = header, rows, numeric, caption
         self.index_name = index_name
 
@@ -198,15 +204,23 @@ class Table:
             return f"<{tag}{cls}>{escape(text)}</{tag}>"
 
         head = "".join(cell("th", h, n) for h, n in zip(self.header, self.numeric))
-        body = "\n".join("<tr>" + "".join(cell("td", v, n) for v, n in zip(r, self.numeric)) + "</tr>" for r in self.rows)
+        body = "\n".join(
+            "<tr>" + "".join(cell("td", v, n) for v, n in zip(r, self.numeric)) + "</tr>" for r in self.rows
+        )
         cap = f"<caption>{escape(self.caption)}</caption>" if self.caption else ""
-        return (f'<div class="kltutor-table"><table class="table">{cap}<thead><tr>{head}</tr></thead>'
-                f"<tbody>\n{body}\n</tbody></table></div>")
+        return (
+            f'<div class="kltutor-table"><table class="table">{cap}<thead><tr>{head}</tr></thead>'
+            f"<tbody>\n{body}\n</tbody></table></div>"
+        )
 
     def __repr__(self) -> str:
-        widths = [max(len(h), *(len(r[j]) for r in self.rows)) if self.rows else len(h) for j, h in enumerate(self.header)]
+        widths = [
+            max(len(h), *(len(r[j]) for r in self.rows)) if self.rows else len(h) for j, h in enumerate(self.header)
+        ]
+
         def line(vals):
             return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(vals, widths, self.numeric)).rstrip()
+
         out = ([self.caption] if self.caption else []) + [line(self.header)] + [line(r) for r in self.rows]
         return "\n".join(out)
 
@@ -257,5 +271,7 @@ def table(df, formats: dict | str | None = None, *, index: bool = False, caption
         raise KeyError(f"formats name columns that the table does not have: {unknown}; columns: {list(df.columns)}")
     header = [str(c) for c in df.columns]
     numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
-    rows = [[_format_value(v, formats.get(c)) for c, v in zip(df.columns, r)] for r in df.itertuples(index=False, name=None)]
+    rows = [
+        [_format_value(v, formats.get(c)) for c, v in zip(df.columns, r)] for r in df.itertuples(index=False, name=None)
+    ]
     return Table(header, rows, numeric, caption)

@@ -1,15 +1,20 @@
 """The engineering checklist as runnable checks (introduced in chapter 7).
 
-:func:`inspect` looks at one training batch and the reference model and reports every violation it
-can see::
+:func:`check_batch` looks at one training batch and the reference model and reports every violation
+it can see::
 
-    report = inspect(logp=logp, ref_logp=ref_logp, mask=mask, attention_mask=attention_mask,
-                     prompt_mask=prompt_mask, rewards=rewards, shaped_rewards=shaped,
-                     ref_model=ref_model, policy_model=policy)
+    report = check_batch(logp=logp, ref_logp=ref_logp, mask=mask, attention_mask=attention_mask,
+                         prompt_mask=prompt_mask, rewards=rewards, shaped_rewards=shaped,
+                         ref_model=ref_model, policy_model=policy)
     assert report.ok, report
 
 Each check has a stable ``code`` (see :data:`CHECKS`) so a trainer can assert on it, log it, or
-silence one deliberately.
+silence one deliberately. :func:`example_batch` builds a correct batch from a tiny model
+(:class:`TinyLM`) and :func:`plant` puts any one mistake of :data:`CHECKS` into it: chapter 7 and the
+tests use them to show that every check fires.
+
+(This is the *batch* checklist; :mod:`kltutor.inspect` is the *config* inspector, which reads a
+trainer's configuration file.)
 
 :func:`diagnose_negative_kl` (chapter 8, ``ch-practice``) answers the question a negative logged KL
 raises: which of its causes (:data:`NEGATIVE_KL_CAUSES`) a batch shows evidence of.
@@ -17,14 +22,29 @@ raises: which of its causes (:data:`NEGATIVE_KL_CAUSES`) a batch shows evidence 
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CHECKS", "Violation", "Report", "inspect", "NEGATIVE_KL_CAUSES", "NegativeKLDiagnosis", "diagnose_negative_kl"]
+from kltutor.estimators import of_log_ratio
+
+__all__ = [
+    "CHECKS",
+    "Violation",
+    "Report",
+    "check_batch",
+    "TinyLM",
+    "token_logprobs",
+    "example_batch",
+    "plant",
+    "NEGATIVE_KL_CAUSES",
+    "NegativeKLDiagnosis",
+    "diagnose_negative_kl",
+]
 
 CHECKS: dict[str, str] = {
     "ref_in_train_mode": "reference model is in train mode (dropout on): call ref_model.eval()",
@@ -57,7 +77,7 @@ class Violation:
 
 @dataclass
 class Report:
-    """The result of :func:`inspect`: the violations found and the checks that were run."""
+    """The result of :func:`check_batch`: the violations found and the checks that were run."""
 
     violations: list[Violation] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
@@ -83,7 +103,7 @@ def _needs_grad(t: Tensor) -> bool:
     return bool(t.requires_grad or t.grad_fn is not None)
 
 
-def inspect(
+def check_batch(
     *,
     logp: Tensor,
     ref_logp: Tensor,
@@ -153,8 +173,11 @@ def inspect(
     # --- shapes and values ---------------------------------------------------------------------
     check("shape_mismatch")
     tensors: Mapping[str, Tensor | None] = {
-        "ref_logp": ref_logp, "mask": mask, "attention_mask": attention_mask,
-        "prompt_mask": prompt_mask, "shaped_rewards": shaped_rewards,
+        "ref_logp": ref_logp,
+        "mask": mask,
+        "attention_mask": attention_mask,
+        "prompt_mask": prompt_mask,
+        "shaped_rewards": shaped_rewards,
     }
     bad_shapes = [n for n, t in tensors.items() if t is not None and t.shape != logp.shape]
     if rewards is not None and rewards.shape != logp.shape[:1]:
@@ -178,7 +201,10 @@ def inspect(
     for name, t in (("logp", logp), ("ref_logp", ref_logp)):
         v = t.detach()[m]
         if (v > 1e-6).any():
-            flag("logp_positive", f"{name}: max {float(v[torch.isfinite(v)].max()) if torch.isfinite(v).any() else float('nan'):.3g}")
+            flag(
+                "logp_positive",
+                f"{name}: max {float(v[torch.isfinite(v)].max()) if torch.isfinite(v).any() else float('nan'):.3g}",
+            )
 
     check("low_precision_logp")
     low = [n for n, t in (("logp", logp), ("ref_logp", ref_logp)) if t.dtype in (torch.float16, torch.bfloat16)]
@@ -212,6 +238,106 @@ def inspect(
 
 
 # ---------------------------------------------------------------------------------------------
+# A correct batch, and every mistake planted in it (chapter 7)
+# ---------------------------------------------------------------------------------------------
+
+
+class TinyLM(nn.Module):
+    """The smallest language model the checklist needs: an embedding, dropout, a linear head.
+
+    Each position sees only its own token (no attention), which is all the checks look at: train vs
+    eval mode (the dropout), trainable and shared parameters, log-probabilities with or without a graph.
+    """
+
+    def __init__(self, vocab: int = 11, dim: int = 8):
+        super().__init__()
+        self.emb, self.drop, self.out = nn.Embedding(vocab, dim), nn.Dropout(0.1), nn.Linear(dim, vocab)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.out(self.drop(self.emb(ids)))
+
+
+def token_logprobs(model: nn.Module, ids: Tensor) -> Tensor:
+    """``[batch, time - 1]`` log-probabilities of ``ids[:, 1:]``, each next token scored from the one before."""
+    return torch.log_softmax(model(ids[:, :-1]), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
+def example_batch(seed: int = 0, first_step: bool = True) -> dict:
+    """A correct batch for :func:`check_batch`: a :class:`TinyLM` policy, its frozen copy as the
+    reference, three sequences of three prompt and five response tokens (the last one right-padded by
+    two), k1-in-reward shaped rewards. The global random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        policy = TinyLM().eval()  # eval: a deterministic forward for the step-0 comparison
+        ids = torch.randint(0, 11, (3, 9))
+    ref_model = copy.deepcopy(policy).eval().requires_grad_(False)
+    attention = torch.ones(3, 8)
+    attention[2, -2:] = 0  # right padding
+    prompt = torch.zeros(3, 8)
+    prompt[:, :3] = 1  # three prompt tokens
+    mask = attention * (1 - prompt)  # response tokens only
+    logp = token_logprobs(policy, ids)
+    with torch.no_grad():
+        ref_logp = token_logprobs(ref_model, ids)
+    shaped = -0.1 * (logp - ref_logp).detach() * mask
+    return dict(
+        logp=logp,
+        ref_logp=ref_logp,
+        mask=mask,
+        attention_mask=attention,
+        prompt_mask=prompt,
+        rewards=torch.tensor([1.0, -0.5, 0.2]),
+        shaped_rewards=shaped,
+        ref_model=ref_model,
+        policy_model=policy,
+        first_step=first_step,
+    )
+
+
+def plant(batch: dict, code: str) -> dict:
+    """A copy of ``batch`` (from :func:`example_batch`) with the mistake that check ``code`` catches.
+
+    The result is keyword arguments for :func:`check_batch`; ``code`` is a key of :data:`CHECKS`.
+    """
+    if code not in CHECKS:
+        raise ValueError(f"unknown check {code!r}; choose one of {sorted(CHECKS)}")
+    b = dict(batch)
+    policy, ref_model = b["policy_model"], b["ref_model"]
+    logp, ref_logp, mask = b["logp"], b["ref_logp"], b["mask"]
+    if code == "ref_in_train_mode":
+        b["ref_model"] = copy.deepcopy(ref_model).train()
+    elif code == "ref_params_require_grad":
+        b["ref_model"] = copy.deepcopy(ref_model).requires_grad_(True)
+    elif code == "ref_shares_params_with_policy":
+        b["ref_model"] = policy  # the reference is the policy itself
+    elif code == "ref_logp_requires_grad":
+        b["ref_logp"] = ref_logp + 0 * logp  # a graph reaches ref_logp (scored outside torch.no_grad())
+    elif code == "shaped_rewards_require_grad":
+        b["shaped_rewards"] = -0.1 * (logp - ref_logp) * mask  # the penalty not detached
+    elif code == "rewards_require_grad":
+        b["rewards"] = b["rewards"] + 0 * logp.sum()
+    elif code == "shape_mismatch":
+        b["mask"] = mask[:, :-1]
+    elif code == "nonfinite":
+        b["logp"] = logp.detach().clone()
+        b["logp"][0, 5] = float("nan")
+    elif code == "logp_positive":
+        b["logp"] = logp.detach().exp()  # probabilities where log-probabilities belong
+    elif code == "mask_covers_padding":
+        b["mask"] = 1 - b["prompt_mask"]  # every non-prompt position, padding included
+    elif code == "mask_covers_prompt":
+        b["mask"] = b["attention_mask"]  # every real token, prompt included
+    elif code == "empty_response":
+        b["mask"] = mask.clone()
+        b["mask"][1] = 0
+    elif code == "low_precision_logp":
+        b["logp"], b["ref_logp"] = logp.detach().half(), ref_logp.half()
+    else:  # kl_nonzero_at_start
+        b["ref_logp"] = ref_logp - 0.3  # another checkpoint
+    return b
+
+
+# ---------------------------------------------------------------------------------------------
 # Negative KL in the logs: which cause? (chapter 8)
 # ---------------------------------------------------------------------------------------------
 
@@ -220,16 +346,16 @@ NEGATIVE_KL_CAUSES: dict[str, str] = {
     "mask_covers_prompt": "prompt tokens are under the KL mask: they were not sampled from the policy, so E[l] there is not a KL",
     "dropout_active": "the policy's log-probs come from a forward pass with dropout on (train mode): noisy, and lower on average",
     "sampler_mismatch": "the tokens were sampled from another distribution than the one scored (temperature, top-p/top-k, "
-                        "another engine or precision): E_sampler[l] = KL(q||pi_ref) - KL(q||pi) can be negative",
+    "another engine or precision): E_sampler[l] = KL(q||pi_ref) - KL(q||pi) can be negative",
     "precision_mismatch": "policy and reference log-probs are computed in different or low precision: the log-ratio "
-                          "is not zero where the models agree",
+    "is not zero where the models agree",
     "reference_mismatch": "the log-ratio is not zero before the first update: the reference is not the initial policy "
-                          "(wrong checkpoint, different scoring temperature or chat template); on its own this makes the "
-                          "KL positive, not negative (on-policy E[k1] = KL(pi||pi_ref) >= 0 for any reference), but the "
-                          "penalty measures the KL to the wrong model",
+    "(wrong checkpoint, different scoring temperature or chat template); on its own this makes the "
+    "KL positive, not negative (on-policy E[k1] = KL(pi||pi_ref) >= 0 for any reference), but the "
+    "penalty measures the KL to the wrong model",
     "sign_reversed": "the logged value is -k1: the code logs mean(ref_logp - logp)",
     "sampling_noise": "single-sample k1 noise: the batch mean of sum_t l_t is within a few standard errors of zero; "
-                      "the KL is small, not negative (log k3 or the exact KL instead)",
+    "the KL is small, not negative (log k3 or the exact KL instead)",
 }
 
 
@@ -253,8 +379,10 @@ class NegativeKLDiagnosis:
         return [v.code for v in self.causes]
 
     def __str__(self) -> str:
-        head = (f"k1 = {self.kl_k1:.4g} (se {self.se_k1:.2g}) per sequence, k3 = {self.kl_k3:.4g}, "
-                f"k1 on valid tokens only = {self.kl_k1_valid:.4g}")
+        head = (
+            f"k1 = {self.kl_k1:.4g} (se {self.se_k1:.2g}) per sequence, k3 = {self.kl_k3:.4g}, "
+            f"k1 on valid tokens only = {self.kl_k1_valid:.4g}"
+        )
         if not self.causes:
             return head + "\nno cause found"
         return "\n".join([head, *(f"  - {v}" for v in self.causes)])
@@ -284,7 +412,7 @@ def diagnose_negative_kl(
     ``sec-practice-negative-kl``).
 
     ``logp``, ``ref_logp``, ``mask`` (and the optional ``attention_mask``, ``prompt_mask``) are as in
-    :func:`inspect`. The optional evidence, each enabling one test:
+    :func:`check_batch`. The optional evidence, each enabling one test:
 
     - ``sampler_logp``: the log-probs the *sampler* reported for the same tokens (an inference
       engine's, or the policy's at the sampling temperature / after top-p): ``sampler_mismatch`` when
@@ -304,10 +432,16 @@ def diagnose_negative_kl(
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch tensor, got {type(t).__name__}")
     if logp.dim() != 2 or ref_logp.shape != logp.shape or mask.shape != logp.shape:
-        raise ValueError(f"logp, ref_logp and mask must be [batch, time] of one shape, got "
-                         f"{tuple(logp.shape)}, {tuple(ref_logp.shape)}, {tuple(mask.shape)}")
-    for name, t in (("attention_mask", attention_mask), ("prompt_mask", prompt_mask),
-                    ("sampler_logp", sampler_logp), ("logp_repeat", logp_repeat)):
+        raise ValueError(
+            f"logp, ref_logp and mask must be [batch, time] of one shape, got "
+            f"{tuple(logp.shape)}, {tuple(ref_logp.shape)}, {tuple(mask.shape)}"
+        )
+    for name, t in (
+        ("attention_mask", attention_mask),
+        ("prompt_mask", prompt_mask),
+        ("sampler_logp", sampler_logp),
+        ("logp_repeat", logp_repeat),
+    ):
         if t is not None and t.shape != logp.shape:
             raise ValueError(f"{name} must have shape {tuple(logp.shape)}, got {tuple(t.shape)}")
     m = mask.detach().bool()
@@ -315,11 +449,11 @@ def diagnose_negative_kl(
         raise ValueError("mask selects no token")
     lp, rl = logp.detach().double(), ref_logp.detach().double()
     if not torch.isfinite((lp - rl)[m]).all():
-        raise ValueError("logp or ref_logp holds NaN or inf under the mask (run inspect() first)")
+        raise ValueError("logp or ref_logp holds NaN or inf under the mask (run check_batch() first)")
     ell = torch.where(m, lp - rl, torch.zeros_like(lp))
     rows = m.any(-1)
     seq = ell.sum(-1)[rows]
-    k3 = torch.where(m, torch.expm1(-(lp - rl)) + (lp - rl), torch.zeros_like(lp)).sum(-1)[rows]
+    k3 = of_log_ratio("k3", ell).sum(-1)[rows]  # k3(0) = 0 off the mask
     n = seq.numel()
     se = float(seq.std() / math.sqrt(n)) if n > 1 else float("inf")
     valid = m.clone()
@@ -328,8 +462,10 @@ def diagnose_negative_kl(
     def add(code: str, detail: str) -> None:
         causes.append(Violation(code, NEGATIVE_KL_CAUSES[code] + f" ({detail})"))
 
-    for code, other, bad in (("mask_covers_padding", attention_mask, lambda o: m & ~o.detach().bool()),
-                             ("mask_covers_prompt", prompt_mask, lambda o: m & o.detach().bool())):
+    for code, other, bad in (
+        ("mask_covers_padding", attention_mask, lambda o: m & ~o.detach().bool()),
+        ("mask_covers_prompt", prompt_mask, lambda o: m & o.detach().bool()),
+    ):
         if other is None:
             continue
         wrong = bad(other)
@@ -340,8 +476,11 @@ def diagnose_negative_kl(
 
     dropout = []
     if policy_model is not None:
-        dropout = [name for name, mod in policy_model.named_modules()
-                   if isinstance(mod, nn.Dropout) and mod.p > 0 and mod.training]
+        dropout = [
+            name
+            for name, mod in policy_model.named_modules()
+            if isinstance(mod, nn.Dropout) and mod.p > 0 and mod.training
+        ]
         cfg = getattr(policy_model, "config", None)
         if policy_model.training and cfg is not None and float(getattr(cfg, "attention_dropout", 0.0) or 0.0) > 0:
             dropout.append(f"config.attention_dropout={cfg.attention_dropout}")
@@ -353,13 +492,16 @@ def diagnose_negative_kl(
         add("dropout_active", "; ".join(dropout[:3]) + (f" and {len(dropout) - 3} more" if len(dropout) > 3 else ""))
 
     if sampler_logp is not None:
-        d = (lp - sampler_logp.detach().double())
+        d = lp - sampler_logp.detach().double()
         gap = d[m].abs().max()
         if float(gap) > tolerance:
             w = torch.exp(torch.where(m, d, torch.zeros_like(d)).sum(-1)[rows])
             reweighted = float((w * seq).sum() / w.sum())
-            add("sampler_mismatch", f"|logp - sampler_logp| up to {float(gap):.3g}, mean {float(d[m].mean()):+.3g}; "
-                                    f"k1 reweighted by pi/q per sequence: {reweighted:+.4g}")
+            add(
+                "sampler_mismatch",
+                f"|logp - sampler_logp| up to {float(gap):.3g}, mean {float(d[m].mean()):+.3g}; "
+                f"k1 reweighted by pi/q per sequence: {reweighted:+.4g}",
+            )
 
     if first_step:
         worst = float(ell[m].abs().max())
@@ -368,11 +510,16 @@ def diagnose_negative_kl(
             if logp.dtype != ref_logp.dtype or logp.dtype in low or ref_logp.dtype in low:
                 add("precision_mismatch", f"dtypes {logp.dtype} and {ref_logp.dtype}; max |l| = {worst:.3g} at step 0")
             else:
-                add("reference_mismatch", f"max |l| = {worst:.3g}, mean per sequence {float(seq.mean()):+.4g} at step 0")
+                add(
+                    "reference_mismatch", f"max |l| = {worst:.3g}, mean per sequence {float(seq.mean()):+.4g} at step 0"
+                )
 
     kl = float(seq.mean())
     if logged_kl is not None and kl != 0 and abs(logged_kl + kl) <= 1e-6 + 1e-3 * abs(kl) and logged_kl * kl < 0:
         add("sign_reversed", f"logged {logged_kl:+.4g}, k1 of this batch {kl:+.4g}")
     if kl < 0 and abs(kl) <= z * se:
-        add("sampling_noise", f"k1 = {kl:+.4g} is {abs(kl) / se:.2f} standard errors from 0; k3 = {float(k3.mean()):.4g}")
+        add(
+            "sampling_noise",
+            f"k1 = {kl:+.4g} is {abs(kl) / se:.2f} standard errors from 0; k3 = {float(k3.mean()):.4g}",
+        )
     return NegativeKLDiagnosis(kl, se, float(k3.mean()), k1_valid, causes)

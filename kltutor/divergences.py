@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kltutor._validation import probabilities
+
 __all__ = [
     "kl",
     "kl_from_logits",
@@ -56,35 +58,20 @@ def _to_tensor(x: Any, name: str) -> Tensor:
     return t
 
 
-def _default_atol(dtype: torch.dtype) -> float:
-    return 1e-9 if dtype == torch.float64 else 1e-4
-
-
 def validate_distributions(p: Any, q: Any, atol: float | None = None) -> tuple[Tensor, Tensor]:
     """Check two categorical distributions along the last axis; return them as tensors.
 
-    Raises ``ValueError`` for different shapes, a 0-d input or an empty last axis, NaN or infinite
-    entries, negative entries, or rows that do not sum to one within ``atol`` (default ``1e-9`` in
-    float64, ``1e-4`` otherwise).
+    Both are promoted to a common dtype first, then checked by :func:`kltutor._validation.probabilities`:
+    ``ValueError`` for different shapes, a 0-d input or an empty last axis, NaN or infinite entries,
+    negative entries, or rows that do not sum to one within ``atol`` (default ``1e-9`` in float64,
+    ``1e-4`` otherwise).
     """
     p = _to_tensor(p, "p")
     q = _to_tensor(q, "q")
     if p.shape != q.shape:
         raise ValueError(f"p and q must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
-    if p.dim() == 0 or p.shape[-1] == 0:
-        raise ValueError(f"p and q need a non-empty last axis holding the probabilities, got shape {tuple(p.shape)}")
     dtype = torch.promote_types(p.dtype, q.dtype)
-    p, q = p.to(dtype), q.to(dtype)
-    tol = _default_atol(dtype) if atol is None else atol
-    for name, t in (("p", p), ("q", q)):
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{name} holds NaN or infinite entries; probabilities must be finite")
-        if (t < 0).any():
-            raise ValueError(f"{name} holds negative entries (min {t.min().item():.3g}); probabilities must be >= 0")
-        err = (t.sum(dim=-1) - 1).abs().max().item()
-        if err > tol:
-            raise ValueError(f"{name} does not sum to 1 along the last axis (largest error {err:.3g} > atol {tol:.1g})")
-    return p, q
+    return probabilities("p", p, atol=atol, dtype=dtype), probabilities("q", q, atol=atol, dtype=dtype)
 
 
 def kl(p: Any, q: Any, atol: float | None = None) -> Tensor:
@@ -162,7 +149,9 @@ def chi2(p: Any, q: Any, atol: float | None = None) -> Tensor:
     """Pearson chi^2(p || q) = sum (p - q)^2 / q = sum p^2/q - 1; +inf if p > 0 where q = 0."""
     p, q = validate_distributions(p, q, atol)
     safe_q = torch.where(q > 0, q, torch.ones_like(q))
-    terms = torch.where(q > 0, (p - q).square() / safe_q, torch.where(p > 0, torch.full_like(p, math.inf), torch.zeros_like(p)))
+    terms = torch.where(
+        q > 0, (p - q).square() / safe_q, torch.where(p > 0, torch.full_like(p, math.inf), torch.zeros_like(p))
+    )
     return terms.sum(dim=-1)
 
 

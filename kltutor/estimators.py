@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
+
+from kltutor import divergences
+from kltutor._validation import probabilities
 
 __all__ = [
     "k1",
@@ -44,6 +48,8 @@ __all__ = [
     "exact_aggregation_moments",
     "ESTIMATORS",
     "get_estimator",
+    "of_log_ratio",
+    "derivative",
     "estimate_kl",
     "validate_logps",
     "validate_mask",
@@ -53,13 +59,19 @@ __all__ = [
 def validate_logps(logp: Tensor, ref_logp: Tensor) -> None:
     """Raise a clear error for mismatched shapes or non-finite log-probabilities."""
     if not isinstance(logp, Tensor) or not isinstance(ref_logp, Tensor):
-        raise TypeError(f"logp and ref_logp must be torch tensors, got {type(logp).__name__} and {type(ref_logp).__name__}")
+        raise TypeError(
+            f"logp and ref_logp must be torch tensors, got {type(logp).__name__} and {type(ref_logp).__name__}"
+        )
     if logp.shape != ref_logp.shape:
-        raise ValueError(f"logp and ref_logp must have the same shape, got {tuple(logp.shape)} and {tuple(ref_logp.shape)}")
+        raise ValueError(
+            f"logp and ref_logp must have the same shape, got {tuple(logp.shape)} and {tuple(ref_logp.shape)}"
+        )
     for name, t in (("logp", logp), ("ref_logp", ref_logp)):
         if not torch.isfinite(t).all():
             bad = (~torch.isfinite(t)).sum().item()
-            raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or inf); log-probabilities of sampled tokens must be finite")
+            raise ValueError(
+                f"{name} holds {bad} non-finite value(s) (NaN or inf); log-probabilities of sampled tokens must be finite"
+            )
 
 
 def validate_mask(mask: Tensor | None, shape: torch.Size) -> Tensor | None:
@@ -113,7 +125,7 @@ def k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     ``expm1(-l) + l`` (:func:`k3_expm1`) is better but still has relative error about
     ``2 eps / |l|`` there, because ``expm1(-l)`` and ``l`` cancel to leading order (chapter 2). This is
     the book's one rule for k3 (chapters 2 and 7): float32 log-ratios (cast float16/bfloat16 first) and
-    this function; :func:`kltutor.exercises.ch02.k3_accuracy_failures` checks it.
+    this function; :func:`kltutor.exercises.estimators.k3_accuracy_failures` checks it.
     Where ``exp(-l)`` overflows the dtype the result is ``inf``, as the true value is.
     """
     validate_logps(logp, ref_logp)
@@ -159,6 +171,39 @@ def get_estimator(name: str) -> Callable[[Tensor, Tensor], Tensor]:
         return ESTIMATORS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown estimator {name!r}; choose one of {sorted(ESTIMATORS)}") from None
+
+
+def of_log_ratio(estimator: str, log_ratio: Tensor) -> Tensor:
+    """The estimator ``"k1"``, ``"k2"`` or ``"k3"`` as a function of the log-ratio: ``k(l)``, elementwise.
+
+    For code that holds ``l = logp - ref_logp`` (a summed sequence log-ratio, a toy's enumeration):
+    the same functions as :data:`ESTIMATORS`, so k3 is computed by :func:`k3`'s stable rule. float16
+    and bfloat16 inputs are computed, and returned, in float32 (the book's one rule for k3, chapters 2
+    and 7: sixteen bits cannot hold k3 near ``l = 0``); other dtypes are kept.
+
+    >>> of_log_ratio("k3", torch.tensor([0.0, 1.0], dtype=torch.float64))  # e^-1 - 1 + 1 at l = 1
+    tensor([0.0000, 0.3679], dtype=torch.float64)
+    >>> of_log_ratio("k3", torch.tensor([0.01], dtype=torch.bfloat16)).dtype
+    torch.float32
+    """
+    fn = get_estimator(estimator)
+    if log_ratio.dtype in (torch.float16, torch.bfloat16):
+        log_ratio = log_ratio.float()
+    return fn(log_ratio, torch.zeros_like(log_ratio))
+
+
+def derivative(estimator: str, log_ratio: Tensor) -> Tensor:
+    """``dk/dl`` of the estimator at the log-ratio ``l``: 1 (k1), ``l`` (k2), ``1 - e^{-l}`` (k3).
+
+    In a loss, autograd multiplies it by the score ``grad log pi(y)`` of the sampled token: the
+    per-sample gradient of every ``"<k>-in-loss"`` placement (chapter 3).
+    """
+    get_estimator(estimator)
+    if estimator == "k1":
+        return torch.ones_like(log_ratio)
+    if estimator == "k2":
+        return log_ratio
+    return -torch.expm1(-log_ratio)
 
 
 def estimate_kl(
@@ -263,17 +308,6 @@ def k3_reference(log_ratio: Sequence[float] | Tensor, digits: int = 50) -> Tenso
     return torch.tensor(out, dtype=torch.float64)
 
 
-def _as_probs(name: str, p: Tensor | Sequence[float]) -> Tensor:
-    t = torch.as_tensor(p, dtype=torch.float64)
-    if t.dim() != 1 or t.numel() < 1:
-        raise ValueError(f"{name} must be a 1-d vector of probabilities, got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all() or (t < 0).any():
-        raise ValueError(f"{name} must hold finite, non-negative probabilities")
-    if abs(t.sum().item() - 1.0) > 1e-9:
-        raise ValueError(f"{name} must sum to 1, sums to {t.sum().item():.12g}")
-    return t
-
-
 def exact_moments(p: Tensor | Sequence[float], q: Tensor | Sequence[float], estimator: str) -> dict[str, float]:
     r"""Exact mean and variance of one sample of ``estimator`` with ``y ~ p``, by enumeration.
 
@@ -284,8 +318,8 @@ def exact_moments(p: Tensor | Sequence[float], q: Tensor | Sequence[float], esti
     estimator's log-ratio is ``+inf`` on that outcome: this raises ``ValueError``.
     """
     fn = get_estimator(estimator)
-    p = _as_probs("p", p)
-    q = _as_probs("q", q)
+    p = probabilities("p", p, vector=True, dtype=torch.float64)
+    q = probabilities("q", q, vector=True, dtype=torch.float64)
     if p.shape != q.shape:
         raise ValueError(f"p and q must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
     seen = p > 0
@@ -295,7 +329,7 @@ def exact_moments(p: Tensor | Sequence[float], q: Tensor | Sequence[float], esti
     values = fn(lp, lq)
     mean = (pw * values).sum()
     var = (pw * (values - mean) ** 2).sum()
-    kl = (pw * (lp - lq)).sum()
+    kl = divergences.kl(p, q)
     return {"kl": kl.item(), "mean": mean.item(), "var": var.item(), "bias": (mean - kl).item()}
 
 
@@ -350,8 +384,8 @@ def gaussian_k3_variance(mu_policy: float, sigma_policy: float, mu_ref: float, s
     """
     finite = k3_variance_is_finite(sigma_policy, sigma_ref)
     sp, sr, dm = sigma_policy, sigma_ref, mu_policy - mu_ref
-    kl = math.log(sr / sp) + (sp**2 + dm**2) / (2 * sr**2) - 0.5
-    kl_rev = math.log(sp / sr) + (sr**2 + dm**2) / (2 * sp**2) - 0.5
+    kl = float(divergences.kl_gaussian(mu_policy, sp, mu_ref, sr))
+    kl_rev = float(divergences.kl_gaussian(mu_ref, sr, mu_policy, sp))
     # l = c + a z^2 + b z with y = mu_policy + sp z
     a = 0.5 * (sp**2 / sr**2 - 1)
     b = sp * dm / sr**2
@@ -385,7 +419,9 @@ def enumerate_autoregressive(tables: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         if tuple(tab.shape) != (vocab,) * (t + 1):
             raise ValueError(f"tables[{t}] must have shape {(vocab,) * (t + 1)}, got {tuple(tab.shape)}")
         if (tab < 0).any() or not torch.allclose(tab.sum(-1).double(), torch.ones((), dtype=torch.float64)):
-            raise ValueError(f"tables[{t}] must hold conditional distributions (non-negative, summing to 1 over the last axis)")
+            raise ValueError(
+                f"tables[{t}] must hold conditional distributions (non-negative, summing to 1 over the last axis)"
+            )
     seqs = torch.tensor(list(itertools.product(range(vocab), repeat=len(tables))), dtype=torch.long)
     logp = torch.stack([tables[t].double()[tuple(seqs[:, : t + 1].T)].log() for t in range(len(tables))], dim=-1)
     return seqs, logp

@@ -9,17 +9,22 @@ numbers a chapter can print and a test can assert on:
 - :func:`length_hacking`: a proxy reward with an exploitable length bonus, optimised exactly.
 - :func:`wrong_reference`: the KL anchored to the pre-trained base instead of the SFT checkpoint.
 - :func:`importance_weighted_kl`: a KL estimated from stale samples with importance ratios.
-- :func:`k3_precision`: k3 in float16 / bfloat16, naive and stable (float32 + :func:`kltutor.estimators.k3`)
-  forms, against float64.
+- :func:`k3_precision`: k3 in float16 / bfloat16, naive (:func:`kltutor.estimators.k3_naive`) and stable
+  (:func:`kltutor.estimators.of_log_ratio`: float32 and :func:`kltutor.estimators.k3`) forms, against float64.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from kltutor import divergences, estimators
+from kltutor._validation import probabilities
+from kltutor.preference import optimal_policy
+from kltutor.toys.bandits import softmax_policy_gradient
 
 __all__ = [
     "entropy",
@@ -27,24 +32,17 @@ __all__ = [
     "length_hacking",
     "wrong_reference",
     "importance_weighted_kl",
-    "k3_naive",
-    "k3_stable",
     "k3_precision",
 ]
 
 
 def _probs(p: Tensor | Sequence[float], name: str) -> Tensor:
-    p = torch.as_tensor(p, dtype=torch.float64)
-    if p.dim() != 1 or p.numel() < 2:
-        raise ValueError(f"{name} must be a 1-D probability vector with at least 2 entries")
-    if not torch.isfinite(p).all() or (p < 0).any() or abs(float(p.sum()) - 1) > 1e-9:
-        raise ValueError(f"{name} must hold finite non-negative probabilities summing to 1")
-    return p
+    return probabilities(name, p, vector=True, min_size=2, dtype=torch.float64)
 
 
 def _kl(p: Tensor, q: Tensor) -> float:
-    s = p > 0
-    return max(float((p[s] * (p[s].log() - q[s].log())).sum()), 0.0)
+    """KL(p || q) as a float (:func:`kltutor.divergences.kl`), float round-off below 0 clipped to 0."""
+    return max(float(divergences.kl(p, q)), 0.0)
 
 
 def entropy(p: Tensor | Sequence[float]) -> float:
@@ -75,16 +73,12 @@ def train_bandit(
         raise ValueError(f"beta must be finite and non-negative, got {beta}")
     if steps < 1 or lr <= 0:
         raise ValueError("steps must be >= 1 and lr > 0")
-    if (p == 0).any():
-        raise ValueError("ref_probs must be strictly positive (the reference must cover every response)")
+    p = probabilities("ref_probs", p, positive=True)  # the reference must cover every response
     ref_logp = p.log()
     logits = ref_logp.clone()
     out: dict[str, list[float]] = {"kl": [], "reward": [], "entropy": [], "grad_norm": []}
     for _ in range(steps):
-        logp = torch.log_softmax(logits, 0)
-        pi = logp.exp()
-        adv = r - beta * (logp - ref_logp)
-        grad = pi * (adv - (pi * adv).sum())
+        grad = softmax_policy_gradient(logits, r, beta, ref_logp)
         logits = logits + lr * grad
         pi = torch.softmax(logits, 0)
         out["kl"].append(_kl(pi, p))
@@ -122,7 +116,7 @@ def length_hacking(
     for beta in betas:
         if not beta > 0:
             raise ValueError(f"every beta must be positive, got {beta}")
-        pi = torch.softmax(ref.log() + proxy / beta, 0)
+        pi = optimal_policy(ref, proxy, beta)
         out["beta"].append(float(beta))
         out["kl"].append(_kl(pi, ref))
         out["proxy"].append(float((pi * proxy).sum()))
@@ -157,7 +151,7 @@ def wrong_reference(
         for beta in betas:
             if not beta > 0:
                 raise ValueError(f"every beta must be positive, got {beta}")
-            pi = torch.softmax(ref.log() + reward / beta, 0)
+            pi = optimal_policy(ref, reward, beta)
             rows["beta"].append(float(beta))
             rows["kl_at_init"].append(_kl(sft, ref))
             rows["kl"].append(_kl(pi, ref))
@@ -192,44 +186,33 @@ def importance_weighted_kl(
         raise ValueError("clip must be positive")
     g = torch.Generator().manual_seed(seed)
     idx = torch.multinomial(old, n_samples * n_batches, replacement=True, generator=g).view(n_batches, n_samples)
-    log_ratio = pi.log()[idx] - q.log()[idx]
-    k3 = torch.expm1(-log_ratio) + log_ratio
-    w = (pi[idx] / old[idx])
+    k3 = estimators.k3(pi.log()[idx], q.log()[idx])
+    w = pi[idx] / old[idx]
     if clip is not None:
         w = w.clamp(max=clip)
     est = (w * k3).mean(1)
     return {"exact": _kl(pi, q), "mean": float(est.mean()), "std": float(est.std()), "max_weight": float(w.max())}
 
 
-def k3_naive(log_ratio: Tensor) -> Tensor:
-    """k3 = exp(-l) - 1 + l, written the obvious way (in the tensor's own dtype)."""
-    return torch.exp(-log_ratio) - 1 + log_ratio
-
-
-def k3_stable(log_ratio: Tensor) -> Tensor:
-    """k3 of a log-ratio by the book's one rule (chapter 2): cast float16/bfloat16 to float32, then
-    :func:`kltutor.estimators.k3` (Taylor series for ``|l| <= 0.5``, ``expm1`` beyond)."""
-    from kltutor.estimators import k3
-
-    lr = log_ratio.float() if log_ratio.dtype in (torch.float16, torch.bfloat16) else log_ratio
-    return k3(lr, torch.zeros_like(lr))
-
-
-def k3_precision(log_ratios: Sequence[float], dtypes: Sequence[torch.dtype] = (torch.float16, torch.bfloat16, torch.float32)) -> list[dict[str, float | str]]:
+def k3_precision(
+    log_ratios: Sequence[float], dtypes: Sequence[torch.dtype] = (torch.float16, torch.bfloat16, torch.float32)
+) -> list[dict[str, float | str]]:
     """k3 of each log-ratio in each dtype, naive and stable, next to the float64 value."""
     rows: list[dict[str, float | str]] = []
     ref = torch.tensor(list(log_ratios), dtype=torch.float64)
-    exact = torch.expm1(-ref) + ref
+    exact = estimators.of_log_ratio("k3", ref)
     for dtype in dtypes:
         lr = ref.to(dtype)
-        naive = k3_naive(lr).double()
-        stable = k3_stable(lr).double()
+        naive = estimators.k3_naive(lr, torch.zeros_like(lr)).double()
+        stable = estimators.of_log_ratio("k3", lr).double()
         for i, value in enumerate(ref.tolist()):
-            rows.append({
-                "dtype": str(dtype).replace("torch.", ""),
-                "log_ratio": value,
-                "exact": float(exact[i]),
-                "naive": float(naive[i]),
-                "stable (fp32, estimators.k3)": float(stable[i]),
-            })
+            rows.append(
+                {
+                    "dtype": str(dtype).replace("torch.", ""),
+                    "log_ratio": value,
+                    "exact": float(exact[i]),
+                    "naive": float(naive[i]),
+                    "stable (fp32, estimators.k3)": float(stable[i]),
+                }
+            )
     return rows

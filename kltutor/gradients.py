@@ -32,16 +32,19 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from kltutor.estimators import derivative, of_log_ratio
 from kltutor.toys.autoregressive import BinaryAutoregressive, all_binary_sequences
 
 __all__ = [
     "PLACEMENT_KEYS",
+    "per_sample_surrogate",
     "exact_kl_gradients",
     "per_sample_gradients",
     "exact_gradient_moments",
     "MCGradient",
     "mc_kl_gradients",
     "offpolicy_kl_loss_gradient",
+    "expected_gradient_on_samples",
 ]
 
 PLACEMENT_KEYS = ("true", "k1-in-reward", "k1-in-loss", "k2-in-loss", "k3-in-loss", "k3-in-reward")
@@ -49,27 +52,6 @@ ESTIMATOR_PLACEMENTS = PLACEMENT_KEYS[1:]
 
 Level = Literal["token", "sequence"]
 RewardForm = Literal["return-to-go", "full"]
-
-
-def _k(name: str, lr: Tensor) -> Tensor:
-    if name == "k1":
-        return lr
-    if name == "k2":
-        return 0.5 * lr.square()
-    if name == "k3":
-        return torch.expm1(-lr) + lr
-    raise ValueError(f"unknown estimator {name!r}; choose 'k1', 'k2' or 'k3'")
-
-
-def _dk(name: str, lr: Tensor) -> Tensor:
-    """Derivative of the estimator with respect to the log-ratio."""
-    if name == "k1":
-        return torch.ones_like(lr)
-    if name == "k2":
-        return lr
-    if name == "k3":
-        return -torch.expm1(-lr)
-    raise ValueError(f"unknown estimator {name!r}; choose 'k1', 'k2' or 'k3'")
 
 
 def _parse(placement: str) -> tuple[str, str]:
@@ -89,20 +71,24 @@ def _check_args(policy, reference, level: str, reward_form: str) -> None:
         raise ValueError(f"reward_form must be 'return-to-go' or 'full', got {reward_form!r}")
 
 
-def _surrogate(policy, reference, seqs: Tensor, placement: str, level: str, reward_form: str) -> Tensor:
-    """Per-sequence scalar whose gradient (sample fixed) is the placement's per-sample gradient."""
+def per_sample_surrogate(policy, reference, seqs: Tensor, placement: str, level: str, reward_form: str) -> Tensor:
+    """Per-sequence scalar whose gradient (sample fixed) is the placement's per-sample gradient.
+
+    ``placement`` is one of ``"k1-in-reward"``, ``"k1-in-loss"``, ``"k2-in-loss"``, ``"k3-in-loss"``,
+    ``"k3-in-reward"``; ``level`` and ``reward_form`` as in :func:`exact_kl_gradients`.
+    """
     est, where = _parse(placement)
     logp = policy.token_logprobs(seqs)
     with torch.no_grad():
         ref = reference.token_logprobs(seqs)
     lr = logp - ref
     if where == "loss":
-        return _k(est, lr).sum(-1) if level == "token" else _k(est, lr.sum(-1))
+        return of_log_ratio(est, lr).sum(-1) if level == "token" else of_log_ratio(est, lr.sum(-1))
     # in the reward: the penalty is a detached reward, reaching the parameters through the score
     lr_d = lr.detach()
     if level == "sequence":
-        return logp.sum(-1) * _k(est, lr_d.sum(-1))
-    pen = _k(est, lr_d)
+        return logp.sum(-1) * of_log_ratio(est, lr_d.sum(-1))
+    pen = of_log_ratio(est, lr_d)
     if reward_form == "full":
         return logp.sum(-1) * pen.sum(-1)
     rtg = pen.flip(-1).cumsum(-1).flip(-1)
@@ -131,7 +117,7 @@ def exact_kl_gradients(
     (ga, gb) = torch.autograd.grad(policy.exact_kl(reference, seq_len), params)
     out["true"] = torch.stack([ga, gb]).detach()
     for key in ESTIMATOR_PLACEMENTS:
-        s = (probs * _surrogate(policy, reference, seqs, key, level, reward_form)).sum()
+        s = (probs * per_sample_surrogate(policy, reference, seqs, key, level, reward_form)).sum()
         # both parameters enter every surrogate (b multiplies c_t even where c_t = 0): no None gradient
         ga, gb = torch.autograd.grad(s, params)
         out[key] = torch.stack([ga, gb]).detach()
@@ -158,13 +144,13 @@ def per_sample_gradients(
         lr = policy.token_logprobs(seqs) - reference.token_logprobs(seqs)
         L = lr.sum(-1, keepdim=True).expand_as(lr)
         if where == "loss":
-            psi = _dk(est, lr) if level == "token" else _dk(est, L)
+            psi = derivative(est, lr) if level == "token" else derivative(est, L)
         elif level == "sequence":
-            psi = _k(est, L)
+            psi = of_log_ratio(est, L)
         elif reward_form == "full":
-            psi = _k(est, lr).sum(-1, keepdim=True).expand_as(lr)
+            psi = of_log_ratio(est, lr).sum(-1, keepdim=True).expand_as(lr)
         else:
-            psi = _k(est, lr).flip(-1).cumsum(-1).flip(-1)
+            psi = of_log_ratio(est, lr).flip(-1).cumsum(-1).flip(-1)
     return (psi[..., None] * scores).sum(1)
 
 
@@ -277,18 +263,36 @@ def offpolicy_kl_loss_gradient(
 
     if importance not in ("none", "token", "prefix"):
         raise ValueError(f"importance must be 'none', 'token' or 'prefix', got {importance!r}")
+
+    def loss(logp: Tensor, old: Tensor, ref: Tensor, weights: Tensor) -> Tensor:
+        mask = weights[:, None].expand_as(logp).contiguous()
+        kw = {} if importance == "none" else {"old_logp": old, "importance": importance}
+        # "sequence-sum" averages over rows; the weights already sum to one
+        return kl_loss(logp, ref, mask, estimator=estimator, aggregation="sequence-sum", **kw) * logp.shape[0]
+
+    return expected_gradient_on_samples(policy, sampler, reference, seq_len, loss)
+
+
+def expected_gradient_on_samples(
+    policy: BinaryAutoregressive,
+    sampler: BinaryAutoregressive,
+    reference: BinaryAutoregressive,
+    seq_len: int,
+    loss,
+) -> Tensor:
+    """The exact gradient w.r.t. ``(a, b)`` of ``loss(logp, old_logp, ref_logp, weights)`` over every sequence.
+
+    ``logp`` (with gradient), ``old_logp`` and ``ref_logp`` are the ``[2**T, T]`` token log-probabilities
+    of every sequence under the policy, the ``sampler`` and the reference; ``weights`` are the sampler's
+    sequence probabilities, so a ``loss`` that weights each sequence's term by them is the expectation
+    of that term over samples from ``sampler``. :func:`offpolicy_kl_loss_gradient` and
+    :func:`kltutor.practice.offpolicy_kl_gradient` are built on it.
+    """
     seqs = all_binary_sequences(seq_len)
     with torch.no_grad():
         weights = sampler.sequence_logprobs(seqs).exp()
         ref = reference.token_logprobs(seqs)
         old = sampler.token_logprobs(seqs)
     logp = policy.token_logprobs(seqs)
-    mask = weights[:, None].expand_as(logp).contiguous()
-    if importance == "none":
-        loss = kl_loss(logp, ref, mask, estimator=estimator, aggregation="sequence-sum")
-    else:
-        loss = kl_loss(logp, ref, mask, estimator=estimator, old_logp=old, importance=importance,
-                       aggregation="sequence-sum")
-    loss = loss * seqs.shape[0]  # "sequence-sum" averages over rows; the weights already sum to one
-    ga, gb = torch.autograd.grad(loss, [policy.a, policy.b])
+    ga, gb = torch.autograd.grad(loss(logp, old, ref, weights), [policy.a, policy.b])
     return torch.stack([ga, gb]).detach()

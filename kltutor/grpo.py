@@ -11,7 +11,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from kltutor.placements import Aggregation, aggregate, clipped_surrogate, kl_loss, parse_placement, returns_to_go, shaped_rewards
+from kltutor._validation import probabilities
+from kltutor.placements import (
+    Aggregation,
+    aggregate,
+    clipped_surrogate,
+    kl_loss,
+    parse_placement,
+    returns_to_go,
+    shaped_rewards,
+)
 
 __all__ = ["group_advantages", "GRPOLoss", "grpo_loss", "expected_in_loss_gradient"]
 
@@ -111,12 +120,16 @@ def grpo_loss(
     if logp.dim() != 2:
         raise ValueError(f"logp must be [batch, time], got shape {tuple(logp.shape)}")
     if rewards.shape != logp.shape[:1]:
-        raise ValueError(f"rewards must be [batch] = {tuple(logp.shape[:1])}, one per completion, got {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be [batch] = {tuple(logp.shape[:1])}, one per completion, got {tuple(rewards.shape)}"
+        )
     adv = group_advantages(rewards, group_size, normalize_std=normalize_std, clip_std=clip_std)
     m = mask.to(logp.dtype)
     kl_term = torch.zeros((), dtype=logp.dtype, device=logp.device)
     if p.in_reward and beta > 0:
-        penalty = shaped_rewards(torch.zeros_like(adv), old_logp, ref_logp, m, beta, p.estimator)  # -beta k(l_old), frozen
+        penalty = shaped_rewards(
+            torch.zeros_like(adv), old_logp, ref_logp, m, beta, p.estimator
+        )  # -beta k(l_old), frozen
         token_adv = adv[:, None] * m + returns_to_go(penalty, m)
         policy_loss, stats = clipped_surrogate(logp, old_logp, token_adv, m, clip_eps, aggregation)
         with torch.no_grad():
@@ -127,11 +140,18 @@ def grpo_loss(
         loss = policy_loss
         if p.in_loss:
             kl_term = kl_loss(
-                logp, ref_logp, m, p.estimator, level=kl_level,
-                old_logp=old_logp if importance_weighted_kl else None, aggregation=aggregation,
+                logp,
+                ref_logp,
+                m,
+                p.estimator,
+                level=kl_level,
+                old_logp=old_logp if importance_weighted_kl else None,
+                aggregation=aggregation,
             )
             loss = loss + beta * kl_term
-    return GRPOLoss(loss=loss, policy_loss=policy_loss.detach(), kl_term=kl_term.detach(), clip_fraction=stats["clip_fraction"])
+    return GRPOLoss(
+        loss=loss, policy_loss=policy_loss.detach(), kl_term=kl_term.detach(), clip_fraction=stats["clip_fraction"]
+    )
 
 
 def expected_in_loss_gradient(
@@ -158,9 +178,14 @@ def expected_in_loss_gradient(
         raise ValueError("logits and ref_logp must be 1-D over the same outcomes")
     theta = logits.detach().to(torch.float64).clone().requires_grad_(True)
     logp = torch.log_softmax(theta, -1)
-    q = torch.exp(logp).detach() if sampling_probs is None else sampling_probs.to(torch.float64)
-    if q.shape != logits.shape or (q < 0).any() or not torch.isclose(q.sum(), torch.ones((), dtype=q.dtype)):
-        raise ValueError("sampling_probs must be a probability vector over the same outcomes")
+    if sampling_probs is None:
+        q = torch.exp(logp).detach()
+    else:
+        q = probabilities("sampling_probs", sampling_probs, vector=True, dtype=torch.float64)
+        if q.shape != logits.shape:
+            raise ValueError(
+                f"sampling_probs must be a probability vector over the same {logits.shape[0]} outcomes, got shape {tuple(q.shape)}"
+            )
     values = fn(logp, ref_logp.to(torch.float64))
     if importance_weighted:
         values = torch.exp(logp - torch.log(q)) * values

@@ -25,13 +25,17 @@ Everything is exact enumeration in float64; nothing is sampled except the prefer
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from kltutor import divergences
+from kltutor._validation import probabilities
+from kltutor.preference import optimal_policy
+from kltutor.toys.bandits import softmax_policy_gradient
 
 __all__ = [
     "kl_categorical",
@@ -68,14 +72,7 @@ FORMS: tuple[str, ...] = ("bon", "rl")
 # exact divergences on a discrete support
 # --------------------------------------------------------------------------------------------
 def _as_probs(p: Tensor | Sequence[float], name: str) -> Tensor:
-    p = torch.as_tensor(p, dtype=torch.float64)
-    if p.dim() != 1 or p.numel() == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D vector of probabilities, got shape {tuple(p.shape)}")
-    if not torch.isfinite(p).all() or (p < 0).any():
-        raise ValueError(f"{name} must hold finite, non-negative probabilities")
-    if abs(p.sum().item() - 1.0) > 1e-9:
-        raise ValueError(f"{name} must sum to 1, sums to {p.sum().item():.12g}")
-    return p
+    return probabilities(name, p, vector=True, dtype=torch.float64)
 
 
 def kl_categorical(p: Tensor | Sequence[float], q: Tensor | Sequence[float]) -> float:
@@ -104,13 +101,13 @@ def _check_rewards(rewards: Tensor | Sequence[float], size: int) -> Tensor:
 
 
 def tilted_policy(ref_probs: Tensor | Sequence[float], rewards: Tensor | Sequence[float], beta: float) -> Tensor:
-    """The KL-regularised optimum pi* = pi_ref exp(r / beta) / Z, computed in log space."""
+    """The KL-regularised optimum pi* = pi_ref exp(r / beta) / Z of one prompt: :func:`kltutor.preference.optimal_policy`
+    on a 1-D float64 vector (lists accepted), with this module's argument checks."""
     p = _as_probs(ref_probs, "ref_probs")
     r = _check_rewards(rewards, p.numel())
     if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
         raise ValueError(f"beta must be a finite positive number, got {beta!r}")
-    logits = torch.where(p > 0, p.log() + r / beta, torch.full_like(p, -math.inf))
-    return torch.softmax(logits, dim=0)
+    return optimal_policy(p, r, beta)
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,7 +186,9 @@ def best_of_n_kl_formula(n: int | Tensor) -> float | Tensor:
 # --------------------------------------------------------------------------------------------
 def _check_form(form: str) -> str:
     if form not in FORMS:
-        raise ValueError(f"unknown form {form!r}; choose one of {list(FORMS)} ('bon': d(alpha - beta d), 'rl': d(alpha - beta log d))")
+        raise ValueError(
+            f"unknown form {form!r}; choose one of {list(FORMS)} ('bon': d(alpha - beta d), 'rl': d(alpha - beta log d))"
+        )
     return form
 
 
@@ -317,7 +316,13 @@ def safe_kl_budget(alpha: float, beta: float, form: Form, fraction: float = 0.9)
             else:
                 hi = mid
         d = hi
-    return {"d": d, "kl": d * d, "gain": float(gold_form(d, alpha, beta, form)), "peak_kl": peak["kl"], "peak_gain": peak["gain"]}
+    return {
+        "d": d,
+        "kl": d * d,
+        "gain": float(gold_form(d, alpha, beta, form)),
+        "peak_kl": peak["kl"],
+        "peak_gain": peak["gain"],
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,13 +470,8 @@ def policy_gradient_path(
     base_proxy, base_gold = _expect(world.ref_probs, proxy), _expect(world.ref_probs, world.gold)
     rows: dict[str, list[float]] = {"step": [], "kl": [], "proxy": [], "gold": []}
     for t in range(1, steps + 1):
-        logp = torch.log_softmax(logits, 0)
-        pi = logp.exp()
-        adv = proxy - kl_coef * (logp - ref_logp)
-        if natural:
-            logits = logp + lr * adv
-        else:
-            logits = logits + lr * pi * (adv - (pi * adv).sum())
+        step = softmax_policy_gradient(logits, proxy, kl_coef, ref_logp, natural=natural)
+        logits = (torch.log_softmax(logits, 0) if natural else logits) + lr * step
         pi = torch.softmax(logits, 0)
         rows["step"].append(t)
         rows["kl"].append(kl_categorical(pi, world.ref_probs))
@@ -560,7 +560,9 @@ def fits_over_comparison_sets(
                     peak_kl, safe_kl = budget["peak_kl"], budget["kl"]
                 except ValueError:  # the fitted form has no interior maximum
                     peak_kl = safe_kl = float("nan")
-                entry = out.setdefault(f"{key}-{form}", {"alpha": [], "beta": [], "rmse": [], "peak_kl": [], "safe_kl": []})
+                entry = out.setdefault(
+                    f"{key}-{form}", {"alpha": [], "beta": [], "rmse": [], "peak_kl": [], "safe_kl": []}
+                )
                 entry["alpha"].append(fit.alpha)
                 entry["beta"].append(fit.beta)
                 entry["rmse"].append(fit.rmse)

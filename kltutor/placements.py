@@ -126,7 +126,7 @@ def last_token_index(mask: Tensor) -> Tensor:
     """Index of the last non-zero mask entry of each row (the last response token); ``[batch]``."""
     if mask.dim() != 2:
         raise ValueError(f"mask must be [batch, time], got shape {tuple(mask.shape)}")
-    m = (mask != 0)
+    m = mask != 0
     if not m.any(-1).all():
         raise ValueError("every sequence needs at least one response token (a row of the mask is all zero)")
     positions = torch.arange(mask.shape[-1], device=mask.device).expand_as(m)

@@ -31,13 +31,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Callable, Iterator, Literal, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from kltutor.estimators import enumerate_autoregressive
+from kltutor import divergences
+from kltutor._validation import probabilities
+from kltutor.estimators import enumerate_autoregressive, of_log_ratio
+from kltutor.gradients import exact_kl_gradients, expected_gradient_on_samples
+from kltutor.preference import optimal_policy
 from kltutor.toys.autoregressive import BinaryAutoregressive, all_binary_sequences
+from kltutor.toys.bandits import softmax_policy_gradient
 
 __all__ = [
     "process_logits",
@@ -72,8 +78,9 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 
-def process_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
-                   top_p: float | None = None) -> Tensor:
+def process_logits(
+    logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> Tensor:
     """The sampling distribution over the last axis: ``softmax(logits / temperature)``, truncated.
 
     Applied in the order samplers use (Hugging Face's ``generate``, vLLM): temperature first, then
@@ -108,11 +115,12 @@ def process_logits(logits: Tensor, temperature: float = 1.0, top_k: int | None =
     return out / out.sum(-1, keepdim=True)
 
 
-def random_logit_tables(vocab: int, seq_len: int, scale: float = 1.0,
-                        generator: torch.Generator | None = None) -> list[Tensor]:
+def random_logit_tables(
+    vocab: int, seq_len: int, scale: float = 1.0, generator: torch.Generator | None = None
+) -> list[Tensor]:
     """Logits of a random autoregressive model: ``tables[t]`` has shape ``[vocab] * (t + 1)``
     (the prefix, then the next token), entries ``N(0, scale^2)``, float64."""
-    if vocab < 2 or seq_len < 1 or vocab ** seq_len > 200_000:
+    if vocab < 2 or seq_len < 1 or vocab**seq_len > 200_000:
         raise ValueError(f"need vocab >= 2, seq_len >= 1 and at most 200000 sequences, got {vocab}**{seq_len}")
     return [scale * torch.randn((vocab,) * (t + 1), generator=generator, dtype=torch.float64) for t in range(seq_len)]
 
@@ -121,13 +129,14 @@ def _tables(logit_tables: Sequence[Tensor], **sampling) -> list[Tensor]:
     return [process_logits(t, **sampling) for t in logit_tables]
 
 
-def _k3(lr: Tensor) -> Tensor:
-    return torch.expm1(-lr) + lr
-
-
-def sampler_mismatch(policy_logits: Sequence[Tensor], ref_logits: Sequence[Tensor], temperature: float = 1.0,
-                     top_k: int | None = None, top_p: float | None = None,
-                     scoring: Literal["untempered", "tempered"] = "untempered") -> dict[str, float]:
+def sampler_mismatch(
+    policy_logits: Sequence[Tensor],
+    ref_logits: Sequence[Tensor],
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    scoring: Literal["untempered", "tempered"] = "untempered",
+) -> dict[str, float]:
     """Exactly what a logged KL estimates when the rollouts come from a processed sampler.
 
     The sampler draws from ``process_logits(policy, temperature, top_k, top_p)`` token by token.
@@ -163,7 +172,7 @@ def sampler_mismatch(policy_logits: Sequence[Tensor], ref_logits: Sequence[Tenso
     seen = q > 0
     ell = lp - lp_ref
     k1 = ell.sum(-1)
-    k3 = _k3(ell).sum(-1)
+    k3 = of_log_ratio("k3", ell).sum(-1)
 
     def mean(v: Tensor) -> float:
         return float((q[seen] * v[seen]).sum())
@@ -176,8 +185,11 @@ def sampler_mismatch(policy_logits: Sequence[Tensor], ref_logits: Sequence[Tenso
     return {
         "kl_target": float((pi1 * (lp_pi1 - lp_ref1).sum(-1)).sum()),
         "kl_scored": float((pi * k1).sum()),
-        "k1": mean(k1), "sd_k1": sd(k1),
-        "k3": mean(k3), "sd_k3": sd(k3), "max_k3": float(k3[seen].max()),
+        "k1": mean(k1),
+        "sd_k1": sd(k1),
+        "k3": mean(k3),
+        "sd_k3": sd(k3),
+        "max_k3": float(k3[seen].max()),
         "p_k1_negative": float(q[seen & (k1 < 0)].sum()),
         "kl_sampler_policy": max(kl_sp, 0.0),
         "missing_mass": float(pi[~seen].sum()),
@@ -188,9 +200,16 @@ def _reward_bits(seqs: Tensor) -> Tensor:
     return seqs.mean(-1)
 
 
-def tis_gradient_moments(policy: BinaryAutoregressive, sampler: BinaryAutoregressive, reference: BinaryAutoregressive,
-                         seq_len: int, beta: float, caps: Sequence[float], level: Literal["token", "sequence"] = "token",
-                         reward: Callable[[Tensor], Tensor] = _reward_bits) -> list[dict[str, float]]:
+def tis_gradient_moments(
+    policy: BinaryAutoregressive,
+    sampler: BinaryAutoregressive,
+    reference: BinaryAutoregressive,
+    seq_len: int,
+    beta: float,
+    caps: Sequence[float],
+    level: Literal["token", "sequence"] = "token",
+    reward: Callable[[Tensor], Tensor] = _reward_bits,
+) -> list[dict[str, float]]:
     """Truncated importance sampling of the policy gradient, exactly, on the binary toy.
 
     The objective is ``J = E_pi[R] - beta KL(pi || pi_ref)`` (``R`` = ``reward(bits)``, by default the
@@ -239,8 +258,14 @@ def tis_gradient_moments(policy: BinaryAutoregressive, sampler: BinaryAutoregres
     return rows
 
 
-def token_logprobs_at(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, n_prompt: int,
-                      dtype: torch.dtype = torch.float32, logsoftmax_dtype: torch.dtype | None = torch.float32) -> Tensor:
+def token_logprobs_at(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    n_prompt: int,
+    dtype: torch.dtype = torch.float32,
+    logsoftmax_dtype: torch.dtype | None = torch.float32,
+) -> Tensor:
     """Log-probabilities of the completion tokens ``input_ids[:, n_prompt:]`` under a copy of ``model``
     cast to ``dtype`` (weights and activations); the log-softmax runs in ``logsoftmax_dtype``
     (``None``: in ``dtype`` too). Positions are counted from the first real token (left padding).
@@ -252,7 +277,7 @@ def token_logprobs_at(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     m = copy.deepcopy(model).to(dtype).eval()
     pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
     with torch.no_grad():
-        logits = m(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).logits[:, n_prompt - 1:-1]
+        logits = m(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).logits[:, n_prompt - 1 : -1]
         logits = logits.to(logsoftmax_dtype) if logsoftmax_dtype is not None else logits
         lsm = torch.log_softmax(logits, -1)
         out = lsm.gather(-1, input_ids[:, n_prompt:, None]).squeeze(-1)
@@ -273,17 +298,21 @@ def precision_mismatch(logp: Tensor, other_logp: Tensor, mask: Tensor, clip_eps:
     m = mask.bool()
     if not m.any():
         raise ValueError("mask selects no token")
-    d = (logp.double() - other_logp.double())
+    d = logp.double() - other_logp.double()
     a = d[m].abs()
     seq_k1 = (d * m).sum(-1)
-    seq_k3 = (_k3(d) * m).sum(-1)
+    seq_k3 = (of_log_ratio("k3", d) * m).sum(-1)
     w = d[m].exp()
     return {
-        "mean_abs": float(a.mean()), "median_abs": float(a.median()),
-        "p99_abs": float(torch.quantile(a, 0.99)), "max_abs": float(a.max()),
+        "mean_abs": float(a.mean()),
+        "median_abs": float(a.median()),
+        "p99_abs": float(torch.quantile(a, 0.99)),
+        "max_abs": float(a.max()),
         "frac_outside_clip": float(((w < 1 - clip_eps) | (w > 1 + clip_eps)).double().mean()),
-        "seq_k1_mean": float(seq_k1.mean()), "seq_k1_sd": float(seq_k1.std()) if seq_k1.numel() > 1 else 0.0,
-        "seq_k3_mean": float(seq_k3.mean()), "n_tokens": int(m.sum()),
+        "seq_k1_mean": float(seq_k1.mean()),
+        "seq_k1_sd": float(seq_k1.std()) if seq_k1.numel() > 1 else 0.0,
+        "seq_k3_mean": float(seq_k3.mean()),
+        "n_tokens": int(m.sum()),
     }
 
 
@@ -301,18 +330,32 @@ AGGREGATIONS: dict[str, str] = {
 
 #: Where each aggregation lives in TRL and verl (checked in their source; snapshot commits given).
 AGGREGATION_FLAGS: list[dict[str, str]] = [
-    {"aggregation": "sequence-mean", "TRL GRPOConfig.loss_type": "'grpo' (also 'sapo')",
-     "verl actor.loss_agg_mode": "'seq-mean-token-mean'"},
-    {"aggregation": "token-mean", "TRL GRPOConfig.loss_type": "'bnpo' (local batch); 'dapo' (default; global accumulated batch)",
-     "verl actor.loss_agg_mode": "'token-mean' (default)"},
-    {"aggregation": "token-sum-norm", "TRL GRPOConfig.loss_type": "'dr_grpo' (L = max_completion_length, divided by the batch size too)",
-     "verl actor.loss_agg_mode": "'seq-mean-token-sum-norm' (L = loss_scale_factor, default the padded response length; summed, not averaged, over sequences)"},
-    {"aggregation": "sequence-sum", "TRL GRPOConfig.loss_type": "none of the token-level losses ('luspo' scales a sequence-level loss by T_i)",
-     "verl actor.loss_agg_mode": "'seq-mean-token-sum'"},
+    {
+        "aggregation": "sequence-mean",
+        "TRL GRPOConfig.loss_type": "'grpo' (also 'sapo')",
+        "verl actor.loss_agg_mode": "'seq-mean-token-mean'",
+    },
+    {
+        "aggregation": "token-mean",
+        "TRL GRPOConfig.loss_type": "'bnpo' (local batch); 'dapo' (default; global accumulated batch)",
+        "verl actor.loss_agg_mode": "'token-mean' (default)",
+    },
+    {
+        "aggregation": "token-sum-norm",
+        "TRL GRPOConfig.loss_type": "'dr_grpo' (L = max_completion_length, divided by the batch size too)",
+        "verl actor.loss_agg_mode": "'seq-mean-token-sum-norm' (L = loss_scale_factor, default the padded response length; summed, not averaged, over sequences)",
+    },
+    {
+        "aggregation": "sequence-sum",
+        "TRL GRPOConfig.loss_type": "none of the token-level losses ('luspo' scales a sequence-level loss by T_i)",
+        "verl actor.loss_agg_mode": "'seq-mean-token-sum'",
+    },
 ]
-AGGREGATION_SOURCES = ("trl/trainer/grpo_trainer.py (_compute_loss), trl/trainer/grpo_config.py (loss_type) at f2cd577; "
-                       "verl/trainer/ppo/core_algos.py (agg_loss), verl/workers/actor/dp_actor.py (the KL loss uses the "
-                       "same agg_loss), verl/trainer/config/actor/actor.yaml at b178a3c")
+AGGREGATION_SOURCES = (
+    "trl/trainer/grpo_trainer.py (_compute_loss), trl/trainer/grpo_config.py (loss_type) at f2cd577; "
+    "verl/trainer/ppo/core_algos.py (agg_loss), verl/workers/actor/dp_actor.py (the KL loss uses the "
+    "same agg_loss), verl/trainer/config/actor/actor.yaml at b178a3c"
+)
 
 
 def _lengths(lengths) -> Tensor:
@@ -358,17 +401,25 @@ def effective_beta(lengths, mode: str, beta: float, max_len: float | None = None
 #: Where the KL sits relative to the group baseline (see :func:`aggregation_update`).
 BASELINES: dict[str, str] = {
     "task": "b = E_pi[R]: the group centres the task reward only (KL as a loss term, e.g. k2 of the sequence "
-            "log-ratio, or a k1 penalty added after the centring)",
+    "log-ratio, or a k1 penalty added after the centring)",
     "shaped": "b = E_pi[R - beta l]: k1 sits in the reward before the group centring",
 }
 
 
+def _bandit(ref_probs, rewards) -> tuple[Tensor, Tensor]:
+    """A bandit over whole responses: strictly positive reference probabilities, one finite reward each."""
+    p = probabilities("ref_probs", ref_probs, vector=True, positive=True, dtype=torch.float64)
+    r = torch.as_tensor(rewards, dtype=torch.float64)
+    if r.shape != p.shape or not torch.isfinite(r).all():
+        raise ValueError(f"rewards must be finite, one per response: shape {tuple(p.shape)}, got {tuple(r.shape)}")
+    return p, r
+
+
 def _bandit_inputs(ref_probs, rewards, lengths, beta: float, mode: str, baseline: str):
-    p = torch.as_tensor(ref_probs, dtype=torch.float64)
-    R = torch.as_tensor(rewards, dtype=torch.float64)
+    p, R = _bandit(ref_probs, rewards)
     T = _lengths(lengths)
-    if not (p.shape == R.shape == T.shape) or (p <= 0).any() or abs(float(p.sum()) - 1) > 1e-9:
-        raise ValueError("ref_probs (positive, summing to 1), rewards and lengths must be 1-D of the same length")
+    if T.shape != p.shape:
+        raise ValueError(f"lengths must be one per response: shape {tuple(p.shape)}, got {tuple(T.shape)}")
     if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
         raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
     if mode not in AGGREGATIONS:
@@ -378,8 +429,16 @@ def _bandit_inputs(ref_probs, rewards, lengths, beta: float, mode: str, baseline
     return p, R, T
 
 
-def aggregation_update(policy_probs, ref_probs, rewards, lengths, beta: float, mode: str,
-                       baseline: str = "task", max_len: float | None = None) -> Tensor:
+def aggregation_update(
+    policy_probs,
+    ref_probs,
+    rewards,
+    lengths,
+    beta: float,
+    mode: str,
+    baseline: str = "task",
+    max_len: float | None = None,
+) -> Tensor:
     """The expected update of a bandit over whole responses, ``E_pi[c(T_y) (R_y - b - beta l_y) grad_z log pi(y)]``.
 
     ``pi = softmax(z)`` is ``policy_probs``; responses have reference probabilities, rewards ``R_y``
@@ -392,9 +451,9 @@ def aggregation_update(policy_probs, ref_probs, rewards, lengths, beta: float, m
     ``z`` (``[n]``, float64); it is zero exactly at a stationary point.
     """
     p, R, T = _bandit_inputs(ref_probs, rewards, lengths, beta, mode, baseline)
-    pi = torch.as_tensor(policy_probs, dtype=torch.float64)
-    if pi.shape != p.shape or (pi <= 0).any() or abs(float(pi.sum()) - 1) > 1e-9:
-        raise ValueError("policy_probs must be positive, sum to 1 and match ref_probs")
+    pi = probabilities("policy_probs", policy_probs, vector=True, positive=True, dtype=torch.float64)
+    if pi.shape != p.shape:
+        raise ValueError(f"policy_probs must match ref_probs: shape {tuple(p.shape)}, got {tuple(pi.shape)}")
     ell = pi.log() - p.log()
     b = float((pi * R).sum()) if baseline == "task" else float((pi * (R - beta * ell)).sum())
     if mode == "token-mean":
@@ -405,8 +464,16 @@ def aggregation_update(policy_probs, ref_probs, rewards, lengths, beta: float, m
     return pi * (a - (pi * a).sum())  # grad_z log pi(y) = e_y - pi
 
 
-def aggregation_stationary_policy(ref_probs, rewards, lengths, beta: float, mode: str, max_len: float | None = None,
-                                  tol: float = 1e-13, baseline: str = "task") -> Tensor:
+def aggregation_stationary_policy(
+    ref_probs,
+    rewards,
+    lengths,
+    beta: float,
+    mode: str,
+    max_len: float | None = None,
+    tol: float = 1e-13,
+    baseline: str = "task",
+) -> Tensor:
     """The policy at which the aggregated GRPO-style update stops, for a bandit over whole responses.
 
     Responses ``y`` (one per entry) have reference probabilities, rewards ``R_y`` and lengths ``T_y``.
@@ -425,8 +492,6 @@ def aggregation_stationary_policy(ref_probs, rewards, lengths, beta: float, mode
     """
     p, R, T = _bandit_inputs(ref_probs, rewards, lengths, beta, mode, baseline)
     if mode != "sequence-mean" or baseline == "shaped":
-        from kltutor.preference import optimal_policy
-
         return optimal_policy(p, R, beta)
     logp0 = p.log()
 
@@ -434,6 +499,7 @@ def aggregation_stationary_policy(ref_probs, rewards, lengths, beta: float, mode
         # normalisation fixes kappa: sum_y pi_ref e^{(R - b - kappa T)/beta} = 1, decreasing in kappa
         def excess(kappa: float) -> float:
             return float(torch.logsumexp(logp0 + (R - b - kappa * T) / beta, 0))
+
         lo, hi = -1.0, 1.0
         while excess(lo) < 0:
             lo *= 2
@@ -465,14 +531,16 @@ def aggregation_stationary_policy(ref_probs, rewards, lengths, beta: float, mode
 # ---------------------------------------------------------------------------------------------
 
 
-def _kl_cat(p: Tensor, q: Tensor) -> float:
-    s = p > 0
-    return float((p[s] * (p[s].log() - q[s].log())).sum())
-
-
-def bandit_with_reference_updates(ref_probs, rewards, beta: float, steps: int, lr: float = 0.5,
-                                  reset_every: int | None = None, soft_alpha: float | None = None,
-                                  correct: Tensor | None = None) -> dict[str, list[float]]:
+def bandit_with_reference_updates(
+    ref_probs,
+    rewards,
+    beta: float,
+    steps: int,
+    lr: float = 0.5,
+    reset_every: int | None = None,
+    soft_alpha: float | None = None,
+    correct: Tensor | None = None,
+) -> dict[str, list[float]]:
     """Exact gradient ascent on ``E_pi[r] - beta KL(pi || pi_ref_t)`` with a moving reference.
 
     A softmax policy over responses starts at ``ref_probs``. The reference ``pi_ref_t`` is the
@@ -484,10 +552,7 @@ def bandit_with_reference_updates(ref_probs, rewards, beta: float, steps: int, l
     ``entropy`` and, when ``correct`` (a boolean mask) is given, ``correct_entropy`` (the entropy of pi
     restricted to the correct responses, renormalised: diversity among right answers) and ``pass1``.
     """
-    p0 = torch.as_tensor(ref_probs, dtype=torch.float64)
-    r = torch.as_tensor(rewards, dtype=torch.float64)
-    if p0.dim() != 1 or r.shape != p0.shape or (p0 <= 0).any() or abs(float(p0.sum()) - 1) > 1e-9:
-        raise ValueError("ref_probs must be positive and sum to 1; rewards must match its shape")
+    p0, r = _bandit(ref_probs, rewards)
     if not (beta >= 0 and math.isfinite(beta)) or steps < 1 or not lr > 0:
         raise ValueError("need beta >= 0, steps >= 1 and lr > 0")
     if reset_every is not None and soft_alpha is not None:
@@ -503,17 +568,14 @@ def bandit_with_reference_updates(ref_probs, rewards, beta: float, steps: int, l
         correct = torch.as_tensor(correct, dtype=torch.bool)
         out["correct_entropy"], out["pass1"] = [], []
     for step in range(1, steps + 1):
-        pi = torch.softmax(z, 0)
-        ref_logp = torch.log_softmax(z_ref, 0)
-        adv = r - beta * (pi.log() - ref_logp)
-        z = z + lr * pi * (adv - (pi * adv).sum())
+        z = z + lr * softmax_policy_gradient(z, r, beta, torch.log_softmax(z_ref, 0))
         if reset_every is not None and step % reset_every == 0:
             z_ref = z.clone()
         elif soft_alpha is not None:
             z_ref = soft_alpha * z + (1 - soft_alpha) * z_ref
         pi = torch.softmax(z, 0)
-        out["kl_initial"].append(_kl_cat(pi, p0))
-        out["kl_reference"].append(_kl_cat(pi, torch.softmax(z_ref, 0)))
+        out["kl_initial"].append(float(divergences.kl(pi, p0)))
+        out["kl_reference"].append(float(divergences.kl(pi, torch.softmax(z_ref, 0))))
         out["reward"].append(float((pi * r).sum()))
         out["entropy"].append(float(-(pi * pi.log()).sum()))
         if correct is not None:
@@ -537,7 +599,9 @@ class LoRALinear(nn.Module):
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
         if not isinstance(rank, int) or rank < 1 or rank > min(base.in_features, base.out_features):
-            raise ValueError(f"rank must be an integer in [1, {min(base.in_features, base.out_features)}], got {rank!r}")
+            raise ValueError(
+                f"rank must be an integer in [1, {min(base.in_features, base.out_features)}], got {rank!r}"
+            )
         self.base, self.scale, self.enabled = base, alpha / rank, True
         base.requires_grad_(False)
         gen = torch.Generator().manual_seed(seed)
@@ -563,9 +627,14 @@ class LoRALinear(nn.Module):
         return out
 
 
-def add_lora(model: nn.Module, rank: int = 4, alpha: float = 8.0, init: str = "zero",
-             targets: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-             seed: int = 0) -> list[str]:
+def add_lora(
+    model: nn.Module,
+    rank: int = 4,
+    alpha: float = 8.0,
+    init: str = "zero",
+    targets: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    seed: int = 0,
+) -> list[str]:
     """Wrap every ``nn.Linear`` whose name ends with one of ``targets`` in a :class:`LoRALinear`
     (in place); freeze everything else. Returns the wrapped modules' names."""
     names = [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear) and n.split(".")[-1] in targets]
@@ -600,8 +669,9 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
 # ---------------------------------------------------------------------------------------------
 
 
-def two_kl_gradients(policy: BinaryAutoregressive, reference: BinaryAutoregressive, seq_len: int,
-                     beta_reward: float, beta_loss: float) -> dict[str, Tensor]:
+def two_kl_gradients(
+    policy: BinaryAutoregressive, reference: BinaryAutoregressive, seq_len: int, beta_reward: float, beta_loss: float
+) -> dict[str, Tensor]:
     """Exact expected gradient (w.r.t. ``(a, b)``) of the KL part of a run with k1 in the reward
     (``beta_reward``) *and* token-level k3 in the loss (``beta_loss``), on-policy.
 
@@ -610,8 +680,6 @@ def two_kl_gradients(policy: BinaryAutoregressive, reference: BinaryAutoregressi
     k3-in-loss term alone) and ``naive`` = ``(beta_reward + beta_loss) * reverse`` (what "the two
     betas add up" would give). The descent direction of the penalty is ``combined``.
     """
-    from kltutor.gradients import exact_kl_gradients
-
     for name, v in (("beta_reward", beta_reward), ("beta_loss", beta_loss)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -620,11 +688,15 @@ def two_kl_gradients(policy: BinaryAutoregressive, reference: BinaryAutoregressi
     with torch.no_grad():
         ref = reference.token_logprobs(seqs)
         rtg = (logp.detach() - ref).flip(-1).cumsum(-1).flip(-1)  # KL-to-go, detached (in the reward)
-    per_sample = beta_reward * (logp * rtg).sum(-1) + beta_loss * _k3(logp - ref).sum(-1)
+    per_sample = beta_reward * (logp * rtg).sum(-1) + beta_loss * of_log_ratio("k3", logp - ref).sum(-1)
     combined = torch.stack(torch.autograd.grad((probs * per_sample).sum(), [policy.a, policy.b])).detach()
     ex = exact_kl_gradients(policy, reference, seq_len)
-    return {"combined": combined, "reverse": ex["true"], "k3_loss": ex["k3-in-loss"],
-            "naive": (beta_reward + beta_loss) * ex["true"]}
+    return {
+        "combined": combined,
+        "reverse": ex["true"],
+        "k3_loss": ex["k3-in-loss"],
+        "naive": (beta_reward + beta_loss) * ex["true"],
+    }
 
 
 def two_kl_bandit_optimum(ref_probs, rewards, beta_reward: float, beta_loss: float) -> Tensor:
@@ -635,10 +707,7 @@ def two_kl_bandit_optimum(ref_probs, rewards, beta_reward: float, beta_loss: flo
     ``y``; the left side decreases in ``pi_y``, so each ``pi_y(lambda)`` is a bisection and ``lambda``
     is fixed by ``sum_y pi_y = 1`` (a second bisection). Exact to about 1e-14.
     """
-    p = torch.as_tensor(ref_probs, dtype=torch.float64)
-    r = torch.as_tensor(rewards, dtype=torch.float64)
-    if p.dim() != 1 or r.shape != p.shape or (p <= 0).any() or abs(float(p.sum()) - 1) > 1e-9:
-        raise ValueError("ref_probs must be positive and sum to 1; rewards must match its shape")
+    p, r = _bandit(ref_probs, rewards)
     if beta_reward < 0 or beta_loss < 0 or beta_reward + beta_loss <= 0:
         raise ValueError("beta_reward and beta_loss must be >= 0 and not both 0")
 
@@ -671,8 +740,14 @@ def two_kl_bandit_optimum(ref_probs, rewards, beta_reward: float, beta_loss: flo
 OFFPOLICY_WEIGHTINGS = ("none", "token", "prefix", "sequence", "sequence-geomean")
 
 
-def offpolicy_kl_gradient(policy: BinaryAutoregressive, sampler: BinaryAutoregressive, reference: BinaryAutoregressive,
-                          seq_len: int, estimator: str = "k3", weighting: str = "none") -> Tensor:
+def offpolicy_kl_gradient(
+    policy: BinaryAutoregressive,
+    sampler: BinaryAutoregressive,
+    reference: BinaryAutoregressive,
+    seq_len: int,
+    estimator: str = "k3",
+    weighting: str = "none",
+) -> Tensor:
     """Exact expected gradient of a token-level in-loss KL term, summed over tokens, on sequences from ``sampler``.
 
     Each token's ``k(l_t)`` is multiplied by an importance weight carrying gradient:
@@ -682,29 +757,24 @@ def offpolicy_kl_gradient(policy: BinaryAutoregressive, sampler: BinaryAutoregre
     ``use_bias_correction_kl`` multiplies the KL by when ``importance_sampling_level="sequence"``).
     Compare with ``kltutor.gradients.exact_kl_gradients(policy, reference, T)["true"]``.
     """
-    from kltutor.gradients import _k
-
     if weighting not in OFFPOLICY_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {OFFPOLICY_WEIGHTINGS}, got {weighting!r}")
-    seqs = all_binary_sequences(seq_len)
-    with torch.no_grad():
-        q = sampler.sequence_logprobs(seqs).exp()
-        old = sampler.token_logprobs(seqs)
-        ref = reference.token_logprobs(seqs)
-    logp = policy.token_logprobs(seqs)
-    log_w = logp - old
-    if weighting == "none":
-        rho = torch.ones_like(logp)
-    elif weighting == "token":
-        rho = log_w.exp()
-    elif weighting == "prefix":
-        rho = log_w.cumsum(-1).exp()
-    elif weighting == "sequence":
-        rho = log_w.sum(-1, keepdim=True).exp().expand_as(logp)
-    else:
-        rho = log_w.mean(-1, keepdim=True).exp().expand_as(logp)
-    loss = (q * (rho * _k(estimator, logp - ref)).sum(-1)).sum()
-    return torch.stack(torch.autograd.grad(loss, [policy.a, policy.b])).detach()
+
+    def loss(logp: Tensor, old: Tensor, ref: Tensor, q: Tensor) -> Tensor:
+        log_w = logp - old
+        if weighting == "none":
+            rho = torch.ones_like(logp)
+        elif weighting == "token":
+            rho = log_w.exp()
+        elif weighting == "prefix":
+            rho = log_w.cumsum(-1).exp()
+        elif weighting == "sequence":
+            rho = log_w.sum(-1, keepdim=True).exp().expand_as(logp)
+        else:
+            rho = log_w.mean(-1, keepdim=True).exp().expand_as(logp)
+        return (q * (rho * of_log_ratio(estimator, logp - ref)).sum(-1)).sum()
+
+    return expected_gradient_on_samples(policy, sampler, reference, seq_len, loss)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -712,8 +782,9 @@ def offpolicy_kl_gradient(policy: BinaryAutoregressive, sampler: BinaryAutoregre
 # ---------------------------------------------------------------------------------------------
 
 
-def expected_in_loss(policy: BinaryAutoregressive, reference: BinaryAutoregressive, seq_len: int,
-                     fn: Callable[[Tensor], Tensor]) -> tuple[float, Tensor]:
+def expected_in_loss(
+    policy: BinaryAutoregressive, reference: BinaryAutoregressive, seq_len: int, fn: Callable[[Tensor], Tensor]
+) -> tuple[float, Tensor]:
     """``(E[sum_t fn(l_t)], E[grad sum_t fn(l_t)])`` on-policy, sample held fixed (a per-token loss term).
 
     ``fn`` maps the per-token log-ratio ``l = log pi - log pi_ref`` to the term's value; the gradient
@@ -728,8 +799,9 @@ def expected_in_loss(policy: BinaryAutoregressive, reference: BinaryAutoregressi
     return float((probs * vals.detach()).sum()), grad.detach()
 
 
-def expected_in_reward(policy: BinaryAutoregressive, reference: BinaryAutoregressive, seq_len: int,
-                       fn: Callable[[Tensor], Tensor]) -> Tensor:
+def expected_in_reward(
+    policy: BinaryAutoregressive, reference: BinaryAutoregressive, seq_len: int, fn: Callable[[Tensor], Tensor]
+) -> Tensor:
     """Expected gradient of a KL penalty put *in the reward* as the token mean of ``fn(l_t)`` subtracted from
     the sequence's reward (REINFORCE with a sequence reward): ``E_pi[mean_t fn(l_t) * grad log pi(y)]``.
 
@@ -748,24 +820,30 @@ def expected_in_reward(policy: BinaryAutoregressive, reference: BinaryAutoregres
 #: the commit given. ``value`` is what the code computes from ``l = log pi - log pi_ref``.
 SLIPS: list[dict] = [
     {
-        "repository": "natolambert/rlhf-book", "commit": "a66b0bf1103b590511e0503a2e9d93faea939a49",
-        "file": "code/policy_gradients/loss.py", "lines": "23-33 (approx_kl3)",
+        "repository": "natolambert/rlhf-book",
+        "commit": "a66b0bf1103b590511e0503a2e9d93faea939a49",
+        "file": "code/policy_gradients/loss.py",
+        "lines": "23-33 (approx_kl3)",
         "code": "log_ratio = log_probs - log_probs_ref; return torch.expm1(log_ratio) - log_ratio",
         "slip": "k3 with the ratio inverted: e^l - 1 - l instead of e^-l - 1 + l (the default kl_estimator 'kl3'; used in the loss "
-                "by the GRPO-family losses and in the reward by apply_reward_kl, code/policy_gradients/utils.py:165-182, "
-                "for REINFORCE/RLOO/PPO; active when beta > 0, the shipped configurations leave beta at 0.0)",
+        "by the GRPO-family losses and in the reward by apply_reward_kl, code/policy_gradients/utils.py:165-182, "
+        "for REINFORCE/RLOO/PPO; active when beta > 0, the shipped configurations leave beta at 0.0)",
         "value": lambda l: torch.expm1(l) - l,
     },
     {
-        "repository": "natolambert/rlhf-book", "commit": "a66b0bf1103b590511e0503a2e9d93faea939a49",
-        "file": "code/policy_gradients/loss.py", "lines": "49-59 (approx_kl1)",
+        "repository": "natolambert/rlhf-book",
+        "commit": "a66b0bf1103b590511e0503a2e9d93faea939a49",
+        "file": "code/policy_gradients/loss.py",
+        "lines": "49-59 (approx_kl1)",
         "code": "log_ratio = log_probs - log_probs_ref; return -log_ratio",
         "slip": "k1 with the sign reversed: -l; in the reward (apply_reward_kl) the KL penalty becomes a KL bonus",
         "value": lambda l: -l,
     },
     {
-        "repository": "jingyaogong/minimind", "commit": "d65ef2c00ebc6082f9df11541e1b191655eddb00",
-        "file": "trainer/train_grpo.py", "lines": "159 (kl_ref_val, logged as 'kl_ref'; same in trainer/train_agent.py:343)",
+        "repository": "jingyaogong/minimind",
+        "commit": "d65ef2c00ebc6082f9df11541e1b191655eddb00",
+        "file": "trainer/train_grpo.py",
+        "lines": "159 (kl_ref_val, logged as 'kl_ref'; same in trainer/train_agent.py:343)",
         "code": "kl_ref_val = ((ref_per_token_logps - per_token_logps) * completion_mask).sum().item() / ...",
         "slip": "the logged KL is -k1 (token mean of ref - logp); the loss's k3 on line 133 is correct",
         "value": lambda l: -l,

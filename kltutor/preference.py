@@ -24,13 +24,15 @@ chapter's laboratory: a policy over a small set of whole responses, trained by a
 
 from __future__ import annotations
 
-from kltutor._validation import positive_number
-
 import math
 from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from kltutor import divergences
+from kltutor._validation import nonnegative_number, positive_number, probabilities
 
 __all__ = [
     "optimal_policy",
@@ -59,17 +61,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _check_positive(name: str, value: float) -> float:
-    return positive_number(name, value)
-
-
-def _check_nonnegative(name: str, value: float) -> float:
-    value = float(value)
-    if not (value >= 0.0) or math.isinf(value):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return value
-
-
 def _check_tensors(**tensors: Tensor) -> torch.Size:
     """All tensors 1-D, the same shape, non-empty and finite; returns the common shape."""
     shape = None
@@ -82,9 +73,7 @@ def _check_tensors(**tensors: Tensor) -> torch.Size:
             shape = t.shape
         elif t.shape != shape:
             names = list(tensors)
-            raise ValueError(
-                f"{names[0]} and {name} must have the same shape, got {tuple(shape)} and {tuple(t.shape)}"
-            )
+            raise ValueError(f"{names[0]} and {name} must have the same shape, got {tuple(shape)} and {tuple(t.shape)}")
         if t.numel() == 0:
             raise ValueError(f"{name} is empty: a loss over no pairs is undefined")
         if not torch.isfinite(t.detach()).all():
@@ -99,24 +88,44 @@ def _check_logp(**tensors: Tensor) -> None:
             raise ValueError(f"{name} holds positive values: log-probabilities are <= 0")
 
 
+def _check_pair_logps(
+    policy_chosen_logp: Tensor, policy_rejected_logp: Tensor, ref_chosen_logp: Tensor, ref_rejected_logp: Tensor
+) -> None:
+    """The four ``[batch]`` sequence log-probabilities of a loss with a reference (DPO, IPO)."""
+    tensors = {
+        "policy_chosen_logp": policy_chosen_logp,
+        "policy_rejected_logp": policy_rejected_logp,
+        "ref_chosen_logp": ref_chosen_logp,
+        "ref_rejected_logp": ref_rejected_logp,
+    }
+    _check_tensors(**tensors)
+    _check_logp(**tensors)
+
+
 def _check_lengths(**tensors: Tensor) -> None:
     for name, t in tensors.items():
         if (t <= 0).any():
             raise ValueError(f"{name} must be positive token counts")
 
 
-def _check_probs(name: str, p: Tensor) -> None:
-    if not isinstance(p, Tensor):
-        raise TypeError(f"{name} must be a torch tensor, got {type(p).__name__}")
-    if p.dim() < 1 or p.shape[-1] == 0:
-        raise ValueError(f"{name} must have a non-empty last axis of outcomes, got shape {tuple(p.shape)}")
-    if not torch.isfinite(p).all():
-        raise ValueError(f"{name} holds NaN or inf")
-    if (p < 0).any():
-        raise ValueError(f"{name} holds negative probabilities")
-    tol = 1e-6 if p.dtype == torch.float64 else 1e-4
-    if not torch.allclose(p.sum(-1), torch.ones((), dtype=p.dtype), atol=tol):
-        raise ValueError(f"{name} must sum to 1 over its last axis, sums are {p.sum(-1)}")
+def _check_reference_free(
+    policy_chosen_logp: Tensor, policy_rejected_logp: Tensor, chosen_len: Tensor, rejected_len: Tensor
+) -> None:
+    """The ``[batch]`` log-probabilities and token counts of a length-normalised loss without a reference (SimPO, ORPO)."""
+    _check_tensors(
+        policy_chosen_logp=policy_chosen_logp,
+        policy_rejected_logp=policy_rejected_logp,
+        chosen_len=chosen_len,
+        rejected_len=rejected_len,
+    )
+    _check_logp(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp)
+    _check_lengths(chosen_len=chosen_len, rejected_len=rejected_len)
+
+
+def _check_probs(name: str, p: Tensor) -> Tensor:
+    """Probabilities along the last axis; preference's tolerance is ``1e-6`` in float64 (``1e-4`` below)."""
+    dtype = p.dtype if isinstance(p, Tensor) else torch.float64
+    return probabilities(name, p, atol=1e-6 if dtype == torch.float64 else 1e-4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,14 +136,14 @@ def _check_probs(name: str, p: Tensor) -> None:
 def categorical_kl(p: Tensor, q: Tensor) -> Tensor:
     """Exact :math:`\\mathrm{KL}(p\\|q) = \\sum_y p(y)\\log\\frac{p(y)}{q(y)}` over the last axis.
 
-    Terms with :math:`p(y)=0` contribute 0; :math:`q(y)=0 < p(y)` gives ``inf``.
+    Terms with :math:`p(y)=0` contribute 0; :math:`q(y)=0 < p(y)` gives ``inf``. It is
+    :func:`kltutor.divergences.kl` with this module's tolerance on the sums (``1e-6`` in float64: the
+    policies of a tabular training run are renormalised softmaxes).
     """
-    _check_probs("p", p)
-    _check_probs("q", q)
+    p, q = _check_probs("p", p), _check_probs("q", q)
     if p.shape != q.shape:
         raise ValueError(f"p and q must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
-    terms = torch.where(p > 0, p * (torch.log(p) - torch.log(q)), torch.zeros_like(p))
-    return terms.sum(-1)
+    return divergences.kl(p, q, atol=math.inf)  # checked above, with this module's tolerance
 
 
 def optimal_policy(ref_probs: Tensor, rewards: Tensor, beta: float) -> Tensor:
@@ -145,13 +154,19 @@ def optimal_policy(ref_probs: Tensor, rewards: Tensor, beta: float) -> Tensor:
     :math:`\\log\\pi_\\text{ref} + r/\\beta` so that large :math:`r/\\beta` cannot overflow. Works
     over the last axis (a batch of prompts is ``[n_prompts, n_responses]``). Responses with
     :math:`\\pi_\\text{ref}(y)=0` keep probability 0: the KL term forbids leaving the reference's support.
+
+    >>> ref, r = torch.tensor([0.5, 0.5], dtype=torch.float64), torch.tensor([0.0, math.log(3)], dtype=torch.float64)
+    >>> optimal_policy(ref, r, beta=1.0)  # pi_ref e^r / Z = (0.5, 1.5) / 2
+    tensor([0.2500, 0.7500], dtype=torch.float64)
     """
-    beta = _check_positive("beta", beta)
-    _check_probs("ref_probs", ref_probs)
+    beta = positive_number("beta", beta)
+    ref_probs = _check_probs("ref_probs", ref_probs)
     if not isinstance(rewards, Tensor):
         raise TypeError(f"rewards must be a torch tensor, got {type(rewards).__name__}")
     if rewards.shape != ref_probs.shape:
-        raise ValueError(f"rewards {tuple(rewards.shape)} and ref_probs {tuple(ref_probs.shape)} must have the same shape")
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)} and ref_probs {tuple(ref_probs.shape)} must have the same shape"
+        )
     if not torch.isfinite(rewards).all():
         raise ValueError("rewards hold NaN or inf")
     logits = torch.log(ref_probs) + rewards.to(ref_probs.dtype) / beta  # log 0 = -inf stays -inf
@@ -163,7 +178,7 @@ def kl_regularized_objective(probs: Tensor, ref_probs: Tensor, rewards: Tensor, 
 
     At the optimum :math:`J(\\pi^*) = \\beta\\log Z`.
     """
-    beta = _check_nonnegative("beta", beta)
+    beta = nonnegative_number("beta", beta)
     if rewards.shape != probs.shape:
         raise ValueError(f"rewards {tuple(rewards.shape)} and probs {tuple(probs.shape)} must have the same shape")
     return (probs * rewards).sum(-1) - beta * categorical_kl(probs, ref_probs)
@@ -177,11 +192,13 @@ def implicit_reward(logp: Tensor, ref_logp: Tensor, beta: float) -> Tensor:
     be the KL-regularised optimum. It is **not** a KL: only its average under :math:`y\\sim\\pi_\\theta`
     equals :math:`\\beta\\,\\mathrm{KL}(\\pi_\\theta\\|\\pi_\\text{ref})`.
     """
-    beta = _check_positive("beta", beta)
+    beta = positive_number("beta", beta)
     if not isinstance(logp, Tensor) or not isinstance(ref_logp, Tensor):
         raise TypeError("logp and ref_logp must be torch tensors")
     if logp.shape != ref_logp.shape:
-        raise ValueError(f"logp and ref_logp must have the same shape, got {tuple(logp.shape)} and {tuple(ref_logp.shape)}")
+        raise ValueError(
+            f"logp and ref_logp must have the same shape, got {tuple(logp.shape)} and {tuple(ref_logp.shape)}"
+        )
     if not (torch.isfinite(logp.detach()).all() and torch.isfinite(ref_logp.detach()).all()):
         raise ValueError("logp and ref_logp must be finite")
     return beta * (logp - ref_logp)
@@ -240,11 +257,8 @@ def dpo_loss(
     ``-logsigmoid`` is used rather than ``-log(sigmoid(.))``: the sigmoid of a margin below about
     -709 (float64) or -88 (float32) is 0, and its log is ``-inf``.
     """
-    beta = _check_positive("beta", beta)
-    _check_tensors(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp,
-                   ref_chosen_logp=ref_chosen_logp, ref_rejected_logp=ref_rejected_logp)
-    _check_logp(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp,
-                ref_chosen_logp=ref_chosen_logp, ref_rejected_logp=ref_rejected_logp)
+    beta = positive_number("beta", beta)
+    _check_pair_logps(policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp)
     chosen = beta * (policy_chosen_logp - ref_chosen_logp.detach())
     rejected = beta * (policy_rejected_logp - ref_rejected_logp.detach())
     losses = -F.logsigmoid(chosen - rejected)
@@ -266,11 +280,8 @@ def ipo_loss(
     preferences no longer drive it to infinity. ``chosen_rewards`` are reported as
     :math:`\\tau\\log\\pi_\\theta/\\pi_\\text{ref}` (:math:`\\tau` plays the role of DPO's :math:`\\beta`).
     """
-    tau = _check_positive("tau", tau)
-    _check_tensors(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp,
-                   ref_chosen_logp=ref_chosen_logp, ref_rejected_logp=ref_rejected_logp)
-    _check_logp(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp,
-                ref_chosen_logp=ref_chosen_logp, ref_rejected_logp=ref_rejected_logp)
+    tau = positive_number("tau", tau)
+    _check_pair_logps(policy_chosen_logp, policy_rejected_logp, ref_chosen_logp, ref_rejected_logp)
     chosen_ratio = policy_chosen_logp - ref_chosen_logp.detach()
     rejected_ratio = policy_rejected_logp - ref_rejected_logp.detach()
     h = chosen_ratio - rejected_ratio
@@ -292,12 +303,9 @@ def simpo_loss(
     (TRL writes the margin as ``gamma_beta_ratio`` :math:`=\\gamma/\\beta` inside the bracket
     multiplied by :math:`\\beta`; that is the same loss.)
     """
-    beta = _check_positive("beta", beta)
-    gamma = _check_nonnegative("gamma", gamma)
-    _check_tensors(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp,
-                   chosen_len=chosen_len, rejected_len=rejected_len)
-    _check_logp(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp)
-    _check_lengths(chosen_len=chosen_len, rejected_len=rejected_len)
+    beta = positive_number("beta", beta)
+    gamma = nonnegative_number("gamma", gamma)
+    _check_reference_free(policy_chosen_logp, policy_rejected_logp, chosen_len, rejected_len)
     chosen = beta * policy_chosen_logp / chosen_len.to(policy_chosen_logp.dtype)
     rejected = beta * policy_rejected_logp / rejected_len.to(policy_rejected_logp.dtype)
     losses = -F.logsigmoid(chosen - rejected - gamma)
@@ -332,9 +340,9 @@ def kto_loss(
     ``margins`` is the difference of their means, NaN when one side has no example; ``accuracy``
     is not defined and set to NaN).
     """
-    beta = _check_positive("beta", beta)
-    desirable_weight = _check_nonnegative("desirable_weight", desirable_weight)
-    undesirable_weight = _check_nonnegative("undesirable_weight", undesirable_weight)
+    beta = positive_number("beta", beta)
+    desirable_weight = nonnegative_number("desirable_weight", desirable_weight)
+    undesirable_weight = nonnegative_number("undesirable_weight", undesirable_weight)
     _check_tensors(policy_logp=policy_logp, ref_logp=ref_logp)
     _check_tensors(policy_kl_logp=policy_kl_logp, ref_kl_logp=ref_kl_logp)
     _check_logp(policy_logp=policy_logp, ref_logp=ref_logp, policy_kl_logp=policy_kl_logp, ref_kl_logp=ref_kl_logp)
@@ -385,11 +393,8 @@ def orpo_loss(
     No reference model. ``chosen_rewards`` are the log-odds; ``extras`` has ``nll`` and ``log_odds_ratio``.
     A response of probability 1 (``logp == 0``) has infinite odds and is rejected with an error.
     """
-    lam = _check_nonnegative("lam", lam)
-    _check_tensors(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp,
-                   chosen_len=chosen_len, rejected_len=rejected_len)
-    _check_logp(policy_chosen_logp=policy_chosen_logp, policy_rejected_logp=policy_rejected_logp)
-    _check_lengths(chosen_len=chosen_len, rejected_len=rejected_len)
+    lam = nonnegative_number("lam", lam)
+    _check_reference_free(policy_chosen_logp, policy_rejected_logp, chosen_len, rejected_len)
     if (policy_chosen_logp.detach() >= 0).any() or (policy_rejected_logp.detach() >= 0).any():
         raise ValueError("ORPO needs log-probabilities < 0: a response of probability 1 has infinite odds")
     mean_w = policy_chosen_logp / chosen_len.to(policy_chosen_logp.dtype)
@@ -409,7 +414,7 @@ def orpo_loss(
 
 def win_probability_against(rewards: Tensor, mu: Tensor) -> Tensor:
     """:math:`p(y \\succ \\mu) = \\sum_{y'} \\mu(y')\\,\\sigma(r(y) - r(y'))` under Bradley-Terry."""
-    _check_probs("mu", mu)
+    mu = _check_probs("mu", mu)
     if rewards.shape != mu.shape or rewards.dim() != 1:
         raise ValueError("rewards and mu must be 1-D of the same shape")
     return (torch.sigmoid(rewards[:, None] - rewards[None, :]) * mu[None, :]).sum(-1)
@@ -423,7 +428,7 @@ def ipo_optimal_policy(ref_probs: Tensor, rewards: Tensor, tau: float, mu: Tenso
     probability* against ``mu``, not of the Bradley-Terry reward, so at :math:`\\tau=\\beta` it is a
     different policy from DPO's :math:`\\pi^*`.
     """
-    tau = _check_positive("tau", tau)
+    tau = positive_number("tau", tau)
     return optimal_policy(ref_probs, win_probability_against(rewards, mu), tau)
 
 
@@ -433,7 +438,7 @@ def bradley_terry_pairs(
     """Sample ``n_pairs`` preference pairs: :math:`y, y' \\sim \\mu` independently (distinct), and
     :math:`y` is chosen with probability :math:`\\sigma(r(y) - r(y'))`. Returns ``(chosen, rejected)``
     index tensors."""
-    _check_probs("mu", mu)
+    mu = _check_probs("mu", mu)
     if rewards.shape != mu.shape or rewards.dim() != 1:
         raise ValueError("rewards and mu must be 1-D of the same shape")
     if n_pairs < 1:
@@ -490,7 +495,7 @@ def train_tabular(
     """
     if method not in LOSSES:
         raise ValueError(f"unknown method {method!r}; choose one of {list(LOSSES)}")
-    _check_probs("ref_probs", ref_probs)
+    ref_probs = _check_probs("ref_probs", ref_probs)
     n = ref_probs.shape[-1]
     if ref_probs.dim() != 1 or lengths.shape != ref_probs.shape:
         raise ValueError("ref_probs and lengths must be 1-D over the same responses")
@@ -534,8 +539,12 @@ def train_tabular(
         loss.backward()
         opt.step()
     probs = probs_hist[-1]
-    return TrainResult(probs=probs, steps=torch.tensor(records), probs_history=torch.stack(probs_hist),
-                       loss_history=torch.stack(loss_hist))
+    return TrainResult(
+        probs=probs,
+        steps=torch.tensor(records),
+        probs_history=torch.stack(probs_hist),
+        loss_history=torch.stack(loss_hist),
+    )
 
 
 def maximize_objective_numerically(ref_probs: Tensor, rewards: Tensor, beta: float, max_iter: int = 500) -> Tensor:
@@ -544,13 +553,18 @@ def maximize_objective_numerically(ref_probs: Tensor, rewards: Tensor, beta: flo
     It knows nothing of the closed form: the chapter and the tests use it to check
     :func:`optimal_policy` against a generic optimiser.
     """
-    beta = _check_positive("beta", beta)
-    _check_probs("ref_probs", ref_probs)
-    ref = ref_probs.to(torch.float64)
+    beta = positive_number("beta", beta)
+    ref = _check_probs("ref_probs", ref_probs).to(torch.float64)
     r = rewards.to(torch.float64)
     logits = torch.zeros_like(ref, requires_grad=True)
-    opt = torch.optim.LBFGS([logits], max_iter=max_iter, tolerance_grad=1e-13, tolerance_change=1e-15,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [logits],
+        max_iter=max_iter,
+        tolerance_grad=1e-13,
+        tolerance_change=1e-15,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -569,18 +583,46 @@ def kl_location_table() -> list[dict[str, str]]:
     """Where the KL (or its stand-in) sits in each method: one row per method, for the chapter's table."""
     # pragma: no mutate block -- prose cells, not values (chapter 5's stored table output pins them)
     return [
-        {"method": "PPO-RLHF (InstructGPT)", "reference model": "yes", "where the KL sits": "explicit: -beta*k1 per token in the reward",
-         "what it regularises towards": "pi_ref, via the reverse KL"},
-        {"method": "GRPO (DeepSeekMath)", "reference model": "yes", "where the KL sits": "explicit: +beta*k3 per token in the loss",
-         "what it regularises towards": "pi_ref; on-policy its gradient is the forward KL's, per token at the policy's prefixes"},
-        {"method": "DPO", "reference model": "yes", "where the KL sits": "implicit: beta*log(pi/pi_ref) inside the sigmoid",
-         "what it regularises towards": "pi* = pi_ref exp(r/beta)/Z, only with enough pairs covering every response"},
-        {"method": "IPO", "reference model": "yes", "where the KL sits": "implicit: log-ratio margin regressed onto 1/(2 tau)",
-         "what it regularises towards": "pi_ref exp(p(y > mu)/tau)/Z (a win-rate optimum, not the BT-reward one)"},
-        {"method": "KTO", "reference model": "yes", "where the KL sits": "implicit: log-ratio minus z0 (defined as the KL; computed on mismatched pairs)",
-         "what it regularises towards": "pi_ref (z0 is detached and clamped at 0)"},
-        {"method": "SimPO", "reference model": "no", "where the KL sits": "absent: length-normalised log-prob and margin gamma",
-         "what it regularises towards": "nothing: the optimum does not depend on pi_ref"},
-        {"method": "ORPO", "reference model": "no", "where the KL sits": "absent: SFT NLL + odds-ratio term",
-         "what it regularises towards": "the chosen responses (the SFT term), not pi_ref"},
+        {
+            "method": "PPO-RLHF (InstructGPT)",
+            "reference model": "yes",
+            "where the KL sits": "explicit: -beta*k1 per token in the reward",
+            "what it regularises towards": "pi_ref, via the reverse KL",
+        },
+        {
+            "method": "GRPO (DeepSeekMath)",
+            "reference model": "yes",
+            "where the KL sits": "explicit: +beta*k3 per token in the loss",
+            "what it regularises towards": "pi_ref; on-policy its gradient is the forward KL's, per token at the policy's prefixes",
+        },
+        {
+            "method": "DPO",
+            "reference model": "yes",
+            "where the KL sits": "implicit: beta*log(pi/pi_ref) inside the sigmoid",
+            "what it regularises towards": "pi* = pi_ref exp(r/beta)/Z, only with enough pairs covering every response",
+        },
+        {
+            "method": "IPO",
+            "reference model": "yes",
+            "where the KL sits": "implicit: log-ratio margin regressed onto 1/(2 tau)",
+            "what it regularises towards": "pi_ref exp(p(y > mu)/tau)/Z (a win-rate optimum, not the BT-reward one)",
+        },
+        {
+            "method": "KTO",
+            "reference model": "yes",
+            "where the KL sits": "implicit: log-ratio minus z0 (defined as the KL; computed on mismatched pairs)",
+            "what it regularises towards": "pi_ref (z0 is detached and clamped at 0)",
+        },
+        {
+            "method": "SimPO",
+            "reference model": "no",
+            "where the KL sits": "absent: length-normalised log-prob and margin gamma",
+            "what it regularises towards": "nothing: the optimum does not depend on pi_ref",
+        },
+        {
+            "method": "ORPO",
+            "reference model": "no",
+            "where the KL sits": "absent: SFT NLL + odds-ratio term",
+            "what it regularises towards": "the chosen responses (the SFT term), not pi_ref",
+        },
     ]

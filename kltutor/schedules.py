@@ -29,10 +29,10 @@ come from -- they are different rules and are often conflated:
 
 from __future__ import annotations
 
-from kltutor._validation import positive_number
-
 import math
 from typing import Any
+
+from kltutor._validation import positive_number
 
 __all__ = [
     "BetaSchedule",
@@ -75,7 +75,7 @@ def _count(name: str, value: Any) -> int:
 
 
 class BetaSchedule:
-    """Base class: holds ``beta`` and counts updates. Subclasses implement :meth:`_next`.
+    """Base class: holds ``beta`` and counts updates. Subclasses implement :meth:`next_beta`.
 
     The constructor is the same for every schedule. ``uses`` names the settings among ``target``,
     ``horizon`` and ``end`` that the rule reads: each of them is required, every other one must be
@@ -86,8 +86,9 @@ class BetaSchedule:
     uses: tuple[str, ...] = ()
     min_beta: str = "positive"
 
-    def __init__(self, beta: float, target: float | None = None, horizon: float | None = None,
-                 end: float | None = None):
+    def __init__(
+        self, beta: float, target: float | None = None, horizon: float | None = None, end: float | None = None
+    ):
         name = type(self).__name__
         self._beta = _non_negative("beta", beta) if self.min_beta == "non-negative" else _positive("beta", beta)
         for setting, value in (("target", target), ("horizon", horizon), ("end", end)):
@@ -112,11 +113,13 @@ class BetaSchedule:
         """
         n_steps = _count("n_steps", n_steps)
         kl_value = None if kl is None else _finite("kl", kl)
-        self._beta = self._next(kl_value, n_steps)
+        self._beta = self.next_beta(kl_value, n_steps)
         self.n_updates += 1
         return self._beta
 
-    def _next(self, kl: float | None, n_steps: int) -> float:  # pragma: no cover - abstract
+    def next_beta(self, kl: float | None, n_steps: int) -> float:  # pragma: no cover - abstract
+        """The schedule's rule: the beta that follows the current one after a batch with measured ``kl``
+        (already checked) and ``n_steps`` steps. Pure: :meth:`update` calls it and stores the result."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -128,7 +131,7 @@ class FixedKL(BetaSchedule):
 
     min_beta = "non-negative"
 
-    def _next(self, kl: float | None, n_steps: int) -> float:
+    def next_beta(self, kl: float | None, n_steps: int) -> float:
         return self._beta
 
 
@@ -147,8 +150,15 @@ class AdaptiveKLController(BetaSchedule):
 
     uses = ("target", "horizon")
 
-    def __init__(self, beta: float, target: float | None = None, horizon: float | None = None,
-                 end: float | None = None, *, clip: float = 0.2):
+    def __init__(
+        self,
+        beta: float,
+        target: float | None = None,
+        horizon: float | None = None,
+        end: float | None = None,
+        *,
+        clip: float = 0.2,
+    ):
         super().__init__(beta, target, horizon, end)
         self.clip = _positive("clip", clip)
 
@@ -157,7 +167,7 @@ class AdaptiveKLController(BetaSchedule):
         e = _finite("kl", kl) / self.target - 1.0
         return min(max(e, -self.clip), self.clip)
 
-    def _next(self, kl: float | None, n_steps: int) -> float:
+    def next_beta(self, kl: float | None, n_steps: int) -> float:
         if kl is None:
             raise ValueError("AdaptiveKLController.update needs the measured kl")
         mult = 1.0 + self.error(kl) * n_steps / self.horizon
@@ -179,15 +189,23 @@ class PPOPenaltyKL(BetaSchedule):
 
     uses = ("target",)
 
-    def __init__(self, beta: float, target: float | None = None, horizon: float | None = None,
-                 end: float | None = None, *, tolerance: float = 1.5, factor: float = 2.0):
+    def __init__(
+        self,
+        beta: float,
+        target: float | None = None,
+        horizon: float | None = None,
+        end: float | None = None,
+        *,
+        tolerance: float = 1.5,
+        factor: float = 2.0,
+    ):
         super().__init__(beta, target, horizon, end)
         self.tolerance = _positive("tolerance", tolerance)
         self.factor = _positive("factor", factor)
         if self.tolerance <= 1 or self.factor <= 1:
             raise ValueError(f"tolerance and factor must be > 1, got {tolerance!r} and {factor!r}")
 
-    def _next(self, kl: float | None, n_steps: int) -> float:
+    def next_beta(self, kl: float | None, n_steps: int) -> float:
         if kl is None:
             raise ValueError("PPOPenaltyKL.update needs the measured kl")
         if kl < self.target / self.tolerance:
@@ -205,8 +223,9 @@ class _Annealing(BetaSchedule):
 
     uses = ("horizon", "end")
 
-    def __init__(self, beta: float, target: float | None = None, horizon: float | None = None,
-                 end: float | None = None):
+    def __init__(
+        self, beta: float, target: float | None = None, horizon: float | None = None, end: float | None = None
+    ):
         super().__init__(beta, target, horizon, end)
         self.start = self._beta
         self.progress = 0
@@ -220,7 +239,7 @@ class _Annealing(BetaSchedule):
     def _interp(self, u: float) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _next(self, kl: float | None, n_steps: int) -> float:
+    def next_beta(self, kl: float | None, n_steps: int) -> float:
         self.progress += n_steps
         return self.value_at(self.progress)
 

@@ -55,7 +55,19 @@ def assets() -> None:
         npm = shutil.which("npm")
         if npm is None:
             raise SystemExit("npm is needed once to fetch MathJax for the offline site (apt-get install nodejs npm)")
-        subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(NODE_CACHE), f"mathjax@{MATHJAX_VERSION}"], check=True)
+        subprocess.run(
+            [
+                npm,
+                "install",
+                "--silent",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                str(NODE_CACHE),
+                f"mathjax@{MATHJAX_VERSION}",
+            ],
+            check=True,
+        )
     MATHJAX_DIR.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(MATHJAX_DIR, ignore_errors=True)
     # The speech-rule engine (a11y/sre) is large and loaded only on demand; keep the rest.
@@ -93,7 +105,7 @@ def toc_pages() -> list[str]:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # noqa: D401 - silence per-request logging
+    def log_message(self, *args) -> None:
         pass
 
 
@@ -156,8 +168,12 @@ def pdf(out: Path = BUILD / "study-guide.pdf") -> Path:
             page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
             page.add_style_tag(content=PRINT_CSS)
             part = BUILD / f".study-guide-{i}.pdf"
-            page.pdf(path=str(part), format="A4", print_background=True,
-                     margin={"top": "15mm", "bottom": "15mm", "left": "12mm", "right": "12mm"})
+            page.pdf(
+                path=str(part),
+                format="A4",
+                print_background=True,
+                margin={"top": "15mm", "bottom": "15mm", "left": "12mm", "right": "12mm"},
+            )
             parts.append(part)
     writer = PdfWriter()
     for part in parts:

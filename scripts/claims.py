@@ -10,12 +10,14 @@ sheet). Values are printed at 3 significant figures, so the page is the same on 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import _generated  # noqa: E402  (scripts/_generated.py)
 
 from kltutor import claims, interview  # noqa: E402
 
@@ -52,7 +54,7 @@ def render() -> str:
         "sections; `tests/test_claims.py` runs every check, keeps this page in sync, and fails when a",
         "restatement drops a claim's condition or repeats a version of it that was found wrong.",
         "",
-        "In a notebook: `kltutor.claims.verify(\"bon-kl\")` reruns one check and returns its values.",
+        'In a notebook: `kltutor.claims.verify("bon-kl")` reruns one check and returns its values.',
         "",
     ]
     for group in claims.GROUPS:
@@ -60,31 +62,25 @@ def render() -> str:
         if not rows:
             continue
         title = "β" if group == "beta" else group
-        lines += [f"## {title}", "", "| claim | holds when | proved in | check and checked values | restated in |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [
+            f"## {title}",
+            "",
+            "| claim | holds when | proved in | check and checked values | restated in |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for c in rows:
             values = claims.verify(c.id)
             where = ", ".join(restated[c.id]) or "(chapter only)"
-            lines.append(f"| {_cell(c.statement)} | {_cell(c.condition)} | {{ref}}`{c.source}` | "
-                         f"`{c.id}`: {_values(values)} | {where} |")
+            lines.append(
+                f"| {_cell(c.statement)} | {_cell(c.condition)} | {{ref}}`{c.source}` | "
+                f"`{c.id}`: {_values(values)} | {where} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="fail if book/claims.md is out of date")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if not PAGE.exists() or PAGE.read_text() != text:
-            print(f"{PAGE.relative_to(ROOT)} is out of date: run python scripts/claims.py", file=sys.stderr)
-            return 1
-        print(f"{PAGE.relative_to(ROOT)} is up to date")
-        return 0
-    PAGE.write_text(text)
-    print(f"wrote {PAGE.relative_to(ROOT)}")
-    return 0
+    return _generated.main(PAGE, render, __doc__, argv)
 
 
 if __name__ == "__main__":

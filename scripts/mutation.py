@@ -124,7 +124,9 @@ def mutmut(work: Path, *args: str, capture: bool = True) -> str:
     exe = Path(sys.executable).with_name("mutmut")
     res = subprocess.run([str(exe), *args], cwd=work, env=env, text=True, capture_output=capture)
     if res.returncode != 0:
-        raise SystemExit(f"mutation: `mutmut {' '.join(args)}` failed in {work}:\n{(res.stdout or '')[-3000:]}{(res.stderr or '')[-3000:]}")
+        raise SystemExit(
+            f"mutation: `mutmut {' '.join(args)}` failed in {work}:\n{(res.stdout or '')[-3000:]}{(res.stderr or '')[-3000:]}"
+        )
     return res.stdout or ""
 
 
@@ -136,7 +138,9 @@ def run_module(name: str, workers: int) -> dict:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
         exe = Path(sys.executable).with_name("mutmut")
-        rc = subprocess.run([str(exe), "run", "--max-children", str(workers)], cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(
+            [str(exe), "run", "--max-children", str(workers)], cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT
+        ).returncode
     if rc != 0:
         raise SystemExit(f"mutation: mutmut run failed for {name} (exit {rc}); see {log}")
     status: dict[str, str] = {}
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         killed = sum(v in CAUGHT for v in st.values())
         equiv = [s for s in res["survivors"] if s in equivalents]
         unexplained = [s for s in res["survivors"] if s not in equivalents]
-        prefix = "kltutor." + MODULES[name][0][len("kltutor/"):-3].replace("/", ".") + "."
+        prefix = "kltutor." + MODULES[name][0][len("kltutor/") : -3].replace("/", ".") + "."
         stale = [k for k in equivalents if k.startswith(prefix) and st.get(k) in CAUGHT]
         score = killed / n if n else 1.0
         failed |= score < args.target or bool(unexplained)
@@ -192,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     tot = [sum(r[i] for r in rows) for i in (1, 2, 3, 4)]
     if len(rows) > 1 and tot[0]:
-        lines.append(f"| all | {tot[0]} | {tot[1]} | {tot[2]} | {tot[3]} | {tot[1] / tot[0]:.1%} | {(tot[1] + tot[2]) / tot[0]:.1%} |")
+        lines.append(
+            f"| all | {tot[0]} | {tot[1]} | {tot[2]} | {tot[3]} | {tot[1] / tot[0]:.1%} | {(tot[1] + tot[2]) / tot[0]:.1%} |"
+        )
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,16 +1,16 @@
 """Keep book/ sources and notebooks/ twins in step, and execute chapters with papermill.
 
-    python scripts/notebooks.py execute [notebooks/NN_x.ipynb ...] [-p NAME VALUE ...]
-        Write each book/NN_x.md into notebooks/NN_x.ipynb (jupytext) and execute it in place with
-        papermill, so the stored outputs are the ones the site shows and nbval validates.
-    python scripts/notebooks.py sync [notebooks/NN_x.ipynb ...]
-        Copy edits of Markdown cells from book/ into the executed twins without re-executing; refuses
-        (and says which chapter to execute) when a code cell changed.
-    python scripts/notebooks.py check
-        Fail if a stored twin differs from a fresh conversion of its source in anything but outputs
-        and execution metadata (cell ids, types, sources and metadata, notebook metadata, papermill
-        parameters injected by `execute -p`), if a twin is not executed, holds an error, or if a
-        chapter's Colab install cell names another repository than _config.yml.
+python scripts/notebooks.py execute [notebooks/NN_x.ipynb ...] [-p NAME VALUE ...]
+    Write each book/NN_x.md into notebooks/NN_x.ipynb (jupytext) and execute it in place with
+    papermill, so the stored outputs are the ones the site shows and nbval validates.
+python scripts/notebooks.py sync [notebooks/NN_x.ipynb ...]
+    Copy edits of Markdown cells from book/ into the executed twins without re-executing; refuses
+    (and says which chapter to execute) when a code cell changed.
+python scripts/notebooks.py check
+    Fail if a stored twin differs from a fresh conversion of its source in anything but outputs
+    and execution metadata (cell ids, types, sources and metadata, notebook metadata, papermill
+    parameters injected by `execute -p`), if a twin is not executed, holds an error, or if a
+    chapter's Colab install cell names another repository than _config.yml.
 """
 
 from __future__ import annotations
@@ -87,8 +87,10 @@ def _first_difference(want: nbformat.NotebookNode, have: nbformat.NotebookNode) 
     have_meta, have_cells = _normalised(have)
     injected = [i for i, c in enumerate(have.cells) if "injected-parameters" in c.metadata.get("tags", [])]
     if injected:
-        return (f"cell {injected[0]} holds parameters injected by papermill (`execute -p`); "
-                "stored twins are executed with the chapter's own parameters, the ones CI validates")
+        return (
+            f"cell {injected[0]} holds parameters injected by papermill (`execute -p`); "
+            "stored twins are executed with the chapter's own parameters, the ones CI validates"
+        )
     if want_meta != have_meta:
         keys = sorted(k for k in set(want_meta) | set(have_meta) if want_meta.get(k) != have_meta.get(k))
         return f"notebook metadata differs in {keys}"
@@ -118,9 +120,11 @@ def check() -> int:
         have_nb = nbformat.read(nb_path, as_version=4)
         diff = _first_difference(read_source(source), have_nb)
         if diff:
-            problems.append(f"{nb_path.relative_to(ROOT)} is not what the pipeline writes from "
-                            f"{source.relative_to(ROOT)}: {diff}; run "
-                            f"`python scripts/notebooks.py execute {nb_path.relative_to(ROOT)}`")
+            problems.append(
+                f"{nb_path.relative_to(ROOT)} is not what the pipeline writes from "
+                f"{source.relative_to(ROOT)}: {diff}; run "
+                f"`python scripts/notebooks.py execute {nb_path.relative_to(ROOT)}`"
+            )
         code = [c for c in have_nb.cells if c.cell_type == "code"]
         if not code or not any(c.get("outputs") for c in code):
             problems.append(f"{nb_path.relative_to(ROOT)} is not executed: run `make notebooks`")
@@ -165,7 +169,9 @@ def sync(paths: list[str]) -> int:
         executed.cells = cells
         nbformat.write(executed, nb_path)
     for nb_path in stale:
-        print(f"code changed in {nb_path.relative_to(ROOT)}: run `python scripts/notebooks.py execute {nb_path.relative_to(ROOT)}`")
+        print(
+            f"code changed in {nb_path.relative_to(ROOT)}: run `python scripts/notebooks.py execute {nb_path.relative_to(ROOT)}`"
+        )
     return 1 if stale else 0
 
 
@@ -202,8 +208,12 @@ def _merge_streams(outputs: list) -> list:
     """Join consecutive stdout (stderr) chunks: how print output is split into messages is timing."""
     merged: list = []
     for out in outputs:
-        if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
-                and merged[-1].get("name") == out.get("name")):
+        if (
+            out.get("output_type") == "stream"
+            and merged
+            and merged[-1].get("output_type") == "stream"
+            and merged[-1].get("name") == out.get("name")
+        ):
             merged[-1]["text"] = merged[-1]["text"] + out["text"]
         else:
             merged.append(out)

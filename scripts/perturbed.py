@@ -74,8 +74,13 @@ def environment(variant: str) -> dict[str, str] | None:
     if not x86 or _native_capability().upper() != "AVX512":
         return None
     above_avx2 = [t for t in targets if t.startswith(("X86_V4", "AVX512"))]
-    env.update(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2",
-               OPENBLAS_CORETYPE="Haswell", ONEDNN_MAX_CPU_ISA="AVX2")
+    env.update(
+        ATEN_CPU_CAPABILITY="avx2",
+        MKL_CBWR="AVX2",
+        MKL_ENABLE_INSTRUCTIONS="AVX2",
+        OPENBLAS_CORETYPE="Haswell",
+        ONEDNN_MAX_CPU_ISA="AVX2",
+    )
     if above_avx2:
         env["NPY_DISABLE_CPU_FEATURES"] = " ".join(above_avx2)
     return env
@@ -90,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     env = environment(args.variant)
     if env is None:
-        print(f"perturbed ({args.variant}): this CPU's native kernels are already {args.variant.upper()} "
-              f"or narrower ({_native_capability()}); nothing to perturb, skipped")
+        print(
+            f"perturbed ({args.variant}): this CPU's native kernels are already {args.variant.upper()} "
+            f"or narrower ({_native_capability()}); nothing to perturb, skipped"
+        )
         return 0
     if args.show:
         for key, value in sorted(env.items()):

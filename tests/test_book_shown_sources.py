@@ -12,14 +12,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # what the chapter prints -> the tests that check what the chapter says about it
 SHOWN = {
-    "G._surrogate": ["test_per_sample_gradients_and_surrogate_are_the_table"],  # 03: the table of per-sample gradients
-    "S.AdaptiveKLController._next": ["test_adaptive_rule_with_non_default_clip_horizon_and_n_steps",
-                                     "test_controller_in_a_simulated_run_sees_the_measured_kl"],  # 04
-    "S.PPOPenaltyKL._next": ["test_ppo_penalty_with_non_default_tolerance_and_factor"],  # 04
-    "P.dpo_loss": ["test_chapter5_dpo_source_detaches_the_reference_and_stays_finite", "test_dpo_every_field"],  # 05
+    "G.per_sample_surrogate": [
+        "test_per_sample_gradients_and_surrogate_are_the_table"
+    ],  # 03: the table of per-sample gradients
+    "S.AdaptiveKLController.next_beta": [
+        "test_adaptive_rule_with_non_default_clip_horizon_and_n_steps",
+        "test_controller_in_a_simulated_run_sees_the_measured_kl",
+    ],  # 04
+    "S.PPOPenaltyKL.next_beta": ["test_ppo_penalty_with_non_default_tolerance_and_factor"],  # 04
+    "checklist.example_batch": ["test_correct_setup_passes", "test_each_planted_violation_is_flagged"],  # 07
+    "pref.dpo_loss": ["test_chapter5_dpo_source_detaches_the_reference_and_stays_finite", "test_dpo_every_field"],  # 05
     "loss.step_loss": ["test_loss_matches_hand_computation"],  # capstone
     "loop.completion_mask_from_ids": ["test_completion_mask_stops_after_the_first_eos"],  # capstone
-    "logprobs._chunk_stats": ["test_chunked_equals_naive_values_and_gradients"],  # capstone
+    "logprobs.chunk_stats": ["test_chunked_equals_naive_values_and_gradients"],  # capstone
 }
 
 
@@ -48,3 +53,16 @@ def test_every_printed_source_has_a_behavioural_test():
 def test_named_tests_exist(shown):
     absent = [t for t in SHOWN[shown] if t not in ALL_TESTS]
     assert not absent, f"{shown}: no test function named {absent} under tests/"
+
+
+# Printed sources of the capstone chapter that are still private; kltutor/capstone is another helper's
+# worktree this session: the integrator makes them public (and empties this set) after merging it.
+PRIVATE_PENDING = {"loop._loss", "logprobs.chunk_stats"}
+
+
+def test_printed_sources_are_public_functions():
+    """A chapter prints the source of public functions only: what it shows a reader must be importable API."""
+    private = sorted(s for s in shown_in_book() if any(part.startswith("_") for part in s.split(".")))
+    assert set(private) <= PRIVATE_PENDING, (
+        f"chapters print the source of private functions: {sorted(set(private) - PRIVATE_PENDING)}"
+    )

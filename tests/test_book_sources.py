@@ -78,7 +78,9 @@ def test_tables_are_tables(source: Path):
             if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
                 f = stmt.value.func
                 name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
-                assert name != "table", f"{source.name}: book.table(...) is not the last statement; wrap it in display(...)"
+                assert name != "table", (
+                    f"{source.name}: book.table(...) is not the last statement; wrap it in display(...)"
+                )
 
 
 @pytest.mark.parametrize("source", CHAPTERS, ids=lambda p: p.stem)
@@ -86,4 +88,6 @@ def test_outputs_kept_out_of_nbval_say_what_they_assert(source: Path):
     """A cell tagged nbval-ignore-output still asserts what is robust about its result."""
     for cell in _code_cells(source):
         if "nbval-ignore-output" in cell.metadata.get("tags", []):
-            assert "assert" in cell.source, f"{source.name}: an nbval-ignore-output cell without an assert checks nothing"
+            assert "assert" in cell.source, (
+                f"{source.name}: an nbval-ignore-output cell without an assert checks nothing"
+            )

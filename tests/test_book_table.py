@@ -49,12 +49,12 @@ from kltutor.book import below, num, pm, sci  # noqa: E402
 
 def test_below_prints_the_bound_and_fails_when_it_does_not_hold():
     assert below(5.6e-17, 1e-12) == "< 1e-12"
-    assert below(-3e-9, 1e-6) == "< 1e-6"           # a bound on |value|
+    assert below(-3e-9, 1e-6) == "< 1e-6"  # a bound on |value|
     assert below(torch.tensor(2e-13, dtype=torch.float64), 1e-12) == "< 1e-12"
     with pytest.raises(AssertionError, match="1e-12"):
         below(2e-12, 1e-12)
     with pytest.raises(AssertionError):
-        below(float("nan"), 1.0)                      # NaN never passes a bound
+        below(float("nan"), 1.0)  # NaN never passes a bound
     with pytest.raises(ValueError, match="positive"):
         below(0.0, 0.0)
     with pytest.raises(ValueError, match="single number"):
@@ -71,14 +71,14 @@ def test_sci_is_compact():
 def test_num_drops_the_sign_of_a_rounded_zero_only():
     assert num(-3e-9) == "0.0000" and num(-0.0, ".2f") == "0.00"
     assert num(-0.00051, ".3f") == "-0.001" and num(-2.5) == "-2.5000"
-    assert num(-3e-9, ".1e") == "-3.0e-09"            # not zero at this precision: the sign stays
+    assert num(-3e-9, ".1e") == "-3.0e-09"  # not zero at this precision: the sign stays
     assert num(float("inf")) == "inf"
 
 
 def test_pm_prints_digits_the_uncertainty_leaves_meaningful():
     assert pm(1.74390, 0.0523) == "1.74 ± 0.05"
     assert pm(0.1417, 0.0031, digits=2) == "0.1417 ± 0.0031"
-    assert pm(0.9447, 0.0962) == "0.9 ± 0.1"         # 0.096 rounds up to 0.1: one decimal fewer
+    assert pm(0.9447, 0.0962) == "0.9 ± 0.1"  # 0.096 rounds up to 0.1: one decimal fewer
     assert pm(123.4, 12.3) == "120 ± 10"
     assert pm(np.float64(-0.02), 0.004) == "-0.020 ± 0.004"
     assert pm(5.0, 0.0) == "5 ± 0"

@@ -26,9 +26,35 @@ from kltutor.capstone.__main__ import build_parser, main
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-TINY = ["--max-operand", "9", "--hidden-size", "32", "--num-layers", "1", "--num-heads", "2", "--num-kv-heads", "1",
-        "--intermediate-size", "64", "--sft-steps", "40", "--sft-batch-size", "32", "--prompts-per-step", "2",
-        "--group-size", "4", "--max-new-tokens", "3", "--lr", "1e-3", "--format-reward", "0.5", "--no-progress"]
+TINY = [
+    "--max-operand",
+    "9",
+    "--hidden-size",
+    "32",
+    "--num-layers",
+    "1",
+    "--num-heads",
+    "2",
+    "--num-kv-heads",
+    "1",
+    "--intermediate-size",
+    "64",
+    "--sft-steps",
+    "40",
+    "--sft-batch-size",
+    "32",
+    "--prompts-per-step",
+    "2",
+    "--group-size",
+    "4",
+    "--max-new-tokens",
+    "3",
+    "--lr",
+    "1e-3",
+    "--format-reward",
+    "0.5",
+    "--no-progress",
+]
 
 ARCHITECTURE = ("--hidden-size", "--num-layers", "--num-heads", "--num-kv-heads", "--intermediate-size")
 TINY_WITHOUT_ARCHITECTURE = [a for i, a in enumerate(TINY) if a not in ARCHITECTURE and TINY[i - 1] not in ARCHITECTURE]
@@ -99,109 +125,342 @@ CASES = [
     ("heads-not-dividing", "--hidden-size 30 --num-heads 4", r"--hidden-size: hidden_size must be divisible", None),
     ("lr-not-a-number", "--lr fast", r"argument --lr: invalid float value: 'fast'", None),
     ("clip-eps-0", "--clip-eps 0", r"--clip-eps: clip_eps must be a finite number > 0", None),
-    ("max-grad-norm-negative", "--max-grad-norm -1", r"--max-grad-norm: max_grad_norm must be a finite number > 0", None),
-    ("updates-per-batch-0", "--updates-per-batch 0", r"--updates-per-batch: updates_per_batch must be a positive integer", None),
+    (
+        "max-grad-norm-negative",
+        "--max-grad-norm -1",
+        r"--max-grad-norm: max_grad_norm must be a finite number > 0",
+        None,
+    ),
+    (
+        "updates-per-batch-0",
+        "--updates-per-batch 0",
+        r"--updates-per-batch: updates_per_batch must be a positive integer",
+        None,
+    ),
     ("logprob-chunk-0", "--logprob-chunk 0", r"--logprob-chunk: logprob_chunk must be a positive integer", None),
     ("sft-seed-negative", "--sft-seed -5", r"--sft-seed: sft_seed must be an integer >= 0", None),
-    ("checkpoint-every-negative", "--checkpoint-every -1", r"--checkpoint-every: checkpoint_every must be an integer >= 0", None),
-    ("kl-horizon-not-an-int", "--kl-schedule adaptive --kl-horizon 1e4", r"argument --kl-horizon: invalid int value: '1e4'", None),
+    (
+        "checkpoint-every-negative",
+        "--checkpoint-every -1",
+        r"--checkpoint-every: checkpoint_every must be an integer >= 0",
+        None,
+    ),
+    (
+        "kl-horizon-not-an-int",
+        "--kl-schedule adaptive --kl-horizon 1e4",
+        r"argument --kl-horizon: invalid int value: '1e4'",
+        None,
+    ),
     ("bf16-with-a-value", "--bf16 yes", r"unrecognized arguments: yes", None),
     ("preset-unknown", "--preset tpu-pod", r"argument --preset: invalid choice: 'tpu-pod'", None),
     ("device-unknown", "--device tpu", r"argument --device: invalid choice: 'tpu'", None),
     ("aggregation-unknown", "--aggregation mean", r"argument --aggregation: invalid choice: 'mean'", None),
     # --- schedules: every one in --help can be built, or the message says what it needs
     ("schedule-unknown", "--kl-schedule pid", r"argument --kl-schedule: invalid choice: 'pid'", None),
-    ("linear-without-end", "--kl-schedule linear", r"--beta-end: kl_schedule='linear' anneals beta .* set beta_end", None),
+    (
+        "linear-without-end",
+        "--kl-schedule linear",
+        r"--beta-end: kl_schedule='linear' anneals beta .* set beta_end",
+        None,
+    ),
     ("adaptive-beta-0", "--kl-schedule adaptive --beta 0", r"--beta: kl_schedule='adaptive' .* must then be > 0", None),
-    ("adaptive-horizon-0", "--kl-schedule adaptive --kl-horizon 0", r"--kl-horizon: kl_horizon must be an integer >= 1", None),
-    ("adaptive-target-nan", "--kl-schedule adaptive --kl-target nan", r"--kl-target: kl_target must be a finite number > 0", None),
+    (
+        "adaptive-horizon-0",
+        "--kl-schedule adaptive --kl-horizon 0",
+        r"--kl-horizon: kl_horizon must be an integer >= 1",
+        None,
+    ),
+    (
+        "adaptive-target-nan",
+        "--kl-schedule adaptive --kl-target nan",
+        r"--kl-target: kl_target must be a finite number > 0",
+        None,
+    ),
     ("adaptive-target-negative", "--kl-schedule adaptive --kl-target -1", r"--kl-target: kl_target must be", None),
-    ("cosine-end-inf", "--kl-schedule cosine --beta-end inf", r"--beta-end: beta_end must be a finite number > 0", None),
+    (
+        "cosine-end-inf",
+        "--kl-schedule cosine --beta-end inf",
+        r"--beta-end: beta_end must be a finite number > 0",
+        None,
+    ),
     # --- options the mode would ignore
-    ("target-with-fixed", "--kl-target 2", r"--kl-target: kl_target is read by the schedules adaptive, ppo-penalty only", None),
+    (
+        "target-with-fixed",
+        "--kl-target 2",
+        r"--kl-target: kl_target is read by the schedules adaptive, ppo-penalty only",
+        None,
+    ),
     ("horizon-with-ppo", "--kl-schedule ppo-penalty --kl-horizon 100", r"--kl-horizon: kl_horizon is read by", None),
     ("end-with-fixed", "--beta-end 0.01", r"--beta-end: beta_end is read by the schedules .*linear", None),
-    ("target-with-linear", "--kl-schedule linear --beta-end 0.01 --kl-target 1", r"--kl-target: .*'linear' would ignore it", None),
-    ("schedule-with-none", "--placement none --kl-schedule adaptive", r"--kl-schedule: placement 'none' has no KL term", None),
-    ("beta-with-none", "--placement none --beta 0.1", r"--beta weights the KL term, and --placement none has none", None),
+    (
+        "target-with-linear",
+        "--kl-schedule linear --beta-end 0.01 --kl-target 1",
+        r"--kl-target: .*'linear' would ignore it",
+        None,
+    ),
+    (
+        "schedule-with-none",
+        "--placement none --kl-schedule adaptive",
+        r"--kl-schedule: placement 'none' has no KL term",
+        None,
+    ),
+    (
+        "beta-with-none",
+        "--placement none --beta 0.1",
+        r"--beta weights the KL term, and --placement none has none",
+        None,
+    ),
     ("clip-std-without-normalize", "--no-normalize-std --clip-std 0.1 1", r"--clip-std: .*normalize_std=False", None),
-    ("iw-with-in-reward", "--importance-weighted-kl --placement k1-in-reward", r"--importance-weighted-kl: .*has none", None),
-    ("iw-sequence-level", "--importance-weighted-kl --kl-level sequence --placement k3-in-loss", r"token level only", None),
-    ("sequence-level-in-reward", "--kl-level sequence --placement k1-in-reward", r"--kl-level: kl_level='sequence' applies", None),
-    ("architecture-with-model", "--model {empty} --num-layers 3", r"--num-layers sizes the model built from scratch", None),
+    (
+        "iw-with-in-reward",
+        "--importance-weighted-kl --placement k1-in-reward",
+        r"--importance-weighted-kl: .*has none",
+        None,
+    ),
+    (
+        "iw-sequence-level",
+        "--importance-weighted-kl --kl-level sequence --placement k3-in-loss",
+        r"token level only",
+        None,
+    ),
+    (
+        "sequence-level-in-reward",
+        "--kl-level sequence --placement k1-in-reward",
+        r"--kl-level: kl_level='sequence' applies",
+        None,
+    ),
+    (
+        "architecture-with-model",
+        "--model {empty} --num-layers 3",
+        r"--num-layers sizes the model built from scratch",
+        None,
+    ),
     ("sft-lr-without-sft", "--sft-steps 0 --sft-lr 0.1", r"--sft-(batch-size|lr) is not used with --sft-steps 0", None),
-    ("allow-change-without-resume", "--allow-config-change", r"--allow-config-change: allow_config_change applies to resume only", None),
+    (
+        "allow-change-without-resume",
+        "--allow-config-change",
+        r"--allow-config-change: allow_config_change applies to resume only",
+        None,
+    ),
     # --- devices and models
     ("cuda-without-gpu", "--device cuda", r"--device: device='cuda' but no CUDA GPU is available", None),
     ("model-path-missing", "--model {new}", r"--model: .* does not exist", None),
-    ("model-name-not-cached", "--model nobody/no-such-model", r"--model: 'nobody/no-such-model' is neither a local directory nor a model in the local Hugging Face cache", None),
+    (
+        "model-name-not-cached",
+        "--model nobody/no-such-model",
+        r"--model: 'nobody/no-such-model' is neither a local directory nor a model in the local Hugging Face cache",
+        None,
+    ),
     ("model-is-a-file", "--model {file}", r"--model: .* is not a model directory \(no config.json\)", None),
     ("model-dir-empty", "--model {empty}", r"--model: .* is not a model directory", None),
     # --- paths
     ("run-dir-is-a-file", "--run-dir {file}", r"--run-dir: .* is a file, not a directory", None),
     ("run-dir-under-a-file", "--run-dir {file}/sub", r"--run-dir: .* cannot be created: .* is a file", None),
-    ("run-dir-holds-a-run", "--run-dir {run}", r"--run-dir: .* already holds a run \(checkpoint, metrics.jsonl, run.json\); pass --resume", None),
-    ("run-dir-foreign", "--run-dir {foreign}", r"--run-dir: .* is not empty \(notes.txt\) and holds no capstone run", None),
+    (
+        "run-dir-holds-a-run",
+        "--run-dir {run}",
+        r"--run-dir: .* already holds a run \(checkpoint, metrics.jsonl, run.json\); pass --resume",
+        None,
+    ),
+    (
+        "run-dir-foreign",
+        "--run-dir {foreign}",
+        r"--run-dir: .* is not empty \(notes.txt\) and holds no capstone run",
+        None,
+    ),
     ("cache-dir-is-a-file", "--cache-dir {file}", r"--cache-dir: the cache directory .* is a file", None),
-    ("cache-dir-under-a-file", "--cache-dir {file}/sub", r"--cache-dir: the cache directory .* cannot be created: .* is a file", None),
+    (
+        "cache-dir-under-a-file",
+        "--cache-dir {file}/sub",
+        r"--cache-dir: the cache directory .* cannot be created: .* is a file",
+        None,
+    ),
     # --- resume
-    ("resume-missing-dir", "--resume --run-dir {new}", r"--run-dir: .* does not exist, so there is no run to resume", None),
+    (
+        "resume-missing-dir",
+        "--resume --run-dir {new}",
+        r"--run-dir: .* does not exist, so there is no run to resume",
+        None,
+    ),
     ("resume-without-run-dir", "--resume", r"^error: --resume needs the --run-dir", None),
-    ("resume-and-overwrite", "--resume --overwrite --run-dir {run}", r"--overwrite: resume and overwrite contradict", None),
-    ("resume-with-preset", "--resume --run-dir {run} --preset smoke", r"^error: --resume takes the run's settings from its run.json; leave --preset out", None),
+    (
+        "resume-and-overwrite",
+        "--resume --overwrite --run-dir {run}",
+        r"--overwrite: resume and overwrite contradict",
+        None,
+    ),
+    (
+        "resume-with-preset",
+        "--resume --run-dir {run} --preset smoke",
+        r"^error: --resume takes the run's settings from its run.json; leave --preset out",
+        None,
+    ),
     ("resume-empty-dir", "--resume --run-dir {empty}", r"--resume: .*run.json is missing", None),
-    ("resume-steps-below", "--resume --run-dir {run} --steps 1", r"--steps: the checkpoint in .* is at step 2, so steps=1 would end before it", None),
-    ("resume-other-beta", "--resume --run-dir {run} --beta 0.2 --steps 4", r"--beta: resuming .* would change what the run is: --beta 0.05 -> 0.2 .*--allow-config-change", None),
-    ("resume-other-placement-lr", "--resume --run-dir {run} --placement k3-in-loss --lr 0.01 --steps 4",
-     r"--placement 'k1-in-reward' -> 'k3-in-loss', --lr 0.001 -> 0.01", None),
-    ("resume-other-task", "--resume --run-dir {run} --max-operand 19 --steps 4 --allow-config-change",
-     r"--max-operand: cannot resume .* with a different --max-operand 9 -> 19", None),
-    ("resume-other-seed", "--resume --run-dir {run} --seed 3 --steps 4", r"--seed: cannot resume .* --seed 0 -> 3", None),
-    ("resume-no-checkpoint", "--resume --run-dir {run} --steps 4", r"--resume: .* holds no checkpoint to resume from",
-     lambda run, cache: shutil.rmtree(_ckpt(run))),
-    ("resume-run-json-missing", "--resume --run-dir {run} --steps 4", r"run.json is missing", lambda run, cache: (run / "run.json").unlink()),
-    ("resume-run-json-truncated", "--resume --run-dir {run} --steps 4", r"run.json is unreadable \(JSONDecodeError",
-     lambda run, cache: truncate(run / "run.json")),
+    (
+        "resume-steps-below",
+        "--resume --run-dir {run} --steps 1",
+        r"--steps: the checkpoint in .* is at step 2, so steps=1 would end before it",
+        None,
+    ),
+    (
+        "resume-other-beta",
+        "--resume --run-dir {run} --beta 0.2 --steps 4",
+        r"--beta: resuming .* would change what the run is: --beta 0.05 -> 0.2 .*--allow-config-change",
+        None,
+    ),
+    (
+        "resume-other-placement-lr",
+        "--resume --run-dir {run} --placement k3-in-loss --lr 0.01 --steps 4",
+        r"--placement 'k1-in-reward' -> 'k3-in-loss', --lr 0.001 -> 0.01",
+        None,
+    ),
+    (
+        "resume-other-task",
+        "--resume --run-dir {run} --max-operand 19 --steps 4 --allow-config-change",
+        r"--max-operand: cannot resume .* with a different --max-operand 9 -> 19",
+        None,
+    ),
+    (
+        "resume-other-seed",
+        "--resume --run-dir {run} --seed 3 --steps 4",
+        r"--seed: cannot resume .* --seed 0 -> 3",
+        None,
+    ),
+    (
+        "resume-no-checkpoint",
+        "--resume --run-dir {run} --steps 4",
+        r"--resume: .* holds no checkpoint to resume from",
+        lambda run, cache: shutil.rmtree(_ckpt(run)),
+    ),
+    (
+        "resume-run-json-missing",
+        "--resume --run-dir {run} --steps 4",
+        r"run.json is missing",
+        lambda run, cache: (run / "run.json").unlink(),
+    ),
+    (
+        "resume-run-json-truncated",
+        "--resume --run-dir {run} --steps 4",
+        r"run.json is unreadable \(JSONDecodeError",
+        lambda run, cache: truncate(run / "run.json"),
+    ),
     # --- corrupt checkpoints: the message names the file and how to recover
-    ("ckpt-state-truncated", "--resume --run-dir {run} --steps 4", r"checkpoint/state.pt is corrupt .*--overwrite",
-     lambda run, cache: truncate(_ckpt(run) / "state.pt")),
-    ("ckpt-state-missing", "--resume --run-dir {run} --steps 4", r"checkpoint/state.pt is missing from the checkpoint",
-     lambda run, cache: (_ckpt(run) / "state.pt").unlink()),
-    ("ckpt-weights-truncated", "--resume --run-dir {run} --steps 4", r"checkpoint/policy/model.safetensors is corrupt",
-     lambda run, cache: truncate(_ckpt(run) / "policy" / "model.safetensors")),
-    ("ckpt-config-missing", "--resume --run-dir {run} --steps 4", r"checkpoint/policy/config.json is missing",
-     lambda run, cache: (_ckpt(run) / "policy" / "config.json").unlink()),
-    ("ckpt-metrics-truncated", "--resume --run-dir {run} --steps 4", r"checkpoint/metrics.json is corrupt",
-     lambda run, cache: truncate(_ckpt(run) / "metrics.json")),
-    ("ckpt-schedule-missing", "--resume --run-dir {run} --steps 4", r"checkpoint/schedule.json is missing",
-     lambda run, cache: (_ckpt(run) / "schedule.json").unlink()),
-    ("ckpt-manifest-missing", "--resume --run-dir {run} --steps 4", r"checkpoint/manifest.json is missing, so the checkpoint .* is incomplete",
-     lambda run, cache: (_ckpt(run) / "manifest.json").unlink()),
+    (
+        "ckpt-state-truncated",
+        "--resume --run-dir {run} --steps 4",
+        r"checkpoint/state.pt is corrupt .*--overwrite",
+        lambda run, cache: truncate(_ckpt(run) / "state.pt"),
+    ),
+    (
+        "ckpt-state-missing",
+        "--resume --run-dir {run} --steps 4",
+        r"checkpoint/state.pt is missing from the checkpoint",
+        lambda run, cache: (_ckpt(run) / "state.pt").unlink(),
+    ),
+    (
+        "ckpt-weights-truncated",
+        "--resume --run-dir {run} --steps 4",
+        r"checkpoint/policy/model.safetensors is corrupt",
+        lambda run, cache: truncate(_ckpt(run) / "policy" / "model.safetensors"),
+    ),
+    (
+        "ckpt-config-missing",
+        "--resume --run-dir {run} --steps 4",
+        r"checkpoint/policy/config.json is missing",
+        lambda run, cache: (_ckpt(run) / "policy" / "config.json").unlink(),
+    ),
+    (
+        "ckpt-metrics-truncated",
+        "--resume --run-dir {run} --steps 4",
+        r"checkpoint/metrics.json is corrupt",
+        lambda run, cache: truncate(_ckpt(run) / "metrics.json"),
+    ),
+    (
+        "ckpt-schedule-missing",
+        "--resume --run-dir {run} --steps 4",
+        r"checkpoint/schedule.json is missing",
+        lambda run, cache: (_ckpt(run) / "schedule.json").unlink(),
+    ),
+    (
+        "ckpt-manifest-missing",
+        "--resume --run-dir {run} --steps 4",
+        r"checkpoint/manifest.json is missing, so the checkpoint .* is incomplete",
+        lambda run, cache: (_ckpt(run) / "manifest.json").unlink(),
+    ),
     # --- corrupt reference cache: the message names the directory to delete
-    ("cache-weights-truncated", "--run-dir {new}", r"model.safetensors is corrupt .*; delete the directory .*reference-\w+ \(rm -r",
-     lambda run, cache: truncate(_only_ref(cache) / "model.safetensors")),
-    ("cache-info-missing", "--run-dir {new}", r"info.json is missing from the cached reference policy .*; delete the directory",
-     lambda run, cache: (_only_ref(cache) / "info.json").unlink()),
-    ("cache-manifest-missing", "--run-dir {new}", r"manifest.json is missing, so the cached reference policy .* delete the directory",
-     lambda run, cache: (_only_ref(cache) / "manifest.json").unlink()),
+    (
+        "cache-weights-truncated",
+        "--run-dir {new}",
+        r"model.safetensors is corrupt .*; delete the directory .*reference-\w+ \(rm -r",
+        lambda run, cache: truncate(_only_ref(cache) / "model.safetensors"),
+    ),
+    (
+        "cache-info-missing",
+        "--run-dir {new}",
+        r"info.json is missing from the cached reference policy .*; delete the directory",
+        lambda run, cache: (_only_ref(cache) / "info.json").unlink(),
+    ),
+    (
+        "cache-manifest-missing",
+        "--run-dir {new}",
+        r"manifest.json is missing, so the cached reference policy .* delete the directory",
+        lambda run, cache: (_only_ref(cache) / "manifest.json").unlink(),
+    ),
     # --- sweeps
-    ("sweep-placement-unknown", "--sweep --placements k5-in-loss", r"--placements: unknown KL placement 'k5-in-loss'", None),
-    ("sweep-beta-negative", "--sweep --betas -0.1", r"--betas: every beta of a sweep must be a finite number >= 0", None),
+    (
+        "sweep-placement-unknown",
+        "--sweep --placements k5-in-loss",
+        r"--placements: unknown KL placement 'k5-in-loss'",
+        None,
+    ),
+    (
+        "sweep-beta-negative",
+        "--sweep --betas -0.1",
+        r"--betas: every beta of a sweep must be a finite number >= 0",
+        None,
+    ),
     ("sweep-beta-nan", "--sweep --betas nan", r"--betas: every beta of a sweep", None),
     ("sweep-seed-negative", "--sweep --seeds -2", r"--seeds: every seed of a sweep must be an integer >= 0", None),
-    ("sweep-with-placement", "--sweep --placement k1-in-reward", r"--placement sets one run; a sweep takes --placements", None),
+    (
+        "sweep-with-placement",
+        "--sweep --placement k1-in-reward",
+        r"--placement sets one run; a sweep takes --placements",
+        None,
+    ),
     ("sweep-with-beta", "--sweep --beta 0.1", r"--beta sets one run", None),
     ("sweep-with-seed", "--sweep --seed 1", r"--seed sets one run", None),
     ("sweep-with-resume", "--sweep --resume --run-dir {run}", r"--resume cannot be used with --sweep", None),
-    ("placements-without-sweep", "--placements none", r"--placements applies to --sweep only; for one run use --placement", None),
-    ("sweep-adaptive-beta-0", "--sweep --placements k1-in-reward --betas 0 --kl-schedule adaptive",
-     r"--betas: sweep run placement='k1-in-reward', beta=0, seed=0: kl_schedule='adaptive' .* > 0", None),
-    ("sweep-iw-in-reward", "--sweep --placements k3-in-loss k1-in-reward --importance-weighted-kl",
-     r"sweep run placement='k1-in-reward'.*importance_weighted_kl weights an in-loss KL term", None),
+    (
+        "placements-without-sweep",
+        "--placements none",
+        r"--placements applies to --sweep only; for one run use --placement",
+        None,
+    ),
+    (
+        "sweep-adaptive-beta-0",
+        "--sweep --placements k1-in-reward --betas 0 --kl-schedule adaptive",
+        r"--betas: sweep run placement='k1-in-reward', beta=0, seed=0: kl_schedule='adaptive' .* > 0",
+        None,
+    ),
+    (
+        "sweep-iw-in-reward",
+        "--sweep --placements k3-in-loss k1-in-reward --importance-weighted-kl",
+        r"sweep run placement='k1-in-reward'.*importance_weighted_kl weights an in-loss KL term",
+        None,
+    ),
     ("sweep-run-dir-is-a-file", "--sweep --placements none --run-dir {file}", r"is a file, not a directory", None),
-    ("sweep-existing-runs", "--sweep --placements k1-in-reward --run-dir {sweepruns}",
-     r"--run-dir: .*sweepruns already holds runs of a sweep \(k1-in-reward_beta0.05_seed0\); pass --overwrite", None),
-    ("sweep-existing-csv", "--sweep --placements none --run-dir {sweepdir}", r"already holds a sweep \(sweep.csv\); pass --overwrite", None),
+    (
+        "sweep-existing-runs",
+        "--sweep --placements k1-in-reward --run-dir {sweepruns}",
+        r"--run-dir: .*sweepruns already holds runs of a sweep \(k1-in-reward_beta0.05_seed0\); pass --overwrite",
+        None,
+    ),
+    (
+        "sweep-existing-csv",
+        "--sweep --placements none --run-dir {sweepdir}",
+        r"already holds a sweep \(sweep.csv\); pass --overwrite",
+        None,
+    ),
 ]
 
 
@@ -225,8 +484,15 @@ def test_a_mistake_is_one_line_exit_2_and_changes_nothing(case, finished_run, ca
     (sweepdir / "sweep.csv").write_text("placement\n")
     if prepare is not None:
         prepare(run, cache_copy)
-    paths = {"run": run, "new": tmp_path / "new", "file": tmp_path / "file.txt", "empty": tmp_path / "empty",
-             "foreign": tmp_path / "foreign", "sweepdir": sweepdir, "sweepruns": sweepruns}
+    paths = {
+        "run": run,
+        "new": tmp_path / "new",
+        "file": tmp_path / "file.txt",
+        "empty": tmp_path / "empty",
+        "foreign": tmp_path / "foreign",
+        "sweepdir": sweepdir,
+        "sweepruns": sweepruns,
+    }
     argv = [a.format(**paths) for a in args.split()]
     if "--cache-dir" not in argv:
         argv += ["--cache-dir", str(cache_copy)]
@@ -259,15 +525,23 @@ def test_the_table_covers_every_option_of_help():
     text = inspect.getsource(sys.modules[__name__])
     helptext = build_parser().format_help()
     flags = set(re.findall(r"(--[a-z][a-z0-9-]+)", helptext)) - {"--help"}
-    missing = sorted(f for f in flags if f not in text and "--no-" + f[2:] not in text and f.replace("--no-", "--") not in text)
+    missing = sorted(
+        f for f in flags if f not in text and "--no-" + f[2:] not in text and f.replace("--no-", "--") not in text
+    )
     assert not missing, missing
 
 
 def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TQDM_DISABLE": "1"}
     for args in (["--kl-schedule", "linear"], ["--placement", "none", "--kl-horizon", "5"], ["--steps", "0"]):
-        p = subprocess.run([sys.executable, "-m", "kltutor.capstone", "--cache-dir", str(tmp_path / "c"), *args],
-                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        p = subprocess.run(
+            [sys.executable, "-m", "kltutor.capstone", "--cache-dir", str(tmp_path / "c"), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+        )
         assert p.returncode == 2, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
     assert sorted(os.listdir(tmp_path)) == []  # nothing written, not even the cache directory
@@ -310,8 +584,26 @@ def test_resume_takes_run_json_settings_and_a_finished_run_is_a_no_op(finished_r
 def test_allowed_config_change_applies_and_is_recorded(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    assert main(["--run-dir", str(run), "--resume", "--steps", "4", "--beta", "0.3", "--lr", "0.002",
-                 "--checkpoint-every", "2", "--allow-config-change", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--run-dir",
+                str(run),
+                "--resume",
+                "--steps",
+                "4",
+                "--beta",
+                "0.3",
+                "--lr",
+                "0.002",
+                "--checkpoint-every",
+                "2",
+                "--allow-config-change",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rows = _rows(run)
     assert [r["beta"] for r in rows] == [0.05, 0.05, 0.3, 0.3]
     rec = json.loads((run / "run.json").read_text())
@@ -345,16 +637,41 @@ def test_sweep_without_run_dir_writes_to_a_temporary_directory(tmp_path, cache, 
     assert sorted(p.name for p in sweep_dir.iterdir()) == ["none_beta0_seed0", "sweep.csv", "sweep.json"]
 
 
-@pytest.mark.parametrize("schedule,extra", [("fixed", []), ("adaptive", ["--kl-target", "0.01"]), ("ppo-penalty", []),
-                                            ("linear", ["--beta-end", "0.01"]), ("cosine", ["--beta-end", "0.01"]),
-                                            ("exponential", ["--beta-end", "0.01", "--kl-horizon", "8"])])
+@pytest.mark.parametrize(
+    "schedule,extra",
+    [
+        ("fixed", []),
+        ("adaptive", ["--kl-target", "0.01"]),
+        ("ppo-penalty", []),
+        ("linear", ["--beta-end", "0.01"]),
+        ("cosine", ["--beta-end", "0.01"]),
+        ("exponential", ["--beta-end", "0.01", "--kl-horizon", "8"]),
+    ],
+)
 def test_every_schedule_in_help_runs(schedule, extra, tmp_path, cache):
     from kltutor.schedules import SCHEDULES
 
     assert schedule in SCHEDULES and schedule in build_parser().format_help()
     run = tmp_path / "run"
-    assert main(TINY + ["--cache-dir", str(cache), "--steps", "2", "--beta", "0.1", "--kl-schedule", schedule,
-                        "--run-dir", str(run), *extra]) == 0
+    assert (
+        main(
+            TINY
+            + [
+                "--cache-dir",
+                str(cache),
+                "--steps",
+                "2",
+                "--beta",
+                "0.1",
+                "--kl-schedule",
+                schedule,
+                "--run-dir",
+                str(run),
+                *extra,
+            ]
+        )
+        == 0
+    )
     betas = [r["beta"] for r in _rows(run)]
     assert betas[0] == 0.1
     if schedule == "exponential":  # 8 samples per step over a horizon of 8: the end at step 2
@@ -379,7 +696,9 @@ def test_metrics_survive_a_failure_and_the_error_says_where(tmp_path, cache, mon
 
     monkeypatch.setattr(loop, "_step", failing)
     run = tmp_path / "run"
-    assert main(TINY + ["--cache-dir", str(cache), "--steps", "4", "--checkpoint-every", "1", "--run-dir", str(run)]) == 1
+    assert (
+        main(TINY + ["--cache-dir", str(cache), "--steps", "4", "--checkpoint-every", "1", "--run-dir", str(run)]) == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: the run diverged: the loss is nan") and f"{run / 'metrics.jsonl'}" in err
     assert [r["step"] for r in _rows(run)] == [1, 2]
@@ -391,7 +710,9 @@ def test_metrics_survive_a_failure_and_the_error_says_where(tmp_path, cache, mon
 
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, cache, monkeypatch):
     run = tmp_path / "run"
-    assert main(TINY + ["--cache-dir", str(cache), "--steps", "2", "--checkpoint-every", "2", "--run-dir", str(run)]) == 0
+    assert (
+        main(TINY + ["--cache-dir", str(cache), "--steps", "2", "--checkpoint-every", "2", "--run-dir", str(run)]) == 0
+    )
     before = snapshot(run / "checkpoint")
 
     def crash(*a, **k):
@@ -413,7 +734,9 @@ def _save_model(path: Path, alphabet: str):
     from kltutor.capstone.model import build_model, build_tokenizer
 
     tok = build_tokenizer(alphabet)
-    build_model(tok, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64).save_pretrained(path)
+    build_model(tok, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64).save_pretrained(
+        path
+    )
     tok.save_pretrained(path)
 
 

@@ -40,8 +40,8 @@ def test_sequence_stats_match_the_model_logits():
     with torch.no_grad():
         fast = sequence_stats(policy, ids, attn, n_prompt, ref, chunk=3)
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
-        logits = policy(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, n_prompt - 1:-1]
-        ref_logits = ref(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, n_prompt - 1:-1]
+        logits = policy(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, n_prompt - 1 : -1]
+        ref_logits = ref(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, n_prompt - 1 : -1]
     slow = naive_token_stats(logits, ids[:, n_prompt:], ref_logits)
     for k in ("logp", "entropy", "ref_logp", "kl"):
         torch.testing.assert_close(fast[k], slow[k], rtol=1e-5, atol=1e-6)

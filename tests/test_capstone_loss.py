@@ -120,8 +120,17 @@ def _per_sample_grads(placement: str, n: int, beta: float, seed: int = 0):
     ref_logp = torch.log_softmax(ref_logits, -1)[y][:, None]
     mask = torch.ones_like(logp)
     rewards = torch.zeros(n, dtype=torch.float64)  # no task reward: only the KL term acts
-    out = grpo_loss(logp, logp.detach(), ref_logp, mask, rewards, group_size=2, placement=placement, beta=beta,
-                    aggregation="sequence-sum")
+    out = grpo_loss(
+        logp,
+        logp.detach(),
+        ref_logp,
+        mask,
+        rewards,
+        group_size=2,
+        placement=placement,
+        beta=beta,
+        aggregation="sequence-sum",
+    )
     (grad,) = torch.autograd.grad(out.loss * n, th)
     pi = torch.softmax(theta, -1)
     ell = torch.log_softmax(theta, -1) - torch.log_softmax(ref_logits, -1)
@@ -174,8 +183,9 @@ def _exact_in_loss_expectation(importance: bool):
         old_logp = old.token_log_probs(seqs)
     mask = weights[:, None].expand(-1, seqs.shape[1]).contiguous()
     rewards = torch.zeros(len(seqs), dtype=torch.float64)  # equal rewards: zero advantages, only the KL term acts
-    cfg = CapstoneConfig(placement="exact-in-loss", beta=1.0, group_size=3, aggregation="sequence-sum",
-                         importance_weighted_kl=importance)
+    cfg = CapstoneConfig(
+        placement="exact-in-loss", beta=1.0, group_size=3, aggregation="sequence-sum", importance_weighted_kl=importance
+    )
     st = {"logp": policy.token_log_probs(seqs), "kl": full_vocab_kl_sum(policy, ref, seqs)}
     loss, _, _ = step_loss(cfg, st, {"logp": old_logp, "ref_logp": old_logp}, mask, rewards, 1.0)
     expectation = loss * len(seqs)  # 'sequence-sum' averages over rows; the weights already sum to one

@@ -7,7 +7,16 @@ import os
 import pytest
 import torch
 
-from kltutor.capstone import CAPSTONE_PLACEMENTS, METRICS, TIMING_METRICS, AdditionTask, CapstoneConfig, preset, run, sweep
+from kltutor.capstone import (
+    CAPSTONE_PLACEMENTS,
+    METRICS,
+    TIMING_METRICS,
+    AdditionTask,
+    CapstoneConfig,
+    preset,
+    run,
+    sweep,
+)
 from kltutor.capstone.loop import completion_mask_from_ids
 from kltutor.capstone.model import build_model, build_tokenizer, check_tokenizer, load_model
 
@@ -17,10 +26,26 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "capstone-cache"
-    return CapstoneConfig(max_operand=9, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
-                          sft_steps=40, sft_batch_size=32, steps=4, prompts_per_step=2, group_size=4, max_new_tokens=3,
-                          lr=1e-3, logprob_chunk=5, device="cpu", progress=False, cache_dir=str(cache),
-                          format_reward=0.5)
+    return CapstoneConfig(
+        max_operand=9,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=64,
+        sft_steps=40,
+        sft_batch_size=32,
+        steps=4,
+        prompts_per_step=2,
+        group_size=4,
+        max_new_tokens=3,
+        lr=1e-3,
+        logprob_chunk=5,
+        device="cpu",
+        progress=False,
+        cache_dir=str(cache),
+        format_reward=0.5,
+    )
 
 
 def test_task_reward():
@@ -65,22 +90,25 @@ def test_tokenizer_that_lacks_what_the_task_needs():
         check_tokenizer(tok, AdditionTask().alphabet)
 
 
-@pytest.mark.parametrize("changes,match", [
-    (dict(placement="k4-in-loss"), "unknown KL placement"),
-    (dict(beta=-0.1), "beta"),
-    (dict(beta=float("nan")), "beta"),
-    (dict(group_size=1), "group_size"),
-    (dict(kl_level="sequence", placement="k1-in-reward"), "kl_level"),
-    (dict(kl_level="both"), "kl_level"),
-    (dict(aggregation="mean"), "aggregation"),
-    (dict(steps=-1), "steps"),
-    (dict(temperature=0.0), "temperature"),
-    (dict(clip_std=(0.5, 0.1)), "clip_std"),
-    (dict(resume=True), "run_dir"),
-    (dict(hidden_size=30, num_heads=4), "divisible"),
-    (dict(device="tpu"), "device"),
-    (dict(kl_schedule="pid"), "kl_schedule"),
-])
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        (dict(placement="k4-in-loss"), "unknown KL placement"),
+        (dict(beta=-0.1), "beta"),
+        (dict(beta=float("nan")), "beta"),
+        (dict(group_size=1), "group_size"),
+        (dict(kl_level="sequence", placement="k1-in-reward"), "kl_level"),
+        (dict(kl_level="both"), "kl_level"),
+        (dict(aggregation="mean"), "aggregation"),
+        (dict(steps=-1), "steps"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(clip_std=(0.5, 0.1)), "clip_std"),
+        (dict(resume=True), "run_dir"),
+        (dict(hidden_size=30, num_heads=4), "divisible"),
+        (dict(device="tpu"), "device"),
+        (dict(kl_schedule="pid"), "kl_schedule"),
+    ],
+)
 def test_bad_configuration_raises_a_clear_error(changes, match):
     with pytest.raises(ValueError, match=match):
         CapstoneConfig(**changes).validate()
@@ -112,8 +140,14 @@ def test_out_of_memory_names_a_preset(tiny, tmp_path, monkeypatch):
 
 
 def test_resume_equals_an_uninterrupted_run(tiny, tmp_path):
-    cfg = tiny.replace(placement="k3-in-loss", beta=0.1, updates_per_batch=2, checkpoint_every=2,
-                       kl_schedule="adaptive", kl_target=0.01)
+    cfg = tiny.replace(
+        placement="k3-in-loss",
+        beta=0.1,
+        updates_per_batch=2,
+        checkpoint_every=2,
+        kl_schedule="adaptive",
+        kl_target=0.01,
+    )
     full = run(cfg.replace(run_dir=str(tmp_path / "full")))
     first = run(cfg.replace(run_dir=str(tmp_path / "cut"), steps=2))  # "interrupted" after step 2
     assert (first.checkpoint_dir / "state.pt").exists()
@@ -162,16 +196,79 @@ def test_beta_schedule_interface():
 def test_cli_single_run_and_sweep(tiny, tmp_path, capsys):
     from kltutor.capstone.__main__ import main
 
-    common = ["--preset", "smoke", "--max-operand", "9", "--hidden-size", "32", "--num-layers", "1", "--num-heads", "2",
-              "--num-kv-heads", "1", "--intermediate-size", "64", "--sft-steps", "40", "--sft-batch-size", "32",
-              "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "3", "--lr", "1e-3",
-              "--format-reward", "0.5", "--steps", "2", "--cache-dir", tiny.cache_dir, "--no-progress"]
-    assert main(common + ["--placement", "exact-in-loss", "--beta", "0.2", "--clip-std", "0.1", "5",
-                          "--run-dir", str(tmp_path / "one")]) == 0
+    common = [
+        "--preset",
+        "smoke",
+        "--max-operand",
+        "9",
+        "--hidden-size",
+        "32",
+        "--num-layers",
+        "1",
+        "--num-heads",
+        "2",
+        "--num-kv-heads",
+        "1",
+        "--intermediate-size",
+        "64",
+        "--sft-steps",
+        "40",
+        "--sft-batch-size",
+        "32",
+        "--prompts-per-step",
+        "2",
+        "--group-size",
+        "4",
+        "--max-new-tokens",
+        "3",
+        "--lr",
+        "1e-3",
+        "--format-reward",
+        "0.5",
+        "--steps",
+        "2",
+        "--cache-dir",
+        tiny.cache_dir,
+        "--no-progress",
+    ]
+    assert (
+        main(
+            common
+            + [
+                "--placement",
+                "exact-in-loss",
+                "--beta",
+                "0.2",
+                "--clip-std",
+                "0.1",
+                "5",
+                "--run-dir",
+                str(tmp_path / "one"),
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["beta"] == 0.2
-    assert main(common + ["--sweep", "--placements", "none", "k2-in-loss", "--betas", "0.1", "--seeds", "0", "1",
-                          "--run-dir", str(tmp_path / "grid")]) == 0
+    assert (
+        main(
+            common
+            + [
+                "--sweep",
+                "--placements",
+                "none",
+                "k2-in-loss",
+                "--betas",
+                "0.1",
+                "--seeds",
+                "0",
+                "1",
+                "--run-dir",
+                str(tmp_path / "grid"),
+            ]
+        )
+        == 0
+    )
     import pandas as pd
 
     df = pd.read_csv(tmp_path / "grid" / "sweep.csv")

@@ -38,7 +38,7 @@ def models(tok):
 def _hf_logits(model, ids, attn, P):
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
     with torch.no_grad():
-        return model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, P - 1:-1].float()
+        return model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, P - 1 : -1].float()
 
 
 def _enc(tok, prompts):
@@ -47,8 +47,16 @@ def _enc(tok, prompts):
 
 
 @pytest.mark.parametrize("ref_scoring", ["batched", "in-loop"])
-@pytest.mark.parametrize("opts", [dict(temperature=1.0), dict(temperature=0.7), dict(temperature=1.3, top_k=5),
-                                  dict(temperature=0.8, top_p=0.8), dict(temperature=0.9, top_k=6, top_p=0.9)])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(temperature=1.0),
+        dict(temperature=0.7),
+        dict(temperature=1.3, top_k=5),
+        dict(temperature=0.8, top_p=0.8),
+        dict(temperature=0.9, top_k=6, top_p=0.9),
+    ],
+)
 def test_logp_and_scores_match_a_transformers_forward(models, tok, opts, ref_scoring):
     policy, ref = models
     s = Sampler(policy, tok, ref_model=ref, max_new_tokens=8, ref_scoring=ref_scoring, **opts)
@@ -77,7 +85,10 @@ def test_logp_and_scores_match_a_transformers_forward(models, tok, opts, ref_sco
         assert (v[~m] == 0).all()
     if "top_k" not in opts and "top_p" not in opts:  # untruncated: the trainer's log-probs are the sampler's
         torch.testing.assert_close(sc.policy_logp, b.logp, rtol=0, atol=2e-5)
-    texts = [tok.decode([t for t in r[:n] if t != tok.eos_token_id], skip_special_tokens=True) for r, n in zip(comp.tolist(), lengths.tolist())]
+    texts = [
+        tok.decode([t for t in r[:n] if t != tok.eos_token_id], skip_special_tokens=True)
+        for r, n in zip(comp.tolist(), lengths.tolist())
+    ]
     assert b.texts == texts
 
 
@@ -88,16 +99,19 @@ def test_greedy_equals_model_generate_also_after_an_update(tok):
     for round_ in range(2):
         b = s.sample(PROMPTS, greedy=True)
         with torch.no_grad():
-            out = policy.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id,
-                                  eos_token_id=tok.eos_token_id)
-        assert torch.equal(b.completion_ids, out[:, enc["input_ids"].shape[1]:]), round_
+            out = policy.generate(
+                **enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+            )
+        assert torch.equal(b.completion_ids, out[:, enc["input_ids"].shape[1] :]), round_
         assert round_ or (b.terminated.any() and not b.terminated.all())
         with torch.no_grad():  # an "optimizer step": the sampler must see the new weights (its fused copies re-synced)
             for p in policy.parameters():
                 p.add_(0.05 * torch.randn_like(p))
 
 
-@pytest.mark.parametrize("opts", [dict(temperature=1.0), dict(temperature=0.6, top_k=4), dict(temperature=1.5, top_p=0.7)])
+@pytest.mark.parametrize(
+    "opts", [dict(temperature=1.0), dict(temperature=0.6, top_k=4), dict(temperature=1.5, top_p=0.7)]
+)
 def test_tokens_are_drawn_from_the_documented_distribution(tok, opts):
     """First-token frequencies over n draws against the filtered softmax, within 5 standard errors."""
     model = build_model(tok, 32, 1, 2, 1, 64, seed=5).eval()
@@ -148,8 +162,16 @@ def test_bf16_log_probs_reproduce_a_precision_mismatch(models, tok):
 def test_fallback_for_a_model_the_static_decoder_does_not_drive(tok):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64, bos_token_id=tok.bos_token_id,
-                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     model = _eos_prone(GPT2LMHeadModel(cfg).eval(), tok, 12.0)
     assert "gpt2" in decoder.support(model)
@@ -167,8 +189,10 @@ def test_fallback_for_a_model_the_static_decoder_does_not_drive(tok):
     g = Sampler(model, tok, max_new_tokens=8).sample(PROMPTS, greedy=True)
     enc = _enc(tok, PROMPTS)
     with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    assert torch.equal(g.completion_ids, out[:, enc["input_ids"].shape[1]:])
+        out = model.generate(
+            **enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+        )
+    assert torch.equal(g.completion_ids, out[:, enc["input_ids"].shape[1] :])
 
 
 def test_shared_prompt_forward_equals_model_forward_values_and_gradients(models, tok):
@@ -185,10 +209,12 @@ def test_shared_prompt_forward_equals_model_forward_values_and_gradients(models,
     weights = torch.randn(m.shape, generator=torch.Generator().manual_seed(3))
     fast = sequence_stats(policy, ids, attn, P, ref, chunk=5)
     gf = torch.autograd.grad((fast["logp"] * weights * m).sum() + (fast["kl"] * m).sum(), list(policy.parameters()))
-    h = hidden_states(policy, ids, attn)[:, P - 1:-1]
+    h = hidden_states(policy, ids, attn)[:, P - 1 : -1]
     with torch.no_grad():
-        rh = hidden_states(ref, ids, attn)[:, P - 1:-1]
-    slow = naive_token_stats(h @ policy.get_output_embeddings().weight.T, ids[:, P:], rh @ ref.get_output_embeddings().weight.T)
+        rh = hidden_states(ref, ids, attn)[:, P - 1 : -1]
+    slow = naive_token_stats(
+        h @ policy.get_output_embeddings().weight.T, ids[:, P:], rh @ ref.get_output_embeddings().weight.T
+    )
     gs = torch.autograd.grad((slow["logp"] * weights * m).sum() + (slow["kl"] * m).sum(), list(policy.parameters()))
     mb = m.bool()
     for k in ("logp", "entropy", "ref_logp", "kl"):
@@ -196,23 +222,37 @@ def test_shared_prompt_forward_equals_model_forward_values_and_gradients(models,
     for (name, _), a, c in zip(policy.named_parameters(), gf, gs):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5, msg=name)
     uids, umask, index = decoder.prompt_index(ids[:, :P], attn[:, :P])
-    assert len(uids) == len(set(PROMPTS)) and torch.equal(torch.where(umask.bool(), uids, 0)[index],
-                                                          torch.where(attn[:, :P].bool(), ids[:, :P], 0))
+    assert len(uids) == len(set(PROMPTS)) and torch.equal(
+        torch.where(umask.bool(), uids, 0)[index], torch.where(attn[:, :P].bool(), ids[:, :P], 0)
+    )
 
 
 def test_generate_completions_keeps_its_dictionary(models, tok):
-    out = generate_completions(models[0], tok, PROMPTS, max_new_tokens=5, temperature=0.9, generator=torch.Generator().manual_seed(0))
+    out = generate_completions(
+        models[0], tok, PROMPTS, max_new_tokens=5, temperature=0.9, generator=torch.Generator().manual_seed(0)
+    )
     assert set(out) == {"input_ids", "attention_mask", "completion_mask", "n_prompt", "texts", "terminated", "logp"}
     assert isinstance(out["terminated"], list) and len(out["texts"]) == len(PROMPTS)
-    again = generate_completions(models[0], tok, PROMPTS, max_new_tokens=5, temperature=0.9, generator=torch.Generator().manual_seed(0))
+    again = generate_completions(
+        models[0], tok, PROMPTS, max_new_tokens=5, temperature=0.9, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(out["input_ids"], again["input_ids"])  # a generator makes a draw reproducible
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(top_k=-1), "top_k"), (dict(temperature=0.0), "temperature"),
-    (dict(min_new_tokens=9), "min_new_tokens"), (dict(logprob_dtype="float16"), "logprob_dtype"),
-    (dict(decode_mode="jit"), "decode_mode"), (dict(ref_scoring="later"), "ref_scoring"), (dict(max_new_tokens=0), "max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=-1), "top_k"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(min_new_tokens=9), "min_new_tokens"),
+        (dict(logprob_dtype="float16"), "logprob_dtype"),
+        (dict(decode_mode="jit"), "decode_mode"),
+        (dict(ref_scoring="later"), "ref_scoring"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+    ],
+)
 def test_bad_arguments_raise_clear_errors(models, tok, kwargs, match):
     args = dict(max_new_tokens=8) | kwargs
     with pytest.raises(ValueError, match=match):
@@ -278,8 +318,14 @@ def test_graph_replay_logic_with_a_simulated_cuda_graph(models, tok, monkeypatch
         def wait_stream(self, other):
             pass
 
-    for name, value in (("Stream", FakeStream), ("stream", lambda s: contextlib.nullcontext()), ("current_stream", FakeStream),
-                        ("CUDAGraph", FakeGraph), ("graph", fake_graph), ("synchronize", lambda: None)):
+    for name, value in (
+        ("Stream", FakeStream),
+        ("stream", lambda s: contextlib.nullcontext()),
+        ("current_stream", FakeStream),
+        ("CUDAGraph", FakeGraph),
+        ("graph", fake_graph),
+        ("synchronize", lambda: None),
+    ):
         monkeypatch.setattr(torch.cuda, name, value)
     policy = models[0]
     eager = Sampler(policy, tok, max_new_tokens=7, temperature=0.9, top_k=7)
@@ -338,7 +384,9 @@ def test_bf16_autocast_path_matches_transformers_under_autocast(tok):
     transformers' own bf16-autocast forward is (the same casts in the same places), and finite."""
     pol = _eos_prone(build_model(tok, 64, 2, 4, 2, 128, seed=0), tok)
     ref = build_model(tok, 64, 2, 4, 2, 128, seed=1)
-    s = Sampler(pol, tok, ref_model=ref, max_new_tokens=10, compute_dtype=torch.bfloat16, autocast=True, temperature=0.8)
+    s = Sampler(
+        pol, tok, ref_model=ref, max_new_tokens=10, compute_dtype=torch.bfloat16, autocast=True, temperature=0.8
+    )
     torch.manual_seed(0)
     b = s.sample(PROMPTS * 3)
     m = b.completion_mask.bool()
@@ -347,7 +395,7 @@ def test_bf16_autocast_path_matches_transformers_under_autocast(tok):
     def hf(amp):
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            h = pol.model(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state[:, P - 1:-1]
+            h = pol.model(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state[:, P - 1 : -1]
         z = (h.float() @ pol.get_output_embeddings().weight.T) / 0.8
         return torch.log_softmax(z, -1).gather(-1, ids[:, P:, None]).squeeze(-1)
 

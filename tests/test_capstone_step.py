@@ -23,9 +23,25 @@ def _k3(x):
 
 
 def test_metrics_are_the_step_rows_fields_in_order():
-    assert METRICS == ("step", "reward", "accuracy", "kl_exact_seq", "kl_exact_token", "kl_k1_seq", "kl_k3_seq", "entropy",
-                       "response_length", "terminated", "clip_fraction", "grad_norm", "loss", "kl_term", "beta",
-                       "seconds", "tokens_per_second")
+    assert METRICS == (
+        "step",
+        "reward",
+        "accuracy",
+        "kl_exact_seq",
+        "kl_exact_token",
+        "kl_k1_seq",
+        "kl_k3_seq",
+        "entropy",
+        "response_length",
+        "terminated",
+        "clip_fraction",
+        "grad_norm",
+        "loss",
+        "kl_term",
+        "beta",
+        "seconds",
+        "tokens_per_second",
+    )
     assert tuple(StepRow.__dataclass_fields__) == METRICS
 
 
@@ -43,13 +59,15 @@ def test_measure_against_a_hand_computation_with_early_eos():
     lens = [2, 4, 1]
     ell = [[old[b, t].item() - ref[b, t].item() for t in range(n)] for b, n in enumerate(lens)]
     hand = {
-        "reward": 0.5, "accuracy": 1 / 3,
+        "reward": 0.5,
+        "accuracy": 1 / 3,
         "kl_exact_seq": (0.11 + 0.05 + 0.30 + 0.07 + 0.0 + 0.2 + 0.01) / 3 - 0.0,
         "kl_exact_token": (0.11 + 0.05 + 0.30 + 0.07 + 0.0 + 0.2 + 0.01) / 7,
         "kl_k1_seq": sum(sum(r) for r in ell) / 3,
         "kl_k3_seq": sum(sum(_k3(x) for x in r) for r in ell) / 3,
         "entropy": (1.0 + 0.5 + 2.0 + 1.5 + 0.5 + 0.25 + 0.75) / 7,
-        "response_length": 7 / 3, "terminated": 2 / 3,
+        "response_length": 7 / 3,
+        "terminated": 2 / 3,
     }
     assert set(got) == set(hand)
     for k, v in hand.items():
@@ -57,14 +75,22 @@ def test_measure_against_a_hand_computation_with_early_eos():
 
 
 def _loss_batch():
-    logp = torch.tensor([[-0.5, -1.2, -0.3, -1.0], [-2.0, -0.1, -0.7, -0.2], [-0.3, -0.4, -0.5, -0.6], [-1.1, -0.9, -0.2, -0.4]],
-                        dtype=torch.float64)
-    old = logp + torch.tensor([[0.05, -0.08, 0.02, 0.0], [-0.04, 0.03, 0.0, 0.1], [0.0, 0.06, -0.02, 0.0], [0.07, -0.01, 0.03, 0.0]],
-                              dtype=torch.float64)
-    ref = logp + torch.tensor([[0.4, -0.3, 0.2, 0.1], [-0.5, 0.6, 0.1, 0.0], [0.3, 0.2, -0.4, 0.0], [-0.2, 0.5, 0.3, 0.0]],
-                              dtype=torch.float64)
-    kl = torch.tensor([[0.11, 0.05, 0.02, 0.3], [0.30, 0.07, 0.01, 0.0], [0.2, 0.1, 0.05, 0.0], [0.04, 0.06, 0.08, 0.0]],
-                      dtype=torch.float64)
+    logp = torch.tensor(
+        [[-0.5, -1.2, -0.3, -1.0], [-2.0, -0.1, -0.7, -0.2], [-0.3, -0.4, -0.5, -0.6], [-1.1, -0.9, -0.2, -0.4]],
+        dtype=torch.float64,
+    )
+    old = logp + torch.tensor(
+        [[0.05, -0.08, 0.02, 0.0], [-0.04, 0.03, 0.0, 0.1], [0.0, 0.06, -0.02, 0.0], [0.07, -0.01, 0.03, 0.0]],
+        dtype=torch.float64,
+    )
+    ref = logp + torch.tensor(
+        [[0.4, -0.3, 0.2, 0.1], [-0.5, 0.6, 0.1, 0.0], [0.3, 0.2, -0.4, 0.0], [-0.2, 0.5, 0.3, 0.0]],
+        dtype=torch.float64,
+    )
+    kl = torch.tensor(
+        [[0.11, 0.05, 0.02, 0.3], [0.30, 0.07, 0.01, 0.0], [0.2, 0.1, 0.05, 0.0], [0.04, 0.06, 0.08, 0.0]],
+        dtype=torch.float64,
+    )
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.float64)
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.0], dtype=torch.float64)
     return logp, old, ref, kl, mask, rewards
@@ -81,7 +107,9 @@ def _agg(values, mask, mode):
 
 
 @pytest.mark.parametrize("aggregation", ["token-mean", "sequence-mean", "sequence-sum"])
-@pytest.mark.parametrize("placement", ["k1-in-loss", "k2-in-loss", "k3-in-loss", "k1-in-reward", "k3-in-reward", "exact-in-loss", "none"])
+@pytest.mark.parametrize(
+    "placement", ["k1-in-loss", "k2-in-loss", "k3-in-loss", "k1-in-reward", "k3-in-reward", "exact-in-loss", "none"]
+)
 def test_kl_term_is_the_term_beta_multiplies(placement, aggregation):
     """kl_term is reported before beta, aggregated like the loss: for in-loss placements exactly
     (loss - policy loss) / beta; for in-reward ones the frozen penalty k(old - ref); hand-computed."""
@@ -148,12 +176,31 @@ def _model(tok, seed):
 def _ctx(parts, ref_seed=0, **cfg_changes):
     task, tok = parts
     policy, ref = _model(tok, 0), _model(tok, ref_seed).requires_grad_(False)
-    cfg = CapstoneConfig(max_operand=9, prompts_per_step=4, group_size=4, max_new_tokens=4, device="cpu", progress=False,
-                         format_reward=0.5, **cfg_changes).validate()
+    cfg = CapstoneConfig(
+        max_operand=9,
+        prompts_per_step=4,
+        group_size=4,
+        max_new_tokens=4,
+        device="cpu",
+        progress=False,
+        format_reward=0.5,
+        **cfg_changes,
+    ).validate()
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     sampler = make_sampler(cfg, policy, ref, tok, task, torch.device("cpu"))
-    return StepContext(cfg, policy, ref, tok, task, opt, make_beta_schedule(cfg), torch.Generator().manual_seed(0),
-                       torch.device("cpu"), sampler, timings={})
+    return StepContext(
+        cfg,
+        policy,
+        ref,
+        tok,
+        task,
+        opt,
+        make_beta_schedule(cfg),
+        torch.Generator().manual_seed(0),
+        torch.device("cpu"),
+        sampler,
+        timings={},
+    )
 
 
 def test_in_reward_penalty_does_not_move_across_updates(tiny_ctx_parts, monkeypatch):
@@ -172,7 +219,9 @@ def test_in_reward_penalty_does_not_move_across_updates(tiny_ctx_parts, monkeypa
 
     def loss(logp, old_logp, ref_logp, mask, *a, **k):
         out = real_loss(logp, old_logp, ref_logp, mask, *a, **k)
-        seen.append(("logp", logp.detach().clone(), out.kl_term.item(), old_logp.clone(), ref_logp.clone(), mask.clone()))
+        seen.append(
+            ("logp", logp.detach().clone(), out.kl_term.item(), old_logp.clone(), ref_logp.clone(), mask.clone())
+        )
         return out
 
     monkeypatch.setattr(grpo, "returns_to_go", rtg)
@@ -211,10 +260,18 @@ def test_a_real_step_logs_consistent_metrics(tiny_ctx_parts, placement):
     assert all(math.isfinite(v) for v in first.as_dict().values())
 
 
-@pytest.mark.parametrize("changes,match", [
-    (dict(top_p=0.0), "top_p"), (dict(top_p=1.2), "top_p"), (dict(top_k=-3), "top_k"), (dict(top_k=2.5), "top_k"),
-    (dict(logprob_dtype="fp8"), "logprob_dtype"), (dict(decode_mode="graph"), "decode_mode"), (dict(ref_scoring="never"), "ref_scoring"),
-])
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.2), "top_p"),
+        (dict(top_k=-3), "top_k"),
+        (dict(top_k=2.5), "top_k"),
+        (dict(logprob_dtype="fp8"), "logprob_dtype"),
+        (dict(decode_mode="graph"), "decode_mode"),
+        (dict(ref_scoring="never"), "ref_scoring"),
+    ],
+)
 def test_sampling_options_are_validated(changes, match):
     with pytest.raises(ValueError, match=match):
         CapstoneConfig(**changes).validate()
@@ -223,17 +280,47 @@ def test_sampling_options_are_validated(changes, match):
 def test_sampling_options_from_the_command_line():
     from kltutor.capstone.__main__ import build_parser, config_from_args
 
-    cfg = config_from_args(build_parser().parse_args(["--top-p", "0.9", "--top-k", "5", "--logprob-dtype", "bfloat16",
-                                                      "--decode-mode", "eager", "--ref-scoring", "in-loop"]))
-    assert (cfg.top_p, cfg.top_k, cfg.logprob_dtype, cfg.decode_mode, cfg.ref_scoring) == (0.9, 5, "bfloat16", "eager", "in-loop")
+    cfg = config_from_args(
+        build_parser().parse_args(
+            [
+                "--top-p",
+                "0.9",
+                "--top-k",
+                "5",
+                "--logprob-dtype",
+                "bfloat16",
+                "--decode-mode",
+                "eager",
+                "--ref-scoring",
+                "in-loop",
+            ]
+        )
+    )
+    assert (cfg.top_p, cfg.top_k, cfg.logprob_dtype, cfg.decode_mode, cfg.ref_scoring) == (
+        0.9,
+        5,
+        "bfloat16",
+        "eager",
+        "in-loop",
+    )
 
 
 def test_a_run_with_the_sampling_options(tiny_ctx_parts, tmp_path):
     """top-p / top-k / bf16 log-probs / in-loop reference through a real step: every metric finite, and
     with bf16 log-probs the first update's importance ratio is no longer exactly 1 (clipping can occur)."""
     torch.manual_seed(0)
-    ctx = _ctx(tiny_ctx_parts, ref_seed=1, placement="k3-in-loss", beta=0.1, top_p=0.9, top_k=6, temperature=0.8,
-               logprob_dtype="bfloat16", ref_scoring="in-loop", lr=1e-3)
+    ctx = _ctx(
+        tiny_ctx_parts,
+        ref_seed=1,
+        placement="k3-in-loss",
+        beta=0.1,
+        top_p=0.9,
+        top_k=6,
+        temperature=0.8,
+        logprob_dtype="bfloat16",
+        ref_scoring="in-loop",
+        lr=1e-3,
+    )
     assert ctx.sampler.ref_scoring == "in-loop" and ctx.sampler.top_k == 6
     row = loop._step(ctx, 0)
     assert all(math.isfinite(v) for v in row.as_dict().values())

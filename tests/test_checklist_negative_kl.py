@@ -47,8 +47,16 @@ def setup(ref_shift=0.3, seed=0):
 
 
 def test_cause_list_is_documented():
-    assert set(NEGATIVE_KL_CAUSES) >= {"mask_covers_padding", "mask_covers_prompt", "dropout_active", "sampler_mismatch",
-                                       "precision_mismatch", "reference_mismatch", "sign_reversed", "sampling_noise"}
+    assert set(NEGATIVE_KL_CAUSES) >= {
+        "mask_covers_padding",
+        "mask_covers_prompt",
+        "dropout_active",
+        "sampler_mismatch",
+        "precision_mismatch",
+        "reference_mismatch",
+        "sign_reversed",
+        "sampling_noise",
+    }
 
 
 def test_clean_on_policy_batch_has_positive_kl_and_no_cause():
@@ -104,8 +112,10 @@ def test_dropout_from_the_model_and_from_two_passes():
     assert "dropout_active" in d2.codes and "two forward passes" in str(d2)
     # dropout lowers the log-probs of the policy's own tokens on average: k1 at step 0 is negative
     assert d.kl_k1 < 0
-    assert "dropout_active" not in diagnose_negative_kl(logp=logp1, ref_logp=ref_logp, mask=mask,
-                                                        policy_model=policy.eval()).codes
+    assert (
+        "dropout_active"
+        not in diagnose_negative_kl(logp=logp1, ref_logp=ref_logp, mask=mask, policy_model=policy.eval()).codes
+    )
 
 
 def test_mask_over_prompt_and_padding():
@@ -116,7 +126,9 @@ def test_mask_over_prompt_and_padding():
     attention = torch.ones(B, T)
     attention[:, -2:] = 0  # right padding
     good = mask * attention
-    d = diagnose_negative_kl(logp=logp, ref_logp=ref_logp, mask=torch.ones(B, T), attention_mask=attention, prompt_mask=prompt)
+    d = diagnose_negative_kl(
+        logp=logp, ref_logp=ref_logp, mask=torch.ones(B, T), attention_mask=attention, prompt_mask=prompt
+    )
     assert {"mask_covers_padding", "mask_covers_prompt"} <= set(d.codes)
     want = float(((logp - ref_logp) * good).sum(-1).mean())
     assert d.kl_k1_valid == pytest.approx(want, abs=1e-6)

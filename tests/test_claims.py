@@ -22,8 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 CHEATSHEET = (BOOK / "cheatsheet.md").read_text()
 INTERVIEW_CHAPTER = next(BOOK.glob("[0-9][0-9]_interview*.md")).read_text()
-CHAPTERS = {m.group(1): path.read_text() for path in sorted(BOOK.glob("[0-9][0-9]_*.md"))
-            if (m := re.search(r"^\((ch-[a-z]+)\)=\s*$", path.read_text(), re.M))}
+CHAPTERS = {
+    m.group(1): path.read_text()
+    for path in sorted(BOOK.glob("[0-9][0-9]_*.md"))
+    if (m := re.search(r"^\((ch-[a-z]+)\)=\s*$", path.read_text(), re.M))
+}
 
 
 def _labels() -> set[str]:
@@ -67,8 +70,10 @@ def test_a_failing_check_raises():
 # --------------------------------------------------------------------------- one source per claim
 @pytest.mark.parametrize("q", interview.questions(), ids=lambda q: q.id)
 def test_every_short_answer_names_its_claims(q):
-    assert q.claims, (f"{q.id}: the short answer must name the claims it restates (Question(..., claims=(...))) "
-                      "so that it points at the sections that prove them")
+    assert q.claims, (
+        f"{q.id}: the short answer must name the claims it restates (Question(..., claims=(...))) "
+        "so that it points at the sections that prove them"
+    )
     for cid in q.claims:
         claims.get(cid)
 
@@ -99,7 +104,11 @@ def _cheatsheet_lines() -> list[str]:
     for line in CHEATSHEET.splitlines():
         s = line.strip()
         if s.startswith("|"):
-            header = s.startswith("| |") or re.fullmatch(r"\|[\s|:-]+\|", s) or re.match(r"\|\s*(placement|estimator|name)\s*\|", s)
+            header = (
+                s.startswith("| |")
+                or re.fullmatch(r"\|[\s|:-]+\|", s)
+                or re.match(r"\|\s*(placement|estimator|name)\s*\|", s)
+            )
             if not header:
                 out.append(s)
         elif s.startswith("- "):
@@ -118,15 +127,16 @@ def test_every_cheatsheet_line_points_at_a_proof(line):
 
 @pytest.mark.parametrize("claim", [c for c in claims.CLAIMS if c.cheatsheet], ids=lambda c: c.id)
 def test_cheatsheet_links_the_claims_it_restates(claim):
-    assert re.search(rf"\{{ref\}}`(?:[^`<]*<)?{re.escape(claim.source)}>?`", CHEATSHEET), \
+    assert re.search(rf"\{{ref\}}`(?:[^`<]*<)?{re.escape(claim.source)}>?`", CHEATSHEET), (
         f"the cheat sheet restates {claim.id} but does not link its proof {claim.source}"
+    )
 
 
 # --------------------------------------------------------------------------- restatements agree with the checks
 def _strip_code_and_quotes(md: str) -> str:
-    md = re.sub(r"^```.*?^```", " ", md, flags=re.M | re.S)          # code cells and code blocks
+    md = re.sub(r"^```.*?^```", " ", md, flags=re.M | re.S)  # code cells and code blocks
     md = re.sub(r"\{glue:[a-z]+\}`[^`]*`", "X", md)
-    md = re.sub(r"\"[^\"\n]*\"|“[^”]*”", " ", md)                     # quoted (usually refuted) claims
+    md = re.sub(r"\"[^\"\n]*\"|“[^”]*”", " ", md)  # quoted (usually refuted) claims
     return md
 
 
@@ -163,7 +173,7 @@ def _refuted_hits(claim, texts: dict[str, str]) -> list[str]:
         text = re.sub(r"\s+", " ", text)
         for pat in claim.refuted:
             for m in re.finditer(pat, text):
-                hits.append(f"{where}: ...{text[max(0, m.start() - 60):m.end() + 40]}...")
+                hits.append(f"{where}: ...{text[max(0, m.start() - 60) : m.end() + 40]}...")
     return hits
 
 
@@ -186,8 +196,10 @@ def test_no_restatement_repeats_a_refuted_version(claim):
 @pytest.mark.parametrize("claim", [c for c in claims.CLAIMS if c.needs_condition], ids=lambda c: c.id)
 def test_restatements_state_the_condition(claim):
     hits = _condition_hits(claim, RESTATEMENTS)
-    assert not hits, (f"{claim.id} holds only when: {claim.condition}. These sentences state it without "
-                      f"the condition (state it, or link the proof):\n" + "\n".join(hits))
+    assert not hits, (
+        f"{claim.id} holds only when: {claim.condition}. These sentences state it without "
+        f"the condition (state it, or link the proof):\n" + "\n".join(hits)
+    )
 
 
 # The wrong or over-general sentences the book once printed (issue 14): every scanner must catch its own.
@@ -275,6 +287,7 @@ def _ledger_module():
     return mod
 
 
+@pytest.mark.slow  # re-runs every check of the ledger (about 10 s on two cores)
 def test_ledger_page_is_up_to_date():
     page = (BOOK / "claims.md").read_text()
     assert _ledger_module().render() == page, "book/claims.md is out of date: run python scripts/claims.py"

@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -27,7 +26,9 @@ def t(*v):
 def test_kl_hand_computed_values():
     # KL((1/2,1/2) || (1/4,3/4)) = 1/2 log 2 + 1/2 log(2/3)
     assert kl(t(0.5, 0.5), t(0.25, 0.75)).item() == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3), abs=1e-15)
-    assert kl(t(0.25, 0.75), t(0.5, 0.5)).item() == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5), abs=1e-15)
+    assert kl(t(0.25, 0.75), t(0.5, 0.5)).item() == pytest.approx(
+        0.25 * math.log(0.5) + 0.75 * math.log(1.5), abs=1e-15
+    )
     assert kl(t(0.2, 0.3, 0.5), t(0.2, 0.3, 0.5)).item() == 0.0
     # uniform q on k points: KL(p || u) = log k - H(p); for a point mass that is log k
     assert kl(t(1.0, 0.0, 0.0, 0.0), torch.full((4,), 0.25, dtype=torch.float64)).item() == pytest.approx(math.log(4))
@@ -71,7 +72,12 @@ def test_gaussian_closed_form_values_and_quadrature():
     assert kl_gaussian(0.0, 1.0, 0.0, 2.0).item() == pytest.approx(math.log(2) + 1 / 8 - 0.5)
     x = torch.linspace(-30, 30, 200_001, dtype=torch.float64)
     for mp, sp_, mq, sq in [(0.3, 0.7, -1.2, 1.9), (2.0, 2.5, 0.0, 1.0), (-1.0, 0.4, -0.8, 0.5)]:
-        d = lambda m, s: torch.distributions.Normal(torch.tensor(m, dtype=torch.float64), torch.tensor(s, dtype=torch.float64))  # noqa: E731
+
+        def d(m, s):
+            return torch.distributions.Normal(
+                torch.tensor(m, dtype=torch.float64), torch.tensor(s, dtype=torch.float64)
+            )
+
         lp, lq = d(mp, sp_).log_prob(x), d(mq, sq).log_prob(x)
         numeric = torch.trapezoid(lp.exp() * (lp - lq), x).item()
         assert kl_gaussian(mp, sp_, mq, sq).item() == pytest.approx(numeric, abs=1e-9)

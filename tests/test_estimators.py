@@ -128,7 +128,10 @@ def test_k3_variance_finiteness_condition():
 
 def test_k3_stable_accuracy_float32_and_float64():
     ells = torch.tensor([1e-7, -1e-7, 1e-5, -3e-4, 0.01, -0.2, 0.49, -0.51, 0.7, 5.0, -5.0, 30.0, -30.0])
-    for dt, tol in ((torch.float32, 4 * torch.finfo(torch.float32).eps), (torch.float64, 8 * torch.finfo(torch.float64).eps)):
+    for dt, tol in (
+        (torch.float32, 4 * torch.finfo(torch.float32).eps),
+        (torch.float64, 8 * torch.finfo(torch.float64).eps),
+    ):
         x = ells.to(dt)
         ref = est.k3_reference(x.double())
         rel = ((est.k3(x, torch.zeros_like(x)).double() - ref) / ref).abs()
@@ -156,7 +159,8 @@ def test_k3_forms_agree_away_from_zero_and_gradient_finite():
 def test_k3_overflow_float16_and_clamped_bias():
     x = torch.tensor([-11.5], dtype=torch.float16)
     assert torch.isinf(est.k3(x, torch.zeros_like(x))).all()
-    lp = torch.tensor([0.0, -3.0]); lq = torch.zeros(2)
+    lp = torch.tensor([0.0, -3.0])
+    lq = torch.zeros(2)
     c = est.k3_clamped(lp, lq, 10.0)
     assert c[0].item() == pytest.approx(0.0, abs=1e-7)
     assert c[1].item() == pytest.approx(10.0 - 1.0 - 3.0, rel=1e-6)
@@ -260,7 +264,7 @@ def test_k3_relative_error_bound_holds_for_every_form_and_dtype():
     for dt in (torch.float64, torch.float32, torch.bfloat16):
         ell = torch.cat([mag, -mag]).to(dt)
         ref = est.k3_reference(ell.double())
-        finite = ref < torch.finfo(dt).max / 4          # exp(-l) overflows the dtype beyond that
+        finite = ref < torch.finfo(dt).max / 4  # exp(-l) overflows the dtype beyond that
         for name, fn in forms.items():
             rel = ((fn(ell, torch.zeros_like(ell)).double() - ref) / ref).abs()
             bound = est.k3_relative_error_bound(ell.double(), name, dt)
@@ -271,7 +275,9 @@ def test_k3_relative_error_bound_holds_for_every_form_and_dtype():
     assert b.item() == pytest.approx(4 * u32 / 1e-8, rel=1e-3)
     b = est.k3_relative_error_bound(torch.tensor([1e-4]), "expm1", torch.float32)
     assert b.item() == pytest.approx(4 * u32 / 1e-4, rel=1e-3)
-    assert est.k3_relative_error_bound(torch.tensor([0.3]), "stable", torch.float32).item() == pytest.approx(8 * u32, rel=1e-6)
+    assert est.k3_relative_error_bound(torch.tensor([0.3]), "stable", torch.float32).item() == pytest.approx(
+        8 * u32, rel=1e-6
+    )
     assert math.isnan(est.k3_relative_error_bound(torch.tensor([0.0]), "naive", torch.float32).item())
     with pytest.raises(ValueError, match="unknown form"):
         est.k3_relative_error_bound(torch.tensor([0.1]), "series", torch.float32)

@@ -48,7 +48,8 @@ def test_estimate_kl_one_dimensional_and_fractional_masks():
     w = torch.tensor([0.5, 0.25, 0.25, 0.0], dtype=D)
     assert est.estimate_kl(lp, lq, "k1", w).item() == pytest.approx(0.5 * ell[0] + 0.25 * (ell[1] + ell[2]), abs=1e-15)
     assert est.estimate_kl(lp, lq, "k1", w, level="sequence").item() == pytest.approx(
-        0.5 * ell[0] + 0.25 * (ell[1] + ell[2]), abs=1e-15)
+        0.5 * ell[0] + 0.25 * (ell[1] + ell[2]), abs=1e-15
+    )
 
 
 def test_validate_mask_converts_bool_and_names_the_problem():
@@ -98,7 +99,9 @@ def test_k3_clamped_values_and_bound():
     want = [min(math.exp(-x), 1.5) - 1 + x for x in ell.tolist()]
     assert est.k3_clamped(ell, z, 1.5).tolist() == pytest.approx(want, abs=1e-15)
     assert est.k3_clamped(z, -ell, 1.5).tolist() == pytest.approx(want, abs=1e-15)
-    assert est.k3_clamped(ell, z, 1.0001).tolist() == pytest.approx([min(math.exp(-x), 1.0001) - 1 + x for x in ell.tolist()])
+    assert est.k3_clamped(ell, z, 1.0001).tolist() == pytest.approx(
+        [min(math.exp(-x), 1.0001) - 1 + x for x in ell.tolist()]
+    )
     for bad in (1.0, 0.5, float("inf"), "2"):
         with pytest.raises(ValueError, match="max_ratio"):
             est.k3_clamped(ell, z, bad)
@@ -125,7 +128,7 @@ def test_exact_moments_every_field_and_support_edge_cases():
     # a single outcome, and a reference of probability 1 where the policy lives: KL 0, nothing raised
     assert est.exact_moments([1.0], [1.0], "k3") == pytest.approx({"kl": 0.0, "mean": 0.0, "var": 0.0, "bias": 0.0})
     assert est.exact_moments([1.0, 0.0], [1.0, 0.0], "k1")["kl"] == 0.0
-    with pytest.raises(ValueError, match=r"^p must be a 1-d vector"):
+    with pytest.raises(ValueError, match=r"^p must be a non-empty 1-D vector"):
         est.exact_moments([[0.5, 0.5]], [0.5, 0.5], "k1")
     with pytest.raises(ValueError, match=r"^q must sum to 1"):
         est.exact_moments([0.5, 0.5], [0.5, 0.6], "k1")
@@ -138,7 +141,8 @@ def test_gaussian_moments_keys_and_messages():
     d2 = (0.4 / 0.5) ** 2
     assert g == pytest.approx({"kl": d2 / 2, "mean": d2 / 2, "var": math.expm1(d2) - d2, "bias": 0.0})
     assert est.gaussian_moments(0.3, -0.1, 0.5, "k2") == pytest.approx(
-        {"kl": d2 / 2, "mean": d2 / 2 + d2**2 / 8, "var": d2**2 / 2 + d2**3 / 4, "bias": d2**2 / 8})
+        {"kl": d2 / 2, "mean": d2 / 2 + d2**2 / 8, "var": d2**2 / 2 + d2**3 / 4, "bias": d2**2 / 8}
+    )
     for i, name in enumerate(("mu_policy", "mu_ref", "sigma")):
         args = [0.0, 0.0, 1.0]
         args[i] = float("nan")
@@ -179,8 +183,15 @@ def _quadrature(mp, sp, mr, sr):
     cov = e((ell - kl) * (rho - m_rho))
     k3v = rho - 1 + ell
     var_k3 = e((k3v - e(k3v)) ** 2)
-    return {"kl": kl, "var_k1": var_k1, "var_k3": var_k3, "var_rho": var_rho, "cov_l_rho": cov,
-            "lambda_opt": -cov / var_rho, "kl_rev": kl_rev}
+    return {
+        "kl": kl,
+        "var_k1": var_k1,
+        "var_k3": var_k3,
+        "var_rho": var_rho,
+        "cov_l_rho": cov,
+        "lambda_opt": -cov / var_rho,
+        "kl_rev": kl_rev,
+    }
 
 
 @pytest.mark.parametrize("mp, sp, mr, sr", [(0.3, 0.9, -0.2, 1.1), (-0.5, 1.4, 0.4, 0.8)])
@@ -220,11 +231,53 @@ def test_exact_aggregation_moments_every_field_by_hand():
         m = est.exact_aggregation_moments(pol, ref, name)
         assert m["T"] == 2
         assert m["kl_seq"] == pytest.approx(sum(p * sum(r) for p, r in zip(prob, lr)), abs=1e-15)
-        for key, v in (("token", [sum(map(f, r)) / 2 for r in lr]), ("token_sum", [sum(map(f, r)) for r in lr]),
-                       ("sequence", [f(sum(r)) for r in lr])):
+        for key, v in (
+            ("token", [sum(map(f, r)) / 2 for r in lr]),
+            ("token_sum", [sum(map(f, r)) for r in lr]),
+            ("sequence", [f(sum(r)) for r in lr]),
+        ):
             mean = sum(p * x for p, x in zip(prob, v))
             var = sum(p * (x - mean) ** 2 for p, x in zip(prob, v))
             assert m[f"{key}_mean"] == pytest.approx(mean, abs=1e-15), (name, key)
             assert m[f"{key}_var"] == pytest.approx(var, abs=1e-15), (name, key)
     with pytest.raises(ValueError, match="infinite"):
         est.exact_aggregation_moments(ref, pol, "k1")
+
+
+def test_estimators_of_a_log_ratio_and_their_derivatives_by_hand():
+    ell = torch.tensor([-0.7, 0.0, 0.3, 2.0], dtype=D)
+    k = {
+        "k1": [-0.7, 0.0, 0.3, 2.0],
+        "k2": [0.245, 0.0, 0.045, 2.0],
+        "k3": [math.expm1(0.7) - 0.7, 0.0, math.expm1(-0.3) + 0.3, math.expm1(-2.0) + 2.0],
+    }
+    dk = {
+        "k1": [1.0, 1.0, 1.0, 1.0],
+        "k2": [-0.7, 0.0, 0.3, 2.0],
+        "k3": [-math.expm1(0.7), 0.0, -math.expm1(-0.3), -math.expm1(-2.0)],
+    }
+    for name in ("k1", "k2", "k3"):
+        assert est.of_log_ratio(name, ell).tolist() == pytest.approx(k[name], abs=1e-15)
+        assert est.derivative(name, ell).tolist() == pytest.approx(dk[name], abs=1e-15)
+        # the derivative is autograd's of the value
+        x = ell.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(est.of_log_ratio(name, x).sum(), x)
+        assert g.tolist() == pytest.approx(dk[name], abs=1e-12)
+    # sixteen-bit log-ratios are computed (and returned) in float32; float64 stays float64
+    half = torch.tensor([0.01], dtype=torch.bfloat16)
+    assert est.of_log_ratio("k3", half).dtype == torch.float32
+    assert est.of_log_ratio("k3", half).item() == pytest.approx(est.k3(half.float(), torch.zeros(1)).item(), rel=1e-7)
+    assert est.of_log_ratio("k1", ell).dtype == D and est.derivative("k2", ell.float()).dtype == torch.float32
+    with pytest.raises(ValueError, match="unknown estimator 'k4'"):
+        est.of_log_ratio("k4", ell)
+    with pytest.raises(ValueError, match="unknown estimator 'k4'"):
+        est.derivative("k4", ell)
+
+
+def test_exact_moments_work_in_float64_and_want_1d_vectors():
+    """float32 probabilities are computed in float64 (the moments of the float64 values); a 2-D q is named."""
+    p32, q32 = torch.tensor([0.25, 0.75]), torch.tensor([0.5, 0.5])  # exact in float32
+    exact = est.exact_moments(p32.double().tolist(), q32.double().tolist(), "k3")
+    assert est.exact_moments(p32, q32, "k3") == pytest.approx(exact, abs=1e-15)
+    with pytest.raises(ValueError, match=r"^q must be a non-empty 1-D vector"):
+        est.exact_moments([0.5, 0.5], [[0.5, 0.5]], "k1")

@@ -8,23 +8,23 @@ import pytest
 import torch
 
 from kltutor import estimators as est
-from kltutor import failures as F
+from kltutor import failures as fl
 
 D = torch.float64
 
 
 def test_entropy_by_hand():
-    assert F.entropy([0.5, 0.25, 0.25, 0.0]) == pytest.approx(1.5 * math.log(2), abs=1e-15)
-    assert F.entropy([1.0, 0.0]) == 0.0
+    assert fl.entropy([0.5, 0.25, 0.25, 0.0]) == pytest.approx(1.5 * math.log(2), abs=1e-15)
+    assert fl.entropy([1.0, 0.0]) == 0.0
     with pytest.raises(ValueError, match="at least 2"):
-        F.entropy([1.0])
+        fl.entropy([1.0])
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.7])
 def test_train_bandit_two_steps_by_hand(beta):
     ref = [0.5, 0.3, 0.2]
     r = [0.0, 1.0, 3.0]
-    out = F.train_bandit(ref, r, beta=beta, steps=2, lr=0.5)
+    out = fl.train_bandit(ref, r, beta=beta, steps=2, lr=0.5)
     assert set(out) == {"kl", "reward", "entropy", "grad_norm"} and all(len(v) == 2 for v in out.values())
     logits = [math.log(x) for x in ref]
     for t in range(2):
@@ -41,9 +41,9 @@ def test_train_bandit_two_steps_by_hand(beta):
         assert out["reward"][t] == pytest.approx(sum(p * x for p, x in zip(pi, r)), abs=1e-15)
         assert out["entropy"][t] == pytest.approx(-sum(p * math.log(p) for p in pi), abs=1e-15)
     with pytest.raises(ValueError, match="strictly positive"):
-        F.train_bandit([1.0, 0.0], [0.0, 1.0], 0.1)
+        fl.train_bandit([1.0, 0.0], [0.0, 1.0], 0.1)
     with pytest.raises(ValueError, match="beta"):
-        F.train_bandit(ref, r, -0.1)
+        fl.train_bandit(ref, r, -0.1)
 
 
 def _length_world(n, seed):
@@ -56,7 +56,9 @@ def _length_world(n, seed):
 
 
 def test_length_hacking_fields_with_non_default_parameters():
-    out = F.length_hacking([0.5, 4.0], n_responses=300, length_bonus=0.3, ideal_length=5.0, overlength_cost=0.2, seed=3)
+    out = fl.length_hacking(
+        [0.5, 4.0], n_responses=300, length_bonus=0.3, ideal_length=5.0, overlength_cost=0.2, seed=3
+    )
     q, length, ref = _length_world(300, 3)
     gold = q - 0.2 * torch.clamp(length - 5.0, min=0)
     proxy = q + 0.3 * length
@@ -69,11 +71,11 @@ def test_length_hacking_fields_with_non_default_parameters():
         assert out["length"][i] == pytest.approx(float((pi * length).sum()), abs=1e-14)
     assert float(length.min()) >= 1 and (length == length.round()).all()
     with pytest.raises(ValueError, match="positive"):
-        F.length_hacking([0.0])
+        fl.length_hacking([0.0])
 
 
 def test_wrong_reference_fields_by_hand():
-    out = F.wrong_reference([0.5, 2.0], n_responses=200, format_boost=1.5, seed=2)
+    out = fl.wrong_reference([0.5, 2.0], n_responses=200, format_boost=1.5, seed=2)
     g = torch.Generator().manual_seed(2)
     formatted = torch.rand(200, generator=g) < 0.5
     reward = torch.randn(200, generator=g, dtype=D)
@@ -100,7 +102,7 @@ def test_wrong_reference_fields_by_hand():
 
 def test_importance_weighted_kl_fields_and_clip():
     pi, ref, old = [0.7, 0.2, 0.1], [0.4, 0.4, 0.2], [0.2, 0.3, 0.5]
-    out = F.importance_weighted_kl(pi, ref, old, n_samples=16, n_batches=5, clip=2.0, seed=5)
+    out = fl.importance_weighted_kl(pi, ref, old, n_samples=16, n_batches=5, clip=2.0, seed=5)
     g = torch.Generator().manual_seed(5)
     idx = torch.multinomial(torch.tensor(old, dtype=D), 80, replacement=True, generator=g).view(5, 16)
     p, q, o = (torch.tensor(x, dtype=D) for x in (pi, ref, old))
@@ -111,16 +113,16 @@ def test_importance_weighted_kl_fields_and_clip():
     assert out["mean"] == pytest.approx(float(est.mean()), abs=1e-15)
     assert out["std"] == pytest.approx(float(est.std()), abs=1e-15)  # across the batches, unbiased
     assert out["max_weight"] == pytest.approx(float(w.max()), abs=1e-15) and out["max_weight"] <= 2.0
-    unclipped = F.importance_weighted_kl(pi, ref, old, n_samples=16, n_batches=5, seed=5)
+    unclipped = fl.importance_weighted_kl(pi, ref, old, n_samples=16, n_batches=5, seed=5)
     assert unclipped["max_weight"] == pytest.approx(3.5) and unclipped["mean"] != out["mean"]
     with pytest.raises(ValueError, match="cover"):
-        F.importance_weighted_kl(pi, ref, [0.5, 0.5, 0.0])
+        fl.importance_weighted_kl(pi, ref, [0.5, 0.5, 0.0])
     with pytest.raises(ValueError, match="clip"):
-        F.importance_weighted_kl(pi, ref, old, clip=0.0)
+        fl.importance_weighted_kl(pi, ref, old, clip=0.0)
 
 
 def test_k3_precision_rows_and_forms():
-    rows = F.k3_precision([1e-3, -2.0], dtypes=(torch.float16, torch.float32))
+    rows = fl.k3_precision([1e-3, -2.0], dtypes=(torch.float16, torch.float32))
     assert [r["dtype"] for r in rows] == ["float16", "float16", "float32", "float32"]
     assert [r["log_ratio"] for r in rows] == [1e-3, -2.0, 1e-3, -2.0]
     for r in rows:
@@ -133,6 +135,8 @@ def test_k3_precision_rows_and_forms():
     # fp16 naive k3 of 1e-3 loses the value entirely; the stable form keeps it to a few digits
     assert rows[0]["naive"] != pytest.approx(rows[0]["exact"], rel=0.1)
     assert rows[0]["stable (fp32, estimators.k3)"] == pytest.approx(rows[0]["exact"], rel=2e-2)
-    assert F.k3_stable(torch.tensor([0.5], dtype=torch.bfloat16)).dtype == torch.float32
-    assert F.k3_stable(torch.tensor([1e-4], dtype=D)).item() == pytest.approx(math.expm1(-1e-4) + 1e-4, rel=1e-15)
-    assert F.k3_stable(torch.tensor([0.5], dtype=D)).dtype == D
+    assert est.of_log_ratio("k3", torch.tensor([0.5], dtype=torch.bfloat16)).dtype == torch.float32
+    assert est.of_log_ratio("k3", torch.tensor([1e-4], dtype=D)).item() == pytest.approx(
+        math.expm1(-1e-4) + 1e-4, rel=1e-15
+    )
+    assert est.of_log_ratio("k3", torch.tensor([0.5], dtype=D)).dtype == D

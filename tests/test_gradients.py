@@ -79,7 +79,7 @@ def test_closed_form_per_sample_gradients_match_autograd(level):
     for key in G.ESTIMATOR_PLACEMENTS:
         fast = G.per_sample_gradients(pi, ref, seqs, key, level=level)
         for i in range(seqs.shape[0]):
-            s = G._surrogate(pi, ref, seqs[i : i + 1], key, level, "return-to-go").sum()
+            s = G.per_sample_surrogate(pi, ref, seqs[i : i + 1], key, level, "return-to-go").sum()
             g = torch.autograd.grad(s, [pi.a, pi.b], allow_unused=True)
             g = torch.stack([x if x is not None else torch.zeros((), dtype=torch.float64) for x in g])
             assert torch.allclose(fast[i], g, atol=1e-12), (key, i)

@@ -1,5 +1,5 @@
 """kltutor.gradients: each placement's per-sample gradient against the table of the module docstring
-(the one chapter 3 prints with ``inspect.getsource(G._surrogate)``), computed by hand from the
+(the one chapter 3 prints with ``inspect.getsource(G.per_sample_surrogate)``), computed by hand from the
 scores; MCGradient's statistics on fixed numbers; the Monte-Carlo and off-policy helpers against
 independent re-computations."""
 
@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from kltutor import estimators as est
 from kltutor import gradients as G
 from kltutor.toys import BinaryAutoregressive
 
@@ -64,7 +65,7 @@ def test_per_sample_gradients_and_surrogate_are_the_table(level, reward_form):
         for i in range(SEQS.shape[0]):
             want = table(key, level, reward_form, SEQS[i].tolist())
             assert fast[i].tolist() == pytest.approx(want, abs=1e-14), (key, i)
-            s = G._surrogate(pi, ref, SEQS[i : i + 1], key, level, reward_form).sum()
+            s = G.per_sample_surrogate(pi, ref, SEQS[i : i + 1], key, level, reward_form).sum()
             g = torch.autograd.grad(s, [pi.a, pi.b], allow_unused=True)
             g = [0.0 if x is None else x.item() for x in g]
             assert g == pytest.approx(want, abs=1e-14), (key, i)
@@ -82,11 +83,21 @@ def test_exact_gradients_are_probability_weighted_sums_of_the_table():
     for level in ("token", "sequence"):
         ex = G.exact_kl_gradients(pi, ref, 2, level=level, reward_form="full")
         for key in G.ESTIMATOR_PLACEMENTS:
-            want = [sum(probs[i].item() * table(key, level, "full", seqs[i].tolist())[j] for i in range(4)) for j in range(2)]
+            want = [
+                sum(probs[i].item() * table(key, level, "full", seqs[i].tolist())[j] for i in range(4))
+                for j in range(2)
+            ]
             assert ex[key].tolist() == pytest.approx(want, abs=1e-14), (level, key)
         # the true gradient: sum_y pi(y) L(y) grad log pi(y)
-        true = [sum(probs[i].item() * sum(t[0] for t in by_hand(seqs[i].tolist()))
-                    * sum(t[1][j] for t in by_hand(seqs[i].tolist())) for i in range(4)) for j in range(2)]
+        true = [
+            sum(
+                probs[i].item()
+                * sum(t[0] for t in by_hand(seqs[i].tolist()))
+                * sum(t[1][j] for t in by_hand(seqs[i].tolist()))
+                for i in range(4)
+            )
+            for j in range(2)
+        ]
         assert ex["true"].tolist() == pytest.approx(true, abs=1e-14)
 
 
@@ -98,8 +109,10 @@ def test_exact_moments_cov_and_bias_by_hand():
     for key in G.ESTIMATOR_PLACEMENTS:
         g = [table(key, "sequence", "return-to-go", s.tolist()) for s in seqs]
         mean = [sum(p.item() * x[j] for p, x in zip(probs, g)) for j in range(2)]
-        cov = [[sum(p.item() * (x[i] - mean[i]) * (x[j] - mean[j]) for p, x in zip(probs, g)) for j in range(2)]
-               for i in range(2)]
+        cov = [
+            [sum(p.item() * (x[i] - mean[i]) * (x[j] - mean[j]) for p, x in zip(probs, g)) for j in range(2)]
+            for i in range(2)
+        ]
         assert mom[key]["mean"].tolist() == pytest.approx(mean, abs=1e-14)
         assert mom[key]["cov"].flatten().tolist() == pytest.approx(sum(cov, []), abs=1e-14)
         assert mom[key]["bias"].tolist() == pytest.approx([m - t for m, t in zip(mean, true.tolist())], abs=1e-14)
@@ -119,8 +132,9 @@ def test_mc_gradient_statistics_on_fixed_numbers():
 
 def test_mc_kl_gradients_recomputed_from_the_same_samples():
     pi, ref = BinaryAutoregressive(*PI), BinaryAutoregressive(*REF)
-    mc = G.mc_kl_gradients(pi, ref, 3, n_seqs=5, n_trials=4, reward_form="full",
-                           generator=torch.Generator().manual_seed(7))
+    mc = G.mc_kl_gradients(
+        pi, ref, 3, n_seqs=5, n_trials=4, reward_form="full", generator=torch.Generator().manual_seed(7)
+    )
     seqs = pi.sample(20, 3, generator=torch.Generator().manual_seed(7))
     ex = G.exact_kl_gradients(pi, ref, 3, reward_form="full")
     assert set(mc) == set(G.ESTIMATOR_PLACEMENTS)
@@ -179,7 +193,11 @@ def test_exact_moments_full_form_token_level_by_hand():
     for key in ("k1-in-reward", "k3-in-reward"):
         g = [table(key, "token", "full", s.tolist()) for s in seqs]
         mean = [sum(p.item() * x[j] for p, x in zip(probs, g)) for j in range(2)]
-        cov = [sum(p.item() * (x[i] - mean[i]) * (x[j] - mean[j]) for p, x in zip(probs, g)) for i in range(2) for j in range(2)]
+        cov = [
+            sum(p.item() * (x[i] - mean[i]) * (x[j] - mean[j]) for p, x in zip(probs, g))
+            for i in range(2)
+            for j in range(2)
+        ]
         assert mom[key]["cov"].flatten().tolist() == pytest.approx(cov, abs=1e-14)
         assert torch.allclose(mom[key]["mean"], rtg[key]["mean"], atol=1e-14)  # same expectation ...
         assert (mom[key]["cov"] - rtg[key]["cov"]).abs().max() > 1e-4  # ... not the same variance
@@ -195,7 +213,7 @@ def test_argument_messages_name_the_model():
 
 def test_unknown_estimator_names():
     with pytest.raises(ValueError, match="unknown estimator 'k4'"):
-        G._k("k4", torch.zeros(1))
+        est.of_log_ratio("k4", torch.zeros(1))
     with pytest.raises(ValueError, match="unknown estimator 'k4'"):
-        G._dk("k4", torch.zeros(1))
+        est.derivative("k4", torch.zeros(1))
     assert G.PLACEMENT_KEYS == ("true", "k1-in-reward", "k1-in-loss", "k2-in-loss", "k3-in-loss", "k3-in-reward")

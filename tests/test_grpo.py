@@ -97,8 +97,8 @@ def test_grpo_k3_in_loss_matches_hand_assembly():
     per_seq = ((surr + beta * k3) * mask).sum(-1) / mask.sum(-1)  # DeepSeekMath: 1/|o_i| sum_t, then 1/G sum_i
     assert torch.allclose(out.loss, per_seq.mean())
     assert torch.allclose(out.kl_term, ((k3 * mask).sum(-1) / mask.sum(-1)).mean())
-    g1, = torch.autograd.grad(out.loss, logp)
-    g2, = torch.autograd.grad(per_seq.mean(), logp)
+    (g1,) = torch.autograd.grad(out.loss, logp)
+    (g2,) = torch.autograd.grad(per_seq.mean(), logp)
     assert torch.allclose(g1, g2)
 
 

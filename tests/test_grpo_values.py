@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kltutor.checklist import inspect
+from kltutor.checklist import check_batch
 from kltutor.grpo import expected_in_loss_gradient, group_advantages, grpo_loss
 from kltutor.placements import shaped_rewards
 
@@ -15,14 +15,12 @@ D = torch.float64
 
 # 4 completions (2 prompts x group of 2), 4 positions. Row 0: a prompt token then 3 response tokens;
 # row 1: an early EOS after 2 tokens; row 2: 1 token; row 3: all 4.
-OLD = torch.tensor([[-0.7, -0.9, -1.3, -0.2],
-                    [-0.4, -1.6, -0.8, -0.8],
-                    [-2.0, -0.5, -0.5, -0.5],
-                    [-0.3, -0.6, -1.1, -0.9]], dtype=D)
-REF = torch.tensor([[-0.1, -1.2, -1.0, -0.5],
-                    [-0.9, -1.1, -0.3, -0.2],
-                    [-1.4, -0.5, -0.6, -0.1],
-                    [-0.3, -0.9, -0.7, -1.3]], dtype=D)
+OLD = torch.tensor(
+    [[-0.7, -0.9, -1.3, -0.2], [-0.4, -1.6, -0.8, -0.8], [-2.0, -0.5, -0.5, -0.5], [-0.3, -0.6, -1.1, -0.9]], dtype=D
+)
+REF = torch.tensor(
+    [[-0.1, -1.2, -1.0, -0.5], [-0.9, -1.1, -0.3, -0.2], [-1.4, -0.5, -0.6, -0.1], [-0.3, -0.9, -0.7, -1.3]], dtype=D
+)
 MASK = torch.tensor([[0, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=D)
 REWARDS = torch.tensor([1.0, 0.0, 0.25, 0.75], dtype=D)
 LENS = [3, 2, 1, 4]
@@ -72,8 +70,9 @@ def test_group_advantages_default_eps_and_dtypes():
 def test_in_reward_on_policy_every_field_by_hand(estimator, aggregation):
     beta = 0.3
     logp = OLD.clone().requires_grad_(True)  # on-policy: ratio 1, nothing clipped
-    out = grpo_loss(logp, OLD, REF, MASK, REWARDS, 2, placement=f"{estimator}-in-reward", beta=beta,
-                    aggregation=aggregation)
+    out = grpo_loss(
+        logp, OLD, REF, MASK, REWARDS, 2, placement=f"{estimator}-in-reward", beta=beta, aggregation=aggregation
+    )
     adv = hand_advantages()
     ell = (OLD - REF).tolist()
     kl_rows = [[k(estimator, x) for x in resp(b, ell[b])] for b in range(4)]
@@ -84,8 +83,9 @@ def test_in_reward_on_policy_every_field_by_hand(estimator, aggregation):
     # the reported KL is the aggregated estimator itself, whatever beta
     assert out.kl_term.item() == pytest.approx(agg(kl_rows, aggregation), abs=1e-13)
     assert out.clip_fraction.item() == 0.0
-    again = grpo_loss(OLD, OLD, REF, MASK, REWARDS, 2, placement=f"{estimator}-in-reward", beta=0.01,
-                      aggregation=aggregation)
+    again = grpo_loss(
+        OLD, OLD, REF, MASK, REWARDS, 2, placement=f"{estimator}-in-reward", beta=0.01, aggregation=aggregation
+    )
     assert again.kl_term.item() == pytest.approx(out.kl_term.item(), abs=1e-13)
     # gradient: d/dlogp of -w * A_t at w = 1 is -A_t times the aggregation weight of the token
     (g,) = torch.autograd.grad(out.loss, logp)
@@ -101,11 +101,22 @@ def test_in_reward_on_policy_every_field_by_hand(estimator, aggregation):
 @pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
 def test_in_loss_fields_by_hand(estimator):
     beta = 0.2
-    shift = torch.tensor([[0.0, 0.3, -0.05, 0.1], [-0.4, 0.02, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0],
-                          [0.0, -0.01, 0.15, -0.3]], dtype=D)
+    shift = torch.tensor(
+        [[0.0, 0.3, -0.05, 0.1], [-0.4, 0.02, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0], [0.0, -0.01, 0.15, -0.3]], dtype=D
+    )
     logp = (OLD + shift).requires_grad_(True)
-    out = grpo_loss(logp, OLD, REF, MASK, REWARDS, 2, placement=f"{estimator}-in-loss", beta=beta,
-                    clip_eps=0.25, aggregation="token-mean")
+    out = grpo_loss(
+        logp,
+        OLD,
+        REF,
+        MASK,
+        REWARDS,
+        2,
+        placement=f"{estimator}-in-loss",
+        beta=beta,
+        clip_eps=0.25,
+        aggregation="token-mean",
+    )
     adv = hand_advantages()
     w = torch.exp(shift).tolist()
     ell = (OLD + shift - REF).tolist()
@@ -129,8 +140,9 @@ def test_in_loss_fields_by_hand(estimator):
 
 
 def test_in_loss_kl_level_and_importance_weighting():
-    shift = torch.tensor([[0.0, 0.1, -0.1, 0.2], [0.1, 0.1, 0.0, 0.0], [-0.2, 0.0, 0.0, 0.0],
-                          [0.05, 0.0, 0.0, -0.1]], dtype=D)
+    shift = torch.tensor(
+        [[0.0, 0.1, -0.1, 0.2], [0.1, 0.1, 0.0, 0.0], [-0.2, 0.0, 0.0, 0.0], [0.05, 0.0, 0.0, -0.1]], dtype=D
+    )
     logp = OLD + shift
     ell = (logp - REF).tolist()
     seq = sum(k("k3", sum(resp(b, ell[b]))) for b in range(4)) / 4
@@ -138,8 +150,9 @@ def test_in_loss_kl_level_and_importance_weighting():
     assert out.kl_term.item() == pytest.approx(seq, abs=1e-13)
     w = torch.exp(shift).tolist()
     iw = [[w[b][t] * k("k3", ell[b][t]) for t in range(4) if MASK[b, t]] for b in range(4)]
-    out = grpo_loss(logp, OLD, REF, MASK, REWARDS, 2, placement="k3-in-loss", beta=0.1,
-                    importance_weighted_kl=True)  # default aggregation: sequence-mean
+    out = grpo_loss(
+        logp, OLD, REF, MASK, REWARDS, 2, placement="k3-in-loss", beta=0.1, importance_weighted_kl=True
+    )  # default aggregation: sequence-mean
     assert out.kl_term.item() == pytest.approx(agg(iw, "sequence-mean"), abs=1e-13)
     plain = grpo_loss(logp, OLD, REF, MASK, REWARDS, 2, placement="k3-in-loss", beta=0.1)
     kl_rows = [[k("k3", ell[b][t]) for t in range(4) if MASK[b, t]] for b in range(4)]
@@ -147,12 +160,25 @@ def test_in_loss_kl_level_and_importance_weighting():
 
 
 def test_defaults_are_k3_in_loss_beta_004_eps_02_sequence_mean():
-    shift = torch.tensor([[0.0, 0.19, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0],
-                          [0.21, 0.0, 0.0, 0.0]], dtype=D)
+    shift = torch.tensor(
+        [[0.0, 0.19, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.21, 0.0, 0.0, 0.0]], dtype=D
+    )
     logp = OLD + torch.log1p(shift)  # ratios 1.19 (inside 1 +- 0.2) and 1.21 (outside)
     out = grpo_loss(logp, OLD, REF, MASK, REWARDS, 2)
-    explicit = grpo_loss(logp, OLD, REF, MASK, REWARDS, 2, placement="k3-in-loss", beta=0.04, clip_eps=0.2,
-                         aggregation="sequence-mean", normalize_std=True, kl_level="token")
+    explicit = grpo_loss(
+        logp,
+        OLD,
+        REF,
+        MASK,
+        REWARDS,
+        2,
+        placement="k3-in-loss",
+        beta=0.04,
+        clip_eps=0.2,
+        aggregation="sequence-mean",
+        normalize_std=True,
+        kl_level="token",
+    )
     for f in ("loss", "policy_loss", "kl_term", "clip_fraction"):
         assert getattr(out, f).item() == getattr(explicit, f).item(), f
     assert out.loss.item() == pytest.approx(out.policy_loss.item() + 0.04 * out.kl_term.item(), abs=1e-15)
@@ -176,7 +202,9 @@ def test_none_and_beta_zero_and_clip_std_and_normalize_std():
     want_dr = -sum(centred[b] * LENS[b] for b in range(4)) / 10
     dr = grpo_loss(OLD, OLD, REF, MASK, REWARDS, 2, placement="none", normalize_std=False, aggregation="token-mean")
     assert dr.loss.item() == pytest.approx(want_dr, abs=1e-15)
-    clipped = grpo_loss(OLD, OLD, REF, MASK, REWARDS, 2, placement="none", clip_std=(1.0, 2.0), aggregation="token-mean")
+    clipped = grpo_loss(
+        OLD, OLD, REF, MASK, REWARDS, 2, placement="none", clip_std=(1.0, 2.0), aggregation="token-mean"
+    )
     # stds are sqrt(0.5) and sqrt(0.125), both raised to 1: the advantages are the centred rewards
     assert clipped.loss.item() == pytest.approx(want_dr, abs=1e-15)
     same = group_advantages(REWARDS, 2, clip_std=(0.5, 0.5))  # lo == hi is allowed: a fixed divisor
@@ -198,7 +226,7 @@ def test_grpo_outputs_pass_the_checklist():
             assert v.dim() == 0 and torch.isfinite(v)
         assert out.loss.requires_grad
     penalty = shaped_rewards(torch.zeros(4, dtype=D), logp, REF, MASK, 0.1, "k3")
-    report = inspect(logp=logp, ref_logp=REF, mask=MASK, rewards=REWARDS, shaped_rewards=penalty, first_step=False)
+    report = check_batch(logp=logp, ref_logp=REF, mask=MASK, rewards=REWARDS, shaped_rewards=penalty, first_step=False)
     assert report.ok, str(report)
 
 
@@ -233,6 +261,10 @@ def test_expected_in_loss_gradient_values():
     assert g_iw32.tolist() == pytest.approx(g_iw64.tolist(), abs=1e-15)
     v0, _ = expected_in_loss_gradient(logits, ref, "k1", sampling_probs=torch.tensor([1.0, 0.0], dtype=D))
     assert v0.item() == pytest.approx(l1, abs=1e-15)
-    for bad in (torch.tensor([0.5, 0.25, 0.25], dtype=D), torch.tensor([1.5, -0.5], dtype=D), torch.tensor([0.5, 0.6], dtype=D)):
+    for bad in (
+        torch.tensor([0.5, 0.25, 0.25], dtype=D),
+        torch.tensor([1.5, -0.5], dtype=D),
+        torch.tensor([0.5, 0.6], dtype=D),
+    ):
         with pytest.raises(ValueError, match="sampling_probs"):
             expected_in_loss_gradient(logits, ref, sampling_probs=bad)

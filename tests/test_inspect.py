@@ -13,27 +13,44 @@ DATA = Path(__file__).parent / "data" / "inspect"
 # file -> (library, [(placement, estimator, level, beta, verdict)], set of warning codes)
 EXPECTED = {
     "trl_grpo_defaults.yaml": ("TRL", [], set()),
-    "grpo_r1_style.yaml": ("TRL", [("loss", "k3", "token", 0.001, "token-level k2 (biased for T > 1)")],
-                           {"unclamped-k3-bf16", "length-rescaled-beta", "std-rescaled-beta"}),
+    "grpo_r1_style.yaml": (
+        "TRL",
+        [("loss", "k3", "token", 0.001, "token-level k2 (biased for T > 1)")],
+        {"unclamped-k3-bf16", "length-rescaled-beta", "std-rescaled-beta"},
+    ),
     "trl_grpo_gspo.json": ("TRL", [("loss", "k3", "token", 0.04, "other")], {"ratio-with-sequence-is"}),
     "trl_rloo_defaults.yaml": ("TRL", [("reward", "k1", "sequence", 0.05, "exact reverse-KL gradient")], set()),
     "trl_ppo.yaml": ("TRL", [("reward", "k1", "token", 0.05, "exact reverse-KL gradient")], set()),
     "trl_ppo_zero.yaml": ("TRL", [], {"beta-zero-with-reference"}),
     "verl_defaults.yaml": ("verl", [], set()),
-    "verl_grpo.yaml": ("verl", [("loss", "k3", "token", 0.001, "per-token forward KL")],
-                       {"length-rescaled-beta", "std-rescaled-beta"}),
+    "verl_grpo.yaml": (
+        "verl",
+        [("loss", "k3", "token", 0.001, "per-token forward KL")],
+        {"length-rescaled-beta", "std-rescaled-beta"},
+    ),
     "verl_k3plus.yaml": ("verl", [("loss", "k3+", "token", 0.001, "token-level k2 (biased for T > 1)")], set()),
     "verl_reward_adaptive.yaml": ("verl", [("reward", "k1", "token", 0.2, "exact reverse-KL gradient")], set()),
-    "verl_two_terms.yaml": ("verl", [("loss", "k1", "token", 0.0, "zero in expectation"),
-                                     ("reward", "k3", "token", 0.05, "other")],
-                            {"two-kl-terms", "k1-in-loss", "beta-zero-with-reference", "length-rescaled-beta"}),
+    "verl_two_terms.yaml": (
+        "verl",
+        [("loss", "k1", "token", 0.0, "zero in expectation"), ("reward", "k3", "token", 0.05, "other")],
+        {"two-kl-terms", "k1-in-loss", "beta-zero-with-reference", "length-rescaled-beta"},
+    ),
     "openrlhf_defaults.txt": ("OpenRLHF", [("reward", "k1", "token", 0.01, "exact reverse-KL gradient")], set()),
-    "openrlhf_grpo.txt": ("OpenRLHF", [("loss", "k3", "token", 0.001, "per-token forward KL")],
-                          {"length-rescaled-beta", "std-rescaled-beta"}),
-    "openrlhf_k1_loss.txt": ("OpenRLHF", [("loss", "k1", "token", 0.01, "zero in expectation")],
-                             {"k1-in-loss", "length-rescaled-beta"}),
-    "openrlhf_unbiased.txt": ("OpenRLHF", [("loss", "k3", "token", 0.001, "token-level k2 (biased for T > 1)")],
-                              {"ratio-with-sequence-is", "length-rescaled-beta"}),
+    "openrlhf_grpo.txt": (
+        "OpenRLHF",
+        [("loss", "k3", "token", 0.001, "per-token forward KL")],
+        {"length-rescaled-beta", "std-rescaled-beta"},
+    ),
+    "openrlhf_k1_loss.txt": (
+        "OpenRLHF",
+        [("loss", "k1", "token", 0.01, "zero in expectation")],
+        {"k1-in-loss", "length-rescaled-beta"},
+    ),
+    "openrlhf_unbiased.txt": (
+        "OpenRLHF",
+        [("loss", "k3", "token", 0.001, "token-level k2 (biased for T > 1)")],
+        {"ratio-with-sequence-is", "length-rescaled-beta"},
+    ),
 }
 
 BAD = {  # file -> words the one-line error must contain
@@ -139,9 +156,12 @@ def test_bad_values():
 
 
 def test_verl_interpolation_and_overrides():
-    rep = inspect_text("actor_rollout_ref.actor.use_kl_loss: true\n"
-                       "+actor_rollout_ref.actor.kl_loss_coef: ${algorithm.kl_ctrl.kl_coef}\n"
-                       "algorithm.kl_ctrl.kl_coef: 0.3\n", "x.yaml")
+    rep = inspect_text(
+        "actor_rollout_ref.actor.use_kl_loss: true\n"
+        "+actor_rollout_ref.actor.kl_loss_coef: ${algorithm.kl_ctrl.kl_coef}\n"
+        "algorithm.kl_ctrl.kl_coef: 0.3\n",
+        "x.yaml",
+    )
     assert rep.terms[0].beta == pytest.approx(0.3)
 
 
@@ -149,14 +169,16 @@ def test_stdlib_inspect_still_importable():
     """kltutor/inspect must not shadow the standard library's inspect inside the package."""
     import inspect as std
 
-    import kltutor.checklist  # uses its own function named inspect
+    import kltutor.checklist  # the batch checklist: check_batch, no name that shadows inspect
     import kltutor.inspect
 
     assert hasattr(std, "getsource") and std.__name__ == "inspect"
-    assert kltutor.inspect.__name__ == "kltutor.inspect" and callable(kltutor.checklist.inspect)
+    assert kltutor.inspect.__name__ == "kltutor.inspect" and callable(kltutor.checklist.check_batch)
+    assert not hasattr(kltutor.checklist, "inspect")
 
 
 def test_sync_ref_model_note():
-    rep = inspect_text("beta: 0.1\nloss_type: luspo\nsync_ref_model: true\nbf16: false\nscale_rewards: none\n",
-                       "grpo.yaml")
+    rep = inspect_text(
+        "beta: 0.1\nloss_type: luspo\nsync_ref_model: true\nbf16: false\nscale_rewards: none\n", "grpo.yaml"
+    )
     assert rep.exit_code == 0 and any("moving anchor" in n for n in rep.notes)

@@ -1,5 +1,5 @@
-"""The question bank, the quiz, the interview chapter's coverage of the bank, the self-test page and the
-interview derivations."""
+"""The question bank, the quiz, the interview chapter's coverage of the bank and the self-test page
+(the derivations the interview chapter cites run in tests/test_derivations.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from kltutor import interview
-from kltutor.derivations import interview as derivations
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = (ROOT / "book" / "09_interview_questions.md").read_text()
@@ -111,6 +110,35 @@ def test_every_question_is_answered_in_the_interview_chapter(q):
     assert "{ref}`" in answer, "the answer must link into the book"
 
 
+CHAPTER_FILES = {
+    label: path
+    for path in sorted((ROOT / "book").glob("[0-9][0-9]_*.md"))
+    for label in re.findall(r"^\((ch-[a-z-]+)\)=", path.read_text(), re.M)
+}
+
+
+@pytest.mark.parametrize("q", interview.questions(), ids=lambda q: q.id)
+def test_full_answer_heading_is_the_bank_text(q):
+    """The bank is the one source of question text: a full answer's heading quotes it exactly."""
+    text = CHAPTER_FILES[q.answered_in].read_text()
+    headings = re.findall(rf"^### {q.id}\. (.+)$", text, re.M)
+    assert headings == [q.question], f"{q.id}: heading {headings} differs from the bank's {q.question!r}"
+
+
+@pytest.mark.parametrize("path", sorted(CHAPTER_FILES.values()), ids=lambda p: p.stem)
+def test_interview_check_quotes_the_bank(path):
+    """Numbered questions of a chapter's Interview check are bank questions, quoted exactly, that the bank
+    lists for this chapter (docs/CONVENTIONS.md); unnumbered follow-ups are the chapter's own."""
+    text = path.read_text()
+    label = re.search(r"^\((ch-[a-z-]+)\)=", text, re.M).group(1)
+    section = text.split("\n## Interview check", 1)[1].split("\n## ", 1)[0]
+    assert not re.search(r"^\d+\. ", section, re.M), "questions are bold paragraphs, not a numbered list"
+    for qid, quoted in re.findall(r"^\*\*(Q\d+)\. (.+?)\*\*\s*$", section, re.M | re.S):
+        q = interview.get(qid)
+        assert " ".join(quoted.split()) == q.question, f"{qid}: {quoted!r} is not the bank's {q.question!r}"
+        assert label in q.chapters, f"{qid} is asked in {label}, but the bank does not list that chapter"
+
+
 def test_interview_chapter_tiers_follow_the_bank():
     order = [m.group(1) for m in re.finditer(r"^### (Q\d+)\.", CHAPTER, re.M)]
     assert order == [q.id for q in interview.questions() if q.answered_in == "ch-interview"]
@@ -122,8 +150,9 @@ def test_interview_chapter_tiers_follow_the_bank():
 
 # --------------------------------------------------------------------------- self-test page
 def test_self_test_page_is_up_to_date():
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "self_test.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "self_test.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -132,36 +161,3 @@ def test_self_test_page_lists_questions_only():
     for q in interview.questions():
         assert q.question in page and f"<{q.label}>" in page
         assert q.answer not in page
-
-
-# --------------------------------------------------------------------------- derivations
-@pytest.mark.parametrize("name", [n for n in derivations.__all__ if not n.endswith("expressions")])
-def test_interview_derivation(name):
-    assert getattr(derivations, name)() is True
-
-
-def test_placement_gradients_numbers_match_finite_differences():
-    """The sympy expected gradients agree with autograd on an enumerated softmax policy."""
-    import torch
-
-    torch.manual_seed(0)
-    theta = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    ref = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
-    pi = torch.softmax(theta, 0)
-    reverse = (pi * (pi.log() - ref.log())).sum()
-    forward = (ref * (ref.log() - pi.log())).sum()
-    g_rev = torch.autograd.grad(reverse, theta, retain_graph=True)[0][0].item()
-    g_fwd = torch.autograd.grad(forward, theta, retain_graph=True)[0][0].item()
-    # k3-in-loss: expectation (weights detached) of the autograd gradient of k3 at each outcome
-    ell = pi.log() - ref.log()
-    k3 = torch.exp(-ell) - 1 + ell
-    g_k3 = torch.autograd.grad((pi.detach() * k3).sum(), theta)[0][0].item()
-    import sympy as sp
-
-    g = derivations.placement_gradient_expressions()
-    p = pi.detach().tolist()
-    subs = {sp.Symbol("p1", positive=True): p[0], sp.Symbol("p2", positive=True): p[1],
-            sp.Symbol("q1", positive=True): 0.2, sp.Symbol("q2", positive=True): 0.5}
-    assert float(g["reverse_kl"].subs(subs)) == pytest.approx(g_rev, rel=1e-9)
-    assert float(g["forward_kl"].subs(subs)) == pytest.approx(g_fwd, rel=1e-9)
-    assert float(g["k3-in-loss"].subs(subs)) == pytest.approx(g_k3, rel=1e-9)

@@ -37,7 +37,8 @@ def test_gold_form_values():
     d = torch.tensor([0.0, 0.5, 2.0], dtype=D)
     assert oo.gold_form(d, 1.0, 0.2, "bon").tolist() == pytest.approx([0.0, 0.5 * 0.9, 2.0 * 0.6])
     assert oo.gold_form(d, 1.0, 0.2, "rl").tolist() == pytest.approx(
-        [0.0, 0.5 * (1 - 0.2 * math.log(0.5)), 2.0 * (1 - 0.2 * math.log(2.0))])
+        [0.0, 0.5 * (1 - 0.2 * math.log(0.5)), 2.0 * (1 - 0.2 * math.log(2.0))]
+    )
     assert float(oo.gold_form(0.0, 1.0, 0.2, "rl")) == 0.0
     with pytest.raises(ValueError, match="non-negative"):
         oo.gold_form(-0.1, 1.0, 0.2, "bon")
@@ -228,7 +229,9 @@ def test_sample_comparisons_and_bradley_terry_fit():
     assert w0.norm() > w.norm()
     proxy = oo.proxy_from_comparisons(world, 200, seed=1, l2=0.05)
     a, b, lab = oo.sample_comparisons(world, 200, seed=1)
-    assert torch.allclose(proxy, world.features @ oo.fit_bradley_terry(world.features[a] - world.features[b], lab, 0.05))
+    assert torch.allclose(
+        proxy, world.features @ oo.fit_bradley_terry(world.features[a] - world.features[b], lab, 0.05)
+    )
     with pytest.raises(ValueError, match="0/1"):
         oo.fit_bradley_terry(x, torch.tensor([0.5, 0.0, 1.0, 1.0], dtype=D))
     with pytest.raises(ValueError, match="l2"):
@@ -239,8 +242,10 @@ def test_sample_comparisons_and_bradley_terry_fit():
 
 def test_probability_and_reward_arguments_are_checked_and_named():
     calls = [
-        ("p", lambda x: oo.kl_categorical(x, [0.5, 0.5])), ("q", lambda x: oo.kl_categorical([0.5, 0.5], x)),
-        ("p", lambda x: oo.chi2_divergence(x, [0.5, 0.5])), ("q", lambda x: oo.chi2_divergence([0.5, 0.5], x)),
+        ("p", lambda x: oo.kl_categorical(x, [0.5, 0.5])),
+        ("q", lambda x: oo.kl_categorical([0.5, 0.5], x)),
+        ("p", lambda x: oo.chi2_divergence(x, [0.5, 0.5])),
+        ("q", lambda x: oo.chi2_divergence([0.5, 0.5], x)),
         ("ref_probs", lambda x: oo.best_of_n_policy(x, [0.0, 1.0], 2)),
         ("ref_probs", lambda x: oo.tilted_policy(x, [0.0, 1.0], 1.0)),
     ]
@@ -258,7 +263,9 @@ def test_probability_and_reward_arguments_are_checked_and_named():
     # float32 rewards are used in float64
     r32 = torch.tensor([0.1, 0.7, 0.3])
     ref = [0.5, 0.3, 0.2]
-    assert oo.tilted_policy(ref, r32, 0.3).tolist() == pytest.approx(oo.tilted_policy(ref, r32.double(), 0.3).tolist(), abs=1e-16)
+    assert oo.tilted_policy(ref, r32, 0.3).tolist() == pytest.approx(
+        oo.tilted_policy(ref, r32.double(), 0.3).tolist(), abs=1e-16
+    )
     # integer rewards; F = 0.5, 0.7, 1 in reward order (responses 0, 2, 1)
     assert oo.best_of_n_policy(ref, [1, 3, 2], 2).tolist() == pytest.approx([0.25, 1 - 0.49, 0.49 - 0.25], abs=1e-15)
 
@@ -308,3 +315,9 @@ def test_fit_bradley_terry_input_dtypes():
     assert w32.dtype == D and torch.equal(w32, w64)
     with pytest.raises(ValueError, match=r"feature_diff must be \[N, D\]"):
         oo.fit_bradley_terry(x[0], y)
+
+
+def test_float32_probabilities_are_used_in_float64():
+    p32, q32 = torch.tensor([0.25, 0.75]), torch.tensor([0.5, 0.5])  # exact in float32
+    want = sum(a * math.log(a / b) for a, b in zip(p32.double().tolist(), q32.double().tolist()))
+    assert oo.kl_categorical(p32, q32) == pytest.approx(want, abs=1e-15)

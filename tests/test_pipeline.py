@@ -14,8 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-import notebooks as pipeline  # noqa: E402
 import perturbed  # noqa: E402
+
+import notebooks as pipeline  # noqa: E402
 
 SOURCE = pipeline.chapter_sources()[0]
 
@@ -37,15 +38,22 @@ def test_a_fresh_execution_differs_only_in_outputs():
     assert pipeline._first_difference(pipeline.read_source(SOURCE), _executed_copy()) is None
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda nb: setattr(nb.cells[0], "id", "54a1714b"), "id '54a1714b' (source gives"),
-    (lambda nb: setattr(nb.cells[3], "source", nb.cells[3].source + "\nprint(1)"), "source at line"),
-    (lambda nb: nb.cells[3].metadata.update(tags=["nbval-ignore-output"]), "metadata"),
-    (lambda nb: nb.metadata.update(widgets={}), "notebook metadata differs in ['widgets']"),
-    (lambda nb: nb.cells.pop(), "cells, its source"),
-    (lambda nb: nb.cells.insert(3, nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["injected-parameters"]})),
-     "injected by papermill"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda nb: setattr(nb.cells[0], "id", "54a1714b"), "id '54a1714b' (source gives"),
+        (lambda nb: setattr(nb.cells[3], "source", nb.cells[3].source + "\nprint(1)"), "source at line"),
+        (lambda nb: nb.cells[3].metadata.update(tags=["nbval-ignore-output"]), "metadata"),
+        (lambda nb: nb.metadata.update(widgets={}), "notebook metadata differs in ['widgets']"),
+        (lambda nb: nb.cells.pop(), "cells, its source"),
+        (
+            lambda nb: nb.cells.insert(
+                3, nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["injected-parameters"]})
+            ),
+            "injected by papermill",
+        ),
+    ],
+)
 def test_anything_else_is_a_difference(change, expected):
     nb = _executed_copy()
     change(nb)
@@ -93,22 +101,34 @@ def test_perturbed_environments():
 
 
 def test_perturbed_runs_the_command_with_a_fresh_cache_and_removes_it(tmp_path):
-    probe = ("import os, sys; print(os.environ['ATEN_CPU_CAPABILITY'], os.environ['KLTUTOR_CACHE']);"
-             "import torch; print(torch.backends.cpu.get_cpu_capability())")
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "perturbed.py"), "--", sys.executable, "-c", probe],
-                         capture_output=True, text=True, check=True).stdout.splitlines()
+    probe = (
+        "import os, sys; print(os.environ['ATEN_CPU_CAPABILITY'], os.environ['KLTUTOR_CACHE']);"
+        "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    )
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "perturbed.py"), "--", sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert out[0].startswith("perturbed (scalar):")
     capability, cache = out[1].split()
     assert capability == "default" and out[2] == "DEFAULT"  # torch really runs its scalar kernels
     assert not Path(cache).exists()
-    fails = subprocess.run([sys.executable, str(ROOT / "scripts" / "perturbed.py"), "--", sys.executable, "-c", "raise SystemExit(3)"],
-                           capture_output=True, text=True)
+    fails = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "perturbed.py"), "--", sys.executable, "-c", "raise SystemExit(3)"],
+        capture_output=True,
+        text=True,
+    )
     assert fails.returncode == 3  # the command's status is the runner's
 
 
-
 def test_split_print_output_is_joined():
-    out = [nbformat.v4.new_output("stream", name="stdout", text="a\n"), nbformat.v4.new_output("stream", name="stdout", text="b\n"),
-           nbformat.v4.new_output("stream", name="stderr", text="w\n"), nbformat.v4.new_output("stream", name="stdout", text="c\n")]
+    out = [
+        nbformat.v4.new_output("stream", name="stdout", text="a\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="b\n"),
+        nbformat.v4.new_output("stream", name="stderr", text="w\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="c\n"),
+    ]
     merged = pipeline._merge_streams(out)
     assert [(o["name"], o["text"]) for o in merged] == [("stdout", "a\nb\n"), ("stderr", "w\n"), ("stdout", "c\n")]

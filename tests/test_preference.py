@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from kltutor import preference as P
+from kltutor import preference as pref
 
 D = torch.float64
 torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared machine
@@ -22,62 +22,62 @@ def _setup(n=6, seed=0):
 @pytest.mark.parametrize("beta", [0.3, 1.0, 4.0])
 def test_optimal_policy_maximises_objective(beta):
     rewards, ref = _setup()
-    star = P.optimal_policy(ref, rewards, beta)
-    num = P.maximize_objective_numerically(ref, rewards, beta)
+    star = pref.optimal_policy(ref, rewards, beta)
+    num = pref.maximize_objective_numerically(ref, rewards, beta)
     assert torch.allclose(num, star, atol=1e-7)
-    j_star = P.kl_regularized_objective(star, ref, rewards, beta)
+    j_star = pref.kl_regularized_objective(star, ref, rewards, beta)
     # the optimal value is beta log Z, and J(pi) = beta log Z - beta KL(pi || pi*) for any pi
     log_z = torch.logsumexp(torch.log(ref) + rewards / beta, -1)
     assert torch.allclose(j_star, beta * log_z, atol=1e-12)
     g = torch.Generator().manual_seed(1)
     for _ in range(5):
         other = torch.softmax(torch.randn(6, generator=g, dtype=D), -1)
-        j = P.kl_regularized_objective(other, ref, rewards, beta)
-        assert torch.allclose(j, beta * log_z - beta * P.categorical_kl(other, star), atol=1e-12)
+        j = pref.kl_regularized_objective(other, ref, rewards, beta)
+        assert torch.allclose(j, beta * log_z - beta * pref.categorical_kl(other, star), atol=1e-12)
         assert j < j_star
 
 
 def test_optimal_policy_limits_and_stability():
     rewards, ref = _setup()
-    assert torch.allclose(P.optimal_policy(ref, rewards, 1e6), ref, atol=1e-5)  # beta -> inf: the reference
-    greedy = P.optimal_policy(ref, rewards, 1e-4)  # beta -> 0: argmax of the reward
+    assert torch.allclose(pref.optimal_policy(ref, rewards, 1e6), ref, atol=1e-5)  # beta -> inf: the reference
+    greedy = pref.optimal_policy(ref, rewards, 1e-4)  # beta -> 0: argmax of the reward
     assert greedy.argmax() == rewards.argmax() and greedy.max() > 0.999
-    big = P.optimal_policy(ref, rewards * 1e4, 1e-3)  # r / beta ~ 1e7: no overflow
+    big = pref.optimal_policy(ref, rewards * 1e4, 1e-3)  # r / beta ~ 1e7: no overflow
     assert torch.isfinite(big).all() and torch.allclose(big.sum(), torch.ones((), dtype=D))
     ref0 = torch.tensor([0.5, 0.5, 0.0], dtype=D)  # zero reference mass stays zero
-    assert P.optimal_policy(ref0, torch.tensor([0.0, 0.0, 100.0], dtype=D), 0.1)[2] == 0
+    assert pref.optimal_policy(ref0, torch.tensor([0.0, 0.0, 100.0], dtype=D), 0.1)[2] == 0
 
 
 def test_optimal_policy_bad_inputs():
     rewards, ref = _setup()
     with pytest.raises(ValueError, match="beta"):
-        P.optimal_policy(ref, rewards, 0.0)
+        pref.optimal_policy(ref, rewards, 0.0)
     with pytest.raises(ValueError, match="beta"):
-        P.optimal_policy(ref, rewards, -1.0)
+        pref.optimal_policy(ref, rewards, -1.0)
     with pytest.raises(ValueError, match="beta"):
-        P.optimal_policy(ref, rewards, float("nan"))
+        pref.optimal_policy(ref, rewards, float("nan"))
     with pytest.raises(ValueError, match="same shape"):
-        P.optimal_policy(ref, rewards[:-1], 1.0)
+        pref.optimal_policy(ref, rewards[:-1], 1.0)
     with pytest.raises(ValueError, match="sum to 1"):
-        P.optimal_policy(ref * 2, rewards, 1.0)
+        pref.optimal_policy(ref * 2, rewards, 1.0)
     with pytest.raises(ValueError, match="NaN"):
-        P.optimal_policy(ref, torch.full_like(rewards, float("nan")), 1.0)
+        pref.optimal_policy(ref, torch.full_like(rewards, float("nan")), 1.0)
     with pytest.raises(ValueError, match="negative"):
-        P.optimal_policy(torch.tensor([1.5, -0.5], dtype=D), torch.zeros(2, dtype=D), 1.0)
+        pref.optimal_policy(torch.tensor([1.5, -0.5], dtype=D), torch.zeros(2, dtype=D), 1.0)
 
 
 def test_implicit_reward_pointwise_and_mean_under_policy_is_kl():
     rewards, ref = _setup()
-    pi = P.optimal_policy(ref, rewards, 0.5)
-    r_hat = P.implicit_reward(torch.log(pi), torch.log(ref), 0.5)
+    pi = pref.optimal_policy(ref, rewards, 0.5)
+    r_hat = pref.implicit_reward(torch.log(pi), torch.log(ref), 0.5)
     assert torch.allclose(r_hat, 0.5 * (torch.log(pi) - torch.log(ref)))
-    assert torch.allclose((pi * r_hat).sum(), 0.5 * P.categorical_kl(pi, ref), atol=1e-12)
+    assert torch.allclose((pi * r_hat).sum(), 0.5 * pref.categorical_kl(pi, ref), atol=1e-12)
     # it is the reward up to a constant (beta log Z), so differences recover reward differences
     assert torch.allclose(r_hat - r_hat[0], rewards - rewards[0], atol=1e-12)
     with pytest.raises(ValueError, match="beta"):
-        P.implicit_reward(torch.log(pi), torch.log(ref), -1.0)
+        pref.implicit_reward(torch.log(pi), torch.log(ref), -1.0)
     with pytest.raises(ValueError, match="same shape"):
-        P.implicit_reward(torch.log(pi), torch.log(ref)[:2], 1.0)
+        pref.implicit_reward(torch.log(pi), torch.log(ref)[:2], 1.0)
 
 
 PW = torch.tensor([-10.0, -4.0], dtype=D)
@@ -94,7 +94,7 @@ def _sig(x):
 
 def test_dpo_hand_computed():
     beta = 0.5
-    out = P.dpo_loss(PW, PL, RW, RL, beta)
+    out = pref.dpo_loss(PW, PL, RW, RL, beta)
     # pair 0: chosen ratio +1, rejected ratio -1, margin beta * 2 = 1
     # pair 1: chosen ratio +0.5, rejected ratio -1, margin beta * 1.5 = 0.75
     want = [-math.log(_sig(1.0)), -math.log(_sig(0.75))]
@@ -105,27 +105,32 @@ def test_dpo_hand_computed():
     assert torch.allclose(out.margins, torch.tensor([1.0, 0.75], dtype=D))
     assert out.accuracy.item() == 1.0
     # equal to the reference: log 2 per pair; extreme margins stay finite
-    assert torch.allclose(P.dpo_loss(RW, RL, RW, RL, 1.0).losses, torch.full((2,), math.log(2), dtype=D))
-    far = P.dpo_loss(torch.tensor([-900.0], dtype=D), torch.tensor([-1.0], dtype=D),
-                     torch.tensor([-1.0], dtype=D), torch.tensor([-1.0], dtype=D), 1.0)
+    assert torch.allclose(pref.dpo_loss(RW, RL, RW, RL, 1.0).losses, torch.full((2,), math.log(2), dtype=D))
+    far = pref.dpo_loss(
+        torch.tensor([-900.0], dtype=D),
+        torch.tensor([-1.0], dtype=D),
+        torch.tensor([-1.0], dtype=D),
+        torch.tensor([-1.0], dtype=D),
+        1.0,
+    )
     assert torch.allclose(far.losses, torch.tensor([899.0], dtype=D))
 
 
 def test_ipo_hand_computed():
     tau = 0.25  # target margin 1 / (2 tau) = 2
-    out = P.ipo_loss(PW, PL, RW, RL, tau)
+    out = pref.ipo_loss(PW, PL, RW, RL, tau)
     assert torch.allclose(out.losses, torch.tensor([(2.0 - 2.0) ** 2, (1.5 - 2.0) ** 2], dtype=D))
 
 
 def test_simpo_hand_computed():
-    out = P.simpo_loss(PW, PL, LW, LL, beta=2.0, gamma=0.5)
+    out = pref.simpo_loss(PW, PL, LW, LL, beta=2.0, gamma=0.5)
     # pair 0: 2*(-10/5) - 2*(-12/4) - 0.5 = -4 + 6 - 0.5 = 1.5 ; pair 1: 2*(-2) - 2*(-1) - 0.5 = -2.5
     assert torch.allclose(out.losses, torch.tensor([-math.log(_sig(1.5)), -math.log(_sig(-2.5))], dtype=D))
     assert out.accuracy.item() == 0.5
 
 
 def test_orpo_hand_computed():
-    out = P.orpo_loss(PW, PL, LW, LL, lam=0.1)
+    out = pref.orpo_loss(PW, PL, LW, LL, lam=0.1)
     want = []
     for pw, pl, lw, ll in zip(PW.tolist(), PL.tolist(), LW.tolist(), LL.tolist()):
         pw_, pl_ = math.exp(pw / lw), math.exp(pl / ll)
@@ -133,11 +138,16 @@ def test_orpo_hand_computed():
         want.append(-pw / lw + 0.1 * -math.log(_sig(log_or)))
     assert torch.allclose(out.losses, torch.tensor(want, dtype=D))
     # log-odds stay accurate for a per-token probability within 1e-12 of 1
-    tiny = P.orpo_loss(torch.tensor([-1e-12], dtype=D), torch.tensor([-1.0], dtype=D),
-                       torch.ones(1, dtype=D), torch.ones(1, dtype=D), 1.0)
+    tiny = pref.orpo_loss(
+        torch.tensor([-1e-12], dtype=D),
+        torch.tensor([-1.0], dtype=D),
+        torch.ones(1, dtype=D),
+        torch.ones(1, dtype=D),
+        1.0,
+    )
     assert torch.allclose(tiny.chosen_rewards, torch.tensor([math.log(1 / 1e-12)], dtype=D), rtol=1e-6)
     with pytest.raises(ValueError, match="infinite odds"):
-        P.orpo_loss(torch.tensor([0.0], dtype=D), torch.tensor([-1.0], dtype=D), torch.ones(1), torch.ones(1), 1.0)
+        pref.orpo_loss(torch.tensor([0.0], dtype=D), torch.tensor([-1.0], dtype=D), torch.ones(1), torch.ones(1), 1.0)
 
 
 def test_kto_hand_computed():
@@ -147,13 +157,13 @@ def test_kto_hand_computed():
     desirable = torch.tensor([True, False, False])
     kl_p = torch.tensor([-6.0, -6.0], dtype=D)
     kl_r = torch.tensor([-6.5, -6.3], dtype=D)  # mean log-ratio 0.4 -> z0 = 0.4
-    out = P.kto_loss(logp, ref, desirable, kl_p, kl_r, beta, desirable_weight=1.0, undesirable_weight=2.0)
+    out = pref.kto_loss(logp, ref, desirable, kl_p, kl_r, beta, desirable_weight=1.0, undesirable_weight=2.0)
     z0 = 0.4
     want = [1 - _sig(1.0 - z0), 2 * (1 - _sig(z0 - 0.0)), 2 * (1 - _sig(z0 + 1.0))]
     assert torch.allclose(out.losses, torch.tensor(want, dtype=D))
     assert math.isclose(out.extras["z0"].item(), z0, rel_tol=1e-12)
     # a negative batch log-ratio is clamped to z0 = 0
-    out0 = P.kto_loss(logp, ref, desirable, kl_r, kl_p, beta)
+    out0 = pref.kto_loss(logp, ref, desirable, kl_r, kl_p, beta)
     assert out0.extras["z0"].item() == 0.0
 
 
@@ -165,20 +175,20 @@ def _grad_inputs(n=3, seed=0):
 def test_gradients_match_finite_differences():
     pw, pl, rw, rl = _grad_inputs()
     lens = (torch.tensor([3.0, 5.0, 2.0], dtype=D), torch.tensor([4.0, 1.0, 6.0], dtype=D))
-    assert torch.autograd.gradcheck(lambda a, b: P.dpo_loss(a, b, rw.detach(), rl.detach(), 0.7).loss, (pw, pl))
-    assert torch.autograd.gradcheck(lambda a, b: P.ipo_loss(a, b, rw.detach(), rl.detach(), 0.3).loss, (pw, pl))
-    assert torch.autograd.gradcheck(lambda a, b: P.simpo_loss(a, b, *lens, 2.0, 0.4).loss, (pw, pl))
-    assert torch.autograd.gradcheck(lambda a, b: P.orpo_loss(a, b, *lens, 0.2).loss, (pw, pl))
+    assert torch.autograd.gradcheck(lambda a, b: pref.dpo_loss(a, b, rw.detach(), rl.detach(), 0.7).loss, (pw, pl))
+    assert torch.autograd.gradcheck(lambda a, b: pref.ipo_loss(a, b, rw.detach(), rl.detach(), 0.3).loss, (pw, pl))
+    assert torch.autograd.gradcheck(lambda a, b: pref.simpo_loss(a, b, *lens, 2.0, 0.4).loss, (pw, pl))
+    assert torch.autograd.gradcheck(lambda a, b: pref.orpo_loss(a, b, *lens, 0.2).loss, (pw, pl))
     des = torch.tensor([True, False, True])
     kp, kr = torch.tensor([-3.0, -2.0], dtype=D), torch.tensor([-3.5, -2.2], dtype=D)
-    assert torch.autograd.gradcheck(lambda a: P.kto_loss(a, rw.detach(), des, kp, kr, 0.5).loss, (pw,))
+    assert torch.autograd.gradcheck(lambda a: pref.kto_loss(a, rw.detach(), des, kp, kr, 0.5).loss, (pw,))
 
 
 def test_dpo_gradient_closed_form():
     # dL/dlog pi(y_w) = -beta sigma(r_l - r_w) / batch ; dL/dlog pi(y_l) = +beta sigma(r_l - r_w) / batch
     pw, pl, rw, rl = _grad_inputs()
     beta = 0.7
-    out = P.dpo_loss(pw, pl, rw.detach(), rl.detach(), beta)
+    out = pref.dpo_loss(pw, pl, rw.detach(), rl.detach(), beta)
     out.loss.backward()
     weight = torch.sigmoid(out.rejected_rewards - out.chosen_rewards)
     assert torch.allclose(pw.grad, -beta * weight / 3)
@@ -188,33 +198,33 @@ def test_dpo_gradient_closed_form():
 
 def test_ref_is_detached_and_bad_inputs():
     with pytest.raises(ValueError, match="beta"):
-        P.dpo_loss(PW, PL, RW, RL, 0.0)
+        pref.dpo_loss(PW, PL, RW, RL, 0.0)
     with pytest.raises(ValueError, match="tau"):
-        P.ipo_loss(PW, PL, RW, RL, -1.0)
+        pref.ipo_loss(PW, PL, RW, RL, -1.0)
     with pytest.raises(ValueError, match="same shape"):
-        P.dpo_loss(PW, PL[:1], RW, RL, 0.1)
+        pref.dpo_loss(PW, PL[:1], RW, RL, 0.1)
     with pytest.raises(ValueError, match="NaN"):
-        P.dpo_loss(PW, torch.tensor([float("nan"), -1.0], dtype=D), RW, RL, 0.1)
+        pref.dpo_loss(PW, torch.tensor([float("nan"), -1.0], dtype=D), RW, RL, 0.1)
     with pytest.raises(ValueError, match="empty"):
         e = torch.empty(0, dtype=D)
-        P.dpo_loss(e, e, e, e, 0.1)
+        pref.dpo_loss(e, e, e, e, 0.1)
     with pytest.raises(ValueError, match="1-D"):
-        P.dpo_loss(PW[None], PL[None], RW[None], RL[None], 0.1)
+        pref.dpo_loss(PW[None], PL[None], RW[None], RL[None], 0.1)
     with pytest.raises(ValueError, match="positive"):
-        P.dpo_loss(-PW, PL, RW, RL, 0.1)
+        pref.dpo_loss(-PW, PL, RW, RL, 0.1)
     with pytest.raises(ValueError, match="token counts"):
-        P.simpo_loss(PW, PL, torch.tensor([0.0, 1.0]), LL, 1.0, 0.0)
+        pref.simpo_loss(PW, PL, torch.tensor([0.0, 1.0]), LL, 1.0, 0.0)
     with pytest.raises(ValueError, match="gamma"):
-        P.simpo_loss(PW, PL, LW, LL, 1.0, -0.5)
+        pref.simpo_loss(PW, PL, LW, LL, 1.0, -0.5)
     with pytest.raises(ValueError, match="bool"):
-        P.kto_loss(PW, RW, torch.tensor([1, 0]), PW, RW, 0.1)
+        pref.kto_loss(PW, RW, torch.tensor([1, 0]), PW, RW, 0.1)
 
 
 def test_bradley_terry_pairs_frequencies():
     rewards = torch.tensor([0.0, 1.0], dtype=D)
     mu = torch.tensor([0.5, 0.5], dtype=D)
     n = 20000
-    ch, rj = P.bradley_terry_pairs(rewards, mu, n, torch.Generator().manual_seed(0))
+    ch, rj = pref.bradley_terry_pairs(rewards, mu, n, torch.Generator().manual_seed(0))
     assert (ch != rj).all()
     p = _sig(1.0)
     frac = (ch == 1).double().mean().item()
@@ -226,7 +236,7 @@ def test_ipo_optimal_policy_minimises_population_loss():
     rewards, ref = _setup(n=4)
     mu = torch.full((4,), 0.25, dtype=D)
     tau = 0.5
-    target = P.ipo_optimal_policy(ref, rewards, tau, mu)
+    target = pref.ipo_optimal_policy(ref, rewards, tau, mu)
     pwin = torch.sigmoid(rewards[:, None] - rewards[None, :])
 
     def expected_loss(logits):
@@ -256,8 +266,9 @@ def test_train_tabular_dpo_reaches_optimum_with_exact_preferences():
     ch = torch.tensor([a for (a, b), k in counts.items() for _ in range(k)])
     rj = torch.tensor([b for (a, b), k in counts.items() for _ in range(k)])
     ref = torch.tensor([0.5, 0.3, 0.2], dtype=D)
-    res = P.train_tabular("dpo", ch, rj, ref, torch.ones(3), beta=0.5, steps=1500, lr=0.05)
-    star = P.optimal_policy(ref, rewards, 0.5)
+    res = pref.train_tabular("dpo", ch, rj, ref, torch.ones(3), beta=0.5, steps=1500, lr=0.05)
+    star = pref.optimal_policy(ref, rewards, 0.5)
+
     # The optimiser stops after a fixed 1500 Adam steps, not at a tolerance, so how close it gets
     # differs in the last digits from one CPU to the next (KL 6e-9 .. 4e-8 seen). What must hold on
     # any CPU is what its final gradient implies. The DPO loss is smooth and strongly convex in the
@@ -266,23 +277,25 @@ def test_train_tabular_dpo_reaches_optimum_with_exact_preferences():
     # third-order terms, a relative 1e-4 at |g| ~ 1e-5; a factor 1.5 covers them.
     def loss_at(logits):
         logp = torch.log_softmax(logits, -1)
-        return P.dpo_loss(logp[ch], logp[rj], ref.log()[ch], ref.log()[rj], 0.5).loss
+        return pref.dpo_loss(logp[ch], logp[rj], ref.log()[ch], ref.log()[rj], 0.5).loss
 
     z = res.probs.log().clone().requires_grad_(True)
     (g,) = torch.autograd.grad(loss_at(z), z)
     h_pinv = torch.linalg.pinv(torch.autograd.functional.hessian(loss_at, star.log()))
     fisher = torch.diag(star) - torch.outer(star, star)
     predicted = 0.5 * g @ h_pinv @ fisher @ h_pinv @ g
-    kl = P.categorical_kl(res.probs, star)
-    assert g.norm() < 1e-4  # 1500 steps at lr 0.05 leave |g| ~ 1e-5 (a 10x margin); far from the optimum the bound below would not apply
+    kl = pref.categorical_kl(res.probs, star)
+    assert (
+        g.norm() < 1e-4
+    )  # 1500 steps at lr 0.05 leave |g| ~ 1e-5 (a 10x margin); far from the optimum the bound below would not apply
     assert kl <= 1.5 * predicted + 1e-15  # 1e-15: rounding of the KL itself
     # so pi is at the optimum: with |g| < 1e-4, the Hessian's smallest nonzero eigenvalue 0.045 and
     # ||F|| <= 1/4, the two lines above give KL <= 1.5 * 1/2 * 1/4 * (1e-4 / 0.045)^2 < 1e-6
     assert kl < 1e-6
     with pytest.raises(ValueError, match="unknown method"):
-        P.train_tabular("ppo", ch, rj, ref, torch.ones(3), 0.5)
+        pref.train_tabular("ppo", ch, rj, ref, torch.ones(3), 0.5)
     with pytest.raises(ValueError, match="indices"):
-        P.train_tabular("dpo", ch + 5, rj, ref, torch.ones(3), 0.5)
+        pref.train_tabular("dpo", ch + 5, rj, ref, torch.ones(3), 0.5)
 
 
 def test_simpo_optimum_ignores_the_reference_and_dpo_does_not():
@@ -293,17 +306,17 @@ def test_simpo_optimum_ignores_the_reference_and_dpo_does_not():
     lengths = torch.tensor([2.0, 5.0, 3.0], dtype=D)
     ref_a = torch.tensor([0.5, 0.3, 0.2], dtype=D)
     ref_b = torch.tensor([0.1, 0.2, 0.7], dtype=D)
-    sa = P.train_tabular("simpo", ch, rj, ref_a, lengths, 2.0, 0.5, steps=1500, lr=0.05).probs
-    sb = P.train_tabular("simpo", ch, rj, ref_b, lengths, 2.0, 0.5, steps=1500, lr=0.05).probs
+    sa = pref.train_tabular("simpo", ch, rj, ref_a, lengths, 2.0, 0.5, steps=1500, lr=0.05).probs
+    sb = pref.train_tabular("simpo", ch, rj, ref_b, lengths, 2.0, 0.5, steps=1500, lr=0.05).probs
     assert (sa - sb).abs().max() < 1e-4
-    da = P.train_tabular("dpo", ch, rj, ref_a, lengths, 0.5, steps=1500, lr=0.05).probs
-    db = P.train_tabular("dpo", ch, rj, ref_b, lengths, 0.5, steps=1500, lr=0.05).probs
-    assert torch.allclose(db, P.optimal_policy(ref_b, rewards, 0.5), atol=1e-5)
+    da = pref.train_tabular("dpo", ch, rj, ref_a, lengths, 0.5, steps=1500, lr=0.05).probs
+    db = pref.train_tabular("dpo", ch, rj, ref_b, lengths, 0.5, steps=1500, lr=0.05).probs
+    assert torch.allclose(db, pref.optimal_policy(ref_b, rewards, 0.5), atol=1e-5)
     assert (da - db).abs().max() > 0.1
 
 
 def test_kl_location_table_covers_the_losses():
-    rows = P.kl_location_table()
+    rows = pref.kl_location_table()
     methods = {r["method"] for r in rows}
     for name in ("DPO", "IPO", "SimPO", "KTO", "ORPO"):
         assert name in methods

@@ -3,10 +3,8 @@
 import math
 
 import pytest
-import sympy as sp
 
 from kltutor import schedules as S
-from kltutor.derivations import schedules as D
 
 
 def test_fixed_never_moves():
@@ -47,8 +45,11 @@ def test_ppo_penalty_halves_doubles_and_keeps():
 
 
 def test_annealing_endpoints_and_shapes():
-    lin, cos, exp = (S.LinearBeta(1.0, end=0.1, horizon=10), S.CosineBeta(1.0, end=0.1, horizon=10),
-                      S.ExponentialBeta(1.0, end=0.1, horizon=10))
+    lin, cos, exp = (
+        S.LinearBeta(1.0, end=0.1, horizon=10),
+        S.CosineBeta(1.0, end=0.1, horizon=10),
+        S.ExponentialBeta(1.0, end=0.1, horizon=10),
+    )
     for s in (lin, cos, exp):
         assert s.value_at(0) == pytest.approx(1.0) and s.value_at(10) == pytest.approx(0.1)
         assert s.value_at(25) == pytest.approx(0.1)  # constant after the end
@@ -129,14 +130,3 @@ def test_bad_updates():
         S.FixedKL("a lot")
     with pytest.raises(ValueError):
         S.PPOPenaltyKL(0.1, 1.0, tolerance=0.9)
-
-
-def test_derivations_hold():
-    assert D.reward_derivative() and D.kl_derivative() and D.reward_scale_equivalence()
-
-
-def test_derivation_check_rejects_a_wrong_identity():
-    """The zero test used by the proofs is not vacuous: a wrong power of beta fails it."""
-    beta, q, r, pi, mean, var, kl = D.tilted_bandit()
-    assert not D._is_zero(sp.together(sp.diff(kl, beta) + var / beta**2))
-    assert D._is_zero(sp.together(sp.diff(kl, beta) + var / beta**3))

@@ -46,11 +46,14 @@ def test_ppo_penalty_with_non_default_tolerance_and_factor():
         S.PPOPenaltyKL(1.0, 0.1, tolerance=1.0)
 
 
-@pytest.mark.parametrize("cls, at", [
-    (S.LinearBeta, lambda u: 0.8 + (0.05 - 0.8) * u),
-    (S.CosineBeta, lambda u: 0.05 + (0.8 - 0.05) * 0.5 * (1 + math.cos(math.pi * u))),
-    (S.ExponentialBeta, lambda u: 0.8 * (0.05 / 0.8) ** u),
-])
+@pytest.mark.parametrize(
+    "cls, at",
+    [
+        (S.LinearBeta, lambda u: 0.8 + (0.05 - 0.8) * u),
+        (S.CosineBeta, lambda u: 0.05 + (0.8 - 0.05) * 0.5 * (1 + math.cos(math.pi * u))),
+        (S.ExponentialBeta, lambda u: 0.8 * (0.05 / 0.8) ** u),
+    ],
+)
 def test_annealing_timing(cls, at):
     """beta starts at ``beta``; after k steps (n_steps each) it is value_at(k) -- not one step late or early."""
     s = cls(0.8, horizon=4, end=0.05)
@@ -94,15 +97,24 @@ def test_fixed_and_repr_and_make_schedule_kwargs():
     assert set(S.SCHEDULES) == {"fixed", "adaptive", "ppo-penalty", "linear", "cosine", "exponential"}
 
 
-BANDIT = KLBandit(torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64),
-                  torch.tensor([0.0, 0.5, 1.0, 2.0], dtype=torch.float64))
+BANDIT = KLBandit(
+    torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64), torch.tensor([0.0, 0.5, 1.0, 2.0], dtype=torch.float64)
+)
 
 
 def test_controller_in_a_simulated_run_sees_the_measured_kl():
     """beta_{t+1} = beta_t (1 + clip(kl_measured_t / target - 1) n / horizon), for the noisy estimate."""
     ctrl = S.AdaptiveKLController(0.5, target=0.3, horizon=20, clip=0.2)
-    run = simulate_training(BANDIT, ctrl, 12, rate=0.3, n_samples=16, estimator="k1",
-                            generator=torch.Generator().manual_seed(1), controller_n_steps=2)
+    run = simulate_training(
+        BANDIT,
+        ctrl,
+        12,
+        rate=0.3,
+        n_samples=16,
+        estimator="k1",
+        generator=torch.Generator().manual_seed(1),
+        controller_n_steps=2,
+    )
     assert run.beta[0] == 0.5
     for t in range(11):
         e = min(max(run.kl_measured[t] / 0.3 - 1, -0.2), 0.2)
@@ -138,18 +150,21 @@ def test_simulated_run_measures_with_the_chosen_estimator():
     assert run.kl[0] == pytest.approx(BANDIT.optimal_kl(0.5), rel=1e-12)
 
 
-@pytest.mark.parametrize("make, name", [
-    (lambda v: S.AdaptiveKLController(v, 1.0, 10), "beta"),
-    (lambda v: S.AdaptiveKLController(0.1, v, 10), "target"),
-    (lambda v: S.AdaptiveKLController(0.1, 1.0, v), "horizon"),
-    (lambda v: S.AdaptiveKLController(0.1, 1.0, 10, clip=v), "clip"),
-    (lambda v: S.PPOPenaltyKL(0.1, v), "target"),
-    (lambda v: S.PPOPenaltyKL(0.1, 1.0, tolerance=v), "tolerance"),
-    (lambda v: S.PPOPenaltyKL(0.1, 1.0, factor=v), "factor"),
-    (lambda v: S.LinearBeta(v, horizon=5, end=0.1), "beta"),
-    (lambda v: S.CosineBeta(1.0, horizon=5, end=v), "end"),
-    (lambda v: S.ExponentialBeta(1.0, horizon=v, end=0.1), "horizon"),
-])
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda v: S.AdaptiveKLController(v, 1.0, 10), "beta"),
+        (lambda v: S.AdaptiveKLController(0.1, v, 10), "target"),
+        (lambda v: S.AdaptiveKLController(0.1, 1.0, v), "horizon"),
+        (lambda v: S.AdaptiveKLController(0.1, 1.0, 10, clip=v), "clip"),
+        (lambda v: S.PPOPenaltyKL(0.1, v), "target"),
+        (lambda v: S.PPOPenaltyKL(0.1, 1.0, tolerance=v), "tolerance"),
+        (lambda v: S.PPOPenaltyKL(0.1, 1.0, factor=v), "factor"),
+        (lambda v: S.LinearBeta(v, horizon=5, end=0.1), "beta"),
+        (lambda v: S.CosineBeta(1.0, horizon=5, end=v), "end"),
+        (lambda v: S.ExponentialBeta(1.0, horizon=v, end=0.1), "horizon"),
+    ],
+)
 def test_each_bad_argument_is_named(make, name):
     with pytest.raises(ValueError, match=f"^{name} must be a finite number > 0"):
         make(-1.0)

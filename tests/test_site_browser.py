@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from urllib.parse import urldefrag, urljoin, urlparse
+from urllib.parse import urldefrag, urlparse
 
 import pytest
 import yaml
@@ -105,7 +105,9 @@ def test_page_renders(site, doc):
 
     # Chapters (notebooks) carry a Colab launch link to their own .ipynb under the repository.
     if doc.startswith("notebooks/"):
-        want = f"https://colab.research.google.com/github/{urlparse(REPO_URL).path.strip('/')}/blob/{BRANCH}/{doc}.ipynb"
+        want = (
+            f"https://colab.research.google.com/github/{urlparse(REPO_URL).path.strip('/')}/blob/{BRANCH}/{doc}.ipynb"
+        )
         assert want in info["launch"], f"{doc}: Colab link {info['launch']} is not {want}"
         assert (ROOT / f"{doc}.ipynb").exists()
     page.screenshot(path=str(SCREENSHOTS / (doc.replace("/", "__") + ".png")), full_page=False)
@@ -128,7 +130,7 @@ def test_site_is_self_contained():
     for html in site_tool.HTML.rglob("*.html"):
         text = html.read_text(errors="ignore")
         for m in re.finditer(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', text):
-            tag = text[max(0, m.start() - 5): m.end()]
+            tag = text[max(0, m.start() - 5) : m.end()]
             if "stylesheet" in tag or "<script" in tag or "preload" in tag:
                 offenders.append(f"{html.relative_to(site_tool.HTML)}: {m.group(1)}")
     assert not offenders, f"assets loaded from the network: {offenders[:10]}"
@@ -161,7 +163,9 @@ def test_result_tables_render_as_tables_that_fit_a_phone(site):
     lbfgs = [t for t in tables if "max |pi* - L-BFGS|" in t["headers"]]
     assert lbfgs and "< 1e-6" in lbfgs[0]["cells"], "the L-BFGS table is not rendered as a table with its bound"
     # the same numbers are not also shown as preformatted text
-    pre_text = page.evaluate("() => Array.from(document.querySelectorAll('.cell_output pre')).map(p => p.innerText).join('\\n')")
+    pre_text = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.cell_output pre')).map(p => p.innerText).join('\\n')"
+    )
     assert "max |pi* - L-BFGS|" not in pre_text
     page.close()
 
@@ -176,7 +180,9 @@ def test_result_tables_render_as_tables_that_fit_a_phone(site):
     assert wide, "no table is wider than a phone: this check would not notice overflow"
     for t in tables:
         assert t["overflowX"] in ("auto", "scroll"), f"a table box does not scroll: overflow-x {t['overflowX']}"
-        assert t["left"] >= 0 and t["right"] <= width + 1, f"a table box sticks out of the {width}px viewport: {t['right']}"
+        assert t["left"] >= 0 and t["right"] <= width + 1, (
+            f"a table box sticks out of the {width}px viewport: {t['right']}"
+        )
     phone.locator("div.kltutor-table").first.scroll_into_view_if_needed()
     phone.screenshot(path=str(SCREENSHOTS / "phone_tables_04.png"))
     phone.close()

@@ -18,7 +18,10 @@ def test_enumeration_and_probabilities_sum_to_one():
 def test_token_logprobs_by_hand():
     m = BinaryAutoregressive(0.3, -0.4)
     lp = m.token_logprobs(torch.tensor([[1.0, 1.0, 0.0]]))[0]
-    sig = lambda z: 1 / (1 + math.exp(-z))
+
+    def sig(z):
+        return 1 / (1 + math.exp(-z))
+
     want = [math.log(sig(0.3)), math.log(sig(0.3 - 0.4)), math.log(1 - sig(0.3 - 0.8))]
     assert lp.tolist() == pytest.approx(want, abs=1e-12)
 
@@ -40,7 +43,9 @@ def test_exact_kl_matches_enumeration_and_finite_differences():
     seqs, p = pi.enumerate(4)
     _, q = ref.enumerate(4)
     assert kl.item() == pytest.approx((p * (p.log() - q.log())).sum().item(), abs=1e-12)
-    assert BinaryAutoregressive(0.1, 0.1).exact_kl(BinaryAutoregressive(0.1, 0.1), 3).item() == pytest.approx(0, abs=1e-14)
+    assert BinaryAutoregressive(0.1, 0.1).exact_kl(BinaryAutoregressive(0.1, 0.1), 3).item() == pytest.approx(
+        0, abs=1e-14
+    )
 
 
 def test_sampling_frequencies_match_probabilities():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from kltutor import schedules as S
-from kltutor.toys.bandits import KLBandit, simulate_training, tilted_policy
+from kltutor.preference import optimal_policy
+from kltutor.toys.bandits import KLBandit, simulate_training
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def test_beta_for_kl_inverts(bandit):
 
 
 def test_tilted_policy_is_stable_for_tiny_beta(bandit):
-    pi = tilted_policy(bandit.ref_probs, bandit.rewards, 1e-8)
+    pi = optimal_policy(bandit.ref_probs, bandit.rewards, 1e-8)
     assert torch.isfinite(pi).all() and pi[bandit.rewards.argmax()].item() == pytest.approx(1.0)
 
 

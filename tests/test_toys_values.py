@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from kltutor.checklist import inspect
+from kltutor.checklist import check_batch
 from kltutor.toys import BinaryAutoregressive, KLBandit, TabularAutoregressive
 
 D = torch.float64
@@ -44,12 +44,12 @@ def test_binary_autoregressive_outputs_pass_the_checklist():
     with torch.no_grad():
         ref_logp = ref.token_logprobs(seqs)
     mask = torch.ones_like(logp)
-    report = inspect(logp=logp, ref_logp=ref_logp, mask=mask)
+    report = check_batch(logp=logp, ref_logp=ref_logp, mask=mask)
     assert report.ok, str(report)
-    assert inspect(logp=logp, ref_logp=pi.token_logprobs(seqs).detach(), mask=mask, first_step=True).ok
-    assert not inspect(logp=logp, ref_logp=ref_logp, mask=mask, first_step=True).ok  # a different reference
+    assert check_batch(logp=logp, ref_logp=pi.token_logprobs(seqs).detach(), mask=mask, first_step=True).ok
+    assert not check_batch(logp=logp, ref_logp=ref_logp, mask=mask, first_step=True).ok  # a different reference
     # a reference computed with gradient is caught
-    assert "ref_logp_requires_grad" in inspect(logp=logp, ref_logp=ref.token_logprobs(seqs), mask=mask).codes
+    assert "ref_logp_requires_grad" in check_batch(logp=logp, ref_logp=ref.token_logprobs(seqs), mask=mask).codes
 
 
 def test_tabular_autoregressive_outputs_pass_the_checklist():
@@ -59,7 +59,9 @@ def test_tabular_autoregressive_outputs_pass_the_checklist():
     logp, ref_logp = pol.token_log_probs(seqs), ref.token_log_probs(seqs)
     mask = torch.tensor([[0, 1, 1, 1]] * 5, dtype=D)  # first position: a prompt
     prompt = 1 - mask
-    assert inspect(logp=logp, ref_logp=ref_logp, mask=mask, prompt_mask=prompt, attention_mask=torch.ones_like(mask)).ok
+    assert check_batch(
+        logp=logp, ref_logp=ref_logp, mask=mask, prompt_mask=prompt, attention_mask=torch.ones_like(mask)
+    ).ok
     assert (logp <= 0).all() and torch.isfinite(logp).all()
     # the conditionals each sum to one and the chosen token's log-prob is the gathered one
     cond = pol.conditional_log_probs(seqs)

@@ -41,15 +41,18 @@ def test_candidates_are_far_apart(refs):
     """classify() can only be unambiguous if the candidate vectors differ by much more than its tolerance."""
     names = list(refs)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert float((refs[a] - refs[b]).norm()) > 1e-2, (a, b)
 
 
-@pytest.mark.parametrize("estimator, verdict", [
-    ("k1", "zero in expectation"),
-    ("k2", "token-level k2 (biased for T > 1)"),
-    ("k3", "per-token forward KL"),
-])
+@pytest.mark.parametrize(
+    "estimator, verdict",
+    [
+        ("k1", "zero in expectation"),
+        ("k2", "token-level k2 (biased for T > 1)"),
+        ("k3", "per-token forward KL"),
+    ],
+)
 def test_harness_on_kltutor_loss(toy, refs, estimator, verdict):
     pi, ref, old, T = toy
     g = core.expected_gradient(_loss_setting(estimator), pi, ref, old, T)
@@ -70,8 +73,9 @@ def test_stale_prefix_weight_is_exact(toy, refs):
     s = _loss_setting("k3", old_logp=None)
 
     def fn(logp, ref_logp, old_logp, mask):
-        return 0.5 * kl_loss(logp, ref_logp, mask, estimator="k3", aggregation="sequence-sum", old_logp=old_logp,
-                             importance="prefix")
+        return 0.5 * kl_loss(
+            logp, ref_logp, mask, estimator="k3", aggregation="sequence-sum", old_logp=old_logp, importance="prefix"
+        )
 
     s.fn = fn
     g = core.expected_gradient(s, pi, ref, old, T, regime="stale")

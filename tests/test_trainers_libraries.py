@@ -16,8 +16,10 @@ pytestmark = pytest.mark.trainers
 
 INSTALLED = trainers.available()
 DEFAULTS = {  # library -> {setting: verdict of its default KL setting, on policy}
-    "TRL": {"trl.grpo.k3.ratio.token": "token-level k2 (biased for T > 1)",
-            "trl.rloo.k1.sequence": "exact reverse-KL gradient"},
+    "TRL": {
+        "trl.grpo.k3.ratio.token": "token-level k2 (biased for T > 1)",
+        "trl.rloo.k1.sequence": "exact reverse-KL gradient",
+    },
     "verl": {"verl.loss.low_var_kl": "per-token forward KL", "verl.reward.kl": "exact reverse-KL gradient"},
     "OpenRLHF": {"openrlhf.reward.k1": "exact reverse-KL gradient"},
 }
@@ -46,9 +48,11 @@ def test_library_defaults(fresh, lib):
 @pytest.mark.parametrize("lib", list(DEFAULTS))
 def test_library_matches_stored_results(fresh, lib):
     _need(lib)
-    one = {**fresh, "settings": [r for r in fresh["settings"] if r["library"] == lib],
-           "versions": {k: v for k, v in fresh["versions"].items()
-                        if k == trainers._adapter(lib).PACKAGE}}
+    one = {
+        **fresh,
+        "settings": [r for r in fresh["settings"] if r["library"] == lib],
+        "versions": {k: v for k, v in fresh["versions"].items() if k == trainers._adapter(lib).PACKAGE},
+    }
     diffs = trainers.compare(one, trainers.load_results())
     assert not diffs, "\n".join(diffs)
 
@@ -56,8 +60,11 @@ def test_library_matches_stored_results(fresh, lib):
 def test_documented_claims(fresh):
     """The three places where a library's documentation claims more than its code computes (chapter 3)."""
     by = {r["name"]: r for r in fresh["settings"]}
-    checks = {"TRL": "trl.grpo.k3.ratio.token", "verl": "verl.loss.low_var_kl+",
-              "OpenRLHF": "openrlhf.loss.k3.unbiased_gradient"}
+    checks = {
+        "TRL": "trl.grpo.k3.ratio.token",
+        "verl": "verl.loss.low_var_kl+",
+        "OpenRLHF": "openrlhf.loss.k3.unbiased_gradient",
+    }
     for lib, name in checks.items():
         if not INSTALLED[lib]:
             continue
@@ -72,8 +79,8 @@ def test_documented_claims(fresh):
 def test_one_token_equivalence():
     """At T = 1 token-level k2 is exact: the 'biased for T > 1' verdicts are a sequence effect."""
     _need("verl")
-    from kltutor.trainers import verl_adapter
     from kltutor.toys import BinaryAutoregressive
+    from kltutor.trainers import verl_adapter
 
     pi, ref = BinaryAutoregressive(*core.TOY["policy"]), BinaryAutoregressive(*core.TOY["reference"])
     old = BinaryAutoregressive(*core.TOY["old"])
@@ -95,8 +102,8 @@ def test_verl_aliases_run_the_same_branch():
         for plus in ("", "+"):
             a = core_algos.kl_penalty(logp, ref_logp, alias + plus)
             b = core_algos.kl_penalty(logp, ref_logp, name + plus)
-            ga, = torch.autograd.grad(a.sum(), logp)
-            gb, = torch.autograd.grad(b.sum(), logp)
+            (ga,) = torch.autograd.grad(a.sum(), logp)
+            (gb,) = torch.autograd.grad(b.sum(), logp)
             assert torch.equal(a, b) and torch.equal(ga, gb), (alias, plus)
 
 
@@ -122,8 +129,9 @@ def test_inspector_fields_match_installed(tmp_path):
         new, old = o["options"], stored["openrlhf"]["options"]
         assert set(new) == set(old)
         for k in new:  # some defaults are timestamps (e.g. the run name); the inspector reads --algo/--actor/--train
-            same = ("dest", "flag", "nargs", "choices") + (("default",) if k.startswith(("--algo.", "--actor.loss",
-                                                                                          "--train.max")) else ())
+            same = ("dest", "flag", "nargs", "choices") + (
+                ("default",) if k.startswith(("--algo.", "--actor.loss", "--train.max")) else ()
+            )
             assert {f: new[k][f] for f in same} == {f: old[k][f] for f in same}, k
 
 
@@ -164,4 +172,5 @@ def test_inspector_on_openrlhf_defaults():
 
     rep = inspect_text("python3 -m openrlhf.cli.train_ppo_ray\n", "defaults.txt", ".txt")
     assert [(t.placement, t.estimator, t.beta, t.verdict) for t in rep.terms] == [
-        ("reward", "k1", 0.01, "exact reverse-KL gradient")]
+        ("reward", "k1", 0.01, "exact reverse-KL gradient")
+    ]

@@ -15,11 +15,15 @@ from torch.utils.checkpoint import checkpoint
 
 from kltutor.capstone import decoder
 
-__all__ = ["chunked_token_stats", "naive_token_stats", "hidden_states", "completion_hidden", "sequence_stats"]
+__all__ = ["chunk_stats", "chunked_token_stats", "naive_token_stats", "hidden_states", "completion_hidden", "sequence_stats"]
 
 
-def _chunk_stats(h: Tensor, targets: Tensor, head_w: Tensor, ref_h: Tensor | None, ref_w: Tensor | None,
-                 inv_temp: float, dtype: torch.dtype = torch.float32) -> Tensor:
+def chunk_stats(h: Tensor, targets: Tensor, head_w: Tensor, ref_h: Tensor | None, ref_w: Tensor | None,
+                inv_temp: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    """One chunk of rows ``h`` ``[N, d]`` through the output layer ``head_w`` ``[V, d]``: a ``[N, 4]`` tensor of
+    the log-prob of ``targets``, the policy's entropy and, when the reference's ``ref_h`` and ``ref_w`` are
+    given, the reference's log-prob of ``targets`` and the exact ``KL(pi || pi_ref)`` over the vocabulary
+    (zeros otherwise). Logits are multiplied by ``inv_temp``; the log-softmax runs in ``dtype``."""
     with torch.autocast(h.device.type, enabled=False):  # the output layer and log-softmax in ``dtype``, always
         logits = (h.to(dtype) @ head_w.to(dtype).T) * inv_temp
         lsm = torch.log_softmax(logits, -1)
@@ -65,9 +69,9 @@ def chunked_token_stats(hidden: Tensor, head_weight: Tensor, targets: Tensor, re
         args = (h[s:s + chunk], y[s:s + chunk], head_weight,
                 rh[s:s + chunk] if rh is not None else None, ref_head_weight, 1.0 / temperature, dtype)
         if B * T > chunk and torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad):
-            outs.append(checkpoint(_chunk_stats, *args, use_reentrant=False))
+            outs.append(checkpoint(chunk_stats, *args, use_reentrant=False))
         else:
-            outs.append(_chunk_stats(*args))
+            outs.append(chunk_stats(*args))
     out = torch.cat(outs, 0).reshape(B, T, 4)
     stats = {"logp": out[..., 0], "entropy": out[..., 1]}
     if ref_hidden is not None:

@@ -443,7 +443,7 @@ class Sampler:
         w = self._pw.head
         inv_t = 1.0 / self.temperature
         bias = None if self._eos_bias is None else self._eos_bias.index_select(0, st["t"])  # [1, V]
-        # z = logits / temperature (+ the EOS mask): [B, V] in logprob_dtype, as in logprobs._chunk_stats
+        # z = logits / temperature (+ the EOS mask): [B, V] in logprob_dtype, as in logprobs.chunk_stats
         if h.dtype == ld and w.dtype == ld:
             if bias is not None:
                 z = torch.addmm(bias, h, w.t(), alpha=inv_t)

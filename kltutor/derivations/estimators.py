@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from kltutor.derivations import DerivationError, derivation, require  # noqa: F401
+from kltutor.derivations import DerivationError, derivation, is_zero, require  # noqa: F401
 
 __all__ = [
     "f_nonnegative",
@@ -28,7 +28,7 @@ __all__ = [
 # z ~ N(0, 1); delta = (mu_policy - mu_ref) / sigma; l = delta z + delta^2 / 2.
 _z = sp.Symbol("z", real=True)
 _delta = sp.Symbol("delta", positive=True)
-_phi = sp.exp(-_z**2 / 2) / sp.sqrt(2 * sp.pi)
+_phi = sp.exp(-(_z**2) / 2) / sp.sqrt(2 * sp.pi)
 
 
 def _E(expr: sp.Expr) -> sp.Expr:
@@ -80,7 +80,8 @@ def f_nonnegative() -> bool:
 
 @derivation
 def k3_unbiased_categorical() -> bool:
-    """E_pi[k3] = KL(pi||ref) for a categorical pi, ref on 3 outcomes with full support (symbolic)."""
+    """E_pi[k3] = KL(pi||ref) for a categorical pi, ref on 3 outcomes with full support (symbolic);
+    the key step is E_pi[ref/pi] = 1, and the tempting E_pi[pi/ref] = 1 is false."""
     p1, p2, q1, q2 = sp.symbols("p1 p2 q1 q2", positive=True)
     p = [p1, p2, 1 - p1 - p2]
     q = [q1, q2, 1 - q1 - q2]
@@ -89,6 +90,8 @@ def k3_unbiased_categorical() -> bool:
     require(sp.simplify(e_k3 - kl) == 0, "E[k3] != KL")
     # the key step: E_pi[ref/pi] = sum ref = 1
     require(sp.simplify(sum(pi * qi / pi for pi, qi in zip(p, q)) - 1) == 0, "E[ref/pi] != 1")
+    # the tempting wrong identity: E_pi[pi/ref] is not 1 in general (it is 1 + chi2(pi||ref))
+    require(not is_zero(sum(pi * pi / qi for pi, qi in zip(p, q)) - 1), "E_pi[pi/ref] = 1 would be a wrong identity")
     return True
 
 
@@ -148,12 +151,15 @@ def k2_bias_expressions(order: int = 5) -> dict[str, sp.Expr]:
     integrand = ell**2 / 2 - ell + 1 - sp.exp(-ell)
     theta, eps = sp.symbols("theta epsilon", positive=True)
     p = [theta, 1 - theta]
-    q = [theta + eps, 1 - theta - eps]
     # l(y) = log(pi/ref): expand each log-ratio in eps first (cheap), then the bias polynomial
-    ls = [sp.series(-sp.log(1 + eps / theta), eps, 0, 5).removeO(),
-          sp.series(-sp.log(1 - eps / (1 - theta)), eps, 0, 5).removeO()]
+    ls = [
+        sp.series(-sp.log(1 + eps / theta), eps, 0, 5).removeO(),
+        sp.series(-sp.log(1 - eps / (1 - theta)), eps, 0, 5).removeO(),
+    ]
     bias = sp.expand(sum(a * (l**2 / 2 - l) for a, l in zip(p, ls)))
     bias_series = sum(bias.coeff(eps, k) * eps**k for k in range(4))
+    kl = sp.expand(sum(a * l for a, l in zip(p, ls)))
+    kl_series = sum(kl.coeff(eps, k) * eps**k for k in range(4))
     # leading term predicted by E[l^3]/6 with l ~ eps * a(y), a = d l / d eps at eps = 0
     a_vals = [sp.diff(l, eps).subs(eps, 0) for l in ls]
     predicted = sp.simplify(eps**3 * sum(pp * a**3 for pp, a in zip(p, a_vals)) / 6)
@@ -161,6 +167,7 @@ def k2_bias_expressions(order: int = 5) -> dict[str, sp.Expr]:
         "integrand": integrand,
         "integrand_series": sp.series(integrand, ell, 0, order).removeO(),
         "bernoulli_bias_series": sp.simplify(bias_series),
+        "bernoulli_kl_series": sp.simplify(kl_series),
         "bernoulli_leading_predicted": predicted,
     }
 
@@ -168,7 +175,8 @@ def k2_bias_expressions(order: int = 5) -> dict[str, sp.Expr]:
 @derivation
 def k2_bias_series() -> bool:
     """E[k2] - KL = E[l^3]/6 - E[l^4]/24 + ...: the bias is third order; for a Bernoulli family it is
-    O(eps^3) with leading coefficient E[a^3]/6 (a = dl/d eps), which can have either sign."""
+    O(eps^3) with leading coefficient E[a^3]/6 (a = dl/d eps), which can have either sign, while the
+    KL is O(eps^2)."""
     ell = sp.Symbol("ell", real=True)
     ex = k2_bias_expressions()
     require(sp.simplify(ex["integrand_series"] - (ell**3 / 6 - ell**4 / 24)) == 0, "series of l^2/2 - l + 1 - e^-l")
@@ -176,7 +184,15 @@ def k2_bias_series() -> bool:
     s = sp.expand(ex["bernoulli_bias_series"])
     require(sp.simplify(s.coeff(eps, 0)) == 0 and sp.simplify(s.coeff(eps, 1)) == 0, "bias has order < 2 terms")
     require(sp.simplify(s.coeff(eps, 2)) == 0, "bias has an eps^2 term")
-    require(sp.simplify(s.coeff(eps, 3) * eps**3 - ex["bernoulli_leading_predicted"]) == 0, "eps^3 coefficient != E[a^3]/6")
+    require(
+        sp.simplify(s.coeff(eps, 3) * eps**3 - ex["bernoulli_leading_predicted"]) == 0, "eps^3 coefficient != E[a^3]/6"
+    )
+    # while the KL itself starts at eps^2: the bias is one order smaller than the KL
+    k = sp.expand(ex["bernoulli_kl_series"])
+    require(
+        all(sp.simplify(k.coeff(eps, j)) == 0 for j in (0, 1)) and sp.simplify(k.coeff(eps, 2)) != 0,
+        "KL must start at order eps^2",
+    )
     return True
 
 
@@ -193,8 +209,12 @@ def k2_merge_example() -> dict[str, sp.Expr]:
         return sum(a * sp.log(a / b) for a, b in zip(p, q))
 
     merged_pi, merged_ref = [pi[0], pi[1] + pi[2]], [ref[0], ref[1] + ref[2]]
-    return {"fine": float(ek2(pi, ref)), "merged": float(ek2(merged_pi, merged_ref)),
-            "kl_fine": float(kl(pi, ref)), "kl_merged": float(kl(merged_pi, merged_ref))}
+    return {
+        "fine": float(ek2(pi, ref)),
+        "merged": float(ek2(merged_pi, merged_ref)),
+        "kl_fine": float(kl(pi, ref)),
+        "kl_merged": float(kl(merged_pi, merged_ref)),
+    }
 
 
 @derivation
@@ -237,6 +257,14 @@ def control_variate_optimum() -> bool:
     x = sp.Symbol("ell", real=True)
     g = x + lam * (sp.exp(-x) - 1)
     require(sp.diff(g, x).subs(x, 0) == 1 - lam, "slope at 0")
+    # in the ratio s = ref/pi = e^{-l}: g(s) = -log s + lam (s - 1) vanishes at s = 1, so staying >= 0
+    # needs g'(1) = 0, which forces lam = 1; and g with lam = 1 is f(log s) = s - 1 - log s (k3)
+    s_ = sp.Symbol("s", positive=True)
+    g_s = -sp.log(s_) + lam * (s_ - 1)
+    require(g_s.subs(s_, 1) == 0, "g(1) must vanish")
+    require(sp.solve(sp.Eq(sp.diff(g_s, s_).subs(s_, 1), 0), lam) == [1], "g'(1) = 0 must force lam = 1")
+    y = sp.Symbol("x", real=True)
+    require(sp.simplify(g_s.subs(lam, 1).subs(s_, sp.exp(y)) - (sp.exp(y) - y - 1)) == 0, "lam = 1 must give f(log s)")
     return True
 
 
@@ -245,8 +273,8 @@ def gaussian_k3_second_moment() -> bool:
     """E_pi[(ref/pi)^2] for pi = N(0, 1), ref = N(0, s^2): finite iff s^2 < 2, equal to 1/(s sqrt(2 - s^2))."""
     s = sp.Symbol("s", positive=True)
     y = sp.Symbol("y", real=True)
-    pol = sp.exp(-y**2 / 2) / sp.sqrt(2 * sp.pi)
-    ref = sp.exp(-y**2 / (2 * s**2)) / (s * sp.sqrt(2 * sp.pi))
+    pol = sp.exp(-(y**2) / 2) / sp.sqrt(2 * sp.pi)
+    ref = sp.exp(-(y**2) / (2 * s**2)) / (s * sp.sqrt(2 * sp.pi))
     integrand = sp.simplify(ref**2 / pol)
     # the exponent's y^2 coefficient decides convergence: -1/s^2 + 1/2 must be negative
     coeff = sp.simplify(sp.expand(sp.log(integrand)).coeff(y, 2))

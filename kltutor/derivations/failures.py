@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from kltutor.derivations import DerivationError, derivation, require  # noqa: F401
+from kltutor.derivations import DerivationError, derivation, logits, require, softmax  # noqa: F401
 
 __all__ = ["softmax_policy_gradient", "fp16_k3_overflow", "FP16_MAX"]
 
@@ -21,13 +21,13 @@ FP16_MAX = 65504
 
 @derivation
 def softmax_policy_gradient() -> bool:
-    """d/dz_i [sum_j pi_j r_j - beta sum_j pi_j log(pi_j / q_j)] = pi_i (A_i - sum_j pi_j A_j) for 3 responses."""
-    z = sp.symbols("z0:3", real=True)
+    """d/dz_i [sum_j pi_j r_j - beta sum_j pi_j log(pi_j / q_j)] = pi_i (A_i - sum_j pi_j A_j) for 3 responses
+    (what :func:`kltutor.toys.bandits.softmax_policy_gradient` computes)."""
+    z = logits("z", 3)
     r = sp.symbols("r0:3", real=True)
     q = sp.symbols("q0:3", positive=True)
     beta = sp.symbols("beta", positive=True)
-    norm = sum(sp.exp(zj) for zj in z)
-    pi = [sp.exp(zj) / norm for zj in z]
+    pi = softmax(z)
     objective = sum(pi[j] * r[j] for j in range(3)) - beta * sum(pi[j] * sp.log(pi[j] / q[j]) for j in range(3))
     adv = [r[j] - beta * sp.log(pi[j] / q[j]) for j in range(3)]
     mean_adv = sum(pi[j] * adv[j] for j in range(3))

@@ -145,7 +145,9 @@ def alpha_divergence_limits() -> bool:
     vals = {p: sp.Rational(1, 3), q: sp.Rational(3, 4)}
     for at, target in ((1, kl_pq), (0, kl_qp)):
         lim = sp.limit((num / den).subs(vals), alpha, at)
-        require(sp.simplify(sp.expand_log(lim - target.subs(vals), force=True)) == 0, f"sympy.limit disagrees at alpha={at}")
+        require(
+            sp.simplify(sp.expand_log(lim - target.subs(vals), force=True)) == 0, f"sympy.limit disagrees at alpha={at}"
+        )
     return True
 
 

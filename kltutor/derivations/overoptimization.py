@@ -15,9 +15,20 @@ from __future__ import annotations
 
 import sympy as sp
 
-from kltutor.derivations import DerivationError, derivation, require  # noqa: F401
+from kltutor.derivations import DerivationError, derivation, is_zero, require  # noqa: F401
 
-__all__ = ["bon_peak", "rl_peak", "stopping_fraction", "bon_safe_budget", "best_of_n_continuous_kl", "mirror_descent_stays_tilted", "symbols"]
+__all__ = [
+    "bon_peak",
+    "rl_peak",
+    "stopping_fraction",
+    "bon_safe_budget",
+    "gao_peak_expressions",
+    "best_of_n_continuous_kl",
+    "best_of_n_kl_bernoulli_expressions",
+    "best_of_n_kl_bound_with_ties",
+    "mirror_descent_stays_tilted",
+    "symbols",
+]
 
 # Gao et al.'s coefficients are (alpha, b): beta is kept for the KL coefficient (notation page).
 d, alpha, b, lam, rho = sp.symbols("d alpha b lambda rho", positive=True)
@@ -75,10 +86,31 @@ def bon_safe_budget() -> bool:
     return True
 
 
+def gao_peak_expressions() -> dict[str, sp.Expr]:
+    """Peak of the best-of-n gold-reward fit R(d) = d (alpha - b d), d = sqrt(KL) (Gao et al. 2023), for display:
+    ``d_star``, ``kl_star``, ``R_star`` and ``half_budget_fraction`` (the gain kept at KL*/2; proved by
+    :func:`bon_peak` and :func:`stopping_fraction`)."""
+    r = d * (alpha - b * d)
+    d_star = sp.solve(sp.diff(r, d), d)[0]
+    return {
+        "R": r,
+        "d_star": d_star,
+        "kl_star": d_star**2,
+        "R_star": sp.simplify(r.subs(d, d_star)),
+        "half_budget_fraction": sp.nsimplify(sp.simplify(r.subs(d, d_star / sp.sqrt(2)) / r.subs(d, d_star))),
+        "alpha": alpha,
+        "b": b,
+        "d": d,
+    }
+
+
 @derivation
 def best_of_n_continuous_kl() -> bool:
-    """For a continuous reward, u = F(r) ~ U(0,1) and best-of-n has density n u^(n-1): KL = log n - (n-1)/n."""
+    """For a reward with a continuous distribution (no atoms), u = F(r) ~ U(0,1) and best-of-n has density
+    n u^(n-1): KL = log n - (n-1)/n, for symbolic n (and, as a cross-check, for n = 1..8 one by one)."""
     u = sp.symbols("u", positive=True)
+    kl = sp.integrate(n * u ** (n - 1) * sp.log(n * u ** (n - 1)), (u, 0, 1), conds="none")
+    require(sp.simplify(kl - (sp.log(n) - (n - 1) / n)) == 0, f"KL must be log n - (n-1)/n, got {sp.simplify(kl)}")
     for k in range(1, 9):
         kl = sp.integrate(k * u ** (k - 1) * sp.log(k * u ** (k - 1)), (u, 0, 1))
         require(sp.simplify(kl - (sp.log(k) - sp.Rational(k - 1, k))) == 0, f"n={k}: {kl}")
@@ -100,4 +132,31 @@ def mirror_descent_stays_tilted() -> bool:
     step = c * r + eta * (r - b * c * r)
     require(sp.simplify(step - c.subs(t, t + 1) * r) == 0, "recursion")
     require(sp.limit(c, b, 0) == eta * t, "beta -> 0 limit is eta t (no penalty)")
+    return True
+
+
+def best_of_n_kl_bernoulli_expressions() -> dict[str, sp.Expr]:
+    """Best-of-n over a reference whose reward is 1 with probability p (0 otherwise), ties broken at random.
+
+    Best-of-n returns a reward-1 sample with probability 1 - (1-p)^n, uniformly within each tie
+    class, so its KL to the reference is that of two Bernoulli distributions.
+    """
+    p = sp.symbols("p", positive=True)
+    n = sp.symbols("n", positive=True, integer=True)
+    q = 1 - (1 - p) ** n
+    kl = q * sp.log(q / p) + (1 - q) * sp.log((1 - q) / (1 - p))
+    return {"q": q, "kl": kl, "bound": sp.log(n) - (n - 1) / n, "p": p, "n": n}
+
+
+@derivation
+def best_of_n_kl_bound_with_ties() -> bool:
+    """With ties the formula is only an upper bound: a 0/1 reward gives a KL strictly below it."""
+    ex = best_of_n_kl_bernoulli_expressions()
+    kl, bound, p, n = ex["kl"], ex["bound"], ex["p"], ex["n"]
+    for nv in (2, 4, 16, 64):
+        for pv in (sp.Rational(1, 100), sp.Rational(1, 10), sp.Rational(1, 2), sp.Rational(9, 10)):
+            gap = (bound - kl).subs({n: nv, p: pv})
+            require(sp.N(gap, 30) > 0, f"with ties the KL must be below the bound (n={nv}, p={pv})")
+    # n = 1: best-of-1 is the reference itself
+    require(is_zero(sp.simplify(kl.subs(n, 1))), "best-of-1 must have KL 0")
     return True

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from kltutor.derivations import DerivationError, derivation, require  # noqa: F401
+from kltutor.derivations import DerivationError, derivation, logits, require, simplex, softmax, tilt  # noqa: F401
 
 __all__ = [
     "sampler_k1_expectation",
@@ -44,17 +44,10 @@ __all__ = [
 ]
 
 
-def _simplex(name: str, n: int):
-    """``n`` positive symbols and their normalised values (a point of the simplex)."""
-    x = sp.symbols(f"{name}0:{n}", positive=True)
-    s = sum(x)
-    return [xi / s for xi in x]
-
-
 @derivation
 def sampler_k1_expectation() -> bool:
     """sum_y q(y) log(pi(y)/ref(y)) = KL(q||ref) - KL(q||pi) for three outcomes, any q, pi, ref."""
-    q, pi, ref = _simplex("q", 3), _simplex("p", 3), _simplex("r", 3)
+    q, pi, ref = simplex("q", 3), simplex("p", 3), simplex("r", 3)
     lhs = sum(qi * sp.log(pi_i / ri) for qi, pi_i, ri in zip(q, pi, ref))
     rhs = sum(qi * sp.log(qi / ri) for qi, ri in zip(q, ref)) - sum(qi * sp.log(qi / pi_i) for qi, pi_i in zip(q, pi))
     require(sp.simplify(sp.expand_log(lhs - rhs, force=True)) == 0, "E_q[k1] identity")
@@ -78,8 +71,12 @@ def effective_beta_aggregation() -> bool:
             "token-sum-norm": sum(seq_sum) / (G * L),
         }
         mean_T = sp.Rational(sum(lengths), G)
-        want = {"sequence-sum": lambda T: beta, "sequence-mean": lambda T: beta / T,
-                "token-mean": lambda T: beta / mean_T, "token-sum-norm": lambda T: beta / L}
+        want = {
+            "sequence-sum": lambda T: beta,
+            "sequence-mean": lambda T: beta / T,
+            "token-mean": lambda T, m=mean_T: beta / m,
+            "token-sum-norm": lambda T: beta / L,
+        }
         for mode, expr in aggs.items():
             for i, T in enumerate(lengths):
                 # every token of sequence i has the same coefficient c_i; beta_eff = G * beta * c_i
@@ -106,7 +103,7 @@ def sequence_mean_baseline() -> bool:
     """With l_y = (R_y - b - kappa T_y)/beta (the per-sequence-mean stationary point) on three responses:
     b = E_pi[R] gives kappa = -beta KL / E_pi[T] (KL = E_pi[l] > 0, so kappa < 0 and the per-token bonus
     -kappa/beta is KL / E_pi[T]); b = E_pi[R - beta l] gives kappa = 0."""
-    pi = _simplex("p", 3)
+    pi = simplex("p", 3)
     R = sp.symbols("R0:3", real=True)
     T = sp.symbols("T0:3", positive=True)
     beta, K = sp.symbols("beta K", positive=True)
@@ -130,17 +127,16 @@ def beta_zero_rich_get_richer() -> bool:
     two answers with the same reward the logit gap moves by (pi_y - pi_y')(r - E_pi r): the likelier one
     gains whenever the shared reward beats the mean. With beta > 0 the optimum pi_ref e^{r/beta}/Z keeps
     pi_y/pi_y' = pi_ref,y/pi_ref,y'."""
-    z = sp.symbols("z0:3", real=True)
+    z = logits("z", 3)
     r, r2, beta = sp.symbols("r r2 beta", positive=True)
     rew = [r, r, r2]  # answers 0 and 1 share a reward
-    s = sum(sp.exp(zi) for zi in z)
-    pi = [sp.exp(zi) / s for zi in z]
+    pi = softmax(z)
     J = sum(pi[i] * rew[i] for i in range(3))
     grad = [sp.diff(J, zi) for zi in z]
     for i in range(3):
         require(sp.simplify(grad[i] - pi[i] * (rew[i] - J)) == 0, f"d E[r] / d z_{i}")
     require(sp.simplify((grad[0] - grad[1]) - (pi[0] - pi[1]) * (r - J)) == 0, "gap grows with the probability gap")
-    ref = _simplex("q", 3)
+    ref = simplex("q", 3)
     w = [ref[i] * sp.exp(rew[i] / beta) for i in range(3)]
     require(sp.simplify(w[0] / w[1] - ref[0] / ref[1]) == 0, "the tilt keeps the ratio of equally rewarded answers")
     return True
@@ -149,21 +145,16 @@ def beta_zero_rich_get_richer() -> bool:
 @derivation
 def reset_composes_tilts() -> bool:
     """tilt(tilt(p, r, beta), r, beta) = tilt(p, r, beta/2) and, by induction, k resets give beta/k."""
-    p = _simplex("p", 3)
+    p = simplex("p", 3)
     r = sp.symbols("r0:3", real=True)
     beta = sp.symbols("beta", positive=True)
 
-    def tilt(q, bt):
-        w = [qi * sp.exp(ri / bt) for qi, ri in zip(q, r)]
-        s = sum(w)
-        return [wi / s for wi in w]
-
-    twice = tilt(tilt(p, beta), beta)
-    once = tilt(p, beta / 2)
+    twice = tilt(tilt(p, r, beta), r, beta)
+    once = tilt(p, r, beta / 2)
     for a, c in zip(twice, once):
         require(sp.simplify(a - c) == 0, "two tilts at beta = one tilt at beta/2")
-    three = tilt(twice, beta)
-    for a, c in zip(three, tilt(p, beta / 3)):
+    three = tilt(twice, r, beta)
+    for a, c in zip(three, tilt(p, r, beta / 3)):
         require(sp.simplify(a - c) == 0, "three tilts at beta = one tilt at beta/3")
     return True
 
@@ -178,8 +169,12 @@ def two_kl_stationarity() -> bool:
     rho = sp.symbols("rho0:3", positive=True)
     r = sp.symbols("r0:3", real=True)
     bR, bL, lam, eps = sp.symbols("beta_R beta_L lambda epsilon", positive=True)
-    lag = (sum(pi[i] * r[i] for i in range(n)) - bR * sum(pi[i] * sp.log(pi[i] / rho[i]) for i in range(n))
-           - bL * sum(rho[i] * sp.log(rho[i] / pi[i]) for i in range(n)) - lam * (sum(pi) - 1))
+    lag = (
+        sum(pi[i] * r[i] for i in range(n))
+        - bR * sum(pi[i] * sp.log(pi[i] / rho[i]) for i in range(n))
+        - bL * sum(rho[i] * sp.log(rho[i] / pi[i]) for i in range(n))
+        - lam * (sum(pi) - 1)
+    )
     for y in range(n):
         want = r[y] - bR * (sp.log(pi[y] / rho[y]) + 1) + bL * rho[y] / pi[y] - lam
         require(sp.simplify(sp.expand_log(sp.diff(lag, pi[y]) - want, force=True)) == 0, f"stationarity {y}")
@@ -196,8 +191,10 @@ def two_kl_stationarity() -> bool:
     require(sp.simplify(s_fwd - eps**2 * quad) == 0, "forward KL to second order")
     c3_rev = sp.simplify(sp.series(rev, eps, 0, 4).removeO().coeff(eps, 3))
     c3_fwd = sp.simplify(sp.series(fwd, eps, 0, 4).removeO().coeff(eps, 3))
-    require(sp.simplify(c3_fwd - 2 * c3_rev) == 0 and sp.simplify(c3_rev) != 0,
-            "third order: the forward KL's term is twice the reverse KL's (-sum d^3/(3 rho^2) vs -sum d^3/(6 rho^2))")
+    require(
+        sp.simplify(c3_fwd - 2 * c3_rev) == 0 and sp.simplify(c3_rev) != 0,
+        "third order: the forward KL's term is twice the reverse KL's (-sum d^3/(3 rho^2) vs -sum d^3/(6 rho^2))",
+    )
     return True
 
 
@@ -205,10 +202,9 @@ def two_kl_stationarity() -> bool:
 def inverted_k3_is_chi2() -> bool:
     """For a softmax policy over 3 outcomes and l = log(pi/rho): E_pi[e^l - 1 - l] = chi2(pi||rho) - KL(pi||rho),
     and E_pi[(e^l - 1) d log pi/dz_i] = d/dz_i [chi2(pi||rho)/2] (what autograd of the inverted k3 gives in expectation)."""
-    z = sp.symbols("z0:3", real=True)
-    rho = _simplex("r", 3)
-    s = sum(sp.exp(zi) for zi in z)
-    pi = [sp.exp(zi) / s for zi in z]
+    z = logits("z", 3)
+    rho = simplex("r", 3)
+    pi = softmax(z)
     l = [sp.log(pi[i] / rho[i]) for i in range(3)]
     chi2 = sum(pi[i] ** 2 / rho[i] for i in range(3)) - 1
     kl = sum(pi[i] * l[i] for i in range(3))

@@ -2,7 +2,7 @@
 
 Each checker takes a reader's implementation, runs it against exact answers and returns a
 :class:`CheckResult`; ``print(result)`` says what is right or what is wrong. The checkers of each
-chapter live in a module of their own (``kltutor.exercises.ch02`` and so on).
+chapter live in a module of their own (``kltutor.exercises.estimators`` and so on).
 """
 
 from __future__ import annotations

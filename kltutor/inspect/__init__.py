@@ -36,8 +36,15 @@ from kltutor.inspect import fields as _fields
 
 __all__ = ["ConfigError", "KLTerm", "Finding", "Report", "inspect_file", "inspect_text", "WARNING_CODES"]
 
-WARNING_CODES = ("two-kl-terms", "k1-in-loss", "beta-zero-with-reference", "ratio-with-sequence-is",
-                 "unclamped-k3-bf16", "length-rescaled-beta", "std-rescaled-beta")
+WARNING_CODES = (
+    "two-kl-terms",
+    "k1-in-loss",
+    "beta-zero-with-reference",
+    "ratio-with-sequence-is",
+    "unclamped-k3-bf16",
+    "length-rescaled-beta",
+    "std-rescaled-beta",
+)
 TRL_TRAINERS = {"grpo": "GRPOConfig", "rloo": "RLOOConfig", "ppo": "PPOConfig"}
 
 
@@ -91,16 +98,21 @@ class Report:
         if not self.terms:
             lines.append("KL terms: none")
         for i, t in enumerate(self.terms, 1):
-            lines.append(f"KL term {i}: {t.estimator} in the {t.placement}, {t.level} level, beta = {t.beta:g}, "
-                         f"controller: {t.controller}; correction: {t.correction}")
+            lines.append(
+                f"KL term {i}: {t.estimator} in the {t.placement}, {t.level} level, beta = {t.beta:g}, "
+                f"controller: {t.controller}; correction: {t.correction}"
+            )
             lines.append(f"  set by: {t.fields}")
             if t.verdict:
                 b = "< 1e-6" if t.bias_norm < 1e-6 else f"= {t.bias_norm:.3f}"
-                lines.append(f"  exact expected gradient (chapter 3 toy): {t.verdict}, |bias| {b}"
-                             + (f"  ({t.source})" if t.source else ""))
+                lines.append(
+                    f"  exact expected gradient (chapter 3 toy): {t.verdict}, |bias| {b}"
+                    + (f"  ({t.source})" if t.source else "")
+                )
             if t.stale:
-                lines.append(f"  on a stale batch (2nd+ update): {t.stale['verdict']}, "
-                             f"|bias| = {t.stale['bias_norm']:.3f}")
+                lines.append(
+                    f"  on a stale batch (2nd+ update): {t.stale['verdict']}, |bias| = {t.stale['bias_norm']:.3f}"
+                )
         for n in self.notes:
             lines.append(f"note: {n}")
         for w in self.warnings:
@@ -231,8 +243,11 @@ def _verdict(term: KLTerm, results: dict, stale: bool) -> KLTerm:
 
 def _trl(data: dict, name: str, known: dict, trainer: str | None) -> Report:
     trl = known["trl"]
-    own = {"GRPOConfig": set(trl["GRPOConfig"]), "RLOOConfig": set(trl["RLOOConfig"]),
-           "PPOConfig": set(trl["PPOConfig"]["fields"]) | set(trl["base"])}
+    own = {
+        "GRPOConfig": set(trl["GRPOConfig"]),
+        "RLOOConfig": set(trl["RLOOConfig"]),
+        "PPOConfig": set(trl["PPOConfig"]["fields"]) | set(trl["base"]),
+    }
     common = set(trl["script"])
     keys = set(data)
     if trainer is not None:
@@ -243,11 +258,15 @@ def _trl(data: dict, name: str, known: dict, trainer: str | None) -> Report:
         every = own["GRPOConfig"] | own["RLOOConfig"] | own["PPOConfig"] | common
         unknown = sorted(keys - every)
         if unknown and not keys & every - common:
-            raise ConfigError(f"{name}: unknown library: field {unknown[0]!r} belongs to no TRL config "
-                              "(GRPOConfig, RLOOConfig, PPOConfig), verl ppo_trainer or OpenRLHF command line")
+            raise ConfigError(
+                f"{name}: unknown library: field {unknown[0]!r} belongs to no TRL config "
+                "(GRPOConfig, RLOOConfig, PPOConfig), verl ppo_trainer or OpenRLHF command line"
+            )
         if unknown:
-            raise ConfigError(f"{name}: unknown field {unknown[0]!r} (not in TRL {trl['version']} GRPOConfig, "
-                              "RLOOConfig or PPOConfig)")
+            raise ConfigError(
+                f"{name}: unknown field {unknown[0]!r} (not in TRL {trl['version']} GRPOConfig, "
+                "RLOOConfig or PPOConfig)"
+            )
         cands = [c for c in own if keys - common <= own[c]]
         unique = [c for c in cands if keys & (own[c] - set().union(*(own[o] for o in own if o != c)))]
         if len(unique) == 1:
@@ -260,8 +279,9 @@ def _trl(data: dict, name: str, known: dict, trainer: str | None) -> Report:
             stem = Path(name).name.lower()
             named = [c for t, c in TRL_TRAINERS.items() if t in stem and c in cands]
             if len(named) != 1:
-                raise ConfigError(f"{name}: cannot tell {' from '.join(cands)} (only shared fields); "
-                                  "pass --trainer grpo|rloo|ppo")
+                raise ConfigError(
+                    f"{name}: cannot tell {' from '.join(cands)} (only shared fields); pass --trainer grpo|rloo|ppo"
+                )
             cls = named[0]
     allowed = own[cls] | common
     bad = sorted(keys - allowed)
@@ -281,10 +301,15 @@ def _trl_grpo(data, name, trl) -> Report:
     d = trl["GRPOConfig"]
     rep = Report(name, "TRL", "GRPOTrainer (GRPOConfig)", f"trl {trl['version']}")
     beta = _num(_get(data, d, "beta"), name, "beta")
-    loss_type = _choice(_get(data, d, "loss_type"),
-                        ["grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo"], name, "loss_type")
-    level = _choice(_get(data, d, "importance_sampling_level"), ["token", "sequence"], name,
-                    "importance_sampling_level")
+    loss_type = _choice(
+        _get(data, d, "loss_type"),
+        ["grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo"],
+        name,
+        "loss_type",
+    )
+    level = _choice(
+        _get(data, d, "importance_sampling_level"), ["token", "sequence"], name, "importance_sampling_level"
+    )
     ratio = _bool(_get(data, d, "use_bias_correction_kl"), name, "use_bias_correction_kl")
     iters = int(_num(_get(data, d, "num_iterations"), name, "num_iterations"))
     fp16 = _bool(_get(data, d, "fp16"), name, "fp16") if _get(data, d, "fp16") is not None else False
@@ -296,69 +321,107 @@ def _trl_grpo(data, name, trl) -> Report:
     if beta == 0:
         rep.notes.append("beta = 0: no KL term, and GRPOTrainer loads no reference model")
         if _bool(_get(data, d, "sync_ref_model"), name, "sync_ref_model"):
-            rep.warnings.append(Finding("beta-zero-with-reference",
-                                        "sync_ref_model=True with beta = 0: a reference model is configured "
-                                        "but never used (TRL raises a ValueError for this combination)"))
+            rep.warnings.append(
+                Finding(
+                    "beta-zero-with-reference",
+                    "sync_ref_model=True with beta = 0: a reference model is configured "
+                    "but never used (TRL raises a ValueError for this combination)",
+                )
+            )
         return rep
-    corr = ("per-token ratio w_t, differentiable (use_bias_correction_kl=True)" if ratio and level == "token" else
-            "sequence ratio broadcast to tokens (use_bias_correction_kl=True, importance_sampling_level="
-            "'sequence')" if ratio else "none")
-    t = KLTerm("loss", "k3", "token", beta, "fixed (TRL has no beta controller)", corr,
-               f"beta={beta:g}, use_bias_correction_kl={ratio}, importance_sampling_level={level}",
-               setting=f"trl.grpo.k3.{'ratio' if ratio else 'plain'}.{level}",
-               source=f"GRPOTrainer._compute_loss, trl {trl['version']}")
+    corr = (
+        "per-token ratio w_t, differentiable (use_bias_correction_kl=True)"
+        if ratio and level == "token"
+        else "sequence ratio broadcast to tokens (use_bias_correction_kl=True, importance_sampling_level='sequence')"
+        if ratio
+        else "none"
+    )
+    t = KLTerm(
+        "loss",
+        "k3",
+        "token",
+        beta,
+        "fixed (TRL has no beta controller)",
+        corr,
+        f"beta={beta:g}, use_bias_correction_kl={ratio}, importance_sampling_level={level}",
+        setting=f"trl.grpo.k3.{'ratio' if ratio else 'plain'}.{level}",
+        source=f"GRPOTrainer._compute_loss, trl {trl['version']}",
+    )
     rep.terms.append(_verdict(t, _results(), stale=iters > 1))
     _sync_note(rep, data, d, name)
     if iters > 1:
-        rep.notes.append(f"num_iterations={iters}: every update after the first on a batch is off-policy "
-                         "(stale row)")
+        rep.notes.append(f"num_iterations={iters}: every update after the first on a batch is off-policy (stale row)")
     if ratio and level == "sequence":
-        rep.warnings.append(Finding("ratio-with-sequence-is",
-                                    "use_bias_correction_kl=True with importance_sampling_level='sequence' "
-                                    "multiplies every token's k3 by one sequence-level ratio (TRL issue #6586): "
-                                    "neither the per-token correction nor the reverse-KL gradient"))
+        rep.warnings.append(
+            Finding(
+                "ratio-with-sequence-is",
+                "use_bias_correction_kl=True with importance_sampling_level='sequence' "
+                "multiplies every token's k3 by one sequence-level ratio (TRL issue #6586): "
+                "neither the per-token correction nor the reverse-KL gradient",
+            )
+        )
     if bf16 and not lm_head_fp32:
-        rep.warnings.append(Finding("unclamped-k3-bf16",
-                                    "GRPOTrainer computes k3 = exp(ref_logp - logp) - (ref_logp - logp) - 1 "
-                                    "without clamping, here from bf16 log-probabilities (bf16 is on): bf16 "
-                                    "keeps 8 significant bits, so for small log-ratios the rounding of logp "
-                                    "swamps k3 ~ l^2/2, and exp(-l) is unbounded where the policy falls far "
-                                    "below the reference; set cast_lm_head_to_fp32=True or compute "
-                                    "log-probabilities in float32"))
+        rep.warnings.append(
+            Finding(
+                "unclamped-k3-bf16",
+                "GRPOTrainer computes k3 = exp(ref_logp - logp) - (ref_logp - logp) - 1 "
+                "without clamping, here from bf16 log-probabilities (bf16 is on): bf16 "
+                "keeps 8 significant bits, so for small log-ratios the rounding of logp "
+                "swamps k3 ~ l^2/2, and exp(-l) is unbounded where the policy falls far "
+                "below the reference; set cast_lm_head_to_fp32=True or compute "
+                "log-probabilities in float32",
+            )
+        )
     _trl_length(rep, loss_type, data, d, name)
     scale = _get(data, d, "scale_rewards")
     scale = {True: "group", False: "none"}.get(scale, scale)
     if _choice(scale, ["group", "batch", "none"], name, "scale_rewards") != "none":
-        rep.warnings.append(Finding("std-rescaled-beta",
-                                    f"scale_rewards='{scale}' divides the task advantages by the {scale} reward "
-                                    "standard deviation while the KL loss is left as is: against the raw reward "
-                                    "the effective beta is beta * std, and it changes with every group"))
+        rep.warnings.append(
+            Finding(
+                "std-rescaled-beta",
+                f"scale_rewards='{scale}' divides the task advantages by the {scale} reward "
+                "standard deviation while the KL loss is left as is: against the raw reward "
+                "the effective beta is beta * std, and it changes with every group",
+            )
+        )
     return rep
 
 
 def _trl_length(rep, loss_type, data, d, name):
     if loss_type in ("grpo", "sapo"):
-        rep.warnings.append(Finding("length-rescaled-beta",
-                                    f"loss_type='{loss_type}' averages each sequence's per-token loss over its "
-                                    "own length: a sequence's KL penalty is beta * (sum of k3)/|y|, so the "
-                                    "effective beta on the sequence KL shrinks as responses grow"))
+        rep.warnings.append(
+            Finding(
+                "length-rescaled-beta",
+                f"loss_type='{loss_type}' averages each sequence's per-token loss over its "
+                "own length: a sequence's KL penalty is beta * (sum of k3)/|y|, so the "
+                "effective beta on the sequence KL shrinks as responses grow",
+            )
+        )
     elif loss_type in ("bnpo", "dapo", "cispo", "vespo"):
-        rep.warnings.append(Finding("length-rescaled-beta",
-                                    f"loss_type='{loss_type}' divides the summed per-token loss by the number of "
-                                    "tokens in the batch: the effective beta on each sequence's KL is "
-                                    "beta / (mean response length), which drifts as lengths change in training"))
+        rep.warnings.append(
+            Finding(
+                "length-rescaled-beta",
+                f"loss_type='{loss_type}' divides the summed per-token loss by the number of "
+                "tokens in the batch: the effective beta on each sequence's KL is "
+                "beta / (mean response length), which drifts as lengths change in training",
+            )
+        )
     elif loss_type == "dr_grpo":
         L = _num(_get(data, d, "max_completion_length"), name, "max_completion_length")
-        rep.notes.append(f"loss_type='dr_grpo' divides by max_completion_length = {L:g}: the effective beta on "
-                         "the sequence KL is the constant beta / max_completion_length")
+        rep.notes.append(
+            f"loss_type='dr_grpo' divides by max_completion_length = {L:g}: the effective beta on "
+            "the sequence KL is the constant beta / max_completion_length"
+        )
 
 
 def _sync_note(rep, data, d, name):
     if _bool(_get(data, d, "sync_ref_model"), name, "sync_ref_model"):
         alpha = _num(_get(data, d, "ref_model_mixup_alpha"), name, "ref_model_mixup_alpha")
         steps = _num(_get(data, d, "ref_model_sync_steps"), name, "ref_model_sync_steps")
-        rep.notes.append(f"sync_ref_model=True: every {steps:g} steps the reference becomes {alpha:g} x policy + "
-                         f"{1 - alpha:g} x reference (TR-DPO style), so the KL is to a moving anchor")
+        rep.notes.append(
+            f"sync_ref_model=True: every {steps:g} steps the reference becomes {alpha:g} x policy + "
+            f"{1 - alpha:g} x reference (TR-DPO style), so the KL is to a moving anchor"
+        )
 
 
 def _trl_rloo(data, name, trl) -> Report:
@@ -370,38 +433,64 @@ def _trl_rloo(data, name, trl) -> Report:
     if beta == 0:
         rep.notes.append("beta = 0: no KL term, and RLOOTrainer loads no reference model")
         return rep
-    t = KLTerm("reward", "k1", "sequence", beta, "fixed (TRL has no beta controller)", "none",
-               f"beta={beta:g}", setting="trl.rloo.k1.sequence",
-               source=f"RLOOTrainer._generate_and_score_completions, trl {trl['version']}")
+    t = KLTerm(
+        "reward",
+        "k1",
+        "sequence",
+        beta,
+        "fixed (TRL has no beta controller)",
+        "none",
+        f"beta={beta:g}",
+        setting="trl.rloo.k1.sequence",
+        source=f"RLOOTrainer._generate_and_score_completions, trl {trl['version']}",
+    )
     rep.terms.append(_verdict(t, _results(), stale=False))
     _sync_note(rep, data, d, name)
     if _bool(_get(data, d, "normalize_advantages"), name, "normalize_advantages"):
-        rep.notes.append("normalize_advantages=True rescales the advantages, KL penalty included, together: the "
-                         "penalty keeps its weight against the task reward")
+        rep.notes.append(
+            "normalize_advantages=True rescales the advantages, KL penalty included, together: the "
+            "penalty keeps its weight against the task reward"
+        )
     return rep
 
 
 def _trl_ppo(data, name, trl) -> Report:
     d = trl["PPOConfig"]["fields"]
-    rep = Report(name, "TRL", "PPOTrainer (PPOConfig, trl.experimental.ppo)",
-                 "kltutor.gradients (TRL 1.13+ has no PPO trainer)")
-    rep.notes.append("PPOConfig / PPOTrainer shipped last in TRL 1.12.0 (trl.experimental.ppo); the verdict "
-                     "is kltutor's exact placement gradient, not TRL's code")
+    rep = Report(
+        name, "TRL", "PPOTrainer (PPOConfig, trl.experimental.ppo)", "kltutor.gradients (TRL 1.13+ has no PPO trainer)"
+    )
+    rep.notes.append(
+        "PPOConfig / PPOTrainer shipped last in TRL 1.12.0 (trl.experimental.ppo); the verdict "
+        "is kltutor's exact placement gradient, not TRL's code"
+    )
     beta = _num(_get(data, d, "kl_coef"), name, "kl_coef")
     est = _choice(_get(data, d, "kl_estimator"), ["k1", "k3"], name, "kl_estimator")
     lam = _num(_get(data, d, "lam"), name, "lam")
     if beta == 0:
-        rep.warnings.append(Finding("beta-zero-with-reference",
-                                    "kl_coef = 0 while PPOTrainer still takes and runs a reference model "
-                                    "(ref_model) on every batch"))
+        rep.warnings.append(
+            Finding(
+                "beta-zero-with-reference",
+                "kl_coef = 0 while PPOTrainer still takes and runs a reference model (ref_model) on every batch",
+            )
+        )
         return rep
-    t = KLTerm("reward", est, "token", beta, "fixed", "none", f"kl_coef={beta:g}, kl_estimator={est}",
-               source="kltutor.gradients.exact_kl_gradients, return-to-go")
+    t = KLTerm(
+        "reward",
+        est,
+        "token",
+        beta,
+        "fixed",
+        "none",
+        f"kl_coef={beta:g}, kl_estimator={est}",
+        source="kltutor.gradients.exact_kl_gradients, return-to-go",
+    )
     _exact_reference(t, est)
     rep.terms.append(t)
     if lam < 1:
-        rep.notes.append(f"lam = {lam:g} < 1: GAE mixes the penalty with the critic's values; the verdict is that "
-                         "of the return-to-go (lam = 1, or a perfect critic)")
+        rep.notes.append(
+            f"lam = {lam:g} < 1: GAE mixes the penalty with the critic's values; the verdict is that "
+            "of the return-to-go (lam = 1, or a perfect critic)"
+        )
     return rep
 
 
@@ -452,9 +541,12 @@ def _verl(flat: dict, name: str, known: dict) -> Report:
     use_reward = _bool(get("algorithm.use_kl_in_reward"), name, "algorithm.use_kl_in_reward")
     adv = get("algorithm.adv_estimator")
     epochs = int(_num(get(A + "ppo_epochs"), name, A + "ppo_epochs"))
-    agg = _choice(get(A + "loss_agg_mode"), ["token-mean", "token-sum", "seq-mean-token-sum",
-                                             "seq-mean-token-sum-norm", "seq-mean-token-mean"],
-                  name, A + "loss_agg_mode")
+    agg = _choice(
+        get(A + "loss_agg_mode"),
+        ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean"],
+        name,
+        A + "loss_agg_mode",
+    )
     kinds = list(VERL_KL) + [k + "+" for k in VERL_KL]
     if use_loss:
         typ = _choice(get(A + "kl_loss_type"), kinds, name, A + "kl_loss_type")
@@ -462,34 +554,57 @@ def _verl(flat: dict, name: str, known: dict) -> Report:
         est = VERL_KL[base]
         canon = VERL_CANON.get(base, base)
         beta = _num(get(A + "kl_loss_coef"), name, A + "kl_loss_coef")
-        t = KLTerm("loss", est + plus, "token", beta, "fixed (kl_ctrl applies only to the in-reward penalty)",
-                   "straight-through: k2's gradient ('+')" if plus and est != "k2" else "none",
-                   f"use_kl_loss=True, kl_loss_type={typ}, kl_loss_coef={beta:g}",
-                   setting=f"verl.loss.{canon}{plus}", source=f"core_algos.kl_penalty + agg_loss, verl "
-                   f"{known['verl']['version']}")
+        t = KLTerm(
+            "loss",
+            est + plus,
+            "token",
+            beta,
+            "fixed (kl_ctrl applies only to the in-reward penalty)",
+            "straight-through: k2's gradient ('+')" if plus and est != "k2" else "none",
+            f"use_kl_loss=True, kl_loss_type={typ}, kl_loss_coef={beta:g}",
+            setting=f"verl.loss.{canon}{plus}",
+            source=f"core_algos.kl_penalty + agg_loss, verl {known['verl']['version']}",
+        )
         rep.terms.append(_verdict(t, results, stale=epochs > 1))
         if est == "k1" and not plus:
-            rep.warnings.append(Finding("k1-in-loss", f"kl_loss_type={typ} puts k1 in the loss: its expected "
-                                        "gradient is zero, the term only adds noise"))
+            rep.warnings.append(
+                Finding(
+                    "k1-in-loss",
+                    f"kl_loss_type={typ} puts k1 in the loss: its expected gradient is zero, the term only adds noise",
+                )
+            )
         if beta == 0:
-            rep.warnings.append(Finding("beta-zero-with-reference",
-                                        "use_kl_loss=True with kl_loss_coef = 0: verl still builds and runs the "
-                                        "reference policy (need_reference_policy) for a term that is multiplied "
-                                        "by zero"))
+            rep.warnings.append(
+                Finding(
+                    "beta-zero-with-reference",
+                    "use_kl_loss=True with kl_loss_coef = 0: verl still builds and runs the "
+                    "reference policy (need_reference_policy) for a term that is multiplied "
+                    "by zero",
+                )
+            )
         if agg in ("token-mean", "seq-mean-token-mean"):
-            what = ("the number of tokens in the (global) batch: the effective beta on a sequence's KL is "
-                    "kl_loss_coef / (mean response length)" if agg == "token-mean" else
-                    "each sequence's own length: the effective beta on a sequence's KL shrinks as it grows")
+            what = (
+                "the number of tokens in the (global) batch: the effective beta on a sequence's KL is "
+                "kl_loss_coef / (mean response length)"
+                if agg == "token-mean"
+                else "each sequence's own length: the effective beta on a sequence's KL shrinks as it grows"
+            )
             rep.warnings.append(Finding("length-rescaled-beta", f"loss_agg_mode={agg} divides the KL loss by {what}"))
         if adv == "grpo" and _bool(get("algorithm.norm_adv_by_std_in_grpo"), name, "algorithm.norm_adv_by_std_in_grpo"):
-            rep.warnings.append(Finding("std-rescaled-beta",
-                                        "adv_estimator=grpo with norm_adv_by_std_in_grpo=True divides the task "
-                                        "advantages by the group's reward standard deviation while the KL loss is "
-                                        "left as is: against the raw reward the effective beta is "
-                                        "kl_loss_coef * std, and it changes with every group"))
+            rep.warnings.append(
+                Finding(
+                    "std-rescaled-beta",
+                    "adv_estimator=grpo with norm_adv_by_std_in_grpo=True divides the task "
+                    "advantages by the group's reward standard deviation while the KL loss is "
+                    "left as is: against the raw reward the effective beta is "
+                    "kl_loss_coef * std, and it changes with every group",
+                )
+            )
         if epochs > 1:
-            rep.notes.append(f"ppo_epochs={epochs}: later epochs reuse the batch off-policy (stale row); verl's KL "
-                             "loss has no importance ratio")
+            rep.notes.append(
+                f"ppo_epochs={epochs}: later epochs reuse the batch off-policy (stale row); verl's KL "
+                "loss has no importance ratio"
+            )
     if use_reward:
         typ = _choice(get("algorithm.kl_penalty"), kinds, name, "algorithm.kl_penalty")
         base = typ.rstrip("+")
@@ -501,24 +616,43 @@ def _verl(flat: dict, name: str, known: dict) -> Report:
             target = _num(get("algorithm.kl_ctrl.target_kl"), name, "algorithm.kl_ctrl.target_kl")
             horizon = _num(get("algorithm.kl_ctrl.horizon"), name, "algorithm.kl_ctrl.horizon")
             ctrl = f"adaptive (initial beta, target_kl = {target:g}, horizon = {horizon:g})"
-        t = KLTerm("reward", est, "token", beta, ctrl, "none",
-                   f"use_kl_in_reward=True, kl_penalty={typ}, kl_ctrl.kl_coef={beta:g}",
-                   setting=f"verl.reward.{canon}", source=f"apply_kl_penalty, verl {known['verl']['version']}")
+        t = KLTerm(
+            "reward",
+            est,
+            "token",
+            beta,
+            ctrl,
+            "none",
+            f"use_kl_in_reward=True, kl_penalty={typ}, kl_ctrl.kl_coef={beta:g}",
+            setting=f"verl.reward.{canon}",
+            source=f"apply_kl_penalty, verl {known['verl']['version']}",
+        )
         rep.terms.append(_verdict(t, results, stale=False))
         if beta == 0 and ctrl == "fixed":
-            rep.warnings.append(Finding("beta-zero-with-reference",
-                                        "use_kl_in_reward=True with a fixed kl_coef = 0: verl still builds and runs "
-                                        "the reference policy for a penalty multiplied by zero"))
+            rep.warnings.append(
+                Finding(
+                    "beta-zero-with-reference",
+                    "use_kl_in_reward=True with a fixed kl_coef = 0: verl still builds and runs "
+                    "the reference policy for a penalty multiplied by zero",
+                )
+            )
         if adv != "gae":
-            rep.notes.append(f"adv_estimator={adv}: the penalty enters the advantage together with the task reward "
-                             "(normalized with it); the verdict is that of the return-to-go (GAE, lam = gamma = 1)")
+            rep.notes.append(
+                f"adv_estimator={adv}: the penalty enters the advantage together with the task reward "
+                "(normalized with it); the verdict is that of the return-to-go (GAE, lam = gamma = 1)"
+            )
         if adv == "gae":
             lam = _num(get("algorithm.lam"), name, "algorithm.lam")
             if lam < 1:
                 rep.notes.append(f"algorithm.lam = {lam:g} < 1: GAE mixes the penalty with the critic's values")
     if use_loss and use_reward:
-        rep.warnings.append(Finding("two-kl-terms", "use_kl_loss and use_kl_in_reward are both on: the gradient "
-                                    "is the sum of both terms' gradients, and each beta is tuned against the other"))
+        rep.warnings.append(
+            Finding(
+                "two-kl-terms",
+                "use_kl_loss and use_kl_in_reward are both on: the gradient "
+                "is the sum of both terms' gradients, and each beta is tuned against the other",
+            )
+        )
     if not rep.terms:
         rep.notes.append("use_kl_loss and use_kl_in_reward are both off: no KL term, no reference model")
     return rep
@@ -526,10 +660,15 @@ def _verl(flat: dict, name: str, known: dict) -> Report:
 
 # --- OpenRLHF ------------------------------------------------------------------------------------------------
 
-OPENRLHF_RENAMED = {"--init_kl_coef": "--algo.kl.init_coef", "--use_kl_loss": "--algo.kl.use_loss",
-                    "--kl_estimator": "--algo.kl.estimator", "--kl_target": "--algo.kl.target",
-                    "--kl_horizon": "--algo.kl.horizon", "--advantage_estimator": "--algo.advantage.estimator",
-                    "--max_epochs": "--train.max_epochs"}
+OPENRLHF_RENAMED = {
+    "--init_kl_coef": "--algo.kl.init_coef",
+    "--use_kl_loss": "--algo.kl.use_loss",
+    "--kl_estimator": "--algo.kl.estimator",
+    "--kl_target": "--algo.kl.target",
+    "--kl_horizon": "--algo.kl.horizon",
+    "--advantage_estimator": "--algo.advantage.estimator",
+    "--max_epochs": "--train.max_epochs",
+}
 
 
 def _parse_command(text: str, name: str, known: dict) -> dict:
@@ -542,8 +681,10 @@ def _parse_command(text: str, name: str, known: dict) -> dict:
     for i, tok in enumerate(tokens):
         if "openrlhf.cli." in tok:
             if not tok.endswith("train_ppo_ray"):
-                raise ConfigError(f"{name}: unknown library entry point {tok!r} (the inspector reads "
-                                  "openrlhf.cli.train_ppo_ray command lines)")
+                raise ConfigError(
+                    f"{name}: unknown library entry point {tok!r} (the inspector reads "
+                    "openrlhf.cli.train_ppo_ray command lines)"
+                )
             start = i + 1
             break
     if start is None:
@@ -551,8 +692,10 @@ def _parse_command(text: str, name: str, known: dict) -> dict:
         old = [tokens[i] for i in dashed if tokens[i].split("=")[0] in OPENRLHF_RENAMED]
         if not dashed or not any(tokens[i].split("=")[0] in opts for i in dashed) and not old:
             first = tokens[dashed[0]] if dashed else (tokens[0] if tokens else "")
-            raise ConfigError(f"{name}: unknown library: {first!r} is no openrlhf.cli.train_ppo_ray option and "
-                              "the file is not a TRL or verl YAML/JSON config")
+            raise ConfigError(
+                f"{name}: unknown library: {first!r} is no openrlhf.cli.train_ppo_ray option and "
+                "the file is not a TRL or verl YAML/JSON config"
+            )
         start = dashed[0]
     args = {}
     toks = tokens[start:]
@@ -563,8 +706,11 @@ def _parse_command(text: str, name: str, known: dict) -> dict:
             raise ConfigError(f"{name}: unexpected argument {tok!r} (expected an --option)")
         opt, eq, val = tok.partition("=")
         if opt not in opts:
-            hint = f" (OpenRLHF {known['openrlhf']['version']} calls it {OPENRLHF_RENAMED[opt]})" \
-                if opt in OPENRLHF_RENAMED else ""
+            hint = (
+                f" (OpenRLHF {known['openrlhf']['version']} calls it {OPENRLHF_RENAMED[opt]})"
+                if opt in OPENRLHF_RENAMED
+                else ""
+            )
             raise ConfigError(f"{name}: unknown field {opt!r}{hint}")
         spec = opts[opt]
         i += 1
@@ -584,8 +730,9 @@ def _parse_command(text: str, name: str, known: dict) -> dict:
             if not vals:
                 raise ConfigError(f"{name}: field {opt}: missing value")
         if spec["choices"] and any(v not in map(str, spec["choices"]) for v in vals):
-            raise ConfigError(f"{name}: field {opt}: unknown value {vals[0]!r} "
-                              f"(accepted: {', '.join(map(str, spec['choices']))})")
+            raise ConfigError(
+                f"{name}: field {opt}: unknown value {vals[0]!r} (accepted: {', '.join(map(str, spec['choices']))})"
+            )
         args[spec["dest"]] = vals[0] if len(vals) == 1 else vals
     return args
 
@@ -614,45 +761,81 @@ def _openrlhf(args: dict, name: str, known: dict) -> Report:
         rep.notes.append("--algo.kl.init_coef <= 0: no KL term, and no reference model is started")
         return rep
     if use_loss:
-        t = KLTerm("loss", est, "token", beta, ctrl,
-                   "straight-through k2 gradient x detached ratio w_t (--algo.kl.unbiased_gradient)" if unbiased
-                   else "none",
-                   f"--algo.kl.use_loss --algo.kl.estimator {est}" + (" --algo.kl.unbiased_gradient" if unbiased
-                                                                      else "") + f" --algo.kl.init_coef {beta:g}",
-                   setting=f"openrlhf.loss.{est}" + (".unbiased_gradient" if unbiased else ""),
-                   source=f"compute_approx_kl + aggregate_loss, openrlhf {ver}")
+        t = KLTerm(
+            "loss",
+            est,
+            "token",
+            beta,
+            ctrl,
+            "straight-through k2 gradient x detached ratio w_t (--algo.kl.unbiased_gradient)" if unbiased else "none",
+            f"--algo.kl.use_loss --algo.kl.estimator {est}"
+            + (" --algo.kl.unbiased_gradient" if unbiased else "")
+            + f" --algo.kl.init_coef {beta:g}",
+            setting=f"openrlhf.loss.{est}" + (".unbiased_gradient" if unbiased else ""),
+            source=f"compute_approx_kl + aggregate_loss, openrlhf {ver}",
+        )
         rep.terms.append(_verdict(t, results, stale=epochs > 1))
         if est == "k1" and not unbiased:
-            rep.warnings.append(Finding("k1-in-loss", "--algo.kl.use_loss with --algo.kl.estimator k1 (the default "
-                                        "estimator) puts k1 in the loss: its expected gradient is zero"))
+            rep.warnings.append(
+                Finding(
+                    "k1-in-loss",
+                    "--algo.kl.use_loss with --algo.kl.estimator k1 (the default "
+                    "estimator) puts k1 in the loss: its expected gradient is zero",
+                )
+            )
         if unbiased and get("actor.policy_loss_type") == "gspo":
-            rep.warnings.append(Finding("ratio-with-sequence-is",
-                                        "--algo.kl.unbiased_gradient weights each token's KL by the per-token ratio "
-                                        "w_t while --actor.policy_loss_type gspo importance-samples whole sequences:"
-                                        " the two corrections disagree, and neither makes a per-token KL loss exact "
-                                        "on stale batches"))
-        what = ("the number of tokens in the batch: the effective beta on a sequence's KL is "
-                "init_coef / (mean response length)" if agg == "token-mean" else
-                "each sequence's own length: the effective beta on a sequence's KL shrinks as it grows")
-        rep.warnings.append(Finding("length-rescaled-beta", f"--actor.loss_agg_mode {agg} divides the KL loss by {what}"))
+            rep.warnings.append(
+                Finding(
+                    "ratio-with-sequence-is",
+                    "--algo.kl.unbiased_gradient weights each token's KL by the per-token ratio "
+                    "w_t while --actor.policy_loss_type gspo importance-samples whole sequences:"
+                    " the two corrections disagree, and neither makes a per-token KL loss exact "
+                    "on stale batches",
+                )
+            )
+        what = (
+            "the number of tokens in the batch: the effective beta on a sequence's KL is "
+            "init_coef / (mean response length)"
+            if agg == "token-mean"
+            else "each sequence's own length: the effective beta on a sequence's KL shrinks as it grows"
+        )
+        rep.warnings.append(
+            Finding("length-rescaled-beta", f"--actor.loss_agg_mode {agg} divides the KL loss by {what}")
+        )
         if std_norm and adv in ("group_norm", "gae", "reinforce", "reinforce_baseline"):
-            rep.warnings.append(Finding("std-rescaled-beta",
-                                        f"--algo.advantage.estimator {adv} divides the task advantages by a reward "
-                                        "standard deviation (group_norm: the group's; otherwise the batch "
-                                        "whitening) while the KL loss is left as is: against the raw reward the "
-                                        "effective init_coef is init_coef * std"))
+            rep.warnings.append(
+                Finding(
+                    "std-rescaled-beta",
+                    f"--algo.advantage.estimator {adv} divides the task advantages by a reward "
+                    "standard deviation (group_norm: the group's; otherwise the batch "
+                    "whitening) while the KL loss is left as is: against the raw reward the "
+                    "effective init_coef is init_coef * std",
+                )
+            )
         if epochs > 1:
             rep.notes.append(f"--train.max_epochs {epochs}: later epochs reuse the batch off-policy (stale row)")
     else:
-        t = KLTerm("reward", est, "token", beta, ctrl, "none",
-                   f"--algo.kl.estimator {est} --algo.kl.init_coef {beta:g} (no --algo.kl.use_loss)",
-                   setting=f"openrlhf.reward.{est}", source=f"compute_approx_kl + compute_reward, openrlhf {ver}")
+        t = KLTerm(
+            "reward",
+            est,
+            "token",
+            beta,
+            ctrl,
+            "none",
+            f"--algo.kl.estimator {est} --algo.kl.init_coef {beta:g} (no --algo.kl.use_loss)",
+            setting=f"openrlhf.reward.{est}",
+            source=f"compute_approx_kl + compute_reward, openrlhf {ver}",
+        )
         rep.terms.append(_verdict(t, results, stale=False))
         if adv == "group_norm" and not get("algo.advantage.no_std_norm"):
-            rep.warnings.append(Finding("std-rescaled-beta",
-                                        "--algo.advantage.estimator group_norm divides the task reward by its "
-                                        "group's standard deviation before compute_reward adds the KL penalty: "
-                                        "against the raw reward the effective init_coef is init_coef * std"))
+            rep.warnings.append(
+                Finding(
+                    "std-rescaled-beta",
+                    "--algo.advantage.estimator group_norm divides the task reward by its "
+                    "group's standard deviation before compute_reward adds the KL penalty: "
+                    "against the raw reward the effective init_coef is init_coef * std",
+                )
+            )
         if adv == "gae":
             lam = _num(get("algo.advantage.lambd"), name, "--algo.advantage.lambd")
             if lam < 1:

@@ -16,12 +16,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m kltutor.inspect",
         description="Inspect the KL terms of a TRL (GRPO/RLOO/PPO config, YAML or JSON), verl (YAML) or OpenRLHF "
-                    "(train_ppo_ray command line saved as text) configuration.",
-        epilog="exit status: 0 clean, 1 warnings, 2 unreadable")
+        "(train_ppo_ray command line saved as text) configuration.",
+        epilog="exit status: 0 clean, 1 warnings, 2 unreadable",
+    )
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true", help="one JSON object per file (a list for several files)")
-    p.add_argument("--trainer", choices=["grpo", "rloo", "ppo"],
-                   help="which TRL config, when the file's fields do not tell")
+    p.add_argument(
+        "--trainer", choices=["grpo", "rloo", "ppo"], help="which TRL config, when the file's fields do not tell"
+    )
     args = p.parse_args(argv)
     status, out = 0, []
     for f in args.files:
@@ -48,4 +50,4 @@ if __name__ == "__main__":
         raise SystemExit(main())
     except BrokenPipeError:  # e.g. piped into `head`
         sys.stderr.close()
-        raise SystemExit(0)
+        raise SystemExit(0) from None

@@ -42,7 +42,7 @@ def _dc_fields(cls) -> dict:
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             try:
                 out[f.name] = _jsonable(f.default_factory())  # type: ignore[misc]
-            except Exception:  # noqa: BLE001
+            except Exception:
                 out[f.name] = None
         else:
             out[f.name] = None
@@ -91,8 +91,10 @@ def trl_fields(ppo_source: Path | str | None = None, stored: dict | None = None)
         "script": sorted(set(_dc_fields(ScriptArguments)) | set(_dc_fields(ModelConfig))),
     }
     if ppo_source is not None:
-        out["PPOConfig"] = {"source": "trl 1.12.0, trl/experimental/ppo/ppo_config.py (the last release with PPO)",
-                            "fields": ppo_fields_from_source(ppo_source)}
+        out["PPOConfig"] = {
+            "source": "trl 1.12.0, trl/experimental/ppo/ppo_config.py (the last release with PPO)",
+            "fields": ppo_fields_from_source(ppo_source),
+        }
     elif stored and "PPOConfig" in stored.get("trl", {}):
         out["PPOConfig"] = stored["trl"]["PPOConfig"]
     return out
@@ -115,8 +117,11 @@ def verl_fields() -> dict:
     import yaml
 
     path = Path(verl.__file__).parent / "trainer" / "config" / "_generated_ppo_trainer.yaml"
-    return {"version": verl.__version__, "source": "verl/trainer/config/_generated_ppo_trainer.yaml",
-            "keys": _flatten(yaml.safe_load(path.read_text()))}
+    return {
+        "version": verl.__version__,
+        "source": "verl/trainer/config/_generated_ppo_trainer.yaml",
+        "keys": _flatten(yaml.safe_load(path.read_text())),
+    }
 
 
 def openrlhf_options() -> dict:
@@ -132,9 +137,15 @@ def openrlhf_options() -> dict:
     import sys
 
     # the module's standard-library imports (not Ray, vLLM or openrlhf), then the parser statements
-    body = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
-            and all((a.name if isinstance(n, ast.Import) else (n.module or "")).split(".")[0]
-                    in sys.stdlib_module_names for a in n.names)]
+    body = [
+        n
+        for n in tree.body
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        and all(
+            (a.name if isinstance(n, ast.Import) else (n.module or "")).split(".")[0] in sys.stdlib_module_names
+            for a in n.names
+        )
+    ]
     for st in main.body:
         if "parse_args" in ast.unparse(st):
             break
@@ -147,17 +158,25 @@ def openrlhf_options() -> dict:
         for s in a.option_strings:
             if not s.startswith("--") or s == "--help":
                 continue
-            opts[s] = {"dest": a.dest, "default": _jsonable(a.default), "flag": a.nargs == 0,
-                       "nargs": a.nargs if isinstance(a.nargs, int) else (a.nargs or 1),
-                       "choices": _jsonable(list(a.choices)) if a.choices else None}
+            opts[s] = {
+                "dest": a.dest,
+                "default": _jsonable(a.default),
+                "flag": a.nargs == 0,
+                "nargs": a.nargs if isinstance(a.nargs, int) else (a.nargs or 1),
+                "choices": _jsonable(list(a.choices)) if a.choices else None,
+            }
     return {"version": version("openrlhf"), "source": "openrlhf/cli/train_ppo_ray.py", "options": opts}
 
 
 def generate(ppo_source=None, path: Path | str = FIELDS_PATH) -> Path:
     path = Path(path)
     stored = json.loads(path.read_text()) if path.exists() else {}
-    data = {"generated_by": "python -m kltutor.inspect.fields",
-            "trl": trl_fields(ppo_source, stored), "verl": verl_fields(), "openrlhf": openrlhf_options()}
+    data = {
+        "generated_by": "python -m kltutor.inspect.fields",
+        "trl": trl_fields(ppo_source, stored),
+        "verl": verl_fields(),
+        "openrlhf": openrlhf_options(),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=0, sort_keys=True, ensure_ascii=False) + "\n")
     return path

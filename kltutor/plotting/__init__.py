@@ -5,15 +5,15 @@ module of their own and are re-exported here, so a chapter writes ``from kltutor
 and calls ``plotting.<figure>(...)``.
 """
 
+from kltutor.plotting.capstone import *  # noqa: F403  (the capstone chapter)
+from kltutor.plotting.estimators import *  # noqa: F403  (chapter 2)
+from kltutor.plotting.failures import *  # noqa: F403  (chapter 7)
+from kltutor.plotting.fundamentals import *  # noqa: F403  (chapter 1)
+from kltutor.plotting.overoptimization import *  # noqa: F403  (chapter 6)
+from kltutor.plotting.placements import *  # noqa: F403  (chapter 3)
+from kltutor.plotting.practice import *  # noqa: F403  (chapter 8)
+from kltutor.plotting.preference import *  # noqa: F403  (chapter 5)
+from kltutor.plotting.schedules import *  # noqa: F403  (chapter 4)
 from kltutor.plotting.style import COLORS, PLACEMENT_COLORS, new_axes, use_book_style
-from kltutor.plotting.fundamentals import *  # noqa: F401,F403  (chapter 1)
-from kltutor.plotting.estimators import *  # noqa: F401,F403  (chapter 2)
-from kltutor.plotting.placements import *  # noqa: F401,F403  (chapter 3)
-from kltutor.plotting.schedules import *  # noqa: F401,F403  (chapter 4)
-from kltutor.plotting.preference import *  # noqa: F401,F403  (chapter 5)
-from kltutor.plotting.overoptimization import *  # noqa: F401,F403  (chapter 6)
-from kltutor.plotting.failures import *  # noqa: F401,F403  (chapter 7)
-from kltutor.plotting.practice import *  # noqa: F401,F403  (chapter 8)
-from kltutor.plotting.capstone import *  # noqa: F401,F403  (the capstone chapter)
 
 __all__ = ["COLORS", "PLACEMENT_COLORS", "new_axes", "use_book_style"]

@@ -7,10 +7,16 @@ from kltutor.plotting.style import COLORS, PLACEMENT_COLORS, new_axes
 __all__ = ["capstone_curves", "capstone_kl_estimates"]
 
 _LABELS = {
-    "reward": "reward", "accuracy": "accuracy", "kl_exact_seq": "exact KL per sequence (nats)",
-    "kl_exact_token": "exact KL per token (nats)", "entropy": "entropy per token (nats)",
-    "response_length": "response length (tokens)", "kl_k1_seq": "k1 estimate of sequence KL",
-    "kl_k3_seq": "k3 estimate of sequence KL", "clip_fraction": "clip fraction", "grad_norm": "gradient norm",
+    "reward": "reward",
+    "accuracy": "accuracy",
+    "kl_exact_seq": "exact KL per sequence (nats)",
+    "kl_exact_token": "exact KL per token (nats)",
+    "entropy": "entropy per token (nats)",
+    "response_length": "response length (tokens)",
+    "kl_k1_seq": "k1 estimate of sequence KL",
+    "kl_k3_seq": "k3 estimate of sequence KL",
+    "clip_fraction": "clip fraction",
+    "grad_norm": "gradient norm",
     "beta": "beta",
 }
 
@@ -38,7 +44,7 @@ def capstone_curves(df, metrics=("reward", "kl_exact_seq", "entropy", "response_
                 ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.15, lw=0)
         ax.set_xlabel("step")
         ax.set_ylabel(_LABELS.get(metric, metric))
-    for ax in axes[len(metrics):]:
+    for ax in axes[len(metrics) :]:
         ax.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -93,7 +93,12 @@ def plot_k3_relative_error(ell: np.ndarray, errors: Mapping[str, np.ndarray], ep
     """Relative error of k3 forms against |l| (log-log), one line per (form, dtype)."""
     fig, ax = new_axes(width=8.5)
     styles = {"naive": ":", "expm1": "--", "stable": "-"}
-    dtype_colors = {"float64": COLORS["blue"], "float32": COLORS["red"], "bfloat16": COLORS["green"], "float16": COLORS["purple"]}
+    dtype_colors = {
+        "float64": COLORS["blue"],
+        "float32": COLORS["red"],
+        "bfloat16": COLORS["green"],
+        "float16": COLORS["purple"],
+    }
     for key, err in errors.items():
         form, dtype = key.split("/")
         err = np.maximum(np.asarray(err, dtype=float), 1e-18)

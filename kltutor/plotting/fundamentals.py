@@ -29,7 +29,9 @@ def plot_kl_asymmetry(n: int = 199):
     fig.colorbar(im0, ax=axes[0])
     lim = np.abs(diff).max()
     im1 = axes[1].imshow(diff.T, origin="lower", extent=ext, cmap="RdBu_r", vmin=-lim, vmax=lim)
-    axes[1].set(title=r"$\mathrm{KL}(p\|q)-\mathrm{KL}(q\|p)$, $p=\mathrm{Ber}(a)$, $q=\mathrm{Ber}(b)$", xlabel="a", ylabel="b")
+    axes[1].set(
+        title=r"$\mathrm{KL}(p\|q)-\mathrm{KL}(q\|p)$, $p=\mathrm{Ber}(a)$, $q=\mathrm{Ber}(b)$", xlabel="a", ylabel="b"
+    )
     fig.colorbar(im1, ax=axes[1])
     for ax in axes:
         ax.grid(False)

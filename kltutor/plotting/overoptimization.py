@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -25,10 +25,15 @@ def plot_best_of_n_kl(ns: Sequence[int], exact: Mapping[str, Sequence[float]], f
     return fig, ax
 
 
-def plot_overoptimization(bon: Mapping[str, Sequence[float]], tilted: Mapping[str, Sequence[float]], fits: Mapping[str, object]):
+def plot_overoptimization(
+    bon: Mapping[str, Sequence[float]], tilted: Mapping[str, Sequence[float]], fits: Mapping[str, object]
+):
     """Proxy and gold gain against sqrt(KL) for best-of-n and the tilted optimum, with fitted forms."""
     fig, axes = new_axes(ncols=2, width=10.0, sharey=True)
-    for ax, rows, title, key in ((axes[0], bon, "best-of-n", "bon"), (axes[1], tilted, r"$\pi_\mathrm{ref}\,e^{r_\mathrm{proxy}/\beta}/Z$", "tilted")):
+    for ax, rows, title, key in (
+        (axes[0], bon, "best-of-n", "bon"),
+        (axes[1], tilted, r"$\pi_\mathrm{ref}\,e^{r_\mathrm{proxy}/\beta}/Z$", "tilted"),
+    ):
         d = np.sqrt(np.asarray(rows["kl"]))
         ax.plot(d, rows["proxy"], "o-", ms=3, color=COLORS["orange"], label="proxy reward")
         ax.plot(d, rows["gold"], "o-", ms=3, color=COLORS["blue"], label="gold reward")

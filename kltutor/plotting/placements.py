@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -39,7 +39,9 @@ def plot_placement_gradients_vs_length(grads: Mapping[int, Mapping[str, object]]
     return fig, axes
 
 
-def plot_bias_variance_vs_batch(results: Mapping[int, Mapping[str, object]], exact: Mapping[str, Mapping[str, object]] | None = None):
+def plot_bias_variance_vs_batch(
+    results: Mapping[int, Mapping[str, object]], exact: Mapping[str, Mapping[str, object]] | None = None
+):
     """Squared bias and variance of each placement's gradient estimate against the batch size ``N``.
 
     ``results[N][placement]`` is a :class:`kltutor.gradients.MCGradient`; both axes logarithmic.

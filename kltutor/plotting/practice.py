@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from kltutor.plotting.style import COLORS, new_axes
 
-__all__ = ["plot_sampler_temperature", "plot_tis", "plot_effective_beta", "plot_reference_updates", "plot_loss_at_start"]
+__all__ = [
+    "plot_sampler_temperature",
+    "plot_tis",
+    "plot_effective_beta",
+    "plot_reference_updates",
+    "plot_loss_at_start",
+]
 
 
-def plot_sampler_temperature(temperatures: Sequence[float], rows: Sequence[Mapping[str, float]],
-                             tempered: Sequence[Mapping[str, float]] | None = None):
+def plot_sampler_temperature(
+    temperatures: Sequence[float],
+    rows: Sequence[Mapping[str, float]],
+    tempered: Sequence[Mapping[str, float]] | None = None,
+):
     """What the logged k1 and k3 estimate when rollouts are sampled at temperature T (trainer at 1),
     against the KL of the objective; with ``tempered``, the KL between the tempered distributions."""
     fig, axes = new_axes(ncols=2, width=10.0)
@@ -23,8 +32,13 @@ def plot_sampler_temperature(temperatures: Sequence[float], rows: Sequence[Mappi
     ax.plot(t, [r["k1"] for r in rows], "o-", ms=3, color=COLORS["blue"], label=r"$E_q[\sum_t k_1]$ (logged k1)")
     ax.plot(t, [r["k3"] for r in rows], "o-", ms=3, color=COLORS["red"], label=r"$E_q[\sum_t k_3]$ (logged k3)")
     if tempered is not None:
-        ax.plot(t, [r["kl_scored"] for r in tempered], "--", color=COLORS["green"],
-                label=r"KL($\pi_T\|\pi_{\mathrm{ref},T}$) (TRL, verl)")
+        ax.plot(
+            t,
+            [r["kl_scored"] for r in tempered],
+            "--",
+            color=COLORS["green"],
+            label=r"KL($\pi_T\|\pi_{\mathrm{ref},T}$) (TRL, verl)",
+        )
     ax.axhline(0, color=COLORS["grey"], lw=0.8)
     ax.axvline(1, color=COLORS["grey"], lw=0.8, ls=":")
     ax.set_xlabel("sampling temperature T")
@@ -58,8 +72,15 @@ def plot_tis(levels: Mapping[str, Sequence[Mapping[str, float]]]):
     axes[0].set_yscale("log")
     axes[0].set_ylim(bottom=3e-13)
     axes[0].axhline(1e-12, color=COLORS["grey"], lw=0.8, ls=":")
-    axes[0].annotate("exact (bias < 1e-12)", (caps[-1], 1e-12), xytext=(0, 4), textcoords="offset points",
-                     ha="right", fontsize=8, color=COLORS["grey"])
+    axes[0].annotate(
+        "exact (bias < 1e-12)",
+        (caps[-1], 1e-12),
+        xytext=(0, 4),
+        textcoords="offset points",
+        ha="right",
+        fontsize=8,
+        color=COLORS["grey"],
+    )
     axes[0].legend()
     return fig, axes
 
@@ -98,7 +119,14 @@ def plot_loss_at_start(frame, title: str | None = None):
     """A capstone run's logged loss next to beta times its KL term, per step."""
     fig, ax = new_axes()
     ax.plot(frame["step"], frame["loss"], "o-", ms=4, color=COLORS["black"], label="logged GRPO loss")
-    ax.plot(frame["step"], frame["beta"] * frame["kl_term"], "x--", ms=6, color=COLORS["red"], label=r"$\beta\times$ KL term")
+    ax.plot(
+        frame["step"],
+        frame["beta"] * frame["kl_term"],
+        "x--",
+        ms=6,
+        color=COLORS["red"],
+        label=r"$\beta\times$ KL term",
+    )
     ax.axhline(0, color=COLORS["grey"], lw=0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("value")

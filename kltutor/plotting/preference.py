@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -62,8 +62,13 @@ def plot_final_policies(policies: Mapping[str, torch.Tensor], rewards: torch.Ten
     width = 0.8 / k
     fig, ax = new_axes(width=9.0, height=3.8)
     for j, (name, p) in enumerate(policies.items()):
-        ax.bar(np.arange(n) + (j - (k - 1) / 2) * width, _np(p)[order], width=width, label=name,
-               color=METHOD_COLORS.get(name))
+        ax.bar(
+            np.arange(n) + (j - (k - 1) / 2) * width,
+            _np(p)[order],
+            width=width,
+            label=name,
+            color=METHOD_COLORS.get(name),
+        )
     labels = [f"r={_np(rewards)[i]:+.2f}\n|y|={int(_np(lengths)[i])}" for i in order]
     ax.set_xticks(np.arange(n), labels, fontsize=7)
     ax.set_ylabel("probability")
@@ -73,8 +78,13 @@ def plot_final_policies(policies: Mapping[str, torch.Tensor], rewards: torch.Ten
     return fig
 
 
-def plot_finite_data_collapse(steps: Mapping[str, torch.Tensor], mass: Mapping[str, torch.Tensor],
-                              target: Mapping[str, float], ylabel: str, title: str):
+def plot_finite_data_collapse(
+    steps: Mapping[str, torch.Tensor],
+    mass: Mapping[str, torch.Tensor],
+    target: Mapping[str, float],
+    ylabel: str,
+    title: str,
+):
     """Probability of one response over training for several methods; ``target`` maps names to
     reference values drawn as dashed lines (e.g. the probability under pi*)."""
     fig, ax = new_axes()

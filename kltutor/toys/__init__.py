@@ -7,6 +7,6 @@
 - :mod:`kltutor.toys.bandits`: KL-regularised bandits with known optima (chapters 4-5).
 """
 
-from kltutor.toys.distributions import *  # noqa: F401,F403
-from kltutor.toys.autoregressive import *  # noqa: F401,F403
-from kltutor.toys.bandits import *  # noqa: F401,F403
+from kltutor.toys.autoregressive import *  # noqa: F403
+from kltutor.toys.bandits import *  # noqa: F403
+from kltutor.toys.distributions import *  # noqa: F403

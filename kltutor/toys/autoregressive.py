@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import logsigmoid
 
+from kltutor.divergences import kl_from_logits
+
 __all__ = ["BinaryAutoregressive", "all_binary_sequences"]
 
 
@@ -93,13 +95,13 @@ class BinaryAutoregressive(nn.Module):
             probs = self.sequence_logprobs(seqs).exp()
         return seqs, probs
 
-    def exact_kl(self, other: "BinaryAutoregressive", seq_len: int) -> Tensor:
+    def exact_kl(self, other: BinaryAutoregressive, seq_len: int) -> Tensor:
         """Exact sequence-level reverse KL ``KL(self || other)`` (differentiable in ``self``'s parameters)."""
         seqs = all_binary_sequences(seq_len)
         logp = self.sequence_logprobs(seqs)
         with torch.no_grad():
             ref = other.sequence_logprobs(seqs)
-        return (logp.exp() * (logp - ref)).sum()
+        return kl_from_logits(logp, ref)  # the sequences' log-probabilities are their distribution's logits
 
     @torch.no_grad()
     def sample(self, n: int, seq_len: int, generator: torch.Generator | None = None) -> Tensor:

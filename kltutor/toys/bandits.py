@@ -15,8 +15,6 @@ controller sees is a k1 or k3 sample mean over ``n_samples`` arms drawn from the
 
 from __future__ import annotations
 
-from kltutor._validation import positive_number
-
 import math
 from dataclasses import dataclass
 
@@ -24,9 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kltutor import divergences
+from kltutor._validation import positive_number, probabilities
 from kltutor.estimators import estimate_kl
+from kltutor.preference import optimal_policy
 
-__all__ = ["KLBandit", "tilted_policy", "simulate_training", "TrainingRun"]
+__all__ = ["KLBandit", "simulate_training", "TrainingRun", "softmax_policy_gradient"]
 
 D64 = torch.float64
 
@@ -44,11 +45,23 @@ def _check_beta(beta) -> float:
     return positive_number("beta", beta)
 
 
-def tilted_policy(ref_probs: Tensor, rewards: Tensor, beta: float) -> Tensor:
-    """``pi*_beta ∝ ref_probs * exp(rewards / beta)``, computed in log space (stable for tiny beta)."""
-    b = _check_beta(beta)
-    logits = torch.log(ref_probs) + rewards / b
-    return torch.softmax(logits, dim=-1)
+def softmax_policy_gradient(
+    logits: Tensor, rewards: Tensor, beta: float, ref_logp: Tensor, natural: bool = False
+) -> Tensor:
+    """The exact ascent direction on softmax logits ``z`` for ``J(pi) = E_pi[r] - beta KL(pi || pi_ref)``.
+
+    With ``pi = softmax(z)`` and the per-response advantage ``A = r - beta (log pi - log pi_ref)``, the
+    gradient is ``dJ/dz = pi * (A - E_pi[A])`` (``natural=False``); ``natural=True`` returns ``A``
+    itself, the mirror-descent (natural-gradient) step on ``log pi`` (up to a constant). Over the last
+    axis; ``beta = 0`` drops the KL term. The one implementation of this step: chapter 6's gradient
+    path, chapter 7's KL collapse and runaway, chapter 8's moving reference all call it.
+    """
+    logp = torch.log_softmax(logits, -1)
+    adv = rewards - beta * (logp - ref_logp)
+    if natural:
+        return adv
+    pi = logp.exp()
+    return pi * (adv - (pi * adv).sum(-1, keepdim=True))
 
 
 @dataclass(frozen=True)
@@ -59,19 +72,18 @@ class KLBandit:
     rewards: Tensor
 
     def __post_init__(self):
-        ref = _as_vector("ref_probs", self.ref_probs)
         r = _as_vector("rewards", self.rewards)
+        # strictly positive: the KL to the reference must be finite
+        ref = probabilities("ref_probs", self.ref_probs, vector=True, min_size=2, positive=True, dtype=D64)
         if ref.shape != r.shape:
-            raise ValueError(f"ref_probs and rewards must have the same shape, got {tuple(ref.shape)} and {tuple(r.shape)}")
-        if (ref <= 0).any():
-            raise ValueError("ref_probs must be strictly positive (the KL to the reference must be finite)")
-        if abs(ref.sum().item() - 1.0) > 1e-9:
-            raise ValueError(f"ref_probs must sum to 1, got {ref.sum().item():.12g}")
+            raise ValueError(
+                f"ref_probs and rewards must have the same shape, got {tuple(ref.shape)} and {tuple(r.shape)}"
+            )
         object.__setattr__(self, "ref_probs", ref / ref.sum())
         object.__setattr__(self, "rewards", r)
 
     @classmethod
-    def random(cls, n_arms: int, generator: torch.Generator | None = None, ref_temperature: float = 1.0) -> "KLBandit":
+    def random(cls, n_arms: int, generator: torch.Generator | None = None, ref_temperature: float = 1.0) -> KLBandit:
         """Standard-normal rewards and a softmax reference of standard-normal logits / ``ref_temperature``."""
         if n_arms < 2:
             raise ValueError(f"n_arms must be >= 2, got {n_arms}")
@@ -83,14 +95,14 @@ class KLBandit:
     def n_arms(self) -> int:
         return self.rewards.numel()
 
-    def scaled(self, c: float) -> "KLBandit":
+    def scaled(self, c: float) -> KLBandit:
         """The same bandit with every reward multiplied by ``c > 0``."""
         return KLBandit(self.ref_probs, self.rewards * _check_beta(c))
 
     # exact quantities -------------------------------------------------------------------------
     def optimal_policy(self, beta: float) -> Tensor:
-        """The maximiser of ``E[r] - beta KL(pi||pi_ref)``: ``pi_ref exp(r/beta) / Z``."""
-        return tilted_policy(self.ref_probs, self.rewards, beta)
+        """The maximiser of ``E[r] - beta KL(pi||pi_ref)``: ``pi_ref exp(r/beta) / Z`` (:func:`kltutor.preference.optimal_policy`)."""
+        return optimal_policy(self.ref_probs, self.rewards, _check_beta(beta))
 
     def expected_reward(self, pi: Tensor) -> Tensor:
         return (pi * self.rewards).sum(-1)
@@ -98,8 +110,7 @@ class KLBandit:
     def kl(self, pi: Tensor) -> Tensor:
         """Exact ``KL(pi || pi_ref)`` (0 log 0 = 0)."""
         pi = torch.as_tensor(pi, dtype=D64)
-        terms = torch.where(pi > 0, pi * (torch.log(pi) - torch.log(self.ref_probs)), torch.zeros_like(pi))
-        return terms.sum(-1)
+        return divergences.kl(pi, self.ref_probs.expand_as(pi))
 
     def objective(self, pi: Tensor, beta: float) -> Tensor:
         """``J(pi) = E_pi[r] - beta KL(pi||pi_ref)``."""
@@ -137,7 +148,9 @@ class KLBandit:
         """The beta whose optimum has ``KL = target`` (bisection in log beta; KL is decreasing in beta)."""
         t = _check_beta(target)
         if t >= self.max_kl():
-            raise ValueError(f"target KL {t:.4g} is unreachable: no beta gives more than {self.max_kl():.4g} nats on this bandit")
+            raise ValueError(
+                f"target KL {t:.4g} is unreachable: no beta gives more than {self.max_kl():.4g} nats on this bandit"
+            )
         a, b = math.log(lo), math.log(hi)
         for _ in range(iters):
             m = 0.5 * (a + b)
@@ -151,8 +164,14 @@ class KLBandit:
         """Maximise ``J`` over softmax logits with L-BFGS, knowing nothing of the closed form."""
         b = _check_beta(beta)
         logits = torch.zeros(self.n_arms, dtype=D64, requires_grad=True)
-        opt = torch.optim.LBFGS([logits], lr=1.0, max_iter=steps, tolerance_grad=1e-14, tolerance_change=1e-16,
-                                line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            [logits],
+            lr=1.0,
+            max_iter=steps,
+            tolerance_grad=1e-14,
+            tolerance_change=1e-16,
+            line_search_fn="strong_wolfe",
+        )
 
         def closure():
             opt.zero_grad()

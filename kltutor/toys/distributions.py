@@ -20,6 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kltutor._validation import probabilities
+from kltutor.divergences import kl_from_logits
+
 __all__ = [
     "GaussianMixture",
     "GaussianFit",
@@ -44,8 +47,7 @@ class GaussianMixture:
             raise ValueError("weights, means and stds must be non-empty 1-D sequences of the same length")
         if not (torch.isfinite(w).all() and torch.isfinite(m).all() and torch.isfinite(s).all()):
             raise ValueError("weights, means and stds must be finite")
-        if (w < 0).any() or abs(w.sum().item() - 1) > 1e-9:
-            raise ValueError(f"weights must be non-negative and sum to 1, got {w.tolist()}")
+        probabilities("weights", w, vector=True)
         if (s <= 0).any():
             raise ValueError(f"stds must be > 0, got {s.tolist()}")
         self.weights, self.means, self.stds = w, m, s
@@ -181,19 +183,23 @@ class TabularAutoregressive:
         self.log_tables = [torch.log_softmax(table, dim=-1) for table in self.logits]
 
     @classmethod
-    def random(cls, vocab_size: int, length: int, seed: int = 0, scale: float = 1.0) -> "TabularAutoregressive":
+    def random(cls, vocab_size: int, length: int, seed: int = 0, scale: float = 1.0) -> TabularAutoregressive:
         """A model with i.i.d. N(0, scale^2) logits, seeded."""
         if vocab_size < 2 or length < 1:
             raise ValueError(f"need vocab_size >= 2 and length >= 1, got {vocab_size}, {length}")
         if vocab_size**length > 200_000:
             raise ValueError("vocab_size ** length > 200000: too many sequences to enumerate")
         g = torch.Generator().manual_seed(seed)
-        return cls([scale * torch.randn((vocab_size,) * (t + 1), generator=g, dtype=torch.float64) for t in range(length)])
+        return cls(
+            [scale * torch.randn((vocab_size,) * (t + 1), generator=g, dtype=torch.float64) for t in range(length)]
+        )
 
-    def perturbed(self, scale: float, seed: int = 0) -> "TabularAutoregressive":
+    def perturbed(self, scale: float, seed: int = 0) -> TabularAutoregressive:
         """A nearby model: every logit plus N(0, scale^2) noise (a "policy" near this "reference")."""
         g = torch.Generator().manual_seed(seed)
-        return TabularAutoregressive([t + scale * torch.randn(t.shape, generator=g, dtype=torch.float64) for t in self.logits])
+        return TabularAutoregressive(
+            [t + scale * torch.randn(t.shape, generator=g, dtype=torch.float64) for t in self.logits]
+        )
 
     def _check_seqs(self, seqs: Tensor) -> Tensor:
         seqs = torch.as_tensor(seqs)
@@ -249,7 +255,7 @@ def sequence_kl(policy: TabularAutoregressive, ref: TabularAutoregressive) -> fl
     _check_pair(policy, ref)
     seqs = policy.all_sequences()
     logp, logq = policy.log_prob(seqs), ref.log_prob(seqs)
-    return float((logp.exp() * (logp - logq)).sum())
+    return float(kl_from_logits(logp, logq))
 
 
 def full_vocab_kl_sum(policy: TabularAutoregressive, ref: TabularAutoregressive, seqs: Tensor) -> Tensor:
@@ -260,7 +266,7 @@ def full_vocab_kl_sum(policy: TabularAutoregressive, ref: TabularAutoregressive,
     """
     _check_pair(policy, ref)
     lp, lq = policy.conditional_log_probs(seqs), ref.conditional_log_probs(seqs)
-    return (lp.exp() * (lp - lq)).sum(dim=-1)
+    return kl_from_logits(lp, lq)
 
 
 def sampled_log_ratio_sum(policy: TabularAutoregressive, ref: TabularAutoregressive, seqs: Tensor) -> Tensor:

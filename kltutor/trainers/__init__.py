@@ -22,8 +22,17 @@ import importlib
 import json
 from pathlib import Path
 
-__all__ = ["ADAPTERS", "DATA_PATH", "available", "compute", "load_results", "results_frame", "setting",
-           "write_results", "compare"]
+__all__ = [
+    "ADAPTERS",
+    "DATA_PATH",
+    "available",
+    "compute",
+    "load_results",
+    "results_frame",
+    "setting",
+    "write_results",
+    "compare",
+]
 
 ADAPTERS = {"TRL": "trl_adapter", "verl": "verl_adapter", "OpenRLHF": "openrlhf_adapter"}
 DATA_PATH = Path(__file__).with_name("data") / "results.json"
@@ -44,7 +53,7 @@ def available() -> dict[str, str | None]:
         try:
             importlib.import_module(a.PACKAGE)
             out[lib] = a.version()
-        except Exception:  # noqa: BLE001 - any import failure means "not usable here"
+        except Exception:
             out[lib] = None
     return out
 
@@ -85,8 +94,11 @@ def compute(libraries=None, progress: bool = False) -> dict:
                 continue
             g = core.expected_gradient(s, pi, ref, old, T, regime=regime)
             verdict, dist = core.classify(g, refs)
-            rec[regime.replace("-", "_")] = {"gradient": _round(g), "verdict": verdict,
-                                             "bias_norm": round(float((g - true).norm()), DIGITS)}
+            rec[regime.replace("-", "_")] = {
+                "gradient": _round(g),
+                "verdict": verdict,
+                "bias_norm": round(float((g - true).norm()), DIGITS),
+            }
         rows.append(rec)
     return {
         "generated_by": "python -m kltutor.trainers regenerate",
@@ -117,8 +129,10 @@ def load_results(path: Path | str = DATA_PATH) -> dict:
     """The committed results (no library needed)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no trainer results; run `python -m kltutor.trainers regenerate` "
-                                "with the [trainers] extra installed")
+        raise FileNotFoundError(
+            f"{path}: no trainer results; run `python -m kltutor.trainers regenerate` "
+            "with the [trainers] extra installed"
+        )
     return json.loads(path.read_text())
 
 
@@ -172,14 +186,16 @@ def results_frame(data: dict | None = None):
     rows = []
     for r in data["settings"]:
         st = r.get("stale")
-        rows.append({
-            "library": r["library"],
-            "trainer": r["trainer"],
-            "flags": r["flags"],
-            "placement": f"{r['estimator']}-in-{r['placement']}",
-            "default": "yes" if r["default"] else "",
-            "on-policy gradient": r["on_policy"]["verdict"],
-            "|bias|": r["on_policy"]["bias_norm"],
-            "stale batch |bias|": float("nan") if st is None else st["bias_norm"],
-        })
+        rows.append(
+            {
+                "library": r["library"],
+                "trainer": r["trainer"],
+                "flags": r["flags"],
+                "placement": f"{r['estimator']}-in-{r['placement']}",
+                "default": "yes" if r["default"] else "",
+                "on-policy gradient": r["on_policy"]["verdict"],
+                "|bias|": r["on_policy"]["bias_norm"],
+                "stale batch |bias|": float("nan") if st is None else st["bias_norm"],
+            }
+        )
     return pd.DataFrame(rows)

@@ -17,8 +17,12 @@ from kltutor import trainers
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m kltutor.trainers", description=__doc__.splitlines()[0])
     p.add_argument("command", choices=["show", "regenerate", "check"])
-    p.add_argument("--library", action="append", choices=list(trainers.ADAPTERS),
-                   help="only this library (repeatable); default: every installed one")
+    p.add_argument(
+        "--library",
+        action="append",
+        choices=list(trainers.ADAPTERS),
+        help="only this library (repeatable); default: every installed one",
+    )
     args = p.parse_args(argv)
     if args.command == "show":
         data = trainers.load_results()
@@ -29,8 +33,10 @@ def main(argv=None) -> int:
     libs = args.library or [k for k, v in have.items() if v]
     missing = [k for k in libs if not have[k]]
     if missing or not libs:
-        print(f"not installed: {', '.join(missing) or 'all three'}; install the extra: make trainers-venv",
-              file=sys.stderr)
+        print(
+            f"not installed: {', '.join(missing) or 'all three'}; install the extra: make trainers-venv",
+            file=sys.stderr,
+        )
         return 2
     fresh = trainers.compute(libs, progress=True)
     if args.command == "regenerate":
@@ -40,8 +46,11 @@ def main(argv=None) -> int:
     diffs = trainers.compare(fresh, trainers.load_results())
     for d in diffs:
         print(d)
-    print("the installed libraries agree with the stored results" if not diffs else
-          f"{len(diffs)} difference(s): run `python -m kltutor.trainers regenerate` and review chapter 3")
+    print(
+        "the installed libraries agree with the stored results"
+        if not diffs
+        else f"{len(diffs)} difference(s): run `python -m kltutor.trainers regenerate` and review chapter 3"
+    )
     return 1 if diffs else 0
 
 

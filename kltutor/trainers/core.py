@@ -17,8 +17,8 @@ with :func:`reference_gradients` (``kltutor.gradients``, per-sequence sums, beta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -68,15 +68,33 @@ class Setting:
     source: str = ""  # where the code lives, relative to the library's package root
 
     def record(self) -> dict:
-        return {k: getattr(self, k) for k in ("library", "trainer", "name", "flags", "placement", "estimator",
-                                              "level", "correction", "scale", "default", "note",
-                                              "source")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "library",
+                "trainer",
+                "name",
+                "flags",
+                "placement",
+                "estimator",
+                "level",
+                "correction",
+                "scale",
+                "default",
+                "note",
+                "source",
+            )
+        }
 
 
 def toy_models() -> tuple[BinaryAutoregressive, BinaryAutoregressive, BinaryAutoregressive, int]:
     """The policy, reference and stale sampler of chapter 3, and its sequence length."""
-    return (BinaryAutoregressive(*TOY["policy"]), BinaryAutoregressive(*TOY["reference"]),
-            BinaryAutoregressive(*TOY["old"]), TOY["seq_len"])
+    return (
+        BinaryAutoregressive(*TOY["policy"]),
+        BinaryAutoregressive(*TOY["reference"]),
+        BinaryAutoregressive(*TOY["old"]),
+        TOY["seq_len"],
+    )
 
 
 def reference_gradients(policy, reference, seq_len: int) -> dict[str, Tensor]:
@@ -138,7 +156,7 @@ def classify(gradient: Tensor, references: dict[str, Tensor], rtol: float = 1e-5
     toy (the tests check), so 1e-5 separates "equal up to float32 rounding" from "different".
     Returns ``("other", distance to the nearest candidate)`` when none matches.
     """
-    best, best_d = "other", float("inf")
+    best_d = float("inf")
     for name, ref in references.items():
         d = float((gradient - ref).norm())
         if d <= rtol * max(1.0, float(ref.norm())):

@@ -76,8 +76,9 @@ def _kl_loss(estimator: str, unbiased_gradient: bool, token_level_loss: bool = T
     utils, loss = load()
 
     def fn(logp, ref_logp, old_logp, mask):
-        kl = utils.compute_approx_kl(logp, ref_logp, log_probs_old=old_logp, kl_estimator=estimator,
-                                     unbiased_gradient=unbiased_gradient)
+        kl = utils.compute_approx_kl(
+            logp, ref_logp, log_probs_old=old_logp, kl_estimator=estimator, unbiased_gradient=unbiased_gradient
+        )
         kl_loss = loss.aggregate_loss(kl, mask, token_level_loss=token_level_loss)
         return kl_loss * BETA
 
@@ -91,8 +92,9 @@ def _kl_reward(estimator: str):
 
     def fn(logp, ref_logp, mask):
         kl = utils.compute_approx_kl(logp, ref_logp, kl_estimator=estimator)
-        rewards = utils.compute_reward(torch.zeros(logp.shape[0], dtype=kl.dtype), BETA, kl, action_mask=mask,
-                                       reward_clip_range=(-10.0, 10.0))
+        rewards = utils.compute_reward(
+            torch.zeros(logp.shape[0], dtype=kl.dtype), BETA, kl, action_mask=mask, reward_clip_range=(-10.0, 10.0)
+        )
         return returns_to_go(rewards.detach().to(torch.float64), mask).detach()
 
     return fn
@@ -104,18 +106,40 @@ def settings() -> list[Setting]:
     for est in ("k1", "k2", "k3"):
         for ub in (False, True):
             flags = f"--algo.kl.use_loss --algo.kl.estimator {est}" + (" --algo.kl.unbiased_gradient" if ub else "")
-            out.append(Setting(
-                LIBRARY, "PPO actor (loss)", f"openrlhf.loss.{est}{'.unbiased_gradient' if ub else ''}", flags,
-                "loss", est, "token", "straight-through k2 gradient x detached ratio w_t (clamped at 10)" if ub else "none",
-                _kl_loss(est, ub), scale=BETA / T, default=False,
-                source="openrlhf/models/utils.py (compute_approx_kl); openrlhf/models/loss.py (aggregate_loss)",
-                note="as composed in openrlhf/trainer/ray/ppo_actor.py::training_step"))
+            out.append(
+                Setting(
+                    LIBRARY,
+                    "PPO actor (loss)",
+                    f"openrlhf.loss.{est}{'.unbiased_gradient' if ub else ''}",
+                    flags,
+                    "loss",
+                    est,
+                    "token",
+                    "straight-through k2 gradient x detached ratio w_t (clamped at 10)" if ub else "none",
+                    _kl_loss(est, ub),
+                    scale=BETA / T,
+                    default=False,
+                    source="openrlhf/models/utils.py (compute_approx_kl); openrlhf/models/loss.py (aggregate_loss)",
+                    note="as composed in openrlhf/trainer/ray/ppo_actor.py::training_step",
+                )
+            )
     for est in ("k1", "k2", "k3"):
-        out.append(Setting(
-            LIBRARY, "PPO experience maker (reward)", f"openrlhf.reward.{est}",
-            f"--algo.kl.estimator {est} (without --algo.kl.use_loss; --algo.kl.init_coef > 0)", "reward", est,
-            "token", "none", _kl_reward(est), scale=BETA, default=(est == "k1"),
-            source="openrlhf/models/utils.py (compute_approx_kl, compute_reward)",
-            note="return-to-go with gamma = 1 (reinforce-family estimators)"
-            + ("; the default: init_coef=0.01 puts k1 in the reward" if est == "k1" else "")))
+        out.append(
+            Setting(
+                LIBRARY,
+                "PPO experience maker (reward)",
+                f"openrlhf.reward.{est}",
+                f"--algo.kl.estimator {est} (without --algo.kl.use_loss; --algo.kl.init_coef > 0)",
+                "reward",
+                est,
+                "token",
+                "none",
+                _kl_reward(est),
+                scale=BETA,
+                default=(est == "k1"),
+                source="openrlhf/models/utils.py (compute_approx_kl, compute_reward)",
+                note="return-to-go with gamma = 1 (reinforce-family estimators)"
+                + ("; the default: init_coef=0.01 puts k1 in the reward" if est == "k1" else ""),
+            )
+        )
     return out

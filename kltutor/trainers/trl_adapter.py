@@ -51,8 +51,7 @@ class _Accelerator:
 def _grpo_shell(**overrides):
     from trl import GRPOConfig, GRPOTrainer
 
-    args = GRPOConfig(output_dir="/tmp/kltutor-trl", report_to="none", use_cpu=True, bf16=False, beta=BETA,
-                      **overrides)
+    args = GRPOConfig(output_dir="/tmp/kltutor-trl", report_to="none", use_cpu=True, bf16=False, beta=BETA, **overrides)
     t = object.__new__(GRPOTrainer)
     # the attributes GRPOTrainer.__init__ copies from its config and _compute_loss reads
     t.args = args
@@ -109,8 +108,15 @@ def _rloo_advantages():
     """
     from trl import RLOOConfig, RLOOTrainer
 
-    args = RLOOConfig(output_dir="/tmp/kltutor-trl", report_to="none", use_cpu=True, bf16=False, beta=BETA,
-                      num_generations=2, per_device_train_batch_size=2)
+    args = RLOOConfig(
+        output_dir="/tmp/kltutor-trl",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        beta=BETA,
+        num_generations=2,
+        per_device_train_batch_size=2,
+    )
     t = object.__new__(RLOOTrainer)
     t.args = args
     t.beta = args.beta
@@ -128,8 +134,14 @@ def _rloo_advantages():
     t.accelerator = _Accelerator()
     t._tokenizer = SimpleNamespace(pad_token_id=0)
     t._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-    t._logs = {"prompt": [], "completion": [], "rewards": defaultdict(list), "advantages": [], "extra": defaultdict(list),
-               "images": []}
+    t._logs = {
+        "prompt": [],
+        "completion": [],
+        "rewards": defaultdict(list),
+        "advantages": [],
+        "extra": defaultdict(list),
+        "images": [],
+    }
     t._pending_extra_logs = {}
     t._pending_metrics = {}
     t._calculate_rewards = lambda inputs, prompts, completions, ids: torch.zeros(len(prompts), 1, dtype=torch.float64)
@@ -159,17 +171,45 @@ def settings() -> list[Setting]:
         for level in ("token", "sequence"):
             ov = {"use_bias_correction_kl": ratio, "importance_sampling_level": level}
             default = ratio and level == "token"
-            corr = "per-token ratio w_t (differentiable)" if (ratio and level == "token") else (
-                "sequence ratio (geometric mean, differentiable) broadcast to tokens" if ratio else "none")
-            out.append(Setting(
-                LIBRARY, "GRPOTrainer", f"trl.grpo.k3.{'ratio' if ratio else 'plain'}.{level}",
-                f"beta>0, use_bias_correction_kl={ratio}, importance_sampling_level='{level}'",
-                "loss", "k3", "token", corr, _grpo_loss(ov), scale=BETA / T, default=default, source=src,
-                note="the default once beta > 0 (GRPOConfig's default beta is 0.0: no KL term, no reference model)"
-                if default else ""))
-    out.append(Setting(
-        LIBRARY, "RLOOTrainer", "trl.rloo.k1.sequence", "beta>0 (RLOOConfig default beta=0.05)", "reward",
-        "k1", "sequence", "none", _rloo_advantages(), scale=BETA, default=True,
-        source="trl/trainer/rloo_trainer.py (RLOOTrainer._generate_and_score_completions)",
-        note="sum of k1 over the sequence, subtracted from the reward; the advantage multiplies log pi(y)"))
+            corr = (
+                "per-token ratio w_t (differentiable)"
+                if (ratio and level == "token")
+                else ("sequence ratio (geometric mean, differentiable) broadcast to tokens" if ratio else "none")
+            )
+            out.append(
+                Setting(
+                    LIBRARY,
+                    "GRPOTrainer",
+                    f"trl.grpo.k3.{'ratio' if ratio else 'plain'}.{level}",
+                    f"beta>0, use_bias_correction_kl={ratio}, importance_sampling_level='{level}'",
+                    "loss",
+                    "k3",
+                    "token",
+                    corr,
+                    _grpo_loss(ov),
+                    scale=BETA / T,
+                    default=default,
+                    source=src,
+                    note="the default once beta > 0 (GRPOConfig's default beta is 0.0: no KL term, no reference model)"
+                    if default
+                    else "",
+                )
+            )
+    out.append(
+        Setting(
+            LIBRARY,
+            "RLOOTrainer",
+            "trl.rloo.k1.sequence",
+            "beta>0 (RLOOConfig default beta=0.05)",
+            "reward",
+            "k1",
+            "sequence",
+            "none",
+            _rloo_advantages(),
+            scale=BETA,
+            default=True,
+            source="trl/trainer/rloo_trainer.py (RLOOTrainer._generate_and_score_completions)",
+            note="sum of k1 over the sequence, subtracted from the reward; the advantage multiplies log pi(y)",
+        )
+    )
     return out

@@ -77,16 +77,19 @@ def _kl_reward(kl_penalty: str):
 
     def fn(logp, ref_logp, mask):
         kl_ctrl = core_algos.get_kl_controller(KLControlConfig(type="fixed", kl_coef=BETA))
-        data = DataProto.from_dict(tensors={
-            "response_mask": mask,
-            "token_level_scores": torch.zeros_like(logp),
-            "old_log_probs": logp,
-            "ref_log_prob": ref_logp,
-        })
+        data = DataProto.from_dict(
+            tensors={
+                "response_mask": mask,
+                "token_level_scores": torch.zeros_like(logp),
+                "old_log_probs": logp,
+                "ref_log_prob": ref_logp,
+            }
+        )
         data, _ = apply_kl_penalty(data, kl_ctrl, kl_penalty=kl_penalty)
         rewards = data.batch["token_level_rewards"]
         _, returns = core_algos.compute_gae_advantage_return(
-            rewards, torch.zeros_like(rewards), mask, gamma=1.0, lam=1.0)
+            rewards, torch.zeros_like(rewards), mask, gamma=1.0, lam=1.0
+        )
         return returns.detach()
 
     return fn
@@ -110,17 +113,41 @@ def settings() -> list[Setting]:
             if default:
                 note = "the default kl_loss_type once use_kl_loss=True (default False)"
             names = t + (f" (or {alias[name]}{plus})" if name in alias else "")
-            out.append(Setting(
-                LIBRARY, "actor (loss)", f"verl.loss.{t}", f"actor_rollout_ref.actor.use_kl_loss=True, kl_loss_type={names}",
-                "loss", est + plus, "token", "straight-through k2 gradient ('+')" if plus else "none", _kl_loss(t),
-                scale=BETA / T, default=default, source=loss_src, note=note))
+            out.append(
+                Setting(
+                    LIBRARY,
+                    "actor (loss)",
+                    f"verl.loss.{t}",
+                    f"actor_rollout_ref.actor.use_kl_loss=True, kl_loss_type={names}",
+                    "loss",
+                    est + plus,
+                    "token",
+                    "straight-through k2 gradient ('+')" if plus else "none",
+                    _kl_loss(t),
+                    scale=BETA / T,
+                    default=default,
+                    source=loss_src,
+                    note=note,
+                )
+            )
     for name, est in ESTIMATORS.items():
-        out.append(Setting(
-            LIBRARY, "trainer (reward)", f"verl.reward.{name}",
-            f"algorithm.use_kl_in_reward=True, algorithm.kl_penalty={name}"
-            + (f" (or {alias[name]})" if name in alias else ""), "reward", est, "token", "none",
-            _kl_reward(name), scale=BETA, default=(name == "kl"),
-            source="verl/trainer/ppo/ray_trainer.py (apply_kl_penalty); core_algos.compute_gae_advantage_return",
-            note="return-to-go (GAE with V = 0, gamma = lambda = 1)"
-            + ("; default kl_penalty once use_kl_in_reward=True (default False)" if name == "kl" else "")))
+        out.append(
+            Setting(
+                LIBRARY,
+                "trainer (reward)",
+                f"verl.reward.{name}",
+                f"algorithm.use_kl_in_reward=True, algorithm.kl_penalty={name}"
+                + (f" (or {alias[name]})" if name in alias else ""),
+                "reward",
+                est,
+                "token",
+                "none",
+                _kl_reward(name),
+                scale=BETA,
+                default=(name == "kl"),
+                source="verl/trainer/ppo/ray_trainer.py (apply_kl_penalty); core_algos.compute_gae_advantage_return",
+                note="return-to-go (GAE with V = 0, gamma = lambda = 1)"
+                + ("; default kl_penalty once use_kl_in_reward=True (default False)" if name == "kl" else ""),
+            )
+        )
     return out

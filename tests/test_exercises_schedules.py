@@ -1,6 +1,6 @@
 """The chapter-4 checker accepts a correct controller and rejects common wrong ones."""
 
-from kltutor.exercises.ch04 import check_adaptive_update
+from kltutor.exercises.schedules import check_adaptive_update
 
 
 def correct(beta, kl, target, n_steps, horizon):

@@ -5,7 +5,7 @@ import math
 import torch
 
 from kltutor import estimators as est
-from kltutor.exercises.ch02 import check_stable_k3
+from kltutor.exercises.estimators import check_stable_k3
 
 
 def _series_solution(logp, ref_logp):

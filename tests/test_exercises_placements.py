@@ -1,6 +1,6 @@
 import torch
 
-from kltutor.exercises.ch03 import check_prefix_weights, check_sequence_k2_loss
+from kltutor.exercises.placements import check_prefix_weights, check_sequence_k2_loss
 
 
 def good_k2(logp, ref_logp, mask):
@@ -20,10 +20,16 @@ def test_sequence_k2_checker():
 
 
 def test_prefix_weight_checker():
-    good = lambda logp, old, mask: torch.exp(torch.cumsum((logp - old) * mask, -1))
+    def good(logp, old, mask):
+        return torch.exp(torch.cumsum((logp - old) * mask, -1))
+
+    def per_token(logp, old, mask):
+        return torch.exp(logp - old)
+
+    def detached(logp, old, mask):
+        return torch.exp(torch.cumsum(logp - old, -1)).detach()
+
     assert check_prefix_weights(good).passed
-    per_token = lambda logp, old, mask: torch.exp(logp - old)
     res = check_prefix_weights(per_token)
     assert not res.passed and "prefix" in str(res)
-    detached = lambda logp, old, mask: torch.exp(torch.cumsum(logp - old, -1)).detach()
     assert not check_prefix_weights(detached).passed

@@ -3,7 +3,7 @@
 import torch
 
 from kltutor.divergences import kl
-from kltutor.exercises.ch01 import check_categorical_kl
+from kltutor.exercises.fundamentals import check_categorical_kl
 
 
 def correct(p, q):

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from kltutor.exercises.ch05 import check_dpo_loss, check_group_advantages
+from kltutor.exercises.preference import check_dpo_loss, check_group_advantages
 from kltutor.grpo import group_advantages
 
 

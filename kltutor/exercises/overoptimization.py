@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
-
-import torch
+from collections.abc import Callable
 
 from kltutor import overoptimization as oo
 from kltutor.exercises import CheckResult
@@ -28,13 +26,17 @@ def check_best_of_n_kl(fn: Callable[[list[float], list[float], int], float]) -> 
         want = oo.best_of_n_kl(p, r, n)
         try:
             got = float(fn(p, r, n))
-        except Exception as exc:  # noqa: BLE001 - report any failure of the reader's code
+        except Exception as exc:
             ok = False
             messages.append(f"{name}: raised {type(exc).__name__}: {exc}")
             continue
         if not math.isfinite(got) or abs(got - want) > 1e-9:
             ok = False
-            hint = " (did you use log n - (n-1)/n? it is only an upper bound here)" if abs(got - oo.best_of_n_kl_formula(n)) < 1e-9 else ""
+            hint = (
+                " (did you use log n - (n-1)/n? it is only an upper bound here)"
+                if abs(got - oo.best_of_n_kl_formula(n)) < 1e-9
+                else ""
+            )
             hint = hint or (" (ties: a class of equal rewards shares F(c)^n - F(c-)^n)" if "tie" in name else "")
             messages.append(f"{name}: expected {want:.6f}, got {got:.6f}{hint}")
         else:
@@ -49,7 +51,7 @@ def check_rl_peak(fn: Callable[[float, float], float]) -> CheckResult:
         want = oo.form_peak(alpha, beta, "rl")["kl"]
         try:
             got = float(fn(alpha, beta))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             ok = False
             messages.append(f"alpha={alpha}, beta={beta}: raised {type(exc).__name__}: {exc}")
             continue

@@ -9,7 +9,7 @@ Each checker compares the reader's function with :mod:`kltutor.preference` /
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -31,14 +31,32 @@ def _cases() -> list[tuple[str, tuple[Tensor, Tensor, Tensor, Tensor], float]]:
     rand = lambda n: -torch.rand(n, dtype=torch.float64, generator=g) * 40  # noqa: E731
     return [
         ("random pairs, beta=0.1", (rand(8), rand(8), rand(8), rand(8)), 0.1),
-        ("policy equal to the reference (loss log 2)", (torch.tensor([-3.0, -7.0], dtype=torch.float64),) * 2
-         + (torch.tensor([-3.0, -7.0], dtype=torch.float64),) * 2, 0.5),
-        ("a very wrong ranking (margin -800: -log(sigmoid(.)) overflows even in float64)",
-         (torch.tensor([-900.0], dtype=torch.float64), torch.tensor([-100.0], dtype=torch.float64),
-          torch.tensor([-100.0], dtype=torch.float64), torch.tensor([-100.0], dtype=torch.float64)), 1.0),
-        ("a very right ranking (margin +800)",
-         (torch.tensor([-100.0], dtype=torch.float64), torch.tensor([-900.0], dtype=torch.float64),
-          torch.tensor([-100.0], dtype=torch.float64), torch.tensor([-100.0], dtype=torch.float64)), 1.0),
+        (
+            "policy equal to the reference (loss log 2)",
+            (torch.tensor([-3.0, -7.0], dtype=torch.float64),) * 2
+            + (torch.tensor([-3.0, -7.0], dtype=torch.float64),) * 2,
+            0.5,
+        ),
+        (
+            "a very wrong ranking (margin -800: -log(sigmoid(.)) overflows even in float64)",
+            (
+                torch.tensor([-900.0], dtype=torch.float64),
+                torch.tensor([-100.0], dtype=torch.float64),
+                torch.tensor([-100.0], dtype=torch.float64),
+                torch.tensor([-100.0], dtype=torch.float64),
+            ),
+            1.0,
+        ),
+        (
+            "a very right ranking (margin +800)",
+            (
+                torch.tensor([-100.0], dtype=torch.float64),
+                torch.tensor([-900.0], dtype=torch.float64),
+                torch.tensor([-100.0], dtype=torch.float64),
+                torch.tensor([-100.0], dtype=torch.float64),
+            ),
+            1.0,
+        ),
     ]
 
 
@@ -52,14 +70,16 @@ def check_dpo_loss(fn: Callable[[Tensor, Tensor, Tensor, Tensor, float], Tensor]
         try:
             pw_ = pw.clone().requires_grad_(True)
             got = fn(pw_, pl, rw, rl, beta)
-        except Exception as exc:  # noqa: BLE001 - report whatever the reader's code raised
+        except Exception as exc:
             result.passed = False
             result.messages.append(f"{name}: raised {type(exc).__name__}: {exc}")
             continue
         if not isinstance(got, Tensor) or got.shape != want.shape:
             result.passed = False
-            result.messages.append(f"{name}: expected a tensor of shape {tuple(want.shape)} (one loss per pair), got "
-                                   f"{getattr(got, 'shape', type(got).__name__)}")
+            result.messages.append(
+                f"{name}: expected a tensor of shape {tuple(want.shape)} (one loss per pair), got "
+                f"{getattr(got, 'shape', type(got).__name__)}"
+            )
             continue
         if not torch.isfinite(got).all():
             result.passed = False
@@ -82,8 +102,18 @@ def check_group_advantages(fn: Callable[..., Tensor]) -> CheckResult:
     with ``eps=0`` when ``clip_std`` is given (unbiased standard deviation, groups consecutive)."""
     result = CheckResult("GRPO group advantages with clip_std", True)
     cases = [
-        ("two groups of 4", torch.tensor([0.0, 1.0, 1.0, 0.5, 2.0, 2.0, 3.0, 5.0], dtype=torch.float64), 4, (1e-3, 1e3)),
-        ("near-equal rewards, clip_std=(0.1, 10)", torch.tensor([0.99999, 1.00001, 0.99999, 1.00001], dtype=torch.float64), 4, (0.1, 10.0)),
+        (
+            "two groups of 4",
+            torch.tensor([0.0, 1.0, 1.0, 0.5, 2.0, 2.0, 3.0, 5.0], dtype=torch.float64),
+            4,
+            (1e-3, 1e3),
+        ),
+        (
+            "near-equal rewards, clip_std=(0.1, 10)",
+            torch.tensor([0.99999, 1.00001, 0.99999, 1.00001], dtype=torch.float64),
+            4,
+            (0.1, 10.0),
+        ),
         ("all rewards equal (must be 0, not NaN)", torch.full((6,), 0.7, dtype=torch.float64), 3, (0.1, 10.0)),
         ("large spread, clip_std=(0.1, 1)", torch.tensor([0.0, 10.0, 20.0, 30.0], dtype=torch.float64), 4, (0.1, 1.0)),
     ]
@@ -91,12 +121,16 @@ def check_group_advantages(fn: Callable[..., Tensor]) -> CheckResult:
         want = group_advantages(rewards, gsize, clip_std=clip)
         try:
             got = fn(rewards.clone(), gsize, clip_std=clip)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             result.passed = False
             result.messages.append(f"{name}: raised {type(exc).__name__}: {exc}")
             continue
-        if not isinstance(got, Tensor) or got.shape != want.shape or not torch.isfinite(got).all() \
-                or not torch.allclose(got.to(torch.float64), want, rtol=1e-6, atol=1e-9):
+        if (
+            not isinstance(got, Tensor)
+            or got.shape != want.shape
+            or not torch.isfinite(got).all()
+            or not torch.allclose(got.to(torch.float64), want, rtol=1e-6, atol=1e-9)
+        ):
             result.passed = False
             result.messages.append(f"{name}: got {show(got)}, expected {show(want)}")
         else:

@@ -6,11 +6,12 @@ is an exact sum, and compares its *expected gradient* with the gradient of the e
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from kltutor.estimators import of_log_ratio
 from kltutor.exercises import CheckResult, show
 from kltutor.gradients import exact_kl_gradients
 from kltutor.toys.autoregressive import BinaryAutoregressive, all_binary_sequences
@@ -93,13 +94,15 @@ def check_prefix_weights(fn: Callable[[Tensor, Tensor, Tensor], Tensor], tol: fl
         if not w.requires_grad:
             return CheckResult(res.name, False, ["the weights carry no gradient: the correction needs d w / d theta"])
         lr = logp - ref_lp
-        term = (w * (torch.expm1(-lr) + lr)).sum(-1)
+        term = (w * of_log_ratio("k3", lr)).sum(-1)
         got = torch.stack(list(torch.autograd.grad((q * term).sum(), [pi.a, pi.b]))).detach()
         true = exact_kl_gradients(pi, ref_m, T)["true"]
         if not torch.allclose(got, true, atol=tol):
             res.passed = False
-            res.messages.append(f"T={T}: expected gradient {show(got)} != reverse-KL gradient {show(true)}"
-                                " (a per-token ratio does not correct the distribution of the prefix)")
+            res.messages.append(
+                f"T={T}: expected gradient {show(got)} != reverse-KL gradient {show(true)}"
+                " (a per-token ratio does not correct the distribution of the prefix)"
+            )
     if res.passed:
         res.messages.append("the weighted k3 term has exactly the reverse-KL gradient on stale samples")
     return res

@@ -7,7 +7,7 @@ last axis against exact answers, including the conventions at zero.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -22,8 +22,18 @@ def _cases() -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
     s = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731  (a scalar expected value)
     cases = [
         ("identical distributions give 0", t(0.2, 0.3, 0.5), t(0.2, 0.3, 0.5), s(0.0)),
-        ("KL(p||q) for p=(1/2,1/2), q=(1/4,3/4) is log 2 - (1/2) log 3", t(0.5, 0.5), t(0.25, 0.75), s(math.log(2) - 0.5 * math.log(3))),
-        ("the order of arguments: KL(q||p) for the same pair", t(0.25, 0.75), t(0.5, 0.5), s(0.75 * math.log(1.5) + 0.25 * math.log(0.5))),
+        (
+            "KL(p||q) for p=(1/2,1/2), q=(1/4,3/4) is log 2 - (1/2) log 3",
+            t(0.5, 0.5),
+            t(0.25, 0.75),
+            s(math.log(2) - 0.5 * math.log(3)),
+        ),
+        (
+            "the order of arguments: KL(q||p) for the same pair",
+            t(0.25, 0.75),
+            t(0.5, 0.5),
+            s(0.75 * math.log(1.5) + 0.25 * math.log(0.5)),
+        ),
         ("0 log(0/q) = 0: a zero in p contributes nothing", t(0.5, 0.5, 0.0), t(0.25, 0.25, 0.5), s(math.log(2))),
         ("0 log(0/0) = 0: zeros in both contribute nothing", t(0.5, 0.5, 0.0), t(0.5, 0.5, 0.0), s(0.0)),
         ("p log(p/0) = +inf: q misses mass of p", t(0.5, 0.5), t(1.0, 0.0), s(math.inf)),
@@ -50,8 +60,10 @@ def check_categorical_kl(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
             continue
         same_inf = torch.isinf(expected) == torch.isinf(got)
         finite = torch.isfinite(expected)
-        ok = bool(same_inf.all()) and not torch.isnan(got).any() and bool(
-            torch.allclose(got[finite], expected[finite], atol=atol, rtol=0)
+        ok = (
+            bool(same_inf.all())
+            and not torch.isnan(got).any()
+            and bool(torch.allclose(got[finite], expected[finite], atol=atol, rtol=0))
         )
         if torch.isinf(expected).any():
             ok = ok and bool((got[torch.isinf(expected)] > 0).all())

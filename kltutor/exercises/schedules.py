@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from kltutor.exercises import CheckResult
 from kltutor.schedules import AdaptiveKLController
@@ -41,8 +41,10 @@ def check_adaptive_update(update: Callable[[float, float, float, int, int], floa
             hint = ""
             if math.isclose(got, unclipped, rel_tol=1e-9):
                 hint = " (this is the unclipped update: clip the error to [-0.2, 0.2])"
-            messages.append(f"beta={beta}, kl={kl}, target={target}, n_steps={n_steps}, horizon={horizon}: "
-                            f"expected {expected:.6g}, got {got:.6g}{hint}")
+            messages.append(
+                f"beta={beta}, kl={kl}, target={target}, n_steps={n_steps}, horizon={horizon}: "
+                f"expected {expected:.6g}, got {got:.6g}{hint}"
+            )
     if ok:
         messages.append(f"all {len(CASES)} cases match, including errors beyond the clip and a negative KL estimate")
     return CheckResult("adaptive KL controller", ok, messages)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -38,8 +38,10 @@ def k3_accuracy_failures(got: Tensor, log_ratio: Tensor, rtol: float = K3_RTOL) 
     bad = ~(rel <= rtol)
     if bad.any():
         i = int(torch.argmax(torch.where(bad, rel, torch.zeros_like(rel))))
-        out.append(f"relative error {rel[i].item():.2e} at l={log_ratio[i].item():g} (rule: <= {rtol:g}; got "
-                   f"{got[i].item():.6g}, expected {want[i].item():.6g})")
+        out.append(
+            f"relative error {rel[i].item():.2e} at l={log_ratio[i].item():g} (rule: <= {rtol:g}; got "
+            f"{got[i].item():.6g}, expected {want[i].item():.6g})"
+        )
     return out
 
 
@@ -60,10 +62,14 @@ def check_stable_k3(fn: Callable[[Tensor, Tensor], Tensor], rtol: float = K3_RTO
     want = k3_reference(ell_exact)
     try:
         got = fn(logp, ref_logp)
-    except Exception as exc:  # noqa: BLE001 - report any failure of the reader's code
+    except Exception as exc:
         return CheckResult("stable k3", False, [f"calling fn(logp, ref_logp) raised {type(exc).__name__}: {exc}"])
     if not isinstance(got, Tensor) or got.shape != logp.shape:
-        return CheckResult("stable k3", False, [f"expected a tensor of shape {tuple(logp.shape)}, got {getattr(got, 'shape', type(got))}"])
+        return CheckResult(
+            "stable k3",
+            False,
+            [f"expected a tensor of shape {tuple(logp.shape)}, got {getattr(got, 'shape', type(got))}"],
+        )
     if got.dtype != torch.float32:
         passed = False
         messages.append(f"expected float32 output for float32 input, got {got.dtype}")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from kltutor.estimators import of_log_ratio
 from kltutor.exercises import CheckResult
 from kltutor.practice import AGGREGATIONS, effective_beta
 from kltutor.toys import BinaryAutoregressive
@@ -26,11 +27,15 @@ def check_effective_beta(fn: Callable[[Sequence[int], str, float], Sequence[floa
             want = effective_beta(lengths, mode, 0.1).tolist()
             try:
                 got = [float(v) for v in fn(list(lengths), mode, 0.1)]
-            except Exception as exc:  # noqa: BLE001
-                return CheckResult("effective beta", False, [f"{mode}, lengths {lengths}: raised {type(exc).__name__}: {exc}"])
+            except Exception as exc:
+                return CheckResult(
+                    "effective beta", False, [f"{mode}, lengths {lengths}: raised {type(exc).__name__}: {exc}"]
+                )
             if len(got) != len(want) or any(abs(g - w) > 1e-9 for g, w in zip(got, want)):
                 ok = False
-                messages.append(f"{mode}, lengths {lengths}: expected {[round(w, 6) for w in want]}, got {[round(g, 6) for g in got]}")
+                messages.append(
+                    f"{mode}, lengths {lengths}: expected {[round(w, 6) for w in want]}, got {[round(g, 6) for g in got]}"
+                )
                 break
     if ok:
         messages.append(f"right for all {len(AGGREGATIONS)} aggregations on {len(batches)} batches")
@@ -50,19 +55,24 @@ def check_logged_kl(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> CheckResu
     messages = []
     try:
         out = fn(logp.clone(), ref_logp.clone(), mask.clone())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return CheckResult("logged KL", False, [f"raised {type(exc).__name__}: {exc}"])
     if not isinstance(out, Tensor) or out.shape != (seqs.shape[0],):
-        return CheckResult("logged KL", False, [f"expected a [batch] tensor of shape {(seqs.shape[0],)}, got "
-                                                f"{getattr(out, 'shape', type(out).__name__)}"])
+        return CheckResult(
+            "logged KL",
+            False,
+            [f"expected a [batch] tensor of shape {(seqs.shape[0],)}, got {getattr(out, 'shape', type(out).__name__)}"],
+        )
     out = out.double()
     kl = float(pi.exact_kl(ref, T).detach())
     mean = float((probs * out).sum())
     ok = True
     if (out < -1e-12).any():
         ok = False
-        messages.append(f"{int((out < -1e-12).sum())} sequences get a negative value (minimum {float(out.min()):.4g}): "
-                        "a logged KL built from k1 can go negative; which estimator cannot?")
+        messages.append(
+            f"{int((out < -1e-12).sum())} sequences get a negative value (minimum {float(out.min()):.4g}): "
+            "a logged KL built from k1 can go negative; which estimator cannot?"
+        )
     if abs(mean - kl) > 1e-9:
         ok = False
         hint = " (the negative of the KL: is the sign of the log-ratio reversed?)" if abs(mean + kl) < 1e-9 else ""
@@ -70,11 +80,13 @@ def check_logged_kl(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> CheckResu
     # padding must not count: the last two positions masked out
     short = mask.clone()
     short[:, -2:] = 0
-    want = float((probs * ((torch.expm1(-(logp - ref_logp)) + (logp - ref_logp)) * short).sum(-1)).sum())
+    want = float((probs * (of_log_ratio("k3", logp - ref_logp) * short).sum(-1)).sum())
     got = float((probs * fn(logp.clone(), ref_logp.clone(), short).double()).sum())
     if abs(got - want) > 1e-9:
         ok = False
-        messages.append("with a mask over the last two tokens the estimate changes wrongly: masked tokens must not count")
+        messages.append(
+            "with a mask over the last two tokens the estimate changes wrongly: masked tokens must not count"
+        )
     if ok:
         messages.append(f"non-negative on all {seqs.shape[0]} sequences, expectation {mean:.6f} = KL, mask respected")
     return CheckResult("logged KL", ok, messages)
