@@ -47,15 +47,39 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kltutor.capstone.config import CapstoneConfig  # noqa: E402
-from kltutor.capstone.model import build_model, build_tokenizer, load_model, quiet_transformers  # noqa: E402
-from kltutor.capstone.task import AdditionTask  # noqa: E402
+from kltutor.capstone.config import CapstoneConfig
+from kltutor.capstone.model import build_model, build_tokenizer, load_model, quiet_transformers
+from kltutor.capstone.task import AdditionTask
 
 SIZES = {
-    "cpu": dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=512, max_operand=49,
-                prompts=8, group=8, max_new_tokens=16, bf16=False, warmup=2, steps=10),
-    "cuda": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1536, max_operand=999,
-                 prompts=8, group=8, max_new_tokens=64, bf16=True, warmup=3, steps=10),
+    "cpu": dict(
+        hidden_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=512,
+        max_operand=49,
+        prompts=8,
+        group=8,
+        max_new_tokens=16,
+        bf16=False,
+        warmup=2,
+        steps=10,
+    ),
+    "cuda": dict(
+        hidden_size=512,
+        num_layers=8,
+        num_heads=8,
+        num_kv_heads=4,
+        intermediate_size=1536,
+        max_operand=999,
+        prompts=8,
+        group=8,
+        max_new_tokens=64,
+        bf16=True,
+        warmup=3,
+        steps=10,
+    ),
 }
 PHASES = ("sample", "score", "forward", "backward", "other")
 
@@ -69,11 +93,20 @@ def _sync(device: torch.device) -> None:
 # the model directory both sides load
 # ------------------------------------------------------------------------------------------------------------
 
+
 def make_model_dir(path: Path, sz: dict, seed: int = 0) -> Path:
     task = AdditionTask(sz["max_operand"])
     tok = build_tokenizer(task.alphabet)
-    model = build_model(tok, sz["hidden_size"], sz["num_layers"], sz["num_heads"], sz["num_kv_heads"],
-                        sz["intermediate_size"], max_positions=256, seed=seed)
+    model = build_model(
+        tok,
+        sz["hidden_size"],
+        sz["num_layers"],
+        sz["num_heads"],
+        sz["num_kv_heads"],
+        sz["intermediate_size"],
+        max_positions=256,
+        seed=seed,
+    )
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
@@ -84,33 +117,70 @@ def make_model_dir(path: Path, sz: dict, seed: int = 0) -> Path:
 # the capstone side
 # ------------------------------------------------------------------------------------------------------------
 
+
 class Capstone:
     """The capstone's GRPO step (kltutor.capstone.loop._step) on the benchmark's model and sizes."""
 
-    def __init__(self, model_dir: Path, sz: dict, device: torch.device, lr: float, beta: float, seed: int,
-                 decode_mode: str, ref_scoring: str, matmul: str = "auto"):
+    def __init__(
+        self,
+        model_dir: Path,
+        sz: dict,
+        device: torch.device,
+        lr: float,
+        beta: float,
+        seed: int,
+        decode_mode: str,
+        ref_scoring: str,
+        matmul: str = "auto",
+    ):
         from kltutor.capstone import decoder, loop
 
         self.loop, self.decoder, self.matmul = loop, decoder, matmul
         self.device = device
         self.cfg = CapstoneConfig(
-            placement="k3-in-loss", beta=beta, max_operand=sz["max_operand"], prompts_per_step=sz["prompts"],
-            group_size=sz["group"], max_new_tokens=sz["max_new_tokens"], temperature=1.0, lr=lr, clip_eps=0.2,
-            aggregation="sequence-mean", updates_per_batch=1, max_grad_norm=1.0, logprob_chunk=16384,
-            bf16=sz["bf16"], device=device.type, seed=seed, decode_mode=decode_mode, ref_scoring=ref_scoring,
-            progress=False).validate()
+            placement="k3-in-loss",
+            beta=beta,
+            max_operand=sz["max_operand"],
+            prompts_per_step=sz["prompts"],
+            group_size=sz["group"],
+            max_new_tokens=sz["max_new_tokens"],
+            temperature=1.0,
+            lr=lr,
+            clip_eps=0.2,
+            aggregation="sequence-mean",
+            updates_per_batch=1,
+            max_grad_norm=1.0,
+            logprob_chunk=16384,
+            bf16=sz["bf16"],
+            device=device.type,
+            seed=seed,
+            decode_mode=decode_mode,
+            ref_scoring=ref_scoring,
+            progress=False,
+        ).validate()
         self.task = AdditionTask(sz["max_operand"])
         self.policy, self.tok = load_model(model_dir, device)
         self.ref, _ = load_model(model_dir, device)
         self.ref.requires_grad_(False).eval()
         self.policy.train()
         opt = loop.make_optimizer(self.policy.parameters(), lr)  # fused AdamW, as transformers' Trainer uses
-        self.sampler = loop.make_sampler(self.cfg, self.policy, self.ref, self.tok, self.task, device,
-                                         min_new_tokens=sz["max_new_tokens"])
+        self.sampler = loop.make_sampler(
+            self.cfg, self.policy, self.ref, self.tok, self.task, device, min_new_tokens=sz["max_new_tokens"]
+        )
         self.timings: dict[str, float] = {}
-        self.ctx = loop.StepContext(self.cfg, self.policy, self.ref, self.tok, self.task, opt,
-                                    loop.make_beta_schedule(self.cfg), torch.Generator().manual_seed(seed), device,
-                                    self.sampler, self.timings)
+        self.ctx = loop.StepContext(
+            self.cfg,
+            self.policy,
+            self.ref,
+            self.tok,
+            self.task,
+            opt,
+            loop.make_beta_schedule(self.cfg),
+            torch.Generator().manual_seed(seed),
+            device,
+            self.sampler,
+            self.timings,
+        )
         self.n = 0
         self.records: list[dict] = []
 
@@ -127,11 +197,18 @@ class Capstone:
         finally:
             self.decoder.cpu_matmul(before)
         self.n += 1
-        phases = {"sample": self.timings.get("sample", 0.0), "score": self.timings.get("score", 0.0),
-                  "forward": self.timings.get("forward", 0.0), "backward": self.timings.get("backward", 0.0)}
+        phases = {
+            "sample": self.timings.get("sample", 0.0),
+            "score": self.timings.get("score", 0.0),
+            "forward": self.timings.get("forward", 0.0),
+            "backward": self.timings.get("backward", 0.0),
+        }
         phases["other"] = seconds - sum(phases.values())
-        rec = {"seconds": seconds, "tokens": row.response_length * self.cfg.prompts_per_step * self.cfg.group_size,
-               **phases}
+        rec = {
+            "seconds": seconds,
+            "tokens": row.response_length * self.cfg.prompts_per_step * self.cfg.group_size,
+            **phases,
+        }
         self.records.append(rec)
         return rec
 
@@ -140,12 +217,13 @@ class Capstone:
 # the TRL side
 # ------------------------------------------------------------------------------------------------------------
 
+
 def trl_available() -> str | None:
     """None if TRL can be imported, else why not."""
     try:
         import trl  # noqa: F401
         from datasets import Dataset  # noqa: F401
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return f"{type(e).__name__}: {e}"
     return None
 
@@ -154,8 +232,18 @@ class TRLSide:
     """TRL's GRPOTrainer with the same settings; ``run(callback)`` trains ``warmup + steps`` steps and
     calls ``callback()`` after each optimizer step (where the capstone's step runs)."""
 
-    def __init__(self, model_dir: Path, sz: dict, device: torch.device, lr: float, beta: float, seed: int,
-                 n_steps: int, out_dir: Path, gradient_checkpointing: bool):
+    def __init__(
+        self,
+        model_dir: Path,
+        sz: dict,
+        device: torch.device,
+        lr: float,
+        beta: float,
+        seed: int,
+        n_steps: int,
+        out_dir: Path,
+        gradient_checkpointing: bool,
+    ):
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
 
@@ -163,27 +251,50 @@ class TRLSide:
         task = AdditionTask(sz["max_operand"])
         g = torch.Generator().manual_seed(seed + 1)
         pairs = task.sample(sz["prompts"] * (n_steps + 2), g)
-        ds = Dataset.from_dict({"prompt": [task.prompt(a, b) for a, b in pairs], "answer": [task.answer(a, b) for a, b in pairs]})
+        ds = Dataset.from_dict(
+            {"prompt": [task.prompt(a, b) for a, b in pairs], "answer": [task.answer(a, b) for a, b in pairs]}
+        )
 
         def addition_reward(prompts, completions, answer, **kwargs):
             return [1.0 if c == a else 0.0 for c, a in zip(completions, answer)]
 
         T = sz["max_new_tokens"]
         args = GRPOConfig(
-            output_dir=str(out_dir), per_device_train_batch_size=sz["prompts"] * sz["group"],
-            num_generations=sz["group"], gradient_accumulation_steps=1, max_completion_length=T,
-            generation_kwargs={"min_new_tokens": T}, temperature=1.0, top_p=1.0, top_k=0, beta=beta,
-            loss_type="grpo", epsilon=0.2, scale_rewards="group", learning_rate=lr, weight_decay=0.0,
-            lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, max_steps=n_steps, seed=seed,
-            gradient_checkpointing=gradient_checkpointing, bf16=sz["bf16"] and device.type == "cuda",
-            use_cpu=device.type == "cpu", report_to="none", save_strategy="no", disable_tqdm=True,
-            dataloader_num_workers=0, model_init_kwargs={"dtype": torch.float32},
+            output_dir=str(out_dir),
+            per_device_train_batch_size=sz["prompts"] * sz["group"],
+            num_generations=sz["group"],
+            gradient_accumulation_steps=1,
+            max_completion_length=T,
+            generation_kwargs={"min_new_tokens": T},
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            beta=beta,
+            loss_type="grpo",
+            epsilon=0.2,
+            scale_rewards="group",
+            learning_rate=lr,
+            weight_decay=0.0,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            max_grad_norm=1.0,
+            max_steps=n_steps,
+            seed=seed,
+            gradient_checkpointing=gradient_checkpointing,
+            bf16=sz["bf16"] and device.type == "cuda",
+            use_cpu=device.type == "cpu",
+            report_to="none",
+            save_strategy="no",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            model_init_kwargs={"dtype": torch.float32},
         )
         from transformers import PreTrainedTokenizerFast
 
         tok = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
-        self.trainer = GRPOTrainer(model=str(model_dir), reward_funcs=addition_reward, args=args, train_dataset=ds,
-                                   processing_class=tok)
+        self.trainer = GRPOTrainer(
+            model=str(model_dir), reward_funcs=addition_reward, args=args, train_dataset=ds, processing_class=tok
+        )
         from transformers.trainer_callback import PrinterCallback
 
         self.trainer.remove_callback(PrinterCallback)  # its log lines would interleave with the report
@@ -201,6 +312,7 @@ class TRLSide:
             _sync(device)
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
             return out
+
         return wrapper
 
     def _wrap(self):
@@ -208,7 +320,8 @@ class TRLSide:
         tr._generate = self._timed(tr._generate, lambda: "sample")
         tr._calculate_rewards = self._timed(tr._calculate_rewards, lambda: "score")
         tr._get_per_token_logps_and_entropies = self._timed(
-            tr._get_per_token_logps_and_entropies, lambda: "forward" if torch.is_grad_enabled() else "score")
+            tr._get_per_token_logps_and_entropies, lambda: "forward" if torch.is_grad_enabled() else "score"
+        )
         acc = tr.accelerator
         acc.backward = self._timed(acc.backward, lambda: "backward")
 
@@ -239,6 +352,7 @@ class TRLSide:
 # floors, checks, report
 # ------------------------------------------------------------------------------------------------------------
 
+
 def measured_peaks(device: torch.device) -> dict:
     """Memory bandwidth (a large copy, bytes read + written) and matmul FLOP/s on ``device``."""
     dt = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -261,8 +375,12 @@ def measured_peaks(device: torch.device) -> dict:
 
     t_copy = best(lambda: y.copy_(x), 5)
     t_mm = best(lambda: a @ b, 5)
-    out = {"bandwidth_Bps": 2 * n_bytes / t_copy, "matmul_flops": 2 * n ** 3 / t_mm, "matmul_dtype": str(dt),
-           "onednn_matmul_flops": None}
+    out = {
+        "bandwidth_Bps": 2 * n_bytes / t_copy,
+        "matmul_flops": 2 * n**3 / t_mm,
+        "matmul_dtype": str(dt),
+        "onednn_matmul_flops": None,
+    }
     if device.type == "cpu":  # the capstone's products on the CPU (kltutor.capstone.decoder.cpu_matmul)
         from kltutor.capstone import decoder
 
@@ -270,7 +388,7 @@ def measured_peaks(device: torch.device) -> dict:
         try:
             if decoder.cpu_matmul("auto") == "onednn":
                 bt = b.t()
-                out["onednn_matmul_flops"] = 2 * n ** 3 / best(lambda: decoder.mm_nt(a, bt), 5)
+                out["onednn_matmul_flops"] = 2 * n**3 / best(lambda: decoder.mm_nt(a, bt), 5)
         finally:
             decoder.cpu_matmul(before)
     return out
@@ -279,12 +397,15 @@ def measured_peaks(device: torch.device) -> dict:
 def matmul_params(model) -> int:
     """Parameters a token's forward multiplies by: every weight matrix except the input embedding (the
     tied output layer counts once, as the head)."""
-    return sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in n) + \
-        model.get_output_embeddings().weight.numel()
+    return (
+        sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in n)
+        + model.get_output_embeddings().weight.numel()
+    )
 
 
-def step_flops(n_params: int, B: int, U: int, P: int, T: int, shared: bool, recompute: bool = False,
-               reuse: bool = False) -> float:
+def step_flops(
+    n_params: int, B: int, U: int, P: int, T: int, shared: bool, recompute: bool = False, reuse: bool = False
+) -> float:
     """Matrix FLOPs of one step (2 per parameter per token forward, 4 per token backward; attention over
     at most P + T positions is left out). Sampling: prefill + T - 1 decode steps; the reference and the
     update run over the prompt and the completion; with ``shared`` each distinct prompt (U of them) is
@@ -310,8 +431,14 @@ def floor_estimate(n_params: int, sz: dict, prompt_len: int, peaks: dict, weight
     flops = step_flops(n_params, B, U, prompt_len, T, shared=True, reuse=reuse) - decode_flops
     t_decode = max(decode_bytes / peaks["bandwidth_Bps"], decode_flops / rate)
     t_flops = flops / rate
-    return {"n_params_matmul": n_params, "decode_s": t_decode, "decode_bytes": decode_bytes, "flops": flops,
-            "flops_s": t_flops, "floor_s": t_decode + t_flops}
+    return {
+        "n_params_matmul": n_params,
+        "decode_s": t_decode,
+        "decode_bytes": decode_bytes,
+        "flops": flops,
+        "flops_s": t_flops,
+        "floor_s": t_decode + t_flops,
+    }
 
 
 def quick_check(device: torch.device, log=print) -> bool:
@@ -334,19 +461,30 @@ def quick_check(device: torch.device, log=print) -> bool:
     def hf_logp(ids, attn, P, temperature, top_k=0, top_p=1.0, amp=False):
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            h = model.model(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state[:, P - 1:-1]
+            h = model.model(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state[:, P - 1 : -1]
         z = (h.float() @ model.get_output_embeddings().weight.float().T) * (1.0 / temperature)
         z = filter_logits(z, top_k, top_p)
         return torch.log_softmax(z, -1).gather(-1, ids[:, P:, None]).squeeze(-1)
 
-    precisions = [("float32", None, False)] + ([("bf16-autocast", torch.bfloat16, True)] if device.type == "cuda" else [])
+    precisions = [("float32", None, False)] + (
+        [("bf16-autocast", torch.bfloat16, True)] if device.type == "cuda" else []
+    )
     for mode in modes:
         for prec, cdt, amp in precisions:
             if mode == "compile" and prec == "float32":
                 continue  # one compilation is enough to check the compiled path (bf16 below)
-            for s in (settings[:1] if mode == "compile" else settings):
-                sampler = Sampler(model, tok, ref_model=ref, max_new_tokens=12, decode_mode=mode, compute_dtype=cdt,
-                                  autocast=amp, max_prompt_len=8, **s)
+            for s in settings[:1] if mode == "compile" else settings:
+                sampler = Sampler(
+                    model,
+                    tok,
+                    ref_model=ref,
+                    max_new_tokens=12,
+                    decode_mode=mode,
+                    compute_dtype=cdt,
+                    autocast=amp,
+                    max_prompt_len=8,
+                    **s,
+                )
                 torch.manual_seed(0)
                 for _ in range(2):  # the second call replays the captured graph on fresh data
                     b = sampler.sample(prompts)
@@ -365,21 +503,30 @@ def quick_check(device: torch.device, log=print) -> bool:
                 lengths = b.completion_mask.sum(-1)
                 good = good and bool(torch.isfinite(b.logp).all())
                 ok &= good
-                log(f"  {'ok ' if good else 'BAD'} mode={sampler.decode_mode_used:10s} {prec:13s} {s}: {detail}; "
-                    f"lengths {int(lengths.min())}..{int(lengths.max())}, terminated {int(b.terminated.sum())}/{len(prompts)}")
+                log(
+                    f"  {'ok ' if good else 'BAD'} mode={sampler.decode_mode_used:10s} {prec:13s} {s}: {detail}; "
+                    f"lengths {int(lengths.min())}..{int(lengths.max())}, terminated {int(b.terminated.sum())}/{len(prompts)}"
+                )
             # greedy tokens against model.generate (float32 only: bf16 argmax ties may differ)
             if prec == "float32" and mode != "compile":
                 sampler = Sampler(model, tok, max_new_tokens=12, decode_mode=mode, max_prompt_len=8)
                 b = sampler.sample(prompts, greedy=True)
                 enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
                 with torch.no_grad():
-                    out = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id,
-                                         eos_token_id=tok.eos_token_id)
-                gen = out[:, enc["input_ids"].shape[1]:]
+                    out = model.generate(
+                        **enc,
+                        max_new_tokens=12,
+                        do_sample=False,
+                        pad_token_id=tok.pad_token_id,
+                        eos_token_id=tok.eos_token_id,
+                    )
+                gen = out[:, enc["input_ids"].shape[1] :]
                 T = min(gen.shape[1], b.completion_ids.shape[1])
                 same = torch.equal(gen[:, :T], b.completion_ids[:, :T]) and gen.shape[1] == b.completion_ids.shape[1]
                 ok &= same
-                log(f"  {'ok ' if same else 'BAD'} mode={sampler.decode_mode_used:10s} greedy tokens == model.generate: {same}")
+                log(
+                    f"  {'ok ' if same else 'BAD'} mode={sampler.decode_mode_used:10s} greedy tokens == model.generate: {same}"
+                )
     return ok
 
 
@@ -397,8 +544,13 @@ def report(sides: dict[str, list[dict]], warmup: int) -> dict:
         sec = _median([r["seconds"] for r in recs])
         tok = _median([r["tokens"] / r["seconds"] for r in recs])
         br = {p: _median([r[p] for r in recs]) for p in PHASES}
-        out[name] = {"median_s_per_step": sec, "completion_tokens_per_s": tok, "breakdown_median_s": br,
-                     "n_steps": len(recs), "all_s": [r["seconds"] for r in recs]}
+        out[name] = {
+            "median_s_per_step": sec,
+            "completion_tokens_per_s": tok,
+            "breakdown_median_s": br,
+            "n_steps": len(recs),
+            "all_s": [r["seconds"] for r in recs],
+        }
         share = "  ".join(f"{p} {br[p]:.4f} ({100 * br[p] / sec:.0f}%)" for p in PHASES)
         lines.append(f"{name:28s} {sec:9.4f} s/step  {tok:10.0f} tok/s   {share}")
     print("\n".join(lines))
@@ -413,25 +565,49 @@ def report(sides: dict[str, list[dict]], warmup: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true", help="only check the sampler against a transformers forward; exit 1 on mismatch")
+    p.add_argument(
+        "--quick", action="store_true", help="only check the sampler against a transformers forward; exit 1 on mismatch"
+    )
     p.add_argument("--steps", type=int, default=None, help="measured steps per side (default: the device's)")
     p.add_argument("--warmup", type=int, default=None, help="excluded first steps per side (default: the device's)")
-    p.add_argument("--decode-mode", default="auto", choices=["auto", "eager", "cuda-graph", "compile", "all"],
-                   help="the capstone sampler's decode mode; 'all' times sampling in each mode first and uses the fastest")
-    p.add_argument("--ref-scoring", default="batched", choices=["batched", "in-loop", "both"],
-                   help="how the capstone scores the reference; 'both' (with --no-trl) alternates the two")
-    p.add_argument("--trl", choices=["default", "no-ckpt", "both"], default="both",
-                   help="TRL configuration(s): its defaults (gradient checkpointing on), gradient checkpointing off "
-                        "(no recomputed forward), or one run of each, each alternating with the capstone")
+    p.add_argument(
+        "--decode-mode",
+        default="auto",
+        choices=["auto", "eager", "cuda-graph", "compile", "all"],
+        help="the capstone sampler's decode mode; 'all' times sampling in each mode first and uses the fastest",
+    )
+    p.add_argument(
+        "--ref-scoring",
+        default="batched",
+        choices=["batched", "in-loop", "both"],
+        help="how the capstone scores the reference; 'both' (with --no-trl) alternates the two",
+    )
+    p.add_argument(
+        "--trl",
+        choices=["default", "no-ckpt", "both"],
+        default="both",
+        help="TRL configuration(s): its defaults (gradient checkpointing on), gradient checkpointing off "
+        "(no recomputed forward), or one run of each, each alternating with the capstone",
+    )
     p.add_argument("--no-trl", action="store_true", help="capstone only")
-    p.add_argument("--cpu-matmul", choices=["auto", "onednn", "default", "both"], default="both",
-                   help="the capstone's float32 products on the CPU (kltutor.capstone.decoder.cpu_matmul): oneDNN, torch's "
-                        "default (MKL), or both (two capstone sides, each alternating with TRL); TRL always uses torch's default")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default on the CPU: 1, since OpenMP threads on a shared, loaded machine "
-                        "spin-wait and make both sides several times slower; on a GPU: torch's)")
+    p.add_argument(
+        "--cpu-matmul",
+        choices=["auto", "onednn", "default", "both"],
+        default="both",
+        help="the capstone's float32 products on the CPU (kltutor.capstone.decoder.cpu_matmul): oneDNN, torch's "
+        "default (MKL), or both (two capstone sides, each alternating with TRL); TRL always uses torch's default",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default on the CPU: 1, since OpenMP threads on a shared, loaded machine "
+        "spin-wait and make both sides several times slower; on a GPU: torch's)",
+    )
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--beta", type=float, default=0.04)
     p.add_argument("--seed", type=int, default=0)
@@ -447,14 +623,22 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA GPU is available", file=sys.stderr)
         return 2
-    env = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-           "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine()}
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+    }
     try:
         import transformers
+
         env["transformers"] = transformers.__version__
         import trl
+
         env["trl"] = trl.__version__
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     print("environment:", json.dumps(env))
     if args.quick:
@@ -479,7 +663,9 @@ def main(argv=None) -> int:
     from kltutor.capstone import decoder
 
     scoring = "batched" if args.ref_scoring == "both" else args.ref_scoring
-    backends = {"both": ["onednn", "default"], "auto": ["auto"], "onednn": ["onednn"], "default": ["default"]}[args.cpu_matmul]
+    backends = {"both": ["onednn", "default"], "auto": ["auto"], "onednn": ["onednn"], "default": ["default"]}[
+        args.cpu_matmul
+    ]
     if device.type != "cpu":
         backends = ["auto"]  # the choice concerns the CPU's products only
     elif args.ref_scoring == "both":
@@ -487,25 +673,41 @@ def main(argv=None) -> int:
     if "onednn" in backends and decoder.cpu_matmul("auto") != "onednn":
         print("oneDNN's linear op is not usable with this torch: the capstone uses torch's default products")
         backends = ["default"]
-    caps = {("capstone" if i == 0 else "capstone, torch's default products"):
-            Capstone(model_dir, sz, device, args.lr, args.beta, args.seed, decode_mode, scoring, matmul=m)
-            for i, m in enumerate(backends)}
+    caps = {
+        ("capstone" if i == 0 else "capstone, torch's default products"): Capstone(
+            model_dir, sz, device, args.lr, args.beta, args.seed, decode_mode, scoring, matmul=m
+        )
+        for i, m in enumerate(backends)
+    }
     cap = caps["capstone"]
     if device.type == "cpu":
-        print("capstone products on the CPU: " + ", ".join(f"{k}: {'oneDNN' if c.matmul == 'onednn' else 'torch default (MKL)' if c.matmul == 'default' else decoder.cpu_matmul()}"
-                                                          for k, c in caps.items()) + ("" if args.no_trl else "; TRL: torch default (MKL)"))
+        print(
+            "capstone products on the CPU: "
+            + ", ".join(
+                f"{k}: {'oneDNN' if c.matmul == 'onednn' else 'torch default (MKL)' if c.matmul == 'default' else decoder.cpu_matmul()}"
+                for k, c in caps.items()
+            )
+            + ("" if args.no_trl else "; TRL: torch default (MKL)")
+        )
     n_params = sum(p.numel() for p in cap.policy.parameters())
-    prompt_len = len(cap.tok(cap.task.prompt(sz["max_operand"], sz["max_operand"]), add_special_tokens=False)["input_ids"])
-    print(f"model: {n_params:,} parameters ({matmul_params(cap.policy):,} in matrices a token multiplies by); {sz['prompts']} prompts x {sz['group']} completions x {sz['max_new_tokens']} "
-          f"tokens (forced: min_new_tokens = max_new_tokens on both sides); prompts up to {prompt_len} tokens")
+    prompt_len = len(
+        cap.tok(cap.task.prompt(sz["max_operand"], sz["max_operand"]), add_special_tokens=False)["input_ids"]
+    )
+    print(
+        f"model: {n_params:,} parameters ({matmul_params(cap.policy):,} in matrices a token multiplies by); {sz['prompts']} prompts x {sz['group']} completions x {sz['max_new_tokens']} "
+        f"tokens (forced: min_new_tokens = max_new_tokens on both sides); prompts up to {prompt_len} tokens"
+    )
 
     n_matmul = matmul_params(cap.policy)
     B, U, T = sz["prompts"] * sz["group"], sz["prompts"], sz["max_new_tokens"]
     reuse = cap.sampler.keep_activations  # the first update takes the sampler's products (the CPU)
-    flops = {"capstone (shared prompts" + (", forward reused)" if reuse else ")"):
-             step_flops(n_matmul, B, U, prompt_len, T, shared=True, reuse=reuse),
-             "TRL": step_flops(n_matmul, B, U, prompt_len, T, shared=False),
-             "TRL, gradient checkpointing": step_flops(n_matmul, B, U, prompt_len, T, shared=False, recompute=True)}
+    flops = {
+        "capstone (shared prompts" + (", forward reused)" if reuse else ")"): step_flops(
+            n_matmul, B, U, prompt_len, T, shared=True, reuse=reuse
+        ),
+        "TRL": step_flops(n_matmul, B, U, prompt_len, T, shared=False),
+        "TRL, gradient checkpointing": step_flops(n_matmul, B, U, prompt_len, T, shared=False, recompute=True),
+    }
     print("matrix GFLOP per step: " + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in flops.items()))
 
     why_not = "--no-trl" if args.no_trl else trl_available()
@@ -519,8 +721,17 @@ def main(argv=None) -> int:
             trl_recs: list[dict] = []
             print(f"\n--- capstone vs {name}, alternating, {warmup} + {steps} steps each")
             try:
-                trl_side = TRLSide(model_dir, sz, device, args.lr, args.beta, args.seed, warmup + steps,
-                                   work / f"trl-{int(ckpt)}", ckpt)
+                trl_side = TRLSide(
+                    model_dir,
+                    sz,
+                    device,
+                    args.lr,
+                    args.beta,
+                    args.seed,
+                    warmup + steps,
+                    work / f"trl-{int(ckpt)}",
+                    ckpt,
+                )
 
                 def after_trl_step(seconds, timings, trl_recs=trl_recs, cap_recs=cap_recs):
                     phases = {k: timings.get(k, 0.0) for k in ("sample", "score", "forward", "backward")}
@@ -531,7 +742,7 @@ def main(argv=None) -> int:
 
                 trl_side.run(after_trl_step)
                 del trl_side
-            except Exception as e:  # noqa: BLE001 - report and go on with the capstone alone
+            except Exception as e:
                 print(f"TRL failed: {type(e).__name__}: {e}")
                 why_not = f"TRL failed ({type(e).__name__})"
                 break
@@ -554,20 +765,35 @@ def main(argv=None) -> int:
     print(f"\nwall time {time.perf_counter() - t0:.1f} s; capstone decode mode used: {cap.sampler.decode_mode_used}")
     peaks = measured_peaks(device)
     dnn = peaks.get("onednn_matmul_flops")
-    print(f"measured on this device: {peaks['bandwidth_Bps'] / 1e9:.0f} GB/s copy bandwidth, {peaks['matmul_flops'] / 1e9:.0f} "
-          f"GFLOP/s {peaks['matmul_dtype']} matmul (torch's default)" + (f", {dnn / 1e9:.0f} GFLOP/s through oneDNN" if dnn else ""))
-    floor = floor_estimate(n_matmul, sz, prompt_len, peaks, weight_bytes=2 if sz["bf16"] else 4, reuse=reuse) | {"peaks": peaks}
-    print(f"physical floor: {floor['floor_s'] * 1e3:.2f} ms/step (decode: {T - 1} steps, each reading the weights "
-          f"({floor['decode_bytes'] / 1e6:.1f} MB in all) and doing its FLOPs, {floor['decode_s'] * 1e3:.2f} ms; "
-          f"prefill, reference and update: {floor['flops'] / 1e9:.2f} GFLOP, {floor['flops_s'] * 1e3:.2f} ms)")
+    print(
+        f"measured on this device: {peaks['bandwidth_Bps'] / 1e9:.0f} GB/s copy bandwidth, {peaks['matmul_flops'] / 1e9:.0f} "
+        f"GFLOP/s {peaks['matmul_dtype']} matmul (torch's default)"
+        + (f", {dnn / 1e9:.0f} GFLOP/s through oneDNN" if dnn else "")
+    )
+    floor = floor_estimate(n_matmul, sz, prompt_len, peaks, weight_bytes=2 if sz["bf16"] else 4, reuse=reuse) | {
+        "peaks": peaks
+    }
+    print(
+        f"physical floor: {floor['floor_s'] * 1e3:.2f} ms/step (decode: {T - 1} steps, each reading the weights "
+        f"({floor['decode_bytes'] / 1e6:.1f} MB in all) and doing its FLOPs, {floor['decode_s'] * 1e3:.2f} ms; "
+        f"prefill, reference and update: {floor['flops'] / 1e9:.2f} GFLOP, {floor['flops_s'] * 1e3:.2f} ms)"
+    )
     for name, r in results.items():
         for side, v in r.items():
             if isinstance(v, dict) and "median_s_per_step" in v:
                 print(f"  {name}: {side} at {v['median_s_per_step'] / floor['floor_s']:.1f}x the floor")
-    res = {"results": results, "floor": floor, "flops_per_step": flops, "environment": env, "sizes": sz,
-           "warmup": warmup, "decode_mode": cap.sampler.decode_mode_used, "ref_scoring": args.ref_scoring,
-           "cpu_matmul": {k: c.matmul for k, c in caps.items()},
-           "command": " ".join(sys.argv)}
+    res = {
+        "results": results,
+        "floor": floor,
+        "flops_per_step": flops,
+        "environment": env,
+        "sizes": sz,
+        "warmup": warmup,
+        "decode_mode": cap.sampler.decode_mode_used,
+        "ref_scoring": args.ref_scoring,
+        "cpu_matmul": {k: c.matmul for k, c in caps.items()},
+        "command": " ".join(sys.argv),
+    }
     if args.json:
         args.json.write_text(json.dumps(res, indent=1, default=str))
     return 0
@@ -579,8 +805,11 @@ def pick_decode_mode(model_dir: Path, sz: dict, device: torch.device, args) -> s
     times = {}
     for mode in modes:
         cap = Capstone(model_dir, sz, device, args.lr, args.beta, args.seed, mode, args.ref_scoring)
-        prompts = [cap.task.prompt(a, b) for a, b in cap.task.sample(sz["prompts"], torch.Generator().manual_seed(0))
-                   for _ in range(sz["group"])]
+        prompts = [
+            cap.task.prompt(a, b)
+            for a, b in cap.task.sample(sz["prompts"], torch.Generator().manual_seed(0))
+            for _ in range(sz["group"])
+        ]
         t_all = []
         for i in range(8):
             _sync(device)

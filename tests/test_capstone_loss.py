@@ -242,9 +242,22 @@ def test_step_loss_hands_every_setting_to_grpo_loss(settings):
     logp, old, ref, kl, mask, rewards = _stale_batch()
     cfg = CapstoneConfig(beta=BETA, group_size=4, **settings)
     loss, kl_term, clip = step_loss(cfg, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, BETA)
-    want = grpo_loss(logp, old, ref, mask, rewards, 4, placement=cfg.placement, beta=BETA, clip_eps=cfg.clip_eps,
-                     clip_std=cfg.clip_std, normalize_std=cfg.normalize_std, aggregation=cfg.aggregation,
-                     kl_level=cfg.kl_level, importance_weighted_kl=cfg.importance_weighted_kl)
+    want = grpo_loss(
+        logp,
+        old,
+        ref,
+        mask,
+        rewards,
+        4,
+        placement=cfg.placement,
+        beta=BETA,
+        clip_eps=cfg.clip_eps,
+        clip_std=cfg.clip_std,
+        normalize_std=cfg.normalize_std,
+        aggregation=cfg.aggregation,
+        kl_level=cfg.kl_level,
+        importance_weighted_kl=cfg.importance_weighted_kl,
+    )
     assert float(loss) == pytest.approx(float(want.loss), rel=1e-12)
     assert float(kl_term) == pytest.approx(float(want.kl_term), rel=1e-12)
     assert float(clip) == pytest.approx(float(want.clip_fraction), rel=1e-12)
@@ -252,8 +265,11 @@ def test_step_loss_hands_every_setting_to_grpo_loss(settings):
     assert abs(float(want.loss) - float(default.loss)) > 1e-6  # the setting changes the loss: it is tested
 
 
-@pytest.mark.parametrize("settings", [dict(clip_std=(0.5, 0.6)), dict(normalize_std=False), dict(clip_eps=0.05)],
-                         ids=["clip_std", "no-normalize-std", "clip_eps"])
+@pytest.mark.parametrize(
+    "settings",
+    [dict(clip_std=(0.5, 0.6)), dict(normalize_std=False), dict(clip_eps=0.05)],
+    ids=["clip_std", "no-normalize-std", "clip_eps"],
+)
 def test_exact_in_loss_uses_the_advantage_settings(settings):
     from kltutor.grpo import group_advantages
     from kltutor.placements import aggregate, clipped_surrogate
@@ -270,8 +286,9 @@ def test_exact_in_loss_uses_the_advantage_settings(settings):
 def test_exact_in_loss_prefix_weights_by_hand_with_padding():
     """W_t = prod_{s<t} pi/pi_old over the response tokens only; padding after EOS holds garbage."""
     logp, old, ref, kl, mask, rewards = _stale_batch()
-    cfg = CapstoneConfig(placement="exact-in-loss", beta=BETA, group_size=4, importance_weighted_kl=True,
-                         aggregation="sequence-sum")
+    cfg = CapstoneConfig(
+        placement="exact-in-loss", beta=BETA, group_size=4, importance_weighted_kl=True, aggregation="sequence-sum"
+    )
     plain = cfg.replace(importance_weighted_kl=False)
     st, o = {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}
     weighted = step_loss(cfg, st, o, mask, rewards, BETA)[0] - step_loss(plain, st, o, mask, rewards, BETA)[0]

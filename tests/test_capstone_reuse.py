@@ -29,8 +29,17 @@ def _models(tok, seed=0):
 
 
 def _grads(policy, b, ref, weights, activations, temperature=0.9):
-    st = sequence_stats(policy, b.input_ids, b.attention_mask, b.n_prompt, ref, chunk=5, temperature=temperature,
-                        prompt_index=b.prompt_index, activations=activations)
+    st = sequence_stats(
+        policy,
+        b.input_ids,
+        b.attention_mask,
+        b.n_prompt,
+        ref,
+        chunk=5,
+        temperature=temperature,
+        prompt_index=b.prompt_index,
+        activations=activations,
+    )
     m = b.completion_mask.float()
     loss = (st["logp"] * weights * m).sum() + (st["kl"] * m).sum()
     return st, torch.autograd.grad(loss, list(policy.parameters()))
@@ -56,11 +65,14 @@ def test_the_recorded_forward_gives_the_recomputed_values_and_gradients(tok, bac
         slow, g_slow = _grads(policy, b, ref, w, None)
         # model.forward: every row in full, no shared prompt, no recording
         ids, attn, P = b.input_ids, b.attention_mask, b.n_prompt
-        h = hidden_states(policy, ids, attn)[:, P - 1:-1]
+        h = hidden_states(policy, ids, attn)[:, P - 1 : -1]
         with torch.no_grad():
-            rh = hidden_states(ref, ids, attn)[:, P - 1:-1]
-        hf = naive_token_stats(h @ policy.get_output_embeddings().weight.T / 0.9, ids[:, P:],
-                               rh @ ref.get_output_embeddings().weight.T / 0.9)
+            rh = hidden_states(ref, ids, attn)[:, P - 1 : -1]
+        hf = naive_token_stats(
+            h @ policy.get_output_embeddings().weight.T / 0.9,
+            ids[:, P:],
+            rh @ ref.get_output_embeddings().weight.T / 0.9,
+        )
         mf = m.float()
         g_hf = torch.autograd.grad((hf["logp"] * w * mf).sum() + (hf["kl"] * mf).sum(), list(policy.parameters()))
         for k in ("logp", "entropy", "ref_logp", "kl"):
@@ -83,15 +95,24 @@ def test_the_recording_is_used_only_at_the_parameters_it_was_made_with(tok):
     b2 = s.sample(PROMPTS)  # the buffers now hold another batch
     assert not acts.usable(policy) and b2.activations.usable(policy)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
-    st = sequence_stats(policy, b2.input_ids, b2.attention_mask, b2.n_prompt, prompt_index=b2.prompt_index,
-                        activations=b2.activations)
+    st = sequence_stats(
+        policy, b2.input_ids, b2.attention_mask, b2.n_prompt, prompt_index=b2.prompt_index, activations=b2.activations
+    )
     (st["logp"] * b2.completion_mask).sum().backward()
     opt.step()  # the parameters moved: the recording no longer stands for a forward pass
     assert not b2.activations.usable(policy)
     with torch.no_grad():
-        later = sequence_stats(policy, b2.input_ids, b2.attention_mask, b2.n_prompt, prompt_index=b2.prompt_index,
-                               activations=b2.activations)["logp"]
-        fresh = sequence_stats(policy, b2.input_ids, b2.attention_mask, b2.n_prompt, prompt_index=b2.prompt_index)["logp"]
+        later = sequence_stats(
+            policy,
+            b2.input_ids,
+            b2.attention_mask,
+            b2.n_prompt,
+            prompt_index=b2.prompt_index,
+            activations=b2.activations,
+        )["logp"]
+        fresh = sequence_stats(policy, b2.input_ids, b2.attention_mask, b2.n_prompt, prompt_index=b2.prompt_index)[
+            "logp"
+        ]
     assert torch.equal(later, fresh)  # refused: recomputed at the new parameters
     assert (later - st["logp"].detach()).abs().max() > 1e-4
 
@@ -109,11 +130,30 @@ def test_a_step_reuses_the_recording_at_its_first_update_only(tok, monkeypatch):
 
     task = AdditionTask(9)
     policy, ref = _models(tok)
-    cfg = CapstoneConfig(max_operand=9, prompts_per_step=4, group_size=4, max_new_tokens=4, device="cpu", progress=False,
-                         placement="k3-in-loss", beta=0.1, updates_per_batch=3, lr=1e-3).validate()
-    ctx = loop.StepContext(cfg, policy, ref, tok, task, loop.make_optimizer(policy.parameters(), cfg.lr),
-                           loop.make_beta_schedule(cfg), torch.Generator().manual_seed(0), torch.device("cpu"),
-                           loop.make_sampler(cfg, policy, ref, tok, task, torch.device("cpu")))
+    cfg = CapstoneConfig(
+        max_operand=9,
+        prompts_per_step=4,
+        group_size=4,
+        max_new_tokens=4,
+        device="cpu",
+        progress=False,
+        placement="k3-in-loss",
+        beta=0.1,
+        updates_per_batch=3,
+        lr=1e-3,
+    ).validate()
+    ctx = loop.StepContext(
+        cfg,
+        policy,
+        ref,
+        tok,
+        task,
+        loop.make_optimizer(policy.parameters(), cfg.lr),
+        loop.make_beta_schedule(cfg),
+        torch.Generator().manual_seed(0),
+        torch.device("cpu"),
+        loop.make_sampler(cfg, policy, ref, tok, task, torch.device("cpu")),
+    )
     loop._step(ctx, 0)
     policy_calls = calls[-3:]  # the three updates (the reference's scoring pass comes first)
     assert policy_calls == [True, False, False]
@@ -142,8 +182,17 @@ def test_attention_by_batched_products_equals_sdpa(L, time_major):
     qin = q.transpose(0, 1) if time_major else q
     out = decoder.attention(qin, k, v, bias, 0.3, time_major=time_major)
     out = out.transpose(0, 1) if time_major else out
-    ref = F.scaled_dot_product_attention(q.transpose(1, 2), k.repeat_interleave(H // KV, 1), v.repeat_interleave(H // KV, 1),
-                                         attn_mask=allowed, scale=0.3).transpose(1, 2).reshape(N, L, H * hd)
+    ref = (
+        F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.repeat_interleave(H // KV, 1),
+            v.repeat_interleave(H // KV, 1),
+            attn_mask=allowed,
+            scale=0.3,
+        )
+        .transpose(1, 2)
+        .reshape(N, L, H * hd)
+    )
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     w = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     for a, c in zip(torch.autograd.grad((out * w).sum(), (q, k, v)), torch.autograd.grad((ref * w).sum(), (q, k, v))):
@@ -161,8 +210,14 @@ def test_products_through_onednn_equal_torchs():
         out = {}
         for mode in ("onednn", "default"):
             decoder.cpu_matmul(mode)
-            out[mode] = (decoder.mm_nt(x, w, b), decoder.mm_nt(x, w, b, add=r), decoder.mm_nt(x[:, ::2], w[:, ::2]),
-                         decoder.mm_tn(gg, x), decoder.mm_tn(x, gg), decoder.mm_nt(x, w, out=torch.empty(50, 40)))
+            out[mode] = (
+                decoder.mm_nt(x, w, b),
+                decoder.mm_nt(x, w, b, add=r),
+                decoder.mm_nt(x[:, ::2], w[:, ::2]),
+                decoder.mm_tn(gg, x),
+                decoder.mm_tn(x, gg),
+                decoder.mm_nt(x, w, out=torch.empty(50, 40)),
+            )
         for a, c in zip(out["onednn"], out["default"]):
             torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out["default"][3], gg.T @ x)

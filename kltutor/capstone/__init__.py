@@ -21,12 +21,32 @@ import warnings as _warnings
 # tqdm.auto warns on import in a notebook without ipywidgets; the text bar it falls back to is fine.
 _warnings.filterwarnings("ignore", message="IProgress not found")
 
-from kltutor.capstone.config import (CAPSTONE_PLACEMENTS, PRESETS, CapstoneConfig, CapstoneUserError, default_cache_dir,
-                                     preset)
+from kltutor.capstone.config import (
+    CAPSTONE_PLACEMENTS,
+    PRESETS,
+    CapstoneConfig,
+    CapstoneUserError,
+    default_cache_dir,
+    preset,
+)
 from kltutor.capstone.loop import METRICS, TIMING_METRICS, RunResult, generate_completions, run
 from kltutor.capstone.sampler import Sampler
 from kltutor.capstone.sweep import sweep
 from kltutor.capstone.task import AdditionTask
 
-__all__ = ["CAPSTONE_PLACEMENTS", "PRESETS", "CapstoneConfig", "CapstoneUserError", "default_cache_dir", "preset", "METRICS",
-           "TIMING_METRICS", "RunResult", "generate_completions", "run", "sweep", "AdditionTask", "Sampler"]
+__all__ = [
+    "CAPSTONE_PLACEMENTS",
+    "PRESETS",
+    "CapstoneConfig",
+    "CapstoneUserError",
+    "default_cache_dir",
+    "preset",
+    "METRICS",
+    "TIMING_METRICS",
+    "RunResult",
+    "generate_completions",
+    "run",
+    "sweep",
+    "AdditionTask",
+    "Sampler",
+]

@@ -19,8 +19,7 @@ import types
 import typing
 from pathlib import Path
 
-from kltutor.capstone.config import (CAPSTONE_PLACEMENTS, PRESETS, CapstoneConfig, CapstoneUserError, ConfigError,
-                                     flag)
+from kltutor.capstone.config import CAPSTONE_PLACEMENTS, PRESETS, CapstoneConfig, CapstoneUserError, ConfigError, flag
 from kltutor.schedules import SCHEDULES
 
 HELP = {
@@ -28,24 +27,32 @@ HELP = {
     "beta": "KL coefficient beta >= 0 (the initial value for an adaptive schedule)",
     "kl_level": "in-loss estimators: 'token' (per-token estimator) or 'sequence' (estimator of the summed log-ratio)",
     "kl_schedule": f"beta schedule (kltutor.schedules): {', '.join(SCHEDULES)}; 'adaptive' is Ziegler et al.'s "
-                   "controller, 'ppo-penalty' the PPO paper's, 'linear'/'cosine'/'exponential' anneal --beta to --beta-end",
+    "controller, 'ppo-penalty' the PPO paper's, 'linear'/'cosine'/'exponential' anneal --beta to --beta-end",
     "kl_target": "adaptive and ppo-penalty: target sequence KL in nats (default 1.0)",
     "kl_horizon": "adaptive: horizon in samples (default 10000); annealing: samples until --beta-end (default: the whole run)",
     "beta_end": "linear, cosine and exponential schedules: the final beta (required by them)",
     "importance_weighted_kl": "in-loss KL on stale samples (--updates-per-batch > 1): k*-in-loss weight each token by "
-                              "w_t = pi/pi_old; exact-in-loss weights position t by the prefix ratio prod_{s<t} w_s",
+    "w_t = pi/pi_old; exact-in-loss weights position t by the prefix ratio prod_{s<t} w_s",
     "max_operand": "prompts are 'a+b=' with a, b uniform integers in [0, max_operand]",
     "format_reward": "reward of a well-formed wrong answer (digits then EOS), in [0, 1)",
     "model": "start from this local model directory (or a model name already in the Hugging Face cache; nothing is "
-             "downloaded); default: a small Qwen2 trained from scratch (the --hidden-size ... options)",
-    "hidden_size": "scratch model: hidden size", "num_layers": "scratch model: transformer layers",
-    "num_heads": "scratch model: attention heads", "num_kv_heads": "scratch model: key/value heads",
+    "downloaded); default: a small Qwen2 trained from scratch (the --hidden-size ... options)",
+    "hidden_size": "scratch model: hidden size",
+    "num_layers": "scratch model: transformer layers",
+    "num_heads": "scratch model: attention heads",
+    "num_kv_heads": "scratch model: key/value heads",
     "intermediate_size": "scratch model: MLP width",
     "sft_steps": "SFT steps that make the reference policy (0: the loaded model is the reference)",
-    "sft_batch_size": "SFT batch size", "sft_lr": "SFT learning rate", "sft_seed": "SFT seed (part of the cache key)",
-    "steps": "GRPO steps (>= 1; with --resume: the total, beyond the checkpoint's step)", "prompts_per_step": "prompts per step", "group_size": "completions per prompt (>= 2)",
-    "max_new_tokens": "completion budget in tokens", "temperature": "sampling temperature (log-probs use the same)",
-    "lr": "policy learning rate (AdamW)", "clip_eps": "PPO clip range epsilon",
+    "sft_batch_size": "SFT batch size",
+    "sft_lr": "SFT learning rate",
+    "sft_seed": "SFT seed (part of the cache key)",
+    "steps": "GRPO steps (>= 1; with --resume: the total, beyond the checkpoint's step)",
+    "prompts_per_step": "prompts per step",
+    "group_size": "completions per prompt (>= 2)",
+    "max_new_tokens": "completion budget in tokens",
+    "temperature": "sampling temperature (log-probs use the same)",
+    "lr": "policy learning rate (AdamW)",
+    "clip_eps": "PPO clip range epsilon",
     "clip_std": "clamp the group reward std into LO HI before dividing (two numbers; needs --normalize-std)",
     "normalize_std": "divide advantages by the group std (--no-normalize-std: Dr. GRPO)",
     "aggregation": "loss aggregation: token-mean, sequence-mean or sequence-sum",
@@ -53,27 +60,32 @@ HELP = {
     "max_grad_norm": "gradient-norm clipping threshold",
     "logprob_chunk": "rows of [batch*time] per chunk in the log-softmax (lower it to save memory)",
     "bf16": "bf16 autocast on a GPU (--no-bf16 to disable; ignored on the CPU)",
-    "device": "auto, cpu or cuda", "seed": "seed of the RL run (prompts, sampling)",
+    "device": "auto, cpu or cuda",
+    "seed": "seed of the RL run (prompts, sampling)",
     "top_p": "nucleus sampling: keep the most likely tokens up to total probability TOP_P (1: off); old_logp is then the truncated distribution's",
     "top_k": "sample among the TOP_K most likely tokens (0: off); old_logp is then the truncated distribution's",
     "logprob_dtype": "precision of the sampler's logits, log-softmax and scoring pass: float32 or bfloat16 (bfloat16 reproduces a sampler/trainer mismatch)",
     "decode_mode": "sampler decode step: auto (CUDA graph on a GPU, eager on the CPU), eager, cuda-graph or compile (falls back to eager, with a warning, if capture fails)",
     "ref_scoring": "reference log-probs: batched (one pass after sampling) or in-loop (inside the decode loop)",
     "run_dir": "directory for run.json, metrics.jsonl and checkpoints (default: a new temporary directory); with "
-               "--sweep, the sweep's directory: one sub-directory per run, sweep.json and sweep.csv",
+    "--sweep, the sweep's directory: one sub-directory per run, sweep.json and sweep.csv",
     "cache_dir": "directory of cached reference policies (default: $KLTUTOR_CACHE/capstone or ~/.cache/kltutor/capstone)",
     "checkpoint_every": "write a checkpoint every N steps (0: never)",
     "resume": "continue the run in --run-dir from its checkpoint; options left out take the values in its run.json",
     "overwrite": "replace the run (or sweep) already in --run-dir: its run.json, metrics.jsonl and checkpoint",
     "allow_config_change": "with --resume: apply options that change what the run is (placement, beta, lr, ...; "
-                           "run.json records them) instead of refusing",
+    "run.json records them) instead of refusing",
     "progress": "tqdm progress bars (--no-progress, or TQDM_DISABLE=1, turns them off)",
 }
 
 
 def _base_type(t):
     """``int`` for ``int`` and ``int | None``, etc."""
-    args = [a for a in typing.get_args(t) if a is not type(None)] if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union else [t]
+    args = (
+        [a for a in typing.get_args(t) if a is not type(None)]
+        if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union
+        else [t]
+    )
     return args[0] if len(args) == 1 and args[0] in (int, float, str, bool) else str
 
 
@@ -84,24 +96,43 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (python -m kltutor.capstone --help lists every option)\n")
 
 
-CHOICES = {"placement": CAPSTONE_PLACEMENTS, "kl_schedule": tuple(SCHEDULES), "kl_level": ("token", "sequence"),
-           "aggregation": ("token-mean", "sequence-mean", "sequence-sum"), "device": ("auto", "cpu", "cuda")}
+CHOICES = {
+    "placement": CAPSTONE_PLACEMENTS,
+    "kl_schedule": tuple(SCHEDULES),
+    "kl_level": ("token", "sequence"),
+    "aggregation": ("token-mean", "sequence-mean", "sequence-sum"),
+    "device": ("auto", "cpu", "cuda"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m kltutor.capstone",
         description="GRPO with a selectable KL placement on a small transformers model (kltutor's capstone chapter). "
-                    "Options left out take the preset's value, then CapstoneConfig's default.",
+        "Options left out take the preset's value, then CapstoneConfig's default.",
         epilog="With --resume, options left out take the values in the run's run.json. Every mistake is one line "
-               "on stderr that names the flag or the file, with exit code 2.")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="smoke (the default): the CPU, under a minute; colab: a 16 GB GPU; h100: one H100/H200; "
-                        "--resume takes the run's settings instead")
-    p.add_argument("--sweep", action="store_true", default=False,
-                   help="run a grid --placements x --betas x --seeds instead of one run (not with --placement, --beta, "
-                        "--seed, --resume); writes sweep.csv in --run-dir (default: a new temporary directory)")
-    p.add_argument("--placements", nargs="+", default=None, help=f"sweep: placements (default: all of {', '.join(CAPSTONE_PLACEMENTS)})")
+        "on stderr that names the flag or the file, with exit code 2.",
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="smoke (the default): the CPU, under a minute; colab: a 16 GB GPU; h100: one H100/H200; "
+        "--resume takes the run's settings instead",
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        default=False,
+        help="run a grid --placements x --betas x --seeds instead of one run (not with --placement, --beta, "
+        "--seed, --resume); writes sweep.csv in --run-dir (default: a new temporary directory)",
+    )
+    p.add_argument(
+        "--placements",
+        nargs="+",
+        default=None,
+        help=f"sweep: placements (default: all of {', '.join(CAPSTONE_PLACEMENTS)})",
+    )
     p.add_argument("--betas", nargs="+", type=float, default=None, help="sweep: betas (default: 0.05)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="sweep: seeds (default: 0)")
     hints = typing.get_type_hints(CapstoneConfig)
@@ -109,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(CapstoneConfig):
         h = HELP[f.name]
         v = getattr(smoke, f.name)
-        if v is not None and not (isinstance(v, bool) and hints[f.name] is bool and f.name in ("resume", "overwrite", "allow_config_change")):
+        if v is not None and not (
+            isinstance(v, bool) and hints[f.name] is bool and f.name in ("resume", "overwrite", "allow_config_change")
+        ):
             shown = " ".join(map(str, v)) if isinstance(v, tuple) else v
             h += f" (default: {shown}{' with --preset smoke' if f.name in PRESETS['smoke'] else ''})"
         t = _base_type(hints[f.name])
@@ -129,7 +162,9 @@ ARCHITECTURE = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "inter
 
 def _given(args: argparse.Namespace) -> dict:
     """The config options given on the command line (``None``: left out)."""
-    out = {f.name: getattr(args, f.name) for f in dataclasses.fields(CapstoneConfig) if getattr(args, f.name) is not None}
+    out = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(CapstoneConfig) if getattr(args, f.name) is not None
+    }
     if "clip_std" in out:
         out["clip_std"] = tuple(out["clip_std"])
     return out
@@ -146,8 +181,12 @@ def config_from_args(args: argparse.Namespace) -> CapstoneConfig:
     given = _given(args)
     if args.sweep:
         _refuse(given, ("placement", "beta", "seed"), "sets one run; a sweep takes --placements, --betas and --seeds")
-        _refuse(given, ("resume", "allow_config_change"), "cannot be used with --sweep: a sweep starts every run afresh "
-                "(resume one of its runs alone with --run-dir <sweep dir>/<run> --resume)")
+        _refuse(
+            given,
+            ("resume", "allow_config_change"),
+            "cannot be used with --sweep: a sweep starts every run afresh "
+            "(resume one of its runs alone with --run-dir <sweep dir>/<run> --resume)",
+        )
     else:
         for name in ("placements", "betas", "seeds"):
             if getattr(args, name) is not None:
@@ -157,7 +196,9 @@ def config_from_args(args: argparse.Namespace) -> CapstoneConfig:
     if given.get("placement") == "none":
         _refuse(given, ("beta",), "weights the KL term, and --placement none has none")
     if given.get("sft_steps") == 0:
-        _refuse(given, ("sft_batch_size", "sft_lr"), "is not used with --sft-steps 0 (no SFT: the model is the reference)")
+        _refuse(
+            given, ("sft_batch_size", "sft_lr"), "is not used with --sft-steps 0 (no SFT: the model is the reference)"
+        )
     if given.get("resume"):
         if args.preset is not None:
             raise ConfigError("--resume takes the run's settings from its run.json; leave --preset out", "preset")
@@ -180,7 +221,11 @@ def _main_sweep(args: argparse.Namespace, cfg: CapstoneConfig) -> int:
     placements = args.placements or list(CAPSTONE_PLACEMENTS)
     betas = args.betas or [0.05]
     seeds = args.seeds or [0]
-    out = Path(cfg.run_dir).expanduser() if cfg.run_dir else Path(tempfile.gettempdir()) / f"kltutor-sweep-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    out = (
+        Path(cfg.run_dir).expanduser()
+        if cfg.run_dir
+        else Path(tempfile.gettempdir()) / f"kltutor-sweep-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    )
     df = sweep(placements, betas, seeds, cfg.replace(run_dir=None), out_dir=out)
     last = df.groupby(["placement", "beta_init", "seed"]).tail(1)
     print(last[["placement", "beta_init", "seed", "reward", "kl_exact_seq", "entropy"]].round(4).to_string(index=False))

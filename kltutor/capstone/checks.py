@@ -29,8 +29,14 @@ class GradientCheck:
     forward: torch.Tensor  # exact beta * grad KL(pi_ref || pi)
 
 
-def placement_gradient_check(placement: str, n: int = 20000, beta: float = 1.0, seed: int = 0,
-                             logits=(0.5, -0.3, 1.2, 0.0, -1.0), ref_logits=(0.0, 0.4, 0.1, -0.5, 0.3)) -> GradientCheck:
+def placement_gradient_check(
+    placement: str,
+    n: int = 20000,
+    beta: float = 1.0,
+    seed: int = 0,
+    logits=(0.5, -0.3, 1.2, 0.0, -1.0),
+    ref_logits=(0.0, 0.4, 0.1, -0.5, 0.3),
+) -> GradientCheck:
     """Mean per-sample gradient of the KL part of ``grpo_loss`` at ``placement`` (on-policy, w = 1).
 
     Returns a :class:`GradientCheck`: ``mean`` and ``se`` (standard error) of the gradient wrt the
@@ -47,10 +53,23 @@ def placement_gradient_check(placement: str, n: int = 20000, beta: float = 1.0, 
     th = theta.expand(n, -1).clone().requires_grad_(True)  # row i receives sample i's gradient
     logp = torch.log_softmax(th, -1).gather(-1, y[:, None])
     ref_logp = torch.log_softmax(ref, -1)[y][:, None]
-    out = grpo_loss(logp, logp.detach(), ref_logp, torch.ones_like(logp), torch.zeros(n, dtype=torch.float64),
-                    group_size=2, placement=placement, beta=beta, aggregation="sequence-sum")
+    out = grpo_loss(
+        logp,
+        logp.detach(),
+        ref_logp,
+        torch.ones_like(logp),
+        torch.zeros(n, dtype=torch.float64),
+        group_size=2,
+        placement=placement,
+        beta=beta,
+        aggregation="sequence-sum",
+    )
     (grad,) = torch.autograd.grad(out.loss * n, th)
     pi, rho = torch.softmax(theta, -1), torch.softmax(ref, -1)
     ell = torch.log(pi) - torch.log(rho)
-    return GradientCheck(mean=grad.mean(0), se=grad.std(0) / math.sqrt(n), reverse=beta * pi * (ell - (pi * ell).sum()),
-                         forward=beta * (pi - rho))
+    return GradientCheck(
+        mean=grad.mean(0),
+        se=grad.std(0) / math.sqrt(n),
+        reverse=beta * pi * (ell - (pi * ell).sum()),
+        forward=beta * (pi - rho),
+    )

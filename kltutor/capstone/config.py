@@ -5,14 +5,32 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CAPSTONE_PLACEMENTS", "CapstoneConfig", "CapstoneUserError", "ConfigError", "RunNotFoundError",
-           "CapstoneOutOfMemoryError", "PRESETS", "preset", "default_cache_dir", "flag"]
+__all__ = [
+    "CAPSTONE_PLACEMENTS",
+    "CapstoneConfig",
+    "CapstoneUserError",
+    "ConfigError",
+    "RunNotFoundError",
+    "CapstoneOutOfMemoryError",
+    "PRESETS",
+    "preset",
+    "default_cache_dir",
+    "flag",
+]
 
 # The placements of kltutor.placements plus the exact full-vocabulary KL in the loss.
-CAPSTONE_PLACEMENTS = ("none", "k1-in-reward", "k3-in-reward", "k1-in-loss", "k2-in-loss", "k3-in-loss", "exact-in-loss")
+CAPSTONE_PLACEMENTS = (
+    "none",
+    "k1-in-reward",
+    "k3-in-reward",
+    "k1-in-loss",
+    "k2-in-loss",
+    "k3-in-loss",
+    "exact-in-loss",
+)
 
 
 class CapstoneUserError(Exception):
@@ -63,11 +81,17 @@ class CapstoneConfig:
     placement: str = "k1-in-reward"  # where the KL term goes (see CAPSTONE_PLACEMENTS)
     beta: float = 0.05  # KL coefficient (initial value for an adaptive schedule)
     kl_level: str = "token"  # in-loss estimators: apply per token ('token') or to the sequence log-ratio ('sequence')
-    kl_schedule: str = "fixed"  # a name of kltutor.schedules.SCHEDULES: 'fixed', 'adaptive', 'ppo-penalty', 'linear', ...
+    kl_schedule: str = (
+        "fixed"  # a name of kltutor.schedules.SCHEDULES: 'fixed', 'adaptive', 'ppo-penalty', 'linear', ...
+    )
     kl_target: float | None = None  # adaptive / ppo-penalty: target sequence KL in nats (None: 1.0)
-    kl_horizon: int | None = None  # adaptive: horizon in samples (None: 10000); annealing: samples to reach beta_end (None: the whole run)
+    kl_horizon: int | None = (
+        None  # adaptive: horizon in samples (None: 10000); annealing: samples to reach beta_end (None: the whole run)
+    )
     beta_end: float | None = None  # annealing schedules (linear, cosine, exponential): the final beta
-    importance_weighted_kl: bool = False  # in-loss KL on stale samples: importance weights (``ch-placements``; see loss.step_loss)
+    importance_weighted_kl: bool = (
+        False  # in-loss KL on stale samples: importance weights (``ch-placements``; see loss.step_loss)
+    )
     # --- task ---
     max_operand: int = 49  # operands are integers in [0, max_operand]
     format_reward: float = 0.0  # reward for a well-formed but wrong answer (digits then EOS)
@@ -103,8 +127,12 @@ class CapstoneConfig:
     top_p: float = 1.0  # nucleus sampling: keep the most likely tokens up to probability top_p (1: off)
     top_k: int = 0  # sample among the top_k most likely tokens (0: off)
     logprob_dtype: str = "float32"  # the sampler's logits, log-softmax and scoring pass: 'float32' or 'bfloat16'
-    decode_mode: str = "auto"  # sampler decode step: 'auto' (CUDA graph on a GPU, eager on the CPU), 'eager', 'cuda-graph', 'compile'
-    ref_scoring: str = "batched"  # reference log-probs: one pass after sampling ('batched') or inside the decode loop ('in-loop')
+    decode_mode: str = (
+        "auto"  # sampler decode step: 'auto' (CUDA graph on a GPU, eager on the CPU), 'eager', 'cuda-graph', 'compile'
+    )
+    ref_scoring: str = (
+        "batched"  # reference log-probs: one pass after sampling ('batched') or inside the decode loop ('in-loop')
+    )
     # --- files ---
     run_dir: str | None = None  # where metrics.jsonl and checkpoints go (None: a temporary directory)
     cache_dir: str | None = None  # where reference policies are cached (None: default_cache_dir())
@@ -114,7 +142,7 @@ class CapstoneConfig:
     allow_config_change: bool = False  # resume even if settings that change the run's meaning differ from run.json
     progress: bool = True  # tqdm progress bar (TQDM_DISABLE=1 turns it off)
 
-    def validate(self) -> "CapstoneConfig":
+    def validate(self) -> CapstoneConfig:
         """Raise :class:`ConfigError` (a ``ValueError``) naming the first bad field; return ``self``."""
         from kltutor.schedules import SCHEDULES
 
@@ -122,22 +150,45 @@ class CapstoneConfig:
             return ConfigError(message, name)
 
         if self.placement not in CAPSTONE_PLACEMENTS:
-            raise bad("placement", f"unknown KL placement {self.placement!r}; choose one of {list(CAPSTONE_PLACEMENTS)}")
+            raise bad(
+                "placement", f"unknown KL placement {self.placement!r}; choose one of {list(CAPSTONE_PLACEMENTS)}"
+            )
         if not _real(self.beta) or self.beta < 0:
             raise bad("beta", f"beta must be a finite number >= 0, got {self.beta!r}")
         if self.kl_level not in ("token", "sequence"):
             raise bad("kl_level", f"kl_level must be 'token' or 'sequence', got {self.kl_level!r}")
         if self.kl_level == "sequence" and self.placement in ("k1-in-reward", "k3-in-reward", "exact-in-loss", "none"):
-            raise bad("kl_level", f"kl_level='sequence' applies to the k*-in-loss placements, not to {self.placement!r}")
+            raise bad(
+                "kl_level", f"kl_level='sequence' applies to the k*-in-loss placements, not to {self.placement!r}"
+            )
         if self.importance_weighted_kl and self.kl_level == "sequence":
-            raise bad("importance_weighted_kl", "importance_weighted_kl is implemented at token level only (kl_level='token')")
+            raise bad(
+                "importance_weighted_kl", "importance_weighted_kl is implemented at token level only (kl_level='token')"
+            )
         if self.importance_weighted_kl and not self.placement.endswith("-in-loss"):
-            raise bad("importance_weighted_kl", f"importance_weighted_kl weights an in-loss KL term; placement "
-                                                f"{self.placement!r} has none (drop the option or use a *-in-loss placement)")
+            raise bad(
+                "importance_weighted_kl",
+                f"importance_weighted_kl weights an in-loss KL term; placement "
+                f"{self.placement!r} has none (drop the option or use a *-in-loss placement)",
+            )
         if self.aggregation not in ("token-mean", "sequence-mean", "sequence-sum"):
-            raise bad("aggregation", f"aggregation must be 'token-mean', 'sequence-mean' or 'sequence-sum', got {self.aggregation!r}")
-        positive_ints = ("max_operand", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-                         "sft_batch_size", "prompts_per_step", "max_new_tokens", "updates_per_batch", "logprob_chunk")
+            raise bad(
+                "aggregation",
+                f"aggregation must be 'token-mean', 'sequence-mean' or 'sequence-sum', got {self.aggregation!r}",
+            )
+        positive_ints = (
+            "max_operand",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "intermediate_size",
+            "sft_batch_size",
+            "prompts_per_step",
+            "max_new_tokens",
+            "updates_per_batch",
+            "logprob_chunk",
+        )
         for name in positive_ints:
             v = getattr(self, name)
             if not _int(v) or v < 1:
@@ -147,10 +198,16 @@ class CapstoneConfig:
             if not _int(v) or v < 0:
                 raise bad(name, f"{name} must be an integer >= 0, got {v!r}")
         if self.steps == 0:
-            raise bad("steps", "steps=0 trains nothing; pass steps >= 1 (the reference policy alone: "
-                               "kltutor.capstone.sft.reference_policy)")
+            raise bad(
+                "steps",
+                "steps=0 trains nothing; pass steps >= 1 (the reference policy alone: "
+                "kltutor.capstone.sft.reference_policy)",
+            )
         if not _int(self.group_size) or self.group_size < 2:
-            raise bad("group_size", f"group_size must be >= 2 (GRPO compares completions of one prompt), got {self.group_size}")
+            raise bad(
+                "group_size",
+                f"group_size must be >= 2 (GRPO compares completions of one prompt), got {self.group_size}",
+            )
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise bad("hidden_size", "hidden_size must be divisible by num_heads, and num_heads by num_kv_heads")
         for name in ("temperature", "lr", "sft_lr", "clip_eps", "max_grad_norm"):
@@ -160,12 +217,19 @@ class CapstoneConfig:
         if not _real(self.format_reward) or not (0.0 <= self.format_reward < 1.0):
             raise bad("format_reward", f"format_reward must be in [0, 1), got {self.format_reward}")
         if self.clip_std is not None:
-            if (not isinstance(self.clip_std, (tuple, list)) or len(self.clip_std) != 2
-                    or not all(_real(v) for v in self.clip_std) or not 0 < self.clip_std[0] <= self.clip_std[1]):
+            if (
+                not isinstance(self.clip_std, (tuple, list))
+                or len(self.clip_std) != 2
+                or not all(_real(v) for v in self.clip_std)
+                or not 0 < self.clip_std[0] <= self.clip_std[1]
+            ):
                 raise bad("clip_std", f"clip_std must be (lo, hi) with 0 < lo <= hi, got {self.clip_std}")
             if not self.normalize_std:
-                raise bad("clip_std", "clip_std clamps the std that normalize_std divides by; with normalize_std=False "
-                                      "(Dr. GRPO) nothing is divided: drop clip_std or normalize")
+                raise bad(
+                    "clip_std",
+                    "clip_std clamps the std that normalize_std divides by; with normalize_std=False "
+                    "(Dr. GRPO) nothing is divided: drop clip_std or normalize",
+                )
         if self.device not in ("auto", "cpu", "cuda"):
             raise bad("device", f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
@@ -173,8 +237,11 @@ class CapstoneConfig:
         if self.resume and self.run_dir is None:
             raise bad("resume", "resume=True needs the run_dir of the interrupted run")
         if self.resume and self.overwrite:
-            raise bad("overwrite", "resume and overwrite contradict each other: resume continues the run in "
-                                   "run_dir, overwrite replaces it")
+            raise bad(
+                "overwrite",
+                "resume and overwrite contradict each other: resume continues the run in "
+                "run_dir, overwrite replaces it",
+            )
         if self.allow_config_change and not self.resume:
             raise bad("allow_config_change", "allow_config_change applies to resume only")
         self._validate_schedule(SCHEDULES)
@@ -182,39 +249,55 @@ class CapstoneConfig:
             raise bad("top_p", f"top_p must be in (0, 1] (1: off), got {self.top_p!r}")
         if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
             raise bad("top_k", f"top_k must be an integer >= 0 (0: off), got {self.top_k!r}")
-        for name, allowed in (("logprob_dtype", ("float32", "bfloat16")), ("decode_mode", ("auto", "eager", "cuda-graph", "compile")),
-                              ("ref_scoring", ("batched", "in-loop"))):
+        for name, allowed in (
+            ("logprob_dtype", ("float32", "bfloat16")),
+            ("decode_mode", ("auto", "eager", "cuda-graph", "compile")),
+            ("ref_scoring", ("batched", "in-loop")),
+        ):
             if getattr(self, name) not in allowed:
                 raise bad(name, f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         return self
 
     def _validate_schedule(self, schedules: dict) -> None:
         if self.kl_schedule not in schedules:
-            raise ConfigError(f"unknown kl_schedule {self.kl_schedule!r}; choose one of {sorted(schedules)}", "kl_schedule")
+            raise ConfigError(
+                f"unknown kl_schedule {self.kl_schedule!r}; choose one of {sorted(schedules)}", "kl_schedule"
+            )
         uses = schedules[self.kl_schedule].uses
         if self.placement == "none" and self.kl_schedule != "fixed":
-            raise ConfigError(f"placement 'none' has no KL term, so kl_schedule={self.kl_schedule!r} would steer "
-                              "nothing; use kl_schedule='fixed'", "kl_schedule")
+            raise ConfigError(
+                f"placement 'none' has no KL term, so kl_schedule={self.kl_schedule!r} would steer "
+                "nothing; use kl_schedule='fixed'",
+                "kl_schedule",
+            )
         for key, name in SCHEDULE_FIELDS.items():
             v = getattr(self, name)
             if v is None:
                 continue
             if key not in uses:
                 users = sorted(n for n, c in schedules.items() if key in c.uses)
-                raise ConfigError(f"{name} is read by the schedules {', '.join(users)} only; kl_schedule="
-                                  f"{self.kl_schedule!r} would ignore it (drop it or change kl_schedule)", name)
+                raise ConfigError(
+                    f"{name} is read by the schedules {', '.join(users)} only; kl_schedule="
+                    f"{self.kl_schedule!r} would ignore it (drop it or change kl_schedule)",
+                    name,
+                )
             if name == "kl_horizon":
                 if not _int(v) or v < 1:
                     raise ConfigError(f"kl_horizon must be an integer >= 1 (samples), got {v!r}", name)
             elif not _real(v) or v <= 0:
                 raise ConfigError(f"{name} must be a finite number > 0, got {v!r}", name)
         if "end" in uses and self.beta_end is None:
-            raise ConfigError(f"kl_schedule={self.kl_schedule!r} anneals beta from beta to beta_end: set beta_end", "beta_end")
+            raise ConfigError(
+                f"kl_schedule={self.kl_schedule!r} anneals beta from beta to beta_end: set beta_end", "beta_end"
+            )
         if schedules[self.kl_schedule].min_beta == "positive" and not self.beta > 0:
-            raise ConfigError(f"kl_schedule={self.kl_schedule!r} scales or interpolates beta, which must then be > 0 "
-                              f"(got {self.beta!r}); use kl_schedule='fixed' for beta = 0", "beta")
+            raise ConfigError(
+                f"kl_schedule={self.kl_schedule!r} scales or interpolates beta, which must then be > 0 "
+                f"(got {self.beta!r}); use kl_schedule='fixed' for beta = 0",
+                "beta",
+            )
 
-    def resolved(self) -> "CapstoneConfig":
+    def resolved(self) -> CapstoneConfig:
         """A validated copy with the schedule settings left at ``None`` filled in: ``kl_target`` 1.0 and
         ``kl_horizon`` 10000 samples for the controllers, the whole run (``steps * prompts_per_step *
         group_size`` samples) as the annealing horizon. Settings the schedule does not read stay ``None``."""
@@ -227,10 +310,12 @@ class CapstoneConfig:
             changes["kl_target"] = DEFAULT_KL_TARGET
         if "horizon" in uses and self.kl_horizon is None:
             annealing = "end" in uses
-            changes["kl_horizon"] = self.steps * self.prompts_per_step * self.group_size if annealing else DEFAULT_KL_HORIZON
+            changes["kl_horizon"] = (
+                self.steps * self.prompts_per_step * self.group_size if annealing else DEFAULT_KL_HORIZON
+            )
         return self.replace(**changes).validate() if changes else self
 
-    def replace(self, **changes) -> "CapstoneConfig":
+    def replace(self, **changes) -> CapstoneConfig:
         """A copy with ``changes`` applied (unknown fields raise ``TypeError``)."""
         return dataclasses.replace(self, **changes)
 
@@ -238,7 +323,7 @@ class CapstoneConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CapstoneConfig":
+    def from_dict(cls, data: dict) -> CapstoneConfig:
         """The config recorded by :meth:`to_dict` (e.g. in a run's ``run.json``); unknown keys raise
         :class:`CapstoneUserError` naming them, missing ones take the defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
@@ -262,17 +347,61 @@ def _int(v) -> bool:
 PRESETS: dict[str, dict] = {
     # The CPU: a ~43k-parameter Qwen2 on sums of numbers up to 19; finishes in well under a minute.
     # (Sizes and learning rates of 'colab' and 'h100' are starting points, not tuned results.)
-    "smoke": dict(max_operand=19, hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=96,
-                  sft_steps=300, sft_batch_size=64, sft_lr=3e-3, steps=8, prompts_per_step=8, group_size=4,
-                  max_new_tokens=3, lr=1e-4, logprob_chunk=64, device="cpu", progress=False),
+    "smoke": dict(
+        max_operand=19,
+        hidden_size=48,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=96,
+        sft_steps=300,
+        sft_batch_size=64,
+        sft_lr=3e-3,
+        steps=8,
+        prompts_per_step=8,
+        group_size=4,
+        max_new_tokens=3,
+        lr=1e-4,
+        logprob_chunk=64,
+        device="cpu",
+        progress=False,
+    ),
     # A 16 GB Colab GPU (T4): a ~3M-parameter Qwen2 on two-digit sums.
-    "colab": dict(max_operand=99, hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, intermediate_size=768,
-                  sft_steps=1500, sft_batch_size=256, sft_lr=1e-3, steps=200, prompts_per_step=32, group_size=8,
-                  max_new_tokens=4, lr=3e-5, logprob_chunk=4096),
+    "colab": dict(
+        max_operand=99,
+        hidden_size=256,
+        num_layers=4,
+        num_heads=8,
+        num_kv_heads=4,
+        intermediate_size=768,
+        sft_steps=1500,
+        sft_batch_size=256,
+        sft_lr=1e-3,
+        steps=200,
+        prompts_per_step=32,
+        group_size=8,
+        max_new_tokens=4,
+        lr=3e-5,
+        logprob_chunk=4096,
+    ),
     # One H100 / H200: a ~25M-parameter Qwen2, three-digit sums, large groups.
-    "h100": dict(max_operand=999, hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1536,
-                 sft_steps=4000, sft_batch_size=512, sft_lr=5e-4, steps=500, prompts_per_step=64, group_size=16,
-                 max_new_tokens=5, lr=2e-5, logprob_chunk=16384),
+    "h100": dict(
+        max_operand=999,
+        hidden_size=512,
+        num_layers=8,
+        num_heads=8,
+        num_kv_heads=4,
+        intermediate_size=1536,
+        sft_steps=4000,
+        sft_batch_size=512,
+        sft_lr=5e-4,
+        steps=500,
+        prompts_per_step=64,
+        group_size=16,
+        max_new_tokens=5,
+        lr=2e-5,
+        logprob_chunk=16384,
+    ),
 }
 
 

@@ -53,8 +53,25 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
         return torch.get_autocast_dtype(device_type)
     return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
 
-__all__ = ["support", "cpu_matmul", "mm_nt", "mm_tn", "Weights", "Activations", "Known", "KnownQKV", "KnownSwiGLU", "rope_table", "attn_mask", "layer", "attention", "final_norm",
-           "prompt_index", "completion_hidden"]
+
+__all__ = [
+    "support",
+    "cpu_matmul",
+    "mm_nt",
+    "mm_tn",
+    "Weights",
+    "Activations",
+    "Known",
+    "KnownQKV",
+    "KnownSwiGLU",
+    "rope_table",
+    "attn_mask",
+    "layer",
+    "attention",
+    "final_norm",
+    "prompt_index",
+    "completion_hidden",
+]
 
 
 def support(model) -> str | None:
@@ -68,7 +85,9 @@ def support(model) -> str | None:
             return f"the model has no model.{name}"
     if getattr(cfg, "hidden_act", None) != "silu":
         return f"hidden_act={getattr(cfg, 'hidden_act', None)!r} (only 'silu' is implemented)"
-    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])) or getattr(cfg, "use_sliding_window", False):
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])) or getattr(
+        cfg, "use_sliding_window", False
+    ):
         return "sliding-window attention is not implemented"
     if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
         return "pretraining_tp > 1 is not implemented"
@@ -119,7 +138,7 @@ def _probe_onednn() -> bool:
         ok &= torch.allclose(op.binary(x, r, w, None, "add"), r + F.linear(x, w), rtol=1e-5, atol=1e-5)
         ok &= torch.allclose(op(x.t(), w[:5].t(), None, "none", [], ""), x.t() @ w[:5], rtol=1e-5, atol=1e-5)
         return bool(ok)
-    except Exception:  # noqa: BLE001 - no such op, or it fails: torch's own products
+    except Exception:
         return False
 
 
@@ -141,11 +160,18 @@ def cpu_matmul(mode: str | None = None) -> str:
 
 
 def _onednn(x: Tensor, w: Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-            and _MATMUL["mode"] != "default" and cpu_matmul() == "onednn")
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and w.dtype == torch.float32
+        and _MATMUL["mode"] != "default"
+        and cpu_matmul() == "onednn"
+    )
 
 
-def mm_nt(x: Tensor, w: Tensor, b: Tensor | None = None, add: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+def mm_nt(
+    x: Tensor, w: Tensor, b: Tensor | None = None, add: Tensor | None = None, out: Tensor | None = None
+) -> Tensor:
     """``x @ w.T (+ b) (+ add)`` for 2-D ``x`` ``[N, K]`` and ``w`` ``[F, K]`` (any strides), without autograd,
     through the :func:`cpu_matmul` backend on the CPU; written into ``out`` ``[N, F]`` if given."""
     if _onednn(x, w):
@@ -199,18 +225,33 @@ class Weights:
         self.layers = []
         for lay in base.layers:
             a, m = lay.self_attn, lay.mlp
-            lw = {"ln1": keep(lay.input_layernorm.weight), "eps1": float(lay.input_layernorm.variance_epsilon),
-                  "ln2": keep(lay.post_attention_layernorm.weight), "eps2": float(lay.post_attention_layernorm.variance_epsilon),
-                  "o": self._fuse([a.o_proj.weight]), "ob": self._fuse_bias([a.o_proj]),
-                  "down": self._fuse([m.down_proj.weight]), "downb": self._fuse_bias([m.down_proj]),
-                  "scale": float(getattr(a, "scaling", self.head_dim ** -0.5))}
+            lw = {
+                "ln1": keep(lay.input_layernorm.weight),
+                "eps1": float(lay.input_layernorm.variance_epsilon),
+                "ln2": keep(lay.post_attention_layernorm.weight),
+                "eps2": float(lay.post_attention_layernorm.variance_epsilon),
+                "o": self._fuse([a.o_proj.weight]),
+                "ob": self._fuse_bias([a.o_proj]),
+                "down": self._fuse([m.down_proj.weight]),
+                "downb": self._fuse_bias([m.down_proj]),
+                "scale": float(getattr(a, "scaling", self.head_dim**-0.5)),
+            }
             if live:  # separate matrices: no concatenation in the forward, no split in the backward
-                for name, lin in (("q", a.q_proj), ("k", a.k_proj), ("v", a.v_proj), ("gate", m.gate_proj), ("up", m.up_proj)):
+                for name, lin in (
+                    ("q", a.q_proj),
+                    ("k", a.k_proj),
+                    ("v", a.v_proj),
+                    ("gate", m.gate_proj),
+                    ("up", m.up_proj),
+                ):
                     lw[name], lw[name + "b"] = lin.weight, lin.bias
             else:
-                lw |= {"qkv": self._fuse([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-                       "qkvb": self._fuse_bias([a.q_proj, a.k_proj, a.v_proj]),
-                       "gu": self._fuse([m.gate_proj.weight, m.up_proj.weight]), "gub": self._fuse_bias([m.gate_proj, m.up_proj])}
+                lw |= {
+                    "qkv": self._fuse([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+                    "qkvb": self._fuse_bias([a.q_proj, a.k_proj, a.v_proj]),
+                    "gu": self._fuse([m.gate_proj.weight, m.up_proj.weight]),
+                    "gub": self._fuse_bias([m.gate_proj, m.up_proj]),
+                }
             self.layers.append(lw)
         self.head = keep(model.get_output_embeddings().weight)
         self.rotary = base.rotary_emb
@@ -228,8 +269,12 @@ class Weights:
     def _fuse_bias(self, linears) -> Tensor | None:
         if all(lin.bias is None for lin in linears):
             return None
-        parts = [lin.bias if lin.bias is not None else torch.zeros(lin.out_features, dtype=lin.weight.dtype,
-                                                                   device=lin.weight.device) for lin in linears]
+        parts = [
+            lin.bias
+            if lin.bias is not None
+            else torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device)
+            for lin in linears
+        ]
         return self._fuse(parts)
 
     @torch.no_grad()
@@ -241,7 +286,7 @@ class Weights:
         for params, copy in self._pairs:
             start = 0
             for p in params:
-                dst.append(copy[start:start + p.shape[0]])
+                dst.append(copy[start : start + p.shape[0]])
                 src.append(p.detach())
                 start += p.shape[0]
         torch._foreach_copy_(dst, src)
@@ -317,8 +362,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, time_
             o = F.scaled_dot_product_attention(qt, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
         else:  # torch < 2.5
             n = H // KV
-            o = F.scaled_dot_product_attention(qt, k.repeat_interleave(n, 1), v.repeat_interleave(n, 1), attn_mask=mask,
-                                               scale=scale)
+            o = F.scaled_dot_product_attention(
+                qt, k.repeat_interleave(n, 1), v.repeat_interleave(n, 1), attn_mask=mask, scale=scale
+            )
         o = o.permute(2, 0, 1, 3) if time_major else o.transpose(1, 2)
         return o.reshape(o.shape[0], o.shape[1], H * hd)
     n = H // KV  # the n query heads of one key/value head, as rows of one matrix: [N*KV, n*L, hd]
@@ -333,13 +379,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, time_
     if L == 1:
         return o.view(1, N, H * hd) if time_major else o.view(N, 1, H * hd)
     o = o.view(N, KV, n, L, hd)
-    return (o.permute(3, 0, 1, 2, 4).reshape(L, N, H * hd) if time_major
-            else o.permute(0, 3, 1, 2, 4).reshape(N, L, H * hd))
+    return (
+        o.permute(3, 0, 1, 2, 4).reshape(L, N, H * hd) if time_major else o.permute(0, 3, 1, 2, 4).reshape(N, L, H * hd)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Matrix products whose value is known (the first update after sampling)
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _bias_grads(g2: Tensor, rows: list[int], has_bias: list[bool], need: tuple) -> list:
     if not any(b and n for b, n in zip(has_bias, need)):
@@ -384,12 +432,12 @@ class KnownQKV(torch.autograd.Function):
         A, C = value.shape[:2]
         hd = cos.shape[-1]
         qkv = value.view(A, C, H + 2 * KV, hd)
-        qk = _rotary(qkv[:, :, :H + KV], cos, sin, value.dtype)
+        qk = _rotary(qkv[:, :, : H + KV], cos, sin, value.dtype)
         ctx.H, ctx.KV = H, KV
         ctx.rows = [wq.shape[0], wk.shape[0], wv.shape[0]]
         ctx.bias = [bq is not None, bk is not None, bv is not None]
         ctx.save_for_backward(x, cos, sin, wq, wk, wv)
-        return qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + KV:]
+        return qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + KV :]
 
     @staticmethod
     def backward(ctx, gq, gk, gv):
@@ -444,7 +492,9 @@ def _no_grad(*ts: Tensor | None) -> bool:
     return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in ts)
 
 
-def _residual_linear(x: Tensor, a: Tensor, w: Tensor, b: Tensor | None, fuse: bool, out: Tensor | None = None) -> Tensor:
+def _residual_linear(
+    x: Tensor, a: Tensor, w: Tensor, b: Tensor | None, fuse: bool, out: Tensor | None = None
+) -> Tensor:
     """``x + a @ w.T (+ b)``; ``fuse``: in one product (the residual added to its accumulator: ``addmm``, or
     :func:`mm_nt` without autograd), into ``out`` (``[rows, D]``) if given."""
     if not fuse:
@@ -464,8 +514,17 @@ def _linear(h: Tensor, w: Tensor, b: Tensor | None, out: Tensor | None) -> Tenso
     return mm_nt(h.reshape(-1, h.shape[-1]), w, b, out=out).view(*h.shape[:-1], w.shape[0])
 
 
-def layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, attend, rec=None, known: dict | None = None,
-          dest: dict | None = None) -> Tensor:
+def layer(
+    w: Weights,
+    lw: dict,
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    attend,
+    rec=None,
+    known: dict | None = None,
+    dest: dict | None = None,
+) -> Tensor:
     """One decoder layer on hidden states ``x`` ``[A, C, D]`` (batch-major ``[N, L, D]`` or time-major
     ``[L, N, D]``: the layer is elementwise in both leading dimensions except in ``attend``) with rotary
     ``cos`` and signed ``sin`` (:func:`rope_table`) ``[A, C, 1, hd]``. ``attend(q, k, v, scale)`` receives
@@ -486,14 +545,16 @@ def layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, attend, rec
     fuse = (mm is None or mm == x.dtype) and x.dtype == lw["o"].dtype and _autocast_dtype(x.device.type) is None
     h = _cast(_rms(x, lw["ln1"], lw["eps1"]), mm)
     if known is not None:
-        q, k, v = KnownQKV.apply(known["qkv"], h, cos, sin, H, KV, lw["q"], lw["k"], lw["v"], lw["qb"], lw["kb"], lw["vb"])
+        q, k, v = KnownQKV.apply(
+            known["qkv"], h, cos, sin, H, KV, lw["q"], lw["k"], lw["v"], lw["qb"], lw["kb"], lw["vb"]
+        )
     elif "qkv" in lw:  # fused: rotary on queries and keys at once
         qkv = _linear(h, lw["qkv"], lw["qkvb"], dest and dest["qkv"])
         if rec is not None:
             rec("qkv", qkv)
         qkv = qkv.view(A, C, H + 2 * KV, hd)
-        v = qkv[:, :, H + KV:]
-        qk = _rotary(qkv[:, :, :H + KV], cos, sin, v.dtype)
+        v = qkv[:, :, H + KV :]
+        qk = _rotary(qkv[:, :, : H + KV], cos, sin, v.dtype)
         q, k = qk[:, :, :H], qk[:, :, H:]
     else:
         v = F.linear(h, lw["v"], lw["vb"]).view(A, C, KV, hd)
@@ -534,8 +595,18 @@ def layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, attend, rec
     return x
 
 
-def decode_layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, kc: Tensor, vc: Tensor, bias: Tensor,
-                 wpos: Tensor, dest: dict | None = None) -> Tensor:
+def decode_layer(
+    w: Weights,
+    lw: dict,
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    kc: Tensor,
+    vc: Tensor,
+    bias: Tensor,
+    wpos: Tensor,
+    dest: dict | None = None,
+) -> Tensor:
     """:func:`layer` for one token per row on the CPU (fused weights in the residual stream's dtype, attention
     by batched products), the same arithmetic in fewer operations: ``x`` ``[B, D]``, ``cos``/``sin``
     ``[B, 1, hd]``; the new key and value go to slot ``wpos`` ``[1]`` of the cache ``kc``, ``vc``
@@ -547,11 +618,12 @@ def decode_layer(w: Weights, lw: dict, x: Tensor, cos: Tensor, sin: Tensor, kc: 
     out = dest or {}
     h = _rms(x, lw["ln1"], lw["eps1"])
     qkv = mm_nt(h, lw["qkv"], lw["qkvb"], out=out.get("qkv")).view(B, H + 2 * KV, hd)
-    qk = _rotary(qkv[:, :H + KV], cos, sin, qkv.dtype)
+    qk = _rotary(qkv[:, : H + KV], cos, sin, qkv.dtype)
     kc.index_copy_(2, wpos, qk[:, H:, None])
-    vc.index_copy_(2, wpos, qkv[:, H + KV:, None])
-    scores = torch.baddbmm(bias, qk[:, :H].reshape(B * KV, H // KV, hd), kc.view(B * KV, S, hd).transpose(1, 2),
-                           alpha=lw["scale"])
+    vc.index_copy_(2, wpos, qkv[:, H + KV :, None])
+    scores = torch.baddbmm(
+        bias, qk[:, :H].reshape(B * KV, H // KV, hd), kc.view(B * KV, S, hd).transpose(1, 2), alpha=lw["scale"]
+    )
     o = torch.bmm(torch.softmax(scores, -1), vc.view(B * KV, S, hd)).view(B, H * hd)
     x = mm_nt(o, lw["o"], lw["ob"], add=x, out=out.get("o"))
     h = _rms(x, lw["ln2"], lw["eps2"])
@@ -602,12 +674,22 @@ class Activations:
         self._owner, self._generation = owner, generation
 
     def usable(self, model) -> bool:
-        return (model is self.model and self._owner.get("generation") == self._generation
-                and tuple(p._version for p in model.parameters()) == self.versions)
+        return (
+            model is self.model
+            and self._owner.get("generation") == self._generation
+            and tuple(p._version for p in model.parameters()) == self.versions
+        )
 
 
-def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, n_prompt: int, w: Weights | None = None,
-                      index: tuple[Tensor, Tensor, Tensor] | None = None, known: Activations | None = None) -> Tensor:
+def completion_hidden(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    n_prompt: int,
+    w: Weights | None = None,
+    index: tuple[Tensor, Tensor, Tensor] | None = None,
+    known: Activations | None = None,
+) -> Tensor:
     """Final-normed hidden states ``[B, T, D]`` that predict the completion tokens ``input_ids[:, n_prompt:]``
     (position ``n_prompt - 1`` for the first, completion token ``t - 1`` for token ``t``), each distinct
     prompt run once. The values equal ``model.model(...).last_hidden_state[:, n_prompt - 1:-1]`` with
@@ -624,8 +706,12 @@ def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, n_prompt
     uids, umask, idx = index if index is not None else prompt_index(input_ids[:, :P], pmask)
     comp = input_ids[:, P:-1]  # the last completion token predicts nothing
     B, Tm1 = comp.shape
-    if known is not None and (w.mm_dtype is not None or not known.usable(model)
-                              or known.comp[0]["qkv"].shape[:2] != (Tm1, B) or known.prompt[0]["qkv"].shape[:2] != uids.shape):
+    if known is not None and (
+        w.mm_dtype is not None
+        or not known.usable(model)
+        or known.comp[0]["qkv"].shape[:2] != (Tm1, B)
+        or known.prompt[0]["qkv"].shape[:2] != uids.shape
+    ):
         known = None
     H, KV = w.n_heads, w.n_kv
     dt = _autocast_dtype(dev.type) or w.mm_dtype or w.embed.dtype  # the dtype of queries and keys
@@ -634,10 +720,16 @@ def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, n_prompt
     upos = (umask.cumsum(-1) - 1).clamp_min(0)
     umask_b = umask.bool()
     pm = attn_mask(prompt_allowed(umask), KV, H // KV, dt)
-    cpos = (lengths[None, :] + torch.arange(Tm1, device=dev)[:, None])  # [T-1, B]: rotary positions of the completion inputs
+    cpos = (
+        lengths[None, :] + torch.arange(Tm1, device=dev)[:, None]
+    )  # [T-1, B]: rotary positions of the completion inputs
     own = torch.ones(Tm1, Tm1, dtype=torch.bool, device=dev).tril()
-    cm = attn_mask(torch.cat([umask_b[idx][:, None, :].expand(B, Tm1, P), own[None].expand(B, Tm1, Tm1)], -1)[:, None],
-                   KV, H // KV, dt)  # [B, 1, T-1, P+T-1] allowed
+    cm = attn_mask(
+        torch.cat([umask_b[idx][:, None, :].expand(B, Tm1, P), own[None].expand(B, Tm1, Tm1)], -1)[:, None],
+        KV,
+        H // KV,
+        dt,
+    )  # [B, 1, T-1, P+T-1] allowed
     x_u = F.embedding(uids, w.embed, w.padding_idx)
     x_c = F.embedding(comp.t(), w.embed, w.padding_idx)  # [T-1, B, D]
     cu, su = cos_t[upos][:, :, None], sin_t[upos][:, :, None]
@@ -645,13 +737,13 @@ def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, n_prompt
     for li, lw in enumerate(w.layers):
         pref = {}
 
-        def attend_prompt(q, k, v, scale):
+        def attend_prompt(q, k, v, scale, pref=pref):  # called within this iteration
             pref["k"], pref["v"] = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()  # [U, KV, P, hd]
             return attention(q, pref["k"], pref["v"], pm, scale)
 
         x_u = layer(w, lw, x_u, cu, su, attend_prompt, known=known.prompt[li] if known else None)
 
-        def attend_comp(q, k, v, scale):
+        def attend_comp(q, k, v, scale, pref=pref):
             keys = torch.cat([pref["k"][idx], k.permute(1, 2, 0, 3)], 2)  # [B, KV, P+T-1, hd]
             values = torch.cat([pref["v"][idx], v.permute(1, 2, 0, 3)], 2)
             return attention(q, keys, values, cm, scale, time_major=True)

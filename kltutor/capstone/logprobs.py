@@ -15,11 +15,25 @@ from torch.utils.checkpoint import checkpoint
 
 from kltutor.capstone import decoder
 
-__all__ = ["chunk_stats", "chunked_token_stats", "naive_token_stats", "hidden_states", "completion_hidden", "sequence_stats"]
+__all__ = [
+    "chunk_stats",
+    "chunked_token_stats",
+    "naive_token_stats",
+    "hidden_states",
+    "completion_hidden",
+    "sequence_stats",
+]
 
 
-def chunk_stats(h: Tensor, targets: Tensor, head_w: Tensor, ref_h: Tensor | None, ref_w: Tensor | None,
-                inv_temp: float, dtype: torch.dtype = torch.float32) -> Tensor:
+def chunk_stats(
+    h: Tensor,
+    targets: Tensor,
+    head_w: Tensor,
+    ref_h: Tensor | None,
+    ref_w: Tensor | None,
+    inv_temp: float,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """One chunk of rows ``h`` ``[N, d]`` through the output layer ``head_w`` ``[V, d]``: a ``[N, 4]`` tensor of
     the log-prob of ``targets``, the policy's entropy and, when the reference's ``ref_h`` and ``ref_w`` are
     given, the reference's log-prob of ``targets`` and the exact ``KL(pi || pi_ref)`` over the vocabulary
@@ -38,9 +52,16 @@ def chunk_stats(h: Tensor, targets: Tensor, head_w: Tensor, ref_h: Tensor | None
         return torch.stack([logp, entropy, ref_logp, kl], -1).float()
 
 
-def chunked_token_stats(hidden: Tensor, head_weight: Tensor, targets: Tensor, ref_hidden: Tensor | None = None,
-                        ref_head_weight: Tensor | None = None, chunk: int = 1024, temperature: float = 1.0,
-                        dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+def chunked_token_stats(
+    hidden: Tensor,
+    head_weight: Tensor,
+    targets: Tensor,
+    ref_hidden: Tensor | None = None,
+    ref_head_weight: Tensor | None = None,
+    chunk: int = 1024,
+    temperature: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, Tensor]:
     """Token statistics from hidden states ``[batch, time, d]`` and output weights ``[vocab, d]``.
 
     Returns float32 ``[batch, time]`` tensors: ``logp`` (log-prob of ``targets``), ``entropy`` of the
@@ -53,11 +74,15 @@ def chunked_token_stats(hidden: Tensor, head_weight: Tensor, targets: Tensor, re
     the backward pass (the chunk's activations are the same size either way).
     """
     if hidden.dim() != 3 or targets.shape != hidden.shape[:2]:
-        raise ValueError(f"hidden must be [batch, time, d] and targets [batch, time]; got {tuple(hidden.shape)} and {tuple(targets.shape)}")
+        raise ValueError(
+            f"hidden must be [batch, time, d] and targets [batch, time]; got {tuple(hidden.shape)} and {tuple(targets.shape)}"
+        )
     if (ref_hidden is None) != (ref_head_weight is None):
         raise ValueError("give both ref_hidden and ref_head_weight, or neither")
     if ref_hidden is not None and ref_hidden.shape[:2] != hidden.shape[:2]:
-        raise ValueError(f"ref_hidden {tuple(ref_hidden.shape)} must match hidden {tuple(hidden.shape)} in batch and time")
+        raise ValueError(
+            f"ref_hidden {tuple(ref_hidden.shape)} must match hidden {tuple(hidden.shape)} in batch and time"
+        )
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     B, T, D = hidden.shape
@@ -66,8 +91,15 @@ def chunked_token_stats(hidden: Tensor, head_weight: Tensor, targets: Tensor, re
     rh = ref_hidden.reshape(B * T, -1) if ref_hidden is not None else None
     outs = []
     for s in range(0, B * T, chunk):
-        args = (h[s:s + chunk], y[s:s + chunk], head_weight,
-                rh[s:s + chunk] if rh is not None else None, ref_head_weight, 1.0 / temperature, dtype)
+        args = (
+            h[s : s + chunk],
+            y[s : s + chunk],
+            head_weight,
+            rh[s : s + chunk] if rh is not None else None,
+            ref_head_weight,
+            1.0 / temperature,
+            dtype,
+        )
         if B * T > chunk and torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad):
             outs.append(checkpoint(chunk_stats, *args, use_reentrant=False))
         else:
@@ -80,7 +112,9 @@ def chunked_token_stats(hidden: Tensor, head_weight: Tensor, targets: Tensor, re
     return stats
 
 
-def naive_token_stats(logits: Tensor, targets: Tensor, ref_logits: Tensor | None = None, temperature: float = 1.0) -> dict[str, Tensor]:
+def naive_token_stats(
+    logits: Tensor, targets: Tensor, ref_logits: Tensor | None = None, temperature: float = 1.0
+) -> dict[str, Tensor]:
     """The same statistics from full ``[batch, time, vocab]`` logits (the reference implementation for tests)."""
     lsm = torch.log_softmax(logits.float() / temperature, -1)
     stats = {"logp": lsm.gather(-1, targets[..., None]).squeeze(-1), "entropy": -(lsm.exp() * lsm).sum(-1)}
@@ -95,12 +129,15 @@ def hidden_states(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """Last hidden states ``[batch, time, d]`` of a causal LM, positions counted from the first real
     token (so left padding does not shift them)."""
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    out = model.base_model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    )
     return out.last_hidden_state
 
 
-def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, n_prompt: int, prompt_index=None,
-                      activations=None) -> Tensor:
+def completion_hidden(
+    model, input_ids: Tensor, attention_mask: Tensor, n_prompt: int, prompt_index=None, activations=None
+) -> Tensor:
     """The last hidden states ``[batch, T, d]`` that predict the completion tokens ``input_ids[:, n_prompt:]``:
     :func:`kltutor.capstone.decoder.completion_hidden` (each distinct prompt run once; ``prompt_index``
     from :func:`kltutor.capstone.decoder.prompt_index` if already known; ``activations``: the sampler's
@@ -108,13 +145,25 @@ def completion_hidden(model, input_ids: Tensor, attention_mask: Tensor, n_prompt
     :meth:`~kltutor.capstone.decoder.Activations.usable`) for the models it supports, else
     ``hidden_states(...)[:, n_prompt - 1:-1]``. The same values either way, up to rounding."""
     if decoder.support(model) is None:
-        return decoder.completion_hidden(model, input_ids, attention_mask, n_prompt, index=prompt_index, known=activations)
-    return hidden_states(model, input_ids, attention_mask)[:, n_prompt - 1:-1]
+        return decoder.completion_hidden(
+            model, input_ids, attention_mask, n_prompt, index=prompt_index, known=activations
+        )
+    return hidden_states(model, input_ids, attention_mask)[:, n_prompt - 1 : -1]
 
 
-def sequence_stats(model, input_ids: Tensor, attention_mask: Tensor, n_prompt: int, ref_model=None,
-                   chunk: int = 1024, temperature: float = 1.0, ref_hidden: Tensor | None = None,
-                   dtype: torch.dtype = torch.float32, prompt_index=None, activations=None) -> dict[str, Tensor]:
+def sequence_stats(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    n_prompt: int,
+    ref_model=None,
+    chunk: int = 1024,
+    temperature: float = 1.0,
+    ref_hidden: Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    prompt_index=None,
+    activations=None,
+) -> dict[str, Tensor]:
     """Statistics of the completion tokens ``input_ids[:, n_prompt:]`` (``[batch, time]`` each).
 
     The hidden state at position ``t-1`` predicts token ``t`` (:func:`completion_hidden`); only the
@@ -130,6 +179,10 @@ def sequence_stats(model, input_ids: Tensor, attention_mask: Tensor, n_prompt: i
     rh = rw = None
     if ref_model is not None:
         with torch.no_grad():
-            rh = ref_hidden if ref_hidden is not None else completion_hidden(ref_model, input_ids, attention_mask, n_prompt, prompt_index)
+            rh = (
+                ref_hidden
+                if ref_hidden is not None
+                else completion_hidden(ref_model, input_ids, attention_mask, n_prompt, prompt_index)
+            )
             rw = ref_model.get_output_embeddings().weight
     return chunked_token_stats(h, model.get_output_embeddings().weight, targets, rh, rw, chunk, temperature, dtype)

@@ -35,16 +35,27 @@ import torch
 
 from kltutor.capstone import rundir
 from kltutor.capstone.config import CapstoneConfig, CapstoneOutOfMemoryError
-from kltutor.capstone.loss import measure, step_loss
 from kltutor.capstone.logprobs import sequence_stats
+from kltutor.capstone.loss import measure, step_loss
 from kltutor.capstone.sampler import Sampler, completion_mask_from_ids, generate_completions
 from kltutor.capstone.task import AdditionTask
 
 if TYPE_CHECKING:
     from kltutor.capstone.sft import ReferenceInfo
 
-__all__ = ["completion_mask_from_ids", "generate_completions", "make_beta_schedule", "make_optimizer", "make_sampler", "RunResult", "run",
-           "StepContext", "StepRow", "METRICS", "TIMING_METRICS"]
+__all__ = [
+    "completion_mask_from_ids",
+    "generate_completions",
+    "make_beta_schedule",
+    "make_optimizer",
+    "make_sampler",
+    "RunResult",
+    "run",
+    "StepContext",
+    "StepRow",
+    "METRICS",
+    "TIMING_METRICS",
+]
 
 
 @dataclass
@@ -112,7 +123,7 @@ class RunResult:
     metrics_path: Path
     checkpoint_dir: Path
     reference_path: Path
-    reference_info: "ReferenceInfo | None" = None  # None when a finished run was resumed (nothing trained)
+    reference_info: ReferenceInfo | None = None  # None when a finished run was resumed (nothing trained)
 
     @property
     def frame(self):
@@ -147,8 +158,14 @@ def run(config: CapstoneConfig) -> RunResult:
         print(f"note: {note}", file=sys.stderr)
     if plan.run.nothing_to_do:
         d = plan.run.run_dir
-        return RunResult(rundir.read_checkpoint_metrics(resume.checkpoint), cfg, d, d / rundir.METRICS_FILE,
-                         resume.checkpoint, plan.reference_dir)
+        return RunResult(
+            rundir.read_checkpoint_metrics(resume.checkpoint),
+            cfg,
+            d,
+            d / rundir.METRICS_FILE,
+            resume.checkpoint,
+            plan.reference_dir,
+        )
     run_dir = rundir.open_run_dir(plan.run, cfg)
     cfg = cfg.replace(run_dir=str(run_dir))
     ckpt = run_dir / rundir.CHECKPOINT
@@ -172,24 +189,44 @@ def run(config: CapstoneConfig) -> RunResult:
                 group["lr"] = cfg.lr
             rundir.set_rng_state(saved.rng_state, task_gen)
             if resume.changes.schedule_changed:  # an allowed change of beta or schedule starts it afresh
-                print(f"note: the beta schedule restarts at beta={cfg.beta:g} from step {saved.step + 1}", file=sys.stderr)
+                print(
+                    f"note: the beta schedule restarts at beta={cfg.beta:g} from step {saved.step + 1}", file=sys.stderr
+                )
             else:
                 rundir.restore_schedule(schedule, saved.schedule_state)
             start, metrics = saved.step, list(saved.metrics)
             dropped = len(log.read()) - len(metrics)
             if dropped > 0:
-                print(f"note: {metrics_path} holds {dropped} rows after the checkpoint's step {start}; they are "
-                      "recomputed", file=sys.stderr)
+                print(
+                    f"note: {metrics_path} holds {dropped} rows after the checkpoint's step {start}; they are "
+                    "recomputed",
+                    file=sys.stderr,
+                )
         else:
             torch.manual_seed(cfg.seed)
             random.seed(cfg.seed)
             np.random.seed(cfg.seed)
         log.rewrite(metrics)
         disable = (not cfg.progress) or bool(os.environ.get("TQDM_DISABLE"))
-        bar = tqdm(range(start, cfg.steps), desc=f"GRPO {cfg.placement} beta={cfg.beta:g}", disable=disable,
-                   initial=start, total=cfg.steps)
-        ctx = StepContext(cfg, policy, ref, tok, task, opt, schedule, task_gen, device,
-                          make_sampler(cfg, policy, ref, tok, task, device))
+        bar = tqdm(
+            range(start, cfg.steps),
+            desc=f"GRPO {cfg.placement} beta={cfg.beta:g}",
+            disable=disable,
+            initial=start,
+            total=cfg.steps,
+        )
+        ctx = StepContext(
+            cfg,
+            policy,
+            ref,
+            tok,
+            task,
+            opt,
+            schedule,
+            task_gen,
+            device,
+            make_sampler(cfg, policy, ref, tok, task, device),
+        )
         for step in bar:
             row = _step(ctx, step).as_dict()
             metrics.append(row)
@@ -239,14 +276,26 @@ def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
-def make_sampler(cfg: CapstoneConfig, policy, ref, tokenizer, task: AdditionTask, device: torch.device, **overrides) -> Sampler:
+def make_sampler(
+    cfg: CapstoneConfig, policy, ref, tokenizer, task: AdditionTask, device: torch.device, **overrides
+) -> Sampler:
     """The :class:`~kltutor.capstone.sampler.Sampler` a run of ``cfg`` uses (``overrides``: its keyword arguments)."""
     amp = device.type == "cuda" and cfg.bf16
     longest = len(tokenizer(task.prompt(task.max_operand, task.max_operand), add_special_tokens=False)["input_ids"])
-    kwargs = dict(ref_model=ref, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                  top_k=cfg.top_k, logprob_dtype=cfg.logprob_dtype, compute_dtype=torch.bfloat16 if amp else None,
-                  autocast=amp, decode_mode=cfg.decode_mode, ref_scoring=cfg.ref_scoring, max_prompt_len=longest,
-                  logprob_chunk=cfg.logprob_chunk)
+    kwargs = dict(
+        ref_model=ref,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        logprob_dtype=cfg.logprob_dtype,
+        compute_dtype=torch.bfloat16 if amp else None,
+        autocast=amp,
+        decode_mode=cfg.decode_mode,
+        ref_scoring=cfg.ref_scoring,
+        max_prompt_len=longest,
+        logprob_chunk=cfg.logprob_chunk,
+    )
     return Sampler(policy, tokenizer, **(kwargs | overrides))
 
 
@@ -282,8 +331,11 @@ def _step(ctx: StepContext, step: int) -> StepRow:
         batch = ctx.sampler.sample([ctx.task.prompt(a, b) for a, b in pairs])
     with phase("score"):
         term = batch.terminated.tolist()
-        rewards = torch.tensor([ctx.task.reward(c, t, a, b) for c, t, (a, b) in zip(batch.texts, term, pairs)],
-                               dtype=torch.float32, device=device)
+        rewards = torch.tensor(
+            [ctx.task.reward(c, t, a, b) for c, t, (a, b) in zip(batch.texts, term, pairs)],
+            dtype=torch.float32,
+            device=device,
+        )
         scores = ctx.sampler.score(batch)
     ids, attn, n_prompt = batch.input_ids, batch.attention_mask, batch.n_prompt
     mask = batch.completion_mask.float()
@@ -295,9 +347,18 @@ def _step(ctx: StepContext, step: int) -> StepRow:
     for u in range(cfg.updates_per_batch):
         with phase("forward"), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             # the first update runs at the sampling-time parameters: it reuses the sampler's matrix products
-            st = sequence_stats(policy, ids, attn, n_prompt, ctx.ref if exact else None, cfg.logprob_chunk,
-                                cfg.temperature, ref_hidden=scores.ref_hidden if exact else None,
-                                prompt_index=batch.prompt_index, activations=batch.activations if u == 0 else None)
+            st = sequence_stats(
+                policy,
+                ids,
+                attn,
+                n_prompt,
+                ctx.ref if exact else None,
+                cfg.logprob_chunk,
+                cfg.temperature,
+                ref_hidden=scores.ref_hidden if exact else None,
+                prompt_index=batch.prompt_index,
+                activations=batch.activations if u == 0 else None,
+            )
             loss, kl_term, clip_frac = step_loss(cfg, st, old, mask, rewards, beta)
         with phase("backward"):
             ctx.optimizer.zero_grad(set_to_none=True)
@@ -319,10 +380,17 @@ def _step(ctx: StepContext, step: int) -> StepRow:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    row = StepRow(step=step + 1, **measured, clip_fraction=float(np.mean(per_update[1])),
-                  grad_norm=float(np.mean(per_update[2])), loss=float(np.mean(per_update[0])),
-                  kl_term=float(np.mean(per_update[3])), beta=beta, seconds=seconds,
-                  tokens_per_second=measured["response_length"] * len(pairs) / seconds)
+    row = StepRow(
+        step=step + 1,
+        **measured,
+        clip_fraction=float(np.mean(per_update[1])),
+        grad_norm=float(np.mean(per_update[2])),
+        loss=float(np.mean(per_update[0])),
+        kl_term=float(np.mean(per_update[3])),
+        beta=beta,
+        seconds=seconds,
+        tokens_per_second=measured["response_length"] * len(pairs) / seconds,
+    )
     for k, v in row.as_dict().items():
         if isinstance(v, float) and not math.isfinite(v):
             raise FloatingPointError(f"metric {k} is {v} at step {step + 1}")

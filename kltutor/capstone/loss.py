@@ -17,8 +17,17 @@ from kltutor.placements import aggregate, clipped_surrogate
 __all__ = ["step_loss", "measure", "MEASURED"]
 
 #: The columns :func:`measure` fills, in order.
-MEASURED = ("reward", "accuracy", "kl_exact_seq", "kl_exact_token", "kl_k1_seq", "kl_k3_seq", "entropy",
-            "response_length", "terminated")
+MEASURED = (
+    "reward",
+    "accuracy",
+    "kl_exact_seq",
+    "kl_exact_token",
+    "kl_k1_seq",
+    "kl_k3_seq",
+    "entropy",
+    "response_length",
+    "terminated",
+)
 
 
 def step_loss(cfg: CapstoneConfig, st: dict, old: dict, mask, rewards, beta: float):
@@ -36,10 +45,22 @@ def step_loss(cfg: CapstoneConfig, st: dict, old: dict, mask, rewards, beta: flo
     exactly). For k*-in-loss, kltutor.grpo.grpo_loss uses the per-token ratio (``ch-placements``).
     """
     if cfg.placement != "exact-in-loss":
-        out = grpo_loss(st["logp"], old["logp"], old["ref_logp"], mask, rewards, cfg.group_size,
-                        placement=cfg.placement, beta=beta, clip_eps=cfg.clip_eps, clip_std=cfg.clip_std,
-                        normalize_std=cfg.normalize_std, aggregation=cfg.aggregation, kl_level=cfg.kl_level,
-                        importance_weighted_kl=cfg.importance_weighted_kl)
+        out = grpo_loss(
+            st["logp"],
+            old["logp"],
+            old["ref_logp"],
+            mask,
+            rewards,
+            cfg.group_size,
+            placement=cfg.placement,
+            beta=beta,
+            clip_eps=cfg.clip_eps,
+            clip_std=cfg.clip_std,
+            normalize_std=cfg.normalize_std,
+            aggregation=cfg.aggregation,
+            kl_level=cfg.kl_level,
+            importance_weighted_kl=cfg.importance_weighted_kl,
+        )
         return out.loss, out.kl_term, out.clip_fraction
     adv = group_advantages(rewards, cfg.group_size, normalize_std=cfg.normalize_std, clip_std=cfg.clip_std)
     policy_loss, stats = clipped_surrogate(st["logp"], old["logp"], adv, mask, cfg.clip_eps, cfg.aggregation)
@@ -51,8 +72,15 @@ def step_loss(cfg: CapstoneConfig, st: dict, old: dict, mask, rewards, beta: flo
     return policy_loss + beta * kl_term, kl_term.detach(), stats["clip_fraction"]
 
 
-def measure(rewards: torch.Tensor, terminated: torch.Tensor, mask: torch.Tensor, old_logp: torch.Tensor,
-            ref_logp: torch.Tensor, kl: torch.Tensor, entropy: torch.Tensor) -> dict[str, float]:
+def measure(
+    rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    mask: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    kl: torch.Tensor,
+    entropy: torch.Tensor,
+) -> dict[str, float]:
     """The measurement columns of :class:`StepRow` from one sampled batch (``[B]`` and ``[B, T]`` tensors).
     Only masked tokens count: whatever the tensors hold after a completion's first EOS is ignored."""
     m = mask > 0
@@ -61,7 +89,17 @@ def measure(rewards: torch.Tensor, terminated: torch.Tensor, mask: torch.Tensor,
     per_seq = lambda x: torch.where(m, x, zero).sum(-1).mean()  # noqa: E731
     per_token = lambda x: torch.where(m, x, zero).sum() / n  # noqa: E731
     ell = torch.where(m, old_logp - ref_logp, zero)
-    vals = torch.stack([rewards.float().mean(), (rewards == 1.0).float().mean(), per_seq(kl), per_token(kl),
-                        per_seq(ell), per_seq(k3(ell, zero)), per_token(entropy), m.float().sum(-1).mean(),
-                        terminated.float().mean()]).tolist()
+    vals = torch.stack(
+        [
+            rewards.float().mean(),
+            (rewards == 1.0).float().mean(),
+            per_seq(kl),
+            per_token(kl),
+            per_seq(ell),
+            per_seq(k3(ell, zero)),
+            per_token(entropy),
+            m.float().sum(-1).mean(),
+            terminated.float().mean(),
+        ]
+    ).tolist()
     return dict(zip(MEASURED, vals))

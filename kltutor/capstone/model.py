@@ -44,16 +44,31 @@ def build_tokenizer(alphabet: str):
     return tok
 
 
-def build_model(tokenizer, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2,
-                intermediate_size: int = 128, max_positions: int = 64, seed: int = 0):
+def build_model(
+    tokenizer,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_positions: int = 64,
+    seed: int = 0,
+):
     """A freshly initialised ``Qwen2ForCausalLM`` sized for ``tokenizer`` (same architecture as the GPU runs)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     cfg = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_positions, tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -102,5 +117,7 @@ def check_tokenizer(tokenizer, alphabet: str) -> None:
         if not ids or (unk is not None and unk in ids) or tokenizer.decode(ids, skip_special_tokens=True) != c:
             missing.append(c)
     if missing:
-        raise ValueError(f"the tokenizer cannot represent {''.join(missing)!r}, which the task needs "
-                         f"(required characters: {alphabet!r})")
+        raise ValueError(
+            f"the tokenizer cannot represent {''.join(missing)!r}, which the task needs "
+            f"(required characters: {alphabet!r})"
+        )

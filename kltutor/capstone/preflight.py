@@ -36,13 +36,19 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' but no CUDA GPU is available (torch.cuda.is_available() is False); use "
-                          f"{flag('device')} cpu (e.g. with the 'smoke' preset) or auto", "device")
+        raise ConfigError(
+            "device='cuda' but no CUDA GPU is available (torch.cuda.is_available() is False); use "
+            f"{flag('device')} cpu (e.g. with the 'smoke' preset) or auto",
+            "device",
+        )
     return torch.device(device)
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def check_model_source(model: str) -> None:
@@ -51,15 +57,23 @@ def check_model_source(model: str) -> None:
     p = Path(model).expanduser()
     if p.exists():
         if not p.is_dir() or not (p / "config.json").is_file():
-            raise ConfigError(f"{p} is not a model directory (no config.json); pass a directory written by "
-                              f"save_pretrained as {flag('model')}", "model")
+            raise ConfigError(
+                f"{p} is not a model directory (no config.json); pass a directory written by "
+                f"save_pretrained as {flag('model')}",
+                "model",
+            )
         if not any(p.glob("*.safetensors")):
-            raise ConfigError(f"{p} holds no *.safetensors weights (the capstone never loads pickled weights); "
-                              f"re-save the model with save_pretrained(..., safe_serialization=True)", "model")
+            raise ConfigError(
+                f"{p} holds no *.safetensors weights (the capstone never loads pickled weights); "
+                f"re-save the model with save_pretrained(..., safe_serialization=True)",
+                "model",
+            )
         return
     looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model or model.endswith("/")
     if looks_like_path:
-        raise ConfigError(f"{p} does not exist; pass an existing model directory (or a model name) as {flag('model')}", "model")
+        raise ConfigError(
+            f"{p} does not exist; pass an existing model directory (or a model name) as {flag('model')}", "model"
+        )
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -68,9 +82,12 @@ def check_model_source(model: str) -> None:
         hit = None
     if not isinstance(hit, str):
         how = "HF_HUB_OFFLINE is set and " if _offline() else ""
-        raise ConfigError(f"{model!r} is neither a local directory nor a model in the local Hugging Face cache ({how}the "
-                          f"capstone downloads nothing at run time); download it first (huggingface-cli download "
-                          f"{model}) or pass a local directory as {flag('model')}", "model")
+        raise ConfigError(
+            f"{model!r} is neither a local directory nor a model in the local Hugging Face cache ({how}the "
+            f"capstone downloads nothing at run time); download it first (huggingface-cli download "
+            f"{model}) or pass a local directory as {flag('model')}",
+            "model",
+        )
 
 
 def check_cache(cfg: CapstoneConfig) -> tuple[Path, bool]:
@@ -91,10 +108,15 @@ def check_cache(cfg: CapstoneConfig) -> tuple[Path, bool]:
     while not p.exists():
         p = p.parent
     if not p.is_dir():
-        raise ConfigError(f"the cache directory {root} cannot be created: {p} is a file; pass a directory as {where}", name)
+        raise ConfigError(
+            f"the cache directory {root} cannot be created: {p} is a file; pass a directory as {where}", name
+        )
     if not os.access(p, os.W_OK | os.X_OK):
-        raise ConfigError(f"the cache directory {root} is not writable, so the reference policy could not be saved "
-                          f"after training; pass a writable {where}", name)
+        raise ConfigError(
+            f"the cache directory {root} is not writable, so the reference policy could not be saved "
+            f"after training; pass a writable {where}",
+            name,
+        )
     return path, False
 
 

@@ -33,14 +33,42 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kltutor.capstone.config import (SCHEDULE_FIELDS, CapstoneConfig, CapstoneUserError, ConfigError,
-                                     RunNotFoundError, flag)
+from kltutor.capstone.config import (
+    SCHEDULE_FIELDS,
+    CapstoneConfig,
+    CapstoneUserError,
+    ConfigError,
+    RunNotFoundError,
+    flag,
+)
 
-__all__ = ["RUN_FILE", "METRICS_FILE", "CHECKPOINT", "FREE_ON_RESUME", "FIXED_ON_RESUME", "ConfigChanges",
-           "ResumePoint", "RunDirPlan", "Checkpoint", "MetricsLog", "atomic_write_text", "package_versions",
-           "config_changes", "read_run_record", "plan_run_dir", "open_run_dir", "write_manifest",
-           "verify_manifest", "save_checkpoint", "load_checkpoint", "checkpoint_step", "read_checkpoint_metrics",
-           "set_rng_state", "restore_schedule", "find_checkpoint"]
+__all__ = [
+    "RUN_FILE",
+    "METRICS_FILE",
+    "CHECKPOINT",
+    "FREE_ON_RESUME",
+    "FIXED_ON_RESUME",
+    "ConfigChanges",
+    "ResumePoint",
+    "RunDirPlan",
+    "Checkpoint",
+    "MetricsLog",
+    "atomic_write_text",
+    "package_versions",
+    "config_changes",
+    "read_run_record",
+    "plan_run_dir",
+    "open_run_dir",
+    "write_manifest",
+    "verify_manifest",
+    "save_checkpoint",
+    "load_checkpoint",
+    "checkpoint_step",
+    "read_checkpoint_metrics",
+    "set_rng_state",
+    "restore_schedule",
+    "find_checkpoint",
+]
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -51,17 +79,47 @@ RUN_FORMAT = 1
 _RUN_ENTRIES = (RUN_FILE, METRICS_FILE, CHECKPOINT, CHECKPOINT + ".tmp", CHECKPOINT + ".old")
 
 # On resume: settings that may differ from run.json without changing what the run is.
-FREE_ON_RESUME = frozenset({"steps", "device", "bf16", "logprob_chunk", "decode_mode", "ref_scoring", "checkpoint_every", "progress", "run_dir",
-                            "cache_dir", "resume", "overwrite", "allow_config_change"})
+FREE_ON_RESUME = frozenset(
+    {
+        "steps",
+        "device",
+        "bf16",
+        "logprob_chunk",
+        "decode_mode",
+        "ref_scoring",
+        "checkpoint_every",
+        "progress",
+        "run_dir",
+        "cache_dir",
+        "resume",
+        "overwrite",
+        "allow_config_change",
+    }
+)
 # Settings that can never change on resume: the checkpoint's policy, its reference and its RNG state
 # were made for the recorded values. Every other setting changes the run's meaning: resuming with a
 # different value needs allow_config_change.
-FIXED_ON_RESUME = frozenset({"model", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-                             "max_operand", "sft_steps", "sft_batch_size", "sft_lr", "sft_seed", "seed"})
+FIXED_ON_RESUME = frozenset(
+    {
+        "model",
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "intermediate_size",
+        "max_operand",
+        "sft_steps",
+        "sft_batch_size",
+        "sft_lr",
+        "sft_seed",
+        "seed",
+    }
+)
 _SCHEDULE_SETTINGS = frozenset({"kl_schedule", "beta", *SCHEDULE_FIELDS.values()})
 
 
 # ----------------------------------------------------------------------------------------- files
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -173,13 +231,17 @@ def verify_manifest(directory: Path, what: str, recover: str) -> dict:
     directory = Path(directory)
     mpath = directory / MANIFEST
     if not mpath.is_file():
-        raise CapstoneUserError(f"{mpath} is missing, so the {what} is incomplete (or was written by an older "
-                                f"kltutor) and cannot be trusted; {recover}")
+        raise CapstoneUserError(
+            f"{mpath} is missing, so the {what} is incomplete (or was written by an older "
+            f"kltutor) and cannot be trusted; {recover}"
+        )
     try:
         manifest = json.loads(mpath.read_text())
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CapstoneUserError(f"{mpath} is unreadable ({type(e).__name__}); the {what} cannot be verified; {recover}") from None
+        raise CapstoneUserError(
+            f"{mpath} is unreadable ({type(e).__name__}); the {what} cannot be verified; {recover}"
+        ) from None
     for rel, meta in files.items():
         p = directory / rel
         if not p.is_file():
@@ -190,6 +252,7 @@ def verify_manifest(directory: Path, what: str, recover: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------ run.json
+
 
 @dataclass
 class ConfigChanges:
@@ -227,23 +290,30 @@ def read_run_record(run_dir: Path) -> dict:
     file raises :class:`CapstoneUserError` naming it."""
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
-        raise CapstoneUserError(f"{path} is missing: {run_dir} was not written by this version of kltutor's capstone "
-                                "(or run.json was deleted), so the run's settings are unknown; start a new run "
-                                f"(another {flag('run_dir')}, or {flag('overwrite')})", "resume")
+        raise CapstoneUserError(
+            f"{path} is missing: {run_dir} was not written by this version of kltutor's capstone "
+            "(or run.json was deleted), so the run's settings are unknown; start a new run "
+            f"(another {flag('run_dir')}, or {flag('overwrite')})",
+            "resume",
+        )
     try:
         record = json.loads(path.read_text())
         CapstoneConfig.from_dict(record["config"])
     except CapstoneUserError as e:
         raise CapstoneUserError(f"{path}: {e}", "resume") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CapstoneUserError(f"{path} is unreadable ({type(e).__name__}: {e}); restore it, or start over with "
-                                f"{flag('overwrite')}", "resume") from None
+        raise CapstoneUserError(
+            f"{path} is unreadable ({type(e).__name__}: {e}); restore it, or start over with {flag('overwrite')}",
+            "resume",
+        ) from None
     return record
 
 
 def _write_run_record(run_dir: Path, cfg: CapstoneConfig, event: str, step: int, changes: dict | None = None) -> None:
     path = run_dir / RUN_FILE
-    record = json.loads(path.read_text()) if event == "resume" else {"format": RUN_FORMAT, "created": _now(), "history": []}
+    record = (
+        json.loads(path.read_text()) if event == "resume" else {"format": RUN_FORMAT, "created": _now(), "history": []}
+    )
     versions = package_versions()
     record["config"] = cfg.to_dict()
     record["versions"] = versions
@@ -255,6 +325,7 @@ def _write_run_record(run_dir: Path, cfg: CapstoneConfig, event: str, step: int,
 
 
 # ----------------------------------------------------------------------------- the plan of a run
+
 
 @dataclass
 class ResumePoint:
@@ -285,7 +356,9 @@ def _writable_dir(path: Path, name: str) -> None:
     if not p.is_dir():
         raise ConfigError(f"{path} cannot be created: {p} is a file, not a directory; pass another {flag(name)}", name)
     if not os.access(p, os.W_OK | os.X_OK):
-        raise ConfigError(f"{p} is not writable, so {path} cannot hold the run's files; pass a writable {flag(name)}", name)
+        raise ConfigError(
+            f"{p} is not writable, so {path} cannot hold the run's files; pass a writable {flag(name)}", name
+        )
 
 
 def find_checkpoint(run_dir: Path) -> Path | None:
@@ -297,8 +370,10 @@ def find_checkpoint(run_dir: Path) -> Path | None:
 
 
 def _checkpoint_recovery(ckpt: Path) -> str:
-    return (f"restore the file, or start the run over with {flag('overwrite')} (that replaces this run's files; "
-            f"copy {ckpt.parent / METRICS_FILE} first to keep its metrics)")
+    return (
+        f"restore the file, or start the run over with {flag('overwrite')} (that replaces this run's files; "
+        f"copy {ckpt.parent / METRICS_FILE} first to keep its metrics)"
+    )
 
 
 def checkpoint_step(ckpt: Path) -> int:
@@ -312,8 +387,11 @@ def checkpoint_step(ckpt: Path) -> int:
 
 def adopt_recorded(cfg: CapstoneConfig, recorded: CapstoneConfig) -> CapstoneConfig:
     """On resume, schedule settings left at ``None`` (their defaults) mean "as the run recorded them"."""
-    keep = {n: getattr(recorded, n) for n in SCHEDULE_FIELDS.values()
-            if getattr(cfg, n) is None and getattr(recorded, n) is not None and cfg.kl_schedule == recorded.kl_schedule}
+    keep = {
+        n: getattr(recorded, n)
+        for n in SCHEDULE_FIELDS.values()
+        if getattr(cfg, n) is None and getattr(recorded, n) is not None and cfg.kl_schedule == recorded.kl_schedule
+    }
     return cfg.replace(**keep) if keep else cfg
 
 
@@ -328,23 +406,34 @@ def plan_run_dir(cfg: CapstoneConfig) -> tuple[RunDirPlan, CapstoneConfig]:
         raise ConfigError(f"{d} is a file, not a directory; pass a directory as {flag('run_dir')}", "run_dir")
     if not d.exists():
         if cfg.resume:
-            raise RunNotFoundError(f"{d} does not exist, so there is no run to resume; check {flag('run_dir')}, "
-                                   f"or drop {flag('resume')} to start a new run there", "run_dir")
+            raise RunNotFoundError(
+                f"{d} does not exist, so there is no run to resume; check {flag('run_dir')}, "
+                f"or drop {flag('resume')} to start a new run there",
+                "run_dir",
+            )
         _writable_dir(d, "run_dir")
         return RunDirPlan(d), cfg.resolved()
     if not os.access(d, os.W_OK | os.X_OK):
         raise ConfigError(f"{d} is not writable; pass a writable {flag('run_dir')}", "run_dir")
     entries = sorted(p.name for p in d.iterdir())
-    ours = [n for n in entries if n in _RUN_ENTRIES or (n.startswith(".") and n.endswith(".tmp"))]  # + atomic writes cut short
+    ours = [
+        n for n in entries if n in _RUN_ENTRIES or (n.startswith(".") and n.endswith(".tmp"))
+    ]  # + atomic writes cut short
     if not cfg.resume:
         if not entries:
             return RunDirPlan(d), cfg.resolved()
         if not ours:
-            raise ConfigError(f"{d} is not empty ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}) and "
-                              f"holds no capstone run; pass an empty or new {flag('run_dir')}", "run_dir")
+            raise ConfigError(
+                f"{d} is not empty ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}) and "
+                f"holds no capstone run; pass an empty or new {flag('run_dir')}",
+                "run_dir",
+            )
         if not cfg.overwrite:
-            raise ConfigError(f"{d} already holds a run ({', '.join(ours)}); pass {flag('resume')} to continue it, "
-                              f"{flag('overwrite')} to replace it, or another {flag('run_dir')}", "run_dir")
+            raise ConfigError(
+                f"{d} already holds a run ({', '.join(ours)}); pass {flag('resume')} to continue it, "
+                f"{flag('overwrite')} to replace it, or another {flag('run_dir')}",
+                "run_dir",
+            )
         return RunDirPlan(d, replace=[d / n for n in ours]), cfg.resolved()
     # --- resume
     record = read_run_record(d)
@@ -352,34 +441,51 @@ def plan_run_dir(cfg: CapstoneConfig) -> tuple[RunDirPlan, CapstoneConfig]:
     cfg = adopt_recorded(cfg, recorded).resolved()
     ckpt = find_checkpoint(d)
     if ckpt is None:
-        raise RunNotFoundError(f"{d} holds no checkpoint to resume from (a run writes one with "
-                               f"{flag('checkpoint_every')} N); start it over with {flag('overwrite')}", "resume")
+        raise RunNotFoundError(
+            f"{d} holds no checkpoint to resume from (a run writes one with "
+            f"{flag('checkpoint_every')} N); start it over with {flag('overwrite')}",
+            "resume",
+        )
     step = checkpoint_step(ckpt)
     changes = config_changes(recorded, cfg)
     if changes.fixed:
-        raise ConfigError(f"cannot resume {d} with a different {_describe(changes.fixed)}: its checkpoint, reference "
-                          "policy and random state belong to the recorded values; start a new run (another "
-                          f"{flag('run_dir')}, or {flag('overwrite')})", next(iter(changes.fixed)))
+        raise ConfigError(
+            f"cannot resume {d} with a different {_describe(changes.fixed)}: its checkpoint, reference "
+            "policy and random state belong to the recorded values; start a new run (another "
+            f"{flag('run_dir')}, or {flag('overwrite')})",
+            next(iter(changes.fixed)),
+        )
     if changes.meaning and not cfg.allow_config_change:
-        raise ConfigError(f"resuming {d} would change what the run is: {_describe(changes.meaning)} (run.json -> now); "
-                          f"pass {flag('allow_config_change')} to apply them from step {step + 1}, or leave those "
-                          "options out", next(iter(changes.meaning)))
+        raise ConfigError(
+            f"resuming {d} would change what the run is: {_describe(changes.meaning)} (run.json -> now); "
+            f"pass {flag('allow_config_change')} to apply them from step {step + 1}, or leave those "
+            "options out",
+            next(iter(changes.meaning)),
+        )
     notes = []
     if ckpt.name != CHECKPOINT:
         notes.append(f"{d / CHECKPOINT} is missing (a crash while replacing it?); resuming from {ckpt}")
     if cfg.steps < step:
-        raise ConfigError(f"the checkpoint in {d} is at step {step}, so steps={cfg.steps} would end before it; pass "
-                          f"{flag('steps')} larger than {step} to continue the run", "steps")
+        raise ConfigError(
+            f"the checkpoint in {d} is at step {step}, so steps={cfg.steps} would end before it; pass "
+            f"{flag('steps')} larger than {step} to continue the run",
+            "steps",
+        )
     versions = record.get("versions", {})
     now = package_versions()
     differ = {k: (versions.get(k), v) for k, v in now.items() if k in versions and versions[k] != v}
     if differ:
-        notes.append("run.json was written with other versions (" + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in
-                     differ.items()) + "): the resumed steps may differ from an uninterrupted run in the last digits")
+        notes.append(
+            "run.json was written with other versions ("
+            + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in differ.items())
+            + "): the resumed steps may differ from an uninterrupted run in the last digits"
+        )
     plan = RunDirPlan(d, ResumePoint(ckpt, step, changes, versions), nothing_to_do=cfg.steps == step, notes=notes)
     if plan.nothing_to_do:
-        plan.notes.append(f"the run in {d} already has its {step} steps; nothing to do (pass {flag('steps')} larger "
-                          f"than {step} to continue it)")
+        plan.notes.append(
+            f"the run in {d} already has its {step} steps; nothing to do (pass {flag('steps')} larger "
+            f"than {step} to continue it)"
+        )
     return plan, cfg
 
 
@@ -402,11 +508,21 @@ def open_run_dir(plan: RunDirPlan, cfg: CapstoneConfig) -> Path:
 
 # -------------------------------------------------------------------------------- checkpoints
 
+
 def _rng_state(task_gen: torch.Generator) -> dict:
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "task": task_gen.get_state(), "python": random.getstate(),
-             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "task": task_gen.get_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -475,12 +591,16 @@ def load_checkpoint(ckpt: Path, device) -> Checkpoint:
         current = ckpt / "metrics.json"
         metrics = json.loads(current.read_text())
         current = ckpt / "policy"
-        policy = AutoModelForCausalLM.from_pretrained(str(current), trust_remote_code=False, use_safetensors=True).to(device)
+        policy = AutoModelForCausalLM.from_pretrained(str(current), trust_remote_code=False, use_safetensors=True).to(
+            device
+        )
     except Exception as e:  # verified files that still fail to load: written by something else
         raise CapstoneUserError(f"{current} cannot be loaded ({type(e).__name__}); {recover}") from None
     if state.get("step") != step or not isinstance(metrics, list) or len(metrics) != step:
-        raise CapstoneUserError(f"{ckpt} is inconsistent (state.pt step {state.get('step')!r}, manifest step {step}, "
-                                f"{len(metrics) if isinstance(metrics, list) else '?'} metric rows); {recover}")
+        raise CapstoneUserError(
+            f"{ckpt} is inconsistent (state.pt step {state.get('step')!r}, manifest step {step}, "
+            f"{len(metrics) if isinstance(metrics, list) else '?'} metric rows); {recover}"
+        )
     return Checkpoint(ckpt, step, policy, state["optimizer"], state["rng"], schedule_state, metrics)
 
 
@@ -490,8 +610,9 @@ def read_checkpoint_metrics(ckpt: Path) -> list[dict]:
     try:
         return json.loads((Path(ckpt) / "metrics.json").read_text())
     except (OSError, ValueError) as e:
-        raise CapstoneUserError(f"{Path(ckpt) / 'metrics.json'} cannot be read ({type(e).__name__}); "
-                                f"{_checkpoint_recovery(Path(ckpt))}") from None
+        raise CapstoneUserError(
+            f"{Path(ckpt) / 'metrics.json'} cannot be read ({type(e).__name__}); {_checkpoint_recovery(Path(ckpt))}"
+        ) from None
 
 
 def restore_schedule(schedule, state: dict) -> None:

@@ -61,8 +61,17 @@ from torch import Tensor
 from kltutor.capstone import decoder
 from kltutor.capstone.logprobs import chunked_token_stats, completion_hidden
 
-__all__ = ["DECODE_MODES", "REF_SCORING", "LOGPROB_DTYPES", "SampleBatch", "Scores", "Sampler", "filter_logits",
-           "completion_mask_from_ids", "generate_completions"]
+__all__ = [
+    "DECODE_MODES",
+    "REF_SCORING",
+    "LOGPROB_DTYPES",
+    "SampleBatch",
+    "Scores",
+    "Sampler",
+    "filter_logits",
+    "completion_mask_from_ids",
+    "generate_completions",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +111,7 @@ def filter_logits(z: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
 # The static KV cache, driven by kltutor.capstone.decoder
 # ----------------------------------------------------------------------------------------------------------------
 
+
 class _Cache:
     """The KV cache of one model: ``batch`` rows x ``length`` slots per layer, its attention mask, and its
     forward. ``record``: keep the outputs of the matrix products (:class:`~kltutor.capstone.decoder.Activations`)
@@ -129,11 +139,19 @@ class _Cache:
                 D, Fqkv, Fgu = w.hidden, (w.n_heads + 2 * w.n_kv) * w.head_dim, 2 * w.intermediate
                 sizes = {"qkv": Fqkv, "o": D, "gu": Fgu, "s": Fgu // 2, "a": Fgu // 2, "down": D}
                 self.record = {
-                    "prompt": [{k: torch.zeros(batch, P, f, dtype=dtype, device=device) for k, f in sizes.items()} for _ in w.layers],
-                    "comp": [{k: torch.zeros(record_T, batch, f, dtype=dtype, device=device) for k, f in sizes.items()} for _ in w.layers]}
+                    "prompt": [
+                        {k: torch.zeros(batch, P, f, dtype=dtype, device=device) for k, f in sizes.items()}
+                        for _ in w.layers
+                    ],
+                    "comp": [
+                        {k: torch.zeros(record_T, batch, f, dtype=dtype, device=device) for k, f in sizes.items()}
+                        for _ in w.layers
+                    ],
+                }
                 # per layer and column, the [B, F] rows an eager decode step writes its products into
-                self.record["views"] = [[{k: b[t] for k, b in layer.items()} for t in range(record_T)]
-                                        for layer in self.record["comp"]]
+                self.record["views"] = [
+                    [{k: b[t] for k, b in layer.items()} for t in range(record_T)] for layer in self.record["comp"]
+                ]
 
     def _mask(self):
         return self.bias if self.bmm else self.valid
@@ -162,6 +180,7 @@ class _Cache:
         cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]
         x = F.embedding(uids, w.embed, w.padding_idx)
         for li, (lw, kc, vc) in enumerate(zip(w.layers, self.k, self.v)):
+
             def attend(q, k, v, scale, kc=kc, vc=vc):
                 k, v = k.transpose(1, 2).to(dtype).contiguous(), v.transpose(1, 2).to(dtype).contiguous()
                 kc[:, :, :P] = k[index]
@@ -197,6 +216,7 @@ class _Cache:
         cos, sin = self.cos[pos].view(B, 1, 1, -1), self.sin[pos].view(B, 1, 1, -1)
         x = F.embedding(ids, w.embed, w.padding_idx).view(B, 1, -1)
         for li, (lw, kc, vc) in enumerate(zip(w.layers, self.k, self.v)):
+
             def attend(q, k, v, scale, kc=kc, vc=vc):
                 kc.index_copy_(2, wpos, k.transpose(1, 2).to(kc.dtype))
                 vc.index_copy_(2, wpos, v.transpose(1, 2).to(vc.dtype))
@@ -208,6 +228,7 @@ class _Cache:
                 if t_int is not None:
                     dest = {k: b[t_int] for k, b in bufs.items()}
                 else:
+
                     def rec(name, value, bufs=bufs):
                         bufs[name].index_copy_(0, t, value.view(1, B, -1))
 
@@ -226,6 +247,7 @@ class _Cache:
 # ----------------------------------------------------------------------------------------------------------------
 # What the sampler returns
 # ----------------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class SampleBatch:
@@ -248,18 +270,26 @@ class SampleBatch:
     texts: list[str]
     policy_hidden: Tensor | None = None  # [B, T, D] last hidden states that produced each token (static decoder)
     ref_hidden: Tensor | None = None  # [B, T, D] the reference's, when scored in the decode loop
-    prompt_index: tuple | None = None  # (distinct prompts [U, P], their mask, row -> prompt [B]): see decoder.prompt_index
+    prompt_index: tuple | None = (
+        None  # (distinct prompts [U, P], their mask, row -> prompt [B]): see decoder.prompt_index
+    )
     activations: decoder.Activations | None = None  # the policy's matrix products while decoding (keep_activations)
 
     @property
     def completion_ids(self) -> Tensor:
-        return self.input_ids[:, self.n_prompt:]
+        return self.input_ids[:, self.n_prompt :]
 
     def as_dict(self) -> dict:
         """The dictionary :func:`generate_completions` has always returned (plus ``logp``)."""
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "completion_mask": self.completion_mask, "n_prompt": self.n_prompt, "texts": self.texts,
-                "terminated": self.terminated.tolist(), "logp": self.logp}
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "completion_mask": self.completion_mask,
+            "n_prompt": self.n_prompt,
+            "texts": self.texts,
+            "terminated": self.terminated.tolist(),
+            "logp": self.logp,
+        }
 
 
 @dataclass
@@ -280,6 +310,7 @@ class Scores:
 # The sampler
 # ----------------------------------------------------------------------------------------------------------------
 
+
 class Sampler:
     """Batched sampling from ``model`` with a static KV cache (see the module docstring).
 
@@ -297,11 +328,27 @@ class Sampler:
     autocast, for batches whose recording fits in :data:`RECORD_BUDGET` bytes.
     """
 
-    def __init__(self, model, tokenizer, *, ref_model=None, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, min_new_tokens: int = 0, logprob_dtype: str = "float32",
-                 compute_dtype: torch.dtype | None = None, autocast: bool = False, decode_mode: str = "auto",
-                 ref_scoring: str = "batched", max_prompt_len: int = 0, logprob_chunk: int = 1024,
-                 check_every: int | None = None, keep_activations: bool | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        ref_model=None,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        min_new_tokens: int = 0,
+        logprob_dtype: str = "float32",
+        compute_dtype: torch.dtype | None = None,
+        autocast: bool = False,
+        decode_mode: str = "auto",
+        ref_scoring: str = "batched",
+        max_prompt_len: int = 0,
+        logprob_chunk: int = 1024,
+        check_every: int | None = None,
+        keep_activations: bool | None = None,
+    ):
         if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
@@ -348,8 +395,11 @@ class Sampler:
             logger.warning("static decoder unavailable (%s): sampling with the model's own forward per step", reason)
             self.decode_mode_used = "eager"
         self._pw = decoder.Weights(model, self.compute_dtype) if self.static else None
-        self._rw = (decoder.Weights(ref_model, self.compute_dtype)
-                    if self.static and ref_model is not None and ref_scoring == "in-loop" else None)
+        self._rw = (
+            decoder.Weights(ref_model, self.compute_dtype)
+            if self.static and ref_model is not None and ref_scoring == "in-loop"
+            else None
+        )
         self._rw_batched = None  # the reference's fused weights for score()'s batched pass (made when first needed)
         same_dtype = self.compute_dtype == next(model.parameters()).dtype
         # on the CPU (eager, no autocast) the first update reuses the sampler's products, when their recording
@@ -358,7 +408,9 @@ class Sampler:
         if keep_activations is None:
             keep_activations = self.static and not cuda and not autocast and same_dtype
         if keep_activations and not (self.static and same_dtype and not autocast):
-            raise ValueError("keep_activations needs the static decoder, compute_dtype equal to the model's dtype and no autocast")
+            raise ValueError(
+                "keep_activations needs the static decoder, compute_dtype equal to the model's dtype and no autocast"
+            )
         self.keep_activations = bool(keep_activations)
         self._eos_bias = None  # [T, V]: -inf on EOS while t < min_new_tokens, else 0 (added to the logits)
         if min_new_tokens:
@@ -375,15 +427,20 @@ class Sampler:
             raise ValueError("prompts is empty")
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-        return self.sample_ids(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), greedy, generator)
+        return self.sample_ids(
+            enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), greedy, generator
+        )
 
     @torch.no_grad()
-    def sample_ids(self, input_ids: Tensor, attention_mask: Tensor, greedy: bool = False,
-                   generator: torch.Generator | None = None) -> SampleBatch:
+    def sample_ids(
+        self, input_ids: Tensor, attention_mask: Tensor, greedy: bool = False, generator: torch.Generator | None = None
+    ) -> SampleBatch:
         """:meth:`sample` from left-padded token ids ``[B, P]`` and their attention mask."""
         if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
-            raise ValueError(f"input_ids and attention_mask must be [batch, prompt] of one shape, got "
-                             f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")
+            raise ValueError(
+                f"input_ids and attention_mask must be [batch, prompt] of one shape, got "
+                f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
+            )
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("prompts must be left-padded (the last prompt position is padding in some row)")
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device).long()
@@ -401,8 +458,19 @@ class Sampler:
         logp = torch.where(cmask.bool(), logp, torch.zeros_like(logp))
         rows = [[t for t, k in zip(r, m) if k and t != self.eos] for r, m in zip(comp.tolist(), cmask.tolist())]
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
-        return SampleBatch(torch.cat([input_ids, comp], -1), torch.cat([attention_mask, cmask], -1), cmask,
-                           input_ids.shape[1], logp, terminated, texts, hid, rhid, index, acts)
+        return SampleBatch(
+            torch.cat([input_ids, comp], -1),
+            torch.cat([attention_mask, cmask], -1),
+            cmask,
+            input_ids.shape[1],
+            logp,
+            terminated,
+            texts,
+            hid,
+            rhid,
+            index,
+            acts,
+        )
 
     @torch.no_grad()
     def score(self, batch: SampleBatch) -> Scores:
@@ -426,13 +494,25 @@ class Sampler:
             ph = batch.policy_hidden
             if ph is None:
                 ph = completion_hidden(self.model, ids, attn, P, batch.prompt_index)
-        st = chunked_token_stats(ph, self.model.get_output_embeddings().weight.detach(), ids[:, P:], rh,
-                                 self.ref_model.get_output_embeddings().weight.detach(), self.logprob_chunk,
-                                 self.temperature, dtype=self.logprob_dtype)
+        st = chunked_token_stats(
+            ph,
+            self.model.get_output_embeddings().weight.detach(),
+            ids[:, P:],
+            rh,
+            self.ref_model.get_output_embeddings().weight.detach(),
+            self.logprob_chunk,
+            self.temperature,
+            dtype=self.logprob_dtype,
+        )
         m = batch.completion_mask.bool()
         z = lambda t: torch.where(m, t, torch.zeros_like(t))  # noqa: E731
-        return Scores(ref_logp=z(st["ref_logp"]), policy_logp=z(st["logp"]), entropy=z(st["entropy"]), kl=z(st["kl"]),
-                      ref_hidden=rh)
+        return Scores(
+            ref_logp=z(st["ref_logp"]),
+            policy_logp=z(st["logp"]),
+            entropy=z(st["entropy"]),
+            kl=z(st["kl"]),
+            ref_hidden=rh,
+        )
 
     # -- token choice ---------------------------------------------------------------------------------------------
 
@@ -463,7 +543,9 @@ class Sampler:
             tok = lsm.argmax(-1)
         else:
             u = torch.rand(lsm.shape, dtype=torch.float32, device=lsm.device, generator=generator)
-            tok = (lsm.float() - u.log_().neg_().log_()).argmax(-1)  # Gumbel-max (log(-log u)): a draw from softmax(lsm)
+            tok = (lsm.float() - u.log_().neg_().log_()).argmax(
+                -1
+            )  # Gumbel-max (log(-log u)): a draw from softmax(lsm)
         logp = lsm.gather(-1, tok[:, None]).view(-1).float()
         done = st["done"]
         tok.masked_fill_(done, self.pad)
@@ -488,22 +570,27 @@ class Sampler:
             width = (w.n_heads + 2 * w.n_kv) * w.head_dim + 2 * w.hidden + 4 * w.intermediate
             nbytes = B * S * len(w.layers) * width * w.embed.element_size()
             record = nbytes <= RECORD_BUDGET
-        s = {"B": B, "S": S, "greedy": greedy,
-             "pol": _Cache(self._pw, B, S, dev, record_T=T if record else 0),
-             "ref": _Cache(self._rw, B, S, dev) if self._rw is not None else None,
-             "generation": 0,  # sampling calls on these buffers (an Activations of an older call is stale)
-             "t_int": None,  # the decode step's column as a number (eager decoding only; None while capturing)
-             "cur": torch.full((B,), self.pad, dtype=torch.long, device=dev),
-             "pos": torch.zeros(B, dtype=torch.long, device=dev),
-             "wpos": torch.zeros(1, dtype=torch.long, device=dev),
-             "t": torch.zeros(1, dtype=torch.long, device=dev),
-             "done": torch.zeros(B, dtype=torch.bool, device=dev),
-             # outputs are time-major ([T, B, ...]): each step writes one contiguous row
-             "out_tok": torch.full((T, B), self.pad, dtype=torch.long, device=dev),
-             "out_logp": torch.zeros(T, B, dtype=torch.float32, device=dev),
-             "out_h": torch.zeros(T, B, D, dtype=torch.float32, device=dev),
-             "out_rh": torch.zeros(T, B, D, dtype=torch.float32, device=dev),
-             "graph": None, "graph_failed": False}
+        s = {
+            "B": B,
+            "S": S,
+            "greedy": greedy,
+            "pol": _Cache(self._pw, B, S, dev, record_T=T if record else 0),
+            "ref": _Cache(self._rw, B, S, dev) if self._rw is not None else None,
+            "generation": 0,  # sampling calls on these buffers (an Activations of an older call is stale)
+            "t_int": None,  # the decode step's column as a number (eager decoding only; None while capturing)
+            "cur": torch.full((B,), self.pad, dtype=torch.long, device=dev),
+            "pos": torch.zeros(B, dtype=torch.long, device=dev),
+            "wpos": torch.zeros(1, dtype=torch.long, device=dev),
+            "t": torch.zeros(1, dtype=torch.long, device=dev),
+            "done": torch.zeros(B, dtype=torch.bool, device=dev),
+            # outputs are time-major ([T, B, ...]): each step writes one contiguous row
+            "out_tok": torch.full((T, B), self.pad, dtype=torch.long, device=dev),
+            "out_logp": torch.zeros(T, B, dtype=torch.float32, device=dev),
+            "out_h": torch.zeros(T, B, D, dtype=torch.float32, device=dev),
+            "out_rh": torch.zeros(T, B, D, dtype=torch.float32, device=dev),
+            "graph": None,
+            "graph_failed": False,
+        }
         self._states[(B, greedy)] = s
         return s
 
@@ -547,7 +634,7 @@ class Sampler:
                 step(st, greedy)
             torch.cuda.synchronize()
             return graph
-        except Exception as e:  # noqa: BLE001 - any capture failure means: decode eagerly
+        except Exception as e:
             logger.warning("decode_mode=%r failed (%s: %s); decoding eagerly", self.decode_mode, type(e).__name__, e)
             self.decode_mode_used = "eager"
             st["graph_failed"] = True
@@ -561,7 +648,9 @@ class Sampler:
         self._pw.sync()
         if self._rw is not None:
             self._rw.sync()
-        use_graph = self.decode_mode != "eager" and generator is None and self.max_new_tokens > 1 and not st["graph_failed"]
+        use_graph = (
+            self.decode_mode != "eager" and generator is None and self.max_new_tokens > 1 and not st["graph_failed"]
+        )
         if use_graph and st["graph"] is None:
             st["graph"] = self._capture(st, greedy)
         use_graph = use_graph and st["graph"] is not None
@@ -610,12 +699,14 @@ class Sampler:
         cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
         B, P = input_ids.shape
         T = self.max_new_tokens
-        st = {"t": torch.zeros(1, dtype=torch.long, device=self.device),
-              "done": torch.zeros(B, dtype=torch.bool, device=self.device),
-              "cur": torch.full((B,), self.pad, dtype=torch.long, device=self.device),
-              "out_tok": torch.full((T, B), self.pad, dtype=torch.long, device=self.device),
-              "out_logp": torch.zeros(T, B, dtype=torch.float32, device=self.device),
-              "out_h": torch.zeros(T, B, base.config.hidden_size, dtype=torch.float32, device=self.device)}
+        st = {
+            "t": torch.zeros(1, dtype=torch.long, device=self.device),
+            "done": torch.zeros(B, dtype=torch.bool, device=self.device),
+            "cur": torch.full((B,), self.pad, dtype=torch.long, device=self.device),
+            "out_tok": torch.full((T, B), self.pad, dtype=torch.long, device=self.device),
+            "out_logp": torch.zeros(T, B, dtype=torch.float32, device=self.device),
+            "out_h": torch.zeros(T, B, base.config.hidden_size, dtype=torch.float32, device=self.device),
+        }
         self._pw = self._pw or _HeadOnly(model)
         attn = attention_mask
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
@@ -627,7 +718,9 @@ class Sampler:
         try:
             while n < T:
                 with amp:
-                    out = base(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **{cache_kw: cache})
+                    out = base(
+                        input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **{cache_kw: cache}
+                    )
                 h = out.last_hidden_state[:, -1].float()
                 self._pick(h, st, greedy, generator)
                 n += 1
@@ -652,8 +745,16 @@ class _HeadOnly:
         pass
 
 
-def generate_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-                         greedy: bool = False, generator: torch.Generator | None = None, **sampler_kwargs) -> dict:
+def generate_completions(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    **sampler_kwargs,
+) -> dict:
     """Sample one completion per prompt with a one-off eager :class:`Sampler`; returns
     :meth:`SampleBatch.as_dict`: ``input_ids`` ``[batch, P + T]``, ``attention_mask`` (0 on padding and
     after the first EOS), ``completion_mask`` ``[batch, T]``, ``n_prompt`` = P, ``texts`` (before

@@ -35,8 +35,17 @@ def sft_batch(task: AdditionTask, tokenizer, n: int, generator: torch.Generator,
     return input_ids.to(device), attn.to(device), loss_mask.to(device)
 
 
-def train_sft(model, tokenizer, task: AdditionTask, steps: int, batch_size: int, lr: float, seed: int,
-              progress: bool = False, amp: bool = False) -> list[float]:
+def train_sft(
+    model,
+    tokenizer,
+    task: AdditionTask,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    progress: bool = False,
+    amp: bool = False,
+) -> list[float]:
     """Teacher-forced cross-entropy on the answer tokens; returns the loss per step.
 
     ``amp``: bf16 autocast (a GPU run with ``bf16``). The losses stay on the device until the end, so
@@ -54,7 +63,9 @@ def train_sft(model, tokenizer, task: AdditionTask, steps: int, batch_size: int,
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+        )
         loss = (nll * lm[:, 1:].reshape(-1)).sum() / lm[:, 1:].sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -67,8 +78,9 @@ def train_sft(model, tokenizer, task: AdditionTask, steps: int, batch_size: int,
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, task: AdditionTask, n: int = 256, seed: int = 999, greedy: bool = True,
-             temperature: float = 1.0) -> float:
+def evaluate(
+    model, tokenizer, task: AdditionTask, n: int = 256, seed: int = 999, greedy: bool = True, temperature: float = 1.0
+) -> float:
     """Accuracy on ``n`` fresh prompts (greedy decoding by default), sampled with the capstone's
     :class:`~kltutor.capstone.sampler.Sampler` and a generator of its own (the global RNG is untouched)."""
     from kltutor.capstone.sampler import Sampler
@@ -76,17 +88,33 @@ def evaluate(model, tokenizer, task: AdditionTask, n: int = 256, seed: int = 999
     gen = torch.Generator().manual_seed(seed)
     pairs = task.sample(n, gen)
     device = next(model.parameters()).device
-    sampler = Sampler(model, tokenizer, max_new_tokens=task.answer_len + 1, temperature=temperature, decode_mode="eager")
-    batch = sampler.sample([task.prompt(a, b) for a, b in pairs], greedy=greedy,
-                           generator=torch.Generator(device).manual_seed(seed))
-    rewards = [1.0 if (t and c == task.answer(a, b)) else 0.0
-               for c, t, (a, b) in zip(batch.texts, batch.terminated.tolist(), pairs)]
+    sampler = Sampler(
+        model, tokenizer, max_new_tokens=task.answer_len + 1, temperature=temperature, decode_mode="eager"
+    )
+    batch = sampler.sample(
+        [task.prompt(a, b) for a, b in pairs], greedy=greedy, generator=torch.Generator(device).manual_seed(seed)
+    )
+    rewards = [
+        1.0 if (t and c == task.answer(a, b)) else 0.0
+        for c, t, (a, b) in zip(batch.texts, batch.terminated.tolist(), pairs)
+    ]
     return sum(rewards) / n
 
 
 def _cache_key(cfg: CapstoneConfig) -> str:
-    fields = ["max_operand", "model", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-              "sft_steps", "sft_batch_size", "sft_lr", "sft_seed"]
+    fields = [
+        "max_operand",
+        "model",
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "intermediate_size",
+        "sft_steps",
+        "sft_batch_size",
+        "sft_lr",
+        "sft_seed",
+    ]
     # version 2: manifest.json, and the accuracies in info.json come from kltutor.capstone.sampler (version 1: model.generate)
     blob = json.dumps({f: getattr(cfg, f) for f in fields} | {"version": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -131,8 +159,9 @@ def _load_cached(path: Path, device, task: AdditionTask):
         info = json.loads((path / "info.json").read_text())
         return model.eval(), tok, ReferenceInfo(path=path, cached=True, **info)
     except Exception as e:  # verified files that still fail to load were written by something else
-        raise CapstoneUserError(f"the cached reference policy {path} cannot be loaded ({type(e).__name__}: {e}); "
-                                f"{_cache_recovery(path)}") from None
+        raise CapstoneUserError(
+            f"the cached reference policy {path} cannot be loaded ({type(e).__name__}: {e}); {_cache_recovery(path)}"
+        ) from None
 
 
 def reference_policy(cfg: CapstoneConfig, device="cpu"):
@@ -156,23 +185,40 @@ def reference_policy(cfg: CapstoneConfig, device="cpu"):
         return _load_cached(path, device, task)
     if cfg.model is None:
         tok = build_tokenizer(task.alphabet)
-        model = build_model(tok, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads,
-                            cfg.intermediate_size, max_positions=64, seed=cfg.sft_seed).to(device)
+        model = build_model(
+            tok,
+            cfg.hidden_size,
+            cfg.num_layers,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.intermediate_size,
+            max_positions=64,
+            seed=cfg.sft_seed,
+        ).to(device)
     else:
         try:
             model, tok = load_model(cfg.model, device)
             check_tokenizer(tok, task.alphabet)
         except (OSError, ValueError) as e:
-            raise CapstoneUserError(f"cannot use {cfg.model!r} ({type(e).__name__}: {str(e).splitlines()[0]}); pass a "
-                                    f"local model directory (save_pretrained, safetensors) whose tokenizer writes "
-                                    f"{task.alphabet!r} as {flag('model')}", "model") from None
+            raise CapstoneUserError(
+                f"cannot use {cfg.model!r} ({type(e).__name__}: {str(e).splitlines()[0]}); pass a "
+                f"local model directory (save_pretrained, safetensors) whose tokenizer writes "
+                f"{task.alphabet!r} as {flag('model')}",
+                "model",
+            ) from None
     check_tokenizer(tok, task.alphabet)
     amp = torch.device(device).type == "cuda" and cfg.bf16
-    losses = train_sft(model, tok, task, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, cfg.sft_seed, cfg.progress,
-                       amp=amp) if cfg.sft_steps else []
-    info = {"sft_losses": losses, "greedy_accuracy": evaluate(model, tok, task, greedy=True),
-            "sampled_accuracy": evaluate(model, tok, task, greedy=False),
-            "n_parameters": sum(p.numel() for p in model.parameters())}
+    losses = (
+        train_sft(model, tok, task, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, cfg.sft_seed, cfg.progress, amp=amp)
+        if cfg.sft_steps
+        else []
+    )
+    info = {
+        "sft_losses": losses,
+        "greedy_accuracy": evaluate(model, tok, task, greedy=True),
+        "sampled_accuracy": evaluate(model, tok, task, greedy=False),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

@@ -20,7 +20,9 @@ def run_name(placement: str, beta: float, seed: int) -> str:
     return f"{placement}_beta{beta:g}_seed{seed}"
 
 
-def grid_configs(placements, betas, seeds, base_config: CapstoneConfig, out_dir: str | Path | None = None) -> list[CapstoneConfig]:
+def grid_configs(
+    placements, betas, seeds, base_config: CapstoneConfig, out_dir: str | Path | None = None
+) -> list[CapstoneConfig]:
     """The validated config of every run of the sweep, in order, without duplicates.
 
     ``placement="none"`` has no KL term: it runs once per seed, with ``beta = 0`` and a fixed
@@ -31,10 +33,15 @@ def grid_configs(placements, betas, seeds, base_config: CapstoneConfig, out_dir:
         if not values:
             raise ConfigError(f"{name} must hold at least one value", name)
     if base_config.resume:
-        raise ConfigError("a sweep starts every run afresh and cannot resume; to continue one run of a sweep, run it "
-                          f"alone with {flag('run_dir')} <sweep dir>/<placement>_beta<b>_seed<s> {flag('resume')}", "resume")
+        raise ConfigError(
+            "a sweep starts every run afresh and cannot resume; to continue one run of a sweep, run it "
+            f"alone with {flag('run_dir')} <sweep dir>/<placement>_beta<b>_seed<s> {flag('resume')}",
+            "resume",
+        )
     if base_config.run_dir is not None:
-        raise ConfigError("a sweep puts its runs under out_dir; base_config.run_dir would be ignored (set it to None)", "run_dir")
+        raise ConfigError(
+            "a sweep puts its runs under out_dir; base_config.run_dir would be ignored (set it to None)", "run_dir"
+        )
     for p in placements:
         if p not in CAPSTONE_PLACEMENTS:
             raise ConfigError(f"unknown KL placement {p!r}; choose from {list(CAPSTONE_PLACEMENTS)}", "placements")
@@ -50,8 +57,13 @@ def grid_configs(placements, betas, seeds, base_config: CapstoneConfig, out_dir:
         if (placement, beta, seed) in done:
             continue
         done.add((placement, beta, seed))
-        changes = dict(placement=placement, beta=beta, seed=seed, resume=False,
-                       run_dir=None if out_dir is None else str(Path(out_dir) / run_name(placement, beta, seed)))
+        changes = dict(
+            placement=placement,
+            beta=beta,
+            seed=seed,
+            resume=False,
+            run_dir=None if out_dir is None else str(Path(out_dir) / run_name(placement, beta, seed)),
+        )
         if placement == "none":
             changes.update(kl_schedule="fixed", kl_target=None, kl_horizon=None, beta_end=None)
         try:
@@ -90,12 +102,18 @@ def sweep(placements, betas, seeds, base_config: CapstoneConfig, out_dir: str | 
         if out.exists() and not out.is_dir():
             raise ConfigError(f"{out} is a file, not a directory; pass a directory for the sweep", "run_dir")
         if (out / SWEEP_CSV).exists() and not base_config.overwrite:
-            raise ConfigError(f"{out} already holds a sweep ({SWEEP_CSV}); pass {flag('overwrite')} to replace it, "
-                              "or another directory", "run_dir")
+            raise ConfigError(
+                f"{out} already holds a sweep ({SWEEP_CSV}); pass {flag('overwrite')} to replace it, "
+                "or another directory",
+                "run_dir",
+            )
         taken = [Path(c.run_dir).name for c in configs if Path(c.run_dir).exists() and any(Path(c.run_dir).iterdir())]
         if taken and not base_config.overwrite:
-            raise ConfigError(f"{out} already holds runs of a sweep ({', '.join(taken[:3])}{', ...' if len(taken) > 3 else ''}); "
-                              f"pass {flag('overwrite')} to replace them, or another directory", "run_dir")
+            raise ConfigError(
+                f"{out} already holds runs of a sweep ({', '.join(taken[:3])}{', ...' if len(taken) > 3 else ''}); "
+                f"pass {flag('overwrite')} to replace them, or another directory",
+                "run_dir",
+            )
     for cfg in configs:  # every check of every run before the first one starts
         try:
             preflight(cfg)
@@ -103,9 +121,14 @@ def sweep(placements, betas, seeds, base_config: CapstoneConfig, out_dir: str | 
             raise _in_sweep(e, cfg.placement, cfg.beta, cfg.seed) from None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        record = {"placements": list(placements), "betas": list(betas), "seeds": list(seeds),
-                  "base_config": base_config.to_dict(), "runs": [Path(c.run_dir).name for c in configs],
-                  "versions": package_versions()}
+        record = {
+            "placements": list(placements),
+            "betas": list(betas),
+            "seeds": list(seeds),
+            "base_config": base_config.to_dict(),
+            "runs": [Path(c.run_dir).name for c in configs],
+            "versions": package_versions(),
+        }
         atomic_write_text(out / SWEEP_JSON, json.dumps(record, indent=1))
     frames = []
     for cfg in configs:
