@@ -20,41 +20,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from capstone_tiny import cli_flags
 
 from kltutor.capstone import rundir
 from kltutor.capstone.__main__ import build_parser, main
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-TINY = [
-    "--max-operand",
-    "9",
-    "--hidden-size",
-    "32",
-    "--num-layers",
-    "1",
-    "--num-heads",
-    "2",
-    "--num-kv-heads",
-    "1",
-    "--intermediate-size",
-    "64",
-    "--sft-steps",
-    "40",
-    "--sft-batch-size",
-    "32",
-    "--prompts-per-step",
-    "2",
-    "--group-size",
-    "4",
-    "--max-new-tokens",
-    "3",
-    "--lr",
-    "1e-3",
-    "--format-reward",
-    "0.5",
-    "--no-progress",
-]
+TINY = [*cli_flags(), "--no-progress"]
 
 ARCHITECTURE = ("--hidden-size", "--num-layers", "--num-heads", "--num-kv-heads", "--intermediate-size")
 TINY_WITHOUT_ARCHITECTURE = [a for i, a in enumerate(TINY) if a not in ARCHITECTURE and TINY[i - 1] not in ARCHITECTURE]
@@ -522,7 +495,7 @@ def test_the_table_covers_every_option_of_help():
     """Every flag in --help appears in the table or in a test below (a new option needs a row)."""
     import inspect
 
-    text = inspect.getsource(sys.modules[__name__])
+    text = inspect.getsource(sys.modules[__name__]) + " ".join(cli_flags())  # TINY is built from capstone_tiny
     helptext = build_parser().format_help()
     flags = set(re.findall(r"(--[a-z][a-z0-9-]+)", helptext)) - {"--help"}
     missing = sorted(

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from capstone_tiny import TINY_SETTINGS, cli_flags
 
 from kltutor.capstone import (
     CAPSTONE_PLACEMENTS,
@@ -27,24 +28,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 def tiny(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "capstone-cache"
     return CapstoneConfig(
-        max_operand=9,
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        intermediate_size=64,
-        sft_steps=40,
-        sft_batch_size=32,
-        steps=4,
-        prompts_per_step=2,
-        group_size=4,
-        max_new_tokens=3,
-        lr=1e-3,
-        logprob_chunk=5,
-        device="cpu",
-        progress=False,
-        cache_dir=str(cache),
-        format_reward=0.5,
+        **TINY_SETTINGS | dict(steps=4, logprob_chunk=5, device="cpu", progress=False, cache_dir=str(cache))
     )
 
 
@@ -199,32 +183,7 @@ def test_cli_single_run_and_sweep(tiny, tmp_path, capsys):
     common = [
         "--preset",
         "smoke",
-        "--max-operand",
-        "9",
-        "--hidden-size",
-        "32",
-        "--num-layers",
-        "1",
-        "--num-heads",
-        "2",
-        "--num-kv-heads",
-        "1",
-        "--intermediate-size",
-        "64",
-        "--sft-steps",
-        "40",
-        "--sft-batch-size",
-        "32",
-        "--prompts-per-step",
-        "2",
-        "--group-size",
-        "4",
-        "--max-new-tokens",
-        "3",
-        "--lr",
-        "1e-3",
-        "--format-reward",
-        "0.5",
+        *cli_flags(),
         "--steps",
         "2",
         "--cache-dir",

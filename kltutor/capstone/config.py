@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "REFERENCE_FIELDS",
     "CAPSTONE_PLACEMENTS",
     "CapstoneConfig",
     "CapstoneUserError",
@@ -30,6 +31,22 @@ CAPSTONE_PLACEMENTS = (
     "k2-in-loss",
     "k3-in-loss",
     "exact-in-loss",
+)
+
+#: The settings that make the SFT reference policy: its cache key (:func:`kltutor.capstone.sft.reference_dir`),
+#: and, with the seed, what a resumed run can never change (:data:`kltutor.capstone.rundir.FIXED_ON_RESUME`).
+REFERENCE_FIELDS = (
+    "max_operand",
+    "model",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "intermediate_size",
+    "sft_steps",
+    "sft_batch_size",
+    "sft_lr",
+    "sft_seed",
 )
 
 

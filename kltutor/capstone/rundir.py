@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from kltutor.capstone.config import (
+    REFERENCE_FIELDS,
     SCHEDULE_FIELDS,
     CapstoneConfig,
     CapstoneUserError,
@@ -99,22 +100,7 @@ FREE_ON_RESUME = frozenset(
 # Settings that can never change on resume: the checkpoint's policy, its reference and its RNG state
 # were made for the recorded values. Every other setting changes the run's meaning: resuming with a
 # different value needs allow_config_change.
-FIXED_ON_RESUME = frozenset(
-    {
-        "model",
-        "hidden_size",
-        "num_layers",
-        "num_heads",
-        "num_kv_heads",
-        "intermediate_size",
-        "max_operand",
-        "sft_steps",
-        "sft_batch_size",
-        "sft_lr",
-        "sft_seed",
-        "seed",
-    }
-)
+FIXED_ON_RESUME = frozenset({*REFERENCE_FIELDS, "seed"})
 _SCHEDULE_SETTINGS = frozenset({"kl_schedule", "beta", *SCHEDULE_FIELDS.values()})
 
 

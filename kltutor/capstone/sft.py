@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from kltutor.capstone.config import CapstoneConfig, CapstoneUserError, default_cache_dir, flag
+from kltutor.capstone.config import REFERENCE_FIELDS, CapstoneConfig, CapstoneUserError, default_cache_dir, flag
 from kltutor.capstone.model import build_model, build_tokenizer, check_tokenizer, load_model
 from kltutor.capstone.task import AdditionTask
 
@@ -102,21 +102,8 @@ def evaluate(
 
 
 def _cache_key(cfg: CapstoneConfig) -> str:
-    fields = [
-        "max_operand",
-        "model",
-        "hidden_size",
-        "num_layers",
-        "num_heads",
-        "num_kv_heads",
-        "intermediate_size",
-        "sft_steps",
-        "sft_batch_size",
-        "sft_lr",
-        "sft_seed",
-    ]
     # version 2: manifest.json, and the accuracies in info.json come from kltutor.capstone.sampler (version 1: model.generate)
-    blob = json.dumps({f: getattr(cfg, f) for f in fields} | {"version": 2}, sort_keys=True)
+    blob = json.dumps({f: getattr(cfg, f) for f in REFERENCE_FIELDS} | {"version": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
