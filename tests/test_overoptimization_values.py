@@ -321,3 +321,16 @@ def test_float32_probabilities_are_used_in_float64():
     p32, q32 = torch.tensor([0.25, 0.75]), torch.tensor([0.5, 0.5])  # exact in float32
     want = sum(a * math.log(a / b) for a, b in zip(p32.double().tolist(), q32.double().tolist()))
     assert oo.kl_categorical(p32, q32) == pytest.approx(want, abs=1e-15)
+
+
+def test_rl_peak_beyond_the_float_range_is_a_value_error():
+    """The rl form peaks at KL* = exp(2 (alpha / beta - 1)): a fit with alpha / beta in the hundreds
+    (a nearly linear sweep) puts it beyond float64, which is reported as "no usable peak" (ValueError,
+    what callers such as fits_over_comparison_sets catch), not as an OverflowError or an infinite KL."""
+    big = oo.form_peak(1.0, 1.0 / 300, "rl")  # KL* = e^598 < 1.8e308: still a number
+    assert big["kl"] == pytest.approx(math.exp(598), rel=1e-12) and big["d"] == pytest.approx(math.exp(299), rel=1e-12)
+    for alpha, beta in ((1.0, 1.0 / 400), (1.0, 1.0 / 800)):  # KL* = e^798 (d finite), d* = e^799 (exp overflows)
+        with pytest.raises(ValueError, match="float range"):
+            oo.form_peak(alpha, beta, "rl")
+        with pytest.raises(ValueError, match="float range"):
+            oo.safe_kl_budget(alpha, beta, "rl")
