@@ -281,3 +281,17 @@ def test_exact_moments_work_in_float64_and_want_1d_vectors():
     assert est.exact_moments(p32, q32, "k3") == pytest.approx(exact, abs=1e-15)
     with pytest.raises(ValueError, match=r"^q must be a non-empty 1-D vector"):
         est.exact_moments([0.5, 0.5], [[0.5, 0.5]], "k1")
+
+
+def test_k3_relative_error_bound_keeps_the_input_shape():
+    """Elementwise like the estimators it bounds: a [2, 2] batch of log-ratios gives a [2, 2] bound,
+    entry by entry the bound of the flat input; an empty batch keeps its shape too."""
+    ell = torch.tensor([[0.3, -1.0], [1.0, 2.0]], dtype=D)
+    for form in ("naive", "expm1", "stable"):
+        b = est.k3_relative_error_bound(ell, form, torch.float32)
+        assert b.shape == (2, 2)
+        flat = est.k3_relative_error_bound(ell.flatten(), form, torch.float32)
+        assert torch.allclose(b.flatten(), flat, rtol=1e-14, atol=0)
+    assert est.k3_relative_error_bound(torch.zeros(0, 3, dtype=D), "naive", torch.float32).shape == (0, 3)
+    ref = est.k3_reference(ell)
+    assert ref.shape == (2, 2) and ref.flatten().tolist() == pytest.approx([k3(x) for x in (0.3, -1.0, 1.0, 2.0)])
