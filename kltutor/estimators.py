@@ -276,7 +276,7 @@ def k3_relative_error_bound(log_ratio: Sequence[float] | Tensor, form: str, dtyp
     if not torch.isfinite(ell).all():
         raise ValueError("log_ratio must be finite")
     u = torch.finfo(dtype).eps / 2
-    value = k3_reference(ell) if ell.numel() else ell.clone()
+    value = k3_reference(ell)
     em1 = torch.expm1(-ell)
     expm1_bound = u * (2 * em1.abs() + value) / value
     if form == "naive":
@@ -294,10 +294,12 @@ def k3_reference(log_ratio: Sequence[float] | Tensor, digits: int = 50) -> Tenso
 
     The ground truth for the stability tables: the inputs are taken as exact numbers, so the
     error of a float32 / bfloat16 evaluation is measured against the value of *its own* input.
+    A tensor keeps its shape (elementwise, like the estimators); a sequence gives a 1-D tensor.
     """
     import mpmath
 
-    values = log_ratio.double().tolist() if isinstance(log_ratio, Tensor) else [float(v) for v in log_ratio]
+    shape = tuple(log_ratio.shape) if isinstance(log_ratio, Tensor) else (len(log_ratio),)
+    values = log_ratio.double().flatten().tolist() if isinstance(log_ratio, Tensor) else [float(v) for v in log_ratio]
     out = []
     with mpmath.workdps(digits):
         for v in values:
@@ -305,7 +307,7 @@ def k3_reference(log_ratio: Sequence[float] | Tensor, digits: int = 50) -> Tenso
                 raise ValueError("k3_reference needs finite log-ratios")
             x = mpmath.mpf(v)
             out.append(float(mpmath.expm1(-x) + x))
-    return torch.tensor(out, dtype=torch.float64)
+    return torch.tensor(out, dtype=torch.float64).reshape(shape)
 
 
 def exact_moments(p: Tensor | Sequence[float], q: Tensor | Sequence[float], estimator: str) -> dict[str, float]:

@@ -262,6 +262,8 @@ def form_peak(alpha: float, beta: float, form: Form) -> dict[str, float]:
     bon: ``d* = alpha / (2 beta)``, ``R* = alpha^2 / (4 beta)``; rl: ``d* = exp(alpha/beta - 1)``,
     ``R* = beta d*`` (derived in :mod:`kltutor.derivations.overoptimization`). A peak exists only
     for ``beta > 0``: otherwise the form rises for ever and there is no overoptimization to stop.
+    An rl peak whose KL* exceeds the float64 range (``alpha / beta`` above about 355.9) is refused
+    the same way, with a ValueError.
     """
     _check_form(form)
     if not (math.isfinite(alpha) and math.isfinite(beta)):
@@ -274,7 +276,14 @@ def form_peak(alpha: float, beta: float, form: Form) -> dict[str, float]:
         d = alpha / (2 * beta)
         value = alpha**2 / (4 * beta)
     else:
-        d = math.exp(alpha / beta - 1)
+        try:
+            d = math.exp(alpha / beta - 1)
+        except OverflowError:
+            d = math.inf
+        if math.isinf(d * d):
+            raise ValueError(
+                f"the rl form peaks at KL* = exp(2 (alpha / beta - 1)) = e^{2 * (alpha / beta - 1):.4g}, beyond the float range"
+            )
         value = beta * d
     return {"d": d, "kl": d * d, "gain": value}
 

@@ -281,3 +281,42 @@ def test_exact_moments_work_in_float64_and_want_1d_vectors():
     assert est.exact_moments(p32, q32, "k3") == pytest.approx(exact, abs=1e-15)
     with pytest.raises(ValueError, match=r"^q must be a non-empty 1-D vector"):
         est.exact_moments([0.5, 0.5], [[0.5, 0.5]], "k1")
+
+
+def test_k3_relative_error_bound_keeps_the_input_shape():
+    """Elementwise like the estimators it bounds: a [2, 2] batch of log-ratios gives a [2, 2] bound,
+    entry by entry the bound of the flat input; an empty batch keeps its shape too."""
+    ell = torch.tensor([[0.3, -1.0], [1.0, 2.0]], dtype=D)
+    for form in ("naive", "expm1", "stable"):
+        b = est.k3_relative_error_bound(ell, form, torch.float32)
+        assert b.shape == (2, 2)
+        flat = est.k3_relative_error_bound(ell.flatten(), form, torch.float32)
+        assert torch.allclose(b.flatten(), flat, rtol=1e-14, atol=0)
+    assert est.k3_relative_error_bound(torch.zeros(0, 3, dtype=D), "naive", torch.float32).shape == (0, 3)
+    ref = est.k3_reference(ell)
+    assert ref.shape == (2, 2) and ref.flatten().tolist() == pytest.approx([k3(x) for x in (0.3, -1.0, 1.0, 2.0)])
+
+
+def test_k3_relative_error_bound_formula_by_formula():
+    """Each form's bound evaluated by hand where the forms differ by O(1) factors (l = +-1), plus the
+    float64 reference's own rounding 2^-53; the stable form's 8u on the series' closed radius |l| <= 0.5
+    (where :func:`k3` uses the series), the expm1 bound just beyond it. Python floats in, float64 out."""
+    e, r = math.e, 2.0**-53
+    for dt in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+        u = torch.finfo(dt).eps / 2
+        # l = 1: e^{-l} = k3 = 1/e; l = -1: e^{-l} = e, k3 = e - 2
+        naive = est.k3_relative_error_bound([1.0, -1.0], "naive", dt)
+        assert naive.dtype == D
+        # u (2 e^{-l} + |e^{-l} - 1| + k3) / k3
+        assert naive.tolist() == pytest.approx([u * (2 + e) + r, u * (4 * e - 3) / (e - 2) + r], rel=1e-13)
+        # u (2 |e^{-l} - 1| + k3) / k3
+        expm1 = est.k3_relative_error_bound([1.0, -1.0], "expm1", dt)
+        assert expm1.tolist() == pytest.approx([u * (2 * e - 1) + r, u * (3 * e - 4) / (e - 2) + r], rel=1e-13)
+        above = math.nextafter(0.5, 1.0)
+        stable = est.k3_relative_error_bound([1.0, -1.0, 0.5, -0.5, 0.3, above], "stable", dt)
+        k3_above = k3(above)
+        beyond = u * (2 * -math.expm1(-above) + k3_above) / k3_above + r  # about 8.4 u
+        want = [expm1[0].item(), expm1[1].item(), 8 * u + r, 8 * u + r, 8 * u + r, beyond]
+        assert stable.tolist() == pytest.approx(want, rel=1e-13)
+    # in float64 the total is exact: 8 * 2^-53 + 2^-53
+    assert est.k3_relative_error_bound([0.3], "stable", D).item() == 9 * r

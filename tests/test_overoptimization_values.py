@@ -321,3 +321,88 @@ def test_float32_probabilities_are_used_in_float64():
     p32, q32 = torch.tensor([0.25, 0.75]), torch.tensor([0.5, 0.5])  # exact in float32
     want = sum(a * math.log(a / b) for a, b in zip(p32.double().tolist(), q32.double().tolist()))
     assert oo.kl_categorical(p32, q32) == pytest.approx(want, abs=1e-15)
+
+
+def test_rl_peak_beyond_the_float_range_is_a_value_error():
+    """The rl form peaks at KL* = exp(2 (alpha / beta - 1)): a fit with alpha / beta in the hundreds
+    (a nearly linear sweep) puts it beyond float64, which is reported as "no usable peak" (ValueError,
+    what callers such as fits_over_comparison_sets catch), not as an OverflowError or an infinite KL."""
+    big = oo.form_peak(1.0, 1.0 / 300, "rl")  # KL* = e^598 < 1.8e308: still a number
+    assert big["kl"] == pytest.approx(math.exp(598), rel=1e-12) and big["d"] == pytest.approx(math.exp(299), rel=1e-12)
+    for alpha, beta in ((1.0, 1.0 / 400), (1.0, 1.0 / 800)):  # KL* = e^798 (d finite), d* = e^799 (exp overflows)
+        with pytest.raises(ValueError, match="float range"):
+            oo.form_peak(alpha, beta, "rl")
+        with pytest.raises(ValueError, match="float range"):
+            oo.safe_kl_budget(alpha, beta, "rl")
+
+
+def test_fit_form_zero_kl_threshold_on_both_sides():
+    """KL <= 1e-12 is a rounding zero, dropped (1e-12 itself included); KL >= -1e-12 is accepted
+    (-1e-12 itself included), anything more negative refused."""
+    kl = [-1e-12, 1e-12, 2e-12, 1.0, 4.0]
+    gain = [float(oo.gold_form(math.sqrt(k), 2.0, 0.5, "bon")) if k > 0 else 0.0 for k in kl]
+    fit = oo.fit_form(kl, gain, "bon")
+    assert fit.n_points == 3  # 2e-12, 1 and 4 kept
+    assert (fit.alpha, fit.beta) == pytest.approx((2.0, 0.5), abs=1e-9) and fit.rmse < 1e-12
+    with pytest.raises(ValueError, match="non-negative"):
+        oo.fit_form([-1.1e-12, 1.0, 4.0], [0.0, 1.5, 2.0], "bon")
+
+
+def test_spread_in_float64_with_two_values_and_ddof_one():
+    # mean and sd by hand: sd = sqrt(sum (x - mean)^2 / (n - 1))
+    s = oo.spread([0.1, 0.2, 0.4])
+    m = (0.1 + 0.2 + 0.4) / 3
+    assert s.mean == pytest.approx(m, rel=1e-15)
+    assert s.sd == pytest.approx(math.sqrt(((0.1 - m) ** 2 + (0.2 - m) ** 2 + (0.4 - m) ** 2) / 2), rel=1e-14)
+    two = oo.spread([1.0, float("nan"), 3.0])  # two finite values are enough
+    assert (two.mean, two.n) == (2.0, 2) and two.sd == pytest.approx(math.sqrt(2.0), rel=1e-15)
+
+
+def test_fits_over_comparison_sets_every_field_by_hand():
+    """Seed by seed, every field is the single-seed pipeline's (proxy -> sweep -> fit_form ->
+    safe_kl_budget at the given fraction); a fit without a peak gives nan; fraction's range is (0, 1]."""
+    world = oo.make_world(64, 2, 0.0, seed=0)
+    ns, betas, seeds = [1, 2, 4, 8], [4.0, 2.0, 1.0], [0, 1]
+    out = oo.fits_over_comparison_sets(world, 50, seeds, ns, betas, fraction=0.5)
+    nans = 0
+    for i, seed in enumerate(seeds):
+        proxy = oo.proxy_from_comparisons(world, 50, seed=seed)
+        first, second, wins = oo.sample_comparisons(world, 50, seed)
+        w = oo.fit_bradley_terry(world.features[first] - world.features[second], wins)  # the proxy's weights
+        cos = float(w @ world.gold_weights / (w.norm() * world.gold_weights.norm()))
+        assert out["proxy"]["cos_gold"][i] == pytest.approx(cos, rel=1e-9)
+        for key, rows in (
+            ("bon", oo.best_of_n_sweep(world, proxy, ns)),
+            ("tilted", oo.tilted_sweep(world, proxy, betas)),
+        ):
+            k = max(range(len(rows["gold"])), key=rows["gold"].__getitem__)
+            assert out[key]["peak_kl"][i] == pytest.approx(rows["kl"][k], rel=1e-12)
+            assert out[key]["peak_gain"][i] == pytest.approx(rows["gold"][k], rel=1e-12)
+            for form in oo.FORMS:
+                fit, got = oo.fit_form(rows["kl"], rows["gold"], form), out[f"{key}-{form}"]
+                assert (got["alpha"][i], got["beta"][i], got["rmse"][i]) == pytest.approx(
+                    (fit.alpha, fit.beta, fit.rmse), rel=1e-9
+                )
+                try:
+                    want = oo.safe_kl_budget(fit.alpha, fit.beta, form, 0.5)
+                except ValueError:
+                    assert math.isnan(got["peak_kl"][i]) and math.isnan(got["safe_kl"][i])
+                    nans += 1
+                    continue
+                assert got["peak_kl"][i] == pytest.approx(want["peak_kl"], rel=1e-9)
+                assert got["safe_kl"][i] == pytest.approx(want["kl"], rel=1e-9)
+                if form == "bon":  # d = d* (1 - sqrt(1 - fraction)): KL = KL* (1 - sqrt(1/2))^2
+                    assert got["safe_kl"][i] == pytest.approx(got["peak_kl"][i] * (1 - math.sqrt(0.5)) ** 2, rel=1e-9)
+    # seed 0's best-of-n sweep still rises at n = 8 (fitted beta < 0: no peak), and its tilted sweep is
+    # so nearly linear that the rl form's peak lies beyond float64 (alpha / beta > 356)
+    assert out["bon-bon"]["beta"][0] < -0.01 and math.isnan(out["bon-bon"]["peak_kl"][0])
+    assert out["tilted-rl"]["alpha"][0] / out["tilted-rl"]["beta"][0] > 500 and math.isnan(
+        out["tilted-rl"]["safe_kl"][0]
+    )
+    assert nans >= 2
+    # fraction = 1: the budget is the peak itself
+    full = oo.fits_over_comparison_sets(world, 50, seeds, betas=betas, fraction=1.0)
+    assert full["tilted-bon"]["safe_kl"] == pytest.approx(full["tilted-bon"]["peak_kl"], rel=1e-9)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            oo.fits_over_comparison_sets(world, 50, seeds, betas=betas, fraction=bad)
