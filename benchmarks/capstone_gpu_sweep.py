@@ -60,19 +60,6 @@ def _worker(jobs, done, deadline: float) -> None:
             )
 
 
-def _read_rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a stopped worker
-            break
-    return rows
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -102,7 +89,7 @@ def main(argv=None) -> int:
     from kltutor.capstone.config import preset
     from kltutor.capstone.loop import METRICS
     from kltutor.capstone.preflight import resolve_device
-    from kltutor.capstone.rundir import package_versions
+    from kltutor.capstone.rundir import METRICS_FILE, MetricsLog, package_versions
     from kltutor.capstone.sft import reference_policy
     from kltutor.capstone.sweep import grid_configs, run_name
 
@@ -186,7 +173,7 @@ def main(argv=None) -> int:
 
     frames, runs = [], []
     for c in configs:
-        rows = _read_rows(Path(c.run_dir))
+        rows = MetricsLog(Path(c.run_dir) / METRICS_FILE).read()  # a line cut by a stopped worker is left out
         r = reports.get(c.run_dir, {})
         runs.append(
             {
