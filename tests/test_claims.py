@@ -151,8 +151,8 @@ def _restatements() -> dict[str, str]:
     texts["cheat sheet"] = CHEATSHEET
     texts["notation page"] = (BOOK / "notation.md").read_text()
     for path in sorted((ROOT / "kltutor").rglob("*.py")):
-        if path.name in ("claims.py", "interview.py"):  # the ledger itself; the bank's answers are above
-            continue
+        if "claims" in path.relative_to(ROOT).parts or path.name == "interview.py":
+            continue  # the ledger itself; the bank's answers are above
         texts[f"{path.relative_to(ROOT)} docstrings"] = _docstrings(path)
     for path in sorted(BOOK.glob("[0-9][0-9]_*.md")):
         texts[path.name] = _strip_code_and_quotes(path.read_text())
