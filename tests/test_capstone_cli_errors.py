@@ -624,8 +624,9 @@ def _interrupt(*args, **kwargs):
 
 
 # Failures after every check has passed: (id, arguments, (module, attribute, replacement(real)), exit code,
-# expected message (regex), the files of the copied run that may change). Nothing else may change, and
-# {new} must not exist afterwards (a failed start leaves nothing that blocks the same command).
+# expected message (regex), the files of the copied run that may change). Nothing else may change (in
+# content: a file put back as it was has a new mtime), and {new} must not exist afterwards (a failed
+# start leaves nothing that blocks the same command).
 FAILURES = [
     (
         "disk-full-new-run",
@@ -690,6 +691,14 @@ FAILURES = [
         r"smaller preset",
         [],
     ),
+    (  # run.json had its resume entry and metrics.jsonl was rewritten: both are put back as they were
+        "interrupted-resume-before-its-first-step",
+        "--resume --run-dir {run} --steps 4",
+        (rundir, "load_checkpoint", lambda real: _interrupt),
+        130,
+        r"^interrupted; it stopped before its first step: .*run/run.json and .*run/metrics.jsonl are as they were$",
+        [],
+    ),
     (
         "interrupted-before-the-first-step",
         "--run-dir {new}",
@@ -728,7 +737,9 @@ def test_a_failure_after_the_checks_is_one_line_and_changes_nothing(
     assert len(lines) == 1 and "Traceback" not in err, err
     assert re.search(expected, lines[0]), f"{name}: {lines[0]!r} does not match {expected!r}"
     after = snapshot(tmp_path)
-    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    sha = {k: v[0] if isinstance(v, tuple) else v for k, v in before.items()}
+    sha_after = {k: v[0] if isinstance(v, tuple) else v for k, v in after.items()}
+    changed = sorted(k for k in set(sha) | set(sha_after) if sha.get(k) != sha_after.get(k))
     assert changed == sorted(str(tmp_path / p) for p in may_change), f"{name}: changed {changed}"
     assert not paths["new"].exists()
     assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob(".lock"))
@@ -836,6 +847,7 @@ def test_overwrite_replaces_the_run_and_keeps_other_files(finished_run, tmp_path
     assert [r["step"] for r in _rows(run)] == [1]
     assert not (run / "checkpoint").exists()  # the old run's checkpoint is gone: a later --resume cannot mix runs
     assert (run / "my-notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "my-notes.txt", "run.json"]  # nothing set aside
 
 
 def test_sweep_without_run_dir_writes_to_a_temporary_directory(tmp_path, cache, capsys, monkeypatch):
