@@ -166,6 +166,8 @@ def run(config: CapstoneConfig) -> RunResult:
 
 
 def _run(plan, stop: Interrupts) -> RunResult:
+    """:func:`run` once the checks have passed and the run directory is locked (``plan``: a
+    :class:`~kltutor.capstone.preflight.RunPlan`)."""
     from tqdm.auto import tqdm
 
     from kltutor.capstone.model import load_model
@@ -255,8 +257,8 @@ def _run(plan, stop: Interrupts) -> RunResult:
                 started = True
                 rundir.commit_start(plan.run)
             bar.set_postfix(reward=f"{row['reward']:.2f}", kl=f"{row['kl_exact_seq']:.3f}")
-            saved = cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps)
-            if saved or (stop.signum is not None and step + 1 < cfg.steps):
+            due = cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps)
+            if due or (stop.signum is not None and step + 1 < cfg.steps):
                 rundir.save_checkpoint(ckpt, policy, opt, schedule, task_gen, step + 1, metrics)
             if stop.signum is not None and step + 1 < cfg.steps:
                 raise RunInterrupted(

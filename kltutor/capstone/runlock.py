@@ -119,7 +119,7 @@ class RunLock:
             top = top.parent
         self.run_dir.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd, locked = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), False
             try:
                 if fcntl is not None:
                     for attempt in range(5):  # a check_not_in_use elsewhere holds a shared lock for a moment
@@ -141,12 +141,14 @@ class RunLock:
                         continue
                 old = self._read(fd)
                 if old and old.get("pid") != os.getpid():
-                    alive = old.get("host") == socket.gethostname() and _pid_alive(int(old.get("pid", -1)))
+                    pid = old.get("pid")
+                    alive = isinstance(pid, int) and old.get("host") == socket.gethostname() and _pid_alive(pid)
                     if fcntl is None and alive:
                         raise self._refuse(old)
                     self.notes.append(
                         f"took over the stale lock {self.path} left by {_describe(old)} (it no longer holds it)"
                     )
+                locked = True  # ours from here (with fcntl: since the flock)
                 record = {
                     "pid": os.getpid(),
                     "host": socket.gethostname(),
@@ -156,8 +158,12 @@ class RunLock:
                 os.ftruncate(fd, 0)
                 os.lseek(fd, 0, os.SEEK_SET)
                 os.write(fd, json.dumps(record).encode())
-            except BaseException:
+            except BaseException as e:
+                if locked:  # a lock file we could not write (a full disk): not left behind
+                    self.path.unlink(missing_ok=True)
                 os.close(fd)
+                if isinstance(e, OSError) and e.filename is None:
+                    e.filename = str(self.path)
                 self._remove_created()
                 raise
             self._fd = fd
