@@ -675,7 +675,7 @@ FAILURES = [
     ),
     (
         "disk-full-cache",
-        "--run-dir {new} --cache-dir {empty}",
+        "--run-dir {new} --cache-dir {empty} --sft-steps 5",  # a short SFT: only its saving matters
         (rundir, "write_manifest", lambda real: _enospc_under("empty", real)),
         2,
         r"^error: cannot write the reference policy to the cache .*empty \(OSError: No space left on device\); "
@@ -1151,7 +1151,7 @@ def test_no_progress_silences_every_bar(tmp_path, monkeypatch, capfd):
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.enable_progress_bar()
     try:
-        fresh = ["--cache-dir", str(tmp_path / "cache"), "--steps", "2", "--checkpoint-every", "2"]
+        fresh = ["--cache-dir", str(tmp_path / "cache"), "--sft-steps", "5", "--steps", "2", "--checkpoint-every", "2"]
         capfd.readouterr()
         assert main(TINY + fresh + ["--run-dir", str(tmp_path / "quiet")]) == 0  # TINY has --no-progress
         err = capfd.readouterr().err
