@@ -4,7 +4,10 @@ Every module that takes a number or a probability vector from a reader checks it
 mistake gets the same one-line message wherever it is made:
 
 - :func:`positive_number`, :func:`nonnegative_number`: a scalar such as ``beta``;
-- :func:`probabilities`: a categorical distribution (a vector, or a batch along the last axis).
+- :func:`probabilities`: a categorical distribution (a vector, or a batch along the last axis);
+- :func:`seed`, :func:`integer_below`, :func:`float32_number`: the ranges the code behind a setting can
+  take (NumPy's seeds, 64-bit integers, float32 arithmetic), so that a value beyond them is refused up
+  front instead of failing deep inside a run.
 """
 
 from __future__ import annotations
@@ -16,7 +19,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["positive_number", "nonnegative_number", "probabilities", "default_atol"]
+__all__ = [
+    "positive_number",
+    "nonnegative_number",
+    "probabilities",
+    "default_atol",
+    "seed",
+    "integer_below",
+    "float32_number",
+]
 
 
 def _real(name: str, value: Any) -> float:
@@ -106,3 +117,53 @@ def probabilities(
         axis = "" if vector else " along its last axis"
         raise ValueError(f"{name} must sum to 1{axis} (largest error {err:.3g} > atol {tol:.1g})")
     return t
+
+
+SEED_LIMIT = 2**32  # numpy.random.seed, which every run calls, takes 0 <= seed < 2**32
+
+
+def seed(name: str, value: Any) -> int:
+    """``value`` as an int seed: ``TypeError`` unless an integer, ``ValueError`` outside ``[0, 2**32)``.
+
+    >>> seed("seed", 2**32)
+    Traceback (most recent call last):
+    ...
+    ValueError: seed must be an integer in [0, 2**32 - 1] (NumPy's seed range), got 4294967296
+    """
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, 2**32 - 1] (NumPy's seed range), got {value!r}")
+    return int(value)
+
+
+def integer_below(name: str, value: Any, limit: int, why: str) -> int:
+    """``value`` as an int: ``TypeError`` unless an integer, ``ValueError`` unless ``value < limit``
+    (``why`` says what the limit comes from)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if not value < limit:
+        raise ValueError(f"{name} must be below {limit:.3g} ({why}), got {value!r}")
+    return int(value)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def float32_number(name: str, value: Any) -> float:
+    """``value`` as a float: ``TypeError`` unless a real number, ``ValueError`` unless finite in float32
+    (``|value| <= 3.4e38``), for a setting that ends up in a float32 tensor.
+
+    >>> float32_number("clip_eps", 1e300)
+    Traceback (most recent call last):
+    ...
+    ValueError: clip_eps must be at most 3.4e+38 in size (it is used in float32 arithmetic), got 1e+300
+    """
+    v = _real(name, value)
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if not math.isfinite(v) or abs(v) > FLOAT32_MAX:
+        raise ValueError(
+            f"{name} must be at most {FLOAT32_MAX:.2g} in size (it is used in float32 arithmetic), got {value!r}"
+        )
+    return v

@@ -9,13 +9,16 @@ config changes, --overwrite, a no-op resume, the sweep's temporary directory, ev
 --help, atomic checkpoints and metrics that survive a failure.
 """
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +76,22 @@ def _only_ref(cache):
     return ref
 
 
+def edit_run_json(run, change):
+    rec = json.loads((run / "run.json").read_text())
+    change(rec["config"])
+    (run / "run.json").write_text(json.dumps(rec, indent=1))
+
+
+def hold_lock(run, cache):
+    """Take the run directory's lock as another run would (an flock on its own open file, which
+    conflicts with any other, in this process too); the test releases it at the end."""
+    from kltutor.capstone.runlock import RunLock
+
+    lock = RunLock(run)
+    lock.acquire()
+    return lock
+
+
 # Each case: (id, arguments, expected message (regex), preparation of the copied run / cache or None).
 # Placeholders: {run} a copy of the finished run, {new} a path that does not exist, {file} a regular file,
 # {empty} an empty directory, {foreign} a directory holding someone else's file, {cache} a copy of the cache.
@@ -86,6 +105,23 @@ CASES = [
     ("steps-0", "--steps 0", r"--steps: steps=0 trains nothing", None),
     ("steps-negative", "--steps -1", r"--steps: steps must be an integer >= 0", None),
     ("seed-negative", "--seed -1", r"--seed: seed must be an integer >= 0", None),
+    ("seed-2-32", "--seed 4294967296", r"--seed: seed must be an integer in \[0, 2\*\*32 - 1\]", None),
+    ("sft-seed-2-32", "--sft-seed 4294967296", r"--sft-seed: sft_seed must be an integer in \[0, 2\*\*32 - 1\]", None),
+    (
+        "max-operand-1e20",
+        "--max-operand 100000000000000000000",
+        r"--max-operand: max_operand must be below 1e\+18 \(the task draws operands as 64-bit integers\)",
+        None,
+    ),
+    ("clip-eps-1e300", "--clip-eps 1e300", r"--clip-eps: clip_eps must be at most 3.4e\+38 in size", None),
+    ("lr-1e300", "--lr 1e300", r"--lr: lr must be at most 3.4e\+38", None),
+    (
+        "intermediate-size-cannot-be-allocated",
+        "--intermediate-size 100000000000",
+        r"--intermediate-size: the model built from scratch would have 9.6e\+12 parameters, .* GiB .*more than "
+        r"the .* GiB of memory of the (CPU|CUDA); lower --intermediate-size",
+        None,
+    ),
     ("temperature-0", "--temperature 0", r"--temperature: temperature must be a finite number > 0", None),
     ("temperature-inf", "--temperature inf", r"--temperature: temperature must be a finite number > 0", None),
     ("top-p-0", "--top-p 0", r"--top-p: top_p must be in \(0, 1\]", None),
@@ -228,6 +264,9 @@ CASES = [
     ("model-dir-empty", "--model {empty}", r"--model: .* is not a model directory", None),
     # --- paths
     ("run-dir-is-a-file", "--run-dir {file}", r"--run-dir: .* is a file, not a directory", None),
+    ("run-dir-empty-string", "--run-dir {blank}", r"^error: --run-dir: run_dir must name a directory, got ''", None),
+    ("resume-run-dir-empty-string", "--resume --run-dir {blank}", r"--run-dir: run_dir must name a directory", None),
+    ("cache-dir-empty-string", "--cache-dir {blank}", r"^error: --cache-dir: cache_dir must name a directory", None),
     ("run-dir-under-a-file", "--run-dir {file}/sub", r"--run-dir: .* cannot be created: .* is a file", None),
     (
         "run-dir-holds-a-run",
@@ -316,6 +355,62 @@ CASES = [
         "--resume --run-dir {run} --steps 4",
         r"run.json is unreadable \(JSONDecodeError",
         lambda run, cache: truncate(run / "run.json"),
+    ),
+    (
+        "resume-run-json-missing-a-field",
+        "--resume --run-dir {run} --steps 4",
+        r"^error: --resume: .*run.json holds an invalid run record: its config records no lr .*--overwrite",
+        lambda run, cache: edit_run_json(run, lambda c: c.pop("lr")),
+    ),
+    (  # the file is named, not --beta, which this command did not pass
+        "resume-run-json-beta-a-string",
+        "--resume --run-dir {run} --steps 4",
+        r"^error: --resume: .*run.json holds an invalid run record: beta must be a number, got '0.05'",
+        lambda run, cache: edit_run_json(run, lambda c: c.update(beta="0.05")),
+    ),
+    (
+        "resume-run-json-bool-a-string",
+        "--resume --run-dir {run} --steps 4",
+        r"run.json holds an invalid run record: normalize_std must be true or false, got 'no'",
+        lambda run, cache: edit_run_json(run, lambda c: c.update(normalize_std="no")),
+    ),
+    (
+        "resume-run-json-seed-too-large",
+        "--resume --run-dir {run} --steps 4",
+        r"run.json holds an invalid run record: seed must be an integer in \[0, 2\*\*32 - 1\]",
+        lambda run, cache: edit_run_json(run, lambda c: c.update(seed=2**40)),
+    ),
+    (
+        "resume-metrics-not-utf8",
+        "--resume --run-dir {run} --steps 4",
+        r"^error: .*metrics.jsonl cannot be read: not UTF-8 text \(invalid start byte at byte 0\); --resume "
+        r"rewrites it from the checkpoint's rows, so move it away",
+        lambda run, cache: (run / "metrics.jsonl").write_bytes(b"\xff\xfe{not utf-8}\n"),
+    ),
+    (
+        "resume-metrics-unreadable",
+        "--resume --run-dir {run} --steps 4",
+        r"metrics.jsonl cannot be read: Is a directory",
+        lambda run, cache: ((run / "metrics.jsonl").unlink(), (run / "metrics.jsonl").mkdir()),
+    ),
+    # --- one process per run directory (the lock is held as another process would hold it)
+    (
+        "run-dir-in-use",
+        "--run-dir {run} --overwrite",
+        rf"^error: --run-dir: .*run is in use by another run \(process {os.getpid()} on .*lock file .*\.lock\); wait",
+        hold_lock,
+    ),
+    (
+        "run-dir-in-use-resume",
+        "--resume --run-dir {run} --steps 4",
+        r"--run-dir: .* is in use by another run",
+        hold_lock,
+    ),
+    (
+        "run-dir-in-use-new-run",
+        "--run-dir {empty}",
+        r"--run-dir: .*empty is in use by another run",
+        lambda r, c: hold_lock(r.parent / "empty", c),
     ),
     # --- corrupt checkpoints: the message names the file and how to recover
     (
@@ -455,9 +550,9 @@ def test_a_mistake_is_one_line_exit_2_and_changes_nothing(case, finished_run, ca
     sweepruns = tmp_path / "sweepruns"
     shutil.copytree(sweepdir, sweepruns)
     (sweepdir / "sweep.csv").write_text("placement\n")
-    if prepare is not None:
-        prepare(run, cache_copy)
+    held = prepare(run, cache_copy) if prepare is not None else None
     paths = {
+        "blank": "",
         "run": run,
         "new": tmp_path / "new",
         "file": tmp_path / "file.txt",
@@ -489,6 +584,165 @@ def test_a_mistake_is_one_line_exit_2_and_changes_nothing(case, finished_run, ca
     assert re.search(expected, lines[0]), f"{name}: {lines[0]!r} does not match {expected!r}"
     assert snapshot(tmp_path) == before, f"{name}: files changed"
     assert not paths["new"].exists()
+    if hasattr(held, "release"):
+        held.release()
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _enospc_writing(path, *args, **kwargs):
+    """What rundir's atomic writes raise when the disk is full: the error names the file."""
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def _enospc_appending(log, row):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(log.path))
+
+
+def _enospc_under(name, real):
+    """``real``, except that writing under a directory called ``name`` fails with a full disk."""
+
+    def patched(path, *args, **kwargs):
+        if name in Path(path).parts:
+            _enospc()
+        return real(path, *args, **kwargs)
+
+    return patched
+
+
+def _cannot_allocate(*args, **kwargs):
+    raise RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+        "allocate 12800000000000 bytes. Error code 12 (Cannot allocate memory)"
+    )
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+# Failures after every check has passed: (id, arguments, (module, attribute, replacement(real)), exit code,
+# expected message (regex), the files of the copied run that may change). Nothing else may change (in
+# content: a file put back as it was has a new mtime), and {new} must not exist afterwards (a failed
+# start leaves nothing that blocks the same command).
+FAILURES = [
+    (
+        "disk-full-new-run",
+        "--run-dir {new}",
+        (rundir, "atomic_write_bytes", lambda real: _enospc_writing),
+        2,
+        r"^error: cannot write .*new/run.json \(OSError: No space left on device\); free space on that disk, or "
+        r"pass another --run-dir; it stopped before its first step: what it had written in .*new was removed$",
+        [],
+    ),
+    (
+        "disk-full-overwrite",
+        "--run-dir {run} --overwrite",
+        (rundir, "atomic_write_bytes", lambda real: _enospc_writing),
+        2,
+        r"cannot write .*run/run.json .*; it stopped before its first step: the run it was to replace in .* is back",
+        [],
+    ),
+    (
+        "disk-full-resume",
+        "--resume --run-dir {run} --steps 4",
+        (rundir, "atomic_write_bytes", lambda real: _enospc_writing),
+        2,
+        r"cannot write .*run/run.json .*; it stopped before its first step: .*run.json and .*metrics.jsonl are as "
+        r"they were",
+        [],
+    ),
+    (
+        "disk-full-metrics",
+        "--run-dir {new}",
+        (rundir.MetricsLog, "append", lambda real: _enospc_appending),
+        2,
+        r"^error: cannot write .*new/metrics.jsonl \(OSError: No space left on device\); .*it stopped before its "
+        r"first step",
+        [],
+    ),
+    (
+        "disk-full-checkpoint",
+        "--resume --run-dir {run} --steps 4 --checkpoint-every 1",
+        (torch, "save", lambda real: _enospc),
+        2,
+        r"^error: cannot write the checkpoint of step 3 \(OSError: No space left on device\); the partial "
+        r"checkpoint.tmp was removed and the previous checkpoint, if any, is unchanged; free space on that disk, "
+        r"then continue with --resume; the metrics of the finished steps are in .*metrics.jsonl$",
+        ["run/run.json", "run/metrics.jsonl"],  # the resume recorded, the row of step 3
+    ),
+    (
+        "disk-full-cache",
+        "--run-dir {new} --cache-dir {empty} --sft-steps 5",  # a short SFT: only its saving matters
+        (rundir, "write_manifest", lambda real: _enospc_under("empty", real)),
+        2,
+        r"^error: cannot write the reference policy to the cache .*empty \(OSError: No space left on device\); "
+        r"free space on that disk, or pass another --cache-dir; it stopped before its first step",
+        [],
+    ),
+    (
+        "cpu-allocation-fails",
+        "--run-dir {new} --cache-dir {empty}",
+        ("kltutor.capstone.sft", "build_model", lambda real: _cannot_allocate),
+        2,
+        r"^error: CPU out of memory \(.*can't allocate memory.*\)\. This configuration does not fit: use a "
+        r"smaller preset",
+        [],
+    ),
+    (  # run.json had its resume entry and metrics.jsonl was rewritten: both are put back as they were
+        "interrupted-resume-before-its-first-step",
+        "--resume --run-dir {run} --steps 4",
+        (rundir, "load_checkpoint", lambda real: _interrupt),
+        130,
+        r"^interrupted; it stopped before its first step: .*run/run.json and .*run/metrics.jsonl are as they were$",
+        [],
+    ),
+    (
+        "interrupted-before-the-first-step",
+        "--run-dir {new}",
+        ("kltutor.capstone.sft", "reference_policy", lambda real: _interrupt),
+        130,
+        r"^interrupted; it stopped before its first step: what it had written in .*new was removed$",
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", FAILURES, ids=[c[0] for c in FAILURES])
+def test_a_failure_after_the_checks_is_one_line_and_changes_nothing(
+    case, finished_run, cache, tmp_path, capsys, monkeypatch
+):
+    import importlib
+
+    name, args, (where, attr, replacement), code, expected, may_change = case
+    run, cache_copy = tmp_path / "run", tmp_path / "cache"
+    shutil.copytree(finished_run, run)
+    shutil.copytree(cache, cache_copy)
+    (tmp_path / "empty").mkdir()
+    paths = {"run": run, "new": tmp_path / "new", "empty": tmp_path / "empty"}
+    argv = [a.format(**paths) for a in args.split()]
+    if "--cache-dir" not in argv:
+        argv += ["--cache-dir", str(cache_copy)]
+    full = argv + ["--no-progress"] if "--resume" in argv else TINY + argv
+    target = importlib.import_module(where) if isinstance(where, str) else where
+    monkeypatch.setattr(target, attr, replacement(getattr(target, attr)))
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    rc = main(full)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert rc == code, (name, rc, out, err)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.search(expected, lines[0]), f"{name}: {lines[0]!r} does not match {expected!r}"
+    after = snapshot(tmp_path)
+    sha = {k: v[0] if isinstance(v, tuple) else v for k, v in before.items()}
+    sha_after = {k: v[0] if isinstance(v, tuple) else v for k, v in after.items()}
+    changed = sorted(k for k in set(sha) | set(sha_after) if sha.get(k) != sha_after.get(k))
+    assert changed == sorted(str(tmp_path / p) for p in may_change), f"{name}: changed {changed}"
+    assert not paths["new"].exists()
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob(".lock"))
 
 
 def test_the_table_covers_every_option_of_help():
@@ -593,6 +847,7 @@ def test_overwrite_replaces_the_run_and_keeps_other_files(finished_run, tmp_path
     assert [r["step"] for r in _rows(run)] == [1]
     assert not (run / "checkpoint").exists()  # the old run's checkpoint is gone: a later --resume cannot mix runs
     assert (run / "my-notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "my-notes.txt", "run.json"]  # nothing set aside
 
 
 def test_sweep_without_run_dir_writes_to_a_temporary_directory(tmp_path, cache, capsys, monkeypatch):
@@ -693,7 +948,7 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, cac
 
     monkeypatch.setattr(rundir, "write_manifest", crash)  # the new checkpoint is half written when the crash comes
     assert main(["--run-dir", str(run), "--resume", "--steps", "4", "--no-progress"]) == 130
-    assert snapshot(run / "checkpoint") == before and (run / "checkpoint.tmp").exists()
+    assert snapshot(run / "checkpoint") == before and not (run / "checkpoint.tmp").exists()  # the partial one removed
     assert [r["step"] for r in _rows(run)] == [1, 2, 3, 4]  # the rows of the steps done are kept
     monkeypatch.undo()
     # a crash between the two renames of the swap: only checkpoint.old is left
@@ -747,3 +1002,194 @@ def test_read_only_run_dir(tmp_path, cache, capsys):
         assert "is not writable" in capsys.readouterr().err
     finally:
         d.chmod(0o700)
+
+
+# --- one process per run directory, and interrupts (real processes)
+
+REPO = str(Path(__file__).resolve().parents[1])
+
+
+def _spawn(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": REPO, "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "kltutor.capstone", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+
+
+def _wait_for_rows(run: Path, n: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Until the process has written ``n`` metric rows (its loop is running), or fail with its stderr."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended early ({proc.returncode}): {proc.communicate()[1]}")
+        if len(rundir.MetricsLog(run / "metrics.jsonl").read()) >= n:
+            return
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("the run wrote no rows in time")
+
+
+def _interrupted_step(err: str, name: str) -> int:
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err, err
+    assert f"{name} received: finishing the step in progress, then writing a checkpoint" in err, err
+    m = re.fullmatch(
+        rf"interrupted by {name} after step (\d+) of 100000: its checkpoint is in .*checkpoint and its metrics in "
+        r".*metrics.jsonl; continue the run with: python -m kltutor.capstone --run-dir .*run --resume",
+        lines[-1],
+    )
+    assert m, lines[-1]
+    return int(m.group(1))
+
+
+def _after_interrupt(run: Path, step: int) -> None:
+    """The interrupted run kept its work: a checkpoint at ``step``, its rows, no lock, no partial checkpoint;
+    ``--resume`` continues it."""
+    assert rundir.checkpoint_step(run / "checkpoint") == step
+    assert [r["step"] for r in _rows(run)] == list(range(1, step + 1))
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "metrics.jsonl", "run.json"]
+    assert main(["--run-dir", str(run), "--resume", "--steps", str(step + 1), "--no-progress"]) == 0
+    assert [r["step"] for r in _rows(run)] == list(range(1, step + 2))
+
+
+def test_a_second_process_is_refused_and_ctrl_c_keeps_the_work(cache, finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    common = TINY + ["--cache-dir", str(cache)]
+    proc = _spawn(common + ["--steps", "100000", "--run-dir", str(run)], tmp_path)
+    try:
+        _wait_for_rows(run, 2, proc)
+        before = snapshot(run / "run.json")
+        for argv in (
+            common + ["--steps", "3", "--run-dir", str(run)],  # a second run
+            common + ["--steps", "3", "--run-dir", str(run), "--overwrite"],
+            ["--run-dir", str(run), "--resume", "--steps", "100001", "--no-progress"],
+        ):
+            capsys.readouterr()
+            assert main(argv) == 2
+            (line,) = capsys.readouterr().err.strip().splitlines()
+            assert re.search(rf"^error: --run-dir: .*run is in use by another run \(process {proc.pid} on ", line)
+        assert snapshot(run / "run.json") == before  # nothing of the running run was touched
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    _after_interrupt(run, _interrupted_step(err, "SIGINT"))
+
+
+def test_sigterm_keeps_the_work(cache, finished_run, tmp_path, monkeypatch, capsys):
+    """SIGTERM (what a scheduler or ``docker stop`` sends), delivered to this process during step 2."""
+    import kltutor.capstone.loop as loop
+
+    real, calls = loop._step, []
+
+    def terminated(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "_step", terminated)
+    run = tmp_path / "run"
+    args = TINY + ["--cache-dir", str(cache), "--steps", "100000", "--checkpoint-every", "1000", "--run-dir", str(run)]
+    assert main(args) == 128 + signal.SIGTERM
+    step = _interrupted_step(capsys.readouterr().err, "SIGTERM")
+    assert step == 2
+    monkeypatch.setattr(loop, "_step", real)
+    _after_interrupt(run, step)
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, cache, monkeypatch, capsys):
+    import kltutor.capstone.loop as loop
+
+    real, calls = loop._step, []
+
+    def twice(*a, **k):  # Ctrl-C twice during step 2: the second one does not wait for the step
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "_step", twice)
+    handler = signal.getsignal(signal.SIGINT)
+    run = tmp_path / "run"
+    rc = main(TINY + ["--cache-dir", str(cache), "--steps", "5", "--checkpoint-every", "1", "--run-dir", str(run)])
+    err = capsys.readouterr().err
+    assert rc == 130 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("SIGINT received: finishing the step in progress"), err
+    assert re.fullmatch(
+        r"interrupted by SIGINT again: stopped at once; the metrics of the finished steps are in .*metrics.jsonl",
+        lines[1],
+    )
+    assert [r["step"] for r in _rows(run)] == [1] and rundir.checkpoint_step(run / "checkpoint") == 1
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "metrics.jsonl", "run.json"]
+    assert signal.getsignal(signal.SIGINT) is handler  # the previous handler is back
+
+
+def test_a_stale_lock_is_taken_over_with_a_note(tmp_path, cache, capsys):
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has ended: its lock is stale
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = {"pid": pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00"}
+    (run / ".lock").write_text(json.dumps(holder))
+    assert main(TINY + ["--cache-dir", str(cache), "--steps", "1", "--run-dir", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert re.search(rf"note: took over the stale lock .*run/\.lock left by process {pid} on .*, since 2026-01-01", err)
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "run.json"]  # the lock is gone
+
+
+def test_no_progress_silences_every_bar(tmp_path, monkeypatch, capfd):
+    """SFT, transformers' loading and saving bars, GRPO: nothing with --no-progress; --progress shows them."""
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+    try:
+        fresh = ["--cache-dir", str(tmp_path / "cache"), "--sft-steps", "5", "--steps", "2", "--checkpoint-every", "2"]
+        capfd.readouterr()
+        assert main(TINY + fresh + ["--run-dir", str(tmp_path / "quiet")]) == 0  # TINY has --no-progress
+        err = capfd.readouterr().err
+        assert "it/s" not in err and "%|" not in err, err
+        assert main(TINY + fresh + ["--run-dir", str(tmp_path / "loud"), "--progress"]) == 0
+        err = capfd.readouterr().err
+        assert "GRPO k1-in-reward" in err and "Loading weights" in err, err
+        assert hf_logging.is_progress_bar_enabled()  # --no-progress restored transformers' setting
+    finally:
+        hf_logging.enable_progress_bar() if was else hf_logging.disable_progress_bar()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs (needs root; skipped where it cannot be mounted)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_really_full_disk(small_disk, cache, capsys):
+    """The run directory on a real 64 KiB file system: run.json and the first row fit, the checkpoint does not."""
+    run = small_disk / "run"
+    args = TINY + ["--cache-dir", str(cache), "--steps", "3", "--checkpoint-every", "1", "--run-dir", str(run)]
+    capsys.readouterr()
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert re.search(
+        r"^error: cannot write the checkpoint of step 1 \(.*\); the partial checkpoint.tmp was removed", line
+    )
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "run.json"]
+    assert [r["step"] for r in _rows(run)] == [1]
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)  # space freed
+    assert main(args + ["--overwrite"]) == 0
+    assert rundir.checkpoint_step(run / "checkpoint") == 3

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -207,7 +208,7 @@ def config_from_args(args: argparse.Namespace) -> CapstoneConfig:
         from kltutor.capstone.rundir import read_run_record
 
         run_dir = Path(given["run_dir"]).expanduser()
-        if run_dir.is_dir():  # otherwise the run's own checks say what is wrong with it
+        if given["run_dir"].strip() and run_dir.is_dir():  # otherwise the run's own checks say what is wrong
             base = CapstoneConfig.from_dict(read_run_record(run_dir)["config"]).to_dict()
             base.update(resume=False, overwrite=False, allow_config_change=False)
             return CapstoneConfig.from_dict({**base, **given}).validate()
@@ -259,9 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as e:  # the run diverged: not a mistake in the input, but nothing to trace either
         print(f"error: the run diverged: {_one_line(e)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as e:
-        print(f"interrupted; {_one_line(e) or 'nothing was written yet'}", file=sys.stderr)
-        return 130
+    except OSError as e:  # a full disk or a file system refusing a write outside the run's own handling
+        print(f"error: {_one_line(e)}; free space on that disk or fix its permissions", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (kltutor.capstone.interrupts): exit 128 + the signal
+        text = _one_line(e) or "nothing was written yet"
+        print(text if text.startswith("interrupted") else f"interrupted; {text}", file=sys.stderr)
+        return 128 + getattr(e, "signum", signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -166,6 +166,8 @@ class CapstoneConfig:
         def bad(name: str, message: str):
             return ConfigError(message, name)
 
+        _check_types(self)
+        _check_ranges(self)
         if self.placement not in CAPSTONE_PLACEMENTS:
             raise bad(
                 "placement", f"unknown KL placement {self.placement!r}; choose one of {list(CAPSTONE_PLACEMENTS)}"
@@ -351,6 +353,54 @@ class CapstoneConfig:
         if isinstance(data.get("clip_std"), list):
             data["clip_std"] = tuple(data["clip_std"])
         return cls(**data)
+
+
+def _check_types(cfg: CapstoneConfig) -> None:
+    """Each field holds a value of its annotated type (a ``run.json`` edited by hand, a typo in code)."""
+    import typing
+
+    kinds = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    for name, hint in typing.get_type_hints(CapstoneConfig).items():
+        v = getattr(cfg, name)
+        args = typing.get_args(hint) or (hint,)
+        if v is None and type(None) in args:
+            continue
+        t = next((a for a in args if a in kinds), None)
+        if t is None:  # clip_std: checked by validate
+            continue
+        ok = (
+            isinstance(v, bool)
+            if t is bool
+            else not isinstance(v, bool) and isinstance(v, (int, float) if t is float else t)
+        )
+        if not ok:
+            none = " or None" if type(None) in args else ""
+            raise ConfigError(f"{name} must be {kinds[t]}{none}, got {v!r}", name)
+        if t is str and name in ("run_dir", "cache_dir") and not v.strip():
+            raise ConfigError(f"{name} must name a directory, got {v!r} (leave it out for the default)", name)
+
+
+def _check_ranges(cfg: CapstoneConfig) -> None:
+    """The ranges of the code behind the settings (kltutor._validation): NumPy's seeds, the task's
+    64-bit operands, float32 arithmetic."""
+    from kltutor import _validation as V
+
+    checks = [(V.seed, "seed"), (V.seed, "sft_seed")]
+    checks.append(
+        (lambda n, v: V.integer_below(n, v, 10**18, "the task draws operands as 64-bit integers"), "max_operand")
+    )
+    for name in ("beta", "temperature", "lr", "sft_lr", "clip_eps", "max_grad_norm", "kl_target", "beta_end"):
+        checks.append((V.float32_number, name))
+    for check, name in checks:
+        v = getattr(cfg, name)
+        if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v)):
+            continue  # None: unset; NaN and inf: validate's own messages
+        if isinstance(v, int) and v < 0:
+            continue  # validate's own message
+        try:
+            check(name, v)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e), name) from None
 
 
 def _real(v) -> bool:

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from kltutor.capstone import rundir
-from kltutor.capstone.config import CapstoneConfig, CapstoneOutOfMemoryError
+from kltutor.capstone.config import CapstoneConfig, CapstoneOutOfMemoryError, CapstoneUserError
+from kltutor.capstone.interrupts import Interrupts, RunInterrupted, signal_name
 from kltutor.capstone.logprobs import sequence_stats
 from kltutor.capstone.loss import measure, step_loss
 from kltutor.capstone.sampler import Sampler, completion_mask_from_ids, generate_completions
@@ -145,14 +146,33 @@ def run(config: CapstoneConfig) -> RunResult:
     ``run.json``, and on the CPU the resumed run's metrics equal an uninterrupted run's (apart from
     the wall-clock columns :data:`TIMING_METRICS`). Rows of finished steps are on disk as soon as each
     step ends, whatever fails later.
+
+    One process at a time works in a run directory (:class:`~kltutor.capstone.runlock.RunLock`). A
+    first Ctrl-C or SIGTERM ends the run after the step in progress with a checkpoint
+    (:mod:`kltutor.capstone.interrupts`); a failure before the first step puts the directory back as it
+    was (:func:`kltutor.capstone.rundir.undo_start`), so the same command can run again.
     """
+    from kltutor.capstone.model import progress_bars
+    from kltutor.capstone.preflight import preflight
+    from kltutor.capstone.runlock import RunLock
+
+    plan = preflight(config)  # every check first; nothing is written before it passes
+    bars = plan.config.progress and not os.environ.get("TQDM_DISABLE")
+    with RunLock(plan.run.run_dir) as lock, Interrupts() as stop, progress_bars(bars):
+        if lock.path is not None:  # the directory's checks again, now that no other process can change it
+            plan.run, plan.config = rundir.plan_run_dir(plan.config)
+            plan.run.notes[:0] = lock.notes
+        return _run(plan, stop)
+
+
+def _run(plan, stop: Interrupts) -> RunResult:
+    """:func:`run` once the checks have passed and the run directory is locked (``plan``: a
+    :class:`~kltutor.capstone.preflight.RunPlan`)."""
     from tqdm.auto import tqdm
 
     from kltutor.capstone.model import load_model
-    from kltutor.capstone.preflight import preflight
     from kltutor.capstone.sft import reference_policy
 
-    plan = preflight(config)  # every check first; nothing is written before it passes
     cfg, device, resume = plan.config, plan.device, plan.run.resume
     for note in plan.run.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -166,13 +186,14 @@ def run(config: CapstoneConfig) -> RunResult:
             resume.checkpoint,
             plan.reference_dir,
         )
-    run_dir = rundir.open_run_dir(plan.run, cfg)
-    cfg = cfg.replace(run_dir=str(run_dir))
-    ckpt = run_dir / rundir.CHECKPOINT
-    log = rundir.MetricsLog(run_dir / rundir.METRICS_FILE)
-    metrics_path = log.path
-    task = AdditionTask(cfg.max_operand, cfg.format_reward)
+    metrics_path, started = None, False
     try:
+        run_dir = rundir.open_run_dir(plan.run, cfg)
+        cfg = cfg.replace(run_dir=str(run_dir))
+        ckpt = run_dir / rundir.CHECKPOINT
+        log = rundir.MetricsLog(run_dir / rundir.METRICS_FILE)
+        metrics_path = log.path
+        task = AdditionTask(cfg.max_operand, cfg.format_reward)
         ref, tok, info = reference_policy(cfg, device)
         ref.requires_grad_(False)
         saved = rundir.load_checkpoint(resume.checkpoint, device) if resume else None
@@ -227,24 +248,50 @@ def run(config: CapstoneConfig) -> RunResult:
             device,
             make_sampler(cfg, policy, ref, tok, task, device),
         )
+        stop.deferring = True  # from here a first Ctrl-C or SIGTERM ends the run after the step, with a checkpoint
         for step in bar:
             row = _step(ctx, step).as_dict()
             metrics.append(row)
             log.append(row)
+            if not started:
+                started = True
+                rundir.commit_start(plan.run)
             bar.set_postfix(reward=f"{row['reward']:.2f}", kl=f"{row['kl_exact_seq']:.3f}")
-            if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+            due = cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps)
+            if due or (stop.signum is not None and step + 1 < cfg.steps):
                 rundir.save_checkpoint(ckpt, policy, opt, schedule, task_gen, step + 1, metrics)
-    except torch.cuda.OutOfMemoryError as e:
-        err = CapstoneOutOfMemoryError(
-            f"GPU out of memory ({str(e).splitlines()[0]}). This configuration does not fit: use a smaller preset "
-            f"('colab' for a 16 GB GPU, 'smoke' for the CPU), or lower prompts_per_step, group_size or "
-            f"logprob_chunk (now {cfg.prompts_per_step}, {cfg.group_size}, {cfg.logprob_chunk})"
+            if stop.signum is not None and step + 1 < cfg.steps:
+                raise RunInterrupted(
+                    f"interrupted by {signal_name(stop.signum)} after step {step + 1} of {cfg.steps}: its checkpoint "
+                    f"is in {ckpt} and its metrics in {metrics_path}; continue the run with: python -m "
+                    f"kltutor.capstone --run-dir {run_dir} --resume",
+                    stop.signum,
+                    complete=True,
+                )
+        stop.deferring = False
+    except BaseException as e:  # say where the rows of the finished steps are, or undo a start that did none
+        stop.deferring = False
+        if isinstance(e, RunInterrupted) and e.complete:
+            raise
+        note = (
+            f"the metrics of the finished steps are in {metrics_path}"
+            if started
+            else f"it stopped before its first step: {rundir.undo_start(plan.run)}"
         )
-        err.add_note(f"the metrics of the finished steps are in {metrics_path}")
+        if isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and "can't allocate" in str(e)):
+            err = CapstoneOutOfMemoryError(
+                f"{'GPU' if device.type == 'cuda' else 'CPU'} out of memory ({str(e).splitlines()[0]}). This "
+                f"configuration does not fit: use a smaller preset ('colab' for a 16 GB GPU, 'smoke' for the CPU), "
+                f"or lower prompts_per_step, group_size or logprob_chunk (now {cfg.prompts_per_step}, "
+                f"{cfg.group_size}, {cfg.logprob_chunk})"
+            )
+        elif isinstance(e, OSError) and not isinstance(e, CapstoneUserError):
+            err = rundir.write_error(e, e.filename or "the run's files", "run_dir")
+        else:
+            e.add_note(note)
+            raise
+        err.add_note(note)
         raise err from e
-    except BaseException as e:  # whatever fails, the rows of the finished steps are on disk: say where
-        e.add_note(f"the metrics of the finished steps are in {metrics_path}")
-        raise
     return RunResult(metrics, cfg, run_dir, metrics_path, ckpt, info.path, info)
 
 

@@ -3,12 +3,21 @@ and one loader for a local path or a model name (chapter ``ch-capstone``). No re
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import torch
 
-__all__ = ["SPECIAL_TOKENS", "build_tokenizer", "build_model", "load_model", "check_tokenizer", "quiet_transformers"]
+__all__ = [
+    "SPECIAL_TOKENS",
+    "build_tokenizer",
+    "build_model",
+    "load_model",
+    "check_tokenizer",
+    "quiet_transformers",
+    "progress_bars",
+]
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>"}
 
@@ -20,6 +29,22 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
     if os.environ.get("TQDM_DISABLE"):
         hf_logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool):
+    """Inside the block, transformers' own progress bars (loading and saving weights) are on only if
+    ``enabled`` (a run's ``progress``); their previous state is restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not enabled:
+            hf_logging.enable_progress_bar()
 
 
 def build_tokenizer(alphabet: str):

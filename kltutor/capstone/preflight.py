@@ -16,8 +16,9 @@ import torch
 
 from kltutor.capstone.config import CapstoneConfig, ConfigError, flag
 from kltutor.capstone.rundir import RunDirPlan, plan_run_dir
+from kltutor.capstone.runlock import check_not_in_use
 
-__all__ = ["RunPlan", "preflight", "resolve_device", "check_model_source", "check_cache"]
+__all__ = ["RunPlan", "preflight", "resolve_device", "check_model_source", "check_cache", "check_model_size"]
 
 
 @dataclass
@@ -120,10 +121,52 @@ def check_cache(cfg: CapstoneConfig) -> tuple[Path, bool]:
     return path, False
 
 
+def scratch_parameters(cfg: CapstoneConfig, vocab: int = 15) -> int:
+    """The number of parameters of the Qwen2 that :func:`kltutor.capstone.model.build_model` builds from
+    ``cfg``'s sizes (tied embeddings; ``vocab``: the character tokenizer's 12 characters and 3 special tokens)."""
+    h, inter, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+    kv = cfg.num_kv_heads * (h // cfg.num_heads)
+    attention = (h * h + h) + 2 * (h * kv + kv) + h * h  # q (bias), k and v (bias), o
+    return vocab * h + layers * (attention + 3 * h * inter + 2 * h) + h
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device.index or 0).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        return None
+
+
+def check_model_size(cfg: CapstoneConfig, device: torch.device) -> None:
+    """The model built from scratch, with its reference copy, gradients and AdamW's two moments (five
+    float32 copies, activations left out), fits in the device's memory; otherwise raise ``ConfigError``
+    naming the size to lower (allocating it would fail, or be killed by the system, minutes later)."""
+    if cfg.model is not None:
+        return
+    need = 5 * 4 * scratch_parameters(cfg)
+    have = _memory_bytes(device)
+    if have is None or need <= have:
+        return
+    mlp = 3 * cfg.hidden_size * cfg.intermediate_size >= 2 * cfg.hidden_size**2
+    name = "intermediate_size" if mlp else "hidden_size"
+    raise ConfigError(
+        f"the model built from scratch would have {scratch_parameters(cfg):.3g} parameters, {need / 2**30:.3g} GiB "
+        f"with its reference, gradients and optimiser state, more than the {have / 2**30:.3g} GiB of memory of "
+        f"the {device.type.upper() if device.type == 'cuda' else 'CPU'}; lower {flag(name)} "
+        f"(now {getattr(cfg, name)}) or {flag('num_layers')}",
+        name,
+    )
+
+
 def preflight(config: CapstoneConfig) -> RunPlan:
     """Validate ``config`` and everything it points at; return the :class:`RunPlan` (nothing is written)."""
     cfg = config.validate()
     device = resolve_device(cfg.device)
+    check_model_size(cfg, device)
+    if cfg.run_dir is not None:  # a directory another process works in: said before anything else about it
+        check_not_in_use(Path(cfg.run_dir).expanduser())
     run_plan, cfg = plan_run_dir(cfg)
     ref_dir, cached = check_cache(cfg)
     if cfg.model is not None and not cached:

@@ -19,7 +19,9 @@ nothing; :func:`open_run_dir` then creates (or, with ``overwrite``, replaces) it
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -42,6 +44,7 @@ from kltutor.capstone.config import (
     RunNotFoundError,
     flag,
 )
+from kltutor.capstone.runlock import LOCK_FILE
 
 __all__ = [
     "RUN_FILE",
@@ -69,6 +72,9 @@ __all__ = [
     "set_rng_state",
     "restore_schedule",
     "find_checkpoint",
+    "commit_start",
+    "undo_start",
+    "write_error",
 ]
 
 RUN_FILE = "run.json"
@@ -78,6 +84,8 @@ MANIFEST = "manifest.json"
 RUN_FORMAT = 1
 # What a run directory may hold; --overwrite removes exactly these (and nothing else).
 _RUN_ENTRIES = (RUN_FILE, METRICS_FILE, CHECKPOINT, CHECKPOINT + ".tmp", CHECKPOINT + ".old")
+# Where --overwrite keeps the replaced run until the new one has finished a step (put back if it fails first).
+_REPLACED = ".replaced.tmp"
 
 # On resume: settings that may differ from run.json without changing what the run is.
 FREE_ON_RESUME = frozenset(
@@ -121,18 +129,26 @@ def usual_permissions(path: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same directory, flushed to disk and
-    renamed into place: readers (and a crash) see the old content or the new, never a part."""
+    renamed into place: readers (and a crash) see the old content or the new, never a part. A failure
+    (a full disk: ``OSError`` naming ``path``) removes the temporary file and leaves ``path`` as it was."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """:func:`atomic_write_text` for bytes."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         usual_permissions(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)
         raise
 
 
@@ -164,19 +180,40 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def append(self, row: dict) -> None:
+        """Append one line; if the write fails (a full disk), the file is cut back to its whole lines."""
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        size = os.fstat(fd).st_size
         try:
-            os.write(fd, (json.dumps(row) + "\n").encode())
+            data = (json.dumps(row) + "\n").encode()
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
             os.fsync(fd)
+        except OSError as e:
+            os.ftruncate(fd, size)
+            if e.filename is None:
+                e.filename = str(self.path)
+            raise
         finally:
             os.close(fd)
+
+    def check_readable(self, what: str) -> None:
+        """Raise :class:`CapstoneUserError` naming the file if it exists but cannot be read as UTF-8 text."""
+        try:
+            if self.path.exists():
+                self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            why = f"not UTF-8 text ({e.reason} at byte {e.start})" if isinstance(e, UnicodeDecodeError) else e.strerror
+            raise CapstoneUserError(
+                f"{self.path} cannot be read: {why}; {what} rewrites it from the checkpoint's rows, so move it "
+                f"away (or restore it) and run again"
+            ) from None
 
     def read(self) -> list[dict]:
         """The complete rows (a last line cut by a crash is left out)."""
         if not self.path.exists():
             return []
         rows = []
-        for line in self.path.read_text().splitlines():
+        for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
@@ -282,16 +319,22 @@ def read_run_record(run_dir: Path) -> dict:
             f"(another {flag('run_dir')}, or {flag('overwrite')})",
             "resume",
         )
+    recover = f"restore it, or start over with {flag('overwrite')}"
     try:
-        record = json.loads(path.read_text())
-        CapstoneConfig.from_dict(record["config"])
-    except CapstoneUserError as e:
-        raise CapstoneUserError(f"{path}: {e}", "resume") from None
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+            raise ValueError("it holds no 'config' object")
+        for key, kind in (("history", list), ("versions", dict)):
+            if not isinstance(record.get(key), kind):
+                raise ValueError(f"its {key!r} is not a JSON {'array' if kind is list else 'object'}")
+        missing = [f.name for f in dataclasses.fields(CapstoneConfig) if f.name not in record["config"]]
+        if missing:  # not the defaults: the recorded run may have used other values
+            raise CapstoneUserError(f"its config records no {', '.join(missing)} (edited, or another kltutor?)")
+        CapstoneConfig.from_dict(record["config"]).validate()
+    except CapstoneUserError as e:  # named after the file: the flags of this command did not cause it
+        raise CapstoneUserError(f"{path} holds an invalid run record: {e}; {recover}", "resume") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CapstoneUserError(
-            f"{path} is unreadable ({type(e).__name__}: {e}); restore it, or start over with {flag('overwrite')}",
-            "resume",
-        ) from None
+        raise CapstoneUserError(f"{path} is unreadable ({type(e).__name__}: {e}); {recover}", "resume") from None
     return record
 
 
@@ -332,6 +375,9 @@ class RunDirPlan:
     replace: list[Path] = field(default_factory=list)  # an earlier run's entries that overwrite removes
     nothing_to_do: bool = False
     notes: list[str] = field(default_factory=list)
+    # set by open_run_dir, for undo_start: what the directory held before (resume), a temporary directory
+    before: dict[str, bytes | None] = field(default_factory=dict)
+    temporary: bool = False
 
 
 def _writable_dir(path: Path, name: str) -> None:
@@ -401,7 +447,7 @@ def plan_run_dir(cfg: CapstoneConfig) -> tuple[RunDirPlan, CapstoneConfig]:
         return RunDirPlan(d), cfg.resolved()
     if not os.access(d, os.W_OK | os.X_OK):
         raise ConfigError(f"{d} is not writable; pass a writable {flag('run_dir')}", "run_dir")
-    entries = sorted(p.name for p in d.iterdir())
+    entries = sorted(p.name for p in d.iterdir() if p.name != LOCK_FILE)  # the lock is the process's, not the run's
     ours = [
         n for n in entries if n in _RUN_ENTRIES or (n.startswith(".") and n.endswith(".tmp"))
     ]  # + atomic writes cut short
@@ -433,6 +479,7 @@ def plan_run_dir(cfg: CapstoneConfig) -> tuple[RunDirPlan, CapstoneConfig]:
             "resume",
         )
     step = checkpoint_step(ckpt)
+    MetricsLog(d / METRICS_FILE).check_readable(f"{flag('resume')}")
     changes = config_changes(recorded, cfg)
     if changes.fixed:
         raise ConfigError(
@@ -476,20 +523,71 @@ def plan_run_dir(cfg: CapstoneConfig) -> tuple[RunDirPlan, CapstoneConfig]:
 
 
 def open_run_dir(plan: RunDirPlan, cfg: CapstoneConfig) -> Path:
-    """Carry out ``plan``: create the directory (or a temporary one), remove an earlier run's entries
-    (``overwrite``), and write ``run.json``. Returns the run directory."""
+    """Carry out ``plan``: create the directory (or a temporary one), set an earlier run's entries aside
+    (``overwrite``; :func:`commit_start` deletes them, :func:`undo_start` puts them back), and write
+    ``run.json``. Returns the run directory (also in ``plan.run_dir``)."""
     if plan.run_dir is None:
         d = Path(tempfile.mkdtemp(prefix="kltutor-capstone-"))  # private (0700), as a temporary directory should be
+        plan.run_dir, plan.temporary = d, True
     else:
         d = plan.run_dir
         d.mkdir(parents=True, exist_ok=True)
-    for p in plan.replace:
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    if plan.replace:
+        aside = d / _REPLACED
+        if aside.exists():
+            shutil.rmtree(aside)
+        aside.mkdir()
+        for p in plan.replace:
+            if p.name != _REPLACED and p.exists():
+                p.rename(aside / p.name)
     if plan.resume is None:
         _write_run_record(d, cfg.replace(run_dir=str(d)), "start", 0)
     else:
+        for name in (RUN_FILE, METRICS_FILE):
+            plan.before[name] = (d / name).read_bytes() if (d / name).is_file() else None
+        shutil.rmtree(d / (CHECKPOINT + ".tmp"), ignore_errors=True)  # left by a crash: never read
         _write_run_record(d, cfg, "resume", plan.resume.step, plan.resume.changes.meaning)
     return d
+
+
+def commit_start(plan: RunDirPlan) -> None:
+    """The run has finished a step: the run it replaced (``overwrite``) is deleted for good."""
+    if plan.run_dir is not None:
+        shutil.rmtree(plan.run_dir / _REPLACED, ignore_errors=True)
+    plan.before = {}
+
+
+def undo_start(plan: RunDirPlan) -> str:
+    """A run failed before finishing a step: put the directory back as it was before
+    :func:`open_run_dir` (a new run's files removed, a replaced run put back, a resumed run's
+    ``run.json`` and ``metrics.jsonl`` restored), so the same command can run again. Returns what it did."""
+    d = plan.run_dir
+    if d is None or not d.exists():
+        return "nothing was written"
+    if plan.temporary:
+        shutil.rmtree(d, ignore_errors=True)
+        return f"its temporary directory {d} was removed"
+    if plan.resume is not None:
+        for name, data in plan.before.items():
+            p = d / name
+            now = p.read_bytes() if p.is_file() else None
+            if now == data:
+                continue
+            try:
+                atomic_write_bytes(p, data) if data is not None else p.unlink(missing_ok=True)
+            except OSError as e:
+                return f"{p} could not be restored ({_reason(e)})"
+        return f"{d / RUN_FILE} and {d / METRICS_FILE} are as they were"
+    for name in (RUN_FILE, METRICS_FILE, CHECKPOINT, CHECKPOINT + ".tmp"):
+        p = d / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    aside = d / _REPLACED
+    if aside.is_dir():
+        for p in aside.iterdir():
+            p.rename(d / p.name)
+        aside.rmdir()
+        return f"the run it was to replace in {d} is back in place"
+    return f"what it had written in {d} was removed"
 
 
 # -------------------------------------------------------------------------------- checkpoints
@@ -527,7 +625,39 @@ def set_rng_state(state: dict, task_gen: torch.Generator) -> None:
 
 def save_checkpoint(ckpt: Path, policy, opt, schedule, task_gen, step: int, metrics: list[dict]) -> None:
     """Write a complete checkpoint in ``<ckpt>.tmp``, then swap it in for ``ckpt`` (the previous one is
-    kept as ``<ckpt>.old`` until the swap is done, so a crash at any point leaves a usable checkpoint)."""
+    kept as ``<ckpt>.old`` until the swap is done, so a crash at any point leaves a usable checkpoint).
+    Whatever interrupts the writing, ``<ckpt>.tmp`` is removed; an error (a full disk) becomes a
+    :class:`CapstoneUserError` that says the previous checkpoint is kept."""
+    tmp = Path(ckpt).with_name(Path(ckpt).name + ".tmp")
+    try:
+        _write_checkpoint(ckpt, policy, opt, schedule, task_gen, step, metrics)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, CapstoneUserError) or not isinstance(e, Exception):
+            raise
+        raise CapstoneUserError(
+            f"cannot write the checkpoint of step {step} ({_reason(e)}); the partial {tmp.name} was removed and "
+            f"the previous checkpoint, if any, is unchanged; free space on that disk, then continue with "
+            f"{flag('resume')}"
+        ) from e
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{type(e).__name__}: {e.strerror}"
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def write_error(e: Exception, what: str, name: str) -> CapstoneUserError:
+    """A failed write (a full disk, a read-only file system) of ``what`` as a :class:`CapstoneUserError`
+    that names the file and the flag ``name`` of the directory to change."""
+    return CapstoneUserError(
+        f"cannot write {what} ({_reason(e)}); free space on that disk, or pass another {flag(name)}"
+    )
+
+
+def _write_checkpoint(ckpt: Path, policy, opt, schedule, task_gen, step: int, metrics: list[dict]) -> None:
     ckpt = Path(ckpt)
     tmp, old = ckpt.with_name(ckpt.name + ".tmp"), ckpt.with_name(ckpt.name + ".old")
     if tmp.exists():

@@ -163,7 +163,7 @@ def reference_policy(cfg: CapstoneConfig, device="cpu"):
     renamed into place; a cached reference is verified against its manifest before it is loaded.
     """
     from kltutor.capstone.model import quiet_transformers
-    from kltutor.capstone.rundir import usual_permissions, write_manifest
+    from kltutor.capstone.rundir import usual_permissions, write_error, write_manifest
 
     quiet_transformers()
     task = AdditionTask(cfg.max_operand, cfg.format_reward)
@@ -206,19 +206,21 @@ def reference_policy(cfg: CapstoneConfig, device="cpu"):
         "sampled_accuracy": evaluate(model, tok, task, greedy=False),
         "n_parameters": sum(p.numel() for p in model.parameters()),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "info.json").write_text(json.dumps(info))
         write_manifest(tmp)
         usual_permissions(tmp)  # a cache others may read, not mkdtemp's 0700
         tmp.rename(path)
-    except OSError:
+    except Exception as e:  # a full disk, a read-only cache: nothing half-written is left
         if not path.exists():  # not a concurrent run that finished first: a real failure
-            raise
+            raise write_error(e, f"the reference policy to the cache {path.parent}", "cache_dir") from e
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     model, tok, ref_info = _load_cached(path, device, task)  # the reference every run sees is exactly the saved one
     return model, tok, ReferenceInfo(**{**ref_info.__dict__, "cached": False})
