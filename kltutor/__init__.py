@@ -20,9 +20,9 @@ from it):
 - :mod:`kltutor.failures`: the failure modes of KL control, simulated exactly (chapter 7).
 - :mod:`kltutor.checklist`: the engineering checklist as checks on a batch (chapter 7).
 - :mod:`kltutor.practice`: KL in practice: sampler mismatch, aggregation, references (chapter 8).
-- :mod:`kltutor.interview`: the question bank, the one source of question text (chapter 9).
-- :mod:`kltutor.claims`: the claim ledger, the book's central claims with their conditions and checks (chapter 9).
-- :mod:`kltutor.capstone`: GRPO on a transformers model with a selectable KL placement (chapter 10).
+- :mod:`kltutor.interview`: the question bank, the one source of question text (chapter 10).
+- :mod:`kltutor.claims`: the claim ledger, the book's central claims with their conditions and checks (chapter 10).
+- :mod:`kltutor.capstone`: GRPO on a transformers model with a selectable KL placement (chapter 11).
 
 Used by every chapter:
 

@@ -13,7 +13,7 @@ import pytest
 from kltutor import interview
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTER = (ROOT / "book" / "09_interview_questions.md").read_text()
+CHAPTER = (ROOT / "book" / "10_interview_questions.md").read_text()
 
 
 # --------------------------------------------------------------------------- the bank
