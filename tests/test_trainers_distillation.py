@@ -69,8 +69,15 @@ def test_trl_source_facts():
     assert "if beta == 0:\n            jsd = F.kl_div(student_log_probs, teacher_log_probs" in src
     assert "elif beta == 1:\n            jsd = F.kl_div(teacher_log_probs, student_log_probs" in src
     assert "jsd = beta * kl_teacher + (1 - beta) * kl_student" in src
+    # lmbda is the probability that a step trains on the student's own generations
+    assert "if random.random() <= self.lmbda:" in inspect.getsource(GKDTrainer.training_step)
     gkd = GKDConfig(output_dir="/tmp/kltutor-gkd", report_to="none", use_cpu=True, bf16=False)
     assert (gkd.beta, gkd.lmbda, gkd.seq_kd) == (0.5, 0.5, False)
+    import trl
+
+    experimental = Path(trl.__file__).parent / "experimental"
+    for name in ("gold", "iw_opd", "server_distillation", "sdpo", "sdft", "async_distillation"):
+        assert (experimental / name).is_dir(), name  # named in the chapter as shipped, not classified
     d = DistillationConfig(output_dir="/tmp/kltutor-distill", report_to="none", use_cpu=True, bf16=False)
     assert d.beta == 1.0
 
@@ -88,5 +95,10 @@ def test_verl_source_facts():
     assert (cfg["loss_mode"], cfg["use_policy_gradient"], cfg["loss_max_clamp"]) == ("k3", False, None)
     dc = DistillationLossConfig()
     assert (dc.loss_mode, dc.use_policy_gradient) == ("k3", True)  # the class's default differs from the YAML's
+    topk = inspect.getsource(losses.compute_forward_kl_topk)
+    assert "distillation_losses = distillation_losses.clamp_min(0.0)" in topk  # a truncated KL can be negative
+    from verl.trainer.distillation.fsdp import losses as fsdp_losses
+
+    assert "teacher_topk_ids" in inspect.signature(fsdp_losses.compute_forward_kl_topk).parameters
     with pytest.raises(ValueError, match="k1 loss"):
         DistillationLossConfig(loss_mode="k1", use_policy_gradient=False)
