@@ -102,3 +102,20 @@ def test_verl_source_facts():
     assert "teacher_topk_ids" in inspect.signature(fsdp_losses.compute_forward_kl_topk).parameters
     with pytest.raises(ValueError, match="k1 loss"):
         DistillationLossConfig(loss_mode="k1", use_policy_gradient=False)
+
+
+def test_openrlhf_ships_no_distillation_loss():
+    """The chapter says OpenRLHF 0.11.2 has no on-policy distillation loss to classify."""
+    spec = importlib.util.find_spec("openrlhf")
+    if spec is None:
+        pytest.skip("OpenRLHF is not installed (make trainers-test installs it)")
+    from importlib.metadata import version
+
+    assert version("openrlhf") == "0.11.2"
+    root = Path(spec.origin).parent
+    hits = [
+        p
+        for p in root.rglob("*.py")
+        if "distill" in p.read_text(errors="ignore").lower() or "teacher" in p.read_text(errors="ignore").lower()
+    ]
+    assert not hits, hits
