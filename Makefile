@@ -115,12 +115,13 @@ nbval-perturbed: setup
 
 # Fails when an installed library's KL code no longer gives the stored verdicts (kltutor/trainers/data).
 trainers-test: trainers-venv
-	$(TPY) -m pytest -q -p no:cacheprovider -m trainers tests/test_trainers_libraries.py
+	$(TPY) -m pytest -q -p no:cacheprovider -m trainers tests/test_trainers_libraries.py tests/test_trainers_distillation.py
 
 # After upgrading a pinned library: rewrite the stored verdicts and the inspector's field lists, then
 # re-execute chapter 3 (make notebooks) and review its table.
 trainers-data: trainers-venv
 	$(TPY) -m kltutor.trainers regenerate
+	$(TPY) -m kltutor.trainers.distillation regenerate
 	$(TPY) -m kltutor.inspect.fields
 
 browser-test: setup setup-browser

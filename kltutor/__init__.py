@@ -20,9 +20,10 @@ from it):
 - :mod:`kltutor.failures`: the failure modes of KL control, simulated exactly (chapter 7).
 - :mod:`kltutor.checklist`: the engineering checklist as checks on a batch (chapter 7).
 - :mod:`kltutor.practice`: KL in practice: sampler mismatch, aggregation, references (chapter 8).
-- :mod:`kltutor.interview`: the question bank, the one source of question text (chapter 9).
-- :mod:`kltutor.claims`: the claim ledger, the book's central claims with their conditions and checks (chapter 9).
-- :mod:`kltutor.capstone`: GRPO on a transformers model with a selectable KL placement (chapter 10).
+- :mod:`kltutor.distillation`: on-policy distillation, the KL to a teacher as the objective (chapter 9).
+- :mod:`kltutor.interview`: the question bank, the one source of question text (chapter 10).
+- :mod:`kltutor.claims`: the claim ledger, the book's central claims with their conditions and checks (chapter 10).
+- :mod:`kltutor.capstone`: GRPO on a transformers model with a selectable KL placement (chapter 11).
 
 Used by every chapter:
 
@@ -53,6 +54,7 @@ MODULES: dict[str, str | None] = {
     "failures": "ch-failures",
     "checklist": "ch-failures",
     "practice": "ch-practice",
+    "distillation": "ch-distillation",
     "interview": "ch-interview",
     "claims": "ch-interview",
     "capstone": "ch-capstone",

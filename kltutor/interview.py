@@ -16,8 +16,8 @@ repeats a refuted version of a claim or states one without its condition.
 >>> quiz = interview.quiz(n=3, seed=1)
 >>> print(quiz)              # the questions only
 1. Q9 (must-know). What is reward over-optimisation, and why does it happen?
-2. Q5 (must-know). What are the two placements of the KL term in RLHF, and how do they differ?
-3. Q17 (advanced). How is the adaptive-β controller like a PID controller?
+2. Q42 (advanced). How should you estimate the per-token KL to the teacher: the sampled token's k1, k3, the full vocabulary, or a top-k truncation?
+3. Q5 (must-know). What are the two placements of the KL term in RLHF, and how do they differ?
 >>> print(quiz.reveal(0).splitlines()[2][:60])  # the short answer (and the pitfalls) of the first one
 Answer: Optimising a learned proxy reward raises the proxy m
 """
@@ -48,6 +48,7 @@ CHAPTER_LABELS: tuple[str, ...] = (
     "ch-overoptimization",
     "ch-failures",
     "ch-practice",
+    "ch-distillation",
     "ch-interview",
     "ch-capstone",
 )
@@ -727,13 +728,123 @@ _BANK: tuple[Question, ...] = (
         "ch-practice",
         claims=("inverted-k3-chi2",),
     ),
+    # ------------------------------------------------------------------ on-policy distillation (Q39-Q44,
+    # answered in chapter ch-distillation, where their numbers are computed)
+    Question(
+        "Q39",
+        "must-know",
+        "What does on-policy distillation optimise, and how does the per-token KL to the teacher become a reward?",
+        "The student samples its own responses and the objective is the sequence-level reverse KL(student || "
+        "teacher), estimated on those samples. Per token, the teacher's log-ratio l_t = log pi(y_t|s_t) - "
+        "log pi_T(y_t|s_t) of the sampled token is a dense negative reward: with the return-to-go (discount 1) "
+        "the policy gradient is exactly the gradient of the sequence KL; with discount 0 (each token's own l_t as "
+        "its advantage, the common default) it is not: it follows the per-token KLs at the student's states held "
+        "fixed and misses how a token changes the later states (on sequences longer than one token).",
+        (
+            "Calling the per-token log-ratio with discount 0 the gradient of the sequence KL.",
+            "Sampling from the teacher and calling it on-policy: that is supervised (forward-KL) distillation.",
+        ),
+        ("ch-distillation", "ch-placements"),
+        "ch-distillation",
+        claims=("distill-discount-zero-bias",),
+    ),
+    Question(
+        "Q40",
+        "must-know",
+        "Forward or reverse KL for distillation: which does supervised distillation minimise, which does "
+        "on-policy distillation, and when does the choice matter?",
+        "Training on teacher samples (SFT, sequence-level KD) minimises the forward KL(teacher || student); "
+        "sampling from the student and scoring with the teacher minimises the reverse KL(student || teacher). "
+        "The minimisers differ only when the student cannot represent the teacher: then the reverse fit "
+        "concentrates on the teacher's dominant mode and the forward fit spreads mass over everything the teacher "
+        "produces. When the student's family contains the teacher, both reach the teacher.",
+        (
+            "Saying reverse KL is always mode-seeking: it is a tendency under a misspecified student.",
+            "Mixing up the directions: forward KL is the one estimated on teacher samples.",
+        ),
+        ("ch-distillation", "ch-fundamentals"),
+        "ch-distillation",
+        claims=("distill-forward-vs-reverse",),
+    ),
+    Question(
+        "Q41",
+        "advanced",
+        "Discount 0 or return-to-go for the per-token KL to the teacher, and the full vocabulary or the sampled "
+        "token: which combinations give the gradient of the sequence-level KL, and what do TRL and verl compute?",
+        "The sampled token's log-ratio with the return-to-go is exact; with discount 0 it equals, in expectation, "
+        "the full-vocabulary per-token KL differentiated at the student's states held fixed (and chapter 3's "
+        "token-level k2), biased by the future tokens' KL times the score. The full-vocabulary loss becomes exact "
+        "when the future tokens' KLs are added as a return-to-go reward. The losses of TRL 1.16 (GKD, "
+        "DistillationTrainer) and verl 0.9.1 all follow the per-token divergence at fixed states, none the "
+        "sequence KL; verl's YAML default (k3 in the loss) follows the per-token forward KL, not the reverse.",
+        (
+            "Assuming a full-vocabulary loss is exact because it has no sampling noise: it is biased for T > 1.",
+            "Reading verl's k3 distillation loss as a reverse-KL objective.",
+        ),
+        ("ch-distillation", "ch-placements"),
+        "ch-distillation",
+        claims=("distill-discount-zero-bias", "distill-libraries-states-fixed"),
+    ),
+    Question(
+        "Q42",
+        "advanced",
+        "How should you estimate the per-token KL to the teacher: the sampled token's k1, k3, the full vocabulary, "
+        "or a top-k truncation?",
+        "At one state, k1 and k3 of the sampled token are unbiased for the per-token KL (k3 with lower variance "
+        "on the chapter's state), the full-vocabulary sum is exact with no variance, and a top-k truncation is "
+        "deterministic but biased: the bias is not monotone in k, takes either sign, and a truncated forward KL "
+        "can be negative (verl clamps its top-k loss at 0). An unbiased value is not an unbiased gradient: k3 used "
+        "as a reward gives a biased gradient with either discount.",
+        (
+            "Assuming top-k with large k is close enough without measuring the missing mass.",
+            "Treating an unbiased KL value as an unbiased gradient.",
+        ),
+        ("ch-distillation", "ch-estimators"),
+        "ch-distillation",
+        claims=("distill-estimators-topk", "distill-discount-zero-bias"),
+    ),
+    Question(
+        "Q43",
+        "top-lab",
+        "What does GKD's beta do, and what happens to TRL's generalized_jsd_loss at beta = 0 and beta = 1?",
+        "GKD's generalised JSD is beta KL(teacher || M) + (1 - beta) KL(student || M) with M = beta teacher + "
+        "(1 - beta) student. It vanishes at both ends and behaves as beta KL(teacher || student) near 0 and "
+        "(1 - beta) KL(student || teacher) near 1, so it interpolates the two directions only up to a factor that "
+        "goes to zero at the ends. TRL special-cases beta = 0 and 1 to the plain forward and reverse KLs, so the "
+        "loss and its gradient jump there: beta = 1e-3 gives about a thousandth of the beta = 0 gradient.",
+        (
+            "Expecting beta = 0.01 to behave like the forward KL at full strength.",
+            "Assuming GKD's reverse-KL end is the sequence-level reverse KL: it is the per-token one at fixed states.",
+        ),
+        ("ch-distillation",),
+        "ch-distillation",
+        claims=("gkd-jsd-endpoints",),
+    ),
+    Question(
+        "Q44",
+        "top-lab",
+        "Does a small KL to the base model, measured on the new task, mean little forgetting?",
+        "Not by itself. The KL to the base on the new task's prompts bounds how much behaviour changed on those "
+        "prompts (Pinsker: total variation at most sqrt(KL/2)) and says nothing about other prompts. Forgetting "
+        "is set by how much the update moves what the old task uses: on the shared-feature toy, at the same "
+        "measured KL, the old task's KL runs from the same value (aligned features) to zero (orthogonal). Measure "
+        "the KL, or the old task's metrics, on the old task's prompts.",
+        (
+            "Reading a low on-task KL as proof of no forgetting.",
+            "Measuring forgetting on the new task's distribution only.",
+        ),
+        ("ch-distillation",),
+        "ch-distillation",
+        claims=("distill-forgetting-kl",),
+    ),
 )
 
 
 def _validate_bank() -> None:
     ids = [q.id for q in _BANK]
-    if ids != [f"Q{i}" for i in range(1, len(_BANK) + 1)]:
-        raise AssertionError(f"question ids must be Q1..Q{len(_BANK)} in order, got {ids}")
+    numbers = [int(i[1:]) if i[:1] == "Q" and i[1:].isdigit() else -1 for i in ids]
+    if numbers[:1] != [1] or any(b <= a for a, b in zip(numbers, numbers[1:])) or min(numbers) < 1:
+        raise AssertionError(f"question ids must be Q1, Q2, ... in increasing order, got {ids}")
     for q in _BANK:
         if q.tier not in TIERS:
             raise AssertionError(f"{q.id}: unknown tier {q.tier!r}")
@@ -765,7 +876,7 @@ def get(qid: str) -> Question:
     for q in _BANK:
         if q.id == key:
             return q
-    raise KeyError(f"no question {qid!r}; ids run from Q1 to Q{len(_BANK)}")
+    raise KeyError(f"no question {qid!r}; ids run from Q1 to {_BANK[-1].id}")
 
 
 class Quiz:

@@ -41,7 +41,12 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 # The pages of the printable study guide, in order.
-STUDY_GUIDE_PAGES = ["notebooks/09_interview_questions", "notebooks/08_kl_in_practice", "book/cheatsheet"]
+STUDY_GUIDE_PAGES = [
+    "notebooks/10_interview_questions",
+    "notebooks/08_kl_in_practice",
+    "notebooks/09_distillation",
+    "book/cheatsheet",
+]
 
 
 def assets() -> None:

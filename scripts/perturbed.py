@@ -24,7 +24,7 @@ What each perturbation changed when it was introduced, on an AMD EPYC (AVX-512) 
 ``scalar`` changed the printed digits of 2 cells of the then-stored notebooks that ``avx2`` left
 alone (a full-precision float repr in chapters 2 and 3), ``avx2`` changed 1 that ``scalar`` left
 alone (a 1e-16 residual in chapter 5), both changed the L-BFGS gap (chapter 4), a fitted rmse
-(chapter 6) and every number of the capstone's CPU run (chapter 9). docs/CONVENTIONS.md has the rule
+(chapter 6) and every number of the capstone's CPU run (chapter 11). docs/CONVENTIONS.md has the rule
 this enforces.
 """
 

@@ -30,7 +30,8 @@ def render() -> str:
         f"# Self-test: {len(interview.questions())} interview questions",
         "",
         "Answer each question aloud or on paper before following its link to the full answer in",
-        "{ref}`ch-interview` (or, for the questions on KL in practice, in {ref}`ch-practice`). In a",
+        "{ref}`ch-interview` (or, for the questions on KL in practice and on on-policy distillation, in",
+        "{ref}`ch-practice` and {ref}`ch-distillation`). In a",
         "notebook, `kltutor.interview.quiz(n=5, seed=0)` draws a shuffled quiz and reveals answers on demand.",
         "",
     ]

@@ -243,6 +243,11 @@ COMMON_WRONG = [
     ("two-kl-terms", "KL in the reward and in the loss is the same as a single penalty with beta_R + beta_L."),
     ("reset-reference-tilts", "A reset reference bounds the KL to the initial model."),
     ("geomean-ratio-kl", "Multiplying the KL term by GSPO's geometric-mean ratio corrects it off-policy."),
+    ("distill-discount-zero-bias", "Using each token's own log-ratio as its advantage gives the exact gradient."),
+    ("distill-discount-zero-bias", "With a discount of zero the per-token reward is unbiased for the sequence KL."),
+    ("distill-forward-vs-reverse", "On-policy distillation makes the student mode-seeking."),
+    ("distill-forgetting-kl", "A small KL to the base model on the new task means little forgetting."),
+    ("distill-estimators-topk", "A top-k truncation of the teacher's distribution is an unbiased estimate."),
 ]
 
 

@@ -29,6 +29,7 @@ import math
 import re
 
 from kltutor.claims import (  # noqa: F401  (each topic module registers its claims on import)
+    distillation,
     estimators,
     failures,
     fundamentals,

@@ -50,6 +50,7 @@ GROUPS: tuple[str, ...] = (
     "Over-optimisation",
     "Failure modes",
     "KL in practice",
+    "On-policy distillation",
 )
 
 _REGISTRY: dict[str, Claim] = {}

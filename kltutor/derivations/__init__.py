@@ -76,6 +76,7 @@ MODULES = (
     "overoptimization",
     "failures",
     "practice",
+    "distillation",
 )
 
 

@@ -6,6 +6,7 @@ and calls ``plotting.<figure>(...)``.
 """
 
 from kltutor.plotting.capstone import *  # noqa: F403  (the capstone chapter)
+from kltutor.plotting.distillation import *  # noqa: F403  (chapter 9)
 from kltutor.plotting.estimators import *  # noqa: F403  (chapter 2)
 from kltutor.plotting.failures import *  # noqa: F403  (chapter 7)
 from kltutor.plotting.fundamentals import *  # noqa: F403  (chapter 1)

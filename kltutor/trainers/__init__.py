@@ -13,7 +13,9 @@ expectation, or other, with the bias norm. The libraries are an optional extra (
 - :func:`compute` re-runs every adapter (needs the extra); ``python -m kltutor.trainers regenerate``
   rewrites the file, ``python -m kltutor.trainers check`` fails if the installed libraries disagree with it.
 
-Introduced in chapter 3 (section "What the trainers compute").
+Introduced in chapter 3 (section "What the trainers compute"). The libraries' on-policy distillation losses are
+classified the same way by :mod:`kltutor.trainers.distillation` (chapter 9, stored in
+``kltutor/trainers/data/distillation.json``; ``python -m kltutor.trainers.distillation check``).
 """
 
 from __future__ import annotations
