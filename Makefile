@@ -121,7 +121,7 @@ trainers-test: trainers-venv
 # re-execute chapter 3 (make notebooks) and review its table.
 trainers-data: trainers-venv
 	$(TPY) -m kltutor.trainers regenerate
-	$(TPY) -m kltutor.inspect.fields
+	$(TPY) -m kltutor.configcheck.fields
 
 browser-test: setup setup-browser
 	$(PY) -m pytest -p no:cacheprovider -m browser tests
