@@ -100,3 +100,11 @@ def test_verl_seq_sum_rejects_long_sequences_at_the_same_per_token_mismatch():
     src = _source("verl", "trainer/ppo/rollout_corr_helper.py")
     assert 'batch.batch["response_mask"] = modified_response_mask' in src  # every loss term, KL loss included
     assert "def _sequence_max(values: torch.Tensor)" in src
+
+
+def test_adaptive_controllers_are_multiplicative():
+    """The adaptive-from-zero warning: both controllers multiply beta, so from 0 it stays 0."""
+    verl = _squash(_source("verl", "trainer/ppo/core_algos.py")).split("class AdaptiveKLController", 1)[1]
+    assert "self.value *= mult" in verl[:2000]
+    orl = _squash(_source("openrlhf", "trainer/ppo_utils/kl_controller.py")).split("class AdaptiveKLController", 1)[1]
+    assert "self.value = init_kl_coef" in orl and "self.value *= mult" in orl[:800]

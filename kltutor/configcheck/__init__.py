@@ -1,4 +1,5 @@
-"""The config inspector: ``python -m kltutor.configcheck FILE`` (introduced in chapter 3, {ref}`sec-placements-inspector`).
+"""The config inspector: ``python -m kltutor.configcheck FILE`` (introduced in ``ch-placements``, section
+``sec-placements-inspector``).
 
 Reads what people launch training with: a TRL config (YAML or JSON with ``GRPOConfig``, ``RLOOConfig`` or
 ``PPOConfig`` fields, or a ``trl grpo``/``accelerate launch ... grpo.py --beta ...`` line), a verl YAML

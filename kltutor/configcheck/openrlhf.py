@@ -92,12 +92,11 @@ def parse(args: list[str], name: str, known: dict) -> tuple[dict, list[str], lis
             unknown.append(opt)
             continue
         if spec["flag"]:
-            out[spec["dest"]] = True
-            if vals:  # a flag followed by a word: an unresolved variable, most likely
-                pass
+            out[spec["dest"]] = True  # words after a switch (an unresolved variable, most likely) are not read
             continue
         if not vals:
             raise ConfigError(f"{name}: field {opt}: missing value")
+        vals = [x.strip() for x in vals]
         n = spec["nargs"]
         if isinstance(n, int) and len(vals) > n:
             vals = vals[:n]
@@ -137,7 +136,7 @@ def read(launch, name: str, known: dict, launch_notes: list[str] | None = None) 
     adv = v.get("algo.advantage.estimator")
     beta = v.num("algo.kl.init_coef")
     use_loss = bool(v.get("algo.kl.use_loss"))
-    est = v.get("algo.kl.estimator")
+    est = v.choice("algo.kl.estimator", ["k1", "k2", "k3"])
     unbiased = bool(v.get("algo.kl.unbiased_gradient"))
     target = v.num("algo.kl.target", allow_none=True)
     horizon = v.num("algo.kl.horizon")

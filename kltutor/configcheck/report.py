@@ -258,7 +258,10 @@ def verdict(term: KLTerm, stale: bool) -> KLTerm:
     """Fill in the verdict of ``term.setting`` from the stored trainer results (no torch needed)."""
     from kltutor import trainers
 
-    r = trainers.setting(term.setting, trainers.load_results())
+    try:
+        r = trainers.setting(term.setting, trainers.load_results())
+    except KeyError:  # pragma: no cover - every setting a reader names is stored; a guard for new readers
+        raise ConfigError(f"no stored verdict for {term.setting!r}") from None
     term.verdict = r["on_policy"]["verdict"]
     term.bias_norm = r["on_policy"]["bias_norm"]
     if stale and r.get("stale"):

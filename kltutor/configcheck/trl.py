@@ -77,7 +77,11 @@ def read(data: dict, name: str, known: dict, trainer: str | None, hint: str = ""
     allowed = _own(trl)[cls] | set(trl["script"])
     unknown = [k for k in data if k not in allowed]
     where = f"TRL {trl['version']} {cls}" if cls != "PPOConfig" else "TRL 1.12.0 PPOConfig"
-    unknown_fields(rep, unknown, where, known.get("older", {}).get("trl", {}) if cls == "GRPOConfig" else None)
+    older = known.get("older", {}).get("trl", {}) if cls == "GRPOConfig" else {}
+    unknown_fields(rep, unknown, where, older)
+    old = sorted({older[k] for k in unknown if k in older})
+    if old and not rep.release:
+        rep.release = f"fields of older releases ({', '.join(old)}); read with TRL {trl['version']}'s semantics"
     return rep
 
 
@@ -176,13 +180,10 @@ def _filters(rep: Report, v: Values) -> None:
         "off_policy_mask_threshold",
     )
     if not use_vllm:
-        set_ = [k for k in keys if v.has(k) and v.data[k] is not None]
-        if set_:
+        unused = [k for k in keys[:3] if v.has(k) and v.data[k] is not None]
+        if unused:
             rep.note(
-                f"{', '.join(set_)} set but unused without use_vllm=True, except off_policy_mask_threshold, "
-                "which also gates against the old policy (see sec-practice-filters)"
-                if "off_policy_mask_threshold" in set_
-                else f"{', '.join(set_)} set but unused: TRL applies them only with use_vllm=True "
+                f"{', '.join(unused)} set but unused: TRL applies vLLM importance sampling only with use_vllm=True "
                 "(see sec-practice-filters)"
             )
     elif v.bool("vllm_importance_sampling_correction"):
