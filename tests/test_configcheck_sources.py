@@ -108,3 +108,14 @@ def test_adaptive_controllers_are_multiplicative():
     assert "self.value *= mult" in verl[:2000]
     orl = _squash(_source("openrlhf", "trainer/ppo_utils/kl_controller.py")).split("class AdaptiveKLController", 1)[1]
     assert "self.value = init_kl_coef" in orl and "self.value *= mult" in orl[:800]
+
+
+def test_verl_kl_loss_aggregation_and_rollout_is_weights():
+    """verl's KL loss follows the actor's loss_agg_mode (length-rescaled-beta); rollout IS weights multiply the
+    policy-gradient losses only (the rollout_is note)."""
+    losses = _squash(_source("verl", "workers/utils/losses.py"))
+    kl = losses.split("kld = kl_penalty(", 1)[1][:400]
+    assert "kl_loss = agg_loss( loss_mat=kld, loss_mask=response_mask, loss_agg_mode=config.loss_agg_mode" in kl
+    assert "rollout_is" not in kl
+    algos = _squash(_source("verl", "trainer/ppo/core_algos.py"))
+    assert algos.count("pg_losses = pg_losses * rollout_is_weights") >= 3
