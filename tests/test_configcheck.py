@@ -314,6 +314,12 @@ def test_verl_rollout_rejection_modes():
     assert rep.exit_code == 0 and sum("rollout_rs=" in n for n in rep.notes) == 2
     with pytest.raises(ConfigError, match="rollout_rs: unknown value 'seq_k9'"):
         inspect_text(f"{R}rollout_rs: seq_k9\n{R}rollout_rs_threshold: 1\n", "v.yaml")
+    rep = inspect_text(f"{R}rollout_is: sequence\n{R}rollout_is_threshold: '0.5_2.0'\n", "v.yaml")
+    assert [w.code for w in rep.warnings] == ["length-biased-filter"] and "zeroed outside [0.5, 2.0]" in rep.warnings[
+        0
+    ].message
+    rep = inspect_text(f"{R}rollout_is: token\n{R}rollout_is_threshold: 2.0\n", "v.yaml")
+    assert rep.exit_code == 0 and any("truncated at 2.0" in n for n in rep.notes)
     with pytest.raises(ConfigError, match="needs a threshold"):
         inspect_text(f"{R}rollout_rs: token_k2\n", "v.yaml")
 

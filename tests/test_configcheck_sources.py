@@ -100,6 +100,11 @@ def test_verl_seq_sum_rejects_long_sequences_at_the_same_per_token_mismatch():
     src = _source("verl", "trainer/ppo/rollout_corr_helper.py")
     assert 'batch.batch["response_mask"] = modified_response_mask' in src  # every loss term, KL loss included
     assert "def _sequence_max(values: torch.Tensor)" in src
+    # rollout_is: a "lower_upper" threshold masks (IcePop), a single one truncates; sequence = summed log-ratio
+    flat = _squash(src)
+    assert "use_icepop = rollout_is_threshold_lower is not None" in flat
+    assert "rollout_is_weights = raw_rollout_is_weights.clamp(max=rollout_is_threshold_upper)" in flat
+    assert "log_ratio_sum: torch.Tensor = verl_F.masked_sum(log_ratio, response_mask, axis=-1)" in flat
 
 
 def test_adaptive_controllers_are_multiplicative():

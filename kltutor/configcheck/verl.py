@@ -251,12 +251,22 @@ def _rollout_correction(rep: Report, v: Values, data: dict, name: str) -> None:
             raise ConfigError(f"{name}: field {R}rollout_is: unknown value {is_mode!r} (accepted: token, sequence)")
         thr = v.get(R + "rollout_is_threshold")
         norm = v.bool(R + "rollout_is_batch_normalize")
-        what = "each token's ratio" if is_mode == "token" else "one ratio per sequence (a product over its tokens)"
-        rep.note(
-            f"rollout_correction.rollout_is={is_mode}: {what} pi_train/pi_rollout, truncated at {show(thr)}"
+        band = isinstance(thr, str) and "_" in thr  # "lower_upper": IcePop-style masking, not truncation
+        what = "each token's ratio" if is_mode == "token" else "one ratio per sequence (exp of the summed log-ratio)"
+        act = f"zeroed outside [{show(thr).replace('_', ', ')}]" if band else f"truncated at {show(thr)}"
+        text = (
+            f"rollout_correction.rollout_is={is_mode} (threshold {show(thr)}): {what} pi_train/pi_rollout, {act}"
             + (", normalized to mean 1 over the batch" if norm else "")
-            + ", weights the policy-gradient term only; the KL loss is not reweighted (see sec-practice-filters)"
+            + "; the weights multiply the policy-gradient losses only, the KL loss is not reweighted"
         )
+        if band and is_mode == "sequence":
+            rep.warn(
+                "length-biased-filter",
+                text + ": the summed log-ratio against a fixed band drops long responses more often at the same "
+                "per-token mismatch (length bias)",
+            )
+        else:
+            rep.note(text + " (see sec-practice-filters)")
     if rs is not None:
         opts = [o.strip() for o in str(rs).split(",") if o.strip()]
         for o in opts:
