@@ -1,4 +1,4 @@
-"""The config inspector on 48 real configurations and launch scripts (tests/data/real_configs, index.csv).
+"""The config inspector on 49 real configurations and launch scripts (tests/data/real_configs, index.csv).
 
 Each expected row was written by hand from reading the file (the flags that turn a KL term on, its
 estimator and coefficient, with the installed releases' defaults where the file sets nothing): the library,
@@ -81,6 +81,8 @@ EXPECTED = {
     "openr1_Qwen2.5-Coder-7B-Instruct_grpo_config_codeforces.yaml": ("TRL", [], {"length-biased-filter"}),
     # the Slurm launcher: script and config named by the job's arguments ($2), so the config is not read
     "openr1_slurm_train.slurm": ("TRL", [], {"unresolved-kl-field"}),
+    # its February 2025 predecessor: grpo.py's options on the command line (no beta; use_vllm, vllm_device)
+    "openr1_slurm_grpo_feb2025.slurm": ("TRL", [], {"length-biased-filter"}),
 }
 REFUSED = {  # a `trl sft` config: nothing says which RL trainer (its fields fit all three)
     "trl_cli_configs_example_config.yaml": ["cannot tell", "--trainer"],
@@ -127,7 +129,7 @@ def test_real_config_refused(name):
 
 
 def test_share_read():
-    """At least 90% of the corpus gives a report (before the shell reader: 3 of 48)."""
+    """48 of the 49 files give a report (before the shell reader: 3 of the first 48); the one refusal is right."""
     ok = 0
     for p in DATA.iterdir():
         if p.name in ("index.csv", "README.md"):
@@ -137,7 +139,7 @@ def test_share_read():
             ok += 1
         except ConfigError:
             pass
-    assert ok == 47
+    assert ok == 48
 
 
 def test_older_releases_are_said():
@@ -151,6 +153,8 @@ def test_older_releases_are_said():
     r1 = inspect_file(DATA / "openr1_Qwen2.5-1.5B-Instruct_grpo_config_demo.yaml")
     assert r1.defaults["beta"] == "0.0" and any("TRL <= 0.18 defaulted to 0.04" in n for n in r1.notes)
     assert any("dataset_prompt_column" in n for n in r1.notes)  # open-r1's own keys: a note, not an error
+    feb = inspect_file(DATA / "openr1_slurm_grpo_feb2025.slurm")
+    assert "TRL <= 0.16.0" in feb.release and any("vllm_device last existed in TRL <= 0.18" in n for n in feb.notes)
 
 
 def test_shell_constructs_named_and_the_rest_read():

@@ -82,6 +82,17 @@ def read(data: dict, name: str, known: dict, trainer: str | None, hint: str = ""
     old = sorted({older[k] for k in unknown if k in older})
     if old and not rep.release:
         rep.release = f"fields of older releases ({', '.join(old)}); read with TRL {trl['version']}'s semantics"
+
+    def _version(r):
+        return tuple(int(x) for x in r.rsplit(" ", 1)[1].split(".")[:2])
+
+    if cls == "GRPOConfig" and "beta" not in data and any(_version(r) <= (0, 18) for r in old):
+        rep.note(
+            "fields such as "
+            + ", ".join(k for k in unknown if k in older and _version(older[k]) <= (0, 18))
+            + " last existed in TRL <= 0.18, whose GRPOConfig defaulted to beta = 0.04: under its own release this "
+            "file has k3 in the loss with beta = 0.04"
+        )
     return rep
 
 
