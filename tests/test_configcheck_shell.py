@@ -117,3 +117,11 @@ def test_scripts_without_a_launch_are_refused(text):
 
     with pytest.raises(ConfigError, match="no launch command"):
         inspect_text(text, "x.sh", ".sh")
+
+
+def test_declare_local_and_functions():
+    args, _ = _args(
+        "main() {\n  declare -a A=(x=1 y=2)\n  local K=3\n  export L=4 M\n"
+        '  python3 -m verl.trainer.main_ppo "${A[@]}" k=$K l=$L\n}\nmain "$@"\n'
+    )
+    assert args == ["x=1", "y=2", "k=3", "l=4"]

@@ -510,9 +510,7 @@ def _run(text: str, env: _Env, script: Script, depth: int, line0: int = 0) -> No
             if kind == "heredoc":
                 heredoc = value
                 continue
-            if kind == "array":
-                name, append, items = value
-                words.append(f"{name}=(...)")
+            if kind == "array":  # NAME=(...) after a command word (declare, local): assigned below
                 continue
             words.extend(env.expand(value))
         while words and words[0] in _KEYWORDS:
@@ -553,7 +551,7 @@ def _run(text: str, env: _Env, script: Script, depth: int, line0: int = 0) -> No
         # bash -c "...", sh -c, eval "...": read the string as a script
         inner = None
         for j, w in enumerate(words):
-            if w.rsplit("/", 1)[-1] in ("bash", "sh") and j + 2 < len(words) + 1 and "-c" in words[j + 1 : j + 3]:
+            if w.rsplit("/", 1)[-1] in ("bash", "sh") and "-c" in words[j + 1 : j + 3]:
                 k = words.index("-c", j + 1)
                 if k + 1 < len(words):
                     inner = words[k + 1]
