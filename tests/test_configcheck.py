@@ -392,3 +392,13 @@ def test_old_command_still_works(tmp_path):
             env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
         )
         assert out.returncode == 1 and "warning [two-kl-terms]" in out.stdout, out.stderr
+
+
+def test_pasted_text_without_a_file_name():
+    """The in-browser page passes no suffix: a YAML config and a launch script are both recognised."""
+    assert inspect_text("beta: 0.1\nloss_type: dr_grpo\n", "paste", "").library == "TRL"
+    assert inspect_text("python -m openrlhf.cli.train_ppo_ray --algo.kl.init_coef 0.02\n", "paste", "").library == (
+        "OpenRLHF"
+    )
+    with pytest.raises(ConfigError, match="no launch command"):
+        inspect_text("echo hi\n", "paste", "")

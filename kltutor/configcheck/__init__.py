@@ -154,8 +154,8 @@ def _from_script(text, name, known, trainer, base, strict) -> Report | None:
                 notes.append("no entry point: the options are read as openrlhf.cli.train_ppo_ray's")
                 break
     if not launches:
-        if not strict:
-            return None
+        if not strict or _is_mapping(text):
+            return None  # read as YAML (a pasted config without a file name, or a .txt holding YAML)
         first = next((w for c in script.commands for w in c if w.startswith("--")), None)
         raise ConfigError(
             f"{name}: unknown library: no launch command of verl (verl.trainer.main_ppo), OpenRLHF "
@@ -177,6 +177,13 @@ def _from_script(text, name, known, trainer, base, strict) -> Report | None:
         for n in notes:
             rep.note(n)
     return rep
+
+
+def _is_mapping(text: str) -> bool:
+    try:
+        return isinstance(_load_mapping(text, "", ".yaml"), dict)
+    except ConfigError:
+        return False
 
 
 def inspect_file(path, trainer: str | None = None) -> Report:
