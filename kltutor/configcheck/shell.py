@@ -583,7 +583,14 @@ def _assign(env: _Env, kind: str, value) -> None:
 
 
 def read_script(text: str) -> Script:
-    """Every training launch in a shell script or command line, variables resolved (see the module docstring)."""
+    """Every training launch in a shell script or command line, variables resolved (see the module docstring).
+
+    >>> s = read_script('K=0.1\\npython3 -m verl.trainer.main_ppo \\\\\\n  algorithm.kl_ctrl.kl_coef=$K $@ 2>&1 | tee log\\n')
+    >>> s.launches[0].kind, s.launches[0].args
+    ('verl', ['algorithm.kl_ctrl.kl_coef=0.1'])
+    >>> s.unknowns
+    {'arguments': ['$@']}
+    """
     script = Script()
     _run(text, _Env(script), script, 0)
     return script
