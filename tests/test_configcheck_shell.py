@@ -125,3 +125,15 @@ def test_declare_local_and_functions():
         '  python3 -m verl.trainer.main_ppo "${A[@]}" k=$K l=$L\n}\nmain "$@"\n'
     )
     assert args == ["x=1", "y=2", "k=3", "l=4"]
+
+
+def test_trl_cli_subcommand_names_the_trainer(tmp_path):
+    from kltutor.configcheck import inspect_file
+
+    (tmp_path / "c.yaml").write_text("beta: 0.1\nnum_generations: 4\n")  # fits GRPOConfig and RLOOConfig
+    (tmp_path / "run.sh").write_text("trl rloo --config c.yaml --beta 0.2\n")
+    rep = inspect_file(tmp_path / "run.sh")
+    assert rep.trainer.startswith("RLOOTrainer") and [(t.placement, t.beta) for t in rep.terms] == [("reward", 0.2)]
+    (tmp_path / "run.sh").write_text("trl grpo --config c.yaml\n")
+    rep = inspect_file(tmp_path / "run.sh")
+    assert rep.trainer.startswith("GRPOTrainer") and [(t.placement, t.beta) for t in rep.terms] == [("loss", 0.1)]
