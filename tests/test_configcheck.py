@@ -301,6 +301,8 @@ def test_trl_vllm_sequence_mask_and_off_policy_mask():
         base + "vllm_importance_sampling_mode: token_mask\noff_policy_mask_threshold: 0.5\n", "grpo.yaml"
     )
     assert [w.code for w in rep.warnings] == ["one-sided-filter"] and "negative-advantage" in rep.warnings[0].message
+    rep = inspect_text(base + "vllm_importance_sampling_cap: 2.0\n", "grpo.yaml")
+    assert "[-inf, 2]" in rep.warnings[0].message and any("deprecated" in n for n in rep.notes)
     rep = inspect_text("beta: 0.0\nvllm_importance_sampling_mode: sequence_mask\n", "grpo.yaml")
     assert rep.exit_code == 0 and any("set but unused" in n for n in rep.notes)
 

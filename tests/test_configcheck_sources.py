@@ -66,6 +66,8 @@ def test_trl_sequence_mask_sums_the_log_ratio_and_weights_the_policy_term_only()
     kl = src.index("per_token_loss = per_token_loss + self.beta * per_token_kl")
     mask = src.index("per_token_loss = per_token_loss * off_policy_mask")
     assert mask < weight < kl  # the KL term is added after the weights and the mask
+    config = _squash(_source("trl", "trainer/grpo_config.py"))
+    assert "self.vllm_importance_sampling_clip_max = self.vllm_importance_sampling_cap" in config
 
 
 def test_trl_off_policy_mask_on_a_toy():

@@ -203,6 +203,9 @@ def _filters(rep: Report, v: Values) -> None:
         )
         lo = v.num("vllm_importance_sampling_clip_min", allow_none=True)
         hi = v.num("vllm_importance_sampling_clip_max", allow_none=True)
+        if v.has("vllm_importance_sampling_cap") and v.data["vllm_importance_sampling_cap"] is not None:
+            hi = v.num("vllm_importance_sampling_cap")  # deprecated; GRPOConfig.__post_init__ copies it to clip_max
+            rep.note("vllm_importance_sampling_cap (deprecated) replaces vllm_importance_sampling_clip_max")
         band = f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
         after = (
             "; the weight multiplies the policy-gradient term only: the KL term (beta * k3) is added after "
