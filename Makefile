@@ -17,6 +17,8 @@ PERTURBED = $(PY) scripts/perturbed.py --variant scalar -- $(NBVAL_RUN) notebook
             $(PY) scripts/perturbed.py --variant avx2 -- $(NBVAL_RUN) notebooks
 
 # The trainers' own KL code (chapter 3, kltutor.trainers): a separate venv, so the book's stays small.
+# Its tests: every tests/test_trainers_*.py and the config inspector's checks against the installed source.
+TRAINERS_TESTS = $(sort $(wildcard tests/test_trainers_*.py)) tests/test_configcheck_sources.py
 TRAINERS_VENV ?= .venv-trainers
 TPY := $(TRAINERS_VENV)/bin/python
 OPENRLHF_VERSION ?= 0.11.2
@@ -115,14 +117,14 @@ nbval-perturbed: setup
 
 # Fails when an installed library's KL code no longer gives the stored verdicts (kltutor/trainers/data).
 trainers-test: trainers-venv
-	$(TPY) -m pytest -q -p no:cacheprovider -m trainers tests/test_trainers_libraries.py tests/test_trainers_distillation.py
+	$(TPY) -m pytest -q -p no:cacheprovider -m trainers $(TRAINERS_TESTS)
 
 # After upgrading a pinned library: rewrite the stored verdicts and the inspector's field lists, then
 # re-execute chapter 3 (make notebooks) and review its table.
 trainers-data: trainers-venv
 	$(TPY) -m kltutor.trainers regenerate
 	$(TPY) -m kltutor.trainers.distillation regenerate
-	$(TPY) -m kltutor.inspect.fields
+	$(TPY) -m kltutor.configcheck.fields
 
 browser-test: setup setup-browser
 	$(PY) -m pytest -p no:cacheprovider -m browser tests

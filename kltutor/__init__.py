@@ -12,7 +12,8 @@ from it):
 - :mod:`kltutor.gradients`: exact and Monte-Carlo gradients of KL placements (chapter 3).
 - :mod:`kltutor.placements`: KL in the reward versus KL in the loss (chapter 3).
 - :mod:`kltutor.trainers`: TRL, verl and OpenRLHF's own KL code run on the exact toy (chapter 3).
-- :mod:`kltutor.inspect`: the config inspector, the KL terms of a trainer's configuration file (chapter 3).
+- :mod:`kltutor.configcheck`: the config inspector, the KL terms of a trainer's configuration file or launch
+  script (chapter 3); :mod:`kltutor.inspect` is its deprecated alias, kept for one release.
 - :mod:`kltutor.schedules`: beta controllers (chapter 4).
 - :mod:`kltutor.preference`: the closed-form optimum, DPO and its kin (chapter 5).
 - :mod:`kltutor.grpo`: group-relative advantages and the GRPO objective (chapter 5).
@@ -45,7 +46,8 @@ MODULES: dict[str, str | None] = {
     "placements": "ch-placements",
     "toys.autoregressive": "ch-placements",
     "trainers": "ch-placements",
-    "inspect": "ch-placements",
+    "configcheck": "ch-placements",
+    "inspect": "ch-placements",  # the deprecated alias of configcheck, kept for one release
     "schedules": "ch-schedules",
     "toys.bandits": "ch-schedules",
     "preference": "ch-preference",

@@ -13,7 +13,7 @@ silence one deliberately. :func:`example_batch` builds a correct batch from a ti
 (:class:`TinyLM`) and :func:`plant` puts any one mistake of :data:`CHECKS` into it: chapter 7 and the
 tests use them to show that every check fires.
 
-(This is the *batch* checklist; :mod:`kltutor.inspect` is the *config* inspector, which reads a
+(This is the *batch* checklist; :mod:`kltutor.configcheck` is the *config* inspector, which reads a
 trainer's configuration file.)
 
 :func:`diagnose_negative_kl` (chapter 8, ``ch-practice``) answers the question a negative logged KL

@@ -111,8 +111,8 @@ def test_verl_aliases_run_the_same_branch():
 
 
 def test_inspector_fields_match_installed(tmp_path):
-    """kltutor/inspect/data/fields.json is what the installed libraries define (regenerate: python -m kltutor.inspect.fields)."""
-    from kltutor.inspect import fields
+    """kltutor/configcheck/data/fields.json is what the installed libraries define (regenerate: python -m kltutor.configcheck.fields)."""
+    from kltutor.configcheck import fields
 
     stored = fields.load()
     if INSTALLED["TRL"]:
@@ -141,7 +141,7 @@ def test_inspector_on_trl_defaults(tmp_path):
 
     from trl import GRPOConfig, RLOOConfig
 
-    from kltutor.inspect import inspect_file
+    from kltutor.configcheck import inspect_file
 
     for cls, terms in ((GRPOConfig, []), (RLOOConfig, [("reward", "k1", 0.05, "exact reverse-KL gradient")])):
         cfg = cls(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False)
@@ -159,7 +159,7 @@ def test_inspector_on_verl_shipped_config():
 
     import verl
 
-    from kltutor.inspect import inspect_file
+    from kltutor.configcheck import inspect_file
 
     path = Path(verl.__file__).parent / "trainer" / "config" / "_generated_ppo_trainer.yaml"
     rep = inspect_file(path)
@@ -168,7 +168,7 @@ def test_inspector_on_verl_shipped_config():
 
 def test_inspector_on_openrlhf_defaults():
     _need("OpenRLHF")
-    from kltutor.inspect import inspect_text
+    from kltutor.configcheck import inspect_text
 
     rep = inspect_text("python3 -m openrlhf.cli.train_ppo_ray\n", "defaults.txt", ".txt")
     assert [(t.placement, t.estimator, t.beta, t.verdict) for t in rep.terms] == [

@@ -1,5 +1,5 @@
 """The field names (and the defaults the inspector needs) of each library's configuration, generated from the
-installed libraries and cached in ``kltutor/inspect/data/fields.json`` so the inspector runs without them.
+installed libraries and cached in ``kltutor/configcheck/data/fields.json`` so the inspector runs without them.
 
 - TRL: the dataclass fields of ``GRPOConfig`` and ``RLOOConfig``, plus those of ``ScriptArguments`` and
   ``ModelConfig`` (a ``trl grpo --config`` file mixes them). ``PPOConfig`` last shipped in TRL 1.12.0
@@ -11,7 +11,12 @@ installed libraries and cached in ``kltutor/inspect/data/fields.json`` so the in
   ``if __name__ == "__main__":`` (the module imports Ray and vLLM); :func:`openrlhf_options` executes
   only the statements of that block before ``parser.parse_args()`` and reads the parser's actions.
 
-``python -m kltutor.inspect.fields`` regenerates the file (needs the [trainers] extra).
+- Older releases (``older``): the names each library's older releases had and the installed one lacks, with
+  the last release that had them (:func:`older_from_git`, from a clone's tags: ``--older-git
+  verl=/path/to/verl/.git``); kept from the stored file when not given. The readers name such fields in a
+  note instead of calling them unknown.
+
+``python -m kltutor.configcheck.fields`` regenerates the file (needs the [trainers] extra).
 """
 
 from __future__ import annotations
@@ -168,15 +173,75 @@ def openrlhf_options() -> dict:
     return {"version": version("openrlhf"), "source": "openrlhf/cli/train_ppo_ray.py", "options": opts}
 
 
-def generate(ppo_source=None, path: Path | str = FIELDS_PATH) -> Path:
+#: The releases whose field names :func:`older_from_git` reads (each library's git tags).
+OLDER_TAGS = {
+    "verl": ["v0.1", "v0.2", "v0.3.0.post1", "v0.4.1", "v0.5.0", "v0.6.1", "v0.7.0"],
+    "openrlhf": ["v0.5.7", "v0.6.0", "v0.7.5", "v0.8.11", "v0.9.10", "v0.10.1", "v0.10.4"],
+    "trl": ["v0.14.0", "v0.16.0", "v0.18.0", "v0.19.0", "v0.23.0", "v1.0.0", "v1.9.0"],
+}
+_OLDER_FILES = {
+    "verl": ["verl/trainer/config/_generated_ppo_trainer.yaml", "verl/trainer/config/ppo_trainer.yaml"],
+    "openrlhf": ["openrlhf/cli/train_ppo_ray.py"],
+    "trl": ["trl/trainer/grpo_config.py"],
+}
+
+
+def names_in_source(lib: str, text: str) -> set[str]:
+    """The field names one release's source declares: verl's YAML keys, OpenRLHF's options, TRL's GRPOConfig."""
+    import re
+
+    if lib == "verl":
+        import yaml
+
+        return {k for k, v in _flatten(yaml.safe_load(text)).items()}
+    if lib == "openrlhf":
+        return set(re.findall(r"add_argument\(\s*[\"'](--[\w.\-]+)", text))
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "GRPOConfig":
+            return {
+                st.target.id for st in node.body if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)
+            }
+    return set()
+
+
+def older_from_git(lib: str, gitdir: str, current: set[str]) -> dict[str, str]:
+    """``{name: "lib <= release"}`` for each name an older release had and the installed one lacks (the latest
+    such release), read with ``git show TAG:FILE`` from a clone of the library's repository."""
+    import subprocess
+
+    out = {}
+    label = {"verl": "verl", "openrlhf": "OpenRLHF", "trl": "TRL"}[lib]
+    for tag in OLDER_TAGS[lib]:
+        for f in _OLDER_FILES[lib]:
+            r = subprocess.run(["git", "--git-dir", gitdir, "show", f"{tag}:{f}"], capture_output=True, text=True)
+            if r.returncode == 0:
+                for n in names_in_source(lib, r.stdout) - current:
+                    out[n] = f"{label} <= {tag.lstrip('v')}"
+                break
+    return dict(sorted(out.items()))
+
+
+def generate(ppo_source=None, path: Path | str = FIELDS_PATH, older_git: dict | None = None) -> Path:
     path = Path(path)
     stored = json.loads(path.read_text()) if path.exists() else {}
     data = {
-        "generated_by": "python -m kltutor.inspect.fields",
+        "generated_by": "python -m kltutor.configcheck.fields",
         "trl": trl_fields(ppo_source, stored),
         "verl": verl_fields(),
         "openrlhf": openrlhf_options(),
     }
+    older = dict(stored.get("older", {}))
+    current = {
+        "verl": set(data["verl"]["keys"]),
+        "openrlhf": set(data["openrlhf"]["options"]),
+        "trl": set(data["trl"]["GRPOConfig"]),
+    }
+    for lib, gitdir in (older_git or {}).items():
+        older[lib] = older_from_git(lib, gitdir, current[lib])
+    for lib in older:  # names the installed release has again are no longer "older"
+        older[lib] = {k: r for k, r in older[lib].items() if k not in current[lib]}
+    data["older"] = older
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=0, sort_keys=True, ensure_ascii=False) + "\n")
     return path
@@ -189,6 +254,15 @@ def load(path: Path | str = FIELDS_PATH) -> dict:
 if __name__ == "__main__":
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m kltutor.inspect.fields")
+    p = argparse.ArgumentParser(prog="python -m kltutor.configcheck.fields")
     p.add_argument("--trl-ppo-source", help="trl/experimental/ppo/ppo_config.py of TRL 1.12.0")
-    print(generate(p.parse_args().trl_ppo_source))
+    p.add_argument(
+        "--older-git",
+        action="append",
+        default=[],
+        metavar="LIB=GITDIR",
+        help="read older releases' field names (verl, openrlhf, trl) from a clone's tags; kept from the stored file "
+        "otherwise",
+    )
+    a = p.parse_args()
+    print(generate(a.trl_ppo_source, older_git=dict(x.split("=", 1) for x in a.older_git)))
