@@ -17,12 +17,12 @@ CHAPTER = (ROOT / "book" / "09_interview_questions.md").read_text()
 
 
 # --------------------------------------------------------------------------- the bank
-def test_bank_has_33_questions_in_three_tiers():
+def test_bank_has_38_questions_in_three_tiers():
     qs = interview.questions()
-    assert [q.id for q in qs] == [f"Q{i}" for i in range(1, 34)]
+    assert [q.id for q in qs] == [f"Q{i}" for i in range(1, 39)]
     counts = {t: len(interview.questions(tier=t)) for t in interview.TIERS}
-    assert counts == {"must-know": 12, "advanced": 14, "top-lab": 7}
-    assert [q.id for q in qs if q.answered_in == "ch-practice"] == [f"Q{i}" for i in range(26, 34)]
+    assert counts == {"must-know": 13, "advanced": 17, "top-lab": 8}
+    assert [q.id for q in qs if q.answered_in == "ch-practice"] == [f"Q{i}" for i in range(26, 39)]
     for q in qs:
         assert q.question.strip() and q.answer.strip() and q.pitfalls
         assert set(q.chapters) <= set(interview.CHAPTER_LABELS)

@@ -87,3 +87,16 @@ def test_table_has_every_field():
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_papers_page_is_up_to_date():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [sys.executable, str(root / "scripts" / "papers_page.py"), "--check"], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert "book/published_kl_settings" in (root / "_toc.yml").read_text()

@@ -31,6 +31,7 @@ import re
 from kltutor.claims import (  # noqa: F401  (each topic module registers its claims on import)
     estimators,
     failures,
+    filters,
     fundamentals,
     overoptimization,
     placements,
