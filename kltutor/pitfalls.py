@@ -60,12 +60,17 @@ def tempered_k1_run(
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     ref = [t.detach().to(torch.float64) for t in ref_tables]
-    _, ref_lp = enumerate_autoregressive([torch.softmax(t, -1) for t in ref])
+    seqs, ref_lp = enumerate_autoregressive([torch.softmax(t, -1) for t in ref])
+    idx = [tuple(seqs[:, : t + 1].T) for t in range(len(ref))]  # each token's (prefix, token) index, once
+
+    def per_token(tables):  # [V**T, T] entries of the per-step tables at every sequence's tokens
+        return torch.stack([tab[i] for tab, i in zip(tables, idx)], dim=-1)
+
     params = [t.clone().requires_grad_(True) for t in ref]
     vocab, T = ref[0].shape[-1], len(ref)
     out = {"step": [], "entropy": [], "kl_to_ref": [], "max_entropy": T * math.log(vocab)}
     for step in range(steps + 1):
-        _, lp = enumerate_autoregressive([torch.log_softmax(z, -1).exp() for z in params])
+        lp = per_token([torch.log_softmax(z, -1) for z in params])
         if step % every == 0:
             with torch.no_grad():
                 seq = lp.sum(-1)
@@ -74,9 +79,8 @@ def tempered_k1_run(
                 out["kl_to_ref"].append(float((seq.exp() * (seq - ref_lp.sum(-1))).sum()))
         if step == steps:
             break
-        with torch.no_grad():
-            _, lq = enumerate_autoregressive([process_logits(z, temperature=temperature, top_p=top_p) for z in params])
-            q = lq.sum(-1).exp()
+        with torch.no_grad():  # the sampler: the current policy, processed; a product of probabilities (exact zeros)
+            q = per_token([process_logits(z, temperature=temperature, top_p=top_p) for z in params]).prod(-1)
         loss = beta * (q.unsqueeze(-1) * of_log_ratio(estimator, lp - ref_lp)).sum()
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
