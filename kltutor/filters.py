@@ -258,7 +258,7 @@ def keep_masks(name: str, logp: Tensor, samp_logp: Tensor, adv: Tensor) -> Tenso
 
 
 def coefficients(name: str, logp: Tensor, samp_logp: Tensor, keep: Tensor) -> Tensor:
-    """``c_t(y)``: the keep mask times the rule's importance weight (sequence or per-token ratio)."""
+    """``c_t(y)``: the keep mask times the rule's weight (the sequence ratio on every token, or each token's own ratio)."""
     lr = logp - samp_logp
     w = lr.exp() if _rule(name).weight == "token" else lr.sum(-1, keepdim=True).exp().expand_as(lr)
     return keep * w

@@ -104,12 +104,6 @@ def _negative_only_masking_bias():
     r"the KL term trained alone by its expected gradient, starting at $\piref$; chapter 8's random autoregressive "
     r"model (vocabulary 5, length 3)",
     "sec-practice-tempered-k1",
-    needs_condition=(
-        (
-            r"\bk1 in the loss\b[^.;]{0,60}?\b(?:does nothing|has zero (?:expected )?gradient|is harmless)",
-            r"on-policy|on policy|sampler|\bq\s*=|temperature 1|T\s*=\s*1",
-        ),
-    ),
 )
 def _tempered_k1_entropy_push():
     import torch
