@@ -20,6 +20,9 @@ from it):
 - :mod:`kltutor.failures`: the failure modes of KL control, simulated exactly (chapter 7).
 - :mod:`kltutor.checklist`: the engineering checklist as checks on a batch (chapter 7).
 - :mod:`kltutor.practice`: KL in practice: sampler mismatch, aggregation, references (chapter 8).
+- :mod:`kltutor.filters`: KL-like statistics as rejection filters, exactly on the toy (chapter 8).
+- :mod:`kltutor.pitfalls`: k1 under a tempered sampler, dropout when scoring, ``kl_div`` misuses (chapter 8).
+- :mod:`kltutor.papers`: published KL settings, each with the paper's own words (chapter 8).
 - :mod:`kltutor.interview`: the question bank, the one source of question text (chapter 9).
 - :mod:`kltutor.claims`: the claim ledger, the book's central claims with their conditions and checks (chapter 9).
 - :mod:`kltutor.capstone`: GRPO on a transformers model with a selectable KL placement (chapter 10).
@@ -53,6 +56,9 @@ MODULES: dict[str, str | None] = {
     "failures": "ch-failures",
     "checklist": "ch-failures",
     "practice": "ch-practice",
+    "filters": "ch-practice",
+    "pitfalls": "ch-practice",
+    "papers": "ch-practice",
     "interview": "ch-interview",
     "claims": "ch-interview",
     "capstone": "ch-capstone",

@@ -16,8 +16,8 @@ repeats a refuted version of a claim or states one without its condition.
 >>> quiz = interview.quiz(n=3, seed=1)
 >>> print(quiz)              # the questions only
 1. Q9 (must-know). What is reward over-optimisation, and why does it happen?
-2. Q5 (must-know). What are the two placements of the KL term in RLHF, and how do they differ?
-3. Q17 (advanced). How is the adaptive-β controller like a PID controller?
+2. Q37 (must-know). At step 0 the policy equals the reference, yet the logged KL is not zero. Name two silent bugs that do this or worse, and how to catch them.
+3. Q5 (must-know). What are the two placements of the KL term in RLHF, and how do they differ?
 >>> print(quiz.reveal(0).splitlines()[2][:60])  # the short answer (and the pitfalls) of the first one
 Answer: Optimising a learned proxy reward raises the proxy m
 """
