@@ -164,9 +164,10 @@ def plot_tempered_k1_entropy(runs: Mapping[str, Mapping[str, Sequence[float]]]):
     pairs (``kltutor.pitfalls.tempered_k1_run``), with the maximum entropy ``T log V`` and the start marked."""
     fig, axes = new_axes(ncols=2, width=10.0)
     palette = [COLORS["black"], COLORS["red"], COLORS["blue"], COLORS["green"], COLORS["grey"]]
-    for (name, run), color in zip(runs.items(), palette):
-        axes[0].plot(run["step"], run["entropy"], color=color, label=name)
-        axes[1].plot(run["step"], run["kl_to_ref"], color=color, label=name)
+    styles = ["--", "-", "-", ":", "-."]  # the flat runs overlap: dashed and dotted keep both visible
+    for (name, run), color, ls in zip(runs.items(), palette, styles):
+        axes[0].plot(run["step"], run["entropy"], color=color, ls=ls, lw=2 if ls != "-" else 1.5, label=name)
+        axes[1].plot(run["step"], run["kl_to_ref"], color=color, ls=ls, lw=2 if ls != "-" else 1.5, label=name)
     first = next(iter(runs.values()))
     axes[0].axhline(first["max_entropy"], color=COLORS["grey"], ls=":", lw=1, label="T log V (uniform)")
     axes[0].set_ylabel("entropy of the policy (nats, whole sequence)")
