@@ -17,8 +17,9 @@ PERTURBED = $(PY) scripts/perturbed.py --variant scalar -- $(NBVAL_RUN) notebook
             $(PY) scripts/perturbed.py --variant avx2 -- $(NBVAL_RUN) notebooks
 
 # The trainers' own KL code (chapter 3, kltutor.trainers): a separate venv, so the book's stays small.
-# Its tests: every tests/test_trainers_*.py and the config inspector's checks against the installed source.
-TRAINERS_TESTS = $(sort $(wildcard tests/test_trainers_*.py)) tests/test_configcheck_sources.py
+# Its tests: tests/test_trainers_*.py, test_*_libraries.py (library code on the toys) and test_*_sources.py
+# (statements about a library checked against its installed source).
+TRAINERS_TESTS = $(sort $(wildcard tests/test_trainers_*.py tests/test_*_libraries.py tests/test_*_sources.py))
 TRAINERS_VENV ?= .venv-trainers
 TPY := $(TRAINERS_VENV)/bin/python
 OPENRLHF_VERSION ?= 0.11.2

@@ -21,6 +21,9 @@ from it):
 - :mod:`kltutor.failures`: the failure modes of KL control, simulated exactly (chapter 7).
 - :mod:`kltutor.checklist`: the engineering checklist as checks on a batch (chapter 7).
 - :mod:`kltutor.practice`: KL in practice: sampler mismatch, aggregation, references (chapter 8).
+- :mod:`kltutor.filters`: KL-like statistics as rejection filters, exactly on the toy (chapter 8).
+- :mod:`kltutor.pitfalls`: k1 under a tempered sampler, dropout when scoring, ``kl_div`` misuses (chapter 8).
+- :mod:`kltutor.papers`: published KL settings, each with the paper's own words (chapter 8).
 - :mod:`kltutor.distillation`: on-policy distillation, the KL to a teacher as the objective (chapter 9).
 - :mod:`kltutor.interview`: the question bank, the one source of question text (chapter 10).
 - :mod:`kltutor.claims`: the claim ledger, the book's central claims with their conditions and checks (chapter 10).
@@ -56,6 +59,9 @@ MODULES: dict[str, str | None] = {
     "failures": "ch-failures",
     "checklist": "ch-failures",
     "practice": "ch-practice",
+    "filters": "ch-practice",
+    "pitfalls": "ch-practice",
+    "papers": "ch-practice",
     "distillation": "ch-distillation",
     "interview": "ch-interview",
     "claims": "ch-interview",

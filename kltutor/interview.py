@@ -16,7 +16,7 @@ repeats a refuted version of a claim or states one without its condition.
 >>> quiz = interview.quiz(n=3, seed=1)
 >>> print(quiz)              # the questions only
 1. Q9 (must-know). What is reward over-optimisation, and why does it happen?
-2. Q42 (advanced). How should you estimate the per-token KL to the teacher: the sampled token's k1, k3, the full vocabulary, or a top-k truncation?
+2. Q37 (must-know). At step 0 the policy equals the reference, yet the logged KL is not zero. Name two silent bugs that do this or worse, and how to catch them.
 3. Q5 (must-know). What are the two placements of the KL term in RLHF, and how do they differ?
 >>> print(quiz.reveal(0).splitlines()[2][:60])  # the short answer (and the pitfalls) of the first one
 Answer: Optimising a learned proxy reward raises the proxy m
@@ -727,6 +727,101 @@ _BANK: tuple[Question, ...] = (
         ("ch-practice", "ch-estimators"),
         "ch-practice",
         claims=("inverted-k3-chi2",),
+    ),
+    # ------------------------------------------------ KL as a filter, tempered k1, published settings (ch-practice)
+    Question(
+        "Q34",
+        "advanced",
+        "Your trainer drops sequences whose KL between the inference engine and the trainer exceeds a threshold "
+        "(verl's rollout_rs, TRL's sequence_mask, OpenRLHF's is_correction gates). Is the policy gradient still "
+        "unbiased?",
+        "No. With rollouts from a sampler q and the sequence ratio pi(y)/q(y) as weight, the gradient is exact; any "
+        "filter that rejects something removes those sequences' terms and the baseline no longer cancels, so the "
+        "expected gradient is biased, by as much as the dropped sequences carry (the ones with the largest ratios "
+        "weigh most). A per-token ratio (OpenRLHF) is biased before any filter. A summed statistic against a fixed "
+        "threshold also rejects long sequences far more often than short ones; the per-token mean removes most of "
+        "that. Filters trade bias for stability: measure what they drop.",
+        (
+            "Believing a filter only removes noise: it removes terms of the expectation.",
+            "Comparing a summed statistic across lengths with one threshold.",
+        ),
+        ("ch-practice",),
+        "ch-practice",
+        claims=("kl-filter-bias", "kl-filter-length-bias"),
+    ),
+    Question(
+        "Q35",
+        "top-lab",
+        "DeepSeek-V3.2 masks only negative-advantage sequences whose KL to the sampler is above a threshold. What "
+        "does that do to the expected update?",
+        "It removes exactly the masked sequences' terms, all with A < 0: relative to the exact gradient it adds the "
+        "sum over masked sequences of pi(y)|A(y)| grad log pi(y), so those off-policy bad sequences are no longer "
+        "pushed down, while every positive-advantage sequence is kept. The rule is asymmetric on purpose (a "
+        "stabiliser, not a correction) and with a constant baseline the result depends on the baseline. TRL's "
+        "off_policy_mask_threshold runs the same rule (GRPOTrainer.get_off_policy_mask).",
+        (
+            "Calling the masking an importance correction: it changes the objective's gradient.",
+            "Assuming a symmetric rule would give the same update.",
+        ),
+        ("ch-practice",),
+        "ch-practice",
+        claims=("negative-only-masking-bias",),
+    ),
+    Question(
+        "Q36",
+        "advanced",
+        "Rollouts are sampled at temperature 0.8 with top-p 0.9 and the loss has a k1 KL term. What happens to the "
+        "policy?",
+        "On-policy, k1 in the loss has zero expected gradient. Under a sampler q sharper than the policy its "
+        "expected update of the logits is beta (pi - q): it lowers the tokens q favours and raises the rest, an "
+        "entropy bonus nobody asked for, and with the KL term alone the policy climbs toward uniform (entropy "
+        "toward T log V). Use k3 or k2 in the loss (their gradient vanishes at pi = pi_ref whatever the sampler), "
+        "k1 in the reward, or the exact KL, and score with the sampler's processing or correct with the sequence "
+        "ratio.",
+        (
+            "Believing k1 in the loss is harmless because it is zero in expectation on-policy.",
+            "Reading the rising entropy as healthy exploration.",
+        ),
+        ("ch-practice", "ch-placements"),
+        "ch-practice",
+        claims=("tempered-k1-entropy-push",),
+    ),
+    Question(
+        "Q37",
+        "must-know",
+        "At step 0 the policy equals the reference, yet the logged KL is not zero. Name two silent bugs that do this "
+        "or worse, and how to catch them.",
+        "Dropout left on when the policy scores its own tokens (train mode) while the reference is in eval mode: "
+        "the same weights give different log-probabilities, so the KL to an identical model is not zero; score in "
+        "eval mode (dropout off) or disable dropout. And torch.nn.functional.kl_div(input, target) computes "
+        "KL(target || input) with target as probabilities: log-probability targets need log_target=True (without it "
+        "the result is NaN), probabilities passed as input give a wrong, even negative, value, and the default "
+        "reduction 'mean' divides by the vocabulary too. Assert KL == 0 at step 0 and check the estimator "
+        "against an exact KL.",
+        (
+            "Blaming numerical noise for a KL that is exactly zero in eval mode.",
+            "Swapping kl_div's arguments and getting the forward KL.",
+        ),
+        ("ch-practice",),
+        "ch-practice",
+        claims=("silent-scoring-bugs",),
+    ),
+    Question(
+        "Q38",
+        "advanced",
+        "What beta, estimator and placement did DeepSeekMath's GRPO, DeepSeek-R1 and DAPO use for the KL term?",
+        "As stated in the papers: DeepSeekMath, beta 0.04 with Schulman's unbiased (k3) estimator added to the loss, "
+        "token level (Sections 4.1.1 and 4.2); DeepSeek-R1-Zero, beta 0.001 with the reference replaced by the "
+        "latest policy every 400 steps; DAPO, no KL term at all (Section 2.3). TRL's paper index says the "
+        "DeepSeekMath paper does not specify its hyperparameters and gives beta 0.001 (from R1); the paper states "
+        "0.04. Compare your config with a row before quoting a number.",
+        (
+            "Quoting one beta for 'GRPO' as if every paper used it.",
+            "Trusting an index over the paper's own text.",
+        ),
+        ("ch-practice",),
+        "ch-practice",
+        claims=("published-kl-settings",),
     ),
     # ------------------------------------------------------------------ on-policy distillation (Q39-Q44,
     # answered in chapter ch-distillation, where their numbers are computed)

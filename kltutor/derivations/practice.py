@@ -232,3 +232,54 @@ def grpo_loss_zero_at_start() -> bool:
     require(sp.simplify(tok_mean) != 0, "token-mean is not identically zero")
     require(sp.simplify(tok_mean.subs({T[1]: T[0], T[2]: T[0]})) == 0, "token-mean is zero for equal lengths")
     return True
+
+
+# --- KL as a filter and k1 under a tempered sampler (sec-practice-tempered-k1) ------------------------------
+
+__all__ += ["tempered_k1_logit_update", "k3_stationary_at_reference_any_sampler"]
+
+
+@derivation
+def tempered_k1_logit_update() -> bool:
+    """With ``pi = softmax(z)`` and tokens drawn from any sampler ``q``, ``E_q[grad_z k1] = q - pi`` (k1 = log pi -
+    log ref: the reference drops out), so a descent step moves ``z`` by ``lr * beta * (pi - q)``; along that
+    step the entropy changes at rate ``sum_j pi_j (log pi_j + H) (q_j - pi_j)`` (a covariance under ``pi``
+    between ``log pi`` and ``q/pi``), and for ``V = 2`` a sampler at temperature ``T < 1`` makes it positive."""
+    z = logits("z", 3)
+    q, ref = simplex("q", 3), simplex("r", 3)
+    pi = softmax(z)
+    k1 = [sp.log(pi[i]) - sp.log(ref[i]) for i in range(3)]
+    for j in range(3):
+        grad = sum(q[i] * sp.diff(k1[i], z[j]) for i in range(3))
+        require(sp.simplify(grad - (q[j] - pi[j])) == 0, f"E_q[d k1 / d z_{j}] = q_{j} - pi_{j}")
+    H = -sum(p * sp.log(p) for p in pi)
+    step = [pi[j] - q[j] for j in range(3)]  # the descent direction of beta * E_q[k1]
+    rate = sum(sp.diff(H, z[j]) * step[j] for j in range(3))
+    claimed = sum(pi[j] * (sp.log(pi[j]) + H) * (q[j] - pi[j]) for j in range(3))
+    require(sp.simplify(sp.expand_log(rate - claimed, force=True)) == 0, "entropy rate along pi - q")
+    # V = 2, logit gap x > 0, q at temperature T: the step on the gap is sigma(x) - sigma(x / T) < 0 for T < 1
+    # (the gap shrinks: entropy rises); zero at T = 1.
+    x, T = sp.symbols("x T", positive=True)
+    gap_step = 1 / (1 + sp.exp(-x)) - 1 / (1 + sp.exp(-x / T))
+    require(sp.simplify(gap_step.subs(T, 1)) == 0, "T = 1: no step")
+    s_ = sp.Symbol("s", positive=True)
+    sig = 1 / (1 + sp.exp(-x * s_))
+    dsig = x * sp.exp(-x * s_) / (1 + sp.exp(-x * s_)) ** 2  # > 0 for x > 0: sigma(x s) increases with s
+    require(sp.simplify(sp.diff(sig, s_) - dsig) == 0, "sigma(x / T) > sigma(x) when T < 1 (s = 1/T > 1)")
+    return True
+
+
+@derivation
+def k3_stationary_at_reference_any_sampler() -> bool:
+    """k2 and k3 in the loss have zero expected gradient at ``pi = ref`` for any sampler ``q`` (their derivative
+    in the log-ratio vanishes at 0); k1's does not (it is ``q - pi``)."""
+    z = logits("z", 3)
+    q = simplex("q", 3)
+    pi = softmax(z)
+    ell = sp.Symbol("ell", real=True)
+    for name, k in (("k2", ell**2 / 2), ("k3", sp.exp(-ell) - 1 + ell)):
+        for j in range(3):
+            grad = sum(q[i] * sp.diff(k, ell).subs(ell, 0) * sp.diff(sp.log(pi[i]), z[j]) for i in range(3))
+            require(sp.simplify(grad) == 0, f"{name}: zero at pi = ref")
+    require(sp.diff(ell, ell) == 1, "k1's derivative in l is 1 everywhere")
+    return True

@@ -134,3 +134,45 @@ def plot_loss_at_start(frame, title: str | None = None):
         ax.set_title(title, fontsize=10)
     ax.legend()
     return fig, ax
+
+
+# --- KL as a filter, k1 under a tempered sampler (sec-practice-filters, sec-practice-tempered-k1) ----------
+
+__all__ += ["plot_filter_rejection_by_length", "plot_tempered_k1_entropy"]
+
+
+def plot_filter_rejection_by_length(by_length: Mapping[str, Sequence[float]], threshold: float, statistic: str = "k3"):
+    """Probability under the sampler that a sequence is rejected, against its length, for a summed and a mean
+    per-token statistic compared with the same threshold (``kltutor.filters.rejection_by_length``)."""
+    fig, ax = new_axes()
+    L = np.asarray(by_length["length"])
+    ax.plot(
+        L, by_length["sum"], "o-", ms=4, color=COLORS["red"], label=f"sum over tokens of {statistic} > {threshold:g}"
+    )
+    ax.plot(
+        L, by_length["mean"], "s-", ms=4, color=COLORS["blue"], label=f"mean over tokens of {statistic} > {threshold:g}"
+    )
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel("P(rejected) under the sampler")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    return fig, ax
+
+
+def plot_tempered_k1_entropy(runs: Mapping[str, Mapping[str, Sequence[float]]]):
+    """Sequence entropy of the policy over steps when only a KL term is trained, for several sampler/estimator
+    pairs (``kltutor.pitfalls.tempered_k1_run``), with the maximum entropy ``T log V`` and the start marked."""
+    fig, axes = new_axes(ncols=2, width=10.0)
+    palette = [COLORS["black"], COLORS["red"], COLORS["blue"], COLORS["green"], COLORS["grey"]]
+    styles = ["--", "-", "-", ":", "-."]  # the flat runs overlap: dashed and dotted keep both visible
+    for (name, run), color, ls in zip(runs.items(), palette, styles):
+        axes[0].plot(run["step"], run["entropy"], color=color, ls=ls, lw=2 if ls != "-" else 1.5, label=name)
+        axes[1].plot(run["step"], run["kl_to_ref"], color=color, ls=ls, lw=2 if ls != "-" else 1.5, label=name)
+    first = next(iter(runs.values()))
+    axes[0].axhline(first["max_entropy"], color=COLORS["grey"], ls=":", lw=1, label="T log V (uniform)")
+    axes[0].set_ylabel("entropy of the policy (nats, whole sequence)")
+    axes[1].set_ylabel(r"KL($\pi\|\pi_\mathrm{ref}$)")
+    for ax in axes:
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=8)
+    return fig, axes
