@@ -32,6 +32,7 @@ from kltutor.claims import (  # noqa: F401  (each topic module registers its cla
     estimators,
     failures,
     fundamentals,
+    libraries,
     overoptimization,
     placements,
     practice,

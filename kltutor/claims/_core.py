@@ -50,6 +50,7 @@ GROUPS: tuple[str, ...] = (
     "Over-optimisation",
     "Failure modes",
     "KL in practice",
+    "Library facts",
 )
 
 _REGISTRY: dict[str, Claim] = {}
