@@ -660,7 +660,7 @@ _BANK: tuple[Question, ...] = (
         ),
         ("ch-practice", "ch-placements"),
         "ch-practice",
-        claims=("aggregation-effective-beta", "sequence-mean-length-bias"),
+        claims=("aggregation-effective-beta", "sequence-mean-length-bias", "trl-loss-types", "verl-agg-loss-modes"),
     ),
     Question(
         "Q30",
@@ -715,7 +715,7 @@ _BANK: tuple[Question, ...] = (
         ),
         ("ch-practice", "ch-placements"),
         "ch-practice",
-        claims=("geomean-ratio-kl", "offpolicy-prefix-weight"),
+        claims=("geomean-ratio-kl", "offpolicy-prefix-weight", "trl-grpo-kl-term"),
     ),
     Question(
         "Q33",

@@ -8,6 +8,8 @@ says. Runs with the [trainers] extra (`make trainers-test`); skips cleanly witho
 import dataclasses
 import importlib.util
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -201,6 +203,23 @@ def test_verl_clamp_and_straight_through():
         assert torch.allclose(v, 0.5 * near.detach() ** 2) and torch.allclose(gv, near.detach()), name
 
 
+def test_verl_adaptive_controller_is_kltutors():
+    """verl's adaptive controller and kltutor.schedules.AdaptiveKLController give the same beta sequence."""
+    ca = _verl()
+    from verl.trainer.config import KLControlConfig
+
+    from kltutor import schedules as S
+
+    theirs = ca.get_kl_controller(KLControlConfig(type="adaptive", kl_coef=0.1, target_kl=1.0, horizon=50))
+    ours = S.AdaptiveKLController(0.1, 1.0, 50)
+    beta = 0.1
+    for kl in (0.2, 3.0, 1.1, 0.95, 0.0, 7.0):
+        theirs.update(kl, 8)
+        beta = ours.update(kl, 8)
+        assert math.isclose(theirs.value, beta, rel_tol=1e-12), kl
+    assert KLControlConfig().type == "fixed"
+
+
 # --- OpenRLHF ----------------------------------------------------------------------------------------------
 
 
@@ -223,3 +242,56 @@ def test_openrlhf_clamp_and_straight_through():
     v = compute_approx_kl(lp, base, log_probs_old=far_old, kl_estimator="k3", unbiased_gradient=True)
     (g_cap,) = torch.autograd.grad(v.sum(), lp)
     assert math.isclose(float(g_cap), 10.0 * -9.0, rel_tol=1e-6), "the weight is clamped at 10"
+
+
+# --- every library name the book mentions exists in the installed release ------------------------------------
+
+_HISTORY = re.compile(r"older releases|history|shipped last|old `PPOTrainer`|development commit", re.I)
+_LIBRARY = re.compile(r"\b(?:TRL|verl|OpenRLHF|PEFT)\b")
+
+
+def _named_identifiers():
+    """(file, name, sentence) for every backticked config key, flag or code name in a sentence about a library."""
+    root = Path(__file__).resolve().parents[1] / "book"
+    out = []
+    for path in sorted(root.glob("0[1-8]_*.md")) + [root / "cheatsheet.md"]:
+        text = re.sub(r"^```.*?^```", " ", path.read_text(), flags=re.M | re.S)
+        text = re.sub(r"\{glue:[a-z]+\}`[^`]*`", "X", text)
+        for sentence in re.split(r"(?<=[.!?])\s+|\n\s*\n", text):
+            if not _LIBRARY.search(sentence) or _HISTORY.search(sentence):
+                continue
+            for tok in re.findall(r"`([^`]+)`", sentence):
+                m = re.match(r"^(--[a-z_.]+|[A-Za-z_][A-Za-z0-9_.]*)(?:\s*[=:(]\s*.*)?$", tok)
+                if not m or m.group(1).startswith("kltutor"):
+                    continue
+                name = m.group(1)
+                if "_" in name or "." in name or name.startswith("--"):
+                    out.append((path.name, name, " ".join(sentence.split())[:120]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def installed_sources():
+    texts = []
+    for package in ("trl", "verl", "openrlhf", "peft"):
+        _need(package)
+        root = Path(importlib.util.find_spec(package).origin).parent
+        for path in root.rglob("*"):
+            if path.suffix in (".py", ".yaml") and path.is_file():
+                texts.append(path.stem)  # module names (train_ppo_ray) count too
+                texts.append(path.read_text(errors="ignore"))
+    return "\n".join(texts)
+
+
+def test_every_named_identifier_is_in_the_installed_source(installed_sources):
+    """A flag, config key or function the book names next to TRL / verl / OpenRLHF / PEFT exists in the pinned
+    release (a dotted verl key by its last component; an OpenRLHF flag verbatim), unless the sentence marks it
+    as history."""
+    names = _named_identifiers()
+    assert len(names) > 40
+    missing = []
+    for where, name, sentence in names:
+        key = name if name.startswith("--") else name.rsplit(".", 1)[-1]
+        if key not in installed_sources:
+            missing.append(f"{where}: {name!r} in: {sentence}")
+    assert not missing, "\n".join(missing)

@@ -111,6 +111,7 @@ FACTS: tuple[LibraryFact, ...] = (
         (
             ("verl.trainer.ppo.core_algos", "pg_losses = pg_losses * rollout_is_weights"),
             ("verl.workers.utils.losses", "policy_loss += kl_loss * config.kl_loss_coef"),
+            ("verl.workers.utils.losses", 'metrics["kl_loss"] = Metric(value=kl_loss, aggregation=metric_aggregation)'),
             ("verl.workers.utils.losses", "kld = kl_penalty(logprob=log_prob, ref_logprob=ref_log_prob"),
             ("verl.trainer.config.algorithm", 'rollout_is: Optional[str] = "sequence"'),
             ("verl.trainer.config.algorithm", "rollout_is_threshold: str | float = 2.0"),
@@ -126,6 +127,10 @@ FACTS: tuple[LibraryFact, ...] = (
         "`beta=0.0`, `loss_type='dapo'`.",
         "sec-practice-sequence-ratio",
         (
+            (
+                "trl.trainer.grpo_trainer",
+                "torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1",
+            ),
             ("trl.trainer.grpo_trainer", "per_token_kl = per_token_kl * coef_1"),
             (
                 "trl.trainer.grpo_trainer",
@@ -228,6 +233,32 @@ FACTS: tuple[LibraryFact, ...] = (
             ("openrlhf.cli.train_ppo_ray", '"--algo.kl.estimator",'),
         ),
         "test_openrlhf_clamp_and_straight_through",
+    ),
+    LibraryFact(
+        "verl-kl-in-reward-old-logprobs",
+        "verl",
+        "verl's in-reward penalty (`algorithm.use_kl_in_reward`) is computed once per batch from the log-probabilities "
+        "of the policy that sampled it (`old_log_probs`) and the reference's, and stays fixed through the updates.",
+        "sec-placements-trainers",
+        (
+            (
+                "verl.trainer.ppo.ray_trainer",
+                'data.batch["old_log_probs"], data.batch["ref_log_prob"], kl_penalty=kl_penalty',
+            ),
+        ),
+    ),
+    LibraryFact(
+        "verl-adaptive-kl-controller",
+        "verl",
+        "verl's `algorithm.kl_ctrl.type: adaptive` (default `fixed`) is Ziegler et al.'s controller: the error "
+        "`KL/target - 1` clipped to [-0.2, 0.2], times `n_steps/horizon`, multiplies the coefficient.",
+        "sec-schedules-controllers",
+        (
+            ("verl.trainer.ppo.core_algos", "proportional_error = np.clip(current_kl / target - 1, -0.2, 0.2)"),
+            ("verl.trainer.ppo.core_algos", "mult = 1 + proportional_error * n_steps / self.horizon"),
+            ("verl.trainer.config.algorithm", 'type: str = "fixed"'),
+        ),
+        "test_verl_adaptive_controller_is_kltutors",
     ),
     LibraryFact(
         "trl-no-ppo-trainer",
