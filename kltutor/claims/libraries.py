@@ -85,12 +85,21 @@ FACTS: tuple[LibraryFact, ...] = (
     LibraryFact(
         "trl-vllm-is-pg-only",
         "TRL",
-        "TRL multiplies only the policy-gradient term by the vLLM importance-sampling ratio and adds "
+        "TRL's vLLM importance-sampling ratio is the trainer's own old score over the sampler's log-probabilities; "
+        "TRL multiplies only the policy-gradient term by it and adds "
         "`beta * per_token_kl` afterwards; the logged `kl` is the masked mean of `per_token_kl`. Modes "
         "`token_truncate`, `sequence_truncate` (clip at `vllm_importance_sampling_clip_max`), `token_mask`, "
         "`sequence_mask` (the default: ratios above the cap are zeroed); cap 3.0.",
         "sec-practice-tis",
         (
+            (
+                "trl.trainer.grpo_trainer",
+                "per_token_logps_diff = (old_per_token_logps - sampling_per_token_logps) * mask",
+            ),
+            (
+                "trl.trainer.grpo_trainer",
+                "old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None else old_per_token_logps",
+            ),
             ("trl.trainer.grpo_trainer", 'per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]'),
             ("trl.trainer.grpo_trainer", "per_token_loss = per_token_loss + self.beta * per_token_kl"),
             ("trl.trainer.grpo_trainer", 'self._metrics[mode]["kl"].append(global_masked_mean(per_token_kl))'),
