@@ -348,7 +348,9 @@ NEGATIVE_KL_CAUSES: dict[str, str] = {
     "sampler_mismatch": "the tokens were sampled from another distribution than the one scored (temperature, top-p/top-k, "
     "another engine or precision): E_sampler[l] = KL(q||pi_ref) - KL(q||pi) can be negative",
     "precision_mismatch": "policy and reference log-probs are computed in different or low precision: the log-ratio "
-    "is not zero where the models agree",
+    "is not zero where the models agree. A low-precision reference is still a normalised reference (on-policy "
+    "E[k1] = KL(pi||pi_ref) >= 0); a policy scored in another precision than the one that sampled the tokens is a "
+    "sampler mismatch, whose E[k1] can be negative",
     "reference_mismatch": "the log-ratio is not zero before the first update: the reference is not the initial policy "
     "(wrong checkpoint, different scoring temperature or chat template); on its own this makes the "
     "KL positive, not negative (on-policy E[k1] = KL(pi||pi_ref) >= 0 for any reference), but the "

@@ -106,8 +106,8 @@ def grpo_loss(
     - ``*-in-loss``: ``clipped surrogate(group advantages) + beta * kl_loss(...)``.
     - ``*-in-reward``: the per-token penalty ``-beta * k(l_t)`` is added to the reward. It is a
       reward, so it is computed at sampling time, from ``old_logp - ref_logp`` (the policy that
-      sampled the batch), and stays frozen through every update on the batch, as in TRL's and verl's
-      PPO; on-policy (``old_logp == logp``) this is the same number. GRPO has one advantage per
+      sampled the batch), and stays frozen through every update on the batch, as in verl's
+      ``apply_kl_penalty`` (library fact ``verl-kl-in-reward-old-logprobs``); on-policy (``old_logp == logp``) this is the same number. GRPO has one advantage per
       sequence, so the shaped reward enters as each token's return-to-go
       (``task advantage + sum_{s>=t} -beta k(l_s)``): the KL penalty of later tokens reaches the
       score of earlier ones, exactly as in the in-reward policy gradient (chapter 3).

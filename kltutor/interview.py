@@ -583,9 +583,11 @@ _BANK: tuple[Question, ...] = (
         "Why does the GRPO loss start at zero and then rise during training?",
         "At the first update on a batch the importance ratio is 1 and the group advantages sum to zero, so with "
         "per-sequence means the surrogate term is exactly 0 whatever the rewards (with a token mean it is a "
-        "length-weighted sum of the advantages, not 0 in general). What is left is beta times the KL term, which is 0 at step 0 "
-        "(policy = reference) and grows as the policy moves: the logged loss is mostly beta*KL. The loss value says "
-        "nothing about the reward; its gradient is what trains.",
+        "length-weighted sum of the advantages, not 0 in general; a token mean is TRL's default loss_type 'dapo'). What "
+        "is left is beta times the KL term, which is 0 at step 0 (policy = reference) and grows as the policy moves: "
+        "with per-sequence means, one update per batch and no rollout importance weights or token masks on the policy "
+        "term, the logged loss is exactly beta times the KL term. The loss value says nothing about the reward; its "
+        "gradient is what trains.",
         (
             "Reading a rising GRPO loss as divergence or a bug.",
             "Forgetting that the surrogate's value is zero while its gradient is not.",
@@ -625,16 +627,20 @@ _BANK: tuple[Question, ...] = (
         "(a hot sampler visits tokens the policy has pushed below the reference) and k3's ratio pi_ref/pi has a heavy "
         "tail there. TRL and verl divide both the policy's and the reference's logits by the sampling temperature, so "
         "they estimate KL(pi_T||pi_ref,T), a KL between tempered distributions; top-p/top-k are not applied when "
-        "scoring, so truncated samples stay off-policy and the sequences the sampler cannot produce get no gradient "
-        "at all. Importance weights pi/q correct the rest: a sequence-level ratio is exact, a per-token ratio does not "
-        "correct the prefix, and truncating the weight at C trades a bias for a lower variance.",
+        "scoring, so truncated samples stay off-policy: truncation shifts k1 (up when the policy is sharper than the "
+        "reference, down otherwise), and the sequences the sampler cannot produce contribute no gradient term of their "
+        "own (their logits still move through the softmax normalisation) and no weight can recover them. Importance "
+        "weights pi/q correct the policy-gradient term: a sequence-level ratio is exact, a per-token ratio does not "
+        "correct the prefix, and truncating the weight at C trades a bias for a lower variance. TRL and verl apply "
+        "them to that term only: an in-loss KL term and the logged KL stay estimated under the sampler.",
         (
             "Assuming the logged KL is the objective's KL whatever the sampling settings.",
             "Believing per-token importance ratios make an off-policy sequence gradient exact.",
+            "Assuming the rollout importance weights also correct an in-loss KL term or the logged KL.",
         ),
         ("ch-practice", "ch-placements"),
         "ch-practice",
-        claims=("sampler-k1-mismatch", "tis-bias-variance"),
+        claims=("sampler-k1-mismatch", "tis-bias-variance", "trl-vllm-is-pg-only", "verl-rollout-is-pg-only"),
     ),
     Question(
         "Q29",
@@ -655,7 +661,7 @@ _BANK: tuple[Question, ...] = (
         ),
         ("ch-practice", "ch-placements"),
         "ch-practice",
-        claims=("aggregation-effective-beta", "sequence-mean-length-bias"),
+        claims=("aggregation-effective-beta", "sequence-mean-length-bias", "trl-loss-types", "verl-agg-loss-modes"),
     ),
     Question(
         "Q30",
@@ -698,8 +704,10 @@ _BANK: tuple[Question, ...] = (
         "ratio a correct off-policy correction?",
         "Not with GSPO's ratio. GSPO's ratio is the geometric mean (prod_t w_t)^(1/T); off-policy, "
         "E_old[(prod w)^(1/T) sum_t k_t] is not the KL under the current policy, and its gradient is not the KL's even "
-        "on-policy, where every ratio is 1 (the weight's own gradient adds k(l_t) (1/T) sum_s g_s to each token's "
-        "term). Exact corrections are the full sequence ratio prod_t w_t or, with lower "
+        "on-policy, where every ratio is 1: the exact gradient needs the prefix-score term (sum_s g_s) sum_t k(l_t), "
+        "which the full ratio's own gradient supplies, and the geometric mean's gradient (1/T) sum_s g_s supplies "
+        "only 1/T of it, so its gradient is plain + (true - plain)/T (both the on-policy and the stale-batch errors "
+        "are in the chapter). Exact corrections are the full sequence ratio prod_t w_t or, with lower "
         "variance, the prefix ratio prod_{s<=t} w_s for token t. TRL's use_bias_correction_kl with "
         "importance_sampling_level='sequence' multiplies the KL by the geometric-mean ratio.",
         (
@@ -708,7 +716,7 @@ _BANK: tuple[Question, ...] = (
         ),
         ("ch-practice", "ch-placements"),
         "ch-practice",
-        claims=("geomean-ratio-kl", "offpolicy-prefix-weight"),
+        claims=("geomean-ratio-kl", "offpolicy-prefix-weight", "trl-grpo-kl-term"),
     ),
     Question(
         "Q33",

@@ -7,7 +7,8 @@ fixed point solved to machine precision) or measures a real ``transformers`` mod
 1. **Sampler-trainer mismatch.** :func:`process_logits` (temperature, top-k, top-p, as samplers
    apply them), :func:`random_logit_tables`, :func:`sampler_mismatch` (which KL a logged k1/k3
    estimates when the sampler is not the scored policy), :func:`tis_gradient_moments` (truncated
-   importance sampling: bias and variance of the policy gradient), :func:`token_logprobs_at` and
+   importance sampling: bias and variance of the policy gradient), :func:`sampler_kl_term` (the in-loss
+   KL term on a sampler's rollouts, weighted as TRL and verl weight it), :func:`token_logprobs_at` and
    :func:`precision_mismatch` (float32 against bfloat16 log-probabilities of one model).
 2. **Loss aggregation.** :data:`AGGREGATIONS`, :func:`aggregation_weights`, :func:`effective_beta`,
    :func:`aggregation_stationary_policy` and :func:`aggregation_update` (the length bias of
@@ -50,6 +51,8 @@ __all__ = [
     "random_logit_tables",
     "sampler_mismatch",
     "tis_gradient_moments",
+    "SAMPLER_KL_WEIGHTINGS",
+    "sampler_kl_term",
     "token_logprobs_at",
     "precision_mismatch",
     "AGGREGATIONS",
@@ -258,6 +261,57 @@ def tis_gradient_moments(
     return rows
 
 
+#: How a trainer weights its in-loss KL term when the rollouts come from a sampler ``q`` (another engine,
+#: precision or temperature), at the first update on the batch (the trainer's ``pi_old`` is the policy itself).
+#: TRL and verl multiply only the policy-gradient term by their rollout importance weights.
+SAMPLER_KL_WEIGHTINGS: dict[str, str] = {
+    "none": "k3 as is: verl's kl_loss, TRL with use_bias_correction_kl=False",
+    "trainer-ratio": "k3 x pi/pi_old, pi_old the trainer's own score (TRL's use_bias_correction_kl): 1 in value",
+    "sequence": "k3 x pi(y)/q(y) on every token: the rollout weight applied to the KL term too (exact)",
+}
+
+
+def sampler_kl_term(
+    policy: BinaryAutoregressive,
+    sampler: BinaryAutoregressive,
+    reference: BinaryAutoregressive,
+    seq_len: int,
+    weighting: str = "none",
+    estimator: str = "k3",
+) -> dict[str, object]:
+    """Exact expected value and gradient of an in-loss KL term ``sum_t rho_t k(l_t)`` on rollouts from ``sampler``.
+
+    ``weighting`` (:data:`SAMPLER_KL_WEIGHTINGS`) sets ``rho_t``: ``"none"`` (1), ``"trainer-ratio"``
+    (``pi/pi_old`` with ``pi_old`` the policy's own detached score: value 1, gradient ``grad log pi``) or
+    ``"sequence"`` (``pi(y)/q(y)``, carrying gradient). Returns ``{"value", "gradient"}``; compare with
+    ``policy.exact_kl(reference, T)`` and ``exact_kl_gradients(policy, reference, T)["true"]``.
+    """
+    if weighting not in SAMPLER_KL_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {tuple(SAMPLER_KL_WEIGHTINGS)}, got {weighting!r}")
+
+    def loss(logp: Tensor, old: Tensor, ref: Tensor, q: Tensor) -> Tensor:
+        if weighting == "none":
+            rho = torch.ones_like(logp)
+        elif weighting == "trainer-ratio":
+            rho = (logp - logp.detach()).exp()
+        else:
+            rho = (logp - old).sum(-1, keepdim=True).exp().expand_as(logp)
+        return (q * (rho * of_log_ratio(estimator, logp - ref)).sum(-1)).sum()
+
+    seqs = all_binary_sequences(seq_len)
+    with torch.no_grad():
+        logp = policy.token_logprobs(seqs)
+        value = float(
+            loss(
+                logp,
+                sampler.token_logprobs(seqs),
+                reference.token_logprobs(seqs),
+                sampler.sequence_logprobs(seqs).exp(),
+            )
+        )
+    return {"value": value, "gradient": expected_gradient_on_samples(policy, sampler, reference, seq_len, loss)}
+
+
 def token_logprobs_at(
     model: nn.Module,
     input_ids: Tensor,
@@ -328,7 +382,9 @@ AGGREGATIONS: dict[str, str] = {
     "token-sum-norm": "(1/G) sum_i sum_t x[i,t] / L  (Dr. GRPO: a constant L, e.g. the maximum completion length)",
 }
 
-#: Where each aggregation lives in TRL and verl (checked in their source; snapshot commits given).
+#: Where each aggregation lives in TRL and verl, at the releases the book pins (TRL 1.16.0, verl 0.9.1; each
+#: entry is a fact of :mod:`kltutor.claims.libraries`, checked against the installed source by
+#: ``tests/test_library_facts.py``).
 AGGREGATION_FLAGS: list[dict[str, str]] = [
     {
         "aggregation": "sequence-mean",
@@ -343,18 +399,20 @@ AGGREGATION_FLAGS: list[dict[str, str]] = [
     {
         "aggregation": "token-sum-norm",
         "TRL GRPOConfig.loss_type": "'dr_grpo' (L = max_completion_length, divided by the batch size too)",
-        "verl actor.loss_agg_mode": "'seq-mean-token-sum-norm' (L = loss_scale_factor, default the padded response length; summed, not averaged, over sequences)",
+        "verl actor.loss_agg_mode": "'seq-mean-token-sum-norm' (L = loss_scale_factor, default the padded response "
+        "length; averaged over sequences, as since 0.8.0)",
     },
     {
         "aggregation": "sequence-sum",
-        "TRL GRPOConfig.loss_type": "none of the token-level losses ('luspo' scales a sequence-level loss by T_i)",
-        "verl actor.loss_agg_mode": "'seq-mean-token-sum'",
+        "TRL GRPOConfig.loss_type": "'luspo' (sums each sequence's tokens, averages the sequences, as since 1.10)",
+        "verl actor.loss_agg_mode": "'seq-mean-token-sum'; 'token-sum' (since 0.9.0) is G times it: a plain sum "
+        "over the batch's tokens",
     },
 ]
 AGGREGATION_SOURCES = (
-    "trl/trainer/grpo_trainer.py (_compute_loss), trl/trainer/grpo_config.py (loss_type) at f2cd577; "
-    "verl/trainer/ppo/core_algos.py (agg_loss), verl/workers/actor/dp_actor.py (the KL loss uses the "
-    "same agg_loss), verl/trainer/config/actor/actor.yaml at b178a3c"
+    "TRL 1.16.0: trl/trainer/grpo_trainer.py (_compute_loss), trl/trainer/grpo_config.py (loss_type); "
+    "verl 0.9.1: verl/trainer/ppo/core_algos.py (agg_loss), verl/workers/utils/losses.py (ppo_loss: the KL "
+    "loss uses the same agg_loss); tests/test_library_facts.py checks both against the installed source"
 )
 
 

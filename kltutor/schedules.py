@@ -136,13 +136,15 @@ class FixedKL(BetaSchedule):
 
 
 class AdaptiveKLController(BetaSchedule):
-    """Ziegler et al. (2019)'s controller, as in TRL: steer the KL to the reference toward ``target``.
+    """Ziegler et al. (2019)'s controller, as in verl: steer the KL to the reference toward ``target``.
 
     ``e = clip(kl / target - 1, -clip, +clip)`` and ``beta <- beta * (1 + e * n_steps / horizon)``.
-    The clip (0.2 in the paper and in TRL) bounds how far one noisy KL measurement can move beta.
-    Written for this book after reading TRL's ``AdaptiveKLController`` (huggingface/trl,
-    ``trl/trainer/utils.py`` at commit 001ea5fcecb5cb01d6d3944ded18947687bcd7bb; TRL passes
-    ``n_steps = batch_size`` and defaults to ``init_kl_coef=0.2, target=6, horizon=10000``).
+    The clip (0.2 in the paper and in verl) bounds how far one noisy KL measurement can move beta.
+    verl 0.9.1's ``AdaptiveKLController`` (``algorithm.kl_ctrl.type: adaptive``) computes the same beta
+    sequence (library fact ``verl-adaptive-kl-controller``, run by ``tests/test_library_facts.py``). History:
+    written for this book after reading TRL's old ``AdaptiveKLController`` (``trl/trainer/utils.py`` at the
+    development commit 001ea5fcecb5cb01d6d3944ded18947687bcd7bb, before TRL dropped its PPO trainer; it
+    passed ``n_steps = batch_size`` and defaulted to ``init_kl_coef=0.2, target=6, horizon=10000``).
 
     Because the multiplicative step is proportional to the error, ``log beta`` accumulates the errors:
     in control terms this is an integral controller on ``log beta`` (chapter 4).

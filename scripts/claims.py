@@ -62,7 +62,9 @@ def render() -> str:
         if not rows:
             continue
         title = "β" if group == "beta" else group
+        slug = "-".join(group.lower().replace("β", "beta").split())
         lines += [
+            f"(sec-claims-{slug})=",
             f"## {title}",
             "",
             "| claim | holds when | proved in | check and checked values | restated in |",

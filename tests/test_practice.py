@@ -121,6 +121,27 @@ def test_tis_exact_limits_and_monte_carlo():
     assert ((est.mean(0) - exact).abs() < 5 * se).all(), (est.mean(0), exact, se)
 
 
+def test_sampler_kl_term():
+    """The in-loss KL term on a sampler's rollouts, weighted as verl ("none") and TRL ("trainer-ratio") weight it."""
+    true = exact_kl_gradients(PI, REF, 5)["true"]
+    kl = float(PI.exact_kl(REF, 5).detach())
+    seq = practice.sampler_kl_term(PI, OLD, REF, 5, "sequence")
+    assert abs(seq["value"] - kl) < 1e-12 and torch.allclose(seq["gradient"], true, atol=1e-12)
+    # on-policy: unweighted k3 = the per-token forward KL; x pi/pi_old = token-level k2 (chapter 3)
+    tok = exact_kl_gradients(PI, REF, 5, level="token")
+    none_on = practice.sampler_kl_term(PI, PI, REF, 5, "none")
+    ratio_on = practice.sampler_kl_term(PI, PI, REF, 5, "trainer-ratio")
+    assert torch.allclose(ratio_on["gradient"], tok["k2-in-loss"], atol=1e-12)
+    assert torch.allclose(none_on["gradient"], practice.offpolicy_kl_gradient(PI, PI, REF, 5, "k3", "none"), atol=1e-12)
+    assert abs(none_on["value"] - kl) < 1e-12 and abs(ratio_on["value"] - kl) < 1e-12
+    # under the sampler the two library weightings leave the value and the gradient biased
+    for w in ("none", "trainer-ratio"):
+        off = practice.sampler_kl_term(PI, OLD, REF, 5, w)
+        assert abs(off["value"] - kl) > 1e-3 and float((off["gradient"] - true).abs().max()) > 0.05
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        practice.sampler_kl_term(PI, OLD, REF, 5, "prefix")
+
+
 def test_precision_mismatch():
     logp = torch.log(torch.full((4, 5), 0.5, dtype=torch.float64))
     mask = torch.ones(4, 5)

@@ -34,6 +34,7 @@ from kltutor.claims import (  # noqa: F401  (each topic module registers its cla
     failures,
     filters,
     fundamentals,
+    libraries,
     overoptimization,
     placements,
     practice,

@@ -51,6 +51,7 @@ GROUPS: tuple[str, ...] = (
     "Failure modes",
     "KL in practice",
     "On-policy distillation",
+    "Library facts",
 )
 
 _REGISTRY: dict[str, Claim] = {}

@@ -158,3 +158,40 @@ def _token_mean_kl():
     ratio = oo.kl_categorical(sp_, sq) / oo.kl_categorical(p, q)
     _require(abs(ratio - 4) < 1e-12, "T = 4")
     return {"sequence KL / token KL, T = 4": ratio}
+
+
+@_claim(
+    "more-data-plateau",
+    "Over-optimisation",
+    r"More comparisons do not keep raising the gold peak: on the toy the mean peak gain over comparison sets rises "
+    r"from 100 to 300 comparisons, then stays within the spread of one set up to 10,000, while that spread shrinks "
+    r"at every size.",
+    "chapter 6's toy (linear proxy, 20 comparison sets of each size); a statement about this toy, not a law",
+    "sec-overoptimization-data",
+    refuted=(r"[Mm]ore (?:comparison )?data raises the gold peak",),
+)
+def _more_data_plateau():
+    import numpy as np
+
+    from kltutor import overoptimization as oo
+
+    world = oo.make_world(4096, 4, 1.0, seed=0)
+    betas = [float(b) for b in np.logspace(1, -1.3, 24)]
+    sizes = (100, 300, 1000, 10000)
+    g = {
+        n: oo.spread(oo.fits_over_comparison_sets(world, n, list(range(1, 21)), betas=betas)["tilted"]["peak_gain"])
+        for n in sizes
+    }
+    se = {n: v.sd / v.n**0.5 for n, v in g.items()}
+    rise = (g[300].mean - g[100].mean) / (se[100] ** 2 + se[300] ** 2) ** 0.5
+    _require(rise > 3 and g[300].mean - g[100].mean < g[100].sd, "a rise from 100 to 300, within one set's spread")
+    _require(all(abs(g[n].mean - g[300].mean) < g[300].sd for n in sizes[2:]), "a plateau within the spread")
+    _require(all(g[a].sd > g[b].sd for a, b in zip(sizes, sizes[1:])), "the spread shrinks")
+    return {
+        "mean peak gain, 100": g[100].mean,
+        "300": g[300].mean,
+        "10,000": g[10000].mean,
+        "sd over sets, 100": g[100].sd,
+        "sd, 10,000": g[10000].sd,
+        "rise 100 -> 300 (standard errors)": rise,
+    }

@@ -26,11 +26,17 @@ def _practice_tables():
     r"trainer scores them with $\pitheta$ and $\piref$, the logged k1 averages $\KL(q\|\piref)-\KL(q\|\pitheta)$: the "
     r"objective's KL only when $q=\pitheta$, and negative when the sampler is closer to the reference than to the "
     r"policy. Scoring both models at the sampling temperature (TRL, verl) measures $\KL(\pi_T\|\pi_{\text{ref},T})\ge0$, "
-    r"a third quantity. Sequences a truncated sampler never produces get no gradient, and no importance weight "
-    r"recovers them.",
+    r"a third quantity. Truncation can raise or lower $\E_q[k_1]$ (it raises it when the policy is sharper than the "
+    r"reference). Sequences a truncated sampler never produces contribute no gradient term of their own (their "
+    r"logits still move through the softmax normalisation), and no importance weight recovers them.",
     "tokens drawn from $q$, scored by the trainer; the tempered identity needs no truncation",
     "sec-practice-sampler",
     cheatsheet=True,
+    refuted=(
+        r"[Tt]runcation[^.;]{0,40}\binflates\b",  # only when the policy is sharper than the reference
+        r"(?:never|no) (?:gets?|get) (?:a |any )?gradient\b(?! term)",  # their logits still move
+        r"get no gradient(?! term)(?! of their own)",
+    ),
     needs_condition=(
         (
             r"\blogged (?:k1|KL)\b[^.;]{0,80}?\b(?:is|equals|measures|estimates)\b[^.;]{0,40}?"
@@ -85,9 +91,23 @@ def _sampler_k1_mismatch():
         topk["missing_mass"] > 0.1 and abs(reweighted - on["kl_target"]) > 0.01,
         "truncation: no weight recovers the rest",
     )
+    flat = practice.sampler_mismatch(
+        [torch.tensor([0.6, 0.4], dtype=torch.float64).log()],
+        [torch.tensor([0.7, 0.3], dtype=torch.float64).log()],
+        top_k=1,
+    )
+    _require(flat["k1"] < 0 < flat["kl_target"], "truncation can lower k1: ref (.7,.3), pi (.6,.4), top-1")
+    z = torch.tensor([1.0, 0.5, -0.5], dtype=torch.float64, requires_grad=True)
+    q3 = practice.process_logits(z.detach(), top_k=2)
+    (g3,) = torch.autograd.grad(
+        (q3 * torch.tensor([1.0, 0.0, 0.5], dtype=torch.float64) * torch.log_softmax(z, 0)).sum(), z
+    )
+    _require(q3[2] == 0 and abs(float(g3[2])) > 1e-3, "a never-sampled token's logit still moves")
     return {
         "KL(pi||ref)": on["kl_target"],
         "E[k1], sampler at T = 1.6, scored at 1": hot["k1"],
+        "E[k1], pi (.6,.4), ref (.7,.3), top-1": flat["k1"],
+        "expected gradient on a never-sampled logit (top-k = 2)": float(g3[2]),
         "max |E_q[k1] - (KL(q||ref) - KL(q||pi))| over 4 samplers": "< 1e-12",
         "tempered scoring, T in 0.5..3: smallest E[k1] = KL(pi_T||ref_T)": min(m["k1"] for m in tempered),
         "top-k = 2: policy mass never sampled": topk["missing_mass"],
@@ -107,7 +127,10 @@ def _tis_toy():
     r"With rollouts from a sampler $q\ne\pitheta$, weighting the policy gradient by the sequence ratio "
     r"$\pitheta(y)/q(y)$ is exact; a per-token ratio $w_t$ leaves a bias at every cap, because it does not correct the "
     r"distribution of the prefix. Truncating the sequence ratio at $C$ (TIS) lowers the variance and adds a bias that "
-    r"vanishes once $C$ exceeds the largest ratio; the bias need not shrink monotonically as $C$ grows.",
+    r"vanishes once $C$ exceeds the largest ratio; the bias need not shrink monotonically as $C$ grows. The weights "
+    r"multiply the policy-gradient term (with k1 in the reward, the penalty is part of it); TRL and verl leave an in-loss "
+    r"KL term and the logged KL unweighted, so those stay estimated under $q$ (exact with $\pitheta(y)/q(y)$ on the KL "
+    r"term too).",
     r"rollouts from $q$; the gradient of $\E_{\pitheta}[R]-\beta\KL(\pitheta\|\piref)$ with k1 in the reward; "
     r"the numbers are the chapter's binary toy, $T=8$",
     "sec-practice-tis",
@@ -117,6 +140,9 @@ def _tis_toy():
             r"\b(?:corrects?|makes?\b[^.;]{0,40}\bexact|is exact|are exact|unbiased)\b",
             r"one token|single token|prefix|\bnot\b|never|bias|\bonly\b|first update",
         ),
+    ),
+    refuted=(
+        r"[Ii]mportance weights[^.;]{0,20}(?:fix|correct) the rest",  # the libraries apply them to the pg term only
     ),
 )
 def _tis_bias_variance():
@@ -141,7 +167,17 @@ def _tis_bias_variance():
     _require(all(r["bias2"] < 1e-20 for r in truncated if r["cap"] >= max_w), "no bias once C >= max ratio")
     _require(any(a["bias2"] < b["bias2"] for a, b in zip(truncated, truncated[1:])), "the bias is not monotone in C")
     best = min(truncated, key=lambda r: r["mse_64"])
+    from kltutor.gradients import exact_kl_gradients
+
+    true_kl = exact_kl_gradients(pi, ref, 8)["true"]
+    kl_err = {
+        w: _max_err(practice.sampler_kl_term(pi, q, ref, 8, w)["gradient"], true_kl)
+        for w in ("none", "trainer-ratio", "sequence")
+    }
+    _require(kl_err["sequence"] < 1e-12 and min(kl_err["none"], kl_err["trainer-ratio"]) > 0.1, "KL term under q")
     return {
+        "in-loss k3 under q, unweighted (verl): gradient error": kl_err["none"],
+        "x pi/pi_old (TRL): gradient error": kl_err["trainer-ratio"],
         "squared bias, uncorrected": seq[0]["bias2"],
         "squared bias, per-token ratio (smallest over caps)": min(r["bias2"] for r in tok[1:]),
         "squared bias, sequence ratio untruncated": "< 1e-20",
@@ -404,10 +440,13 @@ def _lora_reference_exact():
     r"do not: $\beta_R\nabla\KL(\pitheta\|\piref)$ plus $\beta_L$ times k3's per-token forward-KL gradient, not "
     r"$(\beta_R+\beta_L)\nabla\KL(\pitheta\|\piref)$. On a one-token bandit the fixed point maximises "
     r"$\E[r]-\beta_R\KL(\pi\|\piref)-\beta_L\KL(\piref\|\pi)$, not the tilt with $\beta_R+\beta_L$; the two KLs agree to "
-    r"second order around $\piref$ and differ at the third.",
-    "on-policy",
+    r"second order around $\piref$ and differ at the third. Against that tilt the forward term keeps a floor under "
+    r"low-probability (here zero-reward) responses and puts more mass on the best response, taking it from the middle "
+    r"ones; the reward can end below or above the tilt's, depending on the betas.",
+    "on-policy; the bandit is chapter 8's five-response example",
     "sec-practice-two-kls",
     refuted=(
+        r"keeps more weight on low-reward responses",  # and on the best one; the reward can exceed the tilt's
         r"(?:same as|equivalent to|amounts to|acts as) (?:one|a single) [^.;]{0,30}(?:β|\\beta|beta)_?\{?R\}?\s*\+\s*(?:β|\\beta|beta)_?\{?L",
     ),
 )
@@ -432,7 +471,16 @@ def _two_kl_terms():
     tilt = optimal_policy(p, r, 0.2)
     kl_both, kl_tilt = float((both * (both / p).log()).sum()), float((tilt * (tilt / p).log()).sum())
     _require(abs(kl_both - kl_tilt) > 0.05, "not the tilt at beta_R + beta_L")
+    zero, best, middle = r == 0, int(r.argmax()), (r > 0) & (r < r.max())
+    rew = {}
+    for bR, bL in ((0.1, 0.1), (0.0, 0.2), (0.05, 0.3)):
+        b2, t2 = practice.two_kl_bandit_optimum(p, r, bR, bL), optimal_policy(p, r, bR + bL)
+        _require((b2[zero] > t2[zero]).all() and b2[best] > t2[best] and b2[middle].sum() < t2[middle].sum(), "shape")
+        rew[(bR, bL)] = float((b2 * r).sum() - (t2 * r).sum())
+    _require(rew[(0.1, 0.1)] < 0 < rew[(0.05, 0.3)], "the reward is below the tilt's for some betas, above for others")
     return {
+        "reward - tilt's reward, (0.1, 0.1)": rew[(0.1, 0.1)],
+        "(0.05, 0.3)": rew[(0.05, 0.3)],
         "T = 5 toy, beta_R = beta_L = 0.1: relative gap to (beta_R + beta_L) x reverse-KL gradient": off,
         "bandit, beta_R = beta_L = 0.1: KL(pi||ref)": kl_both,
         "tilt at beta = 0.2: KL(pi||ref)": kl_tilt,
@@ -443,10 +491,12 @@ def _two_kl_terms():
     "grpo-loss-zero-at-start",
     "KL in practice",
     r"At the first update on a batch ($w=1$), with group-centred advantages and per-sequence means, the GRPO surrogate is "
-    r"exactly 0 whatever the rewards, and the KL term is 0 at step 0: with one update per batch the logged loss is "
-    r"$\beta$ times the KL term and rises because the KL does, while its gradient is not zero. With a token mean the "
-    r"surrogate is $-\sum_iT_iA_i/\sum_iT_i$, zero only when lengths and advantages are uncorrelated.",
-    'first update on each batch; per-sequence mean aggregation (TRL `loss_type="grpo"`, verl `seq-mean-token-mean`)',
+    r"exactly 0 whatever the rewards, and the KL term is 0 at step 0: with one update per batch and no rollout "
+    r"importance weights or token masks on the policy term, the logged loss is exactly $\beta$ times the KL term and "
+    r"rises because the KL does, while its gradient is not zero. With a token mean (TRL's default `loss_type`, "
+    r"'dapo') the surrogate is $-\sum_iT_iA_i/\sum_iT_i$, zero only when lengths and advantages are uncorrelated.",
+    'first update on each batch (one update per batch); per-sequence mean aggregation (TRL `loss_type="grpo"`, verl '
+    "`seq-mean-token-mean`); no rollout importance weights or token masks on the policy term",
     "sec-practice-loss-zero",
     cheatsheet=True,
     needs_condition=(
@@ -455,7 +505,12 @@ def _two_kl_terms():
             r"(?:is|equals) (?:β|\\beta|beta)\s*(?:×|\\times|times|\*))",
             r"per-sequence|sequence-mean|sequence mean|1/T|token[- ]mean|aggregation",
         ),
+        (
+            r"\bloss\b[^.;]{0,40}\b(?:is|equals)\b[^.;]{0,25}?(?:exactly )?(?:β|\\beta|beta)\s*(?:×|\\times|times)",
+            r"per-sequence|sequence-mean|sequence mean|one update|conditions|first update",
+        ),
     ),
+    refuted=(r"mostly beta\s*\*\s*KL", r"loss is (?:mostly|roughly) (?:β|beta)"),
 )
 def _grpo_loss_zero_at_start():
     import torch
@@ -504,13 +559,17 @@ def _grpo_loss_zero_at_start():
     "KL in practice",
     r"On-policy, $\E_{\pitheta}[\mathrm{k1}]=\KL(\pitheta\|\piref)\ge0$ for every reference, so a wrong reference "
     r"checkpoint makes the step-0 KL positive, not negative. A negative *expected* k1 means the tokens were not samples "
-    r"of the scored policy (sampler settings or another engine: $\KL(q\|\piref)-\KL(q\|\pitheta)$; dropout in the scoring "
+    r"of the scored policy (sampler settings, another engine, or the policy scored in another precision than the one that "
+    r"sampled: $\KL(q\|\piref)-\KL(q\|\pitheta)$; dropout in the scoring "
     r"pass, which subtracts $\E_\text{mask}\KL(\pi\|\pi_\text{mask})$; prompt or padding under the mask), log-probabilities "
     r"that do not normalise, or a reversed sign; otherwise a negative batch mean is noise.",
     r"$\piref$ a normalised distribution over the sampled tokens; exact arithmetic",
     "sec-practice-negative-kl",
     cheatsheet=True,
-    refuted=(r"\bsix (?:different )?(?:reasons|causes)\b",),
+    refuted=(
+        r"\bsix (?:different )?(?:reasons|causes)\b",
+        r"mismatched reference\*\* \(`reference_mismatch`, `precision_mismatch`\)",  # a low-precision *policy* is a cause
+    ),
     needs_condition=(
         (
             r"(?=[\s\S]*\bnegative)[\s\S]*(?:reference that is not the initial|wrong reference|mismatched reference)",
@@ -557,11 +616,13 @@ def _negative_kl_causes():
     "KL in practice",
     r"Multiplying the per-token KL term by GSPO's geometric-mean sequence ratio $(\prod_tw_t)^{1/T}$ (TRL's "
     r'`use_bias_correction_kl` with `importance_sampling_level="sequence"`) does not correct it: its expected gradient is '
-    r"wrong even at the first update, where every ratio is 1, because the weight's own gradient $\frac1T\sum_sg_s$ "
-    r"multiplies every token's term. The full ratio $\prod_tw_t$ and the prefix ratio $\prod_{s\le t}w_s$ are exact; at "
+    r"wrong even at the first update, where every ratio is 1: the weight's own gradient $\frac1T\sum_sg_s$ supplies only "
+    r"$1/T$ of the prefix-score term $(\sum_sg_s)\sum_tk_3(\ell_t)$ that the KL gradient needs, so its gradient is "
+    r"plain k3's $+$ (true $-$ plain)$/T$. The full ratio $\prod_tw_t$ and the prefix ratio $\prod_{s\le t}w_s$ are exact; at "
     r"the first update the per-token ratio $w_t$ turns k3's gradient into token-level k2's.",
-    r"token-level k3 in the loss; samples from $\piold$ ($=\pitheta$ at the first update)",
+    r"token-level k3 in the loss; samples from $\piold$ ($=\pitheta$ at the first update); the 1/T identity on-policy",
     "sec-practice-sequence-ratio",
+    refuted=(r"adds a term the KL does not have",),
     needs_condition=(
         (
             r"(?:GSPO|geometric[- ]mean)[^.;]{0,60}?\b(?:corrects?|is exact|unbiased)\b",
@@ -586,6 +647,10 @@ def _geomean_ratio_kl():
         err = _max_err(practice.offpolicy_kl_gradient(pi, sampler, ref, 5, "k3", "sequence-geomean"), true)
         _require(err > 0.1, f"geometric mean, {name}")
         out[f"geometric-mean ratio, {name}: gradient error"] = err
+    plain = practice.offpolicy_kl_gradient(pi, pi, ref, 5, "k3", "none")
+    geo = practice.offpolicy_kl_gradient(pi, pi, ref, 5, "k3", "sequence-geomean")
+    _require(_max_err(geo, plain + (true - plain) / 5) < 1e-12, "on-policy: plain + (true - plain) / T")
+    out["on-policy: |geomean - (plain + (true - plain)/T)|"] = "< 1e-12"
     tok = practice.offpolicy_kl_gradient(pi, pi, ref, 5, "k3", "token")
     _require(
         _max_err(tok, G.exact_kl_gradients(pi, ref, 5, level="token")["k2-in-loss"]) < 1e-12,

@@ -104,7 +104,7 @@ def settings() -> list[Setting]:
         for plus in ("", "+"):
             t = name + plus
             if plus and est == "k2":
-                note = "'+' is a no-op for k2 (kl_penalty returns k2 itself)"
+                note = "'+' changes nothing for k2: 'mse+' takes the straight-through branch, whose value and gradient are k2's own"
             elif plus:
                 note = "straight-through: the estimator's value, k2's gradient"
             else:
