@@ -1,4 +1,4 @@
-"""Small, exact simulations of the ways KL control fails (introduced in chapter 7).
+"""Small, exact simulations of the ways KL control fails (introduced in ``ch-failures``).
 
 Each function runs in well under a second, is deterministic given its seed, and returns plain
 numbers a chapter can print and a test can assert on:

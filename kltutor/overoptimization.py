@@ -1,4 +1,4 @@
-"""Reward overoptimization along the KL axis (introduced in chapter 6).
+"""Reward overoptimization along the KL axis (introduced in ``ch-overoptimization``).
 
 Three groups of tools:
 

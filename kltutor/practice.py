@@ -1,4 +1,4 @@
-"""KL in practice: the questions practitioners keep asking, answered exactly (introduced in chapter 8).
+"""KL in practice: the questions practitioners keep asking, answered exactly (introduced in ``ch-practice``).
 
 Every function here returns exact numbers (enumeration over a toy's sequences, a closed form, or a
 fixed point solved to machine precision) or measures a real ``transformers`` model, so the chapter

@@ -10,7 +10,7 @@ import torch
 from kltutor.capstone import loop
 from kltutor.capstone.config import CapstoneConfig
 from kltutor.capstone.loop import METRICS, StepContext, StepRow, make_beta_schedule, make_sampler
-from kltutor.capstone.loss import measure, step_loss
+from kltutor.capstone.loss import loss_settings, measure, step_loss
 from kltutor.capstone.model import build_model, build_tokenizer
 from kltutor.capstone.task import AdditionTask
 from kltutor.grpo import grpo_loss
@@ -116,7 +116,9 @@ def test_kl_term_is_the_term_beta_multiplies(placement, aggregation):
     logp, old, ref, kl, mask, rewards = _loss_batch()
     beta = 0.3
     cfg = CapstoneConfig(placement=placement, beta=beta, group_size=2, aggregation=aggregation)
-    loss, kl_term, _ = step_loss(cfg, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, beta)
+    loss, kl_term, _ = step_loss(
+        {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, beta=beta, **loss_settings(cfg)
+    )
     est = {"k1": lambda x: x, "k2": lambda x: 0.5 * x * x, "k3": _k3}
     L, O, R, K, M = (t.tolist() for t in (logp, old, ref, kl, mask))
     if placement == "none":
@@ -130,7 +132,9 @@ def test_kl_term_is_the_term_beta_multiplies(placement, aggregation):
     assert float(kl_term) == pytest.approx(expected, rel=1e-12, abs=1e-14)
     if placement.endswith("-in-loss"):
         cfg0 = cfg.replace(beta=0.0)
-        loss0, _, _ = step_loss(cfg0, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, 0.0)
+        loss0, _, _ = step_loss(
+            {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, beta=0.0, **loss_settings(cfg0)
+        )
         assert (loss - loss0).item() == pytest.approx(beta * expected, rel=1e-12, abs=1e-14)
 
 

@@ -1,4 +1,4 @@
-"""A functional forward of Qwen2- and Llama-style ``transformers`` models over their own weights (chapter 9).
+"""A functional forward of Qwen2- and Llama-style ``transformers`` models over their own weights (``ch-capstone``).
 
 The sampler (:mod:`~kltutor.capstone.sampler`) and the log-prob passes
 (:mod:`~kltutor.capstone.logprobs`) run the model's layers through these functions instead of

@@ -1,5 +1,5 @@
 """The capstone's sampler: a static KV cache, batched decoding with per-row EOS, and the log-probs of
-the sampled tokens returned from the logits they were drawn from (chapter 9).
+the sampled tokens returned from the logits they were drawn from (``ch-capstone``).
 
 One call of :meth:`Sampler.sample` left-pads the prompts, runs the prompt through the model once
 (prefill), then draws one token per row per decode step until every row has emitted EOS or the
