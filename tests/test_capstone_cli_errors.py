@@ -125,6 +125,7 @@ CASES = [
         None,
     ),
     ("bf16-with-a-value", "--bf16 yes", r"unrecognized arguments: yes", None),
+    ("fast-with-a-value", "--no-fast yes", r"unrecognized arguments: yes", None),
     ("preset-unknown", "--preset tpu-pod", r"argument --preset: invalid choice: 'tpu-pod'", None),
     ("device-unknown", "--device tpu", r"argument --device: invalid choice: 'tpu'", None),
     ("aggregation-unknown", "--aggregation mean", r"argument --aggregation: invalid choice: 'mean'", None),
@@ -495,9 +496,8 @@ def test_the_table_covers_every_option_of_help():
     """Every flag in --help appears in the table or in a test below (a new option needs a row)."""
     import inspect
 
-    text = inspect.getsource(sys.modules[__name__]) + " ".join(
-        cli_flags()
-    )  # TINY is built from tests.helpers.capstone_tiny
+    # TINY is built from tests.helpers.capstone_tiny
+    text = inspect.getsource(sys.modules[__name__]) + " ".join(cli_flags())
     helptext = build_parser().format_help()
     flags = set(re.findall(r"(--[a-z][a-z0-9-]+)", helptext)) - {"--help"}
     missing = sorted(

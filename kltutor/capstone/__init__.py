@@ -9,7 +9,8 @@
 - :mod:`~kltutor.capstone.preflight`: every check of a run before any expensive work;
 - :mod:`~kltutor.capstone.rundir`: the run directory (run.json, metrics.jsonl, atomic verified checkpoints);
 - :mod:`~kltutor.capstone.sampler`: the sampler (static KV cache, per-row EOS, sampling-time log-probs);
-- :mod:`~kltutor.capstone.decoder`: a functional Qwen2/Llama forward (KV cache, prompts shared by a group);
+- :mod:`~kltutor.capstone.fast`: the fast engine behind one switch (``fast``): a functional Qwen2/Llama forward
+  with a static KV cache, CUDA graphs, reused products, oneDNN; ``fast=False`` is ``model.forward`` throughout;
 - :mod:`~kltutor.capstone.loop`: :func:`run` (the GRPO loop, metrics, checkpoints, resume);
 - :mod:`~kltutor.capstone.sweep`: :func:`sweep` over placements x betas x seeds.
 

@@ -230,6 +230,12 @@ class CapstoneConfig:
         "reference log-probs: batched (one pass after sampling) or in-loop (inside the decode loop)",
         choices=("batched", "in-loop"),
     )
+    fast: bool = _setting(
+        True,
+        "the fast engine (kltutor.capstone.fast: static KV cache, CUDA graphs, the sampler's recorded products "
+        "reused by the first update, oneDNN products on the CPU) for Qwen2/Llama models; --no-fast runs "
+        "transformers' model.forward everywhere (slower; the same values up to float rounding)",
+    )
     # --- files ---
     run_dir: str | None = _setting(
         None,

@@ -293,6 +293,7 @@ def make_sampler(
         autocast=amp,
         decode_mode=cfg.decode_mode,
         ref_scoring=cfg.ref_scoring,
+        fast=cfg.fast,
         max_prompt_len=longest,
         logprob_chunk=cfg.logprob_chunk,
     )
@@ -360,6 +361,7 @@ def _step(ctx: StepContext, step: int) -> StepRow:
                 ref_hidden=scores.ref_hidden if exact else None,
                 prompt_index=batch.prompt_index,
                 activations=batch.activations if u == 0 else None,
+                fast=cfg.fast,
             )
             loss, kl_term, clip_frac = step_loss(st, old, mask, rewards, beta=beta, **loss_settings(cfg))
         with phase("backward"):

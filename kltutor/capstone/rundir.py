@@ -88,6 +88,7 @@ FREE_ON_RESUME = frozenset(
         "logprob_chunk",
         "decode_mode",
         "ref_scoring",
+        "fast",
         "checkpoint_every",
         "progress",
         "run_dir",
