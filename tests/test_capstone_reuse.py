@@ -14,6 +14,7 @@ from kltutor.capstone.fast import decoder, onednn
 from kltutor.capstone.logprobs import hidden_states, naive_token_stats, sequence_stats
 from kltutor.capstone.model import build_model, build_tokenizer
 from kltutor.capstone.sampler import Sampler
+from tests.helpers.capstone_tiny import eos_heavy_model
 
 PROMPTS = ["3+4=", "12+9=", "3+4=", "99+99=", "7+0=", "12+9=", "5+55=", "3+4="]  # repeats share a prompt
 
@@ -24,10 +25,8 @@ def tok():
 
 
 def _models(tok, seed=0):
-    policy = build_model(tok, 32, 2, 4, 2, 64, seed=seed)
-    with torch.no_grad():  # EOS likely in some contexts: rows end at different steps
-        policy.get_output_embeddings().weight[tok.eos_token_id] *= 6.0
-    return policy, build_model(tok, 32, 2, 4, 2, 64, seed=seed + 1).requires_grad_(False)
+    # the policy ends rows at different steps (EOS likely in some contexts); the reference is a plain model
+    return eos_heavy_model(tok, seed, layers=2), build_model(tok, 32, 2, 4, 2, 64, seed=seed + 1).requires_grad_(False)
 
 
 def _grads(policy, b, ref, weights, activations, temperature=0.9):
