@@ -283,7 +283,7 @@ def kl_loss(
         seq = ((logp - ref_logp) * m).sum(-1)
         keep = m.sum(-1) > 0
         return fn(seq[keep], torch.zeros_like(seq[keep])).mean()
-    raise ValueError(f"level must be 'token' or 'sequence', got {level!r}")
+    raise ValueError(f"level must be one of {list(KL_LEVELS)}, got {level!r}")
 
 
 def clipped_surrogate(

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from kltutor.capstone.config import choices
 from kltutor.capstone.fast import decoder, static
 from kltutor.capstone.logprobs import chunked_token_stats, completion_hidden
 
@@ -75,10 +76,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DECODE_MODES = ("auto", "eager", "cuda-graph", "compile")
+# the allowed values are the config's (declared once, with their help: kltutor.capstone.config)
+DECODE_MODES = choices("decode_mode")
 RECORD_BUDGET = 1 << 30  # bytes: keep_activations=None records a batch's products only up to this size
-REF_SCORING = ("batched", "in-loop")
-LOGPROB_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+REF_SCORING = choices("ref_scoring")
+LOGPROB_DTYPES = {name: getattr(torch, name) for name in choices("logprob_dtype")}
 
 
 def completion_mask_from_ids(completion_ids: Tensor, eos_token_id: int) -> Tensor:
