@@ -52,12 +52,12 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from kltutor._validation import integer, number_in, positive_integer, positive_number
 from kltutor.capstone.config import choices
 from kltutor.capstone.fast import decoder, static
 from kltutor.capstone.logprobs import chunked_token_stats, completion_hidden
@@ -217,14 +217,10 @@ class Sampler:
         keep_activations: bool | None = None,
         fast: bool = True,
     ):
-        if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        if not (0.0 < top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-        if not (isinstance(top_k, int) and top_k >= 0):
-            raise ValueError(f"top_k must be an integer >= 0 (0: off), got {top_k!r}")
+        positive_integer("max_new_tokens", max_new_tokens)
+        positive_number("temperature", temperature, strict=True)
+        number_in("top_p", top_p, "(0, 1]")
+        integer("top_k", top_k, 0, " (0: off)")
         if not (isinstance(min_new_tokens, int) and 0 <= min_new_tokens <= max_new_tokens):
             raise ValueError(f"min_new_tokens must be an integer in [0, max_new_tokens], got {min_new_tokens!r}")
         if logprob_dtype not in LOGPROB_DTYPES:
