@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PLACEMENTS = ("none", "k1-in-reward", "k3-in-reward", "k1-in-loss", "k2-in-loss", "k3-in-loss", "exact-in-loss")
+from kltutor.capstone.config import CAPSTONE_PLACEMENTS as PLACEMENTS  # the checkout (sys.path above)
 
 
 def _worker(jobs, done, deadline: float) -> None:

@@ -16,7 +16,7 @@ physical floor: reading the policy's weights once per decode step at the measure
 bandwidth, plus the step's least matrix FLOPs at the fastest measured matmul rate.
 
 On the CPU the capstone runs twice per TRL step by default (``--cpu-matmul both``): with its float32
-products through oneDNN (its default, :func:`kltutor.capstone.decoder.cpu_matmul`) and through
+products through oneDNN (its default, :func:`kltutor.capstone.fast.onednn.cpu_matmul`) and through
 torch's default (MKL, what TRL uses), so the speed-up is shown with and without the kernel choice.
 
     python benchmarks/capstone_throughput.py --device cpu                    # capstone only (no TRL here)
@@ -133,9 +133,10 @@ class Capstone:
         ref_scoring: str,
         matmul: str = "auto",
     ):
-        from kltutor.capstone import decoder, loop
+        from kltutor.capstone import loop
+        from kltutor.capstone.fast import onednn
 
-        self.loop, self.decoder, self.matmul = loop, decoder, matmul
+        self.loop, self.onednn, self.matmul = loop, onednn, matmul
         self.device = device
         self.cfg = CapstoneConfig(
             placement="k3-in-loss",
@@ -186,8 +187,8 @@ class Capstone:
 
     def step(self) -> dict:
         self.timings.clear()
-        before = self.decoder._MATMUL["mode"]
-        self.decoder.cpu_matmul(self.matmul)  # the backend of this side's CPU products (decoder.cpu_matmul)
+        before = self.onednn._MATMUL["mode"]
+        self.onednn.cpu_matmul(self.matmul)  # the backend of this side's CPU products (onednn.cpu_matmul)
         try:
             _sync(self.device)
             t = time.perf_counter()
@@ -195,7 +196,7 @@ class Capstone:
             _sync(self.device)
             seconds = time.perf_counter() - t
         finally:
-            self.decoder.cpu_matmul(before)
+            self.onednn.cpu_matmul(before)
         self.n += 1
         phases = {
             "sample": self.timings.get("sample", 0.0),
@@ -381,16 +382,16 @@ def measured_peaks(device: torch.device) -> dict:
         "matmul_dtype": str(dt),
         "onednn_matmul_flops": None,
     }
-    if device.type == "cpu":  # the capstone's products on the CPU (kltutor.capstone.decoder.cpu_matmul)
-        from kltutor.capstone import decoder
+    if device.type == "cpu":  # the capstone's products on the CPU (kltutor.capstone.fast.onednn.cpu_matmul)
+        from kltutor.capstone.fast import onednn
 
-        before = decoder._MATMUL["mode"]
+        before = onednn._MATMUL["mode"]
         try:
-            if decoder.cpu_matmul("auto") == "onednn":
+            if onednn.cpu_matmul("auto") == "onednn":
                 bt = b.t()
-                out["onednn_matmul_flops"] = 2 * n**3 / best(lambda: decoder.mm_nt(a, bt), 5)
+                out["onednn_matmul_flops"] = 2 * n**3 / best(lambda: onednn.mm_nt(a, bt), 5)
         finally:
-            decoder.cpu_matmul(before)
+            onednn.cpu_matmul(before)
     return out
 
 
@@ -598,7 +599,7 @@ def main(argv=None) -> int:
         "--cpu-matmul",
         choices=["auto", "onednn", "default", "both"],
         default="both",
-        help="the capstone's float32 products on the CPU (kltutor.capstone.decoder.cpu_matmul): oneDNN, torch's "
+        help="the capstone's float32 products on the CPU (kltutor.capstone.fast.onednn.cpu_matmul): oneDNN, torch's "
         "default (MKL), or both (two capstone sides, each alternating with TRL); TRL always uses torch's default",
     )
     p.add_argument(
@@ -660,7 +661,7 @@ def main(argv=None) -> int:
     if args.ref_scoring == "both" and not args.no_trl:
         print("error: --ref-scoring both compares the capstone with itself: add --no-trl", file=sys.stderr)
         return 2
-    from kltutor.capstone import decoder
+    from kltutor.capstone.fast import onednn
 
     scoring = "batched" if args.ref_scoring == "both" else args.ref_scoring
     backends = {"both": ["onednn", "default"], "auto": ["auto"], "onednn": ["onednn"], "default": ["default"]}[
@@ -670,7 +671,7 @@ def main(argv=None) -> int:
         backends = ["auto"]  # the choice concerns the CPU's products only
     elif args.ref_scoring == "both":
         backends = backends[:1]
-    if "onednn" in backends and decoder.cpu_matmul("auto") != "onednn":
+    if "onednn" in backends and onednn.cpu_matmul("auto") != "onednn":
         print("oneDNN's linear op is not usable with this torch: the capstone uses torch's default products")
         backends = ["default"]
     caps = {
@@ -684,7 +685,7 @@ def main(argv=None) -> int:
         print(
             "capstone products on the CPU: "
             + ", ".join(
-                f"{k}: {'oneDNN' if c.matmul == 'onednn' else 'torch default (MKL)' if c.matmul == 'default' else decoder.cpu_matmul()}"
+                f"{k}: {'oneDNN' if c.matmul == 'onednn' else 'torch default (MKL)' if c.matmul == 'default' else onednn.cpu_matmul()}"
                 for k, c in caps.items()
             )
             + ("" if args.no_trl else "; TRL: torch default (MKL)")

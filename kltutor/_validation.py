@@ -4,24 +4,31 @@ Every module that takes a number or a probability vector from a reader checks it
 mistake gets the same one-line message wherever it is made:
 
 - :func:`positive_number`, :func:`nonnegative_number`: a scalar such as ``beta``;
-- :func:`probabilities`: a categorical distribution (a vector, or a batch along the last axis);
-- :func:`seed`, :func:`integer_below`, :func:`float32_number`: the ranges the code behind a setting can
-  take (NumPy's seeds, 64-bit integers, float32 arithmetic), so that a value beyond them is refused up
-  front instead of failing deep inside a run.
+- :func:`number_in`, :func:`integer`, :func:`positive_integer`: a setting of a configuration (the
+  capstone's :class:`~kltutor.capstone.config.CapstoneConfig`), where a bool or a string is never a number;
+- :func:`probabilities`: a categorical distribution (a vector, or a batch along the last axis).
+
+Importing it does not import torch (the capstone's configuration is checked without it).
+    "seed",
+    "integer_below",
+    "float32_number",
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch and numpy are imported where used: a config module can check numbers without them
+    import torch
+    from torch import Tensor
 
 __all__ = [
     "positive_number",
     "nonnegative_number",
+    "number_in",
+    "integer",
+    "positive_integer",
     "probabilities",
     "default_atol",
     "seed",
@@ -30,31 +37,74 @@ __all__ = [
 ]
 
 
-def _real(name: str, value: Any) -> float:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _real(name: str, value: Any, strict: bool, message: str) -> float:
+    """``float(value)``; with ``strict`` only an ``int`` or ``float`` (not a bool, a string or a tensor)
+    counts, and anything else is a ``ValueError`` with ``message`` (a setting read from a file or a
+    command line has the wrong type: the range is what the message states)."""
+    if strict:
+        if not _is_number(value):
+            raise ValueError(message)
+        return float(value)
     try:
         return float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {value!r}") from None
 
 
-def positive_number(name: str, value: Any) -> float:
-    """``value`` as a float; ``TypeError`` if it is not a real number, ``ValueError`` unless finite and > 0."""
-    v = _real(name, value)
+def positive_number(name: str, value: Any, *, strict: bool = False) -> float:
+    """``value`` as a float; ``TypeError`` if it is not a real number, ``ValueError`` unless finite and > 0.
+    ``strict``: only an int or a float (not a bool), else ``ValueError`` (a configuration's rule)."""
+    message = f"{name} must be a finite number > 0, got {value!r}"
+    v = _real(name, value, strict, message)
     if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise ValueError(message)
     return v
 
 
-def nonnegative_number(name: str, value: Any) -> float:
-    """``value`` as a float; ``TypeError`` if it is not a real number, ``ValueError`` unless finite and >= 0."""
-    v = _real(name, value)
+def nonnegative_number(name: str, value: Any, *, strict: bool = False) -> float:
+    """``value`` as a float; ``TypeError`` if it is not a real number, ``ValueError`` unless finite and >= 0.
+    ``strict`` as in :func:`positive_number`."""
+    message = f"{name} must be a finite number >= 0, got {value!r}"
+    v = _real(name, value, strict, message)
     if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        raise ValueError(message)
     return v
+
+
+def number_in(name: str, value: Any, interval: str, note: str = "") -> float:
+    """An int or float (not a bool) in ``interval``, written as in mathematics: ``"[0, 1)"``, ``"(0, 1]"``;
+    ``ValueError`` ``"<name> must be in <interval><note>, got <value>"`` otherwise."""
+    lo_closed, hi_closed = interval[0] == "[", interval[-1] == "]"
+    lo, hi = (float(x) for x in interval[1:-1].split(","))
+    message = f"{name} must be in {interval}{note}, got {value!r}"
+    v = _real(name, value, True, message)
+    if not (lo <= v if lo_closed else lo < v) or not (v <= hi if hi_closed else v < hi):
+        raise ValueError(message)
+    return v
+
+
+def integer(name: str, value: Any, minimum: int = 0, note: str = "") -> int:
+    """An ``int`` (not a bool) ``>= minimum``; ``ValueError`` ``"<name> must be an integer >= <minimum><note>"``."""
+    if not (isinstance(value, int) and not isinstance(value, bool)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{note}, got {value!r}")
+    return value
+
+
+def positive_integer(name: str, value: Any) -> int:
+    """An ``int`` (not a bool) ``>= 1``; ``ValueError`` ``"<name> must be a positive integer"`` otherwise."""
+    if not (isinstance(value, int) and not isinstance(value, bool)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 def default_atol(dtype: torch.dtype) -> float:
     """How far a row of probabilities may sum from 1: ``1e-9`` in float64, ``1e-4`` in lower precision."""
+    import torch
+
     return 1e-9 if dtype == torch.float64 else 1e-4
 
 
@@ -84,7 +134,10 @@ def probabilities(
     ...
     ValueError: ref_probs must sum to 1 (largest error 0.1 > atol 1e-09)
     """
-    if isinstance(p, Tensor):
+    import numpy as np
+    import torch
+
+    if isinstance(p, torch.Tensor):
         t = p
     elif isinstance(p, (np.ndarray, np.generic, list, tuple, float, int)) and not isinstance(p, bool):
         try:

@@ -1,4 +1,4 @@
-"""The engineering checklist as runnable checks (introduced in chapter 7).
+"""The engineering checklist as runnable checks (introduced in ``ch-failures``).
 
 :func:`check_batch` looks at one training batch and the reference model and reports every violation
 it can see::
@@ -10,13 +10,13 @@ it can see::
 
 Each check has a stable ``code`` (see :data:`CHECKS`) so a trainer can assert on it, log it, or
 silence one deliberately. :func:`example_batch` builds a correct batch from a tiny model
-(:class:`TinyLM`) and :func:`plant` puts any one mistake of :data:`CHECKS` into it: chapter 7 and the
+(:class:`TinyLM`) and :func:`plant` puts any one mistake of :data:`CHECKS` into it: ``ch-failures`` and the
 tests use them to show that every check fires.
 
 (This is the *batch* checklist; :mod:`kltutor.configcheck` is the *config* inspector, which reads a
 trainer's configuration file.)
 
-:func:`diagnose_negative_kl` (chapter 8, ``ch-practice``) answers the question a negative logged KL
+:func:`diagnose_negative_kl` (``ch-practice``, ``ch-practice``) answers the question a negative logged KL
 raises: which of its causes (:data:`NEGATIVE_KL_CAUSES`) a batch shows evidence of.
 """
 

@@ -1,4 +1,4 @@
-"""Exact divergences between distributions (introduced in chapter 1, :ref:`ch-fundamentals`).
+"""Exact divergences between distributions (introduced in :ref:`ch-fundamentals`).
 
 Every categorical function takes two probability vectors ``p`` and ``q`` along the **last axis**
 (any leading batch shape, torch tensors or numpy arrays) and returns a tensor of the batch shape.

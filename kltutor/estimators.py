@@ -1,4 +1,4 @@
-"""The k1, k2 and k3 sample estimators of the reverse KL (introduced in chapter 2).
+"""The k1, k2 and k3 sample estimators of the reverse KL (introduced in ``ch-estimators``).
 
 For a token ``y`` sampled from the policy, with ``log_ratio`` :math:`\\ell = \\log\\pi_\\theta(y) -
 \\log\\pi_\\text{ref}(y)`:
@@ -11,7 +11,7 @@ All three are *elementwise* on tensors of log-probabilities and are meant for sa
 the policy whose log-probabilities are ``logp``. :func:`estimate_kl` aggregates them over a masked
 ``[batch, time]`` tensor, per token or per sequence.
 
-Chapter 2 also uses the other forms of k3 (:func:`k3_naive`, :func:`k3_expm1`, the biased
+``ch-estimators`` also uses the other forms of k3 (:func:`k3_naive`, :func:`k3_expm1`, the biased
 :func:`k3_clamped`, the 50-digit :func:`k3_reference`) and the exact answers the tests pin the
 estimators to: :func:`exact_moments` (categorical, by enumeration), :func:`gaussian_moments` and
 :func:`gaussian_k3_variance` (closed forms), :func:`k3_variance_is_finite`, and
@@ -20,9 +20,12 @@ estimators to: :func:`exact_moments` (categorical, by enumeration), :func:`gauss
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -47,12 +50,15 @@ __all__ = [
     "enumerate_autoregressive",
     "exact_aggregation_moments",
     "ESTIMATORS",
+    "Estimator",
     "get_estimator",
     "of_log_ratio",
     "derivative",
     "estimate_kl",
     "validate_logps",
     "validate_mask",
+    "check_finite",
+    "deferred_finiteness_checks",
 ]
 
 
@@ -67,11 +73,47 @@ def validate_logps(logp: Tensor, ref_logp: Tensor) -> None:
             f"logp and ref_logp must have the same shape, got {tuple(logp.shape)} and {tuple(ref_logp.shape)}"
         )
     for name, t in (("logp", logp), ("ref_logp", ref_logp)):
-        if not torch.isfinite(t).all():
-            bad = (~torch.isfinite(t)).sum().item()
-            raise ValueError(
-                f"{name} holds {bad} non-finite value(s) (NaN or inf); log-probabilities of sampled tokens must be finite"
-            )
+        check_finite(name, t)
+
+
+_DEFERRED: contextvars.ContextVar[list | None] = contextvars.ContextVar("kltutor_deferred_checks", default=None)
+_DEFERRED_CPU: contextvars.ContextVar[bool] = contextvars.ContextVar("kltutor_deferred_cpu", default=False)
+
+
+def _not_finite_message(name: str, bad: int) -> str:
+    return f"{name} holds {bad} non-finite value(s) (NaN or inf); log-probabilities of sampled tokens must be finite"
+
+
+def check_finite(name: str, t: Tensor) -> None:
+    """``ValueError`` if ``t`` holds NaN or inf: at once, or, inside :func:`deferred_finiteness_checks`
+    and for a tensor on an accelerator, when the block ends (no host synchronisation per call)."""
+    pending = _DEFERRED.get()
+    if pending is not None and (t.device.type != "cpu" or _DEFERRED_CPU.get()):
+        pending.append((name, (~torch.isfinite(t.detach())).sum()))
+        return
+    if not torch.isfinite(t).all():
+        raise ValueError(_not_finite_message(name, (~torch.isfinite(t)).sum().item()))
+
+
+@contextlib.contextmanager
+def deferred_finiteness_checks(cpu: bool = False):
+    """Within the block, the finiteness checks of log-probabilities on an accelerator (:func:`check_finite`,
+    every estimator's) are queued as device tensors and made once, when the block ends, with one host
+    synchronisation: the capstone's training step on a GPU. The error is the same, raised at the end of
+    the block instead of at the call. ``cpu=True`` defers CPU tensors' checks too (for tests); on the CPU
+    a check costs no synchronisation, so by default they stay immediate."""
+    pending: list = []
+    token, token_cpu = _DEFERRED.set(pending), _DEFERRED_CPU.set(cpu)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+        _DEFERRED_CPU.reset(token_cpu)
+    if pending:
+        counts = torch.stack([c.to(pending[0][1].device) for _, c in pending]).tolist()
+        for (name, _), bad in zip(pending, counts):
+            if bad:
+                raise ValueError(_not_finite_message(name, bad))
 
 
 def validate_mask(mask: Tensor | None, shape: torch.Size) -> Tensor | None:
@@ -162,15 +204,59 @@ def k3_clamped(logp: Tensor, ref_logp: Tensor, max_ratio: float) -> Tensor:
     return torch.exp(-log_ratio).clamp(max=max_ratio) - 1 + log_ratio
 
 
-ESTIMATORS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"k1": k1, "k2": k2, "k3": k3}
+@dataclass(frozen=True)
+class Estimator:
+    """One entry of :data:`ESTIMATORS`: everything the package needs to know about an estimator.
+
+    - ``fn(logp, ref_logp)``: the estimator, elementwise;
+    - ``derivative(l)``: ``dk/dl`` at the log-ratio ``l`` (:func:`derivative`);
+    - ``placed``: where the book places it (``"reward"``, ``"loss"``), in the order its tables list
+      them. Every list of placements of the package is derived from this field
+      (:mod:`kltutor.placements`): ``"<name>-in-<where>"`` for each entry and each ``where``.
+
+    Calling an entry calls ``fn``.
+    """
+
+    fn: Callable[[Tensor, Tensor], Tensor]
+    derivative: Callable[[Tensor], Tensor]
+    placed: tuple[str, ...] = ("reward", "loss")
+
+    def __call__(self, logp: Tensor, ref_logp: Tensor) -> Tensor:
+        return self.fn(logp, ref_logp)
 
 
-def get_estimator(name: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """The estimator called ``name`` ("k1", "k2" or "k3"), with a clear error for anything else."""
+def _dk1(log_ratio: Tensor) -> Tensor:
+    return torch.ones_like(log_ratio)
+
+
+def _dk2(log_ratio: Tensor) -> Tensor:
+    return log_ratio
+
+
+def _dk3(log_ratio: Tensor) -> Tensor:
+    return -torch.expm1(-log_ratio)
+
+
+#: The estimators, in the order the book introduces them: the one registry that the lists of
+#: placements (:mod:`kltutor.placements`, :mod:`kltutor.gradients`, the capstone's), the figures'
+#: colours (:mod:`kltutor.plotting.style`) and :func:`derivative` are derived from.
+ESTIMATORS: dict[str, Estimator] = {
+    "k1": Estimator(k1, _dk1, ("reward", "loss")),
+    "k2": Estimator(k2, _dk2, ("loss",)),
+    "k3": Estimator(k3, _dk3, ("loss", "reward")),
+}
+
+
+def _entry(name: str) -> Estimator:
     try:
         return ESTIMATORS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown estimator {name!r}; choose one of {sorted(ESTIMATORS)}") from None
+
+
+def get_estimator(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The estimator called ``name`` ("k1", "k2" or "k3"), with a clear error for anything else."""
+    return _entry(name).fn
 
 
 def of_log_ratio(estimator: str, log_ratio: Tensor) -> Tensor:
@@ -198,12 +284,7 @@ def derivative(estimator: str, log_ratio: Tensor) -> Tensor:
     In a loss, autograd multiplies it by the score ``grad log pi(y)`` of the sampled token: the
     per-sample gradient of every ``"<k>-in-loss"`` placement (chapter 3).
     """
-    get_estimator(estimator)
-    if estimator == "k1":
-        return torch.ones_like(log_ratio)
-    if estimator == "k2":
-        return log_ratio
-    return -torch.expm1(-log_ratio)
+    return _entry(estimator).derivative(log_ratio)
 
 
 def estimate_kl(

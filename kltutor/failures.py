@@ -1,4 +1,4 @@
-"""Small, exact simulations of the ways KL control fails (introduced in chapter 7).
+"""Small, exact simulations of the ways KL control fails (introduced in ``ch-failures``).
 
 Each function runs in well under a second, is deterministic given its seed, and returns plain
 numbers a chapter can print and a test can assert on:
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from kltutor import divergences, estimators
-from kltutor._validation import probabilities
+from kltutor._validation import nonnegative_number, positive_number, probabilities
 from kltutor.preference import optimal_policy
 from kltutor.toys.bandits import softmax_policy_gradient
 
@@ -34,6 +34,13 @@ __all__ = [
     "importance_weighted_kl",
     "k3_precision",
 ]
+
+
+def _every_beta_positive(beta) -> None:
+    try:
+        positive_number("beta", beta)
+    except (TypeError, ValueError):
+        raise ValueError(f"every beta must be positive, got {beta}") from None
 
 
 def _probs(p: Tensor | Sequence[float], name: str) -> Tensor:
@@ -69,8 +76,7 @@ def train_bandit(
     r = torch.as_tensor(rewards, dtype=torch.float64)
     if r.shape != p.shape or not torch.isfinite(r).all():
         raise ValueError("rewards must be finite, one per response")
-    if not (math.isfinite(beta) and beta >= 0):
-        raise ValueError(f"beta must be finite and non-negative, got {beta}")
+    nonnegative_number("beta", beta)
     if steps < 1 or lr <= 0:
         raise ValueError("steps must be >= 1 and lr > 0")
     p = probabilities("ref_probs", p, positive=True)  # the reference must cover every response
@@ -114,8 +120,7 @@ def length_hacking(
     proxy = q + length_bonus * length
     out: dict[str, list[float]] = {"beta": [], "kl": [], "proxy": [], "gold": [], "length": []}
     for beta in betas:
-        if not beta > 0:
-            raise ValueError(f"every beta must be positive, got {beta}")
+        _every_beta_positive(beta)
         pi = optimal_policy(ref, proxy, beta)
         out["beta"].append(float(beta))
         out["kl"].append(_kl(pi, ref))
@@ -149,8 +154,7 @@ def wrong_reference(
     for name, ref in (("sft", sft), ("base", base)):
         rows: dict[str, list[float]] = {"beta": [], "kl_at_init": [], "kl": [], "reward": [], "format_rate": []}
         for beta in betas:
-            if not beta > 0:
-                raise ValueError(f"every beta must be positive, got {beta}")
+            _every_beta_positive(beta)
             pi = optimal_policy(ref, reward, beta)
             rows["beta"].append(float(beta))
             rows["kl_at_init"].append(_kl(sft, ref))

@@ -1,4 +1,4 @@
-"""Exact and Monte-Carlo gradients of every KL placement (introduced in chapter 3).
+"""Exact and Monte-Carlo gradients of every KL placement (introduced in ``ch-placements``).
 
 On :class:`kltutor.toys.BinaryAutoregressive` every expectation over sequences is a finite sum over
 the :math:`2^T` bit strings, so the *expected* gradient of each placement is computed exactly and
@@ -21,7 +21,7 @@ In-reward placements use the *causal return-to-go* form (``reward_form="return-t
 policy-gradient trainer computes with :math:`\\gamma=1`); ``reward_form="full"`` multiplies the whole
 sequence's penalty by the whole sequence's score. Both have the same expectation (a penalty at
 step ``s`` is independent of the score of a later step ``t > s`` given the prefix, and
-:math:`\\mathbb{E}[g_t\\mid y_{<t}] = 0`); chapter 3 shows it on numbers and the tests check it.
+:math:`\\mathbb{E}[g_t\\mid y_{<t}] = 0`); ``ch-placements`` shows it on numbers and the tests check it.
 """
 
 from __future__ import annotations
@@ -33,10 +33,12 @@ import torch
 from torch import Tensor
 
 from kltutor.estimators import derivative, of_log_ratio
+from kltutor.placements import parse_placement, placement_names
 from kltutor.toys.autoregressive import BinaryAutoregressive, all_binary_sequences
 
 __all__ = [
-    "PLACEMENT_KEYS",
+    "PLACEMENT_KEYS",  # noqa: F822 (module __getattr__)
+    "ESTIMATOR_PLACEMENTS",  # noqa: F822
     "per_sample_surrogate",
     "exact_kl_gradients",
     "per_sample_gradients",
@@ -47,18 +49,29 @@ __all__ = [
     "expected_gradient_on_samples",
 ]
 
-PLACEMENT_KEYS = ("true", "k1-in-reward", "k1-in-loss", "k2-in-loss", "k3-in-loss", "k3-in-reward")
-ESTIMATOR_PLACEMENTS = PLACEMENT_KEYS[1:]
-
 Level = Literal["token", "sequence"]
 RewardForm = Literal["return-to-go", "full"]
 
 
+def _estimator_placements() -> tuple[str, ...]:
+    """The placements compared here, estimator by estimator (from :data:`kltutor.estimators.ESTIMATORS`)."""
+    return placement_names(order="estimator")
+
+
+def __getattr__(name: str):
+    # computed on each access, so an estimator added to ESTIMATORS appears in them
+    if name == "ESTIMATOR_PLACEMENTS":
+        return _estimator_placements()
+    if name == "PLACEMENT_KEYS":
+        return ("true", *_estimator_placements())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _parse(placement: str) -> tuple[str, str]:
-    if placement not in ESTIMATOR_PLACEMENTS:
-        raise ValueError(f"unknown placement {placement!r}; choose one of {list(ESTIMATOR_PLACEMENTS)}")
-    est, where = placement.split("-in-")
-    return est, where
+    if placement not in _estimator_placements():
+        raise ValueError(f"unknown placement {placement!r}; choose one of {list(_estimator_placements())}")
+    p = parse_placement(placement)
+    return p.estimator, p.where
 
 
 def _check_args(policy, reference, level: str, reward_form: str) -> None:
@@ -116,7 +129,7 @@ def exact_kl_gradients(
     out: dict[str, Tensor] = {}
     (ga, gb) = torch.autograd.grad(policy.exact_kl(reference, seq_len), params)
     out["true"] = torch.stack([ga, gb]).detach()
-    for key in ESTIMATOR_PLACEMENTS:
+    for key in _estimator_placements():
         s = (probs * per_sample_surrogate(policy, reference, seqs, key, level, reward_form)).sum()
         # both parameters enter every surrogate (b multiplies c_t even where c_t = 0): no None gradient
         ga, gb = torch.autograd.grad(s, params)
@@ -169,7 +182,7 @@ def exact_gradient_moments(
     true = exact_kl_gradients(policy, reference, seq_len, level, reward_form)["true"]
     seqs, probs = policy.enumerate(seq_len)
     out = {}
-    for key in ESTIMATOR_PLACEMENTS:
+    for key in _estimator_placements():
         g = per_sample_gradients(policy, reference, seqs, key, level, reward_form)
         mean = (probs[:, None] * g).sum(0)
         centred = g - mean
@@ -234,7 +247,7 @@ def mc_kl_gradients(
     exact = exact_kl_gradients(policy, reference, seq_len, level, reward_form)
     seqs = policy.sample(n_seqs * n_trials, seq_len, generator=generator)
     out = {}
-    for key in ESTIMATOR_PLACEMENTS:
+    for key in _estimator_placements():
         g = per_sample_gradients(policy, reference, seqs, key, level, reward_form)
         est = g.reshape(n_trials, n_seqs, 2).mean(1)
         out[key] = MCGradient(key, n_seqs, est, exact["true"], exact[key])

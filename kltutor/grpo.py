@@ -1,4 +1,4 @@
-"""GRPO: group-relative advantages and the GRPO objective with a selectable KL placement (chapter 5).
+"""GRPO: group-relative advantages and the GRPO objective with a selectable KL placement (``ch-preference``).
 
 Shapes: a batch holds ``n_prompts * group_size`` completions, grouped consecutively (the completions
 of prompt ``i`` are rows ``i*group_size ... (i+1)*group_size - 1``).
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from kltutor._validation import probabilities
+from kltutor._validation import nonnegative_number, probabilities
 from kltutor.placements import (
     Aggregation,
     aggregate,
@@ -114,9 +114,12 @@ def grpo_loss(
     - ``none``: the clipped surrogate alone.
     """
     p = parse_placement(placement)
-    beta = float(beta)
-    if not (beta >= 0.0) or beta == float("inf"):
-        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+    if p.exact:
+        raise ValueError(
+            f"placement {p.name!r} needs the full next-token distribution, which grpo_loss does not see "
+            "(kltutor.capstone computes it); choose a sample estimator's placement"
+        )
+    beta = nonnegative_number("beta", beta)
     if logp.dim() != 2:
         raise ValueError(f"logp must be [batch, time], got shape {tuple(logp.shape)}")
     if rewards.shape != logp.shape[:1]:

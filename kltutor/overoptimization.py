@@ -1,4 +1,4 @@
-"""Reward overoptimization along the KL axis (introduced in chapter 6).
+"""Reward overoptimization along the KL axis (introduced in ``ch-overoptimization``).
 
 Three groups of tools:
 
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from kltutor import divergences
-from kltutor._validation import probabilities
+from kltutor._validation import positive_number, probabilities
 from kltutor.preference import optimal_policy
 from kltutor.toys.bandits import softmax_policy_gradient
 
@@ -105,8 +105,7 @@ def tilted_policy(ref_probs: Tensor | Sequence[float], rewards: Tensor | Sequenc
     on a 1-D float64 vector (lists accepted), with this module's argument checks."""
     p = _as_probs(ref_probs, "ref_probs")
     r = _check_rewards(rewards, p.numel())
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta must be a finite positive number, got {beta!r}")
+    positive_number("beta", beta, strict=True)
     return optimal_policy(p, r, beta)
 
 

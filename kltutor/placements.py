@@ -1,4 +1,4 @@
-"""Where the KL term goes: in the reward or in the loss (introduced in chapter 3).
+"""Where the KL term goes: in the reward or in the loss (introduced in ``ch-placements``).
 
 What a trainer actually runs, on ``[batch, time]`` tensors of per-token log-probabilities of the
 *sampled* tokens, with a ``mask`` that is 1 on response tokens and 0 on prompt and padding tokens.
@@ -11,23 +11,29 @@ What a trainer actually runs, on ``[batch, time]`` tensors of per-token log-prob
   per token *with* gradient and ``beta`` times its masked mean is added to the loss, so autograd
   differentiates the estimator itself (path-wise), and nothing flows through the sampling.
 
-Which of these have the gradient of the reverse KL in expectation is the subject of chapter 3
+Which of these have the gradient of the reverse KL in expectation is the subject of ``ch-placements``
 (:mod:`kltutor.gradients` computes it exactly).
 """
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from kltutor.estimators import get_estimator, validate_logps, validate_mask
+from kltutor._validation import nonnegative_number
+from kltutor.estimators import ESTIMATORS, check_finite, get_estimator, validate_logps, validate_mask
 
 __all__ = [
-    "PLACEMENTS",
+    "PLACEMENTS",  # noqa: F822 (module __getattr__)
+    "AGGREGATIONS",
+    "KL_LEVELS",
+    "EXACT_IN_LOSS",
     "Placement",
+    "placement_names",
     "parse_placement",
     "aggregate",
     "masked_mean",
@@ -38,14 +44,26 @@ __all__ = [
     "clipped_surrogate",
 ]
 
-PLACEMENTS = ("none", "k1-in-reward", "k3-in-reward", "k1-in-loss", "k2-in-loss", "k3-in-loss")
-
 Aggregation = Literal["token-mean", "sequence-mean", "sequence-sum"]
+#: The ways :func:`aggregate` reduces per-token values to a scalar (the capstone's choices too).
+AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
+#: The levels of an in-loss estimator (:func:`kl_loss`'s ``level``).
+KL_LEVELS = ("token", "sequence")
+WHERE = ("reward", "loss")
+
+NONE = "none"
+#: The exact full-vocabulary KL in the loss: needs the whole next-token distribution, so only the
+#: capstone (which has it) runs it; ``parse_placement`` knows it, :func:`kl_loss` does not.
+EXACT_IN_LOSS = "exact-in-loss"
 
 
 @dataclass(frozen=True)
 class Placement:
-    """A KL placement: which estimator, and whether it sits in the reward or in the loss."""
+    """A KL placement: which estimator, and whether it sits in the reward or in the loss.
+
+    ``estimator`` is a name of :data:`kltutor.estimators.ESTIMATORS`, ``"exact"`` for
+    ``"exact-in-loss"``, ``None`` for ``"none"``; ``where`` is ``"reward"``, ``"loss"`` or ``None``.
+    """
 
     name: str
     estimator: str | None
@@ -59,28 +77,68 @@ class Placement:
     def in_loss(self) -> bool:
         return self.where == "loss"
 
+    @property
+    def is_none(self) -> bool:
+        """No KL term at all (``"none"``): nothing for beta or a schedule to weigh."""
+        return self.where is None
+
+    @property
+    def exact(self) -> bool:
+        """The exact full-vocabulary KL (``"exact-in-loss"``), not a sample estimator."""
+        return self.estimator == "exact"
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The ``kl_level`` values this placement can use: both for a sample estimator in the loss,
+        ``"token"`` alone otherwise (a reward penalty and the exact KL are per token)."""
+        return KL_LEVELS if self.in_loss and not self.exact else KL_LEVELS[:1]
+
+
+def placement_names(*, exact: bool = False, order: Literal["where", "estimator"] = "where") -> tuple[str, ...]:
+    """Every placement the book compares, derived from :data:`kltutor.estimators.ESTIMATORS` (each
+    entry's ``placed``).
+
+    ``order="where"``: ``"none"``, then the in-reward placements, then the in-loss ones (each in the
+    order of ``ESTIMATORS``), then ``"exact-in-loss"`` with ``exact=True``: :data:`PLACEMENTS` and the
+    capstone's ``CAPSTONE_PLACEMENTS``. ``order="estimator"``: the estimator placements alone, estimator
+    by estimator (the rows of :mod:`kltutor.gradients`' tables).
+    """
+    if order == "estimator":
+        return tuple(f"{name}-in-{w}" for name, e in ESTIMATORS.items() for w in e.placed)
+    if order != "where":
+        raise ValueError(f"order must be 'where' or 'estimator', got {order!r}")
+    by_where = tuple(f"{name}-in-{w}" for w in WHERE for name, e in ESTIMATORS.items() if w in e.placed)
+    return (NONE, *by_where, *((EXACT_IN_LOSS,) if exact else ()))
+
+
+def __getattr__(name: str):
+    # PLACEMENTS is computed on each access, so an estimator added to ESTIMATORS appears in it.
+    if name == "PLACEMENTS":
+        return placement_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def parse_placement(name: str | Placement) -> Placement:
-    """Parse ``"<k1|k2|k3>-in-<reward|loss>"`` or ``"none"``; a clear error for anything else."""
+    """Parse ``"<estimator>-in-<reward|loss>"`` (an estimator of :data:`kltutor.estimators.ESTIMATORS`),
+    ``"exact-in-loss"`` or ``"none"``; a clear error for anything else."""
     if isinstance(name, Placement):
         return name
-    if name == "none":
-        return Placement("none", None, None)
+    if name == NONE:
+        return Placement(NONE, None, None)
+    if name == EXACT_IN_LOSS:
+        return Placement(EXACT_IN_LOSS, "exact", "loss")
     if isinstance(name, str) and "-in-" in name:
         est, where = name.split("-in-", 1)
-        if est in ("k1", "k2", "k3") and where in ("reward", "loss"):
+        if est in ESTIMATORS and where in WHERE:
             return Placement(name, est, where)  # type: ignore[arg-type]
     raise ValueError(
-        f"unknown KL placement {name!r}; choose one of {list(PLACEMENTS)} "
-        "(the form is '<k1|k2|k3>-in-<reward|loss>' or 'none')"
+        f"unknown KL placement {name!r}; choose one of {list(placement_names(exact=True))} "
+        f"(the form is '<{'|'.join(ESTIMATORS)}>-in-<reward|loss>', 'exact-in-loss' or 'none')"
     )
 
 
 def _check_beta(beta: float) -> float:
-    beta = float(beta)
-    if not (beta >= 0.0) or beta == float("inf"):
-        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
-    return beta
+    return nonnegative_number("beta", beta)
 
 
 def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
@@ -110,7 +168,7 @@ def aggregate(values: Tensor, mask: Tensor, mode: Aggregation = "token-mean") ->
         return per_seq[mask.sum(-1) > 0].mean()
     if mode == "sequence-sum":
         return (values * mask).sum(-1).mean()
-    raise ValueError(f"unknown aggregation {mode!r}; choose 'token-mean', 'sequence-mean' or 'sequence-sum'")
+    raise ValueError(f"unknown aggregation {mode!r}; choose one of {list(AGGREGATIONS)}")
 
 
 def _validate(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
@@ -211,8 +269,7 @@ def kl_loss(
         if old_logp is not None:
             if old_logp.shape != logp.shape:
                 raise ValueError(f"old_logp must have shape {tuple(logp.shape)}, got {tuple(old_logp.shape)}")
-            if not torch.isfinite(old_logp).all():
-                raise ValueError("old_logp holds NaN or inf")
+            check_finite("old_logp", old_logp)
             log_w = (logp - old_logp.detach()) * (m != 0).to(logp.dtype)
             if importance == "prefix":
                 log_w = torch.cumsum(log_w, dim=-1)
@@ -226,7 +283,7 @@ def kl_loss(
         seq = ((logp - ref_logp) * m).sum(-1)
         keep = m.sum(-1) > 0
         return fn(seq[keep], torch.zeros_like(seq[keep])).mean()
-    raise ValueError(f"level must be 'token' or 'sequence', got {level!r}")
+    raise ValueError(f"level must be one of {list(KL_LEVELS)}, got {level!r}")
 
 
 def clipped_surrogate(

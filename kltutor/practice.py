@@ -1,4 +1,4 @@
-"""KL in practice: the questions practitioners keep asking, answered exactly (introduced in chapter 8).
+"""KL in practice: the questions practitioners keep asking, answered exactly (introduced in ``ch-practice``).
 
 Every function here returns exact numbers (enumeration over a toy's sequences, a closed form, or a
 fixed point solved to machine precision) or measures a real ``transformers`` model, so the chapter
@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from kltutor import divergences
-from kltutor._validation import probabilities
+from kltutor._validation import nonnegative_number, positive_number, probabilities
 from kltutor.estimators import enumerate_autoregressive, of_log_ratio
 from kltutor.gradients import exact_kl_gradients, expected_gradient_on_samples
 from kltutor.preference import optimal_policy
@@ -450,8 +450,7 @@ def effective_beta(lengths, mode: str, beta: float, max_len: float | None = None
     part of the loss reads ``(1/G) sum_i beta_eff[i] * sum_t k[i, t]`` (the sequence-level form):
     ``beta_eff = beta * G * c_i``. ``beta`` for "sequence-sum"; ``beta / T_i`` for "sequence-mean";
     ``beta / mean(T)`` for "token-mean"; ``beta / L`` for "token-sum-norm"."""
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
-        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+    nonnegative_number("beta", beta, strict=True)
     c = aggregation_weights(lengths, mode, max_len)
     return beta * c.numel() * c
 
@@ -478,8 +477,7 @@ def _bandit_inputs(ref_probs, rewards, lengths, beta: float, mode: str, baseline
     T = _lengths(lengths)
     if T.shape != p.shape:
         raise ValueError(f"lengths must be one per response: shape {tuple(p.shape)}, got {tuple(T.shape)}")
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+    positive_number("beta", beta, strict=True)
     if mode not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {mode!r}; choose one of {sorted(AGGREGATIONS)}")
     if baseline not in BASELINES:

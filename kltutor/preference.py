@@ -1,4 +1,4 @@
-"""The closed-form optimum of KL-regularised RL, DPO and its kin (introduced in chapter 5).
+"""The closed-form optimum of KL-regularised RL, DPO and its kin (introduced in ``ch-preference``).
 
 Everything here works on *per-sequence* quantities, the way a preference trainer sees them:
 

@@ -1,4 +1,4 @@
-"""Schedules and controllers for the KL coefficient beta (introduced in chapter 4).
+"""Schedules and controllers for the KL coefficient beta (introduced in ``ch-schedules``).
 
 Every schedule is built the same way and has the same small interface:
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from kltutor import _validation
 from kltutor._validation import positive_number
 
 __all__ = [
@@ -62,16 +63,11 @@ def _finite(name: str, value: Any) -> float:
 
 
 def _non_negative(name: str, value: Any) -> float:
-    v = _finite(name, value)
-    if v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return v
+    return _validation.nonnegative_number(name, value)
 
 
 def _count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
+    return _validation.integer(name, value, 1)
 
 
 class BetaSchedule:
@@ -121,6 +117,32 @@ class BetaSchedule:
         """The schedule's rule: the beta that follows the current one after a batch with measured ``kl``
         (already checked) and ``n_steps`` steps. Pure: :meth:`update` calls it and stores the result."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, float | int]:
+        """What changes as the schedule runs (its settings come from the constructor): ``beta`` and
+        ``n_updates``, and what a subclass adds. :meth:`load_state_dict` puts it back (a checkpoint)."""
+        return {"beta": self._beta, "n_updates": self.n_updates}
+
+    # the keys of a checkpoint written before state_dict existed (vars() of the schedule): the settings
+    # among them were the constructor's, equal to this schedule's on a resume, and are not read
+    _LEGACY_SETTINGS = frozenset({"target", "horizon", "end", "clip", "tolerance", "factor"})
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned, on a schedule built with the same settings."""
+        state = dict(state)
+        if "_beta" in state:  # a checkpoint written before state_dict existed
+            state["beta"] = state.pop("_beta")
+            state = {k: v for k, v in state.items() if k not in self._LEGACY_SETTINGS}
+        want = set(self.state_dict())
+        if set(state) != want:
+            raise ValueError(
+                f"{type(self).__name__} state must hold {sorted(want)}, got {sorted(state)} (another schedule's?)"
+            )
+        self._load(state)
+
+    def _load(self, state: dict) -> None:
+        self._beta = _non_negative("beta", state["beta"])
+        self.n_updates = _validation.integer("n_updates", state["n_updates"])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(beta={self._beta:.6g}, n_updates={self.n_updates})"
@@ -244,6 +266,14 @@ class _Annealing(BetaSchedule):
     def next_beta(self, kl: float | None, n_steps: int) -> float:
         self.progress += n_steps
         return self.value_at(self.progress)
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {**super().state_dict(), "start": self.start, "progress": self.progress}
+
+    def _load(self, state: dict) -> None:
+        super()._load(state)
+        self.start = _positive("start", state["start"])
+        self.progress = _validation.integer("progress", state["progress"])
 
 
 class LinearBeta(_Annealing):

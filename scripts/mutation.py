@@ -101,8 +101,12 @@ def prepare(name: str) -> Path:
     work.mkdir(parents=True)
     shutil.copytree(ROOT / "kltutor", work / "kltutor", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (work / "tests").mkdir()
-    for f in tests + [p for p in ("tests/conftest.py",) if (ROOT / p).exists()]:
+    for f in tests + [p for p in ("tests/conftest.py", "tests/__init__.py") if (ROOT / p).exists()]:
         shutil.copy2(ROOT / f, work / f)
+    if (ROOT / "tests" / "helpers").is_dir():  # the helpers the tests import (tests.helpers.*)
+        shutil.copytree(
+            ROOT / "tests" / "helpers", work / "tests" / "helpers", ignore=shutil.ignore_patterns("__pycache__")
+        )
     config = (ROOT / "pyproject.toml").read_text()
     if "[tool.mutmut]" in config:
         raise SystemExit("mutation: pyproject.toml already has a [tool.mutmut] section; this script writes its own")

@@ -55,14 +55,7 @@ def test_named_tests_exist(shown):
     assert not absent, f"{shown}: no test function named {absent} under tests/"
 
 
-# Printed sources of the capstone chapter that are still private; kltutor/capstone is another helper's
-# worktree this session: the integrator makes them public (and empties this set) after merging it.
-PRIVATE_PENDING = {"loop._loss", "logprobs.chunk_stats"}
-
-
 def test_printed_sources_are_public_functions():
     """A chapter prints the source of public functions only: what it shows a reader must be importable API."""
     private = sorted(s for s in shown_in_book() if any(part.startswith("_") for part in s.split(".")))
-    assert set(private) <= PRIVATE_PENDING, (
-        f"chapters print the source of private functions: {sorted(set(private) - PRIVATE_PENDING)}"
-    )
+    assert not private, f"chapters print the source of private functions: {private}"

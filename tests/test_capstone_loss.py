@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kltutor.capstone.config import CAPSTONE_PLACEMENTS, CapstoneConfig
-from kltutor.capstone.loss import step_loss
+from kltutor.capstone.loss import loss_settings, step_loss
 from kltutor.grpo import grpo_loss
 
 BETA = 0.3
@@ -57,7 +57,9 @@ def _hand(placement: str) -> float:
 def test_loss_matches_hand_computation(placement):
     logp, old, ref, kl, mask, rewards = _batch()
     cfg = CapstoneConfig(placement=placement, beta=BETA, group_size=2, clip_eps=EPS, aggregation="sequence-mean")
-    loss, _, _ = step_loss(cfg, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, BETA)
+    loss, _, _ = step_loss(
+        {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, beta=BETA, **loss_settings(cfg)
+    )
     assert loss.item() == pytest.approx(_hand(placement), rel=1e-10, abs=1e-12)
 
 
@@ -69,7 +71,9 @@ def test_in_loss_gradient_contribution(est, dk):
     for p in ("none", f"{est}-in-loss"):
         x = logp.clone().requires_grad_(True)
         cfg = CapstoneConfig(placement=p, beta=BETA, group_size=2, clip_eps=EPS)
-        loss, _, _ = step_loss(cfg, {"logp": x, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, BETA)
+        loss, _, _ = step_loss(
+            {"logp": x, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, beta=BETA, **loss_settings(cfg)
+        )
         grads[p] = torch.autograd.grad(loss, x)[0]
     diff = grads[f"{est}-in-loss"] - grads["none"]
     for b in range(2):
@@ -93,7 +97,9 @@ def test_beta_zero_gives_the_same_gradient_for_every_placement(tiny_model_batch)
     for p in CAPSTONE_PLACEMENTS:
         policy.zero_grad()
         st = sequence_stats(policy, ids, attn, n_prompt, ref, chunk=7)
-        loss, _, _ = step_loss(CapstoneConfig(placement=p, beta=0.0, group_size=4), st, old, mask, rewards, 0.0)
+        loss, _, _ = step_loss(
+            st, old, mask, rewards, beta=0.0, **loss_settings(CapstoneConfig(placement=p, beta=0.0, group_size=4))
+        )
         loss.backward()
         grads[p] = torch.cat([q.grad.reshape(-1) for q in policy.parameters() if q.grad is not None])
     base = grads["none"]
@@ -103,7 +109,14 @@ def test_beta_zero_gives_the_same_gradient_for_every_placement(tiny_model_batch)
     # and a positive beta does change the gradient (the test above is not vacuous)
     policy.zero_grad()
     st = sequence_stats(policy, ids, attn, n_prompt, ref, chunk=7)
-    loss, _, _ = step_loss(CapstoneConfig(placement="k3-in-loss", beta=1.0, group_size=4), st, old, mask, rewards, 1.0)
+    loss, _, _ = step_loss(
+        st,
+        old,
+        mask,
+        rewards,
+        beta=1.0,
+        **loss_settings(CapstoneConfig(placement="k3-in-loss", beta=1.0, group_size=4)),
+    )
     loss.backward()
     g = torch.cat([q.grad.reshape(-1) for q in policy.parameters() if q.grad is not None])
     assert (g - base).abs().max() > 1e-4
@@ -187,7 +200,7 @@ def _exact_in_loss_expectation(importance: bool):
         placement="exact-in-loss", beta=1.0, group_size=3, aggregation="sequence-sum", importance_weighted_kl=importance
     )
     st = {"logp": policy.token_log_probs(seqs), "kl": full_vocab_kl_sum(policy, ref, seqs)}
-    loss, _, _ = step_loss(cfg, st, {"logp": old_logp, "ref_logp": old_logp}, mask, rewards, 1.0)
+    loss, _, _ = step_loss(st, {"logp": old_logp, "ref_logp": old_logp}, mask, rewards, beta=1.0, **loss_settings(cfg))
     expectation = loss * len(seqs)  # 'sequence-sum' averages over rows; the weights already sum to one
     all_seqs, probs = policy.all_sequences(), policy.sequence_probs()
     true_kl = (probs * (policy.log_prob(all_seqs) - ref.log_prob(all_seqs))).sum()
@@ -241,7 +254,9 @@ _SETTINGS = [
 def test_step_loss_hands_every_setting_to_grpo_loss(settings):
     logp, old, ref, kl, mask, rewards = _stale_batch()
     cfg = CapstoneConfig(beta=BETA, group_size=4, **settings)
-    loss, kl_term, clip = step_loss(cfg, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, BETA)
+    loss, kl_term, clip = step_loss(
+        {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, beta=BETA, **loss_settings(cfg)
+    )
     want = grpo_loss(
         logp,
         old,
@@ -276,7 +291,9 @@ def test_exact_in_loss_uses_the_advantage_settings(settings):
 
     logp, old, ref, kl, mask, rewards = _stale_batch()
     cfg = CapstoneConfig(placement="exact-in-loss", beta=BETA, group_size=4, **settings)
-    loss, _, _ = step_loss(cfg, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, BETA)
+    loss, _, _ = step_loss(
+        {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, beta=BETA, **loss_settings(cfg)
+    )
     adv = group_advantages(rewards, 4, normalize_std=cfg.normalize_std, clip_std=cfg.clip_std)
     surrogate, _ = clipped_surrogate(logp, old, adv, mask, cfg.clip_eps, cfg.aggregation)
     want = surrogate + BETA * aggregate(kl, mask, cfg.aggregation)
@@ -291,7 +308,10 @@ def test_exact_in_loss_prefix_weights_by_hand_with_padding():
     )
     plain = cfg.replace(importance_weighted_kl=False)
     st, o = {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}
-    weighted = step_loss(cfg, st, o, mask, rewards, BETA)[0] - step_loss(plain, st, o, mask, rewards, BETA)[0]
+    weighted = (
+        step_loss(st, o, mask, rewards, beta=BETA, **loss_settings(cfg))[0]
+        - step_loss(st, o, mask, rewards, beta=BETA, **loss_settings(plain))[0]
+    )
     total = 0.0
     for b in range(logp.shape[0]):
         n, w = int(mask[b].sum()), 1.0

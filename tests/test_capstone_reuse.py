@@ -1,17 +1,20 @@
 """The capstone's speed paths against the plain computation they replace: the first update's forward
 built from the sampler's recorded products (decoder.Known*) against a recomputed forward and against
 model.forward (values and every parameter's gradient), when the recording may and may not be used,
-the CPU's attention by batched products against SDPA, and oneDNN's products against torch's own."""
+the CPU's attention by batched products against SDPA, and oneDNN's products against torch's own (and the
+fallback to torch's own where oneDNN must not be used)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kltutor.capstone import decoder, loop
+from kltutor.capstone import loop
 from kltutor.capstone.config import CapstoneConfig
+from kltutor.capstone.fast import decoder, onednn
 from kltutor.capstone.logprobs import hidden_states, naive_token_stats, sequence_stats
 from kltutor.capstone.model import build_model, build_tokenizer
 from kltutor.capstone.sampler import Sampler
+from tests.helpers.capstone_tiny import eos_heavy_model
 
 PROMPTS = ["3+4=", "12+9=", "3+4=", "99+99=", "7+0=", "12+9=", "5+55=", "3+4="]  # repeats share a prompt
 
@@ -22,10 +25,8 @@ def tok():
 
 
 def _models(tok, seed=0):
-    policy = build_model(tok, 32, 2, 4, 2, 64, seed=seed)
-    with torch.no_grad():  # EOS likely in some contexts: rows end at different steps
-        policy.get_output_embeddings().weight[tok.eos_token_id] *= 6.0
-    return policy, build_model(tok, 32, 2, 4, 2, 64, seed=seed + 1).requires_grad_(False)
+    # the policy ends rows at different steps (EOS likely in some contexts); the reference is a plain model
+    return eos_heavy_model(tok, seed, layers=2), build_model(tok, 32, 2, 4, 2, 64, seed=seed + 1).requires_grad_(False)
 
 
 def _grads(policy, b, ref, weights, activations, temperature=0.9):
@@ -47,10 +48,10 @@ def _grads(policy, b, ref, weights, activations, temperature=0.9):
 
 @pytest.mark.parametrize("backend", ["default", "onednn"])
 def test_the_recorded_forward_gives_the_recomputed_values_and_gradients(tok, backend):
-    if backend == "onednn" and decoder.cpu_matmul() != "onednn":
+    if backend == "onednn" and onednn.cpu_matmul() != "onednn":
         pytest.skip("oneDNN's linear op is not usable with this torch")
-    before = decoder._MATMUL["mode"]
-    decoder.cpu_matmul(backend)
+    before = onednn._MATMUL["mode"]
+    onednn.cpu_matmul(backend)
     try:
         policy, ref = _models(tok)
         s = Sampler(policy, tok, ref_model=ref, max_new_tokens=7, temperature=0.9)
@@ -83,7 +84,7 @@ def test_the_recorded_forward_gives_the_recomputed_values_and_gradients(tok, bac
             torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6, msg=name)
             torch.testing.assert_close(a, d, rtol=1e-4, atol=1e-5, msg=name)
     finally:
-        decoder.cpu_matmul(before)
+        onednn.cpu_matmul(before)
 
 
 def test_the_recording_is_used_only_at_the_parameters_it_was_made_with(tok):
@@ -200,31 +201,31 @@ def test_attention_by_batched_products_equals_sdpa(L, time_major):
 
 
 def test_products_through_onednn_equal_torchs():
-    if decoder.cpu_matmul() != "onednn":
+    if onednn.cpu_matmul() != "onednn":
         pytest.skip("oneDNN's linear op is not usable with this torch")
     g = torch.Generator().manual_seed(0)
     x, w, b, r = (torch.randn(*s, generator=g) for s in ((50, 24), (40, 24), (40,), (50, 40)))
     gg = torch.randn(50, 40, generator=g)
-    before = decoder._MATMUL["mode"]
+    before = onednn._MATMUL["mode"]
     try:
         out = {}
         for mode in ("onednn", "default"):
-            decoder.cpu_matmul(mode)
+            onednn.cpu_matmul(mode)
             out[mode] = (
-                decoder.mm_nt(x, w, b),
-                decoder.mm_nt(x, w, b, add=r),
-                decoder.mm_nt(x[:, ::2], w[:, ::2]),
-                decoder.mm_tn(gg, x),
-                decoder.mm_tn(x, gg),
-                decoder.mm_nt(x, w, out=torch.empty(50, 40)),
+                onednn.mm_nt(x, w, b),
+                onednn.mm_nt(x, w, b, add=r),
+                onednn.mm_nt(x[:, ::2], w[:, ::2]),
+                onednn.mm_tn(gg, x),
+                onednn.mm_tn(x, gg),
+                onednn.mm_nt(x, w, out=torch.empty(50, 40)),
             )
         for a, c in zip(out["onednn"], out["default"]):
             torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out["default"][3], gg.T @ x)
         with pytest.raises(ValueError, match="cpu_matmul"):
-            decoder.cpu_matmul("mkl")
+            onednn.cpu_matmul("mkl")
     finally:
-        decoder.cpu_matmul(before)
+        onednn.cpu_matmul(before)
 
 
 def test_the_automatic_recording_stays_within_its_memory_budget(tok, monkeypatch):

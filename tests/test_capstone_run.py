@@ -6,7 +6,6 @@ import os
 
 import pytest
 import torch
-from capstone_tiny import TINY_SETTINGS, cli_flags
 
 from kltutor.capstone import (
     CAPSTONE_PLACEMENTS,
@@ -20,15 +19,15 @@ from kltutor.capstone import (
 )
 from kltutor.capstone.loop import completion_mask_from_ids
 from kltutor.capstone.model import build_model, build_tokenizer, check_tokenizer, load_model
+from tests.helpers.capstone_tiny import TINY_SETTINGS, cli_flags
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "capstone-cache"
+def tiny(capstone_cache):
     return CapstoneConfig(
-        **TINY_SETTINGS | dict(steps=4, logprob_chunk=5, device="cpu", progress=False, cache_dir=str(cache))
+        **TINY_SETTINGS | dict(steps=4, logprob_chunk=5, device="cpu", progress=False, cache_dir=str(capstone_cache))
     )
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from kltutor.capstone import decoder
+from kltutor.capstone.fast import decoder
 from kltutor.capstone.logprobs import hidden_states, naive_token_stats, sequence_stats
 from kltutor.capstone.model import build_model, build_tokenizer
 from kltutor.capstone.sampler import Sampler, filter_logits, generate_completions
@@ -196,7 +196,7 @@ def test_fallback_for_a_model_the_static_decoder_does_not_drive(tok):
 
 
 def test_shared_prompt_forward_equals_model_forward_values_and_gradients(models, tok):
-    """sequence_stats through kltutor.capstone.decoder (each distinct prompt once) against the model's
+    """sequence_stats through kltutor.capstone.fast.decoder (each distinct prompt once) against the model's
     own forward (every row in full): log-probs, entropy, KL and the parameters' gradients."""
     policy, ref = models
     policy = build_model(tok, 32, 2, 4, 2, 64, seed=0)

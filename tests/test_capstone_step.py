@@ -9,11 +9,12 @@ import torch
 
 from kltutor.capstone import loop
 from kltutor.capstone.config import CapstoneConfig
-from kltutor.capstone.loop import METRICS, StepContext, StepRow, make_beta_schedule, make_sampler
-from kltutor.capstone.loss import measure, step_loss
-from kltutor.capstone.model import build_model, build_tokenizer
+from kltutor.capstone.loop import METRICS, StepRow
+from kltutor.capstone.loss import loss_settings, measure, step_loss
+from kltutor.capstone.model import build_tokenizer
 from kltutor.capstone.task import AdditionTask
 from kltutor.grpo import grpo_loss
+from tests.helpers.capstone_tiny import step_context
 
 NAN = float("nan")
 
@@ -116,7 +117,9 @@ def test_kl_term_is_the_term_beta_multiplies(placement, aggregation):
     logp, old, ref, kl, mask, rewards = _loss_batch()
     beta = 0.3
     cfg = CapstoneConfig(placement=placement, beta=beta, group_size=2, aggregation=aggregation)
-    loss, kl_term, _ = step_loss(cfg, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, beta)
+    loss, kl_term, _ = step_loss(
+        {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, beta=beta, **loss_settings(cfg)
+    )
     est = {"k1": lambda x: x, "k2": lambda x: 0.5 * x * x, "k3": _k3}
     L, O, R, K, M = (t.tolist() for t in (logp, old, ref, kl, mask))
     if placement == "none":
@@ -130,7 +133,9 @@ def test_kl_term_is_the_term_beta_multiplies(placement, aggregation):
     assert float(kl_term) == pytest.approx(expected, rel=1e-12, abs=1e-14)
     if placement.endswith("-in-loss"):
         cfg0 = cfg.replace(beta=0.0)
-        loss0, _, _ = step_loss(cfg0, {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, 0.0)
+        loss0, _, _ = step_loss(
+            {"logp": logp, "kl": kl}, {"logp": old, "ref_logp": ref}, mask, rewards, beta=0.0, **loss_settings(cfg0)
+        )
         assert (loss - loss0).item() == pytest.approx(beta * expected, rel=1e-12, abs=1e-14)
 
 
@@ -166,43 +171,6 @@ def tiny_ctx_parts():
     return task, build_tokenizer(task.alphabet)
 
 
-def _model(tok, seed):
-    model = build_model(tok, 32, 1, 2, 1, 64, seed=seed)
-    with torch.no_grad():  # EOS likely in some contexts: completions end at different steps, rewards differ
-        model.get_output_embeddings().weight[tok.eos_token_id] *= 6.0
-    return model
-
-
-def _ctx(parts, ref_seed=0, **cfg_changes):
-    task, tok = parts
-    policy, ref = _model(tok, 0), _model(tok, ref_seed).requires_grad_(False)
-    cfg = CapstoneConfig(
-        max_operand=9,
-        prompts_per_step=4,
-        group_size=4,
-        max_new_tokens=4,
-        device="cpu",
-        progress=False,
-        format_reward=0.5,
-        **cfg_changes,
-    ).validate()
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
-    sampler = make_sampler(cfg, policy, ref, tok, task, torch.device("cpu"))
-    return StepContext(
-        cfg,
-        policy,
-        ref,
-        tok,
-        task,
-        opt,
-        make_beta_schedule(cfg),
-        torch.Generator().manual_seed(0),
-        torch.device("cpu"),
-        sampler,
-        timings={},
-    )
-
-
 def test_in_reward_penalty_does_not_move_across_updates(tiny_ctx_parts, monkeypatch):
     """A real step with updates_per_batch=3 at a large learning rate: the policy's log-probs move
     between updates, the penalty fed to the returns-to-go and the reported kl_term do not."""
@@ -227,7 +195,7 @@ def test_in_reward_penalty_does_not_move_across_updates(tiny_ctx_parts, monkeypa
     monkeypatch.setattr(grpo, "returns_to_go", rtg)
     monkeypatch.setattr(capstone_loss, "grpo_loss", loss)
     torch.manual_seed(0)
-    ctx = _ctx(tiny_ctx_parts, ref_seed=1, placement="k3-in-reward", beta=0.5, updates_per_batch=3, lr=0.05)
+    ctx = step_context(*tiny_ctx_parts, ref_seed=1, placement="k3-in-reward", beta=0.5, updates_per_batch=3, lr=0.05)
     row = loop._step(ctx, 0)
     penalties = [s[1] for s in seen if s[0] == "penalty"]
     calls = [s for s in seen if s[0] == "logp"]
@@ -248,7 +216,7 @@ def test_in_reward_penalty_does_not_move_across_updates(tiny_ctx_parts, monkeypa
 @pytest.mark.parametrize("placement", ["k3-in-loss", "exact-in-loss", "k1-in-reward"])
 def test_a_real_step_logs_consistent_metrics(tiny_ctx_parts, placement):
     torch.manual_seed(1)
-    ctx = _ctx(tiny_ctx_parts, placement=placement, beta=0.1, updates_per_batch=2, lr=1e-3)
+    ctx = step_context(*tiny_ctx_parts, placement=placement, beta=0.1, updates_per_batch=2, lr=1e-3)
     rows = [loop._step(ctx, i) for i in range(2)]
     first = rows[0]
     assert first.step == 1 and rows[1].step == 2
@@ -309,8 +277,8 @@ def test_a_run_with_the_sampling_options(tiny_ctx_parts, tmp_path):
     """top-p / top-k / bf16 log-probs / in-loop reference through a real step: every metric finite, and
     with bf16 log-probs the first update's importance ratio is no longer exactly 1 (clipping can occur)."""
     torch.manual_seed(0)
-    ctx = _ctx(
-        tiny_ctx_parts,
+    ctx = step_context(
+        *tiny_ctx_parts,
         ref_seed=1,
         placement="k3-in-loss",
         beta=0.1,

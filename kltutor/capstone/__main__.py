@@ -20,64 +20,16 @@ import types
 import typing
 from pathlib import Path
 
-from kltutor.capstone.config import CAPSTONE_PLACEMENTS, PRESETS, CapstoneConfig, CapstoneUserError, ConfigError, flag
-from kltutor.schedules import SCHEDULES
-
-HELP = {
-    "placement": f"where the KL term goes: one of {', '.join(CAPSTONE_PLACEMENTS)}",
-    "beta": "KL coefficient beta >= 0 (the initial value for an adaptive schedule)",
-    "kl_level": "in-loss estimators: 'token' (per-token estimator) or 'sequence' (estimator of the summed log-ratio)",
-    "kl_schedule": f"beta schedule (kltutor.schedules): {', '.join(SCHEDULES)}; 'adaptive' is Ziegler et al.'s "
-    "controller, 'ppo-penalty' the PPO paper's, 'linear'/'cosine'/'exponential' anneal --beta to --beta-end",
-    "kl_target": "adaptive and ppo-penalty: target sequence KL in nats (default 1.0)",
-    "kl_horizon": "adaptive: horizon in samples (default 10000); annealing: samples until --beta-end (default: the whole run)",
-    "beta_end": "linear, cosine and exponential schedules: the final beta (required by them)",
-    "importance_weighted_kl": "in-loss KL on stale samples (--updates-per-batch > 1): k*-in-loss weight each token by "
-    "w_t = pi/pi_old; exact-in-loss weights position t by the prefix ratio prod_{s<t} w_s",
-    "max_operand": "prompts are 'a+b=' with a, b uniform integers in [0, max_operand]",
-    "format_reward": "reward of a well-formed wrong answer (digits then EOS), in [0, 1)",
-    "model": "start from this local model directory (or a model name already in the Hugging Face cache; nothing is "
-    "downloaded); default: a small Qwen2 trained from scratch (the --hidden-size ... options)",
-    "hidden_size": "scratch model: hidden size",
-    "num_layers": "scratch model: transformer layers",
-    "num_heads": "scratch model: attention heads",
-    "num_kv_heads": "scratch model: key/value heads",
-    "intermediate_size": "scratch model: MLP width",
-    "sft_steps": "SFT steps that make the reference policy (0: the loaded model is the reference)",
-    "sft_batch_size": "SFT batch size",
-    "sft_lr": "SFT learning rate",
-    "sft_seed": "SFT seed (part of the cache key)",
-    "steps": "GRPO steps (>= 1; with --resume: the total, beyond the checkpoint's step)",
-    "prompts_per_step": "prompts per step",
-    "group_size": "completions per prompt (>= 2)",
-    "max_new_tokens": "completion budget in tokens",
-    "temperature": "sampling temperature (log-probs use the same)",
-    "lr": "policy learning rate (AdamW)",
-    "clip_eps": "PPO clip range epsilon",
-    "clip_std": "clamp the group reward std into LO HI before dividing (two numbers; needs --normalize-std)",
-    "normalize_std": "divide advantages by the group std (--no-normalize-std: Dr. GRPO)",
-    "aggregation": "loss aggregation: token-mean, sequence-mean or sequence-sum",
-    "updates_per_batch": "gradient steps per sampled batch (>1 is off-policy after the first)",
-    "max_grad_norm": "gradient-norm clipping threshold",
-    "logprob_chunk": "rows of [batch*time] per chunk in the log-softmax (lower it to save memory)",
-    "bf16": "bf16 autocast on a GPU (--no-bf16 to disable; ignored on the CPU)",
-    "device": "auto, cpu or cuda",
-    "seed": "seed of the RL run (prompts, sampling)",
-    "top_p": "nucleus sampling: keep the most likely tokens up to total probability TOP_P (1: off); old_logp is then the truncated distribution's",
-    "top_k": "sample among the TOP_K most likely tokens (0: off); old_logp is then the truncated distribution's",
-    "logprob_dtype": "precision of the sampler's logits, log-softmax and scoring pass: float32 or bfloat16 (bfloat16 reproduces a sampler/trainer mismatch)",
-    "decode_mode": "sampler decode step: auto (CUDA graph on a GPU, eager on the CPU), eager, cuda-graph or compile (falls back to eager, with a warning, if capture fails)",
-    "ref_scoring": "reference log-probs: batched (one pass after sampling) or in-loop (inside the decode loop)",
-    "run_dir": "directory for run.json, metrics.jsonl and checkpoints (default: a new temporary directory); with "
-    "--sweep, the sweep's directory: one sub-directory per run, sweep.json and sweep.csv",
-    "cache_dir": "directory of cached reference policies (default: $KLTUTOR_CACHE/capstone or ~/.cache/kltutor/capstone)",
-    "checkpoint_every": "write a checkpoint every N steps (0: never)",
-    "resume": "continue the run in --run-dir from its checkpoint; options left out take the values in its run.json",
-    "overwrite": "replace the run (or sweep) already in --run-dir: its run.json, metrics.jsonl and checkpoint",
-    "allow_config_change": "with --resume: apply options that change what the run is (placement, beta, lr, ...; "
-    "run.json records them) instead of refusing",
-    "progress": "tqdm progress bars (--no-progress, or TQDM_DISABLE=1, turns them off)",
-}
+from kltutor.capstone.config import (
+    PRESETS,
+    CapstoneConfig,
+    CapstoneUserError,
+    ConfigError,
+    choices,
+    flag,
+    help_text,
+)
+from kltutor.placements import parse_placement
 
 
 def _base_type(t):
@@ -95,15 +47,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (python -m kltutor.capstone --help lists every option)\n")
-
-
-CHOICES = {
-    "placement": CAPSTONE_PLACEMENTS,
-    "kl_schedule": tuple(SCHEDULES),
-    "kl_level": ("token", "sequence"),
-    "aggregation": ("token-mean", "sequence-mean", "sequence-sum"),
-    "device": ("auto", "cpu", "cuda"),
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,14 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--placements",
         nargs="+",
         default=None,
-        help=f"sweep: placements (default: all of {', '.join(CAPSTONE_PLACEMENTS)})",
+        help=f"sweep: placements (default: all of {', '.join(choices('placement'))})",
     )
     p.add_argument("--betas", nargs="+", type=float, default=None, help="sweep: betas (default: 0.05)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="sweep: seeds (default: 0)")
     hints = typing.get_type_hints(CapstoneConfig)
     smoke = CapstoneConfig(**PRESETS["smoke"])
     for f in dataclasses.fields(CapstoneConfig):
-        h = HELP[f.name]
+        h = help_text(f.name)
         v = getattr(smoke, f.name)
         if v is not None and not (
             isinstance(v, bool) and hints[f.name] is bool and f.name in ("resume", "overwrite", "allow_config_change")
@@ -151,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=h)
         elif f.name == "clip_std":
             p.add_argument(flag(f.name), nargs=2, type=float, metavar=("LO", "HI"), default=None, help=h)
-        elif f.name in CHOICES:
-            p.add_argument(flag(f.name), choices=CHOICES[f.name], default=None, help=h)
+        elif choices(f.name) is not None:
+            p.add_argument(flag(f.name), choices=choices(f.name), default=None, help=h)
         else:
             p.add_argument(flag(f.name), type=t, default=None, help=h)
     return p
@@ -194,7 +137,7 @@ def config_from_args(args: argparse.Namespace) -> CapstoneConfig:
                 raise ConfigError(f"--{name} applies to --sweep only; for one run use {flag(name[:-1])}", name)
     if given.get("model") is not None:
         _refuse(given, ARCHITECTURE, "sizes the model built from scratch; --model loads its own architecture")
-    if given.get("placement") == "none":
+    if "placement" in given and parse_placement(given["placement"]).is_none:
         _refuse(given, ("beta",), "weights the KL term, and --placement none has none")
     if given.get("sft_steps") == 0:
         _refuse(
@@ -219,7 +162,7 @@ def config_from_args(args: argparse.Namespace) -> CapstoneConfig:
 def _main_sweep(args: argparse.Namespace, cfg: CapstoneConfig) -> int:
     from kltutor.capstone.sweep import SWEEP_CSV, sweep
 
-    placements = args.placements or list(CAPSTONE_PLACEMENTS)
+    placements = args.placements or list(choices("placement"))
     betas = args.betas or [0.05]
     seeds = args.seeds or [0]
     out = (

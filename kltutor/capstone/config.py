@@ -8,9 +8,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kltutor._validation import integer, nonnegative_number, number_in, positive_integer, positive_number
+
 __all__ = [
     "REFERENCE_FIELDS",
-    "CAPSTONE_PLACEMENTS",
+    "CAPSTONE_PLACEMENTS",  # noqa: F822 (module __getattr__)
     "CapstoneConfig",
     "CapstoneUserError",
     "ConfigError",
@@ -20,18 +22,9 @@ __all__ = [
     "preset",
     "default_cache_dir",
     "flag",
+    "choices",
+    "help_text",
 ]
-
-# The placements of kltutor.placements plus the exact full-vocabulary KL in the loss.
-CAPSTONE_PLACEMENTS = (
-    "none",
-    "k1-in-reward",
-    "k3-in-reward",
-    "k1-in-loss",
-    "k2-in-loss",
-    "k3-in-loss",
-    "exact-in-loss",
-)
 
 #: The settings that make the SFT reference policy: its cache key (:func:`kltutor.capstone.sft.reference_dir`),
 #: and, with the seed, what a resumed run can never change (:data:`kltutor.capstone.rundir.FIXED_ON_RESUME`).
@@ -90,77 +83,195 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("KLTUTOR_CACHE", Path.home() / ".cache" / "kltutor")) / "capstone"
 
 
+def _capstone_placements() -> tuple[str, ...]:
+    from kltutor.placements import placement_names
+
+    return placement_names(exact=True)
+
+
+def _kl_levels() -> tuple[str, ...]:
+    from kltutor.placements import KL_LEVELS
+
+    return KL_LEVELS
+
+
+def _aggregations() -> tuple[str, ...]:
+    from kltutor.placements import AGGREGATIONS
+
+    return AGGREGATIONS
+
+
+def _schedules() -> tuple[str, ...]:
+    from kltutor.schedules import SCHEDULES
+
+    return tuple(SCHEDULES)
+
+
+def __getattr__(name: str):
+    # computed on each access (and importing this module does not import torch)
+    if name == "CAPSTONE_PLACEMENTS":
+        return _capstone_placements()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _setting(default, help: str, choices=None):
+    """A field of :class:`CapstoneConfig` with its ``--help`` text and, if any, its allowed values
+    (a tuple, or a function returning one where they come from another module)."""
+    metadata = {"help": help} if choices is None else {"help": help, "choices": choices}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def choices(field_name: str) -> tuple | None:
+    """The allowed values of a :class:`CapstoneConfig` field (the CLI's choices and what
+    :meth:`CapstoneConfig.validate` accepts), or ``None`` where any value of the type is allowed."""
+    c = CapstoneConfig.__dataclass_fields__[field_name].metadata.get("choices")
+    return c() if callable(c) else c
+
+
+def help_text(field_name: str) -> str:
+    """The ``--help`` text of a :class:`CapstoneConfig` field (``%(choices)s``: its allowed values)."""
+    return CapstoneConfig.__dataclass_fields__[field_name].metadata["help"]
+
+
 @dataclass
 class CapstoneConfig:
-    """Every knob of a capstone run. Field comments are the CLI's help text."""
+    """Every knob of a capstone run. Each field's metadata holds its ``--help`` text and, for the
+    fields that take one of a list of values, the list (:func:`choices`)."""
 
     # --- KL ---
-    placement: str = "k1-in-reward"  # where the KL term goes (see CAPSTONE_PLACEMENTS)
-    beta: float = 0.05  # KL coefficient (initial value for an adaptive schedule)
-    kl_level: str = "token"  # in-loss estimators: apply per token ('token') or to the sequence log-ratio ('sequence')
-    kl_schedule: str = (
-        "fixed"  # a name of kltutor.schedules.SCHEDULES: 'fixed', 'adaptive', 'ppo-penalty', 'linear', ...
+    placement: str = _setting(
+        "k1-in-reward", "where the KL term goes: one of %(choices)s", choices=_capstone_placements
     )
-    kl_target: float | None = None  # adaptive / ppo-penalty: target sequence KL in nats (None: 1.0)
-    kl_horizon: int | None = (
-        None  # adaptive: horizon in samples (None: 10000); annealing: samples to reach beta_end (None: the whole run)
+    beta: float = _setting(0.05, "KL coefficient beta >= 0 (the initial value for an adaptive schedule)")
+    kl_level: str = _setting(
+        "token",
+        "in-loss estimators: 'token' (per-token estimator) or 'sequence' (estimator of the summed log-ratio)",
+        choices=_kl_levels,
     )
-    beta_end: float | None = None  # annealing schedules (linear, cosine, exponential): the final beta
-    importance_weighted_kl: bool = (
-        False  # in-loss KL on stale samples: importance weights (``ch-placements``; see loss.step_loss)
+    kl_schedule: str = _setting(
+        "fixed",
+        "beta schedule (kltutor.schedules): %(choices)s; 'adaptive' is Ziegler et al.'s "
+        "controller, 'ppo-penalty' the PPO paper's, 'linear'/'cosine'/'exponential' anneal --beta to --beta-end",
+        choices=_schedules,
+    )
+    kl_target: float | None = _setting(None, "adaptive and ppo-penalty: target sequence KL in nats (default 1.0)")
+    kl_horizon: int | None = _setting(
+        None,
+        "adaptive: horizon in samples (default 10000); annealing: samples until --beta-end (default: the whole run)",
+    )
+    beta_end: float | None = _setting(
+        None, "linear, cosine and exponential schedules: the final beta (required by them)"
+    )
+    importance_weighted_kl: bool = _setting(
+        False,
+        "in-loss KL on stale samples (--updates-per-batch > 1): k*-in-loss weight each token by "
+        "w_t = pi/pi_old; exact-in-loss weights position t by the prefix ratio prod_{s<t} w_s",
     )
     # --- task ---
-    max_operand: int = 49  # operands are integers in [0, max_operand]
-    format_reward: float = 0.0  # reward for a well-formed but wrong answer (digits then EOS)
+    max_operand: int = _setting(49, "prompts are 'a+b=' with a, b uniform integers in [0, max_operand]")
+    format_reward: float = _setting(0.0, "reward of a well-formed wrong answer (digits then EOS), in [0, 1)")
     # --- model ---
-    model: str | None = None  # None: a small Qwen2 trained from scratch by SFT; else a model name or local path
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 128
-    # --- SFT (the reference policy) ---
-    sft_steps: int = 300  # SFT optimiser steps (0: use the loaded model as the reference as is)
-    sft_batch_size: int = 64
-    sft_lr: float = 3e-3
-    sft_seed: int = 1234
-    # --- GRPO ---
-    steps: int = 20  # RL steps (one batch of prompts each)
-    prompts_per_step: int = 8
-    group_size: int = 8  # completions per prompt
-    max_new_tokens: int = 4
-    temperature: float = 1.0
-    lr: float = 1e-3
-    clip_eps: float = 0.2
-    clip_std: tuple[float, float] | None = None  # clamp the group std into (lo, hi)
-    normalize_std: bool = True  # divide advantages by the group std (False: Dr. GRPO)
-    aggregation: str = "sequence-mean"  # 'token-mean', 'sequence-mean' or 'sequence-sum'
-    updates_per_batch: int = 1  # >1: several (off-policy) updates on each batch
-    max_grad_norm: float = 1.0
-    logprob_chunk: int = 1024  # rows of [batch*time] per chunk when computing log-softmax
-    bf16: bool = True  # bf16 autocast on a GPU (ignored on the CPU)
-    device: str = "auto"  # 'auto', 'cpu' or 'cuda'
-    seed: int = 0
-    top_p: float = 1.0  # nucleus sampling: keep the most likely tokens up to probability top_p (1: off)
-    top_k: int = 0  # sample among the top_k most likely tokens (0: off)
-    logprob_dtype: str = "float32"  # the sampler's logits, log-softmax and scoring pass: 'float32' or 'bfloat16'
-    decode_mode: str = (
-        "auto"  # sampler decode step: 'auto' (CUDA graph on a GPU, eager on the CPU), 'eager', 'cuda-graph', 'compile'
+    model: str | None = _setting(
+        None,
+        "start from this local model directory (or a model name already in the Hugging Face cache; nothing is "
+        "downloaded); default: a small Qwen2 trained from scratch (the --hidden-size ... options)",
     )
-    ref_scoring: str = (
-        "batched"  # reference log-probs: one pass after sampling ('batched') or inside the decode loop ('in-loop')
+    hidden_size: int = _setting(64, "scratch model: hidden size")
+    num_layers: int = _setting(2, "scratch model: transformer layers")
+    num_heads: int = _setting(4, "scratch model: attention heads")
+    num_kv_heads: int = _setting(2, "scratch model: key/value heads")
+    intermediate_size: int = _setting(128, "scratch model: MLP width")
+    # --- SFT (the reference policy) ---
+    sft_steps: int = _setting(300, "SFT steps that make the reference policy (0: the loaded model is the reference)")
+    sft_batch_size: int = _setting(64, "SFT batch size")
+    sft_lr: float = _setting(3e-3, "SFT learning rate")
+    sft_seed: int = _setting(1234, "SFT seed (part of the cache key)")
+    # --- GRPO ---
+    steps: int = _setting(20, "GRPO steps (>= 1; with --resume: the total, beyond the checkpoint's step)")
+    prompts_per_step: int = _setting(8, "prompts per step")
+    group_size: int = _setting(8, "completions per prompt (>= 2)")
+    max_new_tokens: int = _setting(4, "completion budget in tokens")
+    temperature: float = _setting(1.0, "sampling temperature (log-probs use the same)")
+    lr: float = _setting(1e-3, "policy learning rate (AdamW)")
+    clip_eps: float = _setting(0.2, "PPO clip range epsilon")
+    clip_std: tuple[float, float] | None = _setting(
+        None, "clamp the group reward std into LO HI before dividing (two numbers; needs --normalize-std)"
+    )
+    normalize_std: bool = _setting(True, "divide advantages by the group std (--no-normalize-std: Dr. GRPO)")
+    aggregation: str = _setting("sequence-mean", "loss aggregation: %(choices)s", choices=_aggregations)
+    updates_per_batch: int = _setting(1, "gradient steps per sampled batch (>1 is off-policy after the first)")
+    max_grad_norm: float = _setting(1.0, "gradient-norm clipping threshold")
+    logprob_chunk: int = _setting(1024, "rows of [batch*time] per chunk in the log-softmax (lower it to save memory)")
+    bf16: bool = _setting(True, "bf16 autocast on a GPU (--no-bf16 to disable; ignored on the CPU)")
+    device: str = _setting("auto", "%(choices)s", choices=("auto", "cpu", "cuda"))
+    seed: int = _setting(0, "seed of the RL run (prompts, sampling)")
+    top_p: float = _setting(
+        1.0,
+        "nucleus sampling: keep the most likely tokens up to total probability TOP_P (1: off); old_logp is then "
+        "the truncated distribution's",
+    )
+    top_k: int = _setting(
+        0, "sample among the TOP_K most likely tokens (0: off); old_logp is then the truncated distribution's"
+    )
+    logprob_dtype: str = _setting(
+        "float32",
+        "precision of the sampler's logits, log-softmax and scoring pass: float32 or bfloat16 (bfloat16 "
+        "reproduces a sampler/trainer mismatch)",
+        choices=("float32", "bfloat16"),
+    )
+    decode_mode: str = _setting(
+        "auto",
+        "sampler decode step: auto (CUDA graph on a GPU, eager on the CPU), eager, cuda-graph or compile (falls "
+        "back to eager, with a warning, if capture fails)",
+        choices=("auto", "eager", "cuda-graph", "compile"),
+    )
+    ref_scoring: str = _setting(
+        "batched",
+        "reference log-probs: batched (one pass after sampling) or in-loop (inside the decode loop)",
+        choices=("batched", "in-loop"),
+    )
+    fast: bool = _setting(
+        True,
+        "the fast engine (kltutor.capstone.fast: static KV cache, CUDA graphs, the sampler's recorded products "
+        "reused by the first update, oneDNN products on the CPU) for Qwen2/Llama models; --no-fast runs "
+        "transformers' model.forward everywhere (slower; the same values up to float rounding)",
     )
     # --- files ---
-    run_dir: str | None = None  # where metrics.jsonl and checkpoints go (None: a temporary directory)
-    cache_dir: str | None = None  # where reference policies are cached (None: default_cache_dir())
-    checkpoint_every: int = 0  # save a checkpoint every N steps (0: never)
-    resume: bool = False  # continue from run_dir's checkpoint
-    overwrite: bool = False  # replace the run already in run_dir (its metrics, checkpoint and run.json)
-    allow_config_change: bool = False  # resume even if settings that change the run's meaning differ from run.json
-    progress: bool = True  # tqdm progress bar (TQDM_DISABLE=1 turns it off)
+    run_dir: str | None = _setting(
+        None,
+        "directory for run.json, metrics.jsonl and checkpoints (default: a new temporary directory); with "
+        "--sweep, the sweep's directory: one sub-directory per run, sweep.json and sweep.csv",
+    )
+    cache_dir: str | None = _setting(
+        None,
+        "directory of cached reference policies (default: $KLTUTOR_CACHE/capstone or ~/.cache/kltutor/capstone)",
+    )
+    checkpoint_every: int = _setting(0, "write a checkpoint every N steps (0: never)")
+    resume: bool = _setting(
+        False, "continue the run in --run-dir from its checkpoint; options left out take the values in its run.json"
+    )
+    overwrite: bool = _setting(
+        False, "replace the run (or sweep) already in --run-dir: its run.json, metrics.jsonl and checkpoint"
+    )
+    allow_config_change: bool = _setting(
+        False,
+        "with --resume: apply options that change what the run is (placement, beta, lr, ...; run.json records "
+        "them) instead of refusing",
+    )
+    progress: bool = _setting(True, "tqdm progress bars (--no-progress, or TQDM_DISABLE=1, turns them off)")
+
+    @property
+    def kl_placement(self):
+        """The parsed :attr:`placement` (:class:`kltutor.placements.Placement`): ``.where``, ``.exact``,
+        ``.is_none``, ``.levels``... instead of comparing names."""
+        from kltutor.placements import parse_placement
+
+        return parse_placement(self.placement)
 
     def validate(self) -> CapstoneConfig:
-        """Raise :class:`ConfigError` (a ``ValueError``) naming the first bad field; return ``self``."""
+        """Raise :class:`ConfigError` (a ``ValueError``) naming the first bad field; return ``self``.
+        Every number goes through :mod:`kltutor._validation`; every field with :func:`choices` is checked
+        against them."""
         from kltutor.schedules import SCHEDULES
 
         def bad(name: str, message: str):
@@ -168,15 +279,26 @@ class CapstoneConfig:
 
         _check_types(self)
         _check_ranges(self)
-        if self.placement not in CAPSTONE_PLACEMENTS:
+
+        def check(name: str, rule, *args) -> None:
+            try:
+                rule(name, getattr(self, name), *args)
+            except ValueError as e:
+                raise bad(name, str(e)) from None
+
+        def check_choice(name: str) -> None:
+            allowed = choices(name)
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+
+        if self.placement not in _capstone_placements():
             raise bad(
-                "placement", f"unknown KL placement {self.placement!r}; choose one of {list(CAPSTONE_PLACEMENTS)}"
+                "placement", f"unknown KL placement {self.placement!r}; choose one of {list(_capstone_placements())}"
             )
-        if not _real(self.beta) or self.beta < 0:
-            raise bad("beta", f"beta must be a finite number >= 0, got {self.beta!r}")
-        if self.kl_level not in ("token", "sequence"):
-            raise bad("kl_level", f"kl_level must be 'token' or 'sequence', got {self.kl_level!r}")
-        if self.kl_level == "sequence" and self.placement in ("k1-in-reward", "k3-in-reward", "exact-in-loss", "none"):
+        kl = self.kl_placement
+        check("beta", _nonnegative)
+        check_choice("kl_level")
+        if self.kl_level not in kl.levels:
             raise bad(
                 "kl_level", f"kl_level='sequence' applies to the k*-in-loss placements, not to {self.placement!r}"
             )
@@ -184,17 +306,13 @@ class CapstoneConfig:
             raise bad(
                 "importance_weighted_kl", "importance_weighted_kl is implemented at token level only (kl_level='token')"
             )
-        if self.importance_weighted_kl and not self.placement.endswith("-in-loss"):
+        if self.importance_weighted_kl and not kl.in_loss:
             raise bad(
                 "importance_weighted_kl",
                 f"importance_weighted_kl weights an in-loss KL term; placement "
                 f"{self.placement!r} has none (drop the option or use a *-in-loss placement)",
             )
-        if self.aggregation not in ("token-mean", "sequence-mean", "sequence-sum"):
-            raise bad(
-                "aggregation",
-                f"aggregation must be 'token-mean', 'sequence-mean' or 'sequence-sum', got {self.aggregation!r}",
-            )
+        check_choice("aggregation")
         positive_ints = (
             "max_operand",
             "hidden_size",
@@ -209,13 +327,9 @@ class CapstoneConfig:
             "logprob_chunk",
         )
         for name in positive_ints:
-            v = getattr(self, name)
-            if not _int(v) or v < 1:
-                raise bad(name, f"{name} must be a positive integer, got {v!r}")
+            check(name, positive_integer)
         for name in ("steps", "sft_steps", "checkpoint_every", "seed", "sft_seed"):
-            v = getattr(self, name)
-            if not _int(v) or v < 0:
-                raise bad(name, f"{name} must be an integer >= 0, got {v!r}")
+            check(name, integer)
         if self.steps == 0:
             raise bad(
                 "steps",
@@ -230,11 +344,8 @@ class CapstoneConfig:
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise bad("hidden_size", "hidden_size must be divisible by num_heads, and num_heads by num_kv_heads")
         for name in ("temperature", "lr", "sft_lr", "clip_eps", "max_grad_norm"):
-            v = getattr(self, name)
-            if not _real(v) or v <= 0:
-                raise bad(name, f"{name} must be a finite number > 0, got {v!r}")
-        if not _real(self.format_reward) or not (0.0 <= self.format_reward < 1.0):
-            raise bad("format_reward", f"format_reward must be in [0, 1), got {self.format_reward}")
+            check(name, _positive)
+        check("format_reward", number_in, "[0, 1)")
         if self.clip_std is not None:
             if (
                 not isinstance(self.clip_std, (tuple, list))
@@ -249,8 +360,7 @@ class CapstoneConfig:
                     "clip_std clamps the std that normalize_std divides by; with normalize_std=False "
                     "(Dr. GRPO) nothing is divided: drop clip_std or normalize",
                 )
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise bad("device", f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        check_choice("device")
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
             raise bad("model", f"model must be a model name or a local directory, got {self.model!r}")
         if self.resume and self.run_dir is None:
@@ -264,17 +374,10 @@ class CapstoneConfig:
         if self.allow_config_change and not self.resume:
             raise bad("allow_config_change", "allow_config_change applies to resume only")
         self._validate_schedule(SCHEDULES)
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise bad("top_p", f"top_p must be in (0, 1] (1: off), got {self.top_p!r}")
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
-            raise bad("top_k", f"top_k must be an integer >= 0 (0: off), got {self.top_k!r}")
-        for name, allowed in (
-            ("logprob_dtype", ("float32", "bfloat16")),
-            ("decode_mode", ("auto", "eager", "cuda-graph", "compile")),
-            ("ref_scoring", ("batched", "in-loop")),
-        ):
-            if getattr(self, name) not in allowed:
-                raise bad(name, f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        check("top_p", number_in, "(0, 1]", " (1: off)")
+        check("top_k", integer, 0, " (0: off)")
+        for name in ("logprob_dtype", "decode_mode", "ref_scoring"):
+            check_choice(name)
         return self
 
     def _validate_schedule(self, schedules: dict) -> None:
@@ -283,7 +386,7 @@ class CapstoneConfig:
                 f"unknown kl_schedule {self.kl_schedule!r}; choose one of {sorted(schedules)}", "kl_schedule"
             )
         uses = schedules[self.kl_schedule].uses
-        if self.placement == "none" and self.kl_schedule != "fixed":
+        if self.kl_placement.is_none and self.kl_schedule != "fixed":
             raise ConfigError(
                 f"placement 'none' has no KL term, so kl_schedule={self.kl_schedule!r} would steer "
                 "nothing; use kl_schedule='fixed'",
@@ -300,11 +403,13 @@ class CapstoneConfig:
                     f"{self.kl_schedule!r} would ignore it (drop it or change kl_schedule)",
                     name,
                 )
-            if name == "kl_horizon":
-                if not _int(v) or v < 1:
-                    raise ConfigError(f"kl_horizon must be an integer >= 1 (samples), got {v!r}", name)
-            elif not _real(v) or v <= 0:
-                raise ConfigError(f"{name} must be a finite number > 0, got {v!r}", name)
+            try:
+                if name == "kl_horizon":
+                    integer(name, v, 1, " (samples)")
+                else:
+                    _positive(name, v)
+            except ValueError as e:
+                raise ConfigError(str(e), name) from None
         if "end" in uses and self.beta_end is None:
             raise ConfigError(
                 f"kl_schedule={self.kl_schedule!r} anneals beta from beta to beta_end: set beta_end", "beta_end"
@@ -405,6 +510,14 @@ def _check_ranges(cfg: CapstoneConfig) -> None:
 
 def _real(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive(name: str, value) -> float:
+    return positive_number(name, value, strict=True)
+
+
+def _nonnegative(name: str, value) -> float:
+    return nonnegative_number(name, value, strict=True)
 
 
 def _int(v) -> bool:

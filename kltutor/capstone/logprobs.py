@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from kltutor.capstone import decoder
+from kltutor.capstone.fast import decoder
 
 __all__ = [
     "chunk_stats",
@@ -136,15 +136,22 @@ def hidden_states(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
 
 
 def completion_hidden(
-    model, input_ids: Tensor, attention_mask: Tensor, n_prompt: int, prompt_index=None, activations=None
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    n_prompt: int,
+    prompt_index=None,
+    activations=None,
+    fast: bool = True,
 ) -> Tensor:
     """The last hidden states ``[batch, T, d]`` that predict the completion tokens ``input_ids[:, n_prompt:]``:
-    :func:`kltutor.capstone.decoder.completion_hidden` (each distinct prompt run once; ``prompt_index``
-    from :func:`kltutor.capstone.decoder.prompt_index` if already known; ``activations``: the sampler's
-    recording of this batch, :class:`kltutor.capstone.decoder.Activations`, used only while
-    :meth:`~kltutor.capstone.decoder.Activations.usable`) for the models it supports, else
-    ``hidden_states(...)[:, n_prompt - 1:-1]``. The same values either way, up to rounding."""
-    if decoder.support(model) is None:
+    ``hidden_states(...)[:, n_prompt - 1:-1]``, or with ``fast`` (:mod:`kltutor.capstone.fast`), for the
+    models it supports, :func:`kltutor.capstone.fast.decoder.completion_hidden` (each distinct prompt run
+    once; ``prompt_index`` from :func:`kltutor.capstone.fast.decoder.prompt_index` if already known;
+    ``activations``: the sampler's recording of this batch, :class:`kltutor.capstone.fast.decoder.Activations`,
+    used only while :meth:`~kltutor.capstone.fast.decoder.Activations.usable`). The same values either way,
+    up to rounding."""
+    if fast and decoder.support(model) is None:
         return decoder.completion_hidden(
             model, input_ids, attention_mask, n_prompt, index=prompt_index, known=activations
         )
@@ -163,6 +170,7 @@ def sequence_stats(
     dtype: torch.dtype = torch.float32,
     prompt_index=None,
     activations=None,
+    fast: bool = True,
 ) -> dict[str, Tensor]:
     """Statistics of the completion tokens ``input_ids[:, n_prompt:]`` (``[batch, time]`` each).
 
@@ -172,9 +180,10 @@ def sequence_stats(
     replaces the reference's forward pass when given; ``ref_model`` still supplies its output layer.
     ``activations`` (:attr:`kltutor.capstone.sampler.SampleBatch.activations`): the policy's matrix
     products recorded while sampling this batch; while the parameters are unchanged since (the first
-    update) the forward takes them instead of recomputing them.
+    update) the forward takes them instead of recomputing them. ``fast=False``: ``model.forward`` for both
+    models (:mod:`kltutor.capstone.fast`).
     """
-    h = completion_hidden(model, input_ids, attention_mask, n_prompt, prompt_index, activations)
+    h = completion_hidden(model, input_ids, attention_mask, n_prompt, prompt_index, activations, fast)
     targets = input_ids[:, n_prompt:]
     rh = rw = None
     if ref_model is not None:
@@ -182,7 +191,7 @@ def sequence_stats(
             rh = (
                 ref_hidden
                 if ref_hidden is not None
-                else completion_hidden(ref_model, input_ids, attention_mask, n_prompt, prompt_index)
+                else completion_hidden(ref_model, input_ids, attention_mask, n_prompt, prompt_index, fast=fast)
             )
             rw = ref_model.get_output_embeddings().weight
     return chunked_token_stats(h, model.get_output_embeddings().weight, targets, rh, rw, chunk, temperature, dtype)

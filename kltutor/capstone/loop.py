@@ -3,10 +3,9 @@
 One step, in the book's notation (the capstone chapter shows each line's source):
 
 1. draw ``prompts_per_step`` prompts ``x`` and sample a group of ``group_size`` completions ``y ~ pi_old``
-   for each (left-padded prompts, ``temperature``, stop at EOS or ``max_new_tokens``);
-2. reward each completion exactly (:class:`~kltutor.capstone.task.AdditionTask`);
-   with the capstone's own :class:`~kltutor.capstone.sampler.Sampler`, which returns ``old_logp``, the
-   log-probs of the sampled tokens read off the logits they were drawn from;
+   for each (left-padded prompts, ``temperature``, stop at EOS or ``max_new_tokens``) with the capstone's
+   own :class:`~kltutor.capstone.sampler.Sampler`, which returns ``old_logp``, the log-probs of the
+   sampled tokens read off the logits they were drawn from;
 2. reward each completion exactly (:class:`~kltutor.capstone.task.AdditionTask`);
 3. score the reference on the sampled sequences (``ref_logp``), with the policy's entropy and the exact
    per-token KL on the sampled prefixes from the hidden states kept by the sampler (the measurements;
@@ -37,9 +36,10 @@ from kltutor.capstone import rundir
 from kltutor.capstone.config import CapstoneConfig, CapstoneOutOfMemoryError, CapstoneUserError
 from kltutor.capstone.interrupts import Interrupts, RunInterrupted, signal_name
 from kltutor.capstone.logprobs import sequence_stats
-from kltutor.capstone.loss import measure, step_loss
+from kltutor.capstone.loss import loss_settings, measure, step_loss
 from kltutor.capstone.sampler import Sampler, completion_mask_from_ids, generate_completions
 from kltutor.capstone.task import AdditionTask
+from kltutor.estimators import deferred_finiteness_checks
 
 if TYPE_CHECKING:
     from kltutor.capstone.sft import ReferenceInfo
@@ -340,6 +340,7 @@ def make_sampler(
         autocast=amp,
         decode_mode=cfg.decode_mode,
         ref_scoring=cfg.ref_scoring,
+        fast=cfg.fast,
         max_prompt_len=longest,
         logprob_chunk=cfg.logprob_chunk,
     )
@@ -367,8 +368,10 @@ class _Phases:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
 
 
+@deferred_finiteness_checks()
 def _step(ctx: StepContext, step: int) -> StepRow:
-    """One GRPO step (sample, reward, score, ``updates_per_batch`` updates, measure); returns its metrics row."""
+    """One GRPO step (sample, reward, score, ``updates_per_batch`` updates, measure); returns its metrics row.
+    On a GPU the estimators check the log-probabilities' finiteness once, at the end of the step."""
     cfg, device, policy = ctx.cfg, ctx.device, ctx.policy
     phase = _Phases(ctx.timings, device)
     t0 = time.perf_counter()
@@ -387,7 +390,7 @@ def _step(ctx: StepContext, step: int) -> StepRow:
     ids, attn, n_prompt = batch.input_ids, batch.attention_mask, batch.n_prompt
     mask = batch.completion_mask.float()
     old = {"logp": batch.logp, "ref_logp": scores.ref_logp}  # sampling-time: the in-reward penalty is frozen on these
-    exact = cfg.placement == "exact-in-loss"
+    exact = cfg.kl_placement.exact
     use_amp = device.type == "cuda" and cfg.bf16
     beta = float(ctx.schedule.beta)
     clip_fracs, grad_norms, losses, kl_terms = [], [], [], []
@@ -405,8 +408,9 @@ def _step(ctx: StepContext, step: int) -> StepRow:
                 ref_hidden=scores.ref_hidden if exact else None,
                 prompt_index=batch.prompt_index,
                 activations=batch.activations if u == 0 else None,
+                fast=cfg.fast,
             )
-            loss, kl_term, clip_frac = step_loss(cfg, st, old, mask, rewards, beta)
+            loss, kl_term, clip_frac = step_loss(st, old, mask, rewards, beta=beta, **loss_settings(cfg))
         with phase("backward"):
             ctx.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -416,7 +420,7 @@ def _step(ctx: StepContext, step: int) -> StepRow:
         clip_fracs.append(torch.as_tensor(clip_frac, dtype=torch.float32, device=device))
         losses.append(loss.detach().float())
         kl_terms.append(torch.as_tensor(kl_term, dtype=torch.float32, device=device))
-    # one host synchronisation for every update's numbers
+    # one host synchronisation for every update's numbers (and one, at the end, for the finiteness checks)
     per_update = torch.stack([torch.stack(v).float() for v in (losses, clip_fracs, grad_norms, kl_terms)]).tolist()
     for u, value in enumerate(per_update[0]):
         if not math.isfinite(value):

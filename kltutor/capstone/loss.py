@@ -12,9 +12,9 @@ import torch
 from kltutor.capstone.config import CapstoneConfig
 from kltutor.estimators import k3
 from kltutor.grpo import group_advantages, grpo_loss
-from kltutor.placements import aggregate, clipped_surrogate
+from kltutor.placements import Placement, aggregate, clipped_surrogate, parse_placement
 
-__all__ = ["step_loss", "measure", "MEASURED"]
+__all__ = ["step_loss", "loss_settings", "LOSS_SETTINGS", "measure", "MEASURED"]
 
 #: The columns :func:`measure` fills, in order.
 MEASURED = (
@@ -30,11 +30,46 @@ MEASURED = (
 )
 
 
-def step_loss(cfg: CapstoneConfig, st: dict, old: dict, mask, rewards, beta: float):
+#: The config fields that set the loss (:func:`loss_settings`); beta is not one of them: the loop
+#: passes the beta of the current step, which a schedule moves away from the config's starting value.
+LOSS_SETTINGS = (
+    "placement",
+    "group_size",
+    "clip_eps",
+    "clip_std",
+    "normalize_std",
+    "aggregation",
+    "kl_level",
+    "importance_weighted_kl",
+)
+
+
+def loss_settings(cfg: CapstoneConfig) -> dict:
+    """The keyword arguments of :func:`step_loss` that a run's config fixes (every one but ``beta``)."""
+    return {name: getattr(cfg, name) for name in LOSS_SETTINGS}
+
+
+def step_loss(
+    st: dict,
+    old: dict,
+    mask,
+    rewards,
+    *,
+    beta: float,
+    placement: str | Placement,
+    group_size: int,
+    clip_eps: float = 0.2,
+    clip_std: tuple[float, float] | None = None,
+    normalize_std: bool = True,
+    aggregation: str = "sequence-mean",
+    kl_level: str = "token",
+    importance_weighted_kl: bool = False,
+):
     """The loss of one update: kltutor.grpo.grpo_loss, or surrogate + beta * exact KL for exact-in-loss.
 
     ``st`` holds the current policy's ``logp`` (and ``kl``, the exact per-token KL, for exact-in-loss),
     ``old`` the sampling-time ``logp`` and ``ref_logp`` (the in-reward penalty is frozen on these).
+    ``beta`` is this step's coefficient; the other settings are a run's (:func:`loss_settings`).
     Returns ``(loss, kl_term, clip_fraction)``; ``kl_term`` is detached.
 
     ``importance_weighted_kl`` with ``exact-in-loss`` weights the exact KL at position t by the prefix
@@ -44,31 +79,32 @@ def step_loss(cfg: CapstoneConfig, st: dict, old: dict, mask, rewards, beta: flo
     is the expected gradient (the prefix weight of ``ch-placements``; tests/test_capstone_loss.py checks it
     exactly). For k*-in-loss, kltutor.grpo.grpo_loss uses the per-token ratio (``ch-placements``).
     """
-    if cfg.placement != "exact-in-loss":
+    p = parse_placement(placement)
+    if not p.exact:
         out = grpo_loss(
             st["logp"],
             old["logp"],
             old["ref_logp"],
             mask,
             rewards,
-            cfg.group_size,
-            placement=cfg.placement,
+            group_size,
+            placement=p,
             beta=beta,
-            clip_eps=cfg.clip_eps,
-            clip_std=cfg.clip_std,
-            normalize_std=cfg.normalize_std,
-            aggregation=cfg.aggregation,
-            kl_level=cfg.kl_level,
-            importance_weighted_kl=cfg.importance_weighted_kl,
+            clip_eps=clip_eps,
+            clip_std=clip_std,
+            normalize_std=normalize_std,
+            aggregation=aggregation,
+            kl_level=kl_level,
+            importance_weighted_kl=importance_weighted_kl,
         )
         return out.loss, out.kl_term, out.clip_fraction
-    adv = group_advantages(rewards, cfg.group_size, normalize_std=cfg.normalize_std, clip_std=cfg.clip_std)
-    policy_loss, stats = clipped_surrogate(st["logp"], old["logp"], adv, mask, cfg.clip_eps, cfg.aggregation)
+    adv = group_advantages(rewards, group_size, normalize_std=normalize_std, clip_std=clip_std)
+    policy_loss, stats = clipped_surrogate(st["logp"], old["logp"], adv, mask, clip_eps, aggregation)
     kl_t = st["kl"]
-    if cfg.importance_weighted_kl:
+    if importance_weighted_kl:
         log_w = (st["logp"] - old["logp"].detach()) * (mask != 0).to(st["logp"].dtype)
         kl_t = torch.exp(torch.cumsum(log_w, -1) - log_w) * kl_t  # prod_{s<t} w_s: the prefix before t
-    kl_term = aggregate(kl_t, mask, cfg.aggregation)
+    kl_term = aggregate(kl_t, mask, aggregation)
     return policy_loss + beta * kl_term, kl_term.detach(), stats["clip_fraction"]
 
 

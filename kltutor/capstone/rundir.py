@@ -96,6 +96,7 @@ FREE_ON_RESUME = frozenset(
         "logprob_chunk",
         "decode_mode",
         "ref_scoring",
+        "fast",
         "checkpoint_every",
         "progress",
         "run_dir",
@@ -664,7 +665,7 @@ def _write_checkpoint(ckpt: Path, policy, opt, schedule, task_gen, step: int, me
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     policy.save_pretrained(tmp / "policy", safe_serialization=True)
-    sched_state = {k: v for k, v in vars(schedule).items() if isinstance(v, (int, float, bool, str, type(None)))}
+    sched_state = schedule.state_dict()
     torch.save({"optimizer": opt.state_dict(), "rng": _rng_state(task_gen), "step": step}, tmp / "state.pt")
     (tmp / "schedule.json").write_text(json.dumps(sched_state))
     (tmp / "metrics.json").write_text(json.dumps(metrics))
@@ -732,6 +733,9 @@ def read_checkpoint_metrics(ckpt: Path) -> list[dict]:
 
 
 def restore_schedule(schedule, state: dict) -> None:
-    """Put the scalar state saved by :func:`save_checkpoint` back into a freshly built schedule."""
-    for k, v in state.items():
-        setattr(schedule, k, v)
+    """Put the state saved by :func:`save_checkpoint` (``schedule.state_dict()``) back into a freshly built
+    schedule (:meth:`kltutor.schedules.BetaSchedule.load_state_dict`)."""
+    try:
+        schedule.load_state_dict(state)
+    except (TypeError, ValueError) as e:
+        raise CapstoneUserError(f"the checkpoint's schedule.json does not fit the run's beta schedule: {e}") from None

@@ -1,5 +1,5 @@
 """The capstone's sampler: a static KV cache, batched decoding with per-row EOS, and the log-probs of
-the sampled tokens returned from the logits they were drawn from (chapter 9).
+the sampled tokens returned from the logits they were drawn from (``ch-capstone``).
 
 One call of :meth:`Sampler.sample` left-pads the prompts, runs the prompt through the model once
 (prefill), then draws one token per row per decode step until every row has emitted EOS or the
@@ -41,9 +41,10 @@ policy's last hidden states are kept from decoding, so the policy is never run a
 sampler also keeps the output of every matrix product of the policy (``keep_activations``): the first
 update after sampling runs at the same parameters and takes its forward products from them.
 
-The static decoder drives the layers of a ``transformers`` Qwen2 or Llama model (``Qwen2ForCausalLM``,
-``LlamaForCausalLM``) with their own weights; any other causal LM falls back to a plain
-``transformers`` forward per step with a dynamic cache (slower, same outputs and semantics).
+The static decoder (:mod:`kltutor.capstone.fast`) drives the layers of a ``transformers`` Qwen2 or Llama
+model (``Qwen2ForCausalLM``, ``LlamaForCausalLM``) with their own weights; any other causal LM, and every
+model with ``fast=False``, uses a plain ``transformers`` forward per step with a dynamic cache (slower,
+same outputs and semantics).
 """
 
 from __future__ import annotations
@@ -51,14 +52,14 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from kltutor.capstone import decoder
+from kltutor._validation import integer, number_in, positive_integer, positive_number
+from kltutor.capstone.config import choices
+from kltutor.capstone.fast import decoder, static
 from kltutor.capstone.logprobs import chunked_token_stats, completion_hidden
 
 __all__ = [
@@ -75,10 +76,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DECODE_MODES = ("auto", "eager", "cuda-graph", "compile")
+# the allowed values are the config's (declared once, with their help: kltutor.capstone.config)
+DECODE_MODES = choices("decode_mode")
 RECORD_BUDGET = 1 << 30  # bytes: keep_activations=None records a batch's products only up to this size
-REF_SCORING = ("batched", "in-loop")
-LOGPROB_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+REF_SCORING = choices("ref_scoring")
+LOGPROB_DTYPES = {name: getattr(torch, name) for name in choices("logprob_dtype")}
 
 
 def completion_mask_from_ids(completion_ids: Tensor, eos_token_id: int) -> Tensor:
@@ -105,143 +107,6 @@ def filter_logits(z: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
         remove = remove_sorted.scatter(-1, idx, remove_sorted)
         z = z.masked_fill(remove, float("-inf"))
     return z
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The static KV cache, driven by kltutor.capstone.decoder
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class _Cache:
-    """The KV cache of one model: ``batch`` rows x ``length`` slots per layer, its attention mask, and its
-    forward. ``record``: keep the outputs of the matrix products (:class:`~kltutor.capstone.decoder.Activations`)
-    in buffers of ``T`` completion columns and ``length - T`` prompt positions."""
-
-    def __init__(self, w: decoder.Weights, batch: int, length: int, device, record_T: int = 0):
-        self.w, self.B, self.S = w, batch, length
-        dtype = w.mm_dtype or w.head.dtype
-        shape = (batch, w.n_kv, length, w.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in w.layers]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in w.layers]
-        self.cos, self.sin = decoder.rope_table(w, length, device)
-        self.n_rep = w.n_heads // w.n_kv
-        # which slots each row may attend to: boolean [B, 1, 1, S] for SDPA, or the additive bias of the
-        # CPU's batched products [B*KV, 1, S] (decoder.attn_mask)
-        self.bmm = decoder._bmm_attention(dtype, device)
-        self.valid = torch.zeros(batch, 1, 1, length, dtype=torch.bool, device=device)
-        self.bias = torch.zeros(batch * w.n_kv, 1, length, dtype=dtype, device=device) if self.bmm else None
-        # decoder.decode_layer: the CPU's float32 decode step in fewer operations
-        self.fast = self.bmm and dtype == w.embed.dtype
-        self.record = None
-        if record_T:  # ordinary tensors (not inference tensors): the training forward's autograd graph reads them
-            with torch.inference_mode(False):
-                P = length - record_T
-                D, Fqkv, Fgu = w.hidden, (w.n_heads + 2 * w.n_kv) * w.head_dim, 2 * w.intermediate
-                sizes = {"qkv": Fqkv, "o": D, "gu": Fgu, "s": Fgu // 2, "a": Fgu // 2, "down": D}
-                self.record = {
-                    "prompt": [
-                        {k: torch.zeros(batch, P, f, dtype=dtype, device=device) for k, f in sizes.items()}
-                        for _ in w.layers
-                    ],
-                    "comp": [
-                        {k: torch.zeros(record_T, batch, f, dtype=dtype, device=device) for k, f in sizes.items()}
-                        for _ in w.layers
-                    ],
-                }
-                # per layer and column, the [B, F] rows an eager decode step writes its products into
-                self.record["views"] = [
-                    [{k: b[t] for k, b in layer.items()} for t in range(record_T)] for layer in self.record["comp"]
-                ]
-
-    def _mask(self):
-        return self.bias if self.bmm else self.valid
-
-    def open_slot(self, wpos: Tensor) -> None:
-        """Slot ``wpos`` (``[1]``) now holds a key and value in every row."""
-        if self.bmm:
-            self.bias.index_fill_(2, wpos, 0.0)
-        else:
-            self.valid.index_fill_(3, wpos, True)
-
-    def prefill(self, uids: Tensor, umask: Tensor, index: Tensor, attention_mask: Tensor) -> Tensor:
-        """Run the distinct prompts ``uids`` ``[U, P]`` once, copy their keys and values into slots
-        ``[0, P)`` of every row that shares them (``index`` ``[B]``); return each row's last hidden ``[B, D]``."""
-        w = self.w
-        U, P = uids.shape
-        allowed = attention_mask.bool()
-        self.valid.zero_()
-        self.valid[:, 0, 0, :P] = allowed
-        if self.bmm:
-            B, KV = self.B, w.n_kv
-            self.bias.view(B, KV, self.S).copy_(torch.where(self.valid[:, 0], 0.0, float("-inf")).expand(B, KV, self.S))
-        dtype = self.k[0].dtype
-        mask = decoder.attn_mask(decoder.prompt_allowed(umask), w.n_kv, self.n_rep, dtype)
-        pos = (umask.cumsum(-1) - 1).clamp_min(0)
-        cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]
-        x = F.embedding(uids, w.embed, w.padding_idx)
-        for li, (lw, kc, vc) in enumerate(zip(w.layers, self.k, self.v)):
-
-            def attend(q, k, v, scale, kc=kc, vc=vc):
-                k, v = k.transpose(1, 2).to(dtype).contiguous(), v.transpose(1, 2).to(dtype).contiguous()
-                kc[:, :, :P] = k[index]
-                vc[:, :, :P] = v[index]
-                return decoder.attention(q, k, v, mask, scale)
-
-            rec = None
-            if self.record is not None:
-                bufs = self.record["prompt"][li]
-
-                def rec(name, value, bufs=bufs):
-                    bufs[name][:U, :P] = value
-
-            x = decoder.layer(w, lw, x, cos, sin, attend, rec)
-        return decoder.final_norm(w, x[:, -1])[index]
-
-    def step(self, ids: Tensor, pos: Tensor, wpos: Tensor, t: Tensor, t_int: int | None = None) -> Tensor:
-        """One token per row (``ids``, rotary positions ``pos``, ``[B]``) written to slot ``wpos`` ``[1]``
-        (already opened: :meth:`open_slot`); ``t`` ``[1]``: the completion column it feeds (for the
-        recording; ``t_int``: the same as a number, when not captured in a graph: the products are then
-        written straight into the recording). Returns the final hidden states ``[B, D]``."""
-        w = self.w
-        B = ids.shape[0]
-        record = self.record
-        if self.fast and (record is None or t_int is not None):
-            cos, sin = self.cos[pos].view(B, 1, -1), self.sin[pos].view(B, 1, -1)
-            x = F.embedding(ids, w.embed, w.padding_idx)
-            for li, (lw, kc, vc) in enumerate(zip(w.layers, self.k, self.v)):
-                dest = None if record is None else record["views"][li][t_int]
-                x = decoder.decode_layer(w, lw, x, cos, sin, kc, vc, self.bias, wpos, dest)
-            return decoder.final_norm(w, x)
-        mask = self._mask()
-        cos, sin = self.cos[pos].view(B, 1, 1, -1), self.sin[pos].view(B, 1, 1, -1)
-        x = F.embedding(ids, w.embed, w.padding_idx).view(B, 1, -1)
-        for li, (lw, kc, vc) in enumerate(zip(w.layers, self.k, self.v)):
-
-            def attend(q, k, v, scale, kc=kc, vc=vc):
-                kc.index_copy_(2, wpos, k.transpose(1, 2).to(kc.dtype))
-                vc.index_copy_(2, wpos, v.transpose(1, 2).to(vc.dtype))
-                return decoder.attention(q, kc, vc, mask, scale)
-
-            rec = dest = None
-            if record is not None:
-                bufs = record["comp"][li]
-                if t_int is not None:
-                    dest = {k: b[t_int] for k, b in bufs.items()}
-                else:
-
-                    def rec(name, value, bufs=bufs):
-                        bufs[name].index_copy_(0, t, value.view(1, B, -1))
-
-            x = decoder.layer(w, lw, x, cos, sin, attend, rec, dest=dest)
-        return decoder.final_norm(w, x[:, 0])
-
-    def activations(self, model, U: int, P: int, n: int, owner: dict) -> decoder.Activations | None:
-        """The recording of the last call (``U`` distinct prompts of ``P`` positions, ``n`` completion tokens)."""
-        if self.record is None:
-            return None
-        prompt = [{k: b[:U, :P] for k, b in layer.items()} for layer in self.record["prompt"]]
-        comp = [{k: b[1:n] for k, b in layer.items()} for layer in self.record["comp"]]
-        return decoder.Activations(model, prompt, comp, owner, owner["generation"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -323,9 +188,11 @@ class Sampler:
     capture falls back to eager with a logged warning (:attr:`decode_mode_used` says what ran).
     ``max_prompt_len``: the longest prompt expected (tokens), to size the cache once; a longer one
     resizes it (and recaptures). ``keep_activations``: record the policy's matrix products while
-    decoding (:attr:`SampleBatch.activations`, :class:`kltutor.capstone.decoder.Activations`), so that
+    decoding (:attr:`SampleBatch.activations`, :class:`kltutor.capstone.fast.decoder.Activations`), so that
     the first update after sampling need not recompute them; ``None`` (default): on the CPU without
-    autocast, for batches whose recording fits in :data:`RECORD_BUDGET` bytes.
+    autocast, for batches whose recording fits in :data:`RECORD_BUDGET` bytes. ``fast=False``: none of
+    :mod:`kltutor.capstone.fast` (no static cache, no graph, no recording): the model's own forward
+    with its dynamic cache at every step, the readable path (same values up to rounding).
     """
 
     def __init__(
@@ -348,15 +215,12 @@ class Sampler:
         logprob_chunk: int = 1024,
         check_every: int | None = None,
         keep_activations: bool | None = None,
+        fast: bool = True,
     ):
-        if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        if not (0.0 < top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-        if not (isinstance(top_k, int) and top_k >= 0):
-            raise ValueError(f"top_k must be an integer >= 0 (0: off), got {top_k!r}")
+        positive_integer("max_new_tokens", max_new_tokens)
+        positive_number("temperature", temperature, strict=True)
+        number_in("top_p", top_p, "(0, 1]")
+        integer("top_k", top_k, 0, " (0: off)")
         if not (isinstance(min_new_tokens, int) and 0 <= min_new_tokens <= max_new_tokens):
             raise ValueError(f"min_new_tokens must be an integer in [0, max_new_tokens], got {min_new_tokens!r}")
         if logprob_dtype not in LOGPROB_DTYPES:
@@ -386,13 +250,17 @@ class Sampler:
             decode_mode = "eager"
         self.decode_mode = decode_mode
         self.decode_mode_used = decode_mode
-        reason = decoder.support(model)
+        self.fast = bool(fast)
+        reason = decoder.support(model) if fast else "fast=False"
         if reason is None and ref_model is not None and ref_scoring == "in-loop":
             reason = decoder.support(ref_model)
         self.static = reason is None
         self.fallback_reason = reason
         if not self.static:
-            logger.warning("static decoder unavailable (%s): sampling with the model's own forward per step", reason)
+            if fast:
+                logger.warning(
+                    "static decoder unavailable (%s): sampling with the model's own forward per step", reason
+                )
             self.decode_mode_used = "eager"
         self._pw = decoder.Weights(model, self.compute_dtype) if self.static else None
         self._rw = (
@@ -490,10 +358,10 @@ class Sampler:
                     self._rw_batched.sync()
                     rh = decoder.completion_hidden(self.ref_model, ids, attn, P, self._rw_batched, batch.prompt_index)
                 else:
-                    rh = completion_hidden(self.ref_model, ids, attn, P, batch.prompt_index)
+                    rh = completion_hidden(self.ref_model, ids, attn, P, batch.prompt_index, fast=self.fast)
             ph = batch.policy_hidden
             if ph is None:
-                ph = completion_hidden(self.model, ids, attn, P, batch.prompt_index)
+                ph = completion_hidden(self.model, ids, attn, P, batch.prompt_index, fast=self.fast)
         st = chunked_token_stats(
             ph,
             self.model.get_output_embeddings().weight.detach(),
@@ -574,8 +442,8 @@ class Sampler:
             "B": B,
             "S": S,
             "greedy": greedy,
-            "pol": _Cache(self._pw, B, S, dev, record_T=T if record else 0),
-            "ref": _Cache(self._rw, B, S, dev) if self._rw is not None else None,
+            "pol": static.StaticCache(self._pw, B, S, dev, record_T=T if record else 0),
+            "ref": static.StaticCache(self._rw, B, S, dev) if self._rw is not None else None,
             "generation": 0,  # sampling calls on these buffers (an Activations of an older call is stale)
             "t_int": None,  # the decode step's column as a number (eager decoding only; None while capturing)
             "cur": torch.full((B,), self.pad, dtype=torch.long, device=dev),
@@ -609,31 +477,10 @@ class Sampler:
         st["t"].add_(1)
 
     def _capture(self, st: dict, greedy: bool):
-        """A CUDA graph of one decode step (compiled first for ``"compile"``); ``None`` (and a warning) if it fails."""
-        step = self._decode_step
+        """A CUDA graph of one decode step (:func:`kltutor.capstone.fast.static.capture_graph`); ``None`` (and a
+        warning) if it fails."""
         try:
-            if self.decode_mode == "compile":
-                step = torch.compile(self._decode_step, fullgraph=False, dynamic=False)
-
-            def reset():  # warm-up steps write into the state; keep their indices in range (prefill resets it all)
-                for k in ("t", "wpos", "pos"):
-                    st[k].zero_()
-                st["done"].zero_()
-                st["t_int"] = None  # the captured step indexes with tensors only
-
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(3):  # warm-up (and compilation) outside the capture
-                    reset()
-                    step(st, greedy)
-            torch.cuda.current_stream().wait_stream(stream)
-            reset()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                step(st, greedy)
-            torch.cuda.synchronize()
-            return graph
+            return static.capture_graph(self._decode_step, st, greedy, compile=self.decode_mode == "compile")
         except Exception as e:
             logger.warning("decode_mode=%r failed (%s: %s); decoding eagerly", self.decode_mode, type(e).__name__, e)
             self.decode_mode_used = "eager"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from pathlib import Path
 
-from kltutor.capstone.config import CAPSTONE_PLACEMENTS, CapstoneConfig, CapstoneUserError, ConfigError, flag
+from kltutor._validation import integer, nonnegative_number
+from kltutor.capstone.config import CapstoneConfig, CapstoneUserError, ConfigError, flag
+from kltutor.placements import parse_placement, placement_names
 
 __all__ = ["sweep", "grid_configs", "run_name", "SWEEP_CSV", "SWEEP_JSON"]
 
@@ -42,18 +43,24 @@ def grid_configs(
         raise ConfigError(
             "a sweep puts its runs under out_dir; base_config.run_dir would be ignored (set it to None)", "run_dir"
         )
+    known = placement_names(exact=True)
     for p in placements:
-        if p not in CAPSTONE_PLACEMENTS:
-            raise ConfigError(f"unknown KL placement {p!r}; choose from {list(CAPSTONE_PLACEMENTS)}", "placements")
+        if p not in known:
+            raise ConfigError(f"unknown KL placement {p!r}; choose from {list(known)}", "placements")
     for b in betas:
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b < 0:
-            raise ConfigError(f"every beta of a sweep must be a finite number >= 0, got {b!r}", "betas")
+        try:
+            nonnegative_number("beta", b, strict=True)
+        except ValueError:
+            raise ConfigError(f"every beta of a sweep must be a finite number >= 0, got {b!r}", "betas") from None
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise ConfigError(f"every seed of a sweep must be an integer >= 0, got {s!r}", "seeds")
+        try:
+            integer("seed", s)
+        except ValueError:
+            raise ConfigError(f"every seed of a sweep must be an integer >= 0, got {s!r}", "seeds") from None
     configs, done = [], set()
     for placement, beta, seed in itertools.product(placements, betas, seeds):
-        beta = 0.0 if placement == "none" else float(beta)
+        no_kl = parse_placement(placement).is_none
+        beta = 0.0 if no_kl else float(beta)
         if (placement, beta, seed) in done:
             continue
         done.add((placement, beta, seed))
@@ -64,7 +71,7 @@ def grid_configs(
             resume=False,
             run_dir=None if out_dir is None else str(Path(out_dir) / run_name(placement, beta, seed)),
         )
-        if placement == "none":
+        if no_kl:
             changes.update(kl_schedule="fixed", kl_target=None, kl_horizon=None, beta_end=None)
         try:
             configs.append(base_config.replace(**changes).validate())

@@ -1,4 +1,4 @@
-"""Derivations of chapter 2 (the k1, k2, k3 estimators), checked by sympy.
+"""Derivations of ``ch-estimators`` (the k1, k2, k3 estimators), checked by sympy.
 
 Each proof returns ``True`` or raises :class:`~kltutor.derivations.DerivationError`. The symbolic
 results they establish are exposed by the ``*_expressions`` helpers so the chapter can show them.

@@ -1,4 +1,4 @@
-"""Derivations of chapter 7, checked by sympy.
+"""Derivations of ``ch-failures``, checked by sympy.
 
 - :func:`softmax_policy_gradient`: the exact gradient of ``E_pi[r] - beta KL(pi || pi_ref)`` with
   respect to softmax logits is ``pi * (A - E_pi[A])``, ``A = r - beta log(pi/pi_ref)`` (what

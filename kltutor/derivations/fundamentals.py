@@ -1,4 +1,4 @@
-"""Derivations of chapter 1 (:ref:`ch-fundamentals`), checked by sympy.
+"""Derivations of :ref:`ch-fundamentals`, checked by sympy.
 
 Expression builders (``gaussian_kl_integral`` and friends) return the sympy objects the chapter
 displays; the ``@derivation`` functions prove the identities and return ``True`` or raise

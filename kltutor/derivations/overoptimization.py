@@ -1,4 +1,4 @@
-"""Derivations of chapter 6, checked by sympy.
+"""Derivations of ``ch-overoptimization``, checked by sympy.
 
 - :func:`bon_peak` and :func:`rl_peak`: the maximiser and maximum of Gao et al.'s two forms,
   ``d(alpha - b d)`` and ``d(alpha - b log d)``.

@@ -1,4 +1,4 @@
-"""Derivations of chapter 3 (where the KL term goes), checked by sympy.
+"""Derivations of ``ch-placements`` (where the KL term goes), checked by sympy.
 
 Each proof returns ``True`` or raises :class:`DerivationError`. The one-token facts are proved on a
 categorical policy with three symbolic logits (softmax) and a symbolic reference, and

@@ -1,4 +1,4 @@
-"""Derivations of chapter 8 (KL in practice), checked by sympy.
+"""Derivations of ``ch-practice`` (KL in practice), checked by sympy.
 
 - :func:`sampler_k1_expectation`: under a sampler ``q``, the mean of the trainer's k1 is
   ``KL(q || pi_ref) - KL(q || pi)``, not ``KL(pi || pi_ref)``.

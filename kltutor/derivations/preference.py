@@ -1,4 +1,4 @@
-"""Derivations of chapter 5, checked by sympy.
+"""Derivations of ``ch-preference``, checked by sympy.
 
 - :func:`closed_form_optimum`: the stationary point of the Lagrangian of
   :math:`\\max_\\pi \\sum_y \\pi(y) r(y) - \\beta\\sum_y\\pi(y)\\log\\frac{\\pi(y)}{\\pi_\\text{ref}(y)}`
@@ -12,7 +12,7 @@
   and under any other distribution it is not.
 - :func:`group_std_bound`: a group of rewards in [0, 1] has variance at most 1/4.
 
-That the k3 loss term's expected gradient is the *forward* KL's is chapter 3's
+That the k3 loss term's expected gradient is the *forward* KL's is ``ch-placements``'s
 (:func:`kltutor.derivations.placements.k3_in_loss_is_forward_kl_gradient`).
 """
 

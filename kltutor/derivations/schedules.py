@@ -1,4 +1,4 @@
-"""Derivations of chapter 4, checked by sympy.
+"""Derivations of ``ch-schedules``, checked by sympy.
 
 For the tilted optimum ``pi*_beta ∝ pi_ref exp(r/beta)`` of ``E[r] - beta KL(pi||pi_ref)``:
 

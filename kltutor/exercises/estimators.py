@@ -1,4 +1,4 @@
-"""Checkers for the exercises of chapter 2 (the k1, k2, k3 estimators)."""
+"""Checkers for the exercises of ``ch-estimators`` (the k1, k2, k3 estimators)."""
 
 from __future__ import annotations
 

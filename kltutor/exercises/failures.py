@@ -1,4 +1,4 @@
-"""Checkers for the exercises of chapter 7 (failure modes)."""
+"""Checkers for the exercises of ``ch-failures`` (failure modes)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Checkers for the exercises of chapter 1 (:ref:`ch-fundamentals`).
+"""Checkers for the exercises of :ref:`ch-fundamentals`.
 
 :func:`check_categorical_kl` tests a reader's ``kl(p, q)`` for categorical distributions along the
 last axis against exact answers, including the conventions at zero.

@@ -1,4 +1,4 @@
-"""Checkers for the exercises of chapter 6 (reward overoptimization)."""
+"""Checkers for the exercises of ``ch-overoptimization`` (reward overoptimization)."""
 
 from __future__ import annotations
 

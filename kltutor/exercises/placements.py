@@ -1,4 +1,4 @@
-"""Checkers for the exercises of chapter 3 (where the KL term goes).
+"""Checkers for the exercises of ``ch-placements`` (where the KL term goes).
 
 Each checker runs the reader's function on the binary autoregressive toy, where every expectation
 is an exact sum, and compares its *expected gradient* with the gradient of the exact reverse KL.

@@ -1,4 +1,4 @@
-"""Checkers for the exercises of chapter 8 (KL in practice)."""
+"""Checkers for the exercises of ``ch-practice`` (KL in practice)."""
 
 from __future__ import annotations
 

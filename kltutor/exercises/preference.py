@@ -1,4 +1,4 @@
-"""Checkers for the coding exercises of chapter 5.
+"""Checkers for the coding exercises of ``ch-preference``.
 
 - :func:`check_dpo_loss`: implement DPO's per-pair loss from sequence log-probabilities.
 - :func:`check_group_advantages`: implement GRPO's group normalisation with ``clip_std``.

@@ -1,4 +1,4 @@
-"""Checker for the coding exercise of chapter 4: implement the adaptive KL controller."""
+"""Checker for the coding exercise of ``ch-schedules``: implement the adaptive KL controller."""
 
 from __future__ import annotations
 

@@ -15,6 +15,12 @@ from kltutor.plotting.placements import *  # noqa: F403  (chapter 3)
 from kltutor.plotting.practice import *  # noqa: F403  (chapter 8)
 from kltutor.plotting.preference import *  # noqa: F403  (chapter 5)
 from kltutor.plotting.schedules import *  # noqa: F403  (chapter 4)
-from kltutor.plotting.style import COLORS, PLACEMENT_COLORS, new_axes, use_book_style
+from kltutor.plotting.style import COLORS, new_axes, placement_colors, use_book_style
 
-__all__ = ["COLORS", "PLACEMENT_COLORS", "new_axes", "use_book_style"]
+__all__ = ["COLORS", "PLACEMENT_COLORS", "new_axes", "placement_colors", "use_book_style"]  # noqa: F405
+
+
+def __getattr__(name: str):
+    if name == "PLACEMENT_COLORS":  # computed on each access (kltutor.plotting.style.placement_colors)
+        return placement_colors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kltutor.plotting.style import COLORS, PLACEMENT_COLORS, new_axes
+from kltutor.plotting.style import COLORS, new_axes, placement_colors
 
 __all__ = ["capstone_curves", "capstone_kl_estimates"]
 
@@ -38,7 +38,7 @@ def capstone_curves(df, metrics=("reward", "kl_exact_seq", "entropy", "response_
             stats = g.groupby("step")[metric].agg(["mean", "min", "max"])
             ls = styles[betas.index(beta) % len(styles)] if beta in betas else "-"
             label = placement if len(betas) == 1 or placement == "none" else f"{placement}, beta={beta:g}"
-            color = PLACEMENT_COLORS.get(placement, COLORS["black"])
+            color = placement_colors().get(placement, COLORS["black"])
             ax.plot(stats.index, stats["mean"], ls, color=color, label=label, lw=1.5)
             if g["seed"].nunique() > 1:
                 ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.15, lw=0)

@@ -1,4 +1,4 @@
-"""Figures of chapter 2 (the k1, k2, k3 estimators)."""
+"""Figures of ``ch-estimators`` (the k1, k2, k3 estimators)."""
 
 from __future__ import annotations
 

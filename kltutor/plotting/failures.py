@@ -1,4 +1,4 @@
-"""Figures of chapter 7."""
+"""Figures of ``ch-failures``."""
 
 from __future__ import annotations
 

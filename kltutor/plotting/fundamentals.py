@@ -1,4 +1,4 @@
-"""Figures of chapter 1 (:ref:`ch-fundamentals`)."""
+"""Figures of :ref:`ch-fundamentals`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Figures of chapter 6."""
+"""Figures of ``ch-overoptimization``."""
 
 from __future__ import annotations
 

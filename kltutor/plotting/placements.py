@@ -1,4 +1,4 @@
-"""Figures of chapter 3 (where the KL term goes)."""
+"""Figures of ``ch-placements`` (where the KL term goes)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from kltutor.plotting.style import PLACEMENT_COLORS, new_axes
+from kltutor.plotting.style import new_axes, placement_colors
 
 __all__ = ["plot_placement_gradients_vs_length", "plot_bias_variance_vs_batch"]
 
@@ -25,7 +25,7 @@ def plot_placement_gradients_vs_length(grads: Mapping[int, Mapping[str, object]]
     for i, ax in enumerate(axes):
         for k in keys:
             y = [float(grads[T][k][i]) for T in lengths]
-            style = dict(color=PLACEMENT_COLORS.get(k, "grey"), marker="o", ms=3)
+            style = dict(color=placement_colors().get(k, "grey"), marker="o", ms=3)
             if k == "true":
                 style.update(lw=3, alpha=0.35, ms=0)
             ax.plot(lengths, y, label=k, **style)
@@ -52,7 +52,7 @@ def plot_bias_variance_vs_batch(
     keys = list(results[int(ns[0])])
     fig, (ax_b, ax_v) = new_axes(ncols=2)
     for k in keys:
-        c = PLACEMENT_COLORS.get(k, "grey")
+        c = placement_colors().get(k, "grey")
         bias2 = [float(results[int(n)][k].bias.square().sum()) for n in ns]
         var = [float(results[int(n)][k].variance.sum()) for n in ns]
         ax_b.plot(ns, np.maximum(bias2, 1e-12), "o", color=c, ms=4, label=k)

@@ -1,4 +1,4 @@
-"""Figures of chapter 8 (KL in practice)."""
+"""Figures of ``ch-practice`` (KL in practice)."""
 
 from __future__ import annotations
 

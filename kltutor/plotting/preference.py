@@ -1,4 +1,4 @@
-"""Figures of chapter 5 (preference optimisation and GRPO)."""
+"""Figures of ``ch-preference`` (preference optimisation and GRPO)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Figures of chapter 4 (beta schedules)."""
+"""Figures of ``ch-schedules`` (beta schedules)."""
 
 from __future__ import annotations
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import matplotlib.colors
 import matplotlib.pyplot as plt
 
-__all__ = ["COLORS", "PLACEMENT_COLORS", "use_book_style", "new_axes"]
+__all__ = ["COLORS", "PLACEMENT_COLORS", "placement_colors", "use_book_style", "new_axes"]  # noqa: F822
 
 # A colour-blind-safe palette (Okabe-Ito).
 COLORS = {
@@ -19,17 +20,35 @@ COLORS = {
     "grey": "#999999",
 }
 
-# One colour per KL placement, used by every chapter that compares placements.
-PLACEMENT_COLORS = {
-    "true": COLORS["black"],
-    "none": COLORS["grey"],
-    "k1-in-reward": COLORS["blue"],
-    "k1-in-loss": COLORS["orange"],
-    "k2-in-loss": COLORS["green"],
-    "k3-in-loss": COLORS["red"],
-    "k3-in-reward": COLORS["purple"],
-    "exact-in-loss": COLORS["sky"],
-}
+# Colours of the placements that are not an estimator's; every estimator placement takes the next
+# colour of COLORS not used here, in the order of kltutor.placements.placement_names(order="estimator").
+_FIXED_PLACEMENT_COLORS = {"true": "black", "none": "grey", "exact-in-loss": "sky"}
+
+
+def placement_colors() -> dict[str, str]:
+    """One colour per KL placement, used by every chapter that compares placements.
+
+    Derived from :data:`kltutor.estimators.ESTIMATORS` (through
+    :func:`kltutor.placements.placement_names`), so a new estimator's placements get colours of their
+    own; ``"true"`` (the exact gradient), ``"none"`` and ``"exact-in-loss"`` have fixed ones.
+    """
+    from kltutor.placements import placement_names
+
+    fixed = set(_FIXED_PLACEMENT_COLORS.values())
+    free = [COLORS[name] for name in COLORS if name not in fixed]
+    free += [c for c in map(matplotlib.colors.to_hex, plt.get_cmap("tab10").colors) if c not in COLORS.values()]
+    out = {"true": COLORS["black"], "none": COLORS["grey"]}
+    for i, placement in enumerate(placement_names(order="estimator")):
+        out[placement] = free[i % len(free)]
+    out["exact-in-loss"] = COLORS[_FIXED_PLACEMENT_COLORS["exact-in-loss"]]
+    return out
+
+
+def __getattr__(name: str):
+    # PLACEMENT_COLORS is computed on each access, so a new estimator's placements appear in it
+    if name == "PLACEMENT_COLORS":
+        return placement_colors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def use_book_style() -> None:

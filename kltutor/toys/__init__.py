@@ -3,7 +3,7 @@
 - :mod:`kltutor.toys.distributions`: Gaussians, mixtures, random categoricals, tabular
   autoregressive models (chapters 1-2).
 - :mod:`kltutor.toys.autoregressive`: the binary autoregressive model of "A Comedy of Estimators"
-  (chapter 3).
+  (``ch-placements``).
 - :mod:`kltutor.toys.bandits`: KL-regularised bandits with known optima (chapters 4-5).
 """
 

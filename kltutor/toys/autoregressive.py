@@ -1,4 +1,4 @@
-"""The binary autoregressive toy of chapter 3 (after "A Comedy of Estimators").
+"""The binary autoregressive toy of ``ch-placements`` (after "A Comedy of Estimators").
 
 A sequence ``y = (y_1, ..., y_T)`` of bits is generated token by token; token ``t`` is 1 with
 probability :math:`\\sigma(a + b\\,c_t)`, where :math:`c_t` is the number of ones before ``t``.

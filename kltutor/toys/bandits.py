@@ -1,4 +1,4 @@
-"""A KL-regularised K-armed bandit with an exact optimum for every beta (chapter 4).
+"""A KL-regularised K-armed bandit with an exact optimum for every beta (``ch-schedules``).
 
 One prompt, K responses ("arms"), a reference policy ``ref_probs`` and a deterministic reward per
 arm. For the objective ``J(pi) = E_pi[r] - beta * KL(pi || pi_ref)`` the maximiser is the tilted
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from kltutor import divergences
 from kltutor._validation import positive_number, probabilities
-from kltutor.estimators import estimate_kl
+from kltutor.estimators import estimate_kl, get_estimator
 from kltutor.preference import optimal_policy
 
 __all__ = ["KLBandit", "simulate_training", "TrainingRun", "softmax_policy_gradient"]
@@ -222,8 +222,7 @@ def simulate_training(
         raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
     if n_samples is not None and (not isinstance(n_samples, int) or n_samples < 1):
         raise ValueError(f"n_samples must be an integer >= 1 or None, got {n_samples!r}")
-    if estimator not in ("k1", "k2", "k3"):
-        raise ValueError(f"unknown estimator {estimator!r}; choose 'k1', 'k2' or 'k3'")
+    get_estimator(estimator)  # a clear error for an unknown name
     log_ref = torch.log(bandit.ref_probs)
     logp = log_ref.clone()
     rec = {k: np.empty(n_steps) for k in ("beta", "kl", "kl_measured", "reward")}

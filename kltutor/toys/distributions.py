@@ -1,4 +1,4 @@
-"""Small distributions with exact answers (chapter 1, :ref:`ch-fundamentals`; reused in chapter 2).
+"""Small distributions with exact answers (:ref:`ch-fundamentals`; reused in ``ch-estimators``).
 
 - :class:`GaussianMixture`: a one-dimensional mixture of Gaussians (``log_prob``, ``sample``, moments).
 - :func:`fit_gaussian`: fit one Gaussian to a density by forward or reverse KL, with torch.
@@ -6,7 +6,7 @@
 - :class:`TabularAutoregressive`: an autoregressive model over a small vocabulary whose next-token
   table depends on the whole prefix, small enough to enumerate every sequence; with
   :func:`sequence_kl`, :func:`expected_token_kls`, :func:`sampled_log_ratio_sum` and
-  :func:`full_vocab_kl_sum` for the token-level vs sequence-level KL of chapter 1.
+  :func:`full_vocab_kl_sum` for the token-level vs sequence-level KL of ``ch-fundamentals``.
 """
 
 from __future__ import annotations

@@ -1,20 +1,20 @@
-"""What TRL, verl and OpenRLHF compute for their KL terms, classified on chapter 3's exact toy.
+"""What TRL, verl and OpenRLHF compute for their KL terms, classified on ``ch-placements``'s exact toy.
 
 Each library's own KL code (one adapter per library: :mod:`~kltutor.trainers.trl_adapter`,
 :mod:`~kltutor.trainers.verl_adapter`, :mod:`~kltutor.trainers.openrlhf_adapter`) is run on
-:class:`kltutor.toys.BinaryAutoregressive` with chapter 3's parameters; the exact expected gradient of every
+:class:`kltutor.toys.BinaryAutoregressive` with ``ch-placements``'s parameters; the exact expected gradient of every
 KL setting is computed by enumeration (:func:`kltutor.trainers.core.expected_gradient`) and classified as
 the exact reverse-KL gradient, token-level k2 (biased for T > 1), the per-token forward KL, zero in
 expectation, or other, with the bias norm. The libraries are an optional extra (``pip install -e
 ".[trainers]"``, or ``make trainers-venv``); the results, with the library versions, are cached in
-``kltutor/trainers/data/results.json`` so chapter 3 renders its table without them:
+``kltutor/trainers/data/results.json`` so ``ch-placements`` renders its table without them:
 
 - :func:`load_results` reads the committed file; :func:`results_frame` turns it into the chapter's table;
 - :func:`compute` re-runs every adapter (needs the extra); ``python -m kltutor.trainers regenerate``
   rewrites the file, ``python -m kltutor.trainers check`` fails if the installed libraries disagree with it.
 
-Introduced in chapter 3 (section "What the trainers compute"). The libraries' on-policy distillation losses are
-classified the same way by :mod:`kltutor.trainers.distillation` (chapter 9, stored in
+Introduced in ``ch-placements`` (section "What the trainers compute"). The libraries' on-policy distillation
+losses are classified the same way by :mod:`kltutor.trainers.distillation` (``ch-distillation``, stored in
 ``kltutor/trainers/data/distillation.json``; ``python -m kltutor.trainers.distillation check``).
 """
 

@@ -1,4 +1,4 @@
-"""Exact expected gradients of a library's KL code on chapter 3's toy, and their classification.
+"""Exact expected gradients of a library's KL code on ``ch-placements``'s toy, and their classification.
 
 A *setting* is one way a library turns a KL term on (estimator x in-reward / in-loss x its correction
 flags). Its adapter wraps the library's own code in one of two shapes:

@@ -1,4 +1,4 @@
-"""A functional forward of Qwen2- and Llama-style ``transformers`` models over their own weights (chapter 9).
+"""A functional forward of Qwen2- and Llama-style ``transformers`` models over their own weights (``ch-capstone``).
 
 The sampler (:mod:`~kltutor.capstone.sampler`) and the log-prob passes
 (:mod:`~kltutor.capstone.logprobs`) run the model's layers through these functions instead of
@@ -19,15 +19,17 @@ The sampler (:mod:`~kltutor.capstone.sampler`) and the log-prob passes
   a recomputed forward and with ``model.forward``.
 
 On the CPU, attention is two batched matrix products and a softmax over an additive mask (at these
-sizes faster than the fused SDPA kernel, which on a GPU is used instead), and residual additions are
-folded into the matrix products (``addmm``).
+sizes faster than the fused SDPA kernel, which on a GPU is used instead), residual additions are
+folded into the matrix products (``addmm``), and the products without autograd go through
+:mod:`~kltutor.capstone.fast.onednn`.
 
 Each function follows the ``transformers`` code it replaces line by line (RMSNorm in float32,
 rotary embeddings from the model's own rotary module, grouped-query attention with the model's
 scaling, SiLU-gated MLP), and the tests check the hidden states, log-probs and gradients against
 ``model.forward``. Under bf16 autocast it computes what autocast computes: bf16 matrix products,
 a float32 residual stream. :func:`support` says which models it can drive; others use
-``model.forward`` (slower, same values).
+``model.forward`` (slower, same values), as every model does with ``fast=False``
+(:mod:`kltutor.capstone.fast`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from kltutor.capstone.fast.onednn import mm_nt, mm_tn
 
 _TORCH = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
 _GQA = _TORCH >= (2, 5)  # SDPA's enable_gqa
@@ -56,9 +60,6 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
 
 __all__ = [
     "support",
-    "cpu_matmul",
-    "mm_nt",
-    "mm_tn",
     "Weights",
     "Activations",
     "Known",
@@ -111,90 +112,6 @@ def support(model) -> str | None:
         if getattr(cfg, attr, None) not in (None, 1, 1.0):
             return f"{attr} is not implemented"
     return None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Matrix products on the CPU
-# ---------------------------------------------------------------------------------------------------------------
-# PyTorch multiplies float32 matrices on the CPU with MKL, whose kernels are chosen by processor vendor: on AMD
-# processors it runs its AVX2 code even where AVX-512 is available. oneDNN, which ships inside PyTorch (reached
-# through ``torch.ops.mkldnn._linear_pointwise``, the op TorchInductor emits for CPU linear layers), chooses by
-# instruction set. Same float32 arithmetic either way (float32 products summed in float32; the order of the sums,
-# hence the last bits, differ). The products these functions run without autograd (sampling, the reference's
-# pass, the backward of the Known* functions) go through the backend :func:`cpu_matmul` names.
-
-_MATMUL = {"mode": "auto", "onednn": None}  # onednn: None (not probed yet), or whether it works here
-
-
-def _probe_onednn() -> bool:
-    """oneDNN's linear op exists, runs, and agrees with ``F.linear`` on a small float32 problem."""
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-        if not torch.backends.mkldnn.is_available():
-            return False
-        g = torch.Generator().manual_seed(0)
-        x, w, b, r = (torch.randn(*s, generator=g) for s in ((5, 24), (7, 24), (7,), (5, 7)))
-        ok = torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
-        ok &= torch.allclose(op.binary(x, r, w, None, "add"), r + F.linear(x, w), rtol=1e-5, atol=1e-5)
-        ok &= torch.allclose(op(x.t(), w[:5].t(), None, "none", [], ""), x.t() @ w[:5], rtol=1e-5, atol=1e-5)
-        return bool(ok)
-    except Exception:
-        return False
-
-
-def cpu_matmul(mode: str | None = None) -> str:
-    """The backend of the CPU's float32 matrix products here: ``"onednn"`` or ``"default"`` (torch's own,
-    MKL). ``mode`` (optional) sets it: ``"auto"`` (oneDNN when it works, the default), ``"onednn"`` or
-    ``"default"``. Returns the backend in use."""
-    if mode is not None:
-        if mode not in ("auto", "onednn", "default"):
-            raise ValueError(f"cpu_matmul must be 'auto', 'onednn' or 'default', got {mode!r}")
-        _MATMUL["mode"] = mode
-    if _MATMUL["mode"] == "default":
-        return "default"
-    if _MATMUL["onednn"] is None:
-        _MATMUL["onednn"] = _probe_onednn()
-    if _MATMUL["mode"] == "onednn" and not _MATMUL["onednn"]:
-        raise RuntimeError("oneDNN's linear op (torch.ops.mkldnn._linear_pointwise) is not usable with this torch")
-    return "onednn" if _MATMUL["onednn"] else "default"
-
-
-def _onednn(x: Tensor, w: Tensor) -> bool:
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and w.dtype == torch.float32
-        and _MATMUL["mode"] != "default"
-        and cpu_matmul() == "onednn"
-    )
-
-
-def mm_nt(
-    x: Tensor, w: Tensor, b: Tensor | None = None, add: Tensor | None = None, out: Tensor | None = None
-) -> Tensor:
-    """``x @ w.T (+ b) (+ add)`` for 2-D ``x`` ``[N, K]`` and ``w`` ``[F, K]`` (any strides), without autograd,
-    through the :func:`cpu_matmul` backend on the CPU; written into ``out`` ``[N, F]`` if given."""
-    if _onednn(x, w):
-        op = torch.ops.mkldnn._linear_pointwise
-        y = op(x, w, b, "none", [], "") if add is None else op.binary(x, add, w, b, "add")
-        return y if out is None else out.copy_(y)
-    if add is None:
-        if b is None:
-            return torch.mm(x, w.t(), out=out)
-        return torch.addmm(b, x, w.t(), out=out)
-    return torch.addmm(add if b is None else add + b, x, w.t(), out=out)
-
-
-def mm_tn(g: Tensor, x: Tensor) -> Tensor:
-    """``g.T @ x`` (contiguous ``[F, D]``) for ``g`` ``[N, F]`` and ``x`` ``[N, D]``, without autograd: a weight's
-    gradient. On oneDNN the narrower of the two is the operand copied into row-major order (the other is
-    read transposed as it is): ``(x.T @ g).T`` when ``D <= F``."""
-    if _onednn(g, x):
-        op = torch.ops.mkldnn._linear_pointwise
-        if x.shape[1] <= g.shape[1]:
-            return op(x.t(), g.t(), None, "none", [], "").t().contiguous()
-        return op(g.t(), x.t(), None, "none", [], "")
-    return g.t() @ x
 
 
 class Weights:
