@@ -17,6 +17,7 @@ Importing it does not import torch (the capstone's configuration is checked with
 from __future__ import annotations
 
 import math
+import numbers
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch and numpy are imported where used: a config module can check numbers without them
@@ -183,7 +184,7 @@ def seed(name: str, value: Any) -> int:
     ...
     ValueError: seed must be an integer in [0, 2**32 - 1] (NumPy's seed range), got 4294967296
     """
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if not 0 <= value < SEED_LIMIT:
         raise ValueError(f"{name} must be an integer in [0, 2**32 - 1] (NumPy's seed range), got {value!r}")
@@ -193,14 +194,14 @@ def seed(name: str, value: Any) -> int:
 def integer_below(name: str, value: Any, limit: int, why: str) -> int:
     """``value`` as an int: ``TypeError`` unless an integer, ``ValueError`` unless ``value < limit``
     (``why`` says what the limit comes from)."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if not value < limit:
         raise ValueError(f"{name} must be below {limit:.3g} ({why}), got {value!r}")
     return int(value)
 
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_MAX = (2 - 2**-23) * 2.0**127  # float32's largest finite value, numpy.finfo(numpy.float32).max
 
 
 def float32_number(name: str, value: Any) -> float:
