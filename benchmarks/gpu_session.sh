@@ -104,7 +104,8 @@ cli_t=$(lim 20 120)
   timeout "$cli_t" $CLI --preset smoke --steps 3 --checkpoint-every 3 --run-dir /tmp/cli_b && \
   timeout "$cli_t" $CLI --steps 6 --checkpoint-every 3 --run-dir /tmp/cli_b --resume  # a resume takes its settings from run.json
   echo "exit $?"
-  $PY - <<'EOF'
+  [ -s /tmp/cli_a/metrics.jsonl ] && [ -s /tmp/cli_b/metrics.jsonl ] || echo "no metrics to compare (a run failed or was cut short)"
+  [ -s /tmp/cli_a/metrics.jsonl ] && [ -s /tmp/cli_b/metrics.jsonl ] && $PY - <<'EOF'
 import json
 rows = lambda d: [json.loads(l) for l in open(f"{d}/metrics.jsonl")]
 a, b = rows("/tmp/cli_a"), rows("/tmp/cli_b")
