@@ -17,7 +17,8 @@ processes, with a deadline; writes the compact results the chapter renders (``re
    ``--pilot-steps`` steps runs once alone and once in ``--workers`` processes at the same time; the
    faster arrangement (in steps per second over all processes) is kept, and the sweep takes the
    placements in ``--placements`` order, as many as fit with every seed finishing (three seeds of a
-   few placements say more than one seed of all seven), then fewer betas, then fewer steps.
+   few placements say more than one seed of all seven), each with as many betas as then fit, and
+   fewer steps only when not even two placements fit.
 3. ``sweep.csv`` holds one row per (run, step): ``placement``, ``beta_init``, ``seed`` and every metric of ``kltutor.capstone.METRICS``
    (6 significant digits), and ``meta.json`` the base config, package versions, GPU name, the
    reference's accuracies, each run's finished steps and the wall time. Both files are rewritten after
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -89,17 +91,16 @@ def step_seconds(run_dir) -> float:
     return statistics.median(secs) if secs else float("inf")
 
 
-def size_to_budget(
-    n_placements: int, n_betas: int, n_seeds: int, steps: int, runs_possible: int
-) -> tuple[int, int, int]:
-    """(placements, betas, steps) of the largest grid whose every seed finishes in ``runs_possible`` runs
-    of ``steps`` steps: placements first (``none`` counts once per seed), then betas, then steps."""
-    for nb in range(n_betas, 0, -1):
-        for k in range(n_placements, 1, -1):
-            if n_seeds * (1 + (k - 1) * nb) <= runs_possible:
+def size_to_budget(n_placements: int, n_betas: int, n_seeds: int, steps: int, runs_possible) -> tuple[int, int, int]:
+    """(placements, betas, steps) of the largest grid whose every seed finishes, where ``runs_possible(s)`` is
+    how many runs of ``s`` steps fit: as many placements as fit (``none`` counts once per seed), each
+    with as many betas as then fit, and fewer steps only when two placements do not fit (the most that still fit ``none`` and one placement for every seed; 0: nothing fits)."""
+    for k in range(n_placements, 1, -1):
+        for nb in range(n_betas, 0, -1):
+            if n_seeds * (1 + (k - 1) * nb) <= runs_possible(steps):
                 return k, nb, steps
-    needed = n_seeds * 2  # none and one placement, one beta
-    return 2, 1, max(1, int(steps * runs_possible / needed))
+    fitting = [s for s in range(steps - 1, 0, -1) if n_seeds * 2 <= runs_possible(s)]
+    return 2, 1, (fitting[0] if fitting else 0)
 
 
 def _worker(jobs, done, deadline: float) -> None:
@@ -226,20 +227,35 @@ def main(argv=None) -> int:
             )
         workers = max(pilot, key=lambda w: pilot[w]["steps_per_second"])
         left = deadline - time.time()
-        per_run = args.steps * pilot[workers]["seconds_per_step"] * 1.15 + args.run_overhead  # 15% margin
-        runs_possible = workers * int(left // per_run)
+        t_step = pilot[workers]["seconds_per_step"] * 1.15  # a 15% margin
+
+        def runs_possible(steps: int) -> int:
+            per_run = steps * t_step + args.run_overhead
+            return workers * int(max(left, 0) // per_run) if math.isfinite(per_run) else 0
+
         k, nb, steps = size_to_budget(len(args.placements), len(args.betas), len(args.seeds), args.steps, runs_possible)
-        args.placements, args.betas, args.workers = args.placements[:k], args.betas[:nb], workers
-        if steps != args.steps:
-            args.steps, base = steps, base.replace(steps=steps)
-        sizing = {"pilot": pilot, "workers": workers, "runs_possible": runs_possible, "seconds_left": left}
+        if steps == 0:
+            print(
+                f"no time for a sweep after the reference and the pilot ({left:.0f} s left): no run starts", flush=True
+            )
+            args.placements, args.seeds = [], []
+        else:
+            args.placements, args.betas = args.placements[:k], args.betas[:nb]
+            if steps != args.steps:
+                args.steps, base = steps, base.replace(steps=steps)
+        args.workers = workers
+        sizing = {"pilot": pilot, "workers": workers, "runs_possible": runs_possible(steps or 1), "seconds_left": left}
         print(
-            f"sized to the budget: {workers} process(es), {runs_possible} runs of {args.steps} steps fit in {left:.0f} s: "
+            f"sized to the budget: {workers} process(es), {sizing['runs_possible']} runs of {args.steps} steps fit in {left:.0f} s: "
             f"placements {args.placements}, betas {args.betas}, seeds {args.seeds}",
             flush=True,
         )
 
-    configs = grid_configs(args.placements, args.betas, args.seeds, base.replace(overwrite=False), args.runs)
+    configs = (
+        grid_configs(args.placements, args.betas, args.seeds, base.replace(overwrite=False), args.runs)
+        if args.placements and args.seeds
+        else []
+    )
     order = {p: i for i, p in enumerate(args.placements)}
     configs.sort(key=lambda c: (c.seed, order[c.placement], c.beta))
     configs = [c.replace(overwrite=True) for c in configs]
