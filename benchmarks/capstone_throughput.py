@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -82,6 +83,22 @@ SIZES = {
     ),
 }
 PHASES = ("sample", "score", "forward", "backward", "other")
+
+
+class DigitMatchTask(AdditionTask):
+    """The addition task with partial credit: the fraction of the answer's characters that the completion has
+    at the same positions. Every completion is forced to the full length (no EOS), so the exact reward of
+    :class:`AdditionTask` would be 0 for all of them and only the KL gradient would be exercised; this one
+    varies within a group, so the advantages (and the policy-gradient term) are not zero. Both sides call
+    :func:`digit_match` on the decoded completion text."""
+
+    def reward(self, completion: str, terminated: bool, a: int, b: int) -> float:
+        return digit_match(completion, self.answer(a, b))
+
+
+def digit_match(completion: str, answer: str) -> float:
+    """Fraction of ``answer``'s characters equal to ``completion``'s at the same position."""
+    return sum(c == d for c, d in zip(completion, answer)) / len(answer)
 
 
 def _sync(device: torch.device) -> None:
@@ -132,6 +149,7 @@ class Capstone:
         decode_mode: str,
         ref_scoring: str,
         matmul: str = "auto",
+        phases: bool = True,
     ):
         from kltutor.capstone import loop
         from kltutor.capstone.fast import onednn
@@ -159,16 +177,19 @@ class Capstone:
             ref_scoring=ref_scoring,
             progress=False,
         ).validate()
-        self.task = AdditionTask(sz["max_operand"])
+        self.task = DigitMatchTask(sz["max_operand"])
         self.policy, self.tok = load_model(model_dir, device)
         self.ref, _ = load_model(model_dir, device)
         self.ref.requires_grad_(False).eval()
         self.policy.train()
         opt = loop.make_optimizer(self.policy.parameters(), lr)  # fused AdamW, as transformers' Trainer uses
+        self.fused = all(g.get("fused") for g in opt.param_groups)
+        self.counts = {"optimizer steps": 0, "batches": 0}
+        opt.step = self._count(opt.step, "optimizer steps")
         self.sampler = loop.make_sampler(
             self.cfg, self.policy, self.ref, self.tok, self.task, device, min_new_tokens=sz["max_new_tokens"]
         )
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] | None = {} if phases else None  # None: no per-phase synchronisation
         self.ctx = loop.StepContext(
             self.cfg,
             self.policy,
@@ -182,11 +203,20 @@ class Capstone:
             self.sampler,
             self.timings,
         )
+        self.sampler.sample = self._count(self.sampler.sample, "batches")
         self.n = 0
         self.records: list[dict] = []
 
+    def _count(self, fn, key):
+        def counted(*a, **k):
+            self.counts[key] += 1
+            return fn(*a, **k)
+
+        return counted
+
     def step(self) -> dict:
-        self.timings.clear()
+        timings = self.timings if self.timings is not None else {}
+        timings.clear()
         before = self.onednn._MATMUL["mode"]
         self.onednn.cpu_matmul(self.matmul)  # the backend of this side's CPU products (onednn.cpu_matmul)
         try:
@@ -198,12 +228,7 @@ class Capstone:
         finally:
             self.onednn.cpu_matmul(before)
         self.n += 1
-        phases = {
-            "sample": self.timings.get("sample", 0.0),
-            "score": self.timings.get("score", 0.0),
-            "forward": self.timings.get("forward", 0.0),
-            "backward": self.timings.get("backward", 0.0),
-        }
+        phases = {k: timings.get(k, 0.0) for k in ("sample", "score", "forward", "backward")}
         phases["other"] = seconds - sum(phases.values())
         rec = {
             "seconds": seconds,
@@ -244,11 +269,14 @@ class TRLSide:
         n_steps: int,
         out_dir: Path,
         gradient_checkpointing: bool,
+        threads: int | None = None,
+        phases: bool = True,
     ):
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
 
-        self.device = device
+        self.device, self.threads = device, threads
+        self.calls: dict[str, int] = {}
         task = AdditionTask(sz["max_operand"])
         g = torch.Generator().manual_seed(seed + 1)
         pairs = task.sample(sz["prompts"] * (n_steps + 2), g)
@@ -257,7 +285,7 @@ class TRLSide:
         )
 
         def addition_reward(prompts, completions, answer, **kwargs):
-            return [1.0 if c == a else 0.0 for c, a in zip(completions, answer)]
+            return [digit_match(c, a) for c, a in zip(completions, answer)]
 
         T = sz["max_new_tokens"]
         args = GRPOConfig(
@@ -271,6 +299,7 @@ class TRLSide:
             top_p=1.0,
             top_k=0,
             beta=beta,
+            use_bias_correction_kl=False,  # plain k3 in the loss, as the capstone's k3-in-loss (TRL's default: True)
             loss_type="grpo",
             epsilon=0.2,
             scale_rewards="group",
@@ -300,25 +329,30 @@ class TRLSide:
 
         self.trainer.remove_callback(PrinterCallback)  # its log lines would interleave with the report
         self.timings: dict[str, float] = {}
-        self._wrap()
+        self._wrap(phases)
 
-    def _timed(self, fn, name_of):
+    def _timed(self, fn, name_of, sync: bool = True):
         device = self.device
 
         def wrapper(*a, **k):
             name = name_of()
-            _sync(device)
+            if sync:
+                _sync(device)
             t = time.perf_counter()
             out = fn(*a, **k)
-            _sync(device)
+            if sync:
+                _sync(device)
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
+            self.calls[name] = self.calls.get(name, 0) + 1
             return out
 
         return wrapper
 
-    def _wrap(self):
+    def _wrap(self, phases: bool):
         tr = self.trainer
-        tr._generate = self._timed(tr._generate, lambda: "sample")
+        tr._generate = self._timed(tr._generate, lambda: "sample", sync=phases)  # counted in any case
+        if not phases:  # no synchronisation inside the step: the headline figure
+            return
         tr._calculate_rewards = self._timed(tr._calculate_rewards, lambda: "score")
         tr._get_per_token_logps_and_entropies = self._timed(
             tr._get_per_token_logps_and_entropies, lambda: "forward" if torch.is_grad_enabled() else "score"
@@ -326,27 +360,65 @@ class TRLSide:
         acc = tr.accelerator
         acc.backward = self._timed(acc.backward, lambda: "backward")
 
-    def run(self, on_step) -> None:
+    def run(self, on_step, other_step, seed: int) -> None:
+        """Train; around each TRL optimizer step run ``other_step()`` (the capstone's step) once, before or
+        after it in a random order (seeded), so that neither side always runs with the other's caches warm;
+        ``on_step(seconds, timings, first)`` gets TRL's time for the step without the other side's."""
         from transformers import TrainerCallback
 
-        side = self
+        side, rng = self, random.Random(seed)
 
         class Alternate(TrainerCallback):
             def on_train_begin(self, args, state, control, **kw):
+                side.settings = side.check_settings(side.threads)  # the optimizer exists from here on
                 _sync(side.device)
-                side.t_start = time.perf_counter()
+                side.t_start, side.elapsed = time.perf_counter(), 0.0
                 side.timings.clear()
+
+            def on_step_begin(self, args, state, control, **kw):
+                side.first = rng.random() < 0.5
+                if side.first:
+                    _sync(side.device)
+                    side.elapsed += time.perf_counter() - side.t_start
+                    other_step()
+                    _sync(side.device)
+                    side.t_start = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kw):
                 _sync(side.device)
-                seconds = time.perf_counter() - side.t_start
-                on_step(seconds, dict(side.timings))
+                seconds = side.elapsed + time.perf_counter() - side.t_start
+                on_step(seconds, dict(side.timings), side.first)
                 side.timings.clear()
+                if not side.first:
+                    other_step()
                 _sync(side.device)
-                side.t_start = time.perf_counter()
+                side.t_start, side.elapsed = time.perf_counter(), 0.0
 
         self.trainer.add_callback(Alternate())
         self.trainer.train()
+
+    def check_settings(self, threads: int | None) -> dict:
+        """What the comparison depends on, read from the live trainer (raises if one differs)."""
+        tr, a = self.trainer, self.trainer.args
+        opt = getattr(tr.optimizer, "optimizer", tr.optimizer)  # accelerate wraps it
+        fused = all(g.get("fused") for g in opt.param_groups) if opt is not None else None
+        got = {
+            "use_bias_correction_kl": a.use_bias_correction_kl,
+            "num_iterations": a.num_iterations,
+            "steps_per_generation": a.steps_per_generation,
+            "gradient_accumulation_steps": a.gradient_accumulation_steps,
+            "optimizer": type(opt).__name__ if opt is not None else None,
+            "fused": fused,
+            "threads": torch.get_num_threads(),
+        }
+        want = {"use_bias_correction_kl": False, "num_iterations": 1, "steps_per_generation": 1}
+        want["gradient_accumulation_steps"] = 1
+        if threads:
+            want["threads"] = threads
+        bad = {k: (got[k], v) for k, v in want.items() if got[k] != v}
+        if bad:
+            raise RuntimeError(f"the comparison's settings differ from what it assumes (got, wanted): {bad}")
+        return got
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -420,25 +492,113 @@ def step_flops(
     return 2.0 * n_params * (sample + seq + fwd + 2 * seq)
 
 
-def floor_estimate(n_params: int, sz: dict, prompt_len: int, peaks: dict, weight_bytes: int, reuse: bool) -> dict:
+def weight_shapes(model) -> dict[tuple[int, int], int]:
+    """(out, in) of every weight matrix a token's forward multiplies by (the tied output layer once, as the
+    head; not the input embedding), with how many matrices have that shape."""
+    shapes: dict[tuple[int, int], int] = {}
+    mats = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in n]
+    for w in mats + [model.get_output_embeddings().weight]:
+        key = tuple(w.shape)
+        shapes[key] = shapes.get(key, 0) + 1
+    return shapes
+
+
+def product_rates(shapes, rows: list[int], device: torch.device, dtype: torch.dtype) -> dict:
+    """Measured FLOP/s of ``x[M, in] @ W[out, in].T`` for every weight shape and every M in ``rows``: a
+    product's rate depends on its shape (a decode step multiplies B rows, far below the peak a square
+    8192 product reaches), so the floor uses each product's own rate."""
+    rates = {}
+    for m in sorted(set(rows)):
+        for out_f, in_f in shapes:
+            x = torch.randn(m, in_f, dtype=dtype, device=device)
+            w = torch.randn(out_f, in_f, dtype=dtype, device=device)
+            reps = 20 if device.type == "cuda" else 5
+            times = []
+            for _ in range(reps):
+                _sync(device)
+                t = time.perf_counter()
+                x @ w.T
+                _sync(device)
+                times.append(time.perf_counter() - t)
+            rates[(m, out_f, in_f)] = 2 * m * out_f * in_f / min(times[1:])
+    return rates
+
+
+def launch_latency(device: torch.device, n: int = 2000) -> dict:
+    """Seconds per kernel in a chain of ``n`` tiny kernels, launched eagerly and replayed from a CUDA graph
+    (the best a decode loop of dependent kernels can do); zero on the CPU (no launch queue)."""
+    if device.type != "cuda":
+        return {"eager_s": 0.0, "graph_s": 0.0}
+    x = torch.zeros(1, device=device)
+
+    def chain():
+        for _ in range(n):
+            x.add_(1.0)
+
+    chain()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    chain()
+    torch.cuda.synchronize()
+    eager = (time.perf_counter() - t) / n
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        chain()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        chain()
+    g.replay()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    g.replay()
+    torch.cuda.synchronize()
+    return {"eager_s": eager, "graph_s": (time.perf_counter() - t) / n}
+
+
+#: Kernels a decode step needs at least, per layer and once: q/k/v (one fused product), rotary embedding,
+#: attention, output projection, residual add, norm, gate/up (one fused product), activation x up, down
+#: projection, residual add, norm; then the head, the temperature/softmax, the sampling draw and the write
+#: into the token buffer.
+MIN_KERNELS_PER_LAYER, MIN_KERNELS_ONCE = 11, 4
+
+
+def floor_estimate(
+    shapes, n_layers: int, sz: dict, prompt_len: int, peaks: dict, rates: dict, latency: dict, reuse: bool
+) -> dict:
     """A physical lower bound of one step of the least work (shared prompts; ``reuse``: no forward products
-    in the update): each of the T - 1 decode steps must read the policy's weights once (memory bandwidth)
-    and do its matrix FLOPs (whichever is slower); everything else is matrix FLOPs at the fastest measured
-    matmul rate."""
+    in the update). Each of the T - 1 decode steps must read the policy's weights once (memory bandwidth)
+    or do its matrix products at their measured rates at M = B rows (whichever is slower), plus a chain of
+    at least ``MIN_KERNELS_PER_LAYER * layers + MIN_KERNELS_ONCE`` dependent kernels at the measured
+    CUDA-graph latency per kernel (GPU). Prefill (M = U * P rows), the reference and the update (M = the
+    step's tokens; the backward's two products per matrix counted at the forward's rate for the same
+    shape) are matrix FLOPs at their own shapes' measured rates."""
     B, U, T = sz["prompts"] * sz["group"], sz["prompts"], sz["max_new_tokens"]
-    rate = max(peaks["matmul_flops"], peaks.get("onednn_matmul_flops") or 0.0)
-    decode_bytes = (T - 1) * n_params * weight_bytes
-    decode_flops = 2.0 * n_params * B * (T - 1)
-    flops = step_flops(n_params, B, U, prompt_len, T, shared=True, reuse=reuse) - decode_flops
-    t_decode = max(decode_bytes / peaks["bandwidth_Bps"], decode_flops / rate)
-    t_flops = flops / rate
+    P = prompt_len
+    seq = U * P + B * (T - 1)
+
+    def seconds(m: int, mult: float = 1.0) -> float:
+        return sum(mult * n * 2 * m * o * i / rates[(m, o, i)] for (o, i), n in shapes.items())
+
+    n_params = sum(n * o * i for (o, i), n in shapes.items())
+    weight_bytes = 2 if sz["bf16"] else 4
+    step_bytes = n_params * weight_bytes
+    kernels = MIN_KERNELS_PER_LAYER * n_layers + MIN_KERNELS_ONCE
+    per_decode = max(step_bytes / peaks["bandwidth_Bps"], seconds(B)) + kernels * latency["graph_s"]
+    t_decode = (T - 1) * per_decode
+    t_prefill = seconds(U * P)
+    t_rest = seconds(seq) * (1 + (0 if reuse else 1) + 2)  # reference, update forward, backward (2 products)
     return {
         "n_params_matmul": n_params,
         "decode_s": t_decode,
-        "decode_bytes": decode_bytes,
-        "flops": flops,
-        "flops_s": t_flops,
-        "floor_s": t_decode + t_flops,
+        "decode_bytes": (T - 1) * step_bytes,
+        "decode_kernels_per_step": kernels,
+        "latency_per_kernel_s": latency,
+        "prefill_s": t_prefill,
+        "flops_s": t_prefill + t_rest,
+        "flops": 2.0 * n_params * (U * P + seq * (1 + (0 if reuse else 1) + 2)),
+        "floor_s": t_decode + t_prefill + t_rest,
     }
 
 
@@ -487,8 +647,8 @@ def quick_check(device: torch.device, log=print) -> bool:
                     **s,
                 )
                 torch.manual_seed(0)
-                for _ in range(2):  # the second call replays the captured graph on fresh data
-                    b = sampler.sample(prompts)
+                draws = [sampler.sample(prompts) for _ in range(2)]  # the second replays the captured graph
+                b = draws[1]
                 m = b.completion_mask.bool()
                 hf = hf_logp(b.input_ids, b.attention_mask, b.n_prompt, **s, amp=amp)
                 err = (hf - b.logp).abs()[m].max().item()
@@ -503,11 +663,22 @@ def quick_check(device: torch.device, log=print) -> bool:
                     detail = f"max |logp - HF forward| {err:.2e}"
                 lengths = b.completion_mask.sum(-1)
                 good = good and bool(torch.isfinite(b.logp).all())
+                fell_back = sampler.decode_mode_used != mode  # a requested mode that fell back is a failure
+                same_draws = torch.equal(draws[0].completion_ids, draws[1].completion_ids)  # a replay must redraw
+                good = good and not fell_back and not same_draws
+                if fell_back:
+                    detail += f"; FELL BACK to {sampler.decode_mode_used}"
+                if same_draws:
+                    detail += "; two calls drew the same samples"
                 ok &= good
                 log(
                     f"  {'ok ' if good else 'BAD'} mode={sampler.decode_mode_used:10s} {prec:13s} {s}: {detail}; "
                     f"lengths {int(lengths.min())}..{int(lengths.max())}, terminated {int(b.terminated.sum())}/{len(prompts)}"
                 )
+            if prec == "float32":
+                good, detail = frequency_check(model, tok, prompts[0], mode, device)
+                ok &= good
+                log(f"  {'ok ' if good else 'BAD'} mode={mode:10s} first-token frequencies: {detail}")
             # greedy tokens against model.generate (float32 only: bf16 argmax ties may differ)
             if prec == "float32" and mode != "compile":
                 sampler = Sampler(model, tok, max_new_tokens=12, decode_mode=mode, max_prompt_len=8)
@@ -531,8 +702,67 @@ def quick_check(device: torch.device, log=print) -> bool:
     return ok
 
 
+def frequency_check(model, tok, prompt: str, mode: str, device: torch.device, n: int = 4096) -> tuple[bool, str]:
+    """The first completion token of ``prompt`` drawn ``n`` times (one batch, repeated calls so a captured
+    graph is replayed) against the model's own distribution: a chi-square goodness-of-fit test over the
+    tokens of expected count >= 5 (the rest pooled), at the 0.1% level (Wilson-Hilferty quantile), so a
+    sampler that drew from the wrong distribution, or replayed the same noise, fails."""
+    from kltutor.capstone.sampler import Sampler
+
+    sampler = Sampler(model, tok, max_new_tokens=1, decode_mode=mode, max_prompt_len=8)
+    counts = torch.zeros(model.get_output_embeddings().weight.shape[0], dtype=torch.float64)
+    batch = 256
+    for _ in range(n // batch):
+        b = sampler.sample([prompt] * batch)
+        counts += torch.bincount(b.completion_ids[:, 0].cpu(), minlength=counts.numel()).double()
+    enc = tok([prompt], return_tensors="pt", add_special_tokens=False).to(device)
+    with torch.no_grad():
+        probs = torch.softmax(model(**enc).logits[0, -1].double(), -1).cpu()
+    expected = probs * counts.sum()
+    big = expected >= 5
+    obs = torch.cat([counts[big], counts[~big].sum().reshape(1)])
+    exp = torch.cat([expected[big], expected[~big].sum().reshape(1)])
+    keep = exp > 0
+    obs, exp = obs[keep], exp[keep]
+    chi2 = float(((obs - exp) ** 2 / exp).sum())
+    dof = int(keep.sum()) - 1
+    z = 3.090  # the standard normal's 99.9% quantile
+    crit = dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+    return (
+        chi2 < crit,
+        f"chi2 {chi2:.1f} < {crit:.1f} ({dof} dof, {int(counts.sum())} draws, mode used {sampler.decode_mode_used})",
+    )
+
+
 def _median(xs):
     return statistics.median(xs) if xs else float("nan")
+
+
+def bootstrap_median(xs: list[float], seed: int, n: int = 4000, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median of ``xs`` (``n`` resamples, seeded)."""
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(n))
+    lo = meds[int((1 - level) / 2 * n)]
+    hi = meds[min(n - 1, int((1 + level) / 2 * n))]
+    return lo, hi
+
+
+def paired_ratios(cap_recs: dict[str, list[dict]], trl_recs: list[dict], name: str, warmup: int, seed: int) -> dict:
+    """Per round (one TRL step and the capstone's steps next to it), TRL's seconds over the capstone's: the
+    median of these paired ratios with a bootstrap 95% interval. Pairing cancels what drifts over a run
+    (another process, the clock, the allocator), which a ratio of two medians does not."""
+    out = {}
+    for k, recs in cap_recs.items():
+        pairs = [t["seconds"] / c["seconds"] for t, c in zip(trl_recs[warmup:], recs[warmup:])]
+        if len(pairs) < 2:
+            continue
+        lo, hi = bootstrap_median(pairs, seed)
+        med = statistics.median(pairs)
+        out[k] = {"median": med, "ci95": [lo, hi], "n": len(pairs), "ratios": pairs}
+        print(
+            f"{k} speed-up over {name}: {med:.2f}x (median of {len(pairs)} paired per-step ratios, 95% CI {lo:.2f}-{hi:.2f})"
+        )
+    return out
 
 
 def report(sides: dict[str, list[dict]], warmup: int) -> dict:
@@ -613,6 +843,13 @@ def main(argv=None) -> int:
     p.add_argument("--beta", type=float, default=0.04)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument(
+        "--phases",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time the phases of each step (synchronising a GPU at each phase boundary); --no-phases for the "
+        "headline figure, which then has no breakdown",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -664,7 +901,8 @@ def main(argv=None) -> int:
     from kltutor.capstone.fast import onednn
 
     scoring = "batched" if args.ref_scoring == "both" else args.ref_scoring
-    backends = {"both": ["onednn", "default"], "auto": ["auto"], "onednn": ["onednn"], "default": ["default"]}[
+    # the headline row uses the same float32 matrix library on both sides (torch's default); oneDNN second
+    backends = {"both": ["default", "onednn"], "auto": ["auto"], "onednn": ["onednn"], "default": ["default"]}[
         args.cpu_matmul
     ]
     if device.type != "cpu":
@@ -673,10 +911,10 @@ def main(argv=None) -> int:
         backends = backends[:1]
     if "onednn" in backends and onednn.cpu_matmul("auto") != "onednn":
         print("oneDNN's linear op is not usable with this torch: the capstone uses torch's default products")
-        backends = ["default"]
+        backends = [b for b in backends if b != "onednn"] or ["default"]
     caps = {
-        ("capstone" if i == 0 else "capstone, torch's default products"): Capstone(
-            model_dir, sz, device, args.lr, args.beta, args.seed, decode_mode, scoring, matmul=m
+        ("capstone" if i == 0 else "capstone, oneDNN products"): Capstone(
+            model_dir, sz, device, args.lr, args.beta, args.seed, decode_mode, scoring, matmul=m, phases=args.phases
         )
         for i, m in enumerate(backends)
     }
@@ -713,7 +951,8 @@ def main(argv=None) -> int:
 
     why_not = "--no-trl" if args.no_trl else trl_available()
     variants = {"default": [True], "no-ckpt": [False], "both": [True, False]}[args.trl]
-    results = {}
+    results, settings = {}, {}
+    order_rng = random.Random(args.seed + 1)
     t0 = time.perf_counter()
     if why_not is None:
         for ckpt in variants:
@@ -732,22 +971,42 @@ def main(argv=None) -> int:
                     warmup + steps,
                     work / f"trl-{int(ckpt)}",
                     ckpt,
+                    threads,
+                    args.phases,
                 )
 
-                def after_trl_step(seconds, timings, trl_recs=trl_recs, cap_recs=cap_recs):
+                def after_trl_step(seconds, timings, first, trl_recs=trl_recs):
                     phases = {k: timings.get(k, 0.0) for k in ("sample", "score", "forward", "backward")}
                     phases["other"] = seconds - sum(phases.values())
-                    trl_recs.append({"seconds": seconds, "tokens": B * T, **phases})
-                    for k, c in caps.items():
-                        cap_recs[k].append(c.step())
+                    trl_recs.append({"seconds": seconds, "tokens": B * T, "capstone_first": first, **phases})
 
-                trl_side.run(after_trl_step)
+                def capstone_steps(cap_recs=cap_recs):
+                    for k in order_rng.sample(list(caps), len(caps)):  # the capstone sides, in random order too
+                        cap_recs[k].append(caps[k].step())
+
+                trl_side.run(after_trl_step, capstone_steps, args.seed)
+                trl_steps = trl_side.trainer.state.global_step
+                settings[name] = trl_side.settings | {
+                    "optimizer steps per generation batch": trl_steps / max(1, trl_side.calls.get("sample", 0))
+                }
                 del trl_side
             except Exception as e:
                 print(f"TRL failed: {type(e).__name__}: {e}")
                 why_not = f"TRL failed ({type(e).__name__})"
                 break
             results[name] = report({**cap_recs, name: trl_recs}, warmup)
+            results[name]["paired"] = paired_ratios(cap_recs, trl_recs, name, warmup, args.seed)
+            if args.json:  # written after each comparison, so a run cut short keeps what it measured
+                args.json.write_text(json.dumps({"partial": True, "results": results, "environment": env}, default=str))
+    for k, c in caps.items():  # one optimizer step per sampled batch on the capstone side too, fused AdamW
+        per_batch = c.counts["optimizer steps"] / max(1, c.counts["batches"])
+        settings[k] = {"fused": c.fused, "optimizer steps per generation batch": per_batch}
+    for name, st in settings.items():
+        print(f"settings checked, {name}: {json.dumps(st)}")
+    fused = {st.get("fused") for st in settings.values()}
+    steps_per_batch = {st["optimizer steps per generation batch"] for st in settings.values()}
+    if len(fused) > 1 or steps_per_batch - {1.0}:
+        raise SystemExit(f"the two sides differ in a setting the comparison depends on: {settings}")
     if why_not is not None and args.ref_scoring == "both":
         print("capstone with the reference scored in one batched pass vs inside the decode loop, alternating")
         other = Capstone(model_dir, sz, device, args.lr, args.beta, args.seed, decode_mode, "in-loop")
@@ -771,13 +1030,28 @@ def main(argv=None) -> int:
         f"GFLOP/s {peaks['matmul_dtype']} matmul (torch's default)"
         + (f", {dnn / 1e9:.0f} GFLOP/s through oneDNN" if dnn else "")
     )
-    floor = floor_estimate(n_matmul, sz, prompt_len, peaks, weight_bytes=2 if sz["bf16"] else 4, reuse=reuse) | {
-        "peaks": peaks
-    }
+    shapes = weight_shapes(cap.policy)
+    dtype = torch.bfloat16 if (sz["bf16"] and device.type == "cuda") else torch.float32
+    seq_rows = U * prompt_len + B * (T - 1)
+    rates = product_rates(shapes, [B, U * prompt_len, seq_rows], device, dtype)
+    latency = launch_latency(device)
+    floor = floor_estimate(shapes, sz["num_layers"], sz, prompt_len, peaks, rates, latency, reuse=reuse)
+    floor["peaks"] = peaks
+    floor["rates"] = {f"M={m} {o}x{i}": r for (m, o, i), r in rates.items()}
+    print(
+        "measured product rates (GFLOP/s) at the step's own shapes: "
+        + ", ".join(f"M={m} {o}x{i}: {r / 1e9:.0f}" for (m, o, i), r in sorted(rates.items()))
+    )
+    if device.type == "cuda":
+        print(
+            f"kernel launch latency: {latency['eager_s'] * 1e6:.2f} us eager, {latency['graph_s'] * 1e6:.2f} us "
+            f"replayed from a CUDA graph; a decode step needs at least {floor['decode_kernels_per_step']} kernels"
+        )
     print(
         f"physical floor: {floor['floor_s'] * 1e3:.2f} ms/step (decode: {T - 1} steps, each reading the weights "
-        f"({floor['decode_bytes'] / 1e6:.1f} MB in all) and doing its FLOPs, {floor['decode_s'] * 1e3:.2f} ms; "
-        f"prefill, reference and update: {floor['flops'] / 1e9:.2f} GFLOP, {floor['flops_s'] * 1e3:.2f} ms)"
+        f"({floor['decode_bytes'] / 1e6:.1f} MB in all) or doing its products at M = {B}, whichever is slower, plus "
+        f"its kernel chain: {floor['decode_s'] * 1e3:.2f} ms; prefill, reference and update: "
+        f"{floor['flops'] / 1e9:.2f} GFLOP at their shapes' rates, {floor['flops_s'] * 1e3:.2f} ms)"
     )
     for name, r in results.items():
         for side, v in r.items():
@@ -793,6 +1067,7 @@ def main(argv=None) -> int:
         "decode_mode": cap.sampler.decode_mode_used,
         "ref_scoring": args.ref_scoring,
         "cpu_matmul": {k: c.matmul for k, c in caps.items()},
+        "settings": settings,
         "command": " ".join(sys.argv),
     }
     if args.json:
