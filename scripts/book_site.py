@@ -4,22 +4,31 @@
     python scripts/book_site.py build [--strict]  # assets + jupyter-book build -> _build/html
     python scripts/book_site.py serve [--port N]  # serve _build/html on 127.0.0.1
     python scripts/book_site.py pdf               # _build/study-guide.pdf (interview questions + cheat sheet)
+    python scripts/book_site.py configcheck-time  # how long the "Check your config" page takes to load Python
 
 The site is self-contained: MathJax and every other asset are served from _build/html, so it works
-offline (tests/test_site_browser.py checks that in headless Chromium).
+offline (tests/test_site_browser.py checks that in headless Chromium). The "Check your config" page
+(book/configcheck.md) runs the package's config inspector in the reader's browser: `build` puts Pyodide
+(npm) into _build/html/_static/pyodide and the inspector's source, a pure-Python PyYAML and the page's
+glue (scripts/configcheck_page.py) into _build/html/_static/configcheck/bundle.zip.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import functools
 import http.server
+import importlib.metadata
+import importlib.util
+import json
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -30,6 +39,15 @@ HTML = BUILD / "html"
 MATHJAX_VERSION = "3.2.2"
 MATHJAX_DIR = ROOT / "book" / "_static" / "mathjax"
 NODE_CACHE = ROOT / ".cache" / "node"
+# Pyodide (CPython compiled to WebAssembly) from the npm registry, for the "Check your config" page. The npm
+# package holds the interpreter and the standard library only (no PyYAML, no micropip): the rest comes from
+# this build, see configcheck_assets().
+PYODIDE_VERSION = "314.0.8"
+PYODIDE_FILES = ["pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json"]
+PYODIDE_DIR = HTML / "_static" / "pyodide"
+CONFIGCHECK_DIR = HTML / "_static" / "configcheck"
+# The inspector, under its new name first (scripts/configcheck_page.py imports it the same way).
+INSPECTOR_NAMES = ("kltutor.configcheck", "kltutor.inspect")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -44,34 +62,148 @@ CHROMIUM_ARGS = [
 STUDY_GUIDE_PAGES = ["notebooks/09_interview_questions", "notebooks/08_kl_in_practice", "book/cheatsheet"]
 
 
+def _npm_package(name: str, version: str, marker: str) -> Path:
+    """The npm package ``name@version`` in .cache/node (installed once; ``marker`` is a file it must hold)."""
+    pkg = NODE_CACHE / "node_modules" / name
+    meta = pkg / "package.json"
+    if (pkg / marker).exists() and meta.exists() and json.loads(meta.read_text()).get("version") == version:
+        return pkg
+    NODE_CACHE.mkdir(parents=True, exist_ok=True)
+    npm = shutil.which("npm")
+    if npm is None:
+        raise SystemExit(f"npm is needed once to fetch {name} for the offline site (apt-get install nodejs npm)")
+    subprocess.run(
+        [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(NODE_CACHE), f"{name}@{version}"],
+        check=True,
+    )
+    if not (pkg / marker).exists():
+        raise SystemExit(f"npm installed {name}@{version} without {marker}")
+    return pkg
+
+
 def assets() -> None:
     """Put MathJax 3 (from the npm registry) where Sphinx copies static files from."""
     marker = MATHJAX_DIR / "tex-chtml.js"
     if marker.exists():
         return
-    pkg = NODE_CACHE / "node_modules" / "mathjax" / "es5"
-    if not (pkg / "tex-chtml.js").exists():
-        NODE_CACHE.mkdir(parents=True, exist_ok=True)
-        npm = shutil.which("npm")
-        if npm is None:
-            raise SystemExit("npm is needed once to fetch MathJax for the offline site (apt-get install nodejs npm)")
-        subprocess.run(
-            [
-                npm,
-                "install",
-                "--silent",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-                str(NODE_CACHE),
-                f"mathjax@{MATHJAX_VERSION}",
-            ],
-            check=True,
-        )
+    pkg = _npm_package("mathjax", MATHJAX_VERSION, "es5/tex-chtml.js") / "es5"
     MATHJAX_DIR.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(MATHJAX_DIR, ignore_errors=True)
     # The speech-rule engine (a11y/sre) is large and loaded only on demand; keep the rest.
     shutil.copytree(pkg, MATHJAX_DIR, ignore=shutil.ignore_patterns("sre", "mathmaps"))
+
+
+def _module_file(name: str, base: Path) -> Path | None:
+    """The source file of module ``name`` under ``base`` (a.b -> a/b.py or a/b/__init__.py), without importing it."""
+    path = base.joinpath(*name.split("."))
+    for f in (path.with_suffix(".py"), path / "__init__.py"):
+        if f.is_file():
+            return f
+    return None
+
+
+def _imports(path: Path, module: str, top: str) -> set[str]:
+    """Modules of package ``top`` that ``path`` (module ``module``) imports anywhere, functions included."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import mod`; non-modules drop out below
+    return {m for m in found if m == top or m.startswith(top + ".")}
+
+
+def inspector_sources() -> dict[str, Path]:
+    """The files the config inspector needs, found from the module itself, not from a list: its package
+    (``kltutor.configcheck`` and/or ``kltutor.inspect``, whichever exist), every ``kltutor`` module they import
+    (also inside functions; modules that need torch come along but are imported only by verdicts that need
+    them), the parent packages' ``__init__.py`` and the package data declared in pyproject.toml. Keys are paths
+    inside the archive (``kltutor/...``)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import kltutor
+
+    pkg_root = Path(kltutor.__file__).resolve().parent
+    base = pkg_root.parent
+    todo = []
+    for name in INSPECTOR_NAMES:
+        f = _module_file(name, base)
+        if f is not None:
+            todo.append(name)
+            if f.name == "__init__.py":  # the whole inspector package (its __main__, field lists...)
+                todo += [f"{name}.{p.stem}" for p in f.parent.glob("*.py") if p.stem != "__init__"]
+    if not todo:
+        raise SystemExit(f"no config inspector found ({' or '.join(INSPECTOR_NAMES)})")
+    seen: dict[str, Path] = {}
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        f = _module_file(name, base)
+        if f is None:
+            continue
+        seen[name] = f
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        todo += sorted(_imports(f, name, "kltutor"))
+    files = {str(f.resolve().relative_to(base)): f for f in seen.values()}
+    # package data (pyproject's [tool.setuptools.package-data]) inside the packages taken
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"].get("package-data", {})
+    dirs = {str(Path(k).parent) for k in files}
+    for pattern in data.get("kltutor", []):
+        for f in pkg_root.glob(pattern):
+            rel = str(f.relative_to(base))
+            if str(Path(rel).parent.parent) in dirs or str(Path(rel).parent) in dirs:
+                files[rel] = f
+    return dict(sorted(files.items()))
+
+
+def configcheck_assets() -> dict:
+    """Put Pyodide and the inspector's bundle into the built site (_static/pyodide, _static/configcheck)."""
+    import yaml as pyyaml
+
+    pkg = _npm_package("pyodide", PYODIDE_VERSION, "pyodide.asm.wasm")
+    shutil.rmtree(PYODIDE_DIR, ignore_errors=True)
+    PYODIDE_DIR.mkdir(parents=True)
+    for name in PYODIDE_FILES:
+        shutil.copy2(pkg / name, PYODIDE_DIR / name)
+    shutil.copy2(pkg / "package.json", PYODIDE_DIR / "package.json")  # version and licence (MPL-2.0)
+
+    shutil.rmtree(CONFIGCHECK_DIR, ignore_errors=True)
+    CONFIGCHECK_DIR.mkdir(parents=True)
+    sources = inspector_sources()
+    # PyYAML's pure-Python implementation: the .py files of the build environment's PyYAML (its libyaml
+    # extension is left out; yaml/__init__.py falls back to the pure-Python loader without it).
+    yaml_dir = Path(pyyaml.__file__).parent
+    yaml_files = {f"yaml/{f.name}": f for f in sorted(yaml_dir.glob("*.py")) if f.name != "cyaml.py"}
+    dist = importlib.metadata.distribution("PyYAML")
+    licence = next((f for f in dist.files or [] if Path(f).name in ("LICENSE", "LICENSE.txt")), None)
+    bundle = CONFIGCHECK_DIR / "bundle.zip"
+    with zipfile.ZipFile(bundle, "w", zipfile.ZIP_DEFLATED) as z:
+        for arc, f in {**sources, **yaml_files}.items():
+            z.write(f, arc)
+        if licence is not None:
+            z.write(dist.locate_file(licence), "yaml/LICENSE")
+        z.write(ROOT / "scripts" / "configcheck_page.py", "configcheck_page.py")
+    manifest = {
+        "pyodide": PYODIDE_VERSION,
+        "pyyaml": dist.version,
+        "inspector": [n for n in INSPECTOR_NAMES if f"{n.replace('.', '/')}/__init__.py" in sources],
+        "files": sorted([*sources, *yaml_files, "configcheck_page.py"]),
+        "bundle_bytes": bundle.stat().st_size,
+    }
+    (CONFIGCHECK_DIR / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    size = sum(f.stat().st_size for f in PYODIDE_DIR.iterdir()) + bundle.stat().st_size
+    print(f"configcheck: Pyodide {PYODIDE_VERSION} + {len(manifest['files'])} files, {size / 2**20:.1f} MiB in _static")
+    return manifest
 
 
 def build(strict: bool) -> int:
@@ -83,6 +215,8 @@ def build(strict: bool) -> int:
         cmd += ["-W", "-n", "--keep-going"]
     t0 = time.perf_counter()
     rc = subprocess.call(cmd, cwd=ROOT)
+    if (HTML / "index.html").exists():
+        configcheck_assets()
     print(f"site build: exit {rc} in {time.perf_counter() - t0:.1f} s -> {HTML / 'index.html'}")
     return rc
 
@@ -185,6 +319,29 @@ def pdf(out: Path = BUILD / "study-guide.pdf") -> Path:
     return out
 
 
+def configcheck_time(runs: int = 5) -> list[float]:
+    """Seconds from opening the "Check your config" page to a usable Check button, in a fresh browser context
+    each time (no cache: what a first visit costs when the site is served from this machine)."""
+    times = []
+    with serve() as base, browser() as b:
+        for _ in range(runs):
+            ctx = b.new_context()
+            page = ctx.new_page()
+            t0 = time.perf_counter()
+            page.goto(f"{base}/book/configcheck.html", wait_until="load")
+            page.wait_for_function(
+                "window.kltutorConfigcheck && (kltutorConfigcheck.ready || kltutorConfigcheck.error)", timeout=300_000
+            )
+            state = page.evaluate("window.kltutorConfigcheck")
+            if not state["ready"]:
+                raise SystemExit(f"the page did not load Python: {state['error']}")
+            times.append(time.perf_counter() - t0)
+            ctx.close()
+    med = sorted(times)[len(times) // 2]
+    print(f"configcheck page ready after {med:.1f} s (median of {runs}; all: {', '.join(f'{t:.1f}' for t in times)})")
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -194,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("serve")
     s.add_argument("--port", type=int, default=8000)
     sub.add_parser("pdf")
+    t = sub.add_parser("configcheck-time")
+    t.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
     if args.cmd == "assets":
         assets()
@@ -206,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(3600)
+        return 0
+    if args.cmd == "configcheck-time":
+        configcheck_time(args.runs)
         return 0
     if args.cmd == "pdf":
         pdf()
