@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
 BUILD = ROOT / "_build"
 HTML = BUILD / "html"
 MATHJAX_VERSION = "3.2.2"
@@ -217,6 +218,9 @@ def build(strict: bool) -> int:
     rc = subprocess.call(cmd, cwd=ROOT)
     if (HTML / "index.html").exists():
         configcheck_assets()
+        import llms_txt  # scripts/llms_txt.py
+
+        print(f"llms.txt: {llms_txt.write(HTML / 'llms.txt')}")
     print(f"site build: exit {rc} in {time.perf_counter() - t0:.1f} s -> {HTML / 'index.html'}")
     return rc
 

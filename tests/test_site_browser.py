@@ -301,3 +301,27 @@ def test_configcheck_page_bad_input_gets_a_message(site):
         assert "Traceback" not in shown["text"] and not shown["terms"]
     assert not problems, problems
     page.close()
+
+
+def test_llms_txt_is_the_current_book_and_its_links_resolve(site):
+    """The built site serves llms.txt at its root, equal to what scripts/llms_txt.py generates from the
+    current sources (tests/test_llms_txt.py checks its content), and every link in it reaches its anchor."""
+    import llms_txt
+
+    base, browser = site
+    page = browser.new_page()
+    resp = page.request.get(f"{base}/llms.txt")
+    assert resp.ok, "no llms.txt at the site root"
+    assert resp.text() == llms_txt.render(), "the built llms.txt is stale: rebuild the site"
+    pages: dict[str, str] = {}
+    for _, url in re.findall(r"\[([^\]]+)\]\(([^)\s]+)\)", resp.text()):
+        if url.startswith(("http://", "https://")):
+            continue
+        path, _, frag = url.partition("#")
+        if path not in pages:
+            r = page.request.get(f"{base}/{path}")
+            assert r.ok, f"llms.txt links {url}: HTTP {r.status}"
+            pages[path] = r.text()
+        if frag:
+            assert re.search(rf'id="{re.escape(frag)}"', pages[path]), f"llms.txt links {url}: no such anchor"
+    page.close()
