@@ -4,6 +4,7 @@
     python scripts/book_site.py build [--strict]  # assets + jupyter-book build -> _build/html
     python scripts/book_site.py serve [--port N]  # serve _build/html on 127.0.0.1
     python scripts/book_site.py pdf               # _build/study-guide.pdf (interview questions + cheat sheet)
+                                                  # and _build/kltutor-book.pdf (the whole book)
     python scripts/book_site.py configcheck-time  # how long the "Check your config" page takes to load Python
 
 The site is self-contained: MathJax and every other asset are served from _build/html, so it works
@@ -23,6 +24,7 @@ import http.server
 import importlib.metadata
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -288,6 +290,7 @@ PRINT_CSS = """
     break-inside: avoid; page-break-inside: avoid; }
   h1, h2, h3, summary { break-after: avoid; page-break-after: avoid; }
   h1 { break-before: page; }
+  .bd-main .bd-content .bd-article h1:first-of-type { display: block !important; }
 }
 """
 
@@ -321,6 +324,188 @@ def pdf(out: Path = BUILD / "study-guide.pdf") -> Path:
         writer.write(fh)
     print(f"study guide: {out} ({out.stat().st_size // 1024} KiB)")
     return out
+
+
+BOOK_PDF = BUILD / "kltutor-book.pdf"
+
+# The whole book as one document: every page of _toc.yml fetched into one HTML page (ids prefixed per page,
+# links between pages turned into links inside the document, images made absolute), a title page and a table
+# of contents in front, typeset by MathJax and printed once by Chromium, so cross-references are PDF links.
+ASSEMBLE_JS = """
+async ({pages, title, subtitle}) => {
+  const base = location.origin;
+  const index = new Map(pages.map((p, i) => [new URL(p.doc + '.html', base + '/').pathname, i]));
+  const sections = [];
+  for (const [i, p] of pages.entries()) {
+    const url = new URL(p.doc + '.html', base + '/');
+    const html = await (await fetch(url)).text();
+    const doc = new DOMParser().parseFromString(html, 'text/html');
+    const article = doc.querySelector('article.bd-article');
+    article.querySelectorAll('[id]').forEach(e => { e.id = `p${i}-${e.id}`; });
+    article.querySelectorAll('img[src]').forEach(img => { img.src = new URL(img.getAttribute('src'), url).href; });
+    article.querySelectorAll('a[href]').forEach(a => {
+      const target = new URL(a.getAttribute('href'), url);
+      if (target.origin !== base) return;
+      const j = index.get(target.pathname);
+      if (j === undefined) { a.removeAttribute('href'); return; }
+      a.setAttribute('href', '#' + (target.hash ? `p${j}-${target.hash.slice(1)}` : `p${j}-top`));
+    });
+    const section = document.createElement('section');
+    section.className = 'pdf-page' + (p.number ? ' pdf-chapter' : '');
+    section.id = `p${i}-top`;
+    article.querySelectorAll('.toctree-wrapper').forEach(e => e.remove());  // the PDF has its own contents
+    section.append(...article.childNodes);
+    sections.push(section);
+  }
+  // title page and contents (chapters with their numbered sections, pages without numbers after them)
+  const front = document.createElement('section');
+  front.className = 'pdf-front';
+  front.innerHTML = `<h1 class="pdf-title">${title}</h1><p class="pdf-subtitle">${subtitle}</p>`;
+  const toc = document.createElement('nav');
+  toc.className = 'pdf-toc';
+  toc.innerHTML = '<h2 class="pdf-toc-title">Contents</h2>';
+  let part = null;
+  const list = document.createElement('ol');
+  pages.forEach((p, i) => {
+    if (i === 0) return;
+    if (p.part && p.part !== part) {
+      part = p.part;
+      const li = document.createElement('li'); li.className = 'pdf-toc-part'; li.textContent = part; list.append(li);
+    }
+    const h1 = sections[i].querySelector('h1');
+    const li = document.createElement('li');
+    const text = h => { const c = h.cloneNode(true); c.querySelectorAll('.headerlink').forEach(e => e.remove()); return c.textContent.trim(); };
+    li.className = 'pdf-toc-chapter';
+    li.innerHTML = `<a href="#p${i}-top">${h1 ? text(h1) : p.doc}</a><span class="pdf-pageno" data-target="p${i}-top">000</span>`;
+    list.append(li);
+    if (p.number) sections[i].querySelectorAll('section > h2').forEach(h2 => {
+      const sec = h2.closest('section');
+      if (!sec || !sec.id) return;
+      const sub = document.createElement('li');
+      sub.className = 'pdf-toc-section';
+      sub.innerHTML = `<a href="#${sec.id}">${text(h2)}</a><span class="pdf-pageno" data-target="${sec.id}">000</span>`;
+      list.append(sub);
+    });
+  });
+  toc.append(list);
+  const article = document.querySelector('article.bd-article');
+  article.replaceChildren(front, toc, ...sections);
+  document.querySelectorAll('details').forEach(d => { d.open = true; });
+  document.title = title;
+  if (window.MathJax && MathJax.typesetPromise) { MathJax.typesetClear && MathJax.typesetClear(); await MathJax.typesetPromise([article]); }
+  await Promise.all(Array.from(document.images).map(img => img.complete ? null : new Promise(r => { img.onload = img.onerror = r; })));
+  return Array.from(document.querySelectorAll('.pdf-pageno')).map(s => s.dataset.target);
+}
+"""
+
+BOOK_PRINT_CSS = """
+@page { size: A4; margin: 16mm 14mm 16mm 14mm; }
+@media print {
+  html { font-size: 10pt; }
+  .bd-header, .bd-sidebar-primary, .bd-sidebar-secondary, .header-article, .bd-header-article, .prev-next-area,
+  .bd-footer, .bd-footer-article, .bd-footer-content, .headerlink, button, .toggle-details__summary,
+  details.hide.above-input, .cc-app, .sd-summary-up, .sd-summary-down, #pst-back-to-top, .skip-link { display: none !important; }
+  .bd-main .bd-content .bd-article-container, .bd-page-width, .bd-container__inner { max-width: 100% !important; padding: 0 !important; }
+  .bd-main .bd-content { justify-content: start !important; }
+  .bd-main .bd-content .bd-article h1:first-of-type { display: block !important; }
+  .bd-main .bd-content { margin-left: 0 !important; }
+  #jb-print-docs-body, #jb-print-toc, .onlyprint { display: none !important; }
+  .bd-main .bd-content table { break-inside: auto !important; }
+  .table-wrapper, .pst-scrollable-table-container { overflow: visible !important; }
+  .bd-article table.table { width: 100% !important; table-layout: auto; }
+  .bd-article table.table td, .bd-article table.table th { overflow-wrap: anywhere; hyphens: auto; }
+  .pdf-page { break-before: page; }
+  .pdf-front { padding-top: 30%; text-align: center; break-after: page; }
+  .pdf-title { font-size: 2.6rem; }
+  .pdf-subtitle { font-size: 1.1rem; color: #444; }
+  .pdf-toc ol { list-style: none; padding-left: 0; }
+  .pdf-toc li { display: flex; justify-content: space-between; gap: 1em; margin: 0.1em 0; break-inside: avoid; }
+  .pdf-toc a { color: inherit; text-decoration: none; }
+  .pdf-toc-part { font-weight: 700; margin-top: 0.8em !important; }
+  .pdf-toc-chapter { font-weight: 600; }
+  .pdf-toc-section { padding-left: 1.5em; font-size: 0.92em; }
+  .pdf-pageno { font-variant-numeric: tabular-nums; min-width: 2.5em; text-align: right; }
+  pre, .highlight pre { white-space: pre-wrap !important; overflow-wrap: anywhere; word-break: break-word;
+    overflow: visible !important; font-size: 7.8pt !important; line-height: 1.3; }
+  div.cell_output pre { max-height: none !important; }
+  img { max-width: 100% !important; height: auto !important; }
+  figure, img, .cell_output img, tr, .admonition, .math-wrapper, mjx-container[display="true"] { break-inside: avoid; }
+  .kltutor-table, .table-wrapper { overflow: visible !important; }
+  .kltutor-table table, table.table { font-size: 7.8pt !important; }
+  .kltutor-table th, .kltutor-table td { white-space: normal !important; }
+  table { break-inside: auto; } thead { display: table-header-group; }
+  h1, h2, h3, h4, summary, .admonition-title { break-after: avoid; }
+  mjx-container[display="true"] { overflow: visible !important; }
+  a { color: #1a4f8b !important; }
+}
+"""
+
+
+def book_pdf(out: Path = BOOK_PDF, only: list[str] | None = None) -> Path:
+    """Print the whole book (every page of _toc.yml, in order) to one PDF: title page, table of contents with
+    page numbers, chapters with their figures, tables and math, links between chapters as PDF links, and the
+    outline (bookmarks) from the headings. Two passes: the first finds the page each entry starts on."""
+    import llms_txt
+    from pypdf import PdfReader
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    pages = [{"doc": p.doc, "part": p.part, "number": p.number} for p in llms_txt.pages()]
+    if only:  # a preview of some pages (the root page stays: it is the shell the book is assembled in)
+        pages = [p for i, p in enumerate(pages) if i == 0 or p["doc"] in only]
+    subtitle = f"{config.get('author', '')}, {config.get('copyright', '')}. {config['repository']['url']}"
+    with serve() as base, browser() as b:
+        page = b.new_page()
+        page.set_default_timeout(300_000)
+        page.goto(f"{base}/{pages[0]['doc']}.html", wait_until="load")
+        page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=60000)
+        page.evaluate("MathJax.startup.promise")
+        targets = page.evaluate(ASSEMBLE_JS, {"pages": pages, "title": config["title"], "subtitle": subtitle})
+        page.add_style_tag(content=BOOK_PRINT_CSS)
+        page.emulate_media(media="print")
+        options = dict(format="A4", print_background=True, outline=True, tagged=True, prefer_css_page_size=True)
+        options["display_header_footer"] = True
+        options["header_template"] = "<span></span>"
+        options["footer_template"] = (
+            '<div style="font-size:8px;width:100%;text-align:center;color:#666"><span class="pageNumber"></span></div>'
+        )
+        first = page.pdf(**options)
+        # Where each entry starts: the page of the first text that follows its anchor, found by marking it.
+        numbers = _anchor_pages(page, first, targets, PdfReader)
+        page.evaluate(
+            "numbers => document.querySelectorAll('.pdf-pageno').forEach((s, k) => { s.textContent = numbers[k]; })",
+            [str(n) if n else "" for n in numbers],
+        )
+        page.pdf(path=str(out), **options)
+    n = len(PdfReader(str(out)).pages)
+    print(f"book: {out} ({n} pages, {out.stat().st_size // 1024} KiB)")
+    return out
+
+
+def _anchor_pages(page, pdf_bytes: bytes, targets: list[str], reader_cls) -> list[int | None]:
+    """Page numbers (1-based) of the elements with ids ``targets`` in the printed PDF: each is given a unique
+    marker word, printed once, and the marker looked up in the text of each page."""
+    import io
+
+    markers = page.evaluate(
+        """targets => targets.map((id, k) => {
+             const el = document.getElementById(id);
+             if (!el) return null;
+             const h = el.matches('h1, h2, h3') ? el : (el.querySelector('h1, h2, h3') || el);
+             const m = document.createElement('span');
+             m.className = 'pdf-marker'; m.textContent = `QQMARK${k}QQ`; m.style.fontSize = '4px';
+             h.prepend(m);
+             return m.textContent;
+           })""",
+        targets,
+    )
+    marked = page.pdf(format="A4", print_background=True, prefer_css_page_size=True)
+    page.evaluate("document.querySelectorAll('.pdf-marker').forEach(m => m.remove())")
+    reader = reader_cls(io.BytesIO(marked))
+    found: dict[str, int] = {}
+    for i, pg in enumerate(reader.pages, 1):
+        for m in re.findall(r"QQMARK\d+QQ", pg.extract_text() or ""):
+            found.setdefault(m, i)
+    return [found.get(m) if m else None for m in markers]
 
 
 def configcheck_time(runs: int = 5) -> list[float]:
@@ -375,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "pdf":
         pdf()
+        book_pdf()
         return 0
     return 2
 
