@@ -413,7 +413,7 @@ BOOK_PRINT_CSS = """
   .bd-main .bd-content table { break-inside: auto !important; }
   .table-wrapper, .pst-scrollable-table-container { overflow: visible !important; }
   .bd-article table.table { width: 100% !important; table-layout: auto; }
-  .bd-article table.table td, .bd-article table.table th { overflow-wrap: anywhere; hyphens: auto; }
+  .bd-article table.table td, .bd-article table.table th { overflow-wrap: break-word; }
   .pdf-page { break-before: page; }
   .pdf-front { padding-top: 30%; text-align: center; break-after: page; }
   .pdf-title { font-size: 2.6rem; }
@@ -432,7 +432,8 @@ BOOK_PRINT_CSS = """
   figure, img, .cell_output img, tr, .admonition, .math-wrapper, mjx-container[display="true"] { break-inside: avoid; }
   .kltutor-table, .table-wrapper { overflow: visible !important; }
   .kltutor-table table, table.table { font-size: 7.8pt !important; }
-  .kltutor-table th, .kltutor-table td { white-space: normal !important; }
+  .kltutor-table th, .kltutor-table td { white-space: normal !important; overflow-wrap: break-word; }
+  .kltutor-table .num, .kltutor-table td:has(> .num) { white-space: nowrap !important; }
   table { break-inside: auto; } thead { display: table-header-group; }
   h1, h2, h3, h4, summary, .admonition-title { break-after: avoid; }
   mjx-container[display="true"] { overflow: visible !important; }
