@@ -126,7 +126,8 @@ def inspector_sources() -> dict[str, Path]:
     """The files the config inspector needs, found from the module itself, not from a list: its package
     (``kltutor.configcheck`` and/or ``kltutor.inspect``, whichever exist), every ``kltutor`` module they import
     (also inside functions; modules that need torch come along but are imported only by verdicts that need
-    them), the parent packages' ``__init__.py`` and the package data declared in pyproject.toml. Keys are paths
+    them), the parent packages' ``__init__.py`` and the packages' data (their ``data/`` folders and
+    pyproject.toml's package-data). Keys are paths
     inside the archive (``kltutor/...``)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
@@ -156,16 +157,19 @@ def inspector_sources() -> dict[str, Path]:
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]
         todo += sorted(_imports(f, name, "kltutor"))
     files = {str(f.resolve().relative_to(base)): f for f in seen.values()}
-    # package data (pyproject's [tool.setuptools.package-data]) inside the packages taken
+    # package data inside the packages taken: their data/ folders, and pyproject's package-data patterns
     import tomllib
 
+    dirs = {f.parent for f in seen.values() if f.name == "__init__.py"}
+    for d in dirs:
+        for f in (d / "data").rglob("*") if (d / "data").is_dir() else []:
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".py", ".pyc"):
+                files[str(f.relative_to(base))] = f
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"].get("package-data", {})
-    dirs = {str(Path(k).parent) for k in files}
     for pattern in data.get("kltutor", []):
         for f in pkg_root.glob(pattern):
-            rel = str(f.relative_to(base))
-            if str(Path(rel).parent.parent) in dirs or str(Path(rel).parent) in dirs:
-                files[rel] = f
+            if f.parent in dirs or f.parent.parent in dirs:
+                files[str(f.relative_to(base))] = f
     return dict(sorted(files.items()))
 
 
@@ -209,8 +213,23 @@ def configcheck_assets() -> dict:
     return manifest
 
 
+CONFIGCHECK_LEGEND = ROOT / "book" / "_configcheck_legend.md"
+
+
+def configcheck_legend() -> Path:
+    """Write the legend of the "Check your config" page (every verdict and warning code with its section) from
+    the inspector's registry; book/configcheck.md includes it. Generated at each build, never committed."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import configcheck_page
+
+    CONFIGCHECK_LEGEND.write_text(configcheck_page.legend())
+    return CONFIGCHECK_LEGEND
+
+
 def build(strict: bool) -> int:
     assets()
+    configcheck_legend()
     shutil.rmtree(HTML, ignore_errors=True)
     shutil.rmtree(BUILD / ".doctrees", ignore_errors=True)
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT), "--builder", "html"]

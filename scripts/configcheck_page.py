@@ -23,29 +23,64 @@ EXIT_CODES = {
     2: "unreadable: the inspector could not read the config (the message says where)",
 }
 INSPECTOR_NAMES = ("kltutor.configcheck", "kltutor.inspect")
-SUFFIXES = (".json", ".yaml", ".yml", ".txt", ".sh", ".cmd")
+SUFFIXES = (".json", ".yaml", ".yml", ".txt", ".sh", ".bash", ".slurm", ".sbatch", ".cmd")
+
+#: The verdict classes of chapter 3's table (kltutor.trainers.core.classify): what each means and the section
+#: that explains it. A verdict not listed links chapter 3's table of the libraries' own code.
+VERDICTS = {
+    "exact reverse-KL gradient": (
+        "the expected gradient of KL(π‖π_ref), the term the objective names",
+        "sec-placements-exact",
+    ),
+    "token-level k2 (biased for T > 1)": (
+        "the gradient of ½ℓ² per token: exact for one token, biased on sequences (no cross-token terms)",
+        "sec-placements-definitions",
+    ),
+    "per-token forward KL": (
+        "the gradient of KL(π_ref‖π) per token at the policy's prefixes (k3 in the loss)",
+        "sec-placements-definitions",
+    ),
+    "zero in expectation": ("k1 in the loss: no expected gradient, only noise", "sec-placements-definitions"),
+    "other": (
+        "none of the above: chapter 3's table gives its distance to the true gradient",
+        "sec-placements-trainers",
+    ),
+}
+STALE = ("stale", "the verdict on the second and later updates of one batch (off-policy)", "sec-placements-off-policy")
+DEFAULT_VERDICT_SECTION = "sec-placements-trainers"
+#: Sections for an inspector whose WARNING_CODES is a plain tuple (the old kltutor.inspect); kltutor.configcheck
+#: names each warning's section itself (WARNING_CODES: code -> label).
+OLD_WARNING_SECTIONS = {
+    "two-kl-terms": "sec-practice-two-kls",
+    "k1-in-loss": "sec-placements-exact",
+    "unclamped-k3-bf16": "sec-estimators-stability",
+    "length-rescaled-beta": "sec-practice-aggregation",
+}
 
 
 def inspector():
-    """The inspector module under whichever name this version of kltutor has."""
-    missing = []
+    """The inspector module under whichever name this copy of kltutor has. Only a subpackage (or module) that
+    sits in this kltutor's own folder counts: an editable install elsewhere must not lend its newer one."""
+    from pathlib import Path
+
+    import kltutor
+
+    roots = [Path(p) for p in getattr(kltutor, "__path__", [])]
     for name in INSPECTOR_NAMES:
-        try:
+        sub = name.split(".", 1)[1]
+        if any((r / sub / "__init__.py").is_file() or (r / f"{sub}.py").is_file() for r in roots):
             return importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name not in (name, *name.split(".")[:1]):
-                raise
-            missing.append(name)
-    raise ModuleNotFoundError(f"no config inspector in this kltutor ({' or '.join(missing)})")
+    raise ModuleNotFoundError(f"no config inspector in this kltutor ({' or '.join(INSPECTOR_NAMES)})")
 
 
 def _suffix(name: str) -> str:
-    """The parser the file name asks for; pasted text ("") lets the inspector decide (command or YAML/JSON)."""
+    """The parser the file name asks for. Pasted text, or a file name without a known suffix, is read as YAML
+    (JSON is YAML too), and the inspector reads it as a launch command when it looks like one."""
     lower = name.lower()
     for s in SUFFIXES:
         if lower.endswith(s):
             return s
-    return ""
+    return ".yaml"
 
 
 def _binary(text: str) -> bool:
@@ -117,3 +152,62 @@ def check(text: str, name: str = "pasted config", trainer: str | None = None) ->
     except Exception as e:  # last resort: the page must never show a traceback
         out = _error(f"unexpected failure ({type(e).__name__}: {e})", None, "internal")
     return json.dumps(out, default=str)
+
+
+# --- the page's legend (written by scripts/book_site.py build, included by book/configcheck.md) ------------------
+
+
+def warning_sections(mod=None) -> dict[str, str]:
+    """Every warning code of the inspector and the label of the section that explains it."""
+    codes = (mod or inspector()).WARNING_CODES
+    if isinstance(codes, dict):
+        return dict(codes)
+    return {c: OLD_WARNING_SECTIONS.get(c, "sec-placements-inspector") for c in codes}
+
+
+def stored_verdicts() -> list[str]:
+    """Every verdict in the stored results of the libraries' KL code (kltutor/trainers/data/results.json)."""
+    from kltutor import trainers
+
+    found: list[str] = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            v = x.get("verdict")
+            if isinstance(v, str) and v not in found:
+                found.append(v)
+            for y in x.values():
+                walk(y)
+        elif isinstance(x, list):
+            for y in x:
+                walk(y)
+
+    walk(trainers.load_results())
+    return found
+
+
+def legend() -> str:
+    """The MyST table of every verdict and warning the report can show, each with a {ref} to its section (the
+    page's script takes its links from this table, so a label that moves breaks the strict site build)."""
+    rows = []
+    for v in [*VERDICTS, *(v for v in stored_verdicts() if v not in VERDICTS)]:
+        meaning, section = VERDICTS.get(v, ("see chapter 3's table", DEFAULT_VERDICT_SECTION))
+        rows.append(("verdict", v, meaning, section))
+    rows.append(("verdict", STALE[0], STALE[1], STALE[2]))
+    rows += [
+        ("warning", code, "the report says what it found", section) for code, section in warning_sections().items()
+    ]
+    lines = [
+        "<!-- Generated by scripts/book_site.py build from scripts/configcheck_page.py and the inspector's"
+        " WARNING_CODES; do not edit. -->",
+        ":::{list-table}",
+        ":header-rows: 1",
+        ":class: cc-legend",
+        "",
+        "* - in the report",
+        "  - what it is",
+        "  - explained in",
+    ]
+    for kind, key, meaning, section in rows:
+        lines += [f"* - `{key}`", f"  - {kind}{': ' + meaning if meaning else ''}", f"  - {{ref}}`{section}`"]
+    return "\n".join([*lines, ":::", ""])
