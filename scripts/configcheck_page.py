@@ -16,7 +16,7 @@ import json
 
 #: Larger pastes are refused before parsing: a trainer config is a few kilobytes.
 MAX_CHARS = 200_000
-#: What the command line (``python -m kltutor.inspect FILE``) exits with, and what it means.
+#: What the command line (``python -m kltutor.configcheck FILE``) exits with, and what it means.
 EXIT_CODES = {
     0: "clean: the config was read and no warning applies",
     1: "warnings: the config was read and at least one warning below applies",
@@ -90,8 +90,15 @@ def _binary(text: str) -> bool:
     return control > max(2, len(text[:4096]) // 100)
 
 
-def _error(message: str, exit_code: int | None = 2, kind: str = "unreadable") -> dict:
-    return {"ok": False, "kind": kind, "message": message, "exit_code": exit_code, "meaning": EXIT_CODES.get(exit_code)}
+def _error(message: str, exit_code: int | None = 2, kind: str = "unreadable", mod=None) -> dict:
+    return {
+        "ok": False,
+        "kind": kind,
+        "message": message,
+        "exit_code": exit_code,
+        "meaning": EXIT_CODES.get(exit_code),
+        "inspector": getattr(mod, "__name__", None),
+    }
 
 
 def check_dict(text: str, name: str = "pasted config", trainer: str | None = None) -> dict:
@@ -120,11 +127,11 @@ def check_dict(text: str, name: str = "pasted config", trainer: str | None = Non
     try:
         rep = mod.inspect_text(text, name, _suffix(name), trainer)
     except mod.ConfigError as e:
-        return _error(str(e))
+        return _error(str(e), mod=mod)
     except ModuleNotFoundError as e:
         return _error(
             f"{name}: this config's verdict needs {e.name!r}, which the in-browser inspector does not have; "
-            "run `python -m kltutor.inspect FILE` on your machine",
+            f"run `python -m {mod.__name__} FILE` on your machine",
             None,
             "internal",
         )

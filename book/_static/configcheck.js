@@ -49,7 +49,7 @@ function render(out) {
   const code = out.exit_code;
   const exit = el("p", { class: "cc-exit", "data-exit-code": code === null || code === undefined ? "" : String(code) });
   if (code !== null && code !== undefined) {
-    exit.append(el("strong", {}, `Exit code ${code}`), ` (what python -m kltutor.inspect would return): ${out.meaning}.`);
+    exit.append(el("strong", {}, `Exit code ${code}`), ` (what python -m ${out.inspector || "kltutor.configcheck"} would return): ${out.meaning}.`);
   }
   if (!out.ok) {
     result.append(
