@@ -241,7 +241,11 @@ def build(strict: bool) -> int:
         configcheck_assets()
         import llms_txt  # scripts/llms_txt.py
 
-        print(f"llms.txt: {llms_txt.write(HTML / 'llms.txt')}")
+        try:
+            print(f"llms.txt: {llms_txt.write(HTML / 'llms.txt')}")
+        except (KeyError, ValueError, FileNotFoundError) as e:  # e.g. a glued value a stale notebook lacks
+            print(f"llms.txt: not written: {e.args[0] if e.args else e}")
+            rc = rc or 1
     print(f"site build: exit {rc} in {time.perf_counter() - t0:.1f} s -> {HTML / 'index.html'}")
     return rc
 

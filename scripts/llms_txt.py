@@ -129,7 +129,7 @@ def _myst_to_md(text: str, links: dict[str, tuple[str, str]], glue: dict | None 
     def glued(m):
         name, _, spec = m.group(1).partition(":")
         if glue is None or name not in glue:
-            raise KeyError(f"glued value {name!r} not found in the executed notebook")
+            raise KeyError(f"glued value {name!r} not found in the executed notebook (re-execute the chapter)")
         return format(glue[name], spec) if spec else str(glue[name])
 
     text = re.sub(r"\{glue(?::\w+)?\}`([^`]+)`", glued, text)
