@@ -36,7 +36,7 @@ help:
 	@echo "              perturbed float kernels (make nbval-perturbed)"
 	@echo "make quick  - lint, docstring examples and the unit tests not marked slow (the edit loop)"
 	@echo "make format - apply ruff's formatter and its safe fixes"
-	@echo "make pdf    - the printable study guide: _build/study-guide.pdf"
+	@echo "make pdf    - the printable study guide (_build/study-guide.pdf) and the whole book (_build/kltutor-book.pdf)"
 	@echo "make trainers-test - TRL / verl / OpenRLHF KL code on the exact toy, in $(TRAINERS_VENV)"
 
 # --- set-up ------------------------------------------------------------------------------------

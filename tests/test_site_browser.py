@@ -6,6 +6,7 @@ chromium (`make setup-browser`). Screenshots of key pages land in _build/screens
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -186,3 +187,141 @@ def test_result_tables_render_as_tables_that_fit_a_phone(site):
     phone.locator("div.kltutor-table").first.scroll_into_view_if_needed()
     phone.screenshot(path=str(SCREENSHOTS / "phone_tables_04.png"))
     phone.close()
+
+
+# --- the "Check your config" page (book/configcheck.md): the inspector in the browser, with Pyodide ----------
+
+sys.path.insert(0, str(ROOT / "tests"))
+import test_configcheck_page as cc  # noqa: E402  (the three configs, shared with the CPython test)
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import configcheck_page  # noqa: E402
+
+SHOWN_JS = """
+() => {
+  const r = document.getElementById('cc-result');
+  const exit = r.querySelector('.cc-exit');
+  return {
+    text: r.innerText,
+    exitCode: exit ? exit.dataset.exitCode : null,
+    exitText: exit ? exit.innerText : '',
+    message: (r.querySelector('.cc-message') || {}).innerText || null,
+    terms: Array.from(r.querySelectorAll('tr.cc-term')).map(tr => ({
+      placement: tr.querySelector('.cc-placement').innerText,
+      verdict: (tr.querySelector('.cc-verdict-text') || {}).innerText || null})),
+    warnings: Array.from(r.querySelectorAll('li.cc-warning')).map(li => li.dataset.code),
+    links: Array.from(r.querySelectorAll('a.cc-link')).map(a => ({key: a.dataset.key, href: a.href})),
+  };
+}
+"""
+
+
+def _configcheck_page(browser, base):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(180_000)
+    problems: list[str] = []
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("request", lambda req: None if req.url.startswith(base) else problems.append(f"request to {req.url}"))
+    page.goto(f"{base}/book/configcheck.html", wait_until="load")
+    page.wait_for_function("window.kltutorConfigcheck && (kltutorConfigcheck.ready || kltutorConfigcheck.error)")
+    state = page.evaluate("window.kltutorConfigcheck")
+    assert state["ready"], f"Python did not load in the page: {state['error']}"
+    return page, problems, state["loadSeconds"]
+
+
+def _submit(page, text=None, file=None):
+    page.evaluate("document.getElementById('cc-result').dataset.state = ''")
+    if file is not None:
+        page.set_input_files("#cc-file", files=[file])
+    else:
+        page.eval_on_selector("#cc-input", "(e, t) => { e.value = t; }", text)  # fill() types a huge paste slowly
+        page.click("#cc-run")
+    page.wait_for_selector("#cc-result[data-state=done]")
+    return page.evaluate(SHOWN_JS)
+
+
+@pytest.mark.parametrize(
+    ("case", "text", "exit_code"),
+    [("clean", cc.CLEAN, 0), ("double_kl", cc.DOUBLE, 1), ("unreadable", cc.UNREADABLE, 2)],
+)
+def test_configcheck_page_reports_what_the_inspector_reports(site, case, text, exit_code):
+    """Paste a config: the page shows the same KL terms, verdicts, warnings and exit code as the inspector
+    under CPython, each verdict and warning linked to a section that exists, and the exit code's meaning;
+    nothing is fetched from another host."""
+    base, browser = site
+    page, problems, seconds = _configcheck_page(browser, base)
+    want = json.loads(configcheck_page.check(text))
+    shown = _submit(page, text)
+    assert want["exit_code"] == exit_code
+    assert shown["exitCode"] == str(exit_code), shown
+    assert f"Exit code {exit_code}" in shown["exitText"] and configcheck_page.EXIT_CODES[exit_code] in shown["exitText"]
+    assert "Traceback" not in shown["text"]
+    if want["ok"]:
+        report = want["report"]
+        assert [t["placement"] for t in shown["terms"]] == [t["placement"] for t in report["terms"]]
+        assert [t["verdict"] for t in shown["terms"]] == [t["verdict"] for t in report["terms"]]
+        assert shown["warnings"] == [w["code"] for w in report["warnings"]]
+        keys = {t["verdict"] for t in report["terms"]} | {w["code"] for w in report["warnings"]}
+        keys |= {"stale" for t in report["terms"] if t["stale"]}
+        assert {lk["key"] for lk in shown["links"]} == keys, "a verdict or warning shown without its section"
+        for lk in shown["links"]:
+            url, frag = urldefrag(lk["href"])
+            resp = page.request.get(url)
+            assert resp.ok and re.search(rf'id="{re.escape(frag)}"', resp.text()), lk
+    else:
+        assert shown["message"] and want["message"] in shown["message"]
+    if case == "double_kl":
+        assert len(shown["terms"]) == 2 and "two-kl-terms" in shown["warnings"]
+    assert not problems, problems
+    page.screenshot(path=str(SCREENSHOTS / f"configcheck_{case}.png"), full_page=True)
+    page.close()
+
+
+def test_configcheck_page_bad_input_gets_a_message(site):
+    """An empty paste, a huge paste, binary junk (a file) and an unknown library: one clear message each."""
+    base, browser = site
+    page, problems, _ = _configcheck_page(browser, base)
+    cases = [
+        (dict(text=""), "empty"),
+        (dict(text="beta: 0.1\n" * 30_000), "more than a trainer config"),
+        (
+            dict(file={"name": "model.bin", "mimeType": "application/octet-stream", "buffer": bytes(range(256)) * 8}),
+            "not UTF-8",
+        ),
+        (
+            dict(file={"name": "junk.yaml", "mimeType": "text/plain", "buffer": b"\x00\x01\x02binary\x03" * 50}),
+            "binary",
+        ),
+        (dict(text="model:\n  name: llama\ntrainer:\n  epochs: 3\n"), "unknown library"),
+    ]
+    for kwargs, words in cases:
+        shown = _submit(page, **kwargs)
+        assert shown["message"] and words in shown["message"], (kwargs.get("text", "")[:40], shown)
+        assert "Traceback" not in shown["text"] and not shown["terms"]
+    assert not problems, problems
+    page.close()
+
+
+def test_llms_txt_is_the_current_book_and_its_links_resolve(site):
+    """The built site serves llms.txt at its root, equal to what scripts/llms_txt.py generates from the
+    current sources (tests/test_llms_txt.py checks its content), and every link in it reaches its anchor."""
+    import llms_txt
+
+    base, browser = site
+    page = browser.new_page()
+    resp = page.request.get(f"{base}/llms.txt")
+    assert resp.ok, "no llms.txt at the site root"
+    assert resp.text() == llms_txt.render(), "the built llms.txt is stale: rebuild the site"
+    pages: dict[str, str] = {}
+    for _, url in re.findall(r"\[([^\]]+)\]\(([^)\s]+)\)", resp.text()):
+        if url.startswith(("http://", "https://")):
+            continue
+        path, _, frag = url.partition("#")
+        if path not in pages:
+            r = page.request.get(f"{base}/{path}")
+            assert r.ok, f"llms.txt links {url}: HTTP {r.status}"
+            pages[path] = r.text()
+        if frag:
+            assert re.search(rf'id="{re.escape(frag)}"', pages[path]), f"llms.txt links {url}: no such anchor"
+    page.close()
