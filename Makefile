@@ -115,7 +115,7 @@ nbval-perturbed: setup
 
 # Fails when an installed library's KL code no longer gives the stored verdicts (kltutor/trainers/data).
 trainers-test: trainers-venv
-	$(TPY) -m pytest -q -p no:cacheprovider -m trainers tests/test_trainers_libraries.py
+	$(TPY) -m pytest -q -p no:cacheprovider -m trainers tests/test_trainers_libraries.py tests/test_trl_extension.py tests/test_trl_distributed.py
 
 # After upgrading a pinned library: rewrite the stored verdicts and the inspector's field lists, then
 # re-execute chapter 3 (make notebooks) and review its table.
