@@ -242,3 +242,49 @@ def test_training_runs_and_logs(reference, tmp_path):
     out = tr.train()
     assert math.isfinite(out.training_loss)
     assert [h["beta"] for h in tr.state.log_history if "beta" in h] == [BETA, BETA]
+
+
+def _capstone_setting(ext):
+    """The capstone's own composition of the same KL term (kltutor.placements, as grpo_loss composes it)."""
+    from kltutor.placements import kl_loss, returns_to_go, shaped_rewards
+    from kltutor.trainers.core import Setting
+
+    beta = ext.scale
+    if ext.placement == "loss":
+        iw = ext.correction != "none"
+
+        def fn(logp, ref_logp, old_logp, mask):
+            return beta * kl_loss(
+                logp, ref_logp, mask, ext.estimator, ext.level, old_logp if iw else None, "sequence-sum"
+            )
+
+    else:
+
+        def fn(logp, ref_logp, mask):
+            pen = shaped_rewards(
+                torch.zeros(logp.shape[0], dtype=logp.dtype), logp, ref_logp, mask, beta, ext.estimator
+            )
+            return returns_to_go(pen, mask)
+
+    return Setting("capstone", "step_loss", ext.name, "", ext.placement, ext.estimator, ext.level, "", fn, scale=beta)
+
+
+def test_toy_verdicts_equal_the_capstone_placements():
+    """Chapter 3's harness: the extension's exact expected gradient equals the capstone's placement's, on policy
+    and on a stale batch, so it gets the same verdict; and the stored rows (results.json) are these."""
+    from kltutor import trainers
+    from kltutor.trainers import core, trl_extension_adapter
+
+    pi, ref, old, T = core.toy_models()
+    refs = core.reference_gradients(pi, ref, T)
+    stored = {r["name"]: r for r in trainers.load_results()["settings"] if r["library"] == "TRL+kltutor"}
+    settings = trl_extension_adapter.settings()
+    assert {s.name for s in settings} == set(stored)
+    for s in settings:
+        cap = _capstone_setting(s)
+        for regime in ("on-policy", "stale") if s.placement == "loss" else ("on-policy",):
+            g_ext = core.expected_gradient(s, pi, ref, old, T, regime)
+            g_cap = core.expected_gradient(cap, pi, ref, old, T, regime)
+            assert torch.allclose(g_ext, g_cap, rtol=0, atol=1e-12), (s.name, regime)
+            key = regime.replace("-", "_")
+            assert core.classify(g_ext, refs)[0] == stored[s.name][key]["verdict"], (s.name, regime)

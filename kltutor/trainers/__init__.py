@@ -34,7 +34,12 @@ __all__ = [
     "compare",
 ]
 
-ADAPTERS = {"TRL": "trl_adapter", "verl": "verl_adapter", "OpenRLHF": "openrlhf_adapter"}
+ADAPTERS = {
+    "TRL": "trl_adapter",
+    "verl": "verl_adapter",
+    "OpenRLHF": "openrlhf_adapter",
+    "TRL+kltutor": "trl_extension_adapter",  # the capstone placements in GRPOTrainer (grpo_extension)
+}
 DATA_PATH = Path(__file__).with_name("data") / "results.json"
 DIGITS = 10  # gradients are stored rounded to 1e-10 (the libraries compute in float32 or float64)
 
