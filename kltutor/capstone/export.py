@@ -20,12 +20,12 @@ normalises an in-reward penalty with the task reward) is written into the file a
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
 
 from kltutor.capstone.config import CapstoneConfig, CapstoneUserError, ConfigError
+from kltutor.trainers.extension_spec import TASK_KEY
 
 __all__ = ["TARGETS", "ExportError", "trl_config_values", "export", "inspect_export", "main"]
 
@@ -92,7 +92,7 @@ def trl_config_values(cfg: CapstoneConfig, num_processes: int = 1) -> dict:
         "seed": int(cfg.seed),
         "bf16": bool(cfg.bf16 and cfg.device != "cpu"),
         "use_cpu": cfg.device == "cpu",
-        "kltutor_task": {"max_operand": cfg.max_operand, "format_reward": float(cfg.format_reward)},
+        TASK_KEY: {"max_operand": cfg.max_operand, "format_reward": float(cfg.format_reward)},
     }
 
 
@@ -106,8 +106,8 @@ def _trl(cfg: CapstoneConfig, num_processes: int) -> tuple[dict[str, str], list[
         "`python -m kltutor.capstone export --to trl`.\n"
         f"# per_device_train_batch_size is the global batch over {num_processes} process(es).\n"
     )
-    body = {k: v for k, v in values.items() if k != "kltutor_task"}
-    text = head + yaml.safe_dump(body, sort_keys=False) + yaml.safe_dump({"kltutor_task": values["kltutor_task"]})
+    body = {k: v for k, v in values.items() if k != TASK_KEY}
+    text = head + yaml.safe_dump(body, sort_keys=False) + yaml.safe_dump({TASK_KEY: values[TASK_KEY]})
     launch = (
         "#!/usr/bin/env bash\n# Runs trl_grpo.yaml with the kltutor extension (pip install 'kltutor[trainers]').\n"
         "# One process: as below. Several GPUs: accelerate config (multi-GPU, DeepSpeed ZeRO-2/3 or FSDP), then\n"
@@ -294,13 +294,14 @@ def _openrlhf(cfg: CapstoneConfig, num_processes: int) -> tuple[dict[str, str], 
                 "(its group std adds 1e-9, the capstone's 1e-6)"
             )
     args = [f"{k} {shlex.quote(str(v))}" for k, v in flags] + switches
-    lines = "".join(f"    {a} \\\n" for a in args)
     comments = "".join(f"# note: {x}\n" for x in notes)
     text = (
         "#!/usr/bin/env bash\n"
         "# The capstone's experiment for OpenRLHF, written by `python -m kltutor.capstone export --to openrlhf`.\n"
         "# Add --data.prompt_dataset and a reward (--reward.remote_url) for 'a+b=' -> the sum; run on a Ray cluster.\n"
-        f'{comments}set -x\n\npython3 -m openrlhf.cli.train_ppo_ray \\\n{lines}    "$@"\n'
+        f"{comments}set -x\n\npython3 -m openrlhf.cli.train_ppo_ray \\\n"
+        + "".join(f"    {a} \\\n" for a in args[:-1])
+        + f"    {args[-1]}\n"
     )
     return {FILES["openrlhf"]: text}, notes
 
@@ -336,9 +337,9 @@ def inspect_export(path):
 
 
 def main(argv=None) -> int:
-    from kltutor.capstone.__main__ import _one_line, build_parser, config_from_args
+    from kltutor.capstone.__main__ import _one_line, _Parser, build_parser, config_from_args
 
-    pre = argparse.ArgumentParser(prog="python -m kltutor.capstone export", add_help=False)
+    pre = _Parser(prog="python -m kltutor.capstone export", add_help=False)
     pre.add_argument("--to", choices=TARGETS, default=None)
     pre.add_argument("--out", default=None)
     pre.add_argument("--num-processes", type=int, default=1)
@@ -366,7 +367,11 @@ def main(argv=None) -> int:
             print(f"wrote {f}")
         for n in notes:
             print(f"note: {n}")
-        rep = inspect_export(files[0])
+        try:
+            rep = inspect_export(files[0])
+        except ValueError as e:  # the inspector's ConfigError: a defect of the export, said in one line
+            print(f"error: the config inspector cannot read {files[0]}: {_one_line(e)}", file=sys.stderr)
+            return 1
         terms = ", ".join(f"{t.estimator} in the {t.placement} (beta = {t.beta:g})" for t in rep.terms) or "none"
         print(f"the config inspector reads it back as: {rep.library} {rep.trainer}; KL terms: {terms}")
         return 0

@@ -151,6 +151,8 @@ def _looks_like_command(text: str) -> bool:
 def inspect_text(text: str, name: str = "<config>", suffix: str = ".yaml", trainer: str | None = None) -> Report:
     """Inspect a configuration given as text (``suffix`` picks the parser: .json, .yaml/.yml, .txt/.sh)."""
     known = _fields.load()
+    if suffix in (".txt", ".sh", ".cmd", "") and "verl.trainer.main_ppo" in text:
+        return _verl(_verl_overrides(text, name), name, known)
     if suffix in (".txt", ".sh", ".cmd", "") and _looks_like_command(text):
         return _openrlhf(_parse_command(text, name, known), name, known)
     data = _load_mapping(text, name, suffix)
@@ -242,6 +244,10 @@ def _verdict(term: KLTerm, results: dict, stale: bool) -> KLTerm:
 
 
 def _trl(data: dict, name: str, known: dict, trainer: str | None) -> Report:
+    if "kl_placement" in data:  # kltutor's extension of GRPOTrainer (kltutor.trainers.grpo_extension)
+        from kltutor.trainers.extension_spec import inspect_extension
+
+        return inspect_extension(data, name, known)
     trl = known["trl"]
     own = {
         "GRPOConfig": set(trl["GRPOConfig"]),
@@ -511,6 +517,29 @@ def _exact_reference(term: KLTerm, estimator: str) -> None:
 VERL_KL = {"kl": "k1", "k1": "k1", "abs": "abs", "mse": "k2", "k2": "k2", "low_var_kl": "k3", "k3": "k3"}
 VERL_CANON = {"k1": "kl", "k2": "mse", "k3": "low_var_kl"}
 A = "actor_rollout_ref.actor."
+
+
+def _verl_overrides(text: str, name: str) -> dict:
+    """The Hydra overrides ``key=value`` of a ``python3 -m verl.trainer.main_ppo ...`` command (a ``run_*.sh``)."""
+    import yaml
+
+    try:
+        tokens = shlex.split(re.sub(r"\\\r?\n", " ", text), comments=True)
+    except ValueError as e:
+        raise ConfigError(f"{name}: cannot split the command line: {e}") from None
+    start = next(i for i, t in enumerate(tokens) if t == "verl.trainer.main_ppo") + 1
+    flat = {}
+    for tok in tokens[start:]:
+        if tok == "$@":
+            continue
+        key, eq, val = tok.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"{name}: unexpected argument {tok!r} (expected a Hydra override key=value)")
+        try:
+            flat[key] = yaml.safe_load(val) if val else None
+        except yaml.YAMLError:
+            flat[key] = val
+    return flat
 
 
 def _verl(flat: dict, name: str, known: dict) -> Report:

@@ -36,6 +36,9 @@ EXTENSION_FIELDS = {
     "kl_chunk": 1024,  # exact-in-loss: rows of [batch*time] per chunk of the full-vocabulary KL
 }
 
+#: The key of the capstone task's settings in an exported YAML (read by kltutor.trainers.trl_capstone).
+TASK_KEY = "kltutor_task"
+
 #: The capstone's name for each extension field (the same setting in kltutor.capstone.config.CapstoneConfig).
 CAPSTONE_FIELD = {
     "kl_placement": "placement",
@@ -95,7 +98,7 @@ def inspect_extension(data: dict, name: str, known: dict):
     from kltutor.placements import parse_placement
 
     trl = known["trl"]
-    allowed = set(trl["GRPOConfig"]) | set(trl["script"]) | set(EXTENSION_FIELDS)
+    allowed = set(trl["GRPOConfig"]) | set(trl["script"]) | set(EXTENSION_FIELDS) | {TASK_KEY}
     bad = sorted(set(data) - allowed)
     if bad:
         raise I.ConfigError(f"{name}: unknown field {bad[0]!r} for TRL GRPOConfig with the kltutor extension")
@@ -160,6 +163,24 @@ def inspect_extension(data: dict, name: str, known: dict):
         )
     if iters > 1:
         rep.notes.append(f"num_iterations={iters}: every update after the first on a batch is off-policy (stale row)")
+    agg = ext["kl_aggregation"]
+    if agg != "sequence-sum":
+        what = "the batch's token count" if agg == "token-mean" else "each sequence's own length"
+        rep.warnings.append(
+            I.Finding(
+                "length-rescaled-beta",
+                f"kl_aggregation={agg} divides the KL term (and the surrogate) by {what}: the effective beta on a "
+                "sequence's KL changes with the response lengths (sequence-sum keeps it beta)",
+            )
+        )
+    if scale not in ("none", False):
+        rep.warnings.append(
+            I.Finding(
+                "std-rescaled-beta",
+                f"scale_rewards='{scale}' divides the task advantages by the group's reward standard deviation "
+                "while the KL term is left as is: against the raw reward the effective beta is beta * std",
+            )
+        )
     return rep
 
 

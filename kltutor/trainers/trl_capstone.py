@@ -21,8 +21,7 @@ import torch
 
 __all__ = ["addition_reward", "prompt_dataset", "layout_free_rollout", "make_trainer", "main"]
 
-# The settings of a YAML that are the task's, not GRPOConfig's (export.py writes them under this key).
-TASK_KEY = "kltutor_task"
+from kltutor.trainers.extension_spec import TASK_KEY  # the task's settings in an exported YAML
 
 
 def addition_reward(max_operand: int, format_reward: float, eos_token_id: int):
