@@ -163,6 +163,10 @@ def inspect_extension(data: dict, name: str, known: dict):
         )
     if iters > 1:
         rep.notes.append(f"num_iterations={iters}: every update after the first on a batch is off-policy (stale row)")
+    if where == "loss" and est == "k1" and not iw:
+        rep.warnings.append(
+            I.Finding("k1-in-loss", "kl_placement=k1-in-loss: k1 in the loss has zero expected gradient on-policy")
+        )
     agg = ext["kl_aggregation"]
     if agg != "sequence-sum":
         what = "the batch's token count" if agg == "token-mean" else "each sequence's own length"

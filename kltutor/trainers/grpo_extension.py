@@ -40,6 +40,9 @@ What TRL's machinery decides, and so what the extension cannot change:
 - The beta schedule (``kl_schedule``) is updated once per generation batch from the k1 estimate of the
   sequence KL of the sampling policy, gathered over processes: an unbiased estimate of the exact KL the
   capstone measures (TRL never forms the full distribution at sampling time).
+- ``exact-in-loss`` needs the output layer's whole weight matrix next to the last hidden states; FSDP and
+  DeepSpeed ZeRO-3 keep it sharded outside the model's own forward, so the extension refuses those (DDP and
+  ZeRO-2 replicate it and work). The other placements only use TRL's log-probabilities and run under all of them.
 - Settings whose TRL meaning the capstone's loss has no counterpart for are refused rather than ignored:
   ``epsilon_high != epsilon``, ``delta``, ``top_entropy_quantile < 1``, ``off_policy_mask_threshold``,
   ``scale_rewards='batch'``, ``multi_objective_aggregation='normalize_then_sum'``, vLLM's importance-sampling
@@ -196,6 +199,11 @@ class KLPlacementGRPOTrainer(GRPOTrainer):
         from kltutor.schedules import make_schedule
 
         c = cfg
+        if c.kl_placement == "exact-in-loss" and (self.is_fsdp_enabled or _zero_stage(self) == 3):
+            raise ValueError(
+                "kl_placement: exact-in-loss multiplies the last hidden states by the whole output layer, which "
+                "FSDP and DeepSpeed ZeRO-3 keep sharded outside the model's forward; use DDP or ZeRO-2, or k3-in-reward"
+            )
         self.kl_placement = c.kl_placement
         self.kl_schedule = make_schedule(
             c.kl_schedule,
@@ -258,6 +266,7 @@ class KLPlacementGRPOTrainer(GRPOTrainer):
         seq = ((old - out["ref_per_token_logps"]) * m).sum(-1)
         total = self.accelerator.reduce(torch.stack([seq.sum(), torch.tensor(float(seq.numel()))]), reduction="sum")
         kl = float(total[0] / total[1])
+        self._metrics["train"]["kl_schedule_input"].append(kl)  # what the schedule saw (k1 sequence KL)
         if math.isfinite(kl):
             self.kl_schedule.update(kl, int(total[1]))
 
@@ -346,6 +355,11 @@ class KLPlacementGRPOTrainer(GRPOTrainer):
         if mode == "train":
             window = window * accum / self.args.steps_per_generation
         return local / window
+
+
+def _zero_stage(trainer) -> int | None:
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if trainer.is_deepspeed_enabled else None
+    return None if plugin is None else plugin.zero_stage
 
 
 def _target(cfg: KLPlacementGRPOConfig):
