@@ -92,7 +92,8 @@ def test_trl_yaml_is_the_experiment(tmp_path):
         ("openrlhf", ["--aggregation", "sequence-sum"], "--aggregation sequence-sum"),
         ("verl", ["--kl-schedule", "linear", "--beta-end", "0.01"], "--kl-schedule linear"),
         ("openrlhf", ["--importance-weighted-kl", "--updates-per-batch", "2"], "--importance-weighted-kl"),
-        ("verl", ["--kl-schedule", "adaptive"], "adaptive beta for an in-loss KL"),
+        ("verl", ["--kl-schedule", "adaptive"], "fed the mean per-token KL"),
+        ("openrlhf", ["--kl-schedule", "adaptive"], "fed the mean per-token KL"),
     ],
 )
 def test_refusals_are_one_line(tmp_path, capsys, target, extra, words):

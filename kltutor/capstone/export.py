@@ -153,11 +153,19 @@ def _common_refusals(cfg: CapstoneConfig, target: str) -> None:
         )
     if cfg.clip_std is not None:
         _refuse(target, "--clip-std (no clamp of the group std)", "drop --clip-std, or --to trl", "clip_std")
-    if cfg.kl_schedule not in ("fixed", "adaptive"):
+    if cfg.kl_schedule == "adaptive":
         _refuse(
             target,
-            f"--kl-schedule {cfg.kl_schedule} (its controllers: fixed and adaptive)",
-            "--kl-schedule fixed or adaptive, or --to trl",
+            "the capstone's adaptive controller: its adaptive controller (Ziegler et al.'s rule) is fed the mean "
+            "per-token KL, the capstone's the sequence KL, so the same target means another thing",
+            "--kl-schedule fixed, or --to trl",
+            "kl_schedule",
+        )
+    if cfg.kl_schedule != "fixed":
+        _refuse(
+            target,
+            f"--kl-schedule {cfg.kl_schedule} (its controllers: fixed, and an adaptive one on the per-token KL)",
+            "--kl-schedule fixed, or --to trl",
             "kl_schedule",
         )
 
@@ -167,13 +175,6 @@ def _verl(cfg: CapstoneConfig, num_processes: int) -> tuple[dict[str, str], list
 
     cfg = cfg.resolved()
     _common_refusals(cfg, "verl")
-    if cfg.kl_schedule == "adaptive" and not cfg.placement.endswith("-in-reward"):
-        _refuse(
-            "verl",
-            "an adaptive beta for an in-loss KL (kl_ctrl drives only the in-reward penalty)",
-            "--kl-schedule fixed, or an in-reward placement, or --to trl",
-            "kl_schedule",
-        )
     n = cfg.prompts_per_step
     A = "actor_rollout_ref"
     ov = [
@@ -217,11 +218,9 @@ def _verl(cfg: CapstoneConfig, num_processes: int) -> tuple[dict[str, str], list
             f"{A}.actor.use_kl_loss=false",
             "algorithm.use_kl_in_reward=true",
             f"algorithm.kl_penalty={VERL_LOSS_TYPE[p.estimator]}",
-            f"algorithm.kl_ctrl.type={cfg.kl_schedule}",
+            "algorithm.kl_ctrl.type=fixed",
             f"algorithm.kl_ctrl.kl_coef={cfg.beta:g}",
         ]
-        if cfg.kl_schedule == "adaptive":
-            ov += [f"algorithm.kl_ctrl.target_kl={cfg.kl_target:g}", f"algorithm.kl_ctrl.horizon={cfg.kl_horizon}"]
         notes.append(
             "verl's GRPO advantage sums the per-token penalty into the sequence score and group-normalises it "
             "with the task reward (one advantage for every token); the capstone adds the penalty's return-to-go "
@@ -285,8 +284,6 @@ def _openrlhf(cfg: CapstoneConfig, num_processes: int) -> tuple[dict[str, str], 
         flags += [("--algo.kl.init_coef", f"{cfg.beta:g}"), ("--algo.kl.estimator", p.estimator)]
         if p.in_loss:
             switches.append("--algo.kl.use_loss")
-        if cfg.kl_schedule == "adaptive":
-            flags += [("--algo.kl.target", f"{cfg.kl_target:g}"), ("--algo.kl.horizon", cfg.kl_horizon)]
         if p.in_reward:
             notes.append(
                 "OpenRLHF's group_norm normalises the task reward in its group, then compute_reward adds "

@@ -176,7 +176,7 @@ def agreement(model_dir: str, out_dir, case, stale: bool = False) -> dict:
     g_cap = _grads(tr.model, cap := _capstone_loss(cfg, tr, b, old))
     return {
         "loss": float(cap.detach()),
-        "loss_diff": abs(float(ext) - float(cap)),
+        "loss_diff": abs(float(ext.detach()) - float(cap.detach())),
         "grad_diff": float((g_ext - g_cap).abs().max()) / max(1.0, float(g_cap.abs().max())),
         "advantages_equal": bool(torch.equal(b["advantages"], adv)),
         "grad": g_cap.detach(),

@@ -37,6 +37,9 @@ What TRL's machinery decides, and so what the extension cannot change:
   lengths, positions count from the padding (the capstone counts from the first real token). The extension
   keeps TRL's convention everywhere so its reference and sampling log-probabilities agree with its own; the
   capstone's prompts (``max_operand <= 9``) all have one length, where the two conventions coincide.
+- With ``top_p < 1`` or ``top_k > 0`` TRL scores the tempered but *untruncated* distribution, while the
+  capstone's sampler records the truncated distribution's log-probabilities as the sampling policy's: the two
+  agree (as the tests check) only at ``top_p = 1``, ``top_k = 0``.
 - The beta schedule (``kl_schedule``) is updated once per generation batch from the k1 estimate of the
   sequence KL of the sampling policy, gathered over processes: an unbiased estimate of the exact KL the
   capstone measures (TRL never forms the full distribution at sampling time).
