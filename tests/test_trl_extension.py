@@ -210,3 +210,19 @@ def test_adaptive_schedule_follows_the_measured_kl(reference, tmp_path):
     expect.update(logs[0]["kl_schedule_input"], X.N_PROMPTS * X.TINY["group_size"])
     assert logs[0]["beta"] == X.BETA and logs[1]["beta"] == pytest.approx(expect.beta, rel=1e-6)
     assert logs[1]["beta"] != X.BETA
+
+
+def test_trl_capstone_cli_bad_yaml_is_one_line(reference, tmp_path, capsys):
+    import yaml
+
+    from kltutor.capstone.config import CapstoneConfig
+    from kltutor.capstone.export import trl_config_values
+    from kltutor.trainers import trl_capstone
+
+    values = trl_config_values(CapstoneConfig(**X.TINY, placement="k3-in-loss", beta=0.1, device="cpu"))
+    values["kl_placement"] = "k9-in-loss"
+    conf = tmp_path / "bad.yaml"
+    conf.write_text(yaml.safe_dump(values))
+    assert trl_capstone.main([str(conf), "--model", reference, "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: kl_placement: unknown KL placement 'k9-in-loss'")

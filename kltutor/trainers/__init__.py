@@ -13,6 +13,10 @@ expectation, or other, with the bias norm. The libraries are an optional extra (
 - :func:`compute` re-runs every adapter (needs the extra); ``python -m kltutor.trainers regenerate``
   rewrites the file, ``python -m kltutor.trainers check`` fails if the installed libraries disagree with it.
 
+The ``TRL+kltutor`` rows are kltutor's own extension of TRL's ``GRPOTrainer`` with the capstone's placements
+(:mod:`~kltutor.trainers.grpo_extension`, through :mod:`~kltutor.trainers.trl_extension_adapter`; chapter
+``ch-capstone``), classified by the same harness.
+
 Introduced in chapter 3 (section "What the trainers compute").
 """
 
