@@ -22,6 +22,7 @@ DEFAULTS = {  # library -> {setting: verdict of its default KL setting, on polic
     },
     "verl": {"verl.loss.low_var_kl": "per-token forward KL", "verl.reward.kl": "exact reverse-KL gradient"},
     "OpenRLHF": {"openrlhf.reward.k1": "exact reverse-KL gradient"},
+    "TRL+kltutor": {},  # kltutor's extension (grpo_extension): its rows are checked, it has no library default
 }
 
 

@@ -192,6 +192,11 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "export":  # python -m kltutor.capstone export --to trl|verl|openrlhf ...
+        from kltutor.capstone import export
+
+        return export.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)

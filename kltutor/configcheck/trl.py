@@ -62,6 +62,10 @@ def _own(trl: dict) -> dict:
 
 
 def read(data: dict, name: str, known: dict, trainer: str | None, hint: str = "") -> Report:
+    if "kl_placement" in data:  # kltutor's extension of GRPOTrainer (kltutor.trainers.grpo_extension)
+        from kltutor.trainers.extension_spec import inspect_extension
+
+        return inspect_extension(data, name, known)
     trl = known["trl"]
     every = set().union(*_own(trl).values()) | set(trl["script"])
     if not set(data) & every:

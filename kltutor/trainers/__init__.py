@@ -13,6 +13,10 @@ expectation, or other, with the bias norm. The libraries are an optional extra (
 - :func:`compute` re-runs every adapter (needs the extra); ``python -m kltutor.trainers regenerate``
   rewrites the file, ``python -m kltutor.trainers check`` fails if the installed libraries disagree with it.
 
+The ``TRL+kltutor`` rows are kltutor's own extension of TRL's ``GRPOTrainer`` with the capstone's placements
+(:mod:`~kltutor.trainers.grpo_extension`, through :mod:`~kltutor.trainers.trl_extension_adapter`; chapter
+``ch-capstone``), classified by the same harness.
+
 Introduced in ``ch-placements`` (section "What the trainers compute"). The libraries' on-policy distillation
 losses are classified the same way by :mod:`kltutor.trainers.distillation` (``ch-distillation``, stored in
 ``kltutor/trainers/data/distillation.json``; ``python -m kltutor.trainers.distillation check``).
@@ -36,7 +40,12 @@ __all__ = [
     "compare",
 ]
 
-ADAPTERS = {"TRL": "trl_adapter", "verl": "verl_adapter", "OpenRLHF": "openrlhf_adapter"}
+ADAPTERS = {
+    "TRL": "trl_adapter",
+    "verl": "verl_adapter",
+    "OpenRLHF": "openrlhf_adapter",
+    "TRL+kltutor": "trl_extension_adapter",  # the capstone placements in GRPOTrainer (grpo_extension)
+}
 DATA_PATH = Path(__file__).with_name("data") / "results.json"
 DIGITS = 10  # gradients are stored rounded to 1e-10 (the libraries compute in float32 or float64)
 
