@@ -77,6 +77,8 @@ class StepRow:
     for ``*-in-loss`` the term that ``beta`` multiplies in the loss, for ``*-in-reward`` the same
     aggregate of the frozen per-token penalty ``k(l_t)``, 0 for ``none``; ``beta``: the coefficient used
     at this step; ``seconds`` and ``tokens_per_second`` (masked completion tokens per second): wall clock.
+    With a teacher (on-policy distillation, :mod:`kltutor.capstone.teacher`) the teacher is the reference
+    of every KL column, and ``kl_term`` is the per-token KL of the reward (k1, k3 or exact) so aggregated.
     """
 
     step: int

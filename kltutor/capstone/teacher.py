@@ -16,6 +16,7 @@ gives which gradient; this module computes them on the capstone's batches:
   future tokens' KL, :math:`\sum_{s>t}\gamma^{s-t}D_s`, is the advantage of token :math:`t`; with
   :math:`\gamma=1` this is again the exact gradient (:func:`kltutor.distillation.local_gradient`).
 
+Both models' logits are divided by the run's ``temperature``: the KL is to the teacher at that temperature.
 With ``task_weight`` :math:`w>0` the task reward's group advantage (GRPO's) times :math:`w` is added to
 every token's advantage. ``tests/test_capstone_teacher.py`` checks the advantages by hand and the
 expected gradients against :mod:`kltutor.distillation`'s exact toy.
