@@ -183,3 +183,22 @@ def test_a_short_run_logs_the_exact_kl_to_the_teacher_falling(capstone_cache, tm
 
 
 STEPS, LR = 16, 3e-3
+
+
+def test_reference_as_teacher_is_the_kl_to_the_start_and_a_run_resumes(capstone_cache, tmp_path):
+    """teacher='reference' with the task reward: the KL columns are to the reference (0 at step 1, where the
+    policy is the reference), and a resumed distillation run equals an uninterrupted one (the CPU)."""
+    from kltutor.capstone import METRICS, TIMING_METRICS
+
+    cfg = CapstoneConfig(
+        **dict(TINY_SETTINGS, device="cpu", progress=False, cache_dir=str(capstone_cache))
+        | dict(placement="none", teacher="reference", teacher_task_weight=1.0, teacher_estimator="k3", steps=4)
+        | dict(checkpoint_every=2, teacher_discount=0.5)
+    )
+    full = run(cfg.replace(run_dir=str(tmp_path / "full")))
+    assert abs(full.frame["kl_exact_seq"].iloc[0]) < 1e-5  # float32 rounding of two equal models' log-softmax
+    assert full.frame["kl_exact_seq"].iloc[-1] > 0  # the policy moved away from its teacher
+    run(cfg.replace(run_dir=str(tmp_path / "cut"), steps=2))
+    resumed = run(cfg.replace(run_dir=str(tmp_path / "cut"), resume=True))
+    cols = [c for c in METRICS if c not in TIMING_METRICS]
+    assert full.frame[cols].equals(resumed.frame[cols])
