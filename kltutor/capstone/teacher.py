@@ -149,10 +149,13 @@ def distillation_loss(
 
 
 def _vocabulary(directory: Path) -> tuple[int, dict]:
-    """``(config.json's vocab_size, the tokenizer's vocabulary)`` of a model directory."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    """``(config.json's vocab_size, the tokenizer's vocabulary)`` of a model directory (or cached model name)."""
+    from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast
 
-    size = json.loads((directory / "config.json").read_text()).get("vocab_size")
+    if not directory.is_dir():  # --model names a model in the local Hugging Face cache
+        size = AutoConfig.from_pretrained(str(directory), trust_remote_code=False).vocab_size
+    else:
+        size = json.loads((directory / "config.json").read_text()).get("vocab_size")
     if (directory / "tokenizer.json").is_file():  # as kltutor.capstone.model.load_model reads it
         tok = PreTrainedTokenizerFast.from_pretrained(str(directory))
     else:
@@ -170,7 +173,8 @@ def _student_vocabulary(cfg: CapstoneConfig, reference_dir: Path, cached: bool) 
     if cfg.model is None:
         tok = build_tokenizer(AdditionTask(cfg.max_operand, cfg.format_reward).alphabet)
         return len(tok), tok.get_vocab()
-    return _vocabulary(Path(cfg.model).expanduser())
+    local = Path(cfg.model).expanduser()
+    return _vocabulary(local if local.exists() else Path(cfg.model))
 
 
 def check_teacher(cfg: CapstoneConfig, reference_dir: Path, cached: bool) -> None:
