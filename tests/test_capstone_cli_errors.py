@@ -50,6 +50,18 @@ def finished_run(tmp_path_factory, cache):
     return d
 
 
+@pytest.fixture(scope="module")
+def other_vocabulary_model(tmp_path_factory):
+    """A save_pretrained model whose tokenizer knows only the digits 0-5 (a teacher with another vocabulary)."""
+    from kltutor.capstone.model import build_model, build_tokenizer
+
+    d = tmp_path_factory.mktemp("othervocab") / "model"
+    tok = build_tokenizer("012345")
+    build_model(tok, 16, 1, 2, 1, 32).save_pretrained(d, safe_serialization=True)
+    tok.save_pretrained(d)
+    return d
+
+
 def snapshot(*roots: Path) -> dict:
     """sha256 and mtime of every file under ``roots`` (what "nothing changed" is checked against)."""
     out = {}
@@ -263,6 +275,50 @@ CASES = [
     ),
     ("model-is-a-file", "--model {file}", r"--model: .* is not a model directory \(no config.json\)", None),
     ("model-dir-empty", "--model {empty}", r"--model: .* is not a model directory", None),
+    # --- on-policy distillation (--teacher)
+    (
+        "teacher-missing",
+        "--placement none --teacher {new}",
+        r"^error: --teacher: the teacher .*new does not exist",
+        None,
+    ),
+    ("teacher-not-a-model", "--placement none --teacher {empty}", r"--teacher: .* is not a model directory", None),
+    (
+        "teacher-other-vocabulary",
+        "--placement none --teacher {othervocab}",
+        r"--teacher: the teacher .* has another vocabulary than the policy \(vocab_size 9 vs 15",
+        None,
+    ),
+    (
+        "teacher-with-a-kl-placement",
+        "--teacher reference --teacher-task-weight 1",
+        r"--teacher: with a teacher .*placement 'k1-in-reward' would add a second KL term .*use placement 'none'",
+        None,
+    ),
+    (
+        "teacher-reference-without-task",
+        "--placement none --teacher reference",
+        r"--teacher-task-weight: teacher='reference' with teacher_task_weight=0 trains nothing",
+        None,
+    ),
+    (
+        "teacher-estimator-without-teacher",
+        "--teacher-estimator exact",
+        r"--teacher-estimator: teacher_estimator applies to on-policy distillation only",
+        None,
+    ),
+    (
+        "teacher-estimator-unknown",
+        "--teacher-estimator k2",
+        r"argument --teacher-estimator: invalid choice: 'k2'",
+        None,
+    ),
+    (
+        "teacher-discount-above-1",
+        "--placement none --teacher {othervocab} --teacher-discount 1.5",
+        r"--teacher-discount: teacher_discount must be in \[0, 1\]",
+        None,
+    ),
     # --- paths
     ("run-dir-is-a-file", "--run-dir {file}", r"--run-dir: .* is a file, not a directory", None),
     ("run-dir-empty-string", "--run-dir {blank}", r"^error: --run-dir: run_dir must name a directory, got ''", None),
@@ -534,7 +590,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_a_mistake_is_one_line_exit_2_and_changes_nothing(case, finished_run, cache, tmp_path, capsys):
+def test_a_mistake_is_one_line_exit_2_and_changes_nothing(
+    case, finished_run, cache, other_vocabulary_model, tmp_path, capsys
+):
     name, args, expected, prepare = case
     if name == "cuda-without-gpu" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -561,6 +619,7 @@ def test_a_mistake_is_one_line_exit_2_and_changes_nothing(case, finished_run, ca
         "foreign": tmp_path / "foreign",
         "sweepdir": sweepdir,
         "sweepruns": sweepruns,
+        "othervocab": other_vocabulary_model,
     }
     argv = [a.format(**paths) for a in args.split()]
     if "--cache-dir" not in argv:

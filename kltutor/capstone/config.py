@@ -167,6 +167,27 @@ class CapstoneConfig:
         "in-loss KL on stale samples (--updates-per-batch > 1): k*-in-loss weight each token by "
         "w_t = pi/pi_old; exact-in-loss weights position t by the prefix ratio prod_{s<t} w_s",
     )
+    # --- on-policy distillation (kltutor.capstone.teacher) ---
+    teacher: str | None = _setting(
+        None,
+        "on-policy distillation: the reward is minus the per-token reverse KL to this teacher, 'reference' (the "
+        "SFT reference) or a local model directory (save_pretrained, safetensors) with the policy's tokenizer; "
+        "needs --placement none (the teacher takes the reference's place, in the KL columns too)",
+    )
+    teacher_estimator: str = _setting(
+        "k1",
+        "--teacher: the per-token KL in the reward: k1 (the sampled token's log-ratio), k3, or exact (the "
+        "full-vocabulary KL, differentiated at the visited states)",
+        choices=("k1", "k3", "exact"),
+    )
+    teacher_discount: float = _setting(
+        1.0,
+        "--teacher: discount in [0, 1] of the future tokens' KL in a token's advantage: 1 the return-to-go (with "
+        "k1 or exact: the exact gradient of the sequence KL), 0 each token's own KL",
+    )
+    teacher_task_weight: float = _setting(
+        0.0, "--teacher: weight >= 0 of the task reward's group advantage added to the distillation advantage"
+    )
     # --- task ---
     max_operand: int = _setting(49, "prompts are 'a+b=' with a, b uniform integers in [0, max_operand]")
     format_reward: float = _setting(0.0, "reward of a well-formed wrong answer (digits then EOS), in [0, 1)")
@@ -374,6 +395,7 @@ class CapstoneConfig:
         if self.allow_config_change and not self.resume:
             raise bad("allow_config_change", "allow_config_change applies to resume only")
         self._validate_schedule(SCHEDULES)
+        self._validate_teacher(check, check_choice)
         check("top_p", number_in, "(0, 1]", " (1: off)")
         check("top_k", integer, 0, " (0: off)")
         for name in ("logprob_dtype", "decode_mode", "ref_scoring"):
@@ -419,6 +441,37 @@ class CapstoneConfig:
                 f"kl_schedule={self.kl_schedule!r} scales or interpolates beta, which must then be > 0 "
                 f"(got {self.beta!r}); use kl_schedule='fixed' for beta = 0",
                 "beta",
+            )
+
+    def _validate_teacher(self, check, check_choice) -> None:
+        """The on-policy distillation settings (:mod:`kltutor.capstone.teacher`)."""
+        check_choice("teacher_estimator")
+        check("teacher_discount", number_in, "[0, 1]", " (1: the return-to-go, 0: each token's own KL)")
+        check("teacher_task_weight", _nonnegative)
+        if self.teacher is None:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name in ("teacher_estimator", "teacher_discount", "teacher_task_weight"):
+                if getattr(self, name) != defaults[name]:
+                    raise ConfigError(f"{name} applies to on-policy distillation only: set teacher too", name)
+            return
+        if not self.teacher.strip():
+            raise ConfigError(
+                f"teacher must be 'reference' or a model directory, got {self.teacher!r} (leave it out: no teacher)",
+                "teacher",
+            )
+        if not self.kl_placement.is_none:
+            raise ConfigError(
+                f"with a teacher the KL to the teacher is the objective and the teacher takes the reference's "
+                f"place, so placement {self.placement!r} would add a second KL term to the same model; use "
+                f"placement 'none' (the task reward enters through teacher_task_weight)",
+                "teacher",
+            )
+        if self.teacher == "reference" and self.teacher_task_weight == 0:
+            raise ConfigError(
+                "teacher='reference' with teacher_task_weight=0 trains nothing: the policy starts as the "
+                "reference, where the KL to it is 0 with gradient 0; set teacher_task_weight > 0 (the KL then "
+                "regularises the task reward) or name a teacher directory",
+                "teacher_task_weight",
             )
 
     def resolved(self) -> CapstoneConfig:
@@ -496,6 +549,7 @@ def _check_ranges(cfg: CapstoneConfig) -> None:
     )
     for name in ("beta", "temperature", "lr", "sft_lr", "clip_eps", "max_grad_norm", "kl_target", "beta_end"):
         checks.append((V.float32_number, name))
+    checks.append((V.float32_number, "teacher_task_weight"))
     for check, name in checks:
         v = getattr(cfg, name)
         if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v)):

@@ -39,6 +39,7 @@ from kltutor.capstone.logprobs import sequence_stats
 from kltutor.capstone.loss import loss_settings, measure, step_loss
 from kltutor.capstone.sampler import Sampler, completion_mask_from_ids, generate_completions
 from kltutor.capstone.task import AdditionTask
+from kltutor.capstone.teacher import distillation_loss, distillation_settings, load_teacher
 from kltutor.estimators import deferred_finiteness_checks
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ class StepRow:
     for ``*-in-loss`` the term that ``beta`` multiplies in the loss, for ``*-in-reward`` the same
     aggregate of the frozen per-token penalty ``k(l_t)``, 0 for ``none``; ``beta``: the coefficient used
     at this step; ``seconds`` and ``tokens_per_second`` (masked completion tokens per second): wall clock.
+    With a teacher (on-policy distillation, :mod:`kltutor.capstone.teacher`) the teacher is the reference
+    of every KL column, and ``kl_term`` is the per-token KL of the reward (k1, k3 or exact) so aggregated.
     """
 
     step: int
@@ -196,6 +199,8 @@ def _run(plan, stop: Interrupts) -> RunResult:
         task = AdditionTask(cfg.max_operand, cfg.format_reward)
         ref, tok, info = reference_policy(cfg, device)
         ref.requires_grad_(False)
+        if cfg.teacher is not None:  # on-policy distillation: the teacher scores in the reference's place
+            ref = load_teacher(cfg, ref, device)
         saved = rundir.load_checkpoint(resume.checkpoint, device) if resume else None
         policy = saved.policy if saved else load_model(info.path, device)[0]
         policy.train()
@@ -390,7 +395,7 @@ def _step(ctx: StepContext, step: int) -> StepRow:
     ids, attn, n_prompt = batch.input_ids, batch.attention_mask, batch.n_prompt
     mask = batch.completion_mask.float()
     old = {"logp": batch.logp, "ref_logp": scores.ref_logp}  # sampling-time: the in-reward penalty is frozen on these
-    exact = cfg.kl_placement.exact
+    exact = cfg.kl_placement.exact or (cfg.teacher is not None and cfg.teacher_estimator == "exact")
     use_amp = device.type == "cuda" and cfg.bf16
     beta = float(ctx.schedule.beta)
     clip_fracs, grad_norms, losses, kl_terms = [], [], [], []
@@ -410,7 +415,10 @@ def _step(ctx: StepContext, step: int) -> StepRow:
                 activations=batch.activations if u == 0 else None,
                 fast=cfg.fast,
             )
-            loss, kl_term, clip_frac = step_loss(st, old, mask, rewards, beta=beta, **loss_settings(cfg))
+            if cfg.teacher is None:
+                loss, kl_term, clip_frac = step_loss(st, old, mask, rewards, beta=beta, **loss_settings(cfg))
+            else:
+                loss, kl_term, clip_frac = distillation_loss(st, old, mask, rewards, **distillation_settings(cfg))
         with phase("backward"):
             ctx.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -17,6 +17,7 @@ import torch
 from kltutor.capstone.config import CapstoneConfig, ConfigError, flag
 from kltutor.capstone.rundir import RunDirPlan, plan_run_dir
 from kltutor.capstone.runlock import check_not_in_use
+from kltutor.capstone.teacher import check_teacher
 
 __all__ = ["RunPlan", "preflight", "resolve_device", "check_model_source", "check_cache", "check_model_size"]
 
@@ -167,8 +168,11 @@ def preflight(config: CapstoneConfig) -> RunPlan:
     check_model_size(cfg, device)
     if cfg.run_dir is not None:  # a directory another process works in: said before anything else about it
         check_not_in_use(Path(cfg.run_dir).expanduser())
+    if cfg.teacher not in (None, "reference"):  # run.json records where the teacher is, wherever the run resumes
+        cfg = cfg.replace(teacher=str(Path(cfg.teacher).expanduser().resolve()))
     run_plan, cfg = plan_run_dir(cfg)
     ref_dir, cached = check_cache(cfg)
     if cfg.model is not None and not cached:
         check_model_source(cfg.model)
+    check_teacher(cfg, ref_dir, cached)
     return RunPlan(cfg, device, ref_dir, cached, run_plan)
