@@ -17,10 +17,10 @@ PERTURBED = $(PY) scripts/perturbed.py --variant scalar -- $(NBVAL_RUN) notebook
             $(PY) scripts/perturbed.py --variant avx2 -- $(NBVAL_RUN) notebooks
 
 # The trainers' own KL code (chapter 3, kltutor.trainers): a separate venv, so the book's stays small.
-# Its tests: tests/test_trainers_*.py, test_*_libraries.py (library code on the toys) and test_*_sources.py
-# (statements about a library checked against its installed source), test_trl_*.py (kltutor's extension of
+# Its tests: tests/test_trainers_*.py, test_*_libraries.py (library code on the toys),
+# test_configcheck_sources.py (the inspector's statements checked against the installed source), test_trl_*.py (kltutor's extension of
 # TRL, one and two processes), test_library_facts.py (the ledger's library facts).
-TRAINERS_TESTS = $(sort $(wildcard tests/test_trainers_*.py tests/test_*_libraries.py tests/test_*_sources.py tests/test_trl_*.py) tests/test_library_facts.py)
+TRAINERS_TESTS = $(sort $(wildcard tests/test_trainers_*.py tests/test_*_libraries.py tests/test_trl_*.py) tests/test_configcheck_sources.py tests/test_library_facts.py)
 TRAINERS_VENV ?= .venv-trainers
 TPY := $(TRAINERS_VENV)/bin/python
 OPENRLHF_VERSION ?= 0.11.2

@@ -14,8 +14,6 @@ Needs the [trainers] extra (`make trainers-test`); skips without TRL.
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,11 +21,9 @@ import torch
 pytest.importorskip("trl")
 pytestmark = pytest.mark.trainers
 
-sys.path.insert(0, str(Path(__file__).parent))
-from capstone_tiny import TINY_SETTINGS  # noqa: E402
-
 from kltutor.capstone.config import CAPSTONE_PLACEMENTS  # noqa: E402
 from kltutor.trainers import extension_checks as X  # noqa: E402
+from tests.helpers.capstone_tiny import TINY_SETTINGS  # noqa: E402
 
 RTOL = 1e-5
 
