@@ -23,17 +23,12 @@ pytestmark = pytest.mark.trainers
 
 from kltutor.capstone.config import CAPSTONE_PLACEMENTS  # noqa: E402
 from kltutor.trainers import extension_checks as X  # noqa: E402
-from tests.helpers.capstone_tiny import TINY_SETTINGS  # noqa: E402
 
 RTOL = 1e-5
 
 
 def _ids(c):
     return "-".join(str(x) for x in c)
-
-
-def test_tiny_settings_are_the_tests():
-    assert X.TINY == TINY_SETTINGS
 
 
 @pytest.fixture(scope="module")
