@@ -136,15 +136,28 @@ def write_results(data: dict, path: Path | str = DATA_PATH, merge: bool = True) 
     return path
 
 
-def load_results(path: Path | str = DATA_PATH) -> dict:
-    """The committed results (no library needed)."""
+def load_stored(path: Path | str, what: str, command: str) -> dict:
+    """A committed results file (no library needed); a missing one is an error naming the ``command`` that
+    writes it (``what``: what the file holds)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: no trainer results; run `python -m kltutor.trainers regenerate` "
-            "with the [trainers] extra installed"
-        )
+        raise FileNotFoundError(f"{path}: no stored {what}; run `{command}` with the [trainers] extra installed")
     return json.loads(path.read_text())
+
+
+def version_changes(fresh: dict, stored: dict) -> list[str]:
+    """One line for each library whose installed version (``fresh["versions"]``) is not the stored one
+    (Python and torch aside: they do not change what a library computes on the toy)."""
+    return [
+        f"version of {pkg}: stored {stored['versions'].get(pkg)}, installed {v}"
+        for pkg, v in fresh["versions"].items()
+        if pkg not in ("python", "torch") and stored["versions"].get(pkg) != v
+    ]
+
+
+def load_results(path: Path | str = DATA_PATH) -> dict:
+    """The committed results (no library needed)."""
+    return load_stored(path, "trainer results", "python -m kltutor.trainers regenerate")
 
 
 def setting(name: str, data: dict | None = None) -> dict:
@@ -162,13 +175,8 @@ def compare(fresh: dict, stored: dict, tol: float = 1e-7) -> list[str]:
     Compares, for every setting of the libraries in ``fresh``: presence, verdicts, and gradients to ``tol``
     (the libraries' float32 paths reproduce to about 1e-8 on the toy); and the versions.
     """
-    out = []
+    out = version_changes(fresh, stored)
     libs = {r["library"] for r in fresh["settings"]}
-    for pkg, v in fresh["versions"].items():
-        if pkg in ("python", "torch"):
-            continue
-        if stored["versions"].get(pkg) != v:
-            out.append(f"version of {pkg}: stored {stored['versions'].get(pkg)}, installed {v}")
     old = {r["name"]: r for r in stored["settings"] if r["library"] in libs}
     new = {r["name"]: r for r in fresh["settings"]}
     for name in sorted(set(old) ^ set(new)):

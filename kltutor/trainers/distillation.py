@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from kltutor import distillation as D
-from kltutor.trainers import core
+from kltutor.trainers import core, load_stored, version_changes
 
 __all__ = [
     "DATA_PATH",
@@ -292,18 +292,12 @@ def write(data: dict, path: Path | str = DATA_PATH) -> Path:
 
 def load(path: Path | str = DATA_PATH) -> dict:
     """The committed verdicts (no library needed)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no stored verdicts; run `python -m kltutor.trainers.distillation regenerate`")
-    return json.loads(path.read_text())
+    return load_stored(path, "verdicts", "python -m kltutor.trainers.distillation regenerate")
 
 
 def compare(fresh: dict, stored: dict, tol: float = 1e-7) -> list[str]:
     """Differences between a fresh :func:`compute` and the stored file, one line each (empty: they agree)."""
-    out = []
-    for pkg, v in fresh["versions"].items():
-        if pkg not in ("python", "torch") and stored["versions"].get(pkg) != v:
-            out.append(f"version of {pkg}: stored {stored['versions'].get(pkg)}, installed {v}")
+    out = version_changes(fresh, stored)
     libs = {r["library"] for r in fresh["settings"]}
     old = {r["name"]: r for r in stored["settings"] if r["library"] in libs}
     new = {r["name"]: r for r in fresh["settings"]}

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from kltutor import filters as F
+from kltutor.trainers import load_stored, version_changes
 
 __all__ = ["DATA_PATH", "RUNS", "SOURCE_FRAGMENTS", "library_keep", "compute", "load", "compare", "main"]
 
@@ -189,20 +190,12 @@ def compute(rules=None) -> dict:
 
 def load(path: Path | str = DATA_PATH) -> dict:
     """The stored verdicts (no library needed)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: no stored filter verdicts; run `python -m kltutor.trainers.filters regenerate`"
-        )
-    return json.loads(path.read_text())
+    return load_stored(path, "filter verdicts", "python -m kltutor.trainers.filters regenerate")
 
 
 def compare(fresh: dict, stored: dict, tol: float = 1e-9) -> list[str]:
     """Differences between a fresh :func:`compute` and the stored file, one line each (empty: they agree)."""
-    out = []
-    for pkg, v in fresh["versions"].items():
-        if pkg not in ("python", "torch") and stored["versions"].get(pkg) != v:
-            out.append(f"version of {pkg}: stored {stored['versions'].get(pkg)}, installed {v}")
+    out = version_changes(fresh, stored)
     old = {r["rule"]: r for r in stored["rules"]}
     for r in fresh["rules"]:
         s = old.get(r["rule"])
