@@ -62,7 +62,7 @@ def trl_config_values(cfg: CapstoneConfig, num_processes: int = 1) -> dict:
         "model_name_or_path": cfg.model or _model(cfg),
         # the KL term (the extension's fields; beta is TRL's own)
         "kl_placement": cfg.placement,
-        "beta": 0.0 if cfg.placement == "none" else float(cfg.beta),
+        "beta": 0.0 if cfg.kl_placement.is_none else float(cfg.beta),
         "kl_level": cfg.kl_level,
         "importance_weighted_kl": cfg.importance_weighted_kl,
         "kl_aggregation": cfg.aggregation,
@@ -130,7 +130,7 @@ def _refuse(target: str, missing: str, nearest: str, field: str | None = None):
 
 
 def _common_refusals(cfg: CapstoneConfig, target: str) -> None:
-    if cfg.placement == "exact-in-loss":
+    if cfg.kl_placement.exact:
         _refuse(
             target,
             "exact-in-loss (no full-vocabulary KL term: it scores sampled tokens only)",

@@ -84,11 +84,12 @@ def reference(cache_dir) -> str:
 
 def _capstone_cfg(placement, level, iw, agg):
     from kltutor.capstone.config import CapstoneConfig
+    from kltutor.placements import parse_placement
 
     return CapstoneConfig(
         **{**TINY, "prompts_per_step": N_PROMPTS},
         placement=placement,
-        beta=0.0 if placement == "none" else BETA,
+        beta=0.0 if parse_placement(placement).is_none else BETA,
         kl_level=level,
         importance_weighted_kl=iw,
         aggregation=agg,
@@ -132,19 +133,19 @@ def batch(tr, seed=0):
 def _capstone_loss(cfg, tr, b, old_logp):
     """step_loss on the batch, with the capstone's own log-probabilities (kltutor.capstone.logprobs)."""
     from kltutor.capstone.logprobs import sequence_stats
-    from kltutor.capstone.loss import step_loss
+    from kltutor.capstone.loss import loss_settings, step_loss
 
     ids = torch.cat([b["prompt_ids"], b["completion_ids"]], 1)
     attn = torch.cat([b["prompt_mask"], b["completion_mask"]], 1)
     P = b["prompt_ids"].shape[1]
-    exact = cfg.placement == "exact-in-loss"
+    exact = cfg.kl_placement.exact
     ref_model = tr.ref_model if tr.ref_model is not None else tr.model  # placement 'none' loads no reference
     st = sequence_stats(tr.model, ids, attn, P, ref_model if exact else None, cfg.logprob_chunk, cfg.temperature)
     with torch.no_grad():
         ref = sequence_stats(ref_model, ids, attn, P, None, cfg.logprob_chunk, cfg.temperature)["logp"]
     old = {"logp": st["logp"].detach() if old_logp is None else old_logp, "ref_logp": ref}
     rewards = tr._kl_rewards.sum(-1).float()
-    loss, _, _ = step_loss(cfg, st, old, b["completion_mask"].float(), rewards, cfg.beta)
+    loss, _, _ = step_loss(st, old, b["completion_mask"].float(), rewards, beta=cfg.beta, **loss_settings(cfg))
     return loss
 
 

@@ -116,20 +116,17 @@ def inspect_extension(data: dict, name: str, known: dict):
         f"trl {trl['version']} with kltutor.trainers.grpo_extension",
     )
     placement = ext["kl_placement"]
+    p = parse_placement(placement)
     rep.notes.append(f"capstone placement {placement!r} (kltutor.trainers.grpo_extension), beta = {beta:g}")
-    if placement == "none" or beta == 0:
-        rep.notes.append("no KL term" + (" (beta = 0)" if placement != "none" else ""))
+    if p.is_none or beta == 0:
+        rep.notes.append("no KL term" + (" (beta = 0)" if not p.is_none else ""))
         return rep
     ctrl = ext["kl_schedule"]
     if ctrl != "fixed":
         parts = [f"{k} = {ext[k]:g}" for k in ("kl_target", "kl_horizon", "beta_end") if ext[k] is not None]
         ctrl = f"{ctrl} (initial beta{', ' + ', '.join(parts) if parts else ''})"
-    if placement == "exact-in-loss":
-        where, est, level = "loss", "exact", "token"
-    else:
-        p = parse_placement(placement)
-        where, est = p.where, p.estimator
-        level = ext["kl_level"] if p.in_loss else "token"
+    where, est = p.where, p.estimator  # exact-in-loss: "loss", "exact"
+    level = ext["kl_level"] if p.in_loss and not p.exact else "token"
     iw = bool(ext["importance_weighted_kl"])
     corr = "none"
     if iw:

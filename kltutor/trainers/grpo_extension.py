@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from kltutor.placements import parse_placement
 from kltutor.trainers.extension_spec import CHECKED_TRL_VERSIONS, EXTENSION_FIELDS, validate_settings
 
 __all__ = ["KLPlacementGRPOConfig", "KLPlacementGRPOTrainer", "kl_placement_loss", "check_trl_version"]
@@ -104,7 +105,7 @@ class KLPlacementGRPOConfig(GRPOConfig):
     def __post_init__(self):
         super().__post_init__()
         validate_settings(self.extension_values(), self.beta, normalize_std=self.scale_rewards not in ("none", False))
-        if self.kl_placement == "none" and self.beta != 0:
+        if parse_placement(self.kl_placement).is_none and self.beta != 0:
             raise ValueError(
                 f"beta: placement 'none' has no KL term; set beta=0 (got {self.beta:g}: TRL would load a reference "
                 "model for nothing)"
@@ -154,11 +155,12 @@ def kl_placement_loss(
     penalty's aggregate for in-reward placements). ``exact_kl``: the per-token full-vocabulary KL (with
     gradient) for ``exact-in-loss``. ``aggregate`` is the capstone's, over this batch.
     """
-    from kltutor.placements import aggregate, clipped_surrogate, kl_loss, parse_placement, returns_to_go, shaped_rewards
+    from kltutor.placements import aggregate, clipped_surrogate, kl_loss, returns_to_go, shaped_rewards
 
     m = mask.to(logp.dtype)
     zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    if placement == "exact-in-loss":
+    p = parse_placement(placement)
+    if p.exact:
         policy_loss, _ = clipped_surrogate(logp, old_logp, advantages, m, clip_eps, aggregation)
         kl_t = exact_kl
         if importance_weighted_kl:
@@ -166,7 +168,6 @@ def kl_placement_loss(
             kl_t = torch.exp(torch.cumsum(log_w, -1) - log_w) * kl_t  # prod_{s<t} w_s
         kl_term = aggregate(kl_t, m, aggregation)
         return policy_loss + beta * kl_term, kl_term.detach()
-    p = parse_placement(placement)
     if p.in_reward and beta > 0:
         penalty = shaped_rewards(torch.zeros_like(advantages), old_logp, ref_logp, m, beta, p.estimator)
         token_adv = advantages[:, None] * m + returns_to_go(penalty, m)
@@ -202,7 +203,7 @@ class KLPlacementGRPOTrainer(GRPOTrainer):
         from kltutor.schedules import make_schedule
 
         c = cfg
-        if c.kl_placement == "exact-in-loss" and (self.is_fsdp_enabled or _zero_stage(self) == 3):
+        if parse_placement(c.kl_placement).exact and (self.is_fsdp_enabled or _zero_stage(self) == 3):
             raise ValueError(
                 "kl_placement: exact-in-loss multiplies the last hidden states by the whole output layer, which "
                 "FSDP and DeepSpeed ZeRO-3 keep sharded outside the model's forward; use DDP or ZeRO-2, or k3-in-reward"
@@ -310,7 +311,7 @@ class KLPlacementGRPOTrainer(GRPOTrainer):
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         T = completion_ids.size(1)
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
-        exact = self.kl_placement == "exact-in-loss"
+        exact = parse_placement(self.kl_placement).exact
         exact_kl = None
         if exact:
             st = self._exact_stats(model, input_ids, attention_mask, T)
