@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from kltutor.capstone.config import CapstoneConfig, ConfigError, flag
+from kltutor.capstone.precision import Precision, resolve_precision
 from kltutor.capstone.rundir import RunDirPlan, plan_run_dir
 from kltutor.capstone.runlock import check_not_in_use
 
@@ -30,6 +31,7 @@ class RunPlan:
     reference_dir: Path
     reference_cached: bool
     run: RunDirPlan
+    precision: Precision | None = None  # resolve_precision(config, device)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -164,6 +166,7 @@ def preflight(config: CapstoneConfig) -> RunPlan:
     """Validate ``config`` and everything it points at; return the :class:`RunPlan` (nothing is written)."""
     cfg = config.validate()
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg, device)  # bfloat16 asked for on a GPU without it: an error here
     check_model_size(cfg, device)
     if cfg.run_dir is not None:  # a directory another process works in: said before anything else about it
         check_not_in_use(Path(cfg.run_dir).expanduser())
@@ -171,4 +174,4 @@ def preflight(config: CapstoneConfig) -> RunPlan:
     ref_dir, cached = check_cache(cfg)
     if cfg.model is not None and not cached:
         check_model_source(cfg.model)
-    return RunPlan(cfg, device, ref_dir, cached, run_plan)
+    return RunPlan(cfg, device, ref_dir, cached, run_plan, precision)
