@@ -42,7 +42,7 @@ log "install: a fresh environment over the image's packages, kltutor from the re
   rm -rf "$WHEEL" && $PY -m pip wheel -q --no-index --no-deps --no-build-isolation -w "$WHEEL" "$REPO" &&
   "$ENV/bin/python" -m pip install -q --no-index --no-deps "$WHEEL"/kltutor-*.whl &&
   "$ENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null &&
-  "$ENV/bin/python" -c "import kltutor, papermill, torch; print('kltutor from', kltutor.__file__); print('papermill', papermill.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+  (cd / && "$ENV/bin/python" -c "import kltutor, papermill, torch; print('kltutor from', kltutor.__file__); print('papermill', papermill.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())")  # from /: not the repository folder
 } >> "$OUT/colab.log" 2>&1 || { log "install FAILED: see colab.log"; exit 1; }
 
 NB=$(ls "$REPO"/notebooks/*_capstone.ipynb | head -1)
