@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from kltutor.capstone import loop, precision, preflight
+from kltutor.capstone import loop, precision, preflight, sft
 from kltutor.capstone.__main__ import main
 from kltutor.capstone.config import CapstoneConfig, ConfigError
 from tests.helpers.capstone_tiny import TINY_SETTINGS, cli_flags
@@ -107,7 +107,7 @@ def test_a_run_on_a_gpu_without_bf16_trains_under_float16_autocast_with_loss_sca
     def as_on_a_t4(cfg, device):
         return real(cfg, CUDA)
 
-    for module in (precision, preflight, loop):
+    for module in (preflight, loop, sft):
         monkeypatch.setattr(module, "resolve_precision", as_on_a_t4)
     autocast_seen, scaler_steps = [], []
     stats = loop.sequence_stats
@@ -137,3 +137,21 @@ def test_a_run_on_a_gpu_without_bf16_trains_under_float16_autocast_with_loss_sca
     assert rec["precision"]["loss_scaling"] is True and "no bfloat16" in rec["precision"]["reason"]
     assert rec["decode_mode_used"] == res.decode_mode_used == "eager"  # the CPU decodes eagerly
     assert rec["history"][-1]["precision"] == rec["precision"]
+
+
+def test_a_step_context_built_by_hand_gets_the_runs_precision_and_scaler(no_bf16_gpu, monkeypatch):
+    """A StepContext without ``precision`` (benchmarks, tests) resolves it at its first step, with the
+    GradScaler float16 needs; the step runs under float16 autocast and its loss is finite."""
+    from kltutor.capstone.loop import _step
+    from kltutor.capstone.model import build_tokenizer
+    from kltutor.capstone.task import AdditionTask
+    from tests.helpers.capstone_tiny import step_context
+
+    real = precision.resolve_precision
+    monkeypatch.setattr(loop, "resolve_precision", lambda cfg, device: real(cfg, CUDA))
+    task = AdditionTask(9, format_reward=0.5)
+    ctx = step_context(task, build_tokenizer(task.alphabet), precision="auto")
+    assert ctx.precision is None and ctx.scaler is None
+    row = _step(ctx, 0)
+    assert ctx.precision.name == "float16" and isinstance(ctx.scaler, torch.amp.GradScaler)
+    assert torch.isfinite(torch.tensor(row.loss)) and row.step == 1

@@ -405,8 +405,10 @@ def _step(ctx: StepContext, step: int) -> StepRow:
     mask = batch.completion_mask.float()
     old = {"logp": batch.logp, "ref_logp": scores.ref_logp}  # sampling-time: the in-reward penalty is frozen on these
     exact = cfg.kl_placement.exact
-    precision = ctx.precision or resolve_precision(cfg, device)
-    scaler = ctx.scaler
+    if ctx.precision is None:  # a context built by hand: the run's choice, with its scaler
+        ctx.precision = resolve_precision(cfg, device)
+        ctx.scaler = ctx.scaler or ctx.precision.grad_scaler(device)
+    precision, scaler = ctx.precision, ctx.scaler
     beta = float(ctx.schedule.beta)
     clip_fracs, grad_norms, losses, kl_terms = [], [], [], []
     for u in range(cfg.updates_per_batch):

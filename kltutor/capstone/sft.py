@@ -13,6 +13,7 @@ import torch
 
 from kltutor.capstone.config import REFERENCE_FIELDS, CapstoneConfig, CapstoneUserError, default_cache_dir, flag
 from kltutor.capstone.model import build_model, build_tokenizer, check_tokenizer, load_model
+from kltutor.capstone.precision import Precision, resolve_precision
 from kltutor.capstone.task import AdditionTask
 
 __all__ = ["sft_batch", "train_sft", "evaluate", "ReferenceInfo", "reference_dir", "reference_policy"]
@@ -45,7 +46,7 @@ def train_sft(
     seed: int,
     progress: bool = False,
     amp: bool = False,
-    precision=None,
+    precision: Precision | None = None,
 ) -> list[float]:
     """Teacher-forced cross-entropy on the answer tokens; returns the loss per step.
 
@@ -53,8 +54,6 @@ def train_sft(
     float16); ``amp=True`` without one: bf16 autocast. The losses stay on the device until the end, so
     the host prepares the next batch while the device works on this one."""
     from tqdm.auto import tqdm
-
-    from kltutor.capstone.precision import Precision
 
     device = next(model.parameters()).device
     if precision is None:
@@ -208,8 +207,6 @@ def reference_policy(cfg: CapstoneConfig, device="cpu"):
                 "model",
             ) from None
     check_tokenizer(tok, task.alphabet)
-    from kltutor.capstone.precision import resolve_precision
-
     precision = resolve_precision(cfg, device)
     losses = (
         train_sft(
