@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     from kltutor.capstone.config import preset
     from kltutor.capstone.loop import METRICS
     from kltutor.capstone.preflight import resolve_device
-    from kltutor.capstone.rundir import METRICS_FILE, MetricsLog, package_versions
+    from kltutor.capstone.rundir import METRICS_FILE, MetricsLog, package_versions, used_settings
     from kltutor.capstone.sft import reference_policy
     from kltutor.capstone.sweep import grid_configs, run_name
 
@@ -311,6 +311,7 @@ def main(argv=None) -> int:
             "deadline_s": args.deadline,
             "base_config": {k: v for k, v in base.to_dict().items() if k not in ("run_dir", "cache_dir", "overwrite")},
             "device": gpu,
+            "used": used_settings(c.run_dir for c in configs),  # precision and decode mode, from each run.json
             "versions": package_versions(),
             "reference": ref,
             "runs": runs,

@@ -12,6 +12,8 @@
 #
 #   OUT=gpu_out BUDGET=240 bash benchmarks/colab_session.sh
 #   REHEARSAL=1 PY=.venv/bin/python OUT=/tmp/colab_out BUDGET=600 bash benchmarks/colab_session.sh   # CPU, smoke sizes
+# COLAB_ENV, COLAB_WORK and COLAB_WHEEL (default /tmp/colab-env, /tmp/colab-run, /tmp/kltutor-wheel) move its
+# scratch folders, e.g. for two rehearsals on one machine.
 set -u
 OUT=${OUT:-gpu_out}
 BUDGET=${BUDGET:-240}
@@ -27,7 +29,8 @@ export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export KLTUTOR_CACHE=${KLTUTOR_CACHE:-/tmp/kltutor-colab-cache} TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
 unset PYTHONPATH  # the installed package, not the repository's folder
 
-ENV=/tmp/colab-env
+ENV=${COLAB_ENV:-/tmp/colab-env}
+WHEEL=${COLAB_WHEEL:-/tmp/kltutor-wheel}
 log "install: a fresh environment over the image's packages, kltutor from the repository (not editable)"
 {
   $PY -m venv --system-site-packages "$ENV" &&
@@ -36,14 +39,14 @@ log "install: a fresh environment over the image's packages, kltutor from the re
   if ! "$ENV/bin/python" -c "import papermill, ipykernel" 2>/dev/null && ls "$REPO"/.whl-colab/*.whl >/dev/null 2>&1; then
     "$ENV/bin/python" -m pip install -q --no-index --no-deps --find-links "$REPO/.whl-colab" "$REPO"/.whl-colab/*.whl
   fi &&
-  rm -rf /tmp/kltutor-wheel && $PY -m pip wheel -q --no-index --no-deps --no-build-isolation -w /tmp/kltutor-wheel "$REPO" &&
-  "$ENV/bin/python" -m pip install -q --no-index --no-deps /tmp/kltutor-wheel/kltutor-*.whl &&
+  rm -rf "$WHEEL" && $PY -m pip wheel -q --no-index --no-deps --no-build-isolation -w "$WHEEL" "$REPO" &&
+  "$ENV/bin/python" -m pip install -q --no-index --no-deps "$WHEEL"/kltutor-*.whl &&
   "$ENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null &&
-  "$ENV/bin/python" -c "import kltutor, papermill, torch; print('kltutor from', kltutor.__file__); print('papermill', papermill.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+  (cd / && "$ENV/bin/python" -c "import kltutor, papermill, torch; print('kltutor from', kltutor.__file__); print('papermill', papermill.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())")  # from /: not the repository folder
 } >> "$OUT/colab.log" 2>&1 || { log "install FAILED: see colab.log"; exit 1; }
 
 NB=$(ls "$REPO"/notebooks/*_capstone.ipynb | head -1)
-WORK=/tmp/colab-run
+WORK=${COLAB_WORK:-/tmp/colab-run}
 rm -rf "$WORK" && mkdir -p "$WORK" && cp "$NB" "$WORK/capstone.ipynb" && cd "$WORK" || exit 1
 if [ -n "${REHEARSAL:-}" ]; then
   RUNS="colab:smoke:auto h100:smoke:auto fp16:smoke:float16"; GPU_STEPS=2
@@ -58,15 +61,18 @@ for spec in $RUNS; do
   t=$(( $(left) / (total - n + 1) ))
   if [ "$t" -lt 20 ]; then log "$name: no time left"; continue; fi
   log "$name: preset $preset, precision $precision, $t s"
-  ( command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$WORK/$name.mem" 2>/dev/null ) &
-  mem_pid=$!
+  mem_pid=
+  if command -v nvidia-smi >/dev/null; then  # its own process id, so that only it is stopped below
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$WORK/$name.mem" 2>/dev/null &
+    mem_pid=$!
+  fi
   t0=$(date +%s)
   timeout "$t" "$ENV/bin/python" -m papermill capstone.ipynb "$name.ipynb" -k python3 --log-level WARNING \
     -p gpu_preset "$preset" -p gpu_precision "$precision" -p gpu_steps "$GPU_STEPS" -p gpu_seeds "[0]" \
     -p gpu_placements '["none", "k1-in-reward", "k3-in-loss"]' -p gpu_betas "[0.1]" >> "$OUT/colab.log" 2>&1
   rc=$?
   wall=$(( $(date +%s) - t0 ))
-  kill $mem_pid 2>/dev/null; pkill -f "nvidia-smi --query-gpu" 2>/dev/null
+  if [ -n "$mem_pid" ]; then kill "$mem_pid" 2>/dev/null; wait "$mem_pid" 2>/dev/null; fi
   "$ENV/bin/python" - "$name" "$preset" "$precision" "$rc" "$wall" "$t" >> "$OUT/colab.jsonl" 2>> "$OUT/colab.log" <<'EOF'
 import json, re, sys
 from pathlib import Path

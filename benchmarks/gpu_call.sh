@@ -6,13 +6,14 @@
 #
 #   run(command="OUT=$OUT BUDGET=560 KLTUTOR_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_call.sh",
 #       carry=[".whl", ".whl-colab"], timeout_s=600)
-#   REHEARSAL=1 PY=.venv-trainers/bin/python OUT=/tmp/gpu_out BUDGET=900 bash benchmarks/gpu_call.sh   # CPU
+#   REHEARSAL=1 COLAB_PY=.venv/bin/python PY=.venv-trainers/bin/python OUT=/tmp/gpu_out BUDGET=900 bash benchmarks/gpu_call.sh   # CPU
+# COLAB_PY: the Python of the Colab-like part (default $PY; here one with papermill, which the trainers' venv lacks).
 set -u
 OUT=${OUT:-gpu_out}
 BUDGET=${BUDGET:-560}
 COLAB_SHARE=${COLAB_SHARE:-40}  # percent of the budget for the Colab-like runs
 start=$(date +%s)
 colab=$(( BUDGET * COLAB_SHARE / 100 ))
-OUT=$OUT BUDGET=$colab bash benchmarks/colab_session.sh
+PY=${COLAB_PY:-${PY:-python3}} OUT=$OUT BUDGET=$colab bash benchmarks/colab_session.sh
 rest=$(( BUDGET - ($(date +%s) - start) ))
 OUT=$OUT BUDGET=$rest bash benchmarks/gpu_session.sh

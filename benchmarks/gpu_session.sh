@@ -100,8 +100,9 @@ log "part 4: the capstone CLI on $DEV: 6 steps, and 3 + resume to 6 ($(lim 20 12
 cli_t=$(lim 20 120)
 {
   CLI="$PY -m kltutor.capstone --device $DEV --no-progress --cache-dir /tmp/cli-cache"
-  timeout "$cli_t" $CLI --preset smoke --steps 6 --checkpoint-every 3 --run-dir /tmp/cli_a && \
-  timeout "$cli_t" $CLI --preset smoke --steps 3 --checkpoint-every 3 --run-dir /tmp/cli_b && \
+  # --overwrite: a rerun of the call on the same machine finds the first call's runs there
+  timeout "$cli_t" $CLI --preset smoke --steps 6 --checkpoint-every 3 --run-dir /tmp/cli_a --overwrite && \
+  timeout "$cli_t" $CLI --preset smoke --steps 3 --checkpoint-every 3 --run-dir /tmp/cli_b --overwrite && \
   timeout "$cli_t" $CLI --steps 6 --checkpoint-every 3 --run-dir /tmp/cli_b --resume  # a resume takes its settings from run.json
   echo "exit $?"
   [ -s /tmp/cli_a/metrics.jsonl ] && [ -s /tmp/cli_b/metrics.jsonl ] || echo "no metrics to compare (a run failed or was cut short)"

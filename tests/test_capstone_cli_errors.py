@@ -141,6 +141,13 @@ CASES = [
     ("top-k-negative", "--top-k -1", r"--top-k: top_k must be an integer >= 0", None),
     ("logprob-dtype-unknown", "--logprob-dtype float16", r"argument --logprob-dtype: invalid choice: 'float16'", None),
     ("decode-mode-unknown", "--decode-mode fast", r"argument --decode-mode: invalid choice: 'fast'", None),
+    ("precision-unknown", "--precision fp8", r"argument --precision: invalid choice: 'fp8'", None),
+    (
+        "precision-bf16-with-no-bf16",
+        "--precision bfloat16 --no-bf16",
+        r"^error: --precision: precision='bfloat16' contradicts bf16=False \(--no-bf16\)",
+        None,
+    ),
     ("ref-scoring-unknown", "--ref-scoring x", r"argument --ref-scoring: invalid choice: 'x'", None),
     ("format-reward-1", "--format-reward 1", r"--format-reward: format_reward must be in \[0, 1\)", None),
     ("heads-not-dividing", "--hidden-size 30 --num-heads 4", r"--hidden-size: hidden_size must be divisible", None),

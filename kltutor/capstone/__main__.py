@@ -160,7 +160,7 @@ def config_from_args(args: argparse.Namespace) -> CapstoneConfig:
 
 
 def _main_sweep(args: argparse.Namespace, cfg: CapstoneConfig) -> int:
-    from kltutor.capstone.sweep import SWEEP_CSV, sweep
+    from kltutor.capstone.sweep import SWEEP_CSV, SWEEP_JSON, sweep
 
     placements = args.placements or list(choices("placement"))
     betas = args.betas or [0.05]
@@ -174,7 +174,18 @@ def _main_sweep(args: argparse.Namespace, cfg: CapstoneConfig) -> int:
     last = df.groupby(["placement", "beta_init", "seed"]).tail(1)
     print(last[["placement", "beta_init", "seed", "reward", "kl_exact_seq", "entropy"]].round(4).to_string(index=False))
     print(f"wrote {out / SWEEP_CSV}")
+    _print_used([out / Path(c) for c in json.loads((out / SWEEP_JSON).read_text())["runs"]])
     return 0
+
+
+def _print_used(run_dirs) -> None:
+    """The precision and decode mode the runs resolved (from their run.json): the lines
+    benchmarks/colab_session.sh and the chapter's GPU cell print too."""
+    from kltutor.capstone.rundir import used_settings
+
+    used = used_settings(run_dirs)
+    print(f"precision used: {used['precision']}")
+    print(f"decode mode used: {used['decode_mode_used']}")
 
 
 def _main_run(cfg: CapstoneConfig) -> int:
@@ -183,6 +194,7 @@ def _main_run(cfg: CapstoneConfig) -> int:
     res = run(cfg)
     print(json.dumps(res.metrics[-1] if res.metrics else {}, indent=1))
     print(f"metrics: {res.metrics_path}")
+    _print_used([res.run_dir])
     return 0
 
 

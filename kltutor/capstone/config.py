@@ -223,7 +223,16 @@ class CapstoneConfig:
     updates_per_batch: int = _setting(1, "gradient steps per sampled batch (>1 is off-policy after the first)")
     max_grad_norm: float = _setting(1.0, "gradient-norm clipping threshold")
     logprob_chunk: int = _setting(1024, "rows of [batch*time] per chunk in the log-softmax (lower it to save memory)")
-    bf16: bool = _setting(True, "bf16 autocast on a GPU (--no-bf16 to disable; ignored on the CPU)")
+    bf16: bool = _setting(
+        True, "the older switch: --no-bf16 is --precision float32 where --precision is auto (--bf16: no effect)"
+    )
+    precision: str = _setting(
+        "auto",
+        "autocast dtype of the model's matrix products (kltutor.capstone.precision): auto (bfloat16 on a GPU "
+        "that has it, else float16 with loss scaling; float32 on the CPU), bfloat16, float16 (with loss "
+        "scaling) or float32 (no autocast)",
+        choices=("auto", "bfloat16", "float16", "float32"),
+    )
     device: str = _setting("auto", "%(choices)s", choices=("auto", "cpu", "cuda"))
     seed: int = _setting(0, "seed of the RL run (prompts, sampling)")
     top_p: float = _setting(
@@ -398,8 +407,10 @@ class CapstoneConfig:
         self._validate_teacher(check, check_choice)
         check("top_p", number_in, "(0, 1]", " (1: off)")
         check("top_k", integer, 0, " (0: off)")
-        for name in ("logprob_dtype", "decode_mode", "ref_scoring"):
+        for name in ("logprob_dtype", "decode_mode", "ref_scoring", "precision"):
             check_choice(name)
+        if self.precision == "bfloat16" and not self.bf16:
+            raise bad("precision", "precision='bfloat16' contradicts bf16=False (--no-bf16); drop one of them")
         return self
 
     def _validate_schedule(self, schedules: dict) -> None:

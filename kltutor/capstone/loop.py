@@ -37,6 +37,7 @@ from kltutor.capstone.config import CapstoneConfig, CapstoneOutOfMemoryError, Ca
 from kltutor.capstone.interrupts import Interrupts, RunInterrupted, signal_name
 from kltutor.capstone.logprobs import sequence_stats
 from kltutor.capstone.loss import loss_settings, measure, step_loss
+from kltutor.capstone.precision import Precision, resolve_precision
 from kltutor.capstone.sampler import Sampler, completion_mask_from_ids, generate_completions
 from kltutor.capstone.task import AdditionTask
 from kltutor.capstone.teacher import distillation_loss, distillation_settings, load_teacher
@@ -72,7 +73,8 @@ class StepRow:
     of :math:`\sum_t k(\ell_t)` over masked tokens, with :math:`\ell_t` = ``old_logp - ref_logp``;
     ``entropy``: the policy's next-token entropy averaged over masked tokens; ``response_length``: masked
     tokens per completion; ``terminated``: fraction that emitted EOS; ``clip_fraction``, ``grad_norm``
-    (before clipping) and ``loss``: means over the ``updates_per_batch`` updates; ``kl_term``: mean over
+    (before clipping; under float16 loss scaling, over the updates not skipped for overflow, NaN if
+    all were) and ``loss``: means over the ``updates_per_batch`` updates; ``kl_term``: mean over
     the updates of the KL term before beta multiplies it, aggregated like the loss (``aggregation``):
     for ``*-in-loss`` the term that ``beta`` multiplies in the loss, for ``*-in-reward`` the same
     aggregate of the frozen per-token penalty ``k(l_t)``, 0 for ``none``; ``beta``: the coefficient used
@@ -128,6 +130,8 @@ class RunResult:
     checkpoint_dir: Path
     reference_path: Path
     reference_info: ReferenceInfo | None = None  # None when a finished run was resumed (nothing trained)
+    precision: Precision | None = None  # the resolved precision (kltutor.capstone.precision), also in run.json
+    decode_mode_used: str | None = None  # what the sampler's decode step ran as (a fallback shows), also in run.json
 
     @property
     def frame(self):
@@ -193,6 +197,8 @@ def _run(plan, stop: Interrupts) -> RunResult:
     try:
         run_dir = rundir.open_run_dir(plan.run, cfg)
         cfg = cfg.replace(run_dir=str(run_dir))
+        precision = plan.precision or resolve_precision(cfg, device)
+        rundir.update_run_record(run_dir, precision=precision.as_dict())
         ckpt = run_dir / rundir.CHECKPOINT
         log = rundir.MetricsLog(run_dir / rundir.METRICS_FILE)
         metrics_path = log.path
@@ -252,12 +258,18 @@ def _run(plan, stop: Interrupts) -> RunResult:
             task_gen,
             device,
             make_sampler(cfg, policy, ref, tok, task, device),
+            precision=precision,
+            scaler=precision.grad_scaler(device),
         )
+        decode_mode = None
         stop.deferring = True  # from here a first Ctrl-C or SIGTERM ends the run after the step, with a checkpoint
         for step in bar:
             row = _step(ctx, step).as_dict()
             metrics.append(row)
             log.append(row)
+            if ctx.sampler.decode_mode_used != decode_mode:  # known after the first sampling (a capture may fail)
+                decode_mode = ctx.sampler.decode_mode_used
+                rundir.update_run_record(run_dir, decode_mode_used=decode_mode)
             if not started:
                 started = True
                 rundir.commit_start(plan.run)
@@ -297,7 +309,7 @@ def _run(plan, stop: Interrupts) -> RunResult:
             raise
         err.add_note(note)
         raise err from e
-    return RunResult(metrics, cfg, run_dir, metrics_path, ckpt, info.path, info)
+    return RunResult(metrics, cfg, run_dir, metrics_path, ckpt, info.path, info, precision, decode_mode)
 
 
 @dataclass
@@ -315,6 +327,8 @@ class StepContext:
     device: torch.device
     sampler: Sampler
     timings: dict[str, float] | None = None  # when a dict, seconds per phase are added to it (benchmarks)
+    precision: Precision | None = None  # None: resolve_precision(cfg, device)
+    scaler: torch.amp.GradScaler | None = None  # float16's loss scaling (precision.grad_scaler)
 
 
 def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
@@ -332,7 +346,7 @@ def make_sampler(
     cfg: CapstoneConfig, policy, ref, tokenizer, task: AdditionTask, device: torch.device, **overrides
 ) -> Sampler:
     """The :class:`~kltutor.capstone.sampler.Sampler` a run of ``cfg`` uses (``overrides``: its keyword arguments)."""
-    amp = device.type == "cuda" and cfg.bf16
+    precision = resolve_precision(cfg, device)
     longest = len(tokenizer(task.prompt(task.max_operand, task.max_operand), add_special_tokens=False)["input_ids"])
     kwargs = dict(
         ref_model=ref,
@@ -341,8 +355,8 @@ def make_sampler(
         top_p=cfg.top_p,
         top_k=cfg.top_k,
         logprob_dtype=cfg.logprob_dtype,
-        compute_dtype=torch.bfloat16 if amp else None,
-        autocast=amp,
+        compute_dtype=precision.dtype if precision.autocast else None,
+        autocast=precision.autocast,
         decode_mode=cfg.decode_mode,
         ref_scoring=cfg.ref_scoring,
         fast=cfg.fast,
@@ -396,11 +410,14 @@ def _step(ctx: StepContext, step: int) -> StepRow:
     mask = batch.completion_mask.float()
     old = {"logp": batch.logp, "ref_logp": scores.ref_logp}  # sampling-time: the in-reward penalty is frozen on these
     exact = cfg.kl_placement.exact or (cfg.teacher is not None and cfg.teacher_estimator == "exact")
-    use_amp = device.type == "cuda" and cfg.bf16
+    if ctx.precision is None:  # a context built by hand: the run's choice, with its scaler
+        ctx.precision = resolve_precision(cfg, device)
+        ctx.scaler = ctx.scaler or ctx.precision.grad_scaler(device)
+    precision, scaler = ctx.precision, ctx.scaler
     beta = float(ctx.schedule.beta)
     clip_fracs, grad_norms, losses, kl_terms = [], [], [], []
     for u in range(cfg.updates_per_batch):
-        with phase("forward"), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with phase("forward"), precision.autocast_context(device.type):
             # the first update runs at the sampling-time parameters: it reuses the sampler's matrix products
             st = sequence_stats(
                 policy,
@@ -421,10 +438,16 @@ def _step(ctx: StepContext, step: int) -> StepRow:
                 loss, kl_term, clip_frac = distillation_loss(st, old, mask, rewards, **distillation_settings(cfg))
         with phase("backward"):
             ctx.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if scaler is None else scaler.scale(loss)).backward()
         with phase("optimizer"):
-            grad_norms.append(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm))
-            ctx.optimizer.step()
+            if scaler is None:
+                grad_norms.append(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm))
+                ctx.optimizer.step()
+            else:  # float16: unscale, clip, step unless the scaled gradients overflowed (then skipped)
+                scaler.unscale_(ctx.optimizer)
+                grad_norms.append(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm))
+                scaler.step(ctx.optimizer)
+                scaler.update()
         clip_fracs.append(torch.as_tensor(clip_frac, dtype=torch.float32, device=device))
         losses.append(loss.detach().float())
         kl_terms.append(torch.as_tensor(kl_term, dtype=torch.float32, device=device))
@@ -433,6 +456,9 @@ def _step(ctx: StepContext, step: int) -> StepRow:
     for u, value in enumerate(per_update[0]):
         if not math.isfinite(value):
             raise FloatingPointError(f"the loss is {value} at step {step} (update {u + 1}); lower lr or beta")
+    norms = per_update[2]
+    if scaler is not None:  # an update whose float16 gradients overflowed was skipped (the scaler then shrinks)
+        norms = [v for v in norms if math.isfinite(v)] or [float("nan")]
     with torch.no_grad():
         measured = measure(rewards, batch.terminated, mask, old["logp"], old["ref_logp"], scores.kl, scores.entropy)
     ctx.schedule.update(measured["kl_exact_seq"], len(pairs))
@@ -443,7 +469,7 @@ def _step(ctx: StepContext, step: int) -> StepRow:
         step=step + 1,
         **measured,
         clip_fraction=float(np.mean(per_update[1])),
-        grad_norm=float(np.mean(per_update[2])),
+        grad_norm=float(np.mean(norms)),
         loss=float(np.mean(per_update[0])),
         kl_term=float(np.mean(per_update[3])),
         beta=beta,
@@ -451,6 +477,6 @@ def _step(ctx: StepContext, step: int) -> StepRow:
         tokens_per_second=measured["response_length"] * len(pairs) / seconds,
     )
     for k, v in row.as_dict().items():
-        if isinstance(v, float) and not math.isfinite(v):
+        if isinstance(v, float) and not math.isfinite(v) and not (k == "grad_norm" and scaler is not None):
             raise FloatingPointError(f"metric {k} is {v} at step {step + 1}")
     return row

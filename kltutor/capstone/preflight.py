@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from kltutor.capstone.config import CapstoneConfig, ConfigError, flag
+from kltutor.capstone.precision import Precision, resolve_precision
 from kltutor.capstone.rundir import RunDirPlan, plan_run_dir
 from kltutor.capstone.runlock import check_not_in_use
 from kltutor.capstone.teacher import check_teacher
@@ -31,6 +32,7 @@ class RunPlan:
     reference_dir: Path
     reference_cached: bool
     run: RunDirPlan
+    precision: Precision | None = None  # resolve_precision(config, device)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -165,6 +167,7 @@ def preflight(config: CapstoneConfig) -> RunPlan:
     """Validate ``config`` and everything it points at; return the :class:`RunPlan` (nothing is written)."""
     cfg = config.validate()
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg, device)  # bfloat16 asked for on a GPU without it: an error here
     check_model_size(cfg, device)
     if cfg.run_dir is not None:  # a directory another process works in: said before anything else about it
         check_not_in_use(Path(cfg.run_dir).expanduser())
@@ -175,4 +178,4 @@ def preflight(config: CapstoneConfig) -> RunPlan:
     if cfg.model is not None and not cached:
         check_model_source(cfg.model)
     check_teacher(cfg, ref_dir, cached)
-    return RunPlan(cfg, device, ref_dir, cached, run_plan)
+    return RunPlan(cfg, device, ref_dir, cached, run_plan, precision)

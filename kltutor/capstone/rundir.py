@@ -3,7 +3,9 @@
 
 ```
 run_dir/
-  run.json        the resolved config, the package versions, and one history entry per start or resume
+  run.json        the resolved config, the package versions, one history entry per start or resume, and
+                  what the run resolved at run time: "precision" (kltutor.capstone.precision) and
+                  "decode_mode_used" (the sampler's decode step, after any fallback), also in each entry
   metrics.jsonl   one JSON line per step, appended and flushed to disk as each step ends
   checkpoint/     policy/ (save_pretrained, safetensors), state.pt (optimiser, RNG states, step),
                   schedule.json (the beta controller), metrics.json (the rows up to the checkpoint) and
@@ -61,6 +63,8 @@ __all__ = [
     "package_versions",
     "config_changes",
     "read_run_record",
+    "update_run_record",
+    "used_settings",
     "plan_run_dir",
     "open_run_dir",
     "write_manifest",
@@ -93,6 +97,7 @@ FREE_ON_RESUME = frozenset(
         "steps",
         "device",
         "bf16",
+        "precision",
         "logprob_chunk",
         "decode_mode",
         "ref_scoring",
@@ -352,6 +357,32 @@ def _write_run_record(run_dir: Path, cfg: CapstoneConfig, event: str, step: int,
         entry["changed"] = {k: list(v) for k, v in changes.items()}
     record["history"].append(entry)
     atomic_write_text(path, json.dumps(record, indent=1))
+
+
+def update_run_record(run_dir: Path, **fields) -> None:
+    """Record what a run resolved at run time (``precision``, ``decode_mode_used``) in ``run.json``: at the
+    top level (the latest start's) and in the latest history entry (a resume may differ from the start)."""
+    path = Path(run_dir) / RUN_FILE
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record.update(fields)
+    if record.get("history"):
+        record["history"][-1].update(fields)
+    atomic_write_text(path, json.dumps(record, indent=1))
+
+
+def used_settings(run_dirs) -> dict[str, str]:
+    """What the runs in ``run_dirs`` resolved at run time, from their ``run.json``: ``{"precision": ...,
+    "decode_mode_used": ...}``, each the sorted distinct values joined by ``", "`` ("unknown" where no run
+    recorded one, e.g. a run that stopped before its first step)."""
+    seen: dict[str, set] = {"precision": set(), "decode_mode_used": set()}
+    for d in run_dirs:
+        path = Path(d) / RUN_FILE
+        record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if isinstance(record.get("precision"), dict):
+            seen["precision"].add(record["precision"].get("name"))
+        if record.get("decode_mode_used"):
+            seen["decode_mode_used"].add(record["decode_mode_used"])
+    return {k: ", ".join(sorted(str(x) for x in v)) or "unknown" for k, v in seen.items()}
 
 
 # ----------------------------------------------------------------------------- the plan of a run

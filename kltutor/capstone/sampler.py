@@ -183,7 +183,8 @@ class Sampler:
     ``compute_dtype``: the dtype of the decoder's matrix products (``torch.bfloat16`` imitates bf16
     autocast: bf16 matmuls, float32 residual stream, norms and softmax); default: the model's dtype.
     ``autocast``: run the batched passes (:meth:`score`'s reference forward, the dynamic-cache fallback)
-    under bf16 autocast. ``decode_mode``: ``"auto"`` (a CUDA graph on a GPU, eager on the CPU),
+    under autocast, in ``compute_dtype`` when that is float16 or bfloat16 (else bfloat16); a run's
+    :class:`~kltutor.capstone.precision.Precision` sets both. ``decode_mode``: ``"auto"`` (a CUDA graph on a GPU, eager on the CPU),
     ``"eager"``, ``"cuda-graph"`` or ``"compile"`` (``torch.compile`` then a CUDA graph); a failed
     capture falls back to eager with a logged warning (:attr:`decode_mode_used` says what ran).
     ``max_prompt_len``: the longest prompt expected (tokens), to size the cache once; a longer one
@@ -239,6 +240,8 @@ class Sampler:
         self.ref_scoring = ref_scoring
         self.device = next(model.parameters()).device
         self.compute_dtype = compute_dtype or next(model.parameters()).dtype
+        half = (torch.float16, torch.bfloat16)
+        self.autocast_dtype = self.compute_dtype if self.compute_dtype in half else torch.bfloat16
         self.eos, self.pad = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
         self.max_prompt_len = int(max_prompt_len)
         cuda = self.device.type == "cuda"
@@ -348,7 +351,7 @@ class Sampler:
             raise ValueError("score() needs the Sampler's ref_model")
         P = batch.n_prompt
         ids, attn = batch.input_ids, batch.attention_mask
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        amp = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast else contextlib.nullcontext()
         with amp:
             rh = batch.ref_hidden
             if rh is None:
@@ -560,7 +563,7 @@ class Sampler:
         ids = input_ids
         was_training = model.training
         model.eval()
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        amp = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast else contextlib.nullcontext()
         n = 0
         try:
             while n < T:

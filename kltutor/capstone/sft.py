@@ -13,6 +13,7 @@ import torch
 
 from kltutor.capstone.config import REFERENCE_FIELDS, CapstoneConfig, CapstoneUserError, default_cache_dir, flag
 from kltutor.capstone.model import build_model, build_tokenizer, check_tokenizer, load_model
+from kltutor.capstone.precision import Precision, resolve_precision
 from kltutor.capstone.task import AdditionTask
 
 __all__ = ["sft_batch", "train_sft", "evaluate", "ReferenceInfo", "reference_dir", "reference_policy"]
@@ -45,14 +46,19 @@ def train_sft(
     seed: int,
     progress: bool = False,
     amp: bool = False,
+    precision: Precision | None = None,
 ) -> list[float]:
     """Teacher-forced cross-entropy on the answer tokens; returns the loss per step.
 
-    ``amp``: bf16 autocast (a GPU run with ``bf16``). The losses stay on the device until the end, so
+    ``precision``: a :class:`~kltutor.capstone.precision.Precision` (autocast dtype, and loss scaling for
+    float16); ``amp=True`` without one: bf16 autocast. The losses stay on the device until the end, so
     the host prepares the next batch while the device works on this one."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
+    if precision is None:
+        precision = Precision("bfloat16" if amp else "float32", "bfloat16" if amp else "float32", "amp argument")
+    scaler = precision.grad_scaler(device)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / max(steps, 1)))
@@ -61,16 +67,23 @@ def train_sft(
     for _ in tqdm(range(steps), desc="SFT", disable=not progress):
         ids, attn, lm = sft_batch(task, tokenizer, batch_size, gen, device)
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        with precision.autocast_context(device.type):
             logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
         )
         loss = (nll * lm[:, 1:].reshape(-1)).sum() / lm[:, 1:].sum()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        else:  # float16: scaled loss, gradients unscaled before clipping, overflowing steps skipped
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
         sched.step()
         losses.append(loss.detach())
     model.eval()
@@ -194,9 +207,19 @@ def reference_policy(cfg: CapstoneConfig, device="cpu"):
                 "model",
             ) from None
     check_tokenizer(tok, task.alphabet)
-    amp = torch.device(device).type == "cuda" and cfg.bf16
+    precision = resolve_precision(cfg, device)
     losses = (
-        train_sft(model, tok, task, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, cfg.sft_seed, cfg.progress, amp=amp)
+        train_sft(
+            model,
+            tok,
+            task,
+            cfg.sft_steps,
+            cfg.sft_batch_size,
+            cfg.sft_lr,
+            cfg.sft_seed,
+            cfg.progress,
+            precision=precision,
+        )
         if cfg.sft_steps
         else []
     )
