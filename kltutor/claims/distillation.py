@@ -170,10 +170,10 @@ def _check_gjsd():
 @_claim(
     "distill-libraries-states-fixed",
     GROUP,
-    r"Every on-policy distillation loss of TRL 1.16.0 (`GKDTrainer`, `DistillationTrainer`) and verl 0.9.1 follows "
-    r"the per-token divergence at the student's states held fixed: none follows the gradient of the sequence-level "
-    r"$\KL(\pitheta\|\pi_T)$. verl's YAML default (k3 in the loss) follows the per-token forward KL; its "
-    r"config class's default (k3 as a reward) follows neither KL.",
+    r"No on-policy distillation loss of TRL 1.16.0 (`GKDTrainer`, `DistillationTrainer`) or verl 0.9.1 follows the "
+    r"gradient of the sequence-level $\KL(\pitheta\|\pi_T)$: every setting classified follows a per-token "
+    r"divergence at the student's states held fixed, except verl's k3 as a reward (its config class's default), "
+    r"which follows none of the candidates. verl's YAML default (k3 in the loss) follows the per-token forward KL.",
     "on student samples, one update per batch; the verdicts are stored and re-checked by `make trainers-test`",
     "sec-distillation-libraries",
 )
@@ -192,6 +192,9 @@ def _check_libraries():
     _require(TD.CANDIDATES[0] not in verdicts.values(), "a library follows the sequence KL")
     _require(verdicts["verl.distill.k3.loss"] == TD.CANDIDATES[2], "verl default")
     _require(verdicts["verl.distill.k3.reward"] == "other", "verl class default")
+    fixed = [c for c in TD.CANDIDATES if c.endswith("states fixed")]
+    others = {n: v for n, v in verdicts.items() if v not in fixed}
+    _require(list(others) == ["verl.distill.k3.reward"], f"settings outside the states-fixed candidates: {others}")
     return {"settings classified": len(verdicts), "verl YAML default": verdicts["verl.distill.k3.loss"]}
 
 

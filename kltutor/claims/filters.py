@@ -51,9 +51,12 @@ def _kl_filter_bias():
     "kl-filter-length-bias",
     "KL in practice",
     r"Against a fixed threshold a summed per-token statistic (verl's seq_sum_*) rejects long sequences far more "
-    r"often than short ones, because the sum grows with length; the per-token mean (seq_mean_*) removes that "
-    r"growth, leaving only the dependence of the per-token statistic itself on the position.",
-    r"the same per-token mismatch at every length; the toy's sampler and policy, threshold 0.2 on k3",
+    r"often than short ones, because the sum grows with length. The per-token mean (seq_mean_*) removes the "
+    r"growth of the expected statistic, not the length dependence: its rejection rate still changes with length, "
+    r"through the position dependence of the per-token mismatch and, even when the mismatch is the same at every "
+    r"position, through the mean's spread shrinking with length.",
+    r"a fixed threshold for every length; the section's toy (threshold 0.2 on k3) and a memoryless pair "
+    r"(a = 0.3 and 0.7, b = 0; threshold 0.02, just above the per-token mean)",
     "sec-practice-filters",
 )
 def _kl_filter_length_bias():
@@ -62,7 +65,14 @@ def _kl_filter_length_bias():
     out = F.rejection_by_length([2, 4, 6, 8, 10, 12], 0.2)
     _require(out["sum"] == sorted(out["sum"]) and out["sum"][-1] > 0.5, "summed: rises with length")
     _require(all(m < s for m, s in zip(out["mean"][1:], out["sum"][1:])), "mean below sum")
-    return {"P(reject), sum, T = 12": out["sum"][-1], "P(reject), mean, T = 12": out["mean"][-1]}
+    iid = F.rejection_by_length([2, 4, 6, 8, 10, 12], 0.02, policy=(0.3, 0.0), sampler=(0.7, 0.0))
+    spread = max(iid["mean"]) - min(iid["mean"])
+    _require(spread > 0.1, "memoryless pair: the mean's rejection rate should still depend on the length")
+    return {
+        "P(reject), sum, T = 12": out["sum"][-1],
+        "P(reject), mean, T = 12": out["mean"][-1],
+        "memoryless pair, mean: range of P(reject) over T = 2..12": spread,
+    }
 
 
 @_claim(
