@@ -19,6 +19,7 @@ GROUP = "On-policy distillation"
     r"loss exact too.",
     "on-policy samples, sequences longer than one token (for one token all agree)",
     "sec-distillation-objective",
+    cheatsheet=True,
     needs_condition=(
         (
             r"(?:discount 0|discount of zero|own log-ratio|each token's own)[^.;]{0,80}?"
@@ -61,6 +62,7 @@ def _check_discount_zero():
     r"contains the teacher, both reach it.",
     "a misspecified student (on the toy: a memoryless student, b = 0, for a teacher with memory)",
     "sec-distillation-directions",
+    cheatsheet=True,
     needs_condition=(
         (
             r"\b(?:student|distill\w*)\b[^.;]{0,80}?\bmode[- ](?:seeking|covering)\b|"
@@ -114,6 +116,7 @@ def _state():
     r"k3 used as the reward gives a biased gradient of the sequence KL with discount 0 and with the return-to-go.",
     "one state, tokens sampled from the student; the gradient of an estimator used as a reward is another question",
     "sec-distillation-estimators",
+    cheatsheet=True,
     needs_condition=((r"top-?k[^.;]{0,60}?\bunbiased\b", r"\bnot\b|\bbiased\b"),),
 )
 def _check_estimators():
@@ -152,6 +155,7 @@ def _check_estimators():
     r"gradient jump there ($\beta=10^{-3}$ gives about $10^{-3}$ of the $\beta=0$ gradient).",
     "TRL 1.16.0's code; the mixture formula for 0 < beta < 1",
     "sec-distillation-gjsd",
+    cheatsheet=True,
 )
 def _check_gjsd():
     from kltutor import distillation as D
@@ -176,6 +180,7 @@ def _check_gjsd():
     r"which follows none of the candidates. verl's YAML default (k3 in the loss) follows the per-token forward KL.",
     "on student samples, one update per batch; the verdicts are stored and re-checked by `make trainers-test`",
     "sec-distillation-libraries",
+    cheatsheet=True,
 )
 def _check_libraries():
     import torch
@@ -207,6 +212,7 @@ def _check_libraries():
     r"to zero (orthogonal features).",
     "the two-context toy: one binary token, linear shared features, the update along the new task's feature",
     "sec-distillation-forgetting",
+    cheatsheet=True,
     needs_condition=(
         (
             r"(?:small|low) KL[^.;?]{0,60}?(?:little|no|less) forgetting(?!\?)",

@@ -19,6 +19,7 @@ from kltutor.claims._core import _claim, _require
     r"rollouts from a sampler $q\ne\pitheta$; estimator $\sum_tc_tA\nabla\log\pitheta(y_t)$ with $A=R-\E_q[R]$ at the "
     r"first update; the toy and thresholds of the section; a per-token ratio (OpenRLHF) is biased before any filter",
     "sec-practice-filters",
+    cheatsheet=True,
 )
 def _kl_filter_bias():
     import torch
@@ -58,6 +59,7 @@ def _kl_filter_bias():
     r"a fixed threshold for every length; the section's toy (threshold 0.2 on k3) and a memoryless pair "
     r"(a = 0.3 and 0.7, b = 0; threshold 0.02, just above the per-token mean)",
     "sec-practice-filters",
+    cheatsheet=True,
 )
 def _kl_filter_length_bias():
     from kltutor import filters as F
@@ -84,6 +86,7 @@ def _kl_filter_length_bias():
     r"pushed down, and the update depends on the baseline.",
     r"sequence-ratio weights, $A=R-b$ with a constant baseline $b$; the toy of the section",
     "sec-practice-filters",
+    cheatsheet=True,
 )
 def _negative_only_masking_bias():
     import torch
@@ -114,6 +117,7 @@ def _negative_only_masking_bias():
     r"the KL term trained alone by its expected gradient, starting at $\piref$; chapter 8's random autoregressive "
     r"model (vocabulary 5, length 3)",
     "sec-practice-tempered-k1",
+    cheatsheet=True,
 )
 def _tempered_k1_entropy_push():
     import torch
@@ -150,6 +154,7 @@ def _tempered_k1_entropy_push():
     r"and the default reduction divides by the vocabulary as well.",
     "a real transformers Qwen2 model with attention dropout 0.3; float64 batches of next-token distributions",
     "sec-practice-silent-bugs",
+    cheatsheet=True,
 )
 def _silent_scoring_bugs():
     import torch
