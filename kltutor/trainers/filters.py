@@ -89,6 +89,7 @@ SOURCE_FRAGMENTS = (
         "token_keep_bool = (per_token_stat >= lower_log) & (per_token_stat <= upper_log)",
     ),
     ("OpenRLHF", "openrlhf/models/loss.py", "coef = torch.where(keep, token_is, 0.0)"),
+    ("OpenRLHF", "openrlhf/models/loss.py", "stat = p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()"),
 )
 
 _VERSIONS = {"TRL": "trl", "verl": "verl", "OpenRLHF": "openrlhf"}
