@@ -213,7 +213,7 @@ def float32_number(name: str, value: Any) -> float:
     ...
     ValueError: clip_eps must be at most 3.4e+38 in size (it is used in float32 arithmetic), got 1e+300
     """
-    v = _real(name, value)
+    v = _real(name, value, False, "")
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     if not math.isfinite(v) or abs(v) > FLOAT32_MAX:
