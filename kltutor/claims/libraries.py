@@ -59,7 +59,8 @@ FACTS: tuple[LibraryFact, ...] = (
         "TRL",
         "TRL's `GRPOTrainer` scores tokens through a fused LM head (`ChunkedLogProbFunction`): the log-softmax is "
         "folded in float32, but the projection hidden @ W^T runs in the compute dtype (bf16 when bf16 is on), so the "
-        "float32 log-probabilities are those of bf16-rounded logits; `cast_lm_head_to_fp32=True` projects in float32.",
+        "float32 log-probabilities are those of bf16-rounded logits; `cast_lm_head_to_fp32=True` projects in float32. "
+        "TRL's configs turn bf16 on by default (unless fp16 is set).",
         "sec-practice-bf16",
         (
             ("trl.trainer.grpo_trainer", "outputs = model(**model_inputs, labels=labels, fused_lm_head=True)"),
@@ -69,6 +70,7 @@ FACTS: tuple[LibraryFact, ...] = (
             ),
             ("trl.kernels.chunked_logprob", "sum_exp = torch.zeros((N,), device=device, dtype=torch.float32)"),
             ("trl.trainer.utils", "hidden_states = hidden_states.float()"),
+            ("trl.trainer.base_config", "self.bf16 = not (self.fp16) if self.bf16 is None else self.bf16"),
         ),
         "test_trl_fused_lm_head_log_softmax_in_float32",
     ),
@@ -396,6 +398,7 @@ _REFUTED: dict[str, tuple[str, ...]] = {
     "verl-agg-loss-modes": (r"summed, not averaged, over sequences",),
     "trl-loss-types": (r"'luspo' scales a sequence-level loss",),
     "trl-no-ppo-trainer": (r"TRL's and verl's PPO",),
+    "trl-fused-lm-head-precision": (r"(?:GRPOTrainer|TRL)[^.]{0,120}\bfrom bf16 log-probabilities",),
 }
 
 for _f in FACTS:
