@@ -314,12 +314,16 @@ def rule_table(seq_len: int | None = None):
     return pd.DataFrame(rows)
 
 
-def rejection_by_length(lengths, threshold: float, statistic: str = "k3") -> dict[str, list[float]]:
+def rejection_by_length(
+    lengths, threshold: float, statistic: str = "k3", policy=None, sampler=None
+) -> dict[str, list[float]]:
     """Probability under the sampler that a sequence is rejected, by length, for a summed and a mean statistic.
 
     ``statistic`` is ``"k1"`` (``log q_t/pi_t``) or ``"k3"`` (``k3(pi_t/q_t)``); a sequence is rejected when
     the sum (``"sum"``) or the mean (``"mean"``) of its per-token statistic exceeds ``threshold`` (verl's
-    ``seq_sum_*`` and ``seq_mean_*`` with an upper bound). Exact, by enumeration.
+    ``seq_sum_*`` and ``seq_mean_*`` with an upper bound). Exact, by enumeration. ``policy`` and ``sampler``
+    are ``(a, b)`` pairs (default :data:`TOY`); with ``b = 0`` for both the per-token mismatch is the same at
+    every position.
     """
     if statistic not in ("k1", "k3"):
         raise ValueError(f"statistic must be 'k1' or 'k3', got {statistic!r}")
@@ -327,7 +331,7 @@ def rejection_by_length(lengths, threshold: float, statistic: str = "k3") -> dic
         raise ValueError(f"threshold must be a finite number > 0, got {threshold!r}")
     out = {"length": [], "sum": [], "mean": []}
     for T in lengths:
-        b = toy_batch(int(T))
+        b = toy_batch(int(T), policy, sampler)
         lr = b["logp"] - b["samp_logp"]
         s = _k3(lr) if statistic == "k3" else -lr
         out["length"].append(int(T))

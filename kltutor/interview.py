@@ -745,10 +745,10 @@ _BANK: tuple[Question, ...] = (
         "unbiased?",
         "No. With rollouts from a sampler q and the sequence ratio pi(y)/q(y) as weight, the gradient is exact; any "
         "filter that rejects something removes those sequences' terms and the baseline no longer cancels, so the "
-        "expected gradient is biased, by as much as the dropped sequences carry (the ones with the largest ratios "
+        "expected gradient is biased (every such rule on the chapter's toy), by as much as the dropped sequences carry (the ones with the largest ratios "
         "weigh most). A per-token ratio (OpenRLHF) is biased before any filter. A summed statistic against a fixed "
-        "threshold also rejects long sequences far more often than short ones; the per-token mean removes most of "
-        "that. Filters trade bias for stability: measure what they drop.",
+        "threshold also rejects long sequences far more often than short ones; the per-token mean removes the "
+        "growth of the statistic, but against one threshold its rejection rate still depends on the length. Filters trade bias for stability: measure what they drop.",
         (
             "Believing a filter only removes noise: it removes terms of the expectation.",
             "Comparing a summed statistic across lengths with one threshold.",
@@ -782,8 +782,8 @@ _BANK: tuple[Question, ...] = (
         "policy?",
         "On-policy, k1 in the loss has zero expected gradient. Under a sampler q sharper than the policy its "
         "expected update of the logits is beta (pi - q): it lowers the tokens q favours and raises the rest, an "
-        "entropy bonus nobody asked for, and with the KL term alone the policy climbs toward uniform (entropy "
-        "toward T log V). Use k3 or k2 in the loss (their gradient vanishes at pi = pi_ref whatever the sampler), "
+        "entropy bonus nobody asked for, and with the KL term alone the policy climbs toward uniform (sequence "
+        "entropy toward length x log V on the chapter's toy). Use k3 or k2 in the loss (their gradient vanishes at pi = pi_ref whatever the sampler), "
         "k1 in the reward, or the exact KL, and score with the sampler's processing or correct with the sequence "
         "ratio.",
         (
@@ -877,9 +877,10 @@ _BANK: tuple[Question, ...] = (
         "The sampled token's log-ratio with the return-to-go is exact; with discount 0 it equals, in expectation, "
         "the full-vocabulary per-token KL differentiated at the student's states held fixed (and chapter 3's "
         "token-level k2), biased by the future tokens' KL times the score. The full-vocabulary loss becomes exact "
-        "when the future tokens' KLs are added as a return-to-go reward. The losses of TRL 1.16 (GKD, "
-        "DistillationTrainer) and verl 0.9.1 all follow the per-token divergence at fixed states, none the "
-        "sequence KL; verl's YAML default (k3 in the loss) follows the per-token forward KL, not the reverse.",
+        "when the future tokens' KLs are added as a return-to-go reward. No loss of TRL 1.16 (GKD, "
+        "DistillationTrainer) or verl 0.9.1 follows the sequence KL: each follows a per-token divergence at "
+        "fixed states, except verl's k3 as a reward (its config class's default), which follows none of them; "
+        "verl's YAML default (k3 in the loss) follows the per-token forward KL, not the reverse.",
         (
             "Assuming a full-vocabulary loss is exact because it has no sampling noise: it is biased for T > 1.",
             "Reading verl's k3 distillation loss as a reverse-KL objective.",

@@ -222,6 +222,10 @@ ONCE_PRINTED = {
     "negative-kl-causes": "A logged KL is a batch mean of k1. It can be negative for six different reasons.",
     "grpo-loss-zero-at-start": "The GRPO loss is β × KL term at the first update of every batch.",
     "sequence-mean-length-bias": "$\\beta/L$ per nat of sequence KL; only the per-sequence mean biases the fixed point by length.",
+    # the inspector's unclamped-k3-bf16 text before TRL 1.16's fused LM head was read
+    "trl-fused-lm-head-precision": "GRPOTrainer computes k3 without clamping, here from bf16 log-probabilities (bf16 is on).",
+    # chapter 3, before the tempered-sampler section of chapter 8 showed the condition matters
+    "k1-in-loss-zero": "Its gradient is the score, whose expectation is zero: **k1 in the loss does nothing in expectation**.",
     "inverted-k3-chi2": "Still non-negative, so nothing looks wrong on a dashboard, but its mean is $\\chi^2(\\pi\\|\\pi_\\text{ref})-\\mathrm{KL}$.",
 }
 

@@ -221,6 +221,15 @@ def test_sync_ref_model_note():
     assert rep.exit_code == 0 and any("moving anchor" in n for n in rep.notes)
 
 
+def test_unclamped_k3_bf16_names_the_bf16_projection():
+    # TRL 1.16's fused LM head takes the log-softmax in float32 and projects in bf16 (library fact
+    # trl-fused-lm-head-precision): the warning blames the logits, not "bf16 log-probabilities"
+    (w,) = [w for w in inspect_text("beta: 0.04\nbf16: true\n", "grpo.yaml").warnings if w.code == "unclamped-k3-bf16"]
+    assert "bf16 logits" in w.message and "log-softmax in float32" in w.message and "bf16 log-prob" not in w.message
+    rep = inspect_text("beta: 0.04\nbf16: true\ncast_lm_head_to_fp32: true\n", "grpo.yaml")
+    assert "unclamped-k3-bf16" not in {w.code for w in rep.warnings}
+
+
 # --- issue #24: values, unknown fields, readable reports ----------------------------------------------------
 
 

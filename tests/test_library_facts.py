@@ -54,6 +54,25 @@ def test_trl_selective_log_softmax_divides_by_temperature():
     assert torch.allclose(got, want, atol=1e-12)
 
 
+def test_trl_fused_lm_head_log_softmax_in_float32():
+    _need("trl")
+    from trl.kernels import ChunkedLogProbFunction
+
+    g = torch.Generator().manual_seed(0)
+    hidden = (2 * torch.randn(6, 16, generator=g)).bfloat16()
+    weight = torch.randn(50, 16, generator=g).bfloat16()
+    targets = torch.randint(0, 50, (6,), generator=g)
+    logp = ChunkedLogProbFunction.apply(hidden, weight, None, targets, 1.0, 32, None, 1.0, ("entropy",))[0]
+    assert logp.dtype == torch.float32
+    # float32 log-softmax of the bf16 product, to float32 rounding (logits of size ~10: 1e-5 is a few ulps)
+    bf16_logits = (hidden @ weight.t()).float()
+    want = torch.log_softmax(bf16_logits, -1).gather(-1, targets[:, None]).squeeze(-1)
+    assert (logp - want).abs().max() < 1e-5
+    # ... which is not the float64 log-softmax of the exact product: the logits' bf16 rounding stays
+    exact = torch.log_softmax(hidden.double() @ weight.double().t(), -1).gather(-1, targets[:, None]).squeeze(-1)
+    assert (logp.double() - exact).abs().max() > 1e-3
+
+
 def _trl_defaults(cls):
     return {
         f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())

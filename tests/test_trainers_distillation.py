@@ -97,6 +97,7 @@ def test_verl_source_facts():
     assert (dc.loss_mode, dc.use_policy_gradient) == ("k3", True)  # the class's default differs from the YAML's
     topk = inspect.getsource(losses.compute_forward_kl_topk)
     assert "distillation_losses = distillation_losses.clamp_min(0.0)" in topk  # a truncated KL can be negative
+    assert 'names=["forward_kl_topk"]' in inspect.getsource(losses)  # the loss mode chapter 9 names
     from verl.trainer.distillation.fsdp import losses as fsdp_losses
 
     assert "teacher_topk_ids" in inspect.signature(fsdp_losses.compute_forward_kl_topk).parameters

@@ -19,6 +19,7 @@ GROUP = "On-policy distillation"
     r"loss exact too.",
     "on-policy samples, sequences longer than one token (for one token all agree)",
     "sec-distillation-objective",
+    cheatsheet=True,
     needs_condition=(
         (
             r"(?:discount 0|discount of zero|own log-ratio|each token's own)[^.;]{0,80}?"
@@ -61,6 +62,7 @@ def _check_discount_zero():
     r"contains the teacher, both reach it.",
     "a misspecified student (on the toy: a memoryless student, b = 0, for a teacher with memory)",
     "sec-distillation-directions",
+    cheatsheet=True,
     needs_condition=(
         (
             r"\b(?:student|distill\w*)\b[^.;]{0,80}?\bmode[- ](?:seeking|covering)\b|"
@@ -114,6 +116,7 @@ def _state():
     r"k3 used as the reward gives a biased gradient of the sequence KL with discount 0 and with the return-to-go.",
     "one state, tokens sampled from the student; the gradient of an estimator used as a reward is another question",
     "sec-distillation-estimators",
+    cheatsheet=True,
     needs_condition=((r"top-?k[^.;]{0,60}?\bunbiased\b", r"\bnot\b|\bbiased\b"),),
 )
 def _check_estimators():
@@ -152,6 +155,7 @@ def _check_estimators():
     r"gradient jump there ($\beta=10^{-3}$ gives about $10^{-3}$ of the $\beta=0$ gradient).",
     "TRL 1.16.0's code; the mixture formula for 0 < beta < 1",
     "sec-distillation-gjsd",
+    cheatsheet=True,
 )
 def _check_gjsd():
     from kltutor import distillation as D
@@ -170,12 +174,13 @@ def _check_gjsd():
 @_claim(
     "distill-libraries-states-fixed",
     GROUP,
-    r"Every on-policy distillation loss of TRL 1.16.0 (`GKDTrainer`, `DistillationTrainer`) and verl 0.9.1 follows "
-    r"the per-token divergence at the student's states held fixed: none follows the gradient of the sequence-level "
-    r"$\KL(\pitheta\|\pi_T)$. verl's YAML default (k3 in the loss) follows the per-token forward KL; its "
-    r"config class's default (k3 as a reward) follows neither KL.",
+    r"No on-policy distillation loss of TRL 1.16.0 (`GKDTrainer`, `DistillationTrainer`) or verl 0.9.1 follows the "
+    r"gradient of the sequence-level $\KL(\pitheta\|\pi_T)$: every setting classified follows a per-token "
+    r"divergence at the student's states held fixed, except verl's k3 as a reward (its config class's default), "
+    r"which follows none of the candidates. verl's YAML default (k3 in the loss) follows the per-token forward KL.",
     "on student samples, one update per batch; the verdicts are stored and re-checked by `make trainers-test`",
     "sec-distillation-libraries",
+    cheatsheet=True,
 )
 def _check_libraries():
     import torch
@@ -192,6 +197,9 @@ def _check_libraries():
     _require(TD.CANDIDATES[0] not in verdicts.values(), "a library follows the sequence KL")
     _require(verdicts["verl.distill.k3.loss"] == TD.CANDIDATES[2], "verl default")
     _require(verdicts["verl.distill.k3.reward"] == "other", "verl class default")
+    fixed = [c for c in TD.CANDIDATES if c.endswith("states fixed")]
+    others = {n: v for n, v in verdicts.items() if v not in fixed}
+    _require(list(others) == ["verl.distill.k3.reward"], f"settings outside the states-fixed candidates: {others}")
     return {"settings classified": len(verdicts), "verl YAML default": verdicts["verl.distill.k3.loss"]}
 
 
@@ -204,6 +212,7 @@ def _check_libraries():
     r"to zero (orthogonal features).",
     "the two-context toy: one binary token, linear shared features, the update along the new task's feature",
     "sec-distillation-forgetting",
+    cheatsheet=True,
     needs_condition=(
         (
             r"(?:small|low) KL[^.;?]{0,60}?(?:little|no|less) forgetting(?!\?)",

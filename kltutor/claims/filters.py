@@ -19,6 +19,7 @@ from kltutor.claims._core import _claim, _require
     r"rollouts from a sampler $q\ne\pitheta$; estimator $\sum_tc_tA\nabla\log\pitheta(y_t)$ with $A=R-\E_q[R]$ at the "
     r"first update; the toy and thresholds of the section; a per-token ratio (OpenRLHF) is biased before any filter",
     "sec-practice-filters",
+    cheatsheet=True,
 )
 def _kl_filter_bias():
     import torch
@@ -51,10 +52,14 @@ def _kl_filter_bias():
     "kl-filter-length-bias",
     "KL in practice",
     r"Against a fixed threshold a summed per-token statistic (verl's seq_sum_*) rejects long sequences far more "
-    r"often than short ones, because the sum grows with length; the per-token mean (seq_mean_*) removes that "
-    r"growth, leaving only the dependence of the per-token statistic itself on the position.",
-    r"the same per-token mismatch at every length; the toy's sampler and policy, threshold 0.2 on k3",
+    r"often than short ones, because the sum grows with length. The per-token mean (seq_mean_*) removes the "
+    r"growth of the expected statistic, not the length dependence: its rejection rate still changes with length, "
+    r"through the position dependence of the per-token mismatch and, even when the mismatch is the same at every "
+    r"position, through the mean's spread shrinking with length.",
+    r"a fixed threshold for every length; the section's toy (threshold 0.2 on k3) and a memoryless pair "
+    r"(a = 0.3 and 0.7, b = 0; threshold 0.02, just above the per-token mean)",
     "sec-practice-filters",
+    cheatsheet=True,
 )
 def _kl_filter_length_bias():
     from kltutor import filters as F
@@ -62,7 +67,14 @@ def _kl_filter_length_bias():
     out = F.rejection_by_length([2, 4, 6, 8, 10, 12], 0.2)
     _require(out["sum"] == sorted(out["sum"]) and out["sum"][-1] > 0.5, "summed: rises with length")
     _require(all(m < s for m, s in zip(out["mean"][1:], out["sum"][1:])), "mean below sum")
-    return {"P(reject), sum, T = 12": out["sum"][-1], "P(reject), mean, T = 12": out["mean"][-1]}
+    iid = F.rejection_by_length([2, 4, 6, 8, 10, 12], 0.02, policy=(0.3, 0.0), sampler=(0.7, 0.0))
+    spread = max(iid["mean"]) - min(iid["mean"])
+    _require(spread > 0.1, "memoryless pair: the mean's rejection rate should still depend on the length")
+    return {
+        "P(reject), sum, T = 12": out["sum"][-1],
+        "P(reject), mean, T = 12": out["mean"][-1],
+        "memoryless pair, mean: range of P(reject) over T = 2..12": spread,
+    }
 
 
 @_claim(
@@ -74,6 +86,7 @@ def _kl_filter_length_bias():
     r"pushed down, and the update depends on the baseline.",
     r"sequence-ratio weights, $A=R-b$ with a constant baseline $b$; the toy of the section",
     "sec-practice-filters",
+    cheatsheet=True,
 )
 def _negative_only_masking_bias():
     import torch
@@ -104,6 +117,7 @@ def _negative_only_masking_bias():
     r"the KL term trained alone by its expected gradient, starting at $\piref$; chapter 8's random autoregressive "
     r"model (vocabulary 5, length 3)",
     "sec-practice-tempered-k1",
+    cheatsheet=True,
 )
 def _tempered_k1_entropy_push():
     import torch
@@ -140,6 +154,7 @@ def _tempered_k1_entropy_push():
     r"and the default reduction divides by the vocabulary as well.",
     "a real transformers Qwen2 model with attention dropout 0.3; float64 batches of next-token distributions",
     "sec-practice-silent-bugs",
+    cheatsheet=True,
 )
 def _silent_scoring_bugs():
     import torch

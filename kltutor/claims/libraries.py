@@ -55,6 +55,26 @@ class LibraryFact:
 
 FACTS: tuple[LibraryFact, ...] = (
     LibraryFact(
+        "trl-fused-lm-head-precision",
+        "TRL",
+        "TRL's `GRPOTrainer` scores tokens through a fused LM head (`ChunkedLogProbFunction`): the log-softmax is "
+        "folded in float32, but the projection hidden @ W^T runs in the compute dtype (bf16 when bf16 is on), so the "
+        "float32 log-probabilities are those of bf16-rounded logits; `cast_lm_head_to_fp32=True` projects in float32. "
+        "TRL's configs turn bf16 on by default (unless fp16 is set).",
+        "sec-practice-bf16",
+        (
+            ("trl.trainer.grpo_trainer", "outputs = model(**model_inputs, labels=labels, fused_lm_head=True)"),
+            (
+                "trl.kernels.chunked_logprob",
+                "torch.mm(hidden_chunk, weight[start:end].to(compute_dtype).t(), out=tile)",
+            ),
+            ("trl.kernels.chunked_logprob", "sum_exp = torch.zeros((N,), device=device, dtype=torch.float32)"),
+            ("trl.trainer.utils", "hidden_states = hidden_states.float()"),
+            ("trl.trainer.base_config", "self.bf16 = not (self.fp16) if self.bf16 is None else self.bf16"),
+        ),
+        "test_trl_fused_lm_head_log_softmax_in_float32",
+    ),
+    LibraryFact(
         "trl-tempered-scoring",
         "TRL",
         "TRL's `GRPOTrainer` scores the policy and the reference model at the rollout temperature: it installs a "
@@ -257,6 +277,17 @@ FACTS: tuple[LibraryFact, ...] = (
         ),
     ),
     LibraryFact(
+        "trl-rloo-kl-in-reward-old-logprobs",
+        "TRL",
+        "TRL's `RLOOTrainer` subtracts `beta` times the summed k1 from the reward, computed once per batch from the "
+        "log-probabilities of the policy that sampled it (`old_per_token_logps`) and the reference's.",
+        "sec-capstone-step",
+        (
+            ("trl.trainer.rloo_trainer", "per_token_kl = old_per_token_logps - ref_per_token_logps"),
+            ("trl.trainer.rloo_trainer", "rewards = rewards - self.beta * kl"),
+        ),
+    ),
+    LibraryFact(
         "verl-adaptive-kl-controller",
         "verl",
         "verl's `algorithm.kl_ctrl.type: adaptive` (default `fixed`) is Ziegler et al.'s controller: the error "
@@ -366,6 +397,8 @@ _REFUTED: dict[str, tuple[str, ...]] = {
     "verl-kl-penalty-clamps": (r"kl_penalty returns k2 itself", r"[Aa] clamped token has zero gradient\."),
     "verl-agg-loss-modes": (r"summed, not averaged, over sequences",),
     "trl-loss-types": (r"'luspo' scales a sequence-level loss",),
+    "trl-no-ppo-trainer": (r"TRL's and verl's PPO",),
+    "trl-fused-lm-head-precision": (r"(?:GRPOTrainer|TRL)[^.]{0,120}\bfrom bf16 log-probabilities",),
 }
 
 for _f in FACTS:

@@ -29,10 +29,19 @@ def _k1_in_reward_exact():
 @_claim(
     "k1-in-loss-zero",
     "Placements",
-    r"k1 in the loss has expected gradient zero: $\E_{\pitheta}[\nabla\log\pitheta]=0$.",
+    r"On-policy, k1 in the loss has expected gradient zero: $\E_{\pitheta}[\nabla\log\pitheta]=0$. Under a "
+    r"sampler $q\neq\pitheta$ (temperature, top-p/top-k) its expected logit update is $\pitheta-q$, not zero.",
     r"samples from $\pitheta$",
     "sec-placements-exact",
     cheatsheet=True,
+    needs_condition=(
+        (
+            r"k1[- ]in[- ](?:the )?loss`?[^.;|]{0,60}?(?:does nothing|do nothing|regularises nothing|"
+            r"(?:expected|mean) gradient (?:is )?(?:zero|0)|zero (?:expected gradient|mean|in expectation)|harmless)",
+            r"[Oo]n-policy|on policy|samples from|sampled from \$?\\pitheta|E_\{?\\pitheta|E_\{?\\pi_\\theta|"
+            r"sampler|tempered|one-token samples",
+        ),
+    ),
 )
 def _k1_in_loss_zero():
     from kltutor import gradients as G

@@ -14,11 +14,12 @@ the library's defaults, notes, and warnings (codes and the book section explaini
 :data:`WARNING_CODES`):
 
 - ``two-kl-terms``: a KL term in the reward and one in the loss at once;
-- ``k1-in-loss``: k1 in the loss, whose expected gradient is zero;
+- ``k1-in-loss``: k1 in the loss, whose expected gradient is zero on-policy;
 - ``beta-zero-with-reference``: beta = 0 while the configuration still loads a reference model;
 - ``adaptive-from-zero``: an adaptive beta controller starting from 0, which never moves;
 - ``ratio-with-sequence-is``: the KL term's ratio correction combined with sequence-level importance sampling;
-- ``unclamped-k3-bf16``: k3 computed without clamping from bf16 log-probabilities;
+- ``unclamped-k3-bf16``: k3 computed without clamping from log-probabilities of bf16 logits (TRL's fused LM
+  head takes the log-softmax in float32 but projects in bf16 unless ``cast_lm_head_to_fp32``);
 - ``length-rescaled-beta``: a loss aggregation that divides the KL term by a response length;
 - ``std-rescaled-beta``: the task advantage is divided by a reward standard deviation and the KL term is not;
 - ``length-biased-filter`` / ``one-sided-filter``: a rejection filter whose statistic grows with length

@@ -281,6 +281,11 @@ def _correction(rep: Report, v: Values) -> None:
         f"--{P}level {level} --{P}mode {mode} --{P}gating {gating}: {act} {unit} by {stat} against "
         f"{' '.join(map(show, thr))}; survivors keep their per-token IS weight; it multiplies the policy loss only, "
         "the KL loss is not masked or reweighted"
-        + ("; a mean over tokens does not grow with length" if level == "seq" else "")
+        + (
+            "; a mean over tokens does not grow with length in expectation, though against one threshold its "
+            "rejection rate still changes with length"
+            if level == "seq"
+            else ""
+        )
         + " (see sec-practice-filters)"
     )

@@ -164,11 +164,12 @@ def _grpo(data, name, trl) -> Report:
         rep.warn(
             "unclamped-k3-bf16",
             "GRPOTrainer computes k3 = exp(ref_logp - logp) - (ref_logp - logp) - 1 "
-            "without clamping, here from bf16 log-probabilities (bf16 is on): bf16 "
-            "keeps 8 significant bits, so for small log-ratios the rounding of logp "
-            "swamps k3 ~ l^2/2, and exp(-l) is unbounded where the policy falls far "
-            "below the reference; set cast_lm_head_to_fp32=True or compute "
-            "log-probabilities in float32",
+            "without clamping, here from bf16 logits (bf16 is on): its fused LM head "
+            "takes the log-softmax in float32, but the projection hidden @ W^T runs in "
+            "bf16, which keeps 8 significant bits of every logit, so for small "
+            "log-ratios the logits' rounding swamps k3 ~ l^2/2, and exp(-l) is "
+            "unbounded where the policy falls far below the reference; set "
+            "cast_lm_head_to_fp32=True (the projection in float32 too)",
         )
     _length(rep, loss_type, v)
     scale = v.get("scale_rewards")

@@ -40,7 +40,7 @@ _zero = is_zero
 
 @derivation
 def zero_mean_score() -> bool:
-    """:math:`\\mathbb{E}_\\pi[\\nabla\\log\\pi] = 0`: so k1 in the loss has zero expected gradient."""
+    """:math:`\\mathbb{E}_\\pi[\\nabla\\log\\pi] = 0`: so on-policy k1 in the loss has zero expected gradient."""
     theta, pi, _ = categorical()
     for th in theta:
         e = sum(p * sp.diff(sp.log(p), th) for p in pi)

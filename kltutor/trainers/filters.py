@@ -74,6 +74,12 @@ RUNS = {
 SOURCE_FRAGMENTS = (
     ("TRL", "trl/trainer/grpo_config.py", 'default="sequence_mask"'),
     ("TRL", "trl/trainer/grpo_config.py", '- `"token_truncate"`: Token-level truncated IS (default).'),
+    (
+        "TRL",
+        "trl/trainer/grpo_config.py",
+        "vllm_importance_sampling_clip_max (`float`, *optional*, defaults to `3.0`):",
+    ),
+    ("TRL", "trl/trainer/grpo_trainer.py", "if self.use_vllm and self.vllm_importance_sampling_correction:"),
     ("TRL", "trl/trainer/grpo_trainer.py", "per_sequence_logps_diff = per_token_logps_diff.sum(dim=-1, keepdim=True)"),
     ("TRL", "trl/trainer/grpo_trainer.py", "invalid_mis_mask = (vllm_importance_sampling_ratio < min_val) | ("),
     ("TRL", "trl/trainer/grpo_trainer.py", "is_pos_adv = advantages >= 0"),
@@ -84,6 +90,7 @@ SOURCE_FRAGMENTS = (
         "token_keep_bool = (per_token_stat >= lower_log) & (per_token_stat <= upper_log)",
     ),
     ("OpenRLHF", "openrlhf/models/loss.py", "coef = torch.where(keep, token_is, 0.0)"),
+    ("OpenRLHF", "openrlhf/models/loss.py", "stat = p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()"),
 )
 
 _VERSIONS = {"TRL": "trl", "verl": "verl", "OpenRLHF": "openrlhf"}
