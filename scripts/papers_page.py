@@ -9,6 +9,7 @@ index that a paper contradicts. Chapter 8's section sec-practice-published-setti
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -21,6 +22,18 @@ import _generated  # noqa: E402  (scripts/_generated.py)
 from kltutor import book, papers  # noqa: E402
 
 PAGE = ROOT / "book" / "published_kl_settings.md"
+#: A quote that is a paper's TeX source (an equation), shown as code: as typed, not typeset.
+TEX = re.compile(r"\\[A-Za-z]+")
+
+
+def _html(rows) -> str:
+    """The table's HTML, with every cell that holds TeX source in a ``<code>`` element."""
+    html = book.table(rows)._repr_html_()
+    return re.sub(
+        r"<td>([^<]*)</td>",
+        lambda m: f"<td><code>{m.group(1)}</code></td>" if TEX.search(m.group(1)) else m.group(0),
+        html,
+    )
 
 
 def render() -> str:
@@ -49,7 +62,7 @@ def render() -> str:
             f"*{p['title']}*, {p['year']}.",
             "",
             "```{raw} html",
-            book.table(rows)._repr_html_(),
+            _html(rows),
             "```",
             "",
         ]
