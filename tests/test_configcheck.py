@@ -146,6 +146,35 @@ def test_cli_json(capsys):
     assert d["exit_code"] == 2 and "bad JSON" in d["error"]
 
 
+def test_like_a_paper(capsys):
+    """--like PAPER adds kltutor.papers.compare's lines to the report; the exit status keeps its meaning."""
+    from kltutor import papers
+
+    f = str(DATA / "grpo_r1_style.yaml")  # TRL GRPO, k3 in the loss, beta = 0.001
+    assert main([f, "--like", "deepseek-r1"]) == main([f])
+    out = capsys.readouterr().out
+    assert "compared with DeepSeek-R1" in out and "nothing the paper states differs" in out
+    plain = main([f])
+    capsys.readouterr()
+    assert main([f, "--like", "DeepSeekMath", "--json"]) == plain
+    d = json.loads(capsys.readouterr().out)
+    diffs = papers.compare(inspect_file(f).to_dict(), "deepseekmath")
+    assert diffs and d["like"] == {
+        "paper": "deepseekmath",
+        "arxiv": papers.paper("deepseekmath")["arxiv"],
+        "differences": diffs,
+    }
+    assert any("0.04" in line for line in diffs)  # DeepSeekMath's beta, quoted
+    assert main([f, "--like", "dapo"]) in (0, 1)
+    assert "difference(s)" in capsys.readouterr().out  # DAPO has no KL term at all
+
+
+def test_like_an_unknown_paper_is_one_line(capsys):
+    assert main([str(DATA / "grpo_r1_style.yaml"), "--like", "gpt-5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --like: no paper 'gpt-5'") and "deepseekmath" in err[0]
+
+
 def test_trainer_option(capsys):
     rep = inspect_file(DATA / "trl_ambiguous.yaml", trainer="rloo")
     assert rep.trainer.startswith("RLOOTrainer") and rep.terms[0].beta == 0.1
