@@ -5,29 +5,29 @@ the chapter that introduces it (:data:`MODULES` holds the same map; ``tests/test
 checks that both list every module, and ``scripts/chapter_map.py`` writes the README's chapter map
 from it):
 
-- :mod:`kltutor.divergences`: exact divergences between distributions (chapter 1).
-- :mod:`kltutor.toys`: small models with exact answers: :mod:`kltutor.toys.distributions` (chapter 1),
-  :mod:`kltutor.toys.autoregressive` (chapter 3), :mod:`kltutor.toys.bandits` (chapter 4).
-- :mod:`kltutor.estimators`: the k1, k2, k3 sample estimators of KL (chapter 2).
-- :mod:`kltutor.gradients`: exact and Monte-Carlo gradients of KL placements (chapter 3).
-- :mod:`kltutor.placements`: KL in the reward versus KL in the loss (chapter 3).
-- :mod:`kltutor.trainers`: TRL, verl and OpenRLHF's own KL code run on the exact toy (chapter 3).
+- :mod:`kltutor.divergences`: exact divergences between distributions (``ch-fundamentals``).
+- :mod:`kltutor.toys`: small models with exact answers: :mod:`kltutor.toys.distributions` (``ch-fundamentals``),
+  :mod:`kltutor.toys.autoregressive` (``ch-placements``), :mod:`kltutor.toys.bandits` (``ch-schedules``).
+- :mod:`kltutor.estimators`: the k1, k2, k3 sample estimators of KL (``ch-estimators``).
+- :mod:`kltutor.gradients`: exact and Monte-Carlo gradients of KL placements (``ch-placements``).
+- :mod:`kltutor.placements`: KL in the reward versus KL in the loss (``ch-placements``).
+- :mod:`kltutor.trainers`: TRL, verl and OpenRLHF's own KL code run on the exact toy (``ch-placements``).
 - :mod:`kltutor.configcheck`: the config inspector, the KL terms of a trainer's configuration file or launch
-  script (chapter 3); :mod:`kltutor.inspect` is its deprecated alias, kept for one release.
-- :mod:`kltutor.schedules`: beta controllers (chapter 4).
-- :mod:`kltutor.preference`: the closed-form optimum, DPO and its kin (chapter 5).
-- :mod:`kltutor.grpo`: group-relative advantages and the GRPO objective (chapter 5).
-- :mod:`kltutor.overoptimization`: reward overoptimization along the KL axis (chapter 6).
-- :mod:`kltutor.failures`: the failure modes of KL control, simulated exactly (chapter 7).
-- :mod:`kltutor.checklist`: the engineering checklist as checks on a batch (chapter 7).
-- :mod:`kltutor.practice`: KL in practice: sampler mismatch, aggregation, references (chapter 8).
-- :mod:`kltutor.filters`: KL-like statistics as rejection filters, exactly on the toy (chapter 8).
-- :mod:`kltutor.pitfalls`: k1 under a tempered sampler, dropout when scoring, ``kl_div`` misuses (chapter 8).
-- :mod:`kltutor.papers`: published KL settings, each with the paper's own words (chapter 8).
-- :mod:`kltutor.distillation`: on-policy distillation, the KL to a teacher as the objective (chapter 9).
-- :mod:`kltutor.interview`: the question bank, the one source of question text (chapter 10).
-- :mod:`kltutor.claims`: the claim ledger, the book's central claims with their conditions and checks (chapter 10).
-- :mod:`kltutor.capstone`: GRPO on a transformers model with a selectable KL placement (chapter 11).
+  script (``ch-placements``); :mod:`kltutor.inspect` is its deprecated alias, kept for one release.
+- :mod:`kltutor.schedules`: beta controllers (``ch-schedules``).
+- :mod:`kltutor.preference`: the closed-form optimum, DPO and its kin (``ch-preference``).
+- :mod:`kltutor.grpo`: group-relative advantages and the GRPO objective (``ch-preference``).
+- :mod:`kltutor.overoptimization`: reward overoptimization along the KL axis (``ch-overoptimization``).
+- :mod:`kltutor.failures`: the failure modes of KL control, simulated exactly (``ch-failures``).
+- :mod:`kltutor.checklist`: the engineering checklist as checks on a batch (``ch-failures``).
+- :mod:`kltutor.practice`: KL in practice: sampler mismatch, aggregation, references (``ch-practice``).
+- :mod:`kltutor.filters`: KL-like statistics as rejection filters, exactly on the toy (``ch-practice``).
+- :mod:`kltutor.pitfalls`: k1 under a tempered sampler, dropout when scoring, ``kl_div`` misuses (``ch-practice``).
+- :mod:`kltutor.papers`: published KL settings, each with the paper's own words (``ch-practice``).
+- :mod:`kltutor.distillation`: on-policy distillation, the KL to a teacher as the objective (``ch-distillation``).
+- :mod:`kltutor.interview`: the question bank, the one source of question text (``ch-interview``).
+- :mod:`kltutor.claims`: the claim ledger, the book's central claims with their conditions and checks (``ch-interview``).
+- :mod:`kltutor.capstone`: GRPO on a transformers model with a selectable KL placement (``ch-capstone``).
 
 Used by every chapter:
 

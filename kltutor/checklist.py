@@ -238,7 +238,7 @@ def check_batch(
 
 
 # ---------------------------------------------------------------------------------------------
-# A correct batch, and every mistake planted in it (chapter 7)
+# A correct batch, and every mistake planted in it (``ch-failures``)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -338,7 +338,7 @@ def plant(batch: dict, code: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Negative KL in the logs: which cause? (chapter 8)
+# Negative KL in the logs: which cause? (``ch-practice``)
 # ---------------------------------------------------------------------------------------------
 
 NEGATIVE_KL_CAUSES: dict[str, str] = {

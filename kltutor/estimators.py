@@ -165,7 +165,7 @@ def k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     series :math:`\sum_{n\ge2}(-\ell)^n/n!` (no cancellation), elsewhere as ``expm1(-l) + l``.
     The naive ``exp(-l) - 1 + l`` (:func:`k3_naive`) loses every digit near ``l = 0``;
     ``expm1(-l) + l`` (:func:`k3_expm1`) is better but still has relative error about
-    ``2 eps / |l|`` there, because ``expm1(-l)`` and ``l`` cancel to leading order (chapter 2). This is
+    ``2 eps / |l|`` there, because ``expm1(-l)`` and ``l`` cancel to leading order (``ch-estimators``). This is
     the book's one rule for k3 (chapters 2 and 7): float32 log-ratios (cast float16/bfloat16 first) and
     this function; :func:`kltutor.exercises.estimators.k3_accuracy_failures` checks it.
     Where ``exp(-l)`` overflows the dtype the result is ``inf``, as the true value is.
@@ -195,7 +195,7 @@ def k3_clamped(logp: Tensor, ref_logp: Tensor, max_ratio: float) -> Tensor:
     """k3 with the ratio ``pi_ref/pi = exp(-l)`` capped at ``max_ratio`` (the "k3_clip" of some codebases).
 
     Caps the heavy tail and the overflow, and so is *biased* low: its expectation is
-    ``KL - E[(exp(-l) - max_ratio)_+]`` (chapter 2).
+    ``KL - E[(exp(-l) - max_ratio)_+]`` (``ch-estimators``).
     """
     validate_logps(logp, ref_logp)
     if not (isinstance(max_ratio, (int, float)) and math.isfinite(max_ratio) and max_ratio > 1):
@@ -282,7 +282,7 @@ def derivative(estimator: str, log_ratio: Tensor) -> Tensor:
     """``dk/dl`` of the estimator at the log-ratio ``l``: 1 (k1), ``l`` (k2), ``1 - e^{-l}`` (k3).
 
     In a loss, autograd multiplies it by the score ``grad log pi(y)`` of the sampled token: the
-    per-sample gradient of every ``"<k>-in-loss"`` placement (chapter 3).
+    per-sample gradient of every ``"<k>-in-loss"`` placement (``ch-placements``).
     """
     return _entry(estimator).derivative(log_ratio)
 
@@ -304,7 +304,7 @@ def estimate_kl(
     - ``level="sequence"``: the log-ratios are first summed over each sequence's masked tokens and the
       estimator is applied to that sum -- an estimate of the sequence-level KL
       :math:`\\mathrm{KL}(\\pi_\\theta(\\cdot|x)\\|\\pi_\\text{ref}(\\cdot|x))`, averaged over the batch.
-      For k1 this equals the sum over tokens; for k2 and k3 it does not (chapter 2).
+      For k1 this equals the sum over tokens; for k2 and k3 it does not (``ch-estimators``).
     """
     fn = get_estimator(estimator)
     validate_logps(logp, ref_logp)
@@ -325,7 +325,7 @@ def estimate_kl(
 
 
 # --------------------------------------------------------------------------------------------
-# Exact answers (chapter 2): moments under categorical enumeration and Gaussian closed forms.
+# Exact answers (``ch-estimators``): moments under categorical enumeration and Gaussian closed forms.
 # --------------------------------------------------------------------------------------------
 
 

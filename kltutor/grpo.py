@@ -110,7 +110,7 @@ def grpo_loss(
       ``apply_kl_penalty`` (library fact ``verl-kl-in-reward-old-logprobs``); on-policy (``old_logp == logp``) this is the same number. GRPO has one advantage per
       sequence, so the shaped reward enters as each token's return-to-go
       (``task advantage + sum_{s>=t} -beta k(l_s)``): the KL penalty of later tokens reaches the
-      score of earlier ones, exactly as in the in-reward policy gradient (chapter 3).
+      score of earlier ones, exactly as in the in-reward policy gradient (``ch-placements``).
     - ``none``: the clipped surrogate alone.
     """
     p = parse_placement(placement)

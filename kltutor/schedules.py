@@ -169,7 +169,7 @@ class AdaptiveKLController(BetaSchedule):
     passed ``n_steps = batch_size`` and defaulted to ``init_kl_coef=0.2, target=6, horizon=10000``).
 
     Because the multiplicative step is proportional to the error, ``log beta`` accumulates the errors:
-    in control terms this is an integral controller on ``log beta`` (chapter 4).
+    in control terms this is an integral controller on ``log beta`` (``ch-schedules``).
     """
 
     uses = ("target", "horizon")

@@ -6,15 +6,15 @@ and calls ``plotting.<figure>(...)``.
 """
 
 from kltutor.plotting.capstone import *  # noqa: F403  (the capstone chapter)
-from kltutor.plotting.distillation import *  # noqa: F403  (chapter 9)
-from kltutor.plotting.estimators import *  # noqa: F403  (chapter 2)
-from kltutor.plotting.failures import *  # noqa: F403  (chapter 7)
-from kltutor.plotting.fundamentals import *  # noqa: F403  (chapter 1)
-from kltutor.plotting.overoptimization import *  # noqa: F403  (chapter 6)
-from kltutor.plotting.placements import *  # noqa: F403  (chapter 3)
-from kltutor.plotting.practice import *  # noqa: F403  (chapter 8)
-from kltutor.plotting.preference import *  # noqa: F403  (chapter 5)
-from kltutor.plotting.schedules import *  # noqa: F403  (chapter 4)
+from kltutor.plotting.distillation import *  # noqa: F403  (``ch-distillation``)
+from kltutor.plotting.estimators import *  # noqa: F403  (``ch-estimators``)
+from kltutor.plotting.failures import *  # noqa: F403  (``ch-failures``)
+from kltutor.plotting.fundamentals import *  # noqa: F403  (``ch-fundamentals``)
+from kltutor.plotting.overoptimization import *  # noqa: F403  (``ch-overoptimization``)
+from kltutor.plotting.placements import *  # noqa: F403  (``ch-placements``)
+from kltutor.plotting.practice import *  # noqa: F403  (``ch-practice``)
+from kltutor.plotting.preference import *  # noqa: F403  (``ch-preference``)
+from kltutor.plotting.schedules import *  # noqa: F403  (``ch-schedules``)
 from kltutor.plotting.style import COLORS, new_axes, placement_colors, use_book_style
 
 __all__ = ["COLORS", "PLACEMENT_COLORS", "new_axes", "placement_colors", "use_book_style"]  # noqa: F405

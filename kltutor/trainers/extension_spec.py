@@ -155,7 +155,7 @@ def inspect_extension(data: dict, name: str, known: dict):
         rep.terms.append(term)
         rep.notes.append(
             "exact-in-loss differentiates the full-vocabulary KL per position: its expected gradient is the "
-            "sequence KL's exactly on-policy (chapter 3); the toy harness, which passes sampled-token "
+            "sequence KL's exactly on-policy (``ch-placements``); the toy harness, which passes sampled-token "
             "log-probabilities only, does not run it"
         )
     if iters > 1:
