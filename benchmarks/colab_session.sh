@@ -33,7 +33,7 @@ ENV=${COLAB_ENV:-/tmp/colab-env}
 WHEEL=${COLAB_WHEEL:-/tmp/kltutor-wheel}
 log "install: a fresh environment over the image's packages, kltutor from the repository (not editable)"
 {
-  $PY -m venv --system-site-packages "$ENV" &&
+  rm -rf "$ENV" && $PY -m venv --system-site-packages "$ENV" &&  # fresh: a kltutor left there would be kept by pip
   # the image's packages (those of $PY, a venv's too, as in the CPU rehearsal) visible in the new environment
   $PY -c "import site; print('\n'.join(site.getsitepackages()))" > "$("$ENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')/image.pth" &&
   if ! "$ENV/bin/python" -c "import papermill, ipykernel" 2>/dev/null && ls "$REPO"/.whl-colab/*.whl >/dev/null 2>&1; then
