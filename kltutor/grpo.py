@@ -14,6 +14,7 @@ from torch import Tensor
 from kltutor._validation import nonnegative_number, probabilities
 from kltutor.placements import (
     Aggregation,
+    Placement,
     aggregate,
     clipped_surrogate,
     kl_loss,
@@ -22,7 +23,7 @@ from kltutor.placements import (
     shaped_rewards,
 )
 
-__all__ = ["group_advantages", "GRPOLoss", "grpo_loss", "expected_in_loss_gradient"]
+__all__ = ["group_advantages", "GRPOLoss", "grpo_loss", "placement_loss", "expected_in_loss_gradient"]
 
 
 def group_advantages(
@@ -113,12 +114,7 @@ def grpo_loss(
       score of earlier ones, exactly as in the in-reward policy gradient (``ch-placements``).
     - ``none``: the clipped surrogate alone.
     """
-    p = parse_placement(placement)
-    if p.exact:
-        raise ValueError(
-            f"placement {p.name!r} needs the full next-token distribution, which grpo_loss does not see "
-            "(kltutor.capstone computes it); choose a sample estimator's placement"
-        )
+    _sample_placement(placement)
     beta = nonnegative_number("beta", beta)
     if logp.dim() != 2:
         raise ValueError(f"logp must be [batch, time], got shape {tuple(logp.shape)}")
@@ -127,19 +123,61 @@ def grpo_loss(
             f"rewards must be [batch] = {tuple(logp.shape[:1])}, one per completion, got {tuple(rewards.shape)}"
         )
     adv = group_advantages(rewards, group_size, normalize_std=normalize_std, clip_std=clip_std)
+    return placement_loss(
+        logp,
+        old_logp,
+        ref_logp,
+        mask,
+        adv,
+        placement=placement,
+        beta=beta,
+        clip_eps=clip_eps,
+        aggregation=aggregation,
+        kl_level=kl_level,
+        importance_weighted_kl=importance_weighted_kl,
+    )
+
+
+def _sample_placement(placement) -> Placement:
+    p = parse_placement(placement)
+    if p.exact:
+        raise ValueError(
+            f"placement {p.name!r} needs the full next-token distribution, which grpo_loss does not see "
+            "(kltutor.capstone computes it); choose a sample estimator's placement"
+        )
+    return p
+
+
+def placement_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    ref_logp: Tensor,
+    mask: Tensor,
+    advantages: Tensor,
+    placement: str = "k3-in-loss",
+    beta: float = 0.04,
+    clip_eps: float = 0.2,
+    aggregation: Aggregation = "sequence-mean",
+    kl_level: str = "token",
+    importance_weighted_kl: bool = False,
+) -> GRPOLoss:
+    """:func:`grpo_loss` from per-sequence ``advantages`` (``[batch]``) instead of rewards: the KL term at
+    ``placement`` around the clipped surrogate, for a caller whose batch need not hold whole groups (the TRL
+    extension, :mod:`kltutor.trainers.grpo_extension`). The placements are as in :func:`grpo_loss`."""
+    p = _sample_placement(placement)
     m = mask.to(logp.dtype)
     kl_term = torch.zeros((), dtype=logp.dtype, device=logp.device)
     if p.in_reward and beta > 0:
         penalty = shaped_rewards(
-            torch.zeros_like(adv), old_logp, ref_logp, m, beta, p.estimator
+            torch.zeros_like(advantages), old_logp, ref_logp, m, beta, p.estimator
         )  # -beta k(l_old), frozen
-        token_adv = adv[:, None] * m + returns_to_go(penalty, m)
+        token_adv = advantages[:, None] * m + returns_to_go(penalty, m)
         policy_loss, stats = clipped_surrogate(logp, old_logp, token_adv, m, clip_eps, aggregation)
         with torch.no_grad():
             kl_term = aggregate(-penalty / beta, m, aggregation)
         loss = policy_loss
     else:
-        policy_loss, stats = clipped_surrogate(logp, old_logp, adv, m, clip_eps, aggregation)
+        policy_loss, stats = clipped_surrogate(logp, old_logp, advantages, m, clip_eps, aggregation)
         loss = policy_loss
         if p.in_loss:
             kl_term = kl_loss(

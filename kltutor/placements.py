@@ -41,6 +41,7 @@ __all__ = [
     "shaped_rewards",
     "returns_to_go",
     "kl_loss",
+    "prefix_ratio",
     "clipped_surrogate",
 ]
 
@@ -284,6 +285,15 @@ def kl_loss(
         keep = m.sum(-1) > 0
         return fn(seq[keep], torch.zeros_like(seq[keep])).mean()
     raise ValueError(f"level must be one of {list(KL_LEVELS)}, got {level!r}")
+
+
+def prefix_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor) -> Tensor:
+    """``W_t = prod_{s<t} w_s``, ``w_s = pi_theta / pi_old`` of the sampled token (with gradient through
+    ``logp``; padding counts as ``w = 1``): the importance weight of the prefix before position t. A term
+    that already averages over the token at t (the exact full-vocabulary KL) needs only this weight to be
+    the current policy's expectation on a batch sampled by ``pi_old`` (``ch-placements``)."""
+    log_w = (logp - old_logp.detach()) * (mask != 0).to(logp.dtype)
+    return torch.exp(torch.cumsum(log_w, -1) - log_w)
 
 
 def clipped_surrogate(

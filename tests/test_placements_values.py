@@ -304,3 +304,23 @@ def test_placement_names_with_two_separators_get_the_clear_error():
     for bad in ("k1-in-loss-in-reward", "k3-in-reward-in-loss"):
         with pytest.raises(ValueError, match="unknown KL placement"):
             pl.parse_placement(bad)
+
+
+def test_prefix_ratio_by_hand():
+    """W_t = prod_{s<t} w_s with w_s = exp(logp - old_logp); padding counts as w = 1; gradient through logp."""
+    import math
+
+    import torch
+
+    from kltutor.placements import prefix_ratio
+
+    logp = torch.tensor([[-0.5, -1.0, -2.0, -0.1]], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([[-0.7, -0.6, -2.5, -3.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    w = prefix_ratio(logp, old, mask)
+    expect = [1.0, math.exp(0.2), math.exp(0.2 - 0.4), math.exp(0.2 - 0.4 + 0.5)]  # the padded last w_s = 1
+    assert torch.allclose(w, torch.tensor([expect], dtype=torch.float64), rtol=0, atol=1e-15)
+    w.sum().backward()  # dW_t/dlogp_s = W_t for s < t (unpadded), 0 otherwise
+    assert torch.allclose(
+        logp.grad, torch.tensor([[sum(expect[1:]), sum(expect[2:]), expect[3], 0.0]], dtype=torch.float64)
+    )

@@ -12,7 +12,7 @@ import torch
 from kltutor.capstone.config import CapstoneConfig
 from kltutor.estimators import k3
 from kltutor.grpo import group_advantages, grpo_loss
-from kltutor.placements import Placement, aggregate, clipped_surrogate, parse_placement
+from kltutor.placements import Placement, aggregate, clipped_surrogate, parse_placement, prefix_ratio
 
 __all__ = ["step_loss", "loss_settings", "LOSS_SETTINGS", "measure", "MEASURED"]
 
@@ -102,8 +102,7 @@ def step_loss(
     policy_loss, stats = clipped_surrogate(st["logp"], old["logp"], adv, mask, clip_eps, aggregation)
     kl_t = st["kl"]
     if importance_weighted_kl:
-        log_w = (st["logp"] - old["logp"].detach()) * (mask != 0).to(st["logp"].dtype)
-        kl_t = torch.exp(torch.cumsum(log_w, -1) - log_w) * kl_t  # prod_{s<t} w_s: the prefix before t
+        kl_t = prefix_ratio(st["logp"], old["logp"], mask) * kl_t  # prod_{s<t} w_s: the prefix before t
     kl_term = aggregate(kl_t, mask, aggregation)
     return policy_loss + beta * kl_term, kl_term.detach(), stats["clip_fraction"]
 

@@ -155,38 +155,28 @@ def kl_placement_loss(
     penalty's aggregate for in-reward placements). ``exact_kl``: the per-token full-vocabulary KL (with
     gradient) for ``exact-in-loss``. ``aggregate`` is the capstone's, over this batch.
     """
-    from kltutor.placements import aggregate, clipped_surrogate, kl_loss, returns_to_go, shaped_rewards
+    from kltutor.grpo import placement_loss
+    from kltutor.placements import aggregate, clipped_surrogate, prefix_ratio
 
+    if not parse_placement(placement).exact:
+        out = placement_loss(
+            logp,
+            old_logp,
+            ref_logp,
+            mask,
+            advantages,
+            placement=placement,
+            beta=beta,
+            clip_eps=clip_eps,
+            aggregation=aggregation,
+            kl_level=kl_level,
+            importance_weighted_kl=importance_weighted_kl,
+        )
+        return out.loss, out.kl_term
     m = mask.to(logp.dtype)
-    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
-    p = parse_placement(placement)
-    if p.exact:
-        policy_loss, _ = clipped_surrogate(logp, old_logp, advantages, m, clip_eps, aggregation)
-        kl_t = exact_kl
-        if importance_weighted_kl:
-            log_w = (logp - old_logp.detach()) * (m != 0).to(logp.dtype)
-            kl_t = torch.exp(torch.cumsum(log_w, -1) - log_w) * kl_t  # prod_{s<t} w_s
-        kl_term = aggregate(kl_t, m, aggregation)
-        return policy_loss + beta * kl_term, kl_term.detach()
-    if p.in_reward and beta > 0:
-        penalty = shaped_rewards(torch.zeros_like(advantages), old_logp, ref_logp, m, beta, p.estimator)
-        token_adv = advantages[:, None] * m + returns_to_go(penalty, m)
-        policy_loss, _ = clipped_surrogate(logp, old_logp, token_adv, m, clip_eps, aggregation)
-        with torch.no_grad():
-            kl_term = aggregate(-penalty / beta, m, aggregation)
-        return policy_loss, kl_term
     policy_loss, _ = clipped_surrogate(logp, old_logp, advantages, m, clip_eps, aggregation)
-    if not p.in_loss:
-        return policy_loss, zero
-    kl_term = kl_loss(
-        logp,
-        ref_logp,
-        m,
-        p.estimator,
-        level=kl_level,
-        old_logp=old_logp if importance_weighted_kl else None,
-        aggregation=aggregation,
-    )
+    kl_t = prefix_ratio(logp, old_logp, m) * exact_kl if importance_weighted_kl else exact_kl  # prod_{s<t} w_s
+    kl_term = aggregate(kl_t, m, aggregation)
     return policy_loss + beta * kl_term, kl_term.detach()
 
 
