@@ -30,6 +30,7 @@ from torch.nn.functional import log_softmax, logsigmoid
 from kltutor import divergences
 from kltutor.estimators import of_log_ratio
 from kltutor.gradients import exact_kl_gradients, expected_gradient_on_samples
+from kltutor.placements import returns_to_go
 from kltutor.toys.autoregressive import BinaryAutoregressive, all_binary_sequences
 
 __all__ = [
@@ -76,13 +77,7 @@ def discounted_sum(x: Tensor, discount: float) -> Tensor:
     >>> discounted_sum(torch.tensor([1.0, 2.0, 4.0]), 0.5)
     tensor([3., 4., 4.])
     """
-    d = _check_discount(discount)
-    out = torch.empty_like(x)
-    running = torch.zeros_like(x[..., 0])
-    for t in range(x.shape[-1] - 1, -1, -1):
-        running = x[..., t] + d * running
-        out[..., t] = running
-    return out
+    return returns_to_go(x, torch.ones_like(x), _check_discount(discount))  # no padding on the toy
 
 
 def token_advantages(log_ratio: Tensor, discount: float, estimator: str = "k1") -> Tensor:

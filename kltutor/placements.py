@@ -221,15 +221,16 @@ def shaped_rewards(
 
 
 def returns_to_go(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
-    """``G_t = sum_{s >= t} gamma^(s-t) r_s`` over response tokens (0 on masked-out positions)."""
+    """``G_t = sum_{s >= t} gamma^(s-t) r_s`` over response tokens (0 on masked-out positions), along the
+    last dimension (``[..., T]``: a batch ``[B, T]``, or one sequence ``[T]``)."""
     if token_rewards.shape != mask.shape:
         raise ValueError("token_rewards and mask must have the same shape")
     m = mask.to(token_rewards.dtype)
     out = torch.zeros_like(token_rewards)
-    running = torch.zeros_like(token_rewards[:, 0])
-    for t in range(token_rewards.shape[1] - 1, -1, -1):
-        running = token_rewards[:, t] * m[:, t] + gamma * running
-        out[:, t] = running
+    running = torch.zeros_like(token_rewards[..., 0])
+    for t in range(token_rewards.shape[-1] - 1, -1, -1):
+        running = token_rewards[..., t] * m[..., t] + gamma * running
+        out[..., t] = running
     return out * m
 
 

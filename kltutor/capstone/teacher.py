@@ -30,10 +30,9 @@ from pathlib import Path
 import torch
 
 from kltutor.capstone.config import CapstoneConfig, ConfigError, flag
-from kltutor.distillation import discounted_sum
 from kltutor.estimators import of_log_ratio
 from kltutor.grpo import group_advantages
-from kltutor.placements import aggregate, clipped_surrogate
+from kltutor.placements import aggregate, clipped_surrogate, returns_to_go
 
 __all__ = [
     "REFERENCE",
@@ -97,7 +96,7 @@ def distillation_advantages(
     :func:`distillation_loss`). Plus ``task_weight`` times the group advantage of ``rewards`` when > 0.
     """
     k = _per_token_kl(old, mask, estimator, kl)
-    adv = -discounted_sum(k, discount)
+    adv = -returns_to_go(k, mask, discount)
     if estimator == "exact":
         adv = adv + k  # the future tokens only: the own term's gradient is the loss's direct one
     if task_weight:
