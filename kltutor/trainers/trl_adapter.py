@@ -48,30 +48,41 @@ class _Accelerator:
     gather_for_metrics = gather
 
 
+def shell(cls, args, **attributes):
+    """A trainer of class ``cls`` without ``__init__`` (no model, no dataset): its config ``args``, a
+    one-process accelerator, empty metrics, a model in training mode, and ``attributes``."""
+    t = object.__new__(cls)
+    t.args = args
+    t.accelerator = _Accelerator()
+    t._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+    t.model = SimpleNamespace(training=True)
+    for name, value in attributes.items():
+        setattr(t, name, value)
+    return t
+
+
 def _grpo_shell(**overrides):
     from trl import GRPOConfig, GRPOTrainer
 
     args = GRPOConfig(output_dir="/tmp/kltutor-trl", report_to="none", use_cpu=True, bf16=False, beta=BETA, **overrides)
-    t = object.__new__(GRPOTrainer)
     # the attributes GRPOTrainer.__init__ copies from its config and _compute_loss reads
-    t.args = args
-    t.beta = args.beta
-    t.loss_type = args.loss_type
-    t.importance_sampling_level = args.importance_sampling_level
-    t.epsilon_low = args.epsilon
-    t.epsilon_high = args.epsilon_high if args.epsilon_high is not None else args.epsilon
-    t.top_entropy_quantile = args.top_entropy_quantile
-    t.off_policy_mask_threshold = args.off_policy_mask_threshold
-    t.use_vllm = False
-    t.vllm_importance_sampling_correction = False
-    t.aux_loss_enabled = False
-    t._entropy_bonus_enabled = False
-    t.max_completion_length = args.max_completion_length
-    t.current_gradient_accumulation_steps = 1
-    t.model = SimpleNamespace(training=True)
-    t.accelerator = _Accelerator()
-    t._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-    return t
+    return shell(
+        GRPOTrainer,
+        args,
+        beta=args.beta,
+        loss_type=args.loss_type,
+        importance_sampling_level=args.importance_sampling_level,
+        epsilon_low=args.epsilon,
+        epsilon_high=args.epsilon_high if args.epsilon_high is not None else args.epsilon,
+        top_entropy_quantile=args.top_entropy_quantile,
+        off_policy_mask_threshold=args.off_policy_mask_threshold,
+        use_vllm=False,
+        vllm_importance_sampling_correction=False,
+        aux_loss_enabled=False,
+        _entropy_bonus_enabled=False,
+        max_completion_length=args.max_completion_length,
+        current_gradient_accumulation_steps=1,
+    )
 
 
 def _grpo_loss(overrides: dict):
@@ -117,33 +128,33 @@ def _rloo_advantages():
         num_generations=2,
         per_device_train_batch_size=2,
     )
-    t = object.__new__(RLOOTrainer)
-    t.args = args
-    t.beta = args.beta
-    t.num_generations = args.num_generations
-    t.normalize_advantages = args.normalize_advantages
-    t.reward_clip_range = args.reward_clip_range
-    t.mask_truncated_completions = args.mask_truncated_completions
-    t.pad_to_multiple_of = args.pad_to_multiple_of
-    t.reward_func_names = ["task"]
-    t.reward_weights = torch.ones(1)
-    t.log_multimodal = False
-    t.eos_token_ids = [1]
-    t.model = SimpleNamespace(training=True, is_gradient_checkpointing=False)
-    t.ref_model = SimpleNamespace(training=False, is_gradient_checkpointing=False)
-    t.accelerator = _Accelerator()
-    t._tokenizer = SimpleNamespace(pad_token_id=0)
-    t._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-    t._logs = {
-        "prompt": [],
-        "completion": [],
-        "rewards": defaultdict(list),
-        "advantages": [],
-        "extra": defaultdict(list),
-        "images": [],
-    }
-    t._pending_extra_logs = {}
-    t._pending_metrics = {}
+    t = shell(
+        RLOOTrainer,
+        args,
+        beta=args.beta,
+        num_generations=args.num_generations,
+        normalize_advantages=args.normalize_advantages,
+        reward_clip_range=args.reward_clip_range,
+        mask_truncated_completions=args.mask_truncated_completions,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+        reward_func_names=["task"],
+        reward_weights=torch.ones(1),
+        log_multimodal=False,
+        eos_token_ids=[1],
+        model=SimpleNamespace(training=True, is_gradient_checkpointing=False),
+        ref_model=SimpleNamespace(training=False, is_gradient_checkpointing=False),
+        _tokenizer=SimpleNamespace(pad_token_id=0),
+        _logs={
+            "prompt": [],
+            "completion": [],
+            "rewards": defaultdict(list),
+            "advantages": [],
+            "extra": defaultdict(list),
+            "images": [],
+        },
+        _pending_extra_logs={},
+        _pending_metrics={},
+    )
     t._calculate_rewards = lambda inputs, prompts, completions, ids: torch.zeros(len(prompts), 1, dtype=torch.float64)
 
     def fn(logp, ref_logp, mask):

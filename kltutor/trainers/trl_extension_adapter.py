@@ -18,9 +18,6 @@ in front of the token sum is ``beta``.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from types import SimpleNamespace
-
 import torch
 
 from kltutor.trainers.core import Setting
@@ -38,7 +35,7 @@ def version() -> str:
 
 def _shell(placement: str, level: str, iw: bool):
     from kltutor.trainers.grpo_extension import KLPlacementGRPOConfig, KLPlacementGRPOTrainer
-    from kltutor.trainers.trl_adapter import _Accelerator
+    from kltutor.trainers.trl_adapter import shell
 
     args = KLPlacementGRPOConfig(
         output_dir="/tmp/kltutor-trl",
@@ -51,16 +48,14 @@ def _shell(placement: str, level: str, iw: bool):
         importance_weighted_kl=iw,
         kl_aggregation="sequence-sum",
     )
-    t = object.__new__(KLPlacementGRPOTrainer)
-    t.args = args
-    t.kl_placement = placement
-    t._batch_beta = BETA
-    t.epsilon_low = args.epsilon
-    t.current_gradient_accumulation_steps = 1
-    t.model = SimpleNamespace(training=True)
-    t.accelerator = _Accelerator()
-    t._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-    return t
+    return shell(
+        KLPlacementGRPOTrainer,
+        args,
+        kl_placement=placement,
+        _batch_beta=BETA,
+        epsilon_low=args.epsilon,
+        current_gradient_accumulation_steps=1,
+    )
 
 
 def _inputs(logp, ref_logp, old_logp, mask):
